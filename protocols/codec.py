@@ -3,21 +3,35 @@
 The wire form is one UTF-8 JSON object: ``{"v": 1, "type": "<name>", ...fields}``.
 ``bytes`` fields travel as base64 strings. Decoding checks, in order: size, JSON syntax,
 the envelope (version, type), then every field's type; the first problem found becomes
-a ``DecodeError`` whose message names the path, e.g. ``$.limits.timeout: expected float``.
+a ``DecodeError`` whose message names the message type and the path, e.g.
+``dispatch: $.limits.timeout: expected a number``. Only strict JSON is spoken: ``NaN`` and
+``Infinity`` are refused both ways (a NaN timeout would never expire), and a list field
+must be a JSON array (a string is not taken as a list of characters).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
-from typing import Any
+import math
+from collections.abc import Callable
+from typing import Any, get_args, get_origin
 
+import attrs
 import cattrs
+from cattrs.cols import homogenous_tuple_structure_factory
 from cattrs.gen import make_dict_structure_fn
 
 from protocols.errors import DecodeError
-from protocols.messages import MAX_MESSAGE_BYTES, MESSAGE_TYPES, PROTOCOL_VERSION, TYPE_NAMES, Message
+from protocols.messages import (
+    MAX_MESSAGE_BYTES,
+    MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    TYPE_NAMES,
+    Message,
+)
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
@@ -38,6 +52,8 @@ def _structure_strict(expected: type[Any]) -> Any:
         if expected is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError("expected a number")
+            if not math.isfinite(value):
+                raise ValueError("expected a finite number")
             return float(value)
         if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise TypeError("expected an integer")
@@ -62,9 +78,34 @@ def _structure_dict(value: Any, _type: Any) -> dict[str, Any]:
     return value
 
 
+def _require(
+    kind: type[Any], what: str, inner: Callable[[Any, Any], Any]
+) -> Callable[[Any, Any], Any]:
+    """Wrap a cattrs hook so that it first checks the JSON type of the value."""
+
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {what}")
+        return inner(value, type_)
+
+    return structure
+
+
+def _is_homogeneous_tuple(type_: Any) -> bool:
+    args = get_args(type_)
+    return get_origin(type_) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
 _converter.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_dict)
-for _cls in MESSAGE_TYPES.values():
-    _converter.register_structure_hook(_cls, make_dict_structure_fn(_cls, _converter))
+# Without these checks cattrs would iterate a string or an object given for a tuple field,
+# and fail with an AttributeError on a string given for a nested model.
+_converter.register_structure_hook_factory(
+    _is_homogeneous_tuple,
+    lambda t, c: _require(list, "an array", homogenous_tuple_structure_factory(t, c)),
+)
+_converter.register_structure_hook_factory(
+    attrs.has, lambda cls, c: _require(dict, "an object", make_dict_structure_fn(cls, c))
+)
 
 
 def unstructure(message: Message) -> dict[str, Any]:
@@ -74,8 +115,16 @@ def unstructure(message: Message) -> dict[str, Any]:
 
 
 def encode(message: Message) -> bytes:
-    """Return the wire bytes of ``message``."""
-    return json.dumps(unstructure(message), separators=(",", ":")).encode("utf-8")
+    """Return the wire bytes of ``message``.
+
+    Raises ``ValueError`` if a float field is NaN or infinite (not representable in JSON).
+    """
+    obj = unstructure(message)
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"{obj['type']}: cannot encode: {exc}") from None
+    return text.encode("utf-8")
 
 
 def structure(obj: Any) -> Message:
@@ -84,8 +133,10 @@ def structure(obj: Any) -> Message:
         raise DecodeError("$: expected a JSON object")
     body = dict(obj)
     version = body.pop("v", None)
-    if version != PROTOCOL_VERSION:
-        raise DecodeError(f"$.v: unsupported protocol version {version!r} (this side speaks {PROTOCOL_VERSION})")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise DecodeError(
+            f"$.v: unsupported protocol version {version!r} (this side speaks {PROTOCOL_VERSION})"
+        )
     name = body.pop("type", None)
     cls = MESSAGE_TYPES.get(name) if isinstance(name, str) else None
     if cls is None:
@@ -102,18 +153,41 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     if len(data) > max_bytes:
         raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = json.loads(data, parse_constant=_refuse_constant)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, too many digits
         raise DecodeError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError("not valid JSON: nested too deeply") from None
     return structure(obj)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
 
 
 def _describe(exc: BaseException) -> str:
     """One line for a cattrs error: the path of the first problem and what was wrong."""
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return f"$: unknown field(s) {', '.join(sorted(exc.extra_fields))}"
+        return f"$: {_explain(exc, None)}"
     if isinstance(exc, cattrs.BaseValidationError):
-        messages = cattrs.transform_error(exc, path="$")
+        messages = cattrs.transform_error(exc, path="$", format_exception=_explain)
         if messages:
-            return messages[0]
+            explanation, _, path = messages[0].rpartition(" @ ")
+            return f"{path}: {explanation}"
     return str(exc) or type(exc).__name__
+
+
+def _explain(exc: BaseException, type_: Any) -> str:
+    """What was wrong with one value, for ``cattrs.transform_error``."""
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return f"unknown field(s) {', '.join(sorted(exc.extra_fields))}"
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, TypeError | ValueError) and str(exc).startswith("expected "):
+        return str(exc)  # our own hooks already say what they wanted
+    if isinstance(type_, type) and issubclass(type_, enum.Enum):
+        return "expected one of " + ", ".join(repr(m.value) for m in type_)
+    if isinstance(exc, ValueError) and str(exc) == "invalid base64":
+        return "invalid base64"
+    name = getattr(type_, "__name__", None) or repr(type_)
+    return f"expected {name}"
