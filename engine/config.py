@@ -1,0 +1,205 @@
+"""``wfe.toml``: the engine's one configuration file, with a working default for every setting.
+
+Paths in the file are relative to the directory that holds it. ``load_config`` refuses a
+malformed file, an unknown key or a value of the wrong type with one line naming it, e.g.
+``wfe.toml: agents.slots: expected an integer``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from engine.errors import ConfigError
+
+CONFIG_NAME = "wfe.toml"
+
+
+@attrs.frozen(kw_only=True)
+class EngineSection:
+    repository: str = "wfe.db"
+    actions: tuple[str, ...] = ()  # extra action folders, searched before the shipped ones
+    rscripts: tuple[str, ...] = ()  # extra RScript folders; a script there overrides a shipped one
+    blocking_threshold: float = 0.25  # seconds a tasklet may hold the loop before it is reported
+    private_key: str = "engine.key"  # Ed25519 key that signs every dispatched RScript
+    public_key: str = "engine.pub"
+
+
+@attrs.frozen(kw_only=True)
+class ApiSection:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token_file: str = "token"
+    max_message: int = 1024 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class AgentsSection:
+    local: int = 2  # local agents the engine starts itself (0: none)
+    slots: int = 2  # slots of each local agent
+    heartbeat: float = 2.0  # seconds between an agent's status reports
+    heartbeat_deadline: float = 10.0  # silence after which an agent is declared lost
+    max_redispatch: int = 3  # times a job is re-dispatched after losing its agent
+    reconcile_grace: float = 10.0  # after a restart, how long to wait for agents to report back
+
+
+@attrs.frozen(kw_only=True)
+class JobsSection:
+    timeout: float = 3600.0  # per attempt
+    overall_timeout: float = 0.0  # 0: none
+    wait_agent_timeout: float = 0.0  # 0: wait for an agent forever
+    retries: int = 0
+    backoff: float = 1.0  # seconds before the first retry, doubled each time
+    priority: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The whole configuration; ``root`` is the directory of ``wfe.toml``."""
+
+    root: Path
+    engine: EngineSection = EngineSection()
+    api: ApiSection = ApiSection()
+    agents: AgentsSection = AgentsSection()
+    jobs: JobsSection = JobsSection()
+
+    def path(self, relative: str) -> Path:
+        """Resolve a path from the file against the configuration's directory."""
+        return (self.root / relative).resolve()
+
+    @property
+    def repository_path(self) -> Path:
+        return self.path(self.engine.repository)
+
+    @property
+    def run_dir(self) -> Path:
+        """Sockets and pid files."""
+        return self.root / "run"
+
+    @property
+    def agents_dir(self) -> Path:
+        """Spools and work directories of the local agents."""
+        return self.root / "agents"
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _strict(expected: type[Any]) -> Any:
+    def structure(value: Any, _type: Any) -> Any:
+        if expected is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError("expected a number")
+            return float(value)
+        if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError("expected an integer")
+        if expected is str and not isinstance(value, str):
+            raise TypeError("expected a string")
+        return value
+
+    return structure
+
+
+for _t in (int, float, str):
+    _converter.register_structure_hook(_t, _strict(_t))
+
+
+def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
+    """Build a ``Config`` from TOML text. Raises ``ConfigError`` with one line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        sections = {k: v for k, v in data.items()}
+        config = _converter.structure({"root": str(root), **sections}, _RawConfig)
+    except cattrs.BaseValidationError as exc:
+        messages = cattrs.transform_error(exc, path="")
+        detail = messages[0] if messages else str(exc)
+        raise ConfigError(f"{source}: {_tidy(detail)}") from None
+    result = Config(
+        root=root,
+        engine=config.engine,
+        api=config.api,
+        agents=config.agents,
+        jobs=config.jobs,
+    )
+    _check_values(result, source)
+    return result
+
+
+@attrs.frozen(kw_only=True)
+class _RawConfig:
+    root: str
+    engine: EngineSection = EngineSection()
+    api: ApiSection = ApiSection()
+    agents: AgentsSection = AgentsSection()
+    jobs: JobsSection = JobsSection()
+
+
+def _tidy(detail: str) -> str:
+    # cattrs says "invalid value for type, expected int @ .agents.slots"; we say the path first.
+    if " @ " in detail:
+        what, path = detail.rsplit(" @ ", 1)
+        what = what.replace("invalid value for type, ", "")
+        what = what.replace("extra fields found", "unknown key(s)")
+        return f"{path.lstrip('.') or 'top level'}: {what}"
+    return detail
+
+
+def _check_values(config: Config, source: str) -> None:
+    checks = [
+        (config.agents.local >= 0, "agents.local must be 0 or more"),
+        (config.agents.slots >= 1, "agents.slots must be at least 1"),
+        (config.agents.heartbeat > 0, "agents.heartbeat must be positive"),
+        (
+            config.agents.heartbeat_deadline > config.agents.heartbeat,
+            "agents.heartbeat_deadline must be longer than agents.heartbeat",
+        ),
+        (0 <= config.api.port <= 65535, "api.port must be between 0 and 65535"),
+        (config.jobs.timeout > 0, "jobs.timeout must be positive"),
+        (config.jobs.retries >= 0, "jobs.retries must be 0 or more"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+
+
+def load_config(path: Path) -> Config:
+    """Read ``wfe.toml`` at ``path``. Raises ``ConfigError`` with one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (create one with `wfe init DIR`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, root=path.parent.resolve(), source=str(path))
+
+
+DEFAULT_TOML = """\
+# wfe configuration. Every setting has a default that works on one machine;
+# paths are relative to this file. See docs/configuration.md.
+
+[engine]
+repository = "wfe.db"
+blocking_threshold = 0.25
+
+[api]
+host = "127.0.0.1"   # the console binds to loopback unless you change this
+port = {port}
+token_file = "token"
+
+[agents]
+local = {local}          # local agents started by the engine
+slots = {slots}
+heartbeat = 2.0
+heartbeat_deadline = 10.0
+
+[jobs]
+timeout = 3600.0
+retries = 0
+"""

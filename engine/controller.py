@@ -1,0 +1,737 @@
+"""The agent controller: the only component that talks to agents.
+
+It owns every unfinished RScript job and the state machine of its current attempt
+(``protocols.attempt``). Transports (local socket, XMPP) hand it what agents say through
+``agent_connected`` / ``agent_message`` / ``agent_disconnected`` and give it an
+``AgentLink`` per agent to send on; it never does I/O itself except through the repository.
+
+Order of things, always: decide in memory, commit to the repository, then act on the
+commit (send the dispatch, acknowledge the result, wake the tasklet waiting). So a crash
+at any point leaves the repository saying what was promised, and ``recover`` picks up from
+there: attempts that were out on agents wait for those agents to report back
+(``reconcile_grace``) and are recorded, reattached, or declared lost and retried.
+
+Timeouts: waiting for an agent (job), per attempt (the agent kills at the timeout, the
+machine gives up a grace later), overall (job), and the heartbeat (agent). All deadlines
+use ``trio.current_time()`` and live in one timer heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from engine import attempts as ops
+from engine.config import AgentsSection, JobsSection
+from engine.errors import UnknownJob
+from engine.jobs import Completions, JobOutcome, JobRow, NewJob, create_job
+from engine.scheduler import Offer, Ready, assign
+from protocols.attempt import (
+    AgentLost,
+    AttemptMachine,
+    AttemptState,
+    CancelRequested,
+    DeadlinePassed,
+    Dispatched,
+    Started,
+    event_from_message,
+    should_retry,
+)
+from protocols.errors import IllegalTransition
+from protocols.messages import (
+    Ack,
+    AgentHello,
+    AgentStatus,
+    AttemptRef,
+    Cancel,
+    Capabilities,
+    Dispatch,
+    JobAccepted,
+    JobFinished,
+    JobRefused,
+    Limits,
+    Message,
+    OutputChunk,
+    Resume,
+    StatusRequest,
+)
+
+if TYPE_CHECKING:
+    from engine.repository import Repository
+    from rscripts.loader import ScriptLibrary
+
+log = logging.getLogger("wfe.controller")
+
+
+class AgentLink(Protocol):
+    """How the controller sends to one connected agent (messages keep their order)."""
+
+    def send_nowait(self, message: Message) -> None: ...
+
+
+@attrs.define(eq=False)
+class AgentEntry:
+    """What the controller knows of one agent."""
+
+    name: str
+    capabilities: Capabilities
+    transport: str
+    link: AgentLink | None = None
+    last_heard: float = 0.0
+    lost: bool = False
+    attempts: dict[tuple[str, int], LiveJob] = attrs.Factory(dict)
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(int(j.requirements.get("cpus", 1)) for j in self.attempts.values())
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.capabilities.slots - self.busy_slots)
+
+
+@attrs.define(eq=False)
+class LiveJob:
+    """An unfinished RScript job."""
+
+    job_id: str
+    script_name: str
+    params: dict[str, Any]
+    priority: int
+    requirements: dict[str, Any]
+    on: str | None
+    max_attempts: int  # 1 + retries, for attempts that fail or time out
+    timeout: float  # per attempt
+    seq: int
+    parent_id: str | None
+    attempts_made: int = 0
+    failures: int = 0
+    lost: int = 0
+    machine: AttemptMachine | None = None
+    sent: bool = False
+    queued_token: int = 0
+    fail_reason: str | None = None  # set when the engine (not an operator) cancels the attempt
+    last_finished: JobFinished | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.machine is not None and not self.machine.terminal
+
+
+class AgentController:
+    """Dispatches RScript jobs to agents and records everything they report."""
+
+    def __init__(
+        self,
+        *,
+        repo: Repository,
+        scripts: ScriptLibrary,
+        completions: Completions,
+        agents: AgentsSection,
+        jobs: JobsSection,
+        sign: Callable[[Dispatch], Dispatch] = lambda d: d,
+        grace: float = 5.0,
+    ) -> None:
+        self.repo = repo
+        self.scripts = scripts
+        self.completions = completions
+        self.settings = agents
+        self.defaults = jobs
+        self._sign = sign
+        self._grace = grace
+        self.agents: dict[str, AgentEntry] = {}
+        self.jobs: dict[str, LiveJob] = {}
+        self._ready: list[tuple[int, int, str, int]] = []  # (-priority, seq, job_id, token)
+        self._seq = itertools.count()
+        self._timers: list[tuple[float, int, str, Any]] = []
+        self._work = trio.Event()
+        self._timer_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._output_watchers: dict[str, set[trio.MemorySendChannel[OutputChunk]]] = {}
+        self.dispatched_total = 0
+
+    # --- life ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the dispatcher and the timers until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._dispatch_loop, name="controller dispatch")
+            nursery.start_soon(self._timer_loop, name="controller timers")
+            task_status.started()
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._nursery is not None, "controller is not running"
+        self._nursery.start_soon(fn, *args)
+
+    def statistics(self) -> dict[str, int]:
+        running = sum(1 for j in self.jobs.values() if j.active)
+        return {
+            "queued": len(self.jobs) - running,
+            "running": running,
+            "agents": sum(1 for a in self.agents.values() if a.link is not None and not a.lost),
+            "dispatched_total": self.dispatched_total,
+        }
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        name: str,
+        params: dict[str, Any],
+        *,
+        parent: JobRow | None = None,
+        call_seq: int | None = None,
+        on: str | None = None,
+        priority: int | None = None,
+        requires: dict[str, Any] | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Record an RScript job and queue it; return its id.
+
+        Raises ``UnknownRScript`` / ``ParamError`` before anything is recorded.
+        """
+        from rscripts.header import validate_params
+
+        script = self.scripts.get(name)
+        params = validate_params(script.header, params)
+        header_req = script.header.requires
+        requirements = {
+            k: v
+            for k, v in {
+                "cpus": header_req.cpus,
+                "memory": header_req.memory,
+                "tags": list(header_req.tags),
+                "site": header_req.site,
+            }.items()
+            if v not in (None, [], ())
+        }
+        requirements.update(requires or {})
+        if on is not None:
+            requirements["on"] = on
+        retries = self.defaults.retries if retries is None else retries
+        job = await self.repo.write(
+            create_job(
+                NewJob(
+                    kind="rscript",
+                    name=name,
+                    params=params,
+                    parent_id=parent.id if parent else None,
+                    root_id=parent.root_id if parent else None,
+                    call_seq=call_seq,
+                    state="queued",
+                    priority=self.defaults.priority if priority is None else priority,
+                    requirements={**requirements, "timeout": timeout or script.header.timeout},
+                    max_attempts=1 + retries,
+                    request_id=request_id,
+                )
+            )
+        )
+        if job.finished:
+            self.completions.resolve(JobOutcome(job_id=job.id, state=job.state, result=job.result, error=job.error))
+        elif job.id not in self.jobs:
+            self._adopt(job)
+        return job.id
+
+    def _adopt(self, job: JobRow) -> LiveJob:
+        req = dict(job.requirements)
+        timeout = float(req.pop("timeout", self.defaults.timeout))
+        on = req.pop("on", None)
+        live = LiveJob(
+            job_id=job.id,
+            script_name=job.name,
+            params=job.params,
+            priority=job.priority,
+            requirements=req,
+            on=on,
+            max_attempts=job.max_attempts,
+            timeout=timeout,
+            seq=next(self._seq),
+            parent_id=job.parent_id,
+        )
+        self.jobs[job.id] = live
+        if self.defaults.overall_timeout > 0:
+            self._schedule(trio.current_time() + self.defaults.overall_timeout, "overall", job.id)
+        return live
+
+    def _enqueue(self, job: LiveJob) -> None:
+        job.queued_token += 1
+        heapq.heappush(self._ready, (-job.priority, job.seq, job.job_id, job.queued_token))
+        if self.defaults.wait_agent_timeout > 0:
+            self._schedule(
+                trio.current_time() + self.defaults.wait_agent_timeout, "wait", (job.job_id, job.queued_token)
+            )
+        self._work.set()
+
+    async def cancel(self, job_id: str, *, reason: str = "cancelled by operator") -> None:
+        """Cancel an RScript job: at once if queued, else by killing it on its agent."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise UnknownJob(f"job {job_id} is not running")
+        self._cancel(job, reason)
+
+    def _cancel(self, job: LiveJob, reason: str) -> None:
+        if job.machine is None or job.machine.terminal:
+            job.queued_token += 1  # drops it from the ready heap
+            self.jobs.pop(job.job_id, None)
+            self._spawn(self._end_unattempted, job, "cancelled", reason)
+            return
+        machine = job.machine
+        machine.handle(CancelRequested(at=trio.current_time()))
+        self._schedule_attempt(job)
+        entry = self.agents.get(machine.agent or "")
+        if entry is not None and entry.link is not None and job.sent:
+            entry.link.send_nowait(Cancel(job_id=job.job_id, attempt=machine.attempt, reason=reason))
+
+    async def _end_unattempted(self, job: LiveJob, state: str, error: str) -> None:
+        await self.repo.write(ops.job_ended_without_attempt(job.job_id, state, error))
+        self.completions.resolve(JobOutcome(job_id=job.job_id, state=state, error=error), keep=job.parent_id is not None)
+
+    async def last_attempt(self, job_id: str) -> dict[str, Any] | None:
+        return await self.repo.read(ops.last_attempt(job_id))
+
+    # --- dispatching -----------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work = trio.Event()
+            await self._dispatch_round()
+
+    def _pop_ready(self, popped: list[tuple[int, int, str, int]]) -> Iterator[Ready]:
+        while self._ready:
+            item = heapq.heappop(self._ready)
+            _, seq, job_id, token = item
+            job = self.jobs.get(job_id)
+            if job is None or job.queued_token != token or job.active:
+                continue  # stale entry
+            popped.append(item)
+            yield Ready(job_id=job_id, priority=job.priority, seq=seq, requirements=job.requirements, on=job.on)
+
+    async def _dispatch_round(self) -> None:
+        offers = [
+            Offer(name=a.name, free_slots=a.free_slots, capabilities=a.capabilities)
+            for a in self.agents.values()
+            if a.link is not None and not a.lost and a.free_slots > 0
+        ]
+        if not offers or not self._ready:
+            return
+        popped: list[tuple[int, int, str, int]] = []
+        pairs = assign(self._pop_ready(popped), offers)
+        chosen = {ready.job_id for ready, _ in pairs}
+        for item in popped:
+            if item[2] not in chosen:
+                heapq.heappush(self._ready, item)
+        now = trio.current_time()
+        machines: list[tuple[LiveJob, AgentEntry]] = []
+        for ready, agent_name in pairs:
+            job = self.jobs[ready.job_id]
+            entry = self.agents[agent_name]
+            job.attempts_made += 1
+            job.machine = AttemptMachine(
+                job_id=job.job_id, attempt=job.attempts_made, timeout=job.timeout, grace=self._grace
+            )
+            job.machine.handle(Dispatched(agent=agent_name, at=now))
+            job.sent = False
+            entry.attempts[(job.job_id, job.attempts_made)] = job
+            machines.append((job, entry))
+        # Write ahead: the dispatch is committed before any agent hears of it.
+        await self.repo.write(ops.attempts_dispatched([job.machine for job, _ in machines]))  # type: ignore[misc]
+        for job, entry in machines:
+            machine = job.machine
+            assert machine is not None
+            if machine.state is AttemptState.CANCELLING:  # cancelled while we committed
+                self._attempt_over(job, DeadlinePassed(at=trio.current_time()), None)
+                continue
+            if machine.terminal:
+                continue
+            if entry.link is None or entry.lost:
+                self._attempt_over(job, AgentLost(at=trio.current_time()), None)
+                continue
+            try:
+                dispatch = self._dispatch_message(job)
+            except Exception as exc:  # the script vanished or changed badly since submission
+                job.fail_reason = f"cannot dispatch: {exc}"
+                self._attempt_over(job, CancelRequested(at=trio.current_time()), None)
+                continue
+            entry.link.send_nowait(dispatch)
+            job.sent = True
+            self.dispatched_total += 1
+            self._schedule_attempt(job)
+        self._work.set() if self._ready and any(a.free_slots for a in self.agents.values()) else None
+
+    def _dispatch_message(self, job: LiveJob) -> Dispatch:
+        assert job.machine is not None
+        script = self.scripts.get(job.script_name)
+        memory = job.requirements.get("memory")
+        return self._sign(
+            Dispatch(
+                job_id=job.job_id,
+                attempt=job.machine.attempt,
+                script_name=script.header.name,
+                script=script.text,
+                sha256=script.sha256,
+                params=job.params,
+                limits=Limits(timeout=job.timeout, memory=int(memory) if memory else None),
+            )
+        )
+
+    # --- what agents say -------------------------------------------------------------------
+
+    def agent_connected(self, hello: AgentHello, link: AgentLink, *, transport: str) -> None:
+        """An agent (re)connected: register it and reconcile what it holds with what we think."""
+        now = trio.current_time()
+        entry = self.agents.get(hello.name)
+        if entry is None:
+            entry = self.agents[hello.name] = AgentEntry(
+                name=hello.name, capabilities=hello.capabilities, transport=transport
+            )
+        entry.capabilities = hello.capabilities
+        entry.transport = transport
+        entry.link = link
+        entry.last_heard = now
+        entry.lost = False
+        running = {(r.job_id, r.attempt) for r in hello.running}
+        held = {(r.job_id, r.attempt) for r in hello.held}
+        for key, job in list(entry.attempts.items()):
+            machine = job.machine
+            assert machine is not None
+            if key in running:
+                if machine.state is AttemptState.DISPATCHED:
+                    machine.handle(Started(at=now))
+                    self.repo.write_nowait(ops.attempt_started(machine))
+                job.sent = True
+                self._schedule_attempt(job)
+                self._spawn(self._resume_output, entry, job.job_id, machine.attempt)
+            elif key not in held:  # the agent never got it, or lost it with a restart
+                self._attempt_over(job, AgentLost(at=now), None)
+        caps = attrs.asdict(hello.capabilities)
+        self.repo.write_nowait(ops.agent_seen(hello.name, transport, caps, "connected"))
+        self._schedule(now + self.settings.heartbeat_deadline, "agent", hello.name)
+        log.info("agent %s connected (%s, %d slots)", hello.name, transport, hello.capabilities.slots)
+        self._work.set()
+
+    async def _resume_output(self, entry: AgentEntry, job_id: str, attempt: int) -> None:
+        next_seq = await self.repo.read(ops.output_count(job_id, attempt))
+        if entry.link is not None:
+            entry.link.send_nowait(Resume(job_id=job_id, attempt=attempt, next_seq=next_seq))
+
+    def agent_disconnected(self, name: str, link: AgentLink) -> None:
+        """The agent's connection closed; it has until the heartbeat deadline to come back."""
+        entry = self.agents.get(name)
+        if entry is None or entry.link is not link:
+            return
+        entry.link = None
+        self._schedule(trio.current_time() + self.settings.heartbeat_deadline, "agent", name)
+        self.repo.write_nowait(ops.agent_state(name, "disconnected"))
+        log.info("agent %s disconnected", name)
+
+    def agent_message(self, name: str, message: Message) -> None:
+        """Handle one message from a connected agent. Never blocks."""
+        entry = self.agents.get(name)
+        if entry is None:
+            log.warning("message from unknown agent %s ignored", name)
+            return
+        entry.last_heard = trio.current_time()
+        match message:
+            case OutputChunk():
+                self._output(message)
+            case JobFinished():
+                self._finished(entry, message)
+            case JobAccepted() | JobRefused():
+                self._report(entry, message)
+            case AgentStatus():
+                self._status(entry, message)
+            case AgentHello():
+                log.warning("agent %s sent a second hello on one connection; ignored", name)
+            case _:
+                log.warning("agent %s sent %s, which only the engine sends; ignored", name, type(message).__name__)
+
+    def _current(self, entry: AgentEntry, job_id: str, attempt: int) -> LiveJob | None:
+        job = entry.attempts.get((job_id, attempt))
+        if job is None or job.machine is None or job.machine.terminal:
+            return None
+        return job
+
+    def _report(self, entry: AgentEntry, message: JobAccepted | JobRefused) -> None:
+        job = self._current(entry, message.job_id, message.attempt)
+        if job is None:
+            return
+        event = event_from_message(message, at=trio.current_time())
+        if isinstance(message, JobRefused):
+            log.warning("agent %s refused %s#%d: %s", entry.name, message.job_id, message.attempt, message.reason)
+            self._attempt_over(job, event, None)
+            return
+        assert job.machine is not None
+        state = job.machine.handle(event)
+        if state is AttemptState.RUNNING:
+            self.repo.write_nowait(ops.attempt_started(job.machine))
+            self._schedule_attempt(job)
+
+    def _finished(self, entry: AgentEntry, message: JobFinished) -> None:
+        job = self._current(entry, message.job_id, message.attempt)
+        if job is None:
+            # A report for an attempt already settled (a duplicate, or one we gave up on as
+            # lost): acknowledge it so the agent drops it, and change nothing.
+            log.info("stale result for %s#%d from %s acknowledged", message.job_id, message.attempt, entry.name)
+            if entry.link is not None:
+                entry.link.send_nowait(Ack(job_id=message.job_id, attempt=message.attempt))
+            return
+        self._attempt_over(job, event_from_message(message, at=trio.current_time()), message)
+
+    def _status(self, entry: AgentEntry, status: AgentStatus) -> None:
+        known = {(r.job_id, r.attempt) for r in (*status.running, *status.held)}
+        now = trio.current_time()
+        for key, job in list(entry.attempts.items()):
+            # Messages on a link keep their order, so an attempt the agent accepted and that is
+            # in neither list has vanished from it (e.g. the agent restarted).
+            if job.machine is not None and job.machine.state is AttemptState.RUNNING and key not in known:
+                self._attempt_over(job, AgentLost(at=now), None)
+
+    def _output(self, chunk: OutputChunk) -> None:
+        self.repo.write_nowait(ops.output_stored(chunk))
+        for channel in list(self._output_watchers.get(chunk.job_id, ())):
+            try:
+                channel.send_nowait(chunk)
+            except trio.WouldBlock:
+                pass  # a slow watcher misses chunks live; the full output is in the repository
+            except trio.BrokenResourceError:
+                self._output_watchers[chunk.job_id].discard(channel)
+
+    def watch_output(self, job_id: str, channel: trio.MemorySendChannel[OutputChunk]) -> Callable[[], None]:
+        """Receive ``job_id``'s output chunks live on ``channel``; call the result to stop."""
+        self._output_watchers.setdefault(job_id, set()).add(channel)
+
+        def stop() -> None:
+            watchers = self._output_watchers.get(job_id)
+            if watchers is not None:
+                watchers.discard(channel)
+                if not watchers:
+                    del self._output_watchers[job_id]
+
+        return stop
+
+    # --- ends of attempts ------------------------------------------------------------------
+
+    def _attempt_over(self, job: LiveJob, event: Any, finished: JobFinished | None) -> None:
+        """Feed the final event of an attempt and decide: done, retry, or fail."""
+        machine = job.machine
+        assert machine is not None
+        try:
+            state = machine.handle(event)
+        except IllegalTransition:
+            log.exception("controller bug")
+            raise
+        if state is AttemptState.CANCELLING:  # a cancel that needs the agent's confirmation
+            return
+        entry = self.agents.get(machine.agent or "")
+        if entry is not None:
+            entry.attempts.pop((job.job_id, machine.attempt), None)
+        self._work.set()
+        job_state: str | None
+        error: str | None = None
+        retry_delay = 0.0
+        if state is AttemptState.SUCCEEDED:
+            job_state = "succeeded"
+        elif state is AttemptState.CANCELLED:
+            job_state, error = ("failed", job.fail_reason) if job.fail_reason else ("cancelled", "cancelled")
+        else:
+            if state is AttemptState.LOST:
+                job.lost += 1
+                retry = job.lost <= self.settings.max_redispatch
+                why = f"lost its agent {job.lost} times (max_redispatch {self.settings.max_redispatch})"
+            else:
+                job.failures += 1
+                retry = should_retry(state, job.failures, job.max_attempts)
+                retry_delay = self.defaults.backoff * 2 ** (job.failures - 1)
+                why = _failure(machine, job)
+            if retry:
+                job_state = None
+            else:
+                job_state, error = "failed", why
+        self._spawn(self._settle, job, machine, finished, job_state, error, retry_delay)
+
+    async def _settle(
+        self,
+        job: LiveJob,
+        machine: AttemptMachine,
+        finished: JobFinished | None,
+        job_state: str | None,
+        error: str | None,
+        retry_delay: float,
+    ) -> None:
+        if job_state is None:
+            await self.repo.write(ops.attempt_ended(machine, finished, job_state=None))
+            self.repo.write_nowait(ops.job_requeued(job.job_id, machine.attempt, retry_delay))
+            if retry_delay > 0:
+                self._schedule(trio.current_time() + retry_delay, "ready", (job.job_id, machine.attempt))
+            else:
+                self._enqueue(job)
+        else:
+            await self.repo.write(ops.attempt_ended(machine, finished, job_state=job_state, job_error=error))
+            self.jobs.pop(job.job_id, None)
+            result = finished.result if finished else None
+            self.completions.resolve(
+                JobOutcome(job_id=job.job_id, state=job_state, result=result, error=error),
+                keep=job.parent_id is not None,
+            )
+        if finished is not None:
+            entry = self.agents.get(machine.agent or "")
+            if entry is not None and entry.link is not None:
+                entry.link.send_nowait(Ack(job_id=job.job_id, attempt=machine.attempt))
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def _schedule(self, at: float, kind: str, key: Any) -> None:
+        earliest = self._timers[0][0] if self._timers else math.inf
+        heapq.heappush(self._timers, (at, next(self._seq), kind, key))
+        if at < earliest:
+            self._timer_changed.set()
+
+    def _schedule_attempt(self, job: LiveJob) -> None:
+        assert job.machine is not None
+        deadline = job.machine.next_deadline()
+        if deadline is not None:
+            self._schedule(deadline, "attempt", (job.job_id, job.machine.attempt))
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, kind, key = heapq.heappop(self._timers)
+                self._fire(kind, key, now)
+            with trio.move_on_at(self._timers[0][0] if self._timers else math.inf):
+                await self._timer_changed.wait()
+            self._timer_changed = trio.Event()
+
+    def _fire(self, kind: str, key: Any, now: float) -> None:
+        if kind == "agent":
+            self._check_agent(key, now)
+        elif kind == "attempt":
+            job_id, attempt = key
+            job = self.jobs.get(job_id)
+            if job is not None and job.machine is not None and job.machine.attempt == attempt:
+                event = job.machine.on_deadline(now)
+                if event is not None:
+                    entry = self.agents.get(job.machine.agent or "")
+                    if entry is not None and entry.link is not None:
+                        entry.link.send_nowait(Cancel(job_id=job_id, attempt=attempt, reason="deadline passed"))
+                    self._attempt_over(job, event, None)
+        elif kind == "ready":
+            job_id, attempt = key
+            job = self.jobs.get(job_id)
+            if job is not None and job.attempts_made == attempt and not job.active:
+                self._enqueue(job)
+        elif kind == "wait":
+            job_id, token = key
+            job = self.jobs.get(job_id)
+            if job is not None and job.queued_token == token and not job.active:
+                job.queued_token += 1
+                self.jobs.pop(job_id, None)
+                wait = self.defaults.wait_agent_timeout
+                self._spawn(self._end_unattempted, job, "failed", f"no agent took it within {wait:g} s")
+        elif kind == "overall":
+            job = self.jobs.get(key)
+            if job is not None:
+                job.fail_reason = f"overall timeout of {self.defaults.overall_timeout:g} s exceeded"
+                if job.active:
+                    self._cancel(job, job.fail_reason)
+                else:
+                    job.queued_token += 1
+                    self.jobs.pop(key, None)
+                    self._spawn(self._end_unattempted, job, "failed", job.fail_reason)
+
+    def _check_agent(self, name: str, now: float) -> None:
+        entry = self.agents.get(name)
+        if entry is None or entry.lost:
+            return
+        deadline = entry.last_heard + self.settings.heartbeat_deadline
+        if now < deadline:
+            self._schedule(deadline, "agent", name)
+            return
+        entry.lost = True
+        why = "disconnected" if entry.link is None else "missed its heartbeat deadline"
+        log.warning("agent %s lost: %s", name, why)
+        self.repo.write_nowait(ops.agent_state(name, "lost", why))
+        for job in list(entry.attempts.values()):
+            if job.machine is not None and not job.machine.terminal:
+                self._attempt_over(job, AgentLost(at=now), None)
+        if entry.link is not None:
+            entry.link.send_nowait(StatusRequest())
+
+    # --- after a restart -------------------------------------------------------------------
+
+    async def recover(self) -> dict[str, int]:
+        """Load every unfinished RScript job from the repository (call before transports start).
+
+        Attempts that were out on agents wait ``reconcile_grace`` for their agent to report;
+        the rest are queued again. Returns counts for the log.
+        """
+        from engine.recovery import load_unfinished
+
+        jobs, agents = await self.repo.read(load_unfinished)
+        now = trio.current_time()
+        counts = {"queued": 0, "awaiting_agent": 0, "failed": 0}
+        for name, caps in agents.items():
+            self.agents.setdefault(
+                name, AgentEntry(name=name, capabilities=caps, transport="unknown", last_heard=now)
+            )
+        for row, attempt in jobs:
+            try:
+                self.scripts.get(row.name)
+            except LookupError as exc:
+                await self.repo.write(ops.job_ended_without_attempt(row.id, "failed", f"after restart: {exc}"))
+                counts["failed"] += 1
+                continue
+            job = self._adopt(row)
+            job.attempts_made = attempt["attempt"] if attempt else 0
+            job.failures = attempt["failures"] if attempt else 0
+            job.lost = attempt["lost"] if attempt else 0
+            if attempt and attempt["state"] in ("dispatched", "running", "cancelling"):
+                machine = AttemptMachine(
+                    job_id=row.id, attempt=attempt["attempt"], timeout=job.timeout, grace=self._grace
+                )
+                machine.handle(Dispatched(agent=attempt["agent"], at=now))
+                if attempt["state"] != "dispatched":
+                    machine.handle(Started(at=now))
+                job.machine = machine
+                job.sent = True
+                entry = self.agents.setdefault(
+                    attempt["agent"],
+                    AgentEntry(name=attempt["agent"], capabilities=Capabilities(slots=1), transport="unknown"),
+                )
+                entry.last_heard = now - self.settings.heartbeat_deadline + self.settings.reconcile_grace
+                entry.attempts[(row.id, machine.attempt)] = job
+                self._schedule_attempt(job)
+                counts["awaiting_agent"] += 1
+            else:
+                self._enqueue(job)
+                counts["queued"] += 1
+        for entry in self.agents.values():
+            self._schedule(entry.last_heard + self.settings.heartbeat_deadline, "agent", entry.name)
+        return counts
+
+    def held_by(self, name: str) -> list[AttemptRef]:
+        entry = self.agents.get(name)
+        return [] if entry is None else [AttemptRef(job_id=j, attempt=a) for j, a in entry.attempts]
+
+
+def _failure(machine: AttemptMachine, job: LiveJob) -> str:
+    n = f"attempt {machine.attempt}"
+    if machine.state is AttemptState.TIMED_OUT:
+        return f"{n} timed out after {job.timeout:g} s"
+    if machine.signal is not None:
+        return f"{n} killed by signal {machine.signal}"
+    if machine.exit_code is not None:
+        detail = f" ({machine.detail})" if machine.detail else ""
+        return f"{n} exited with code {machine.exit_code}{detail}"
+    return f"{n} failed: {machine.detail or 'no detail'}"

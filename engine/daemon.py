@@ -1,0 +1,171 @@
+"""The engine process: the root nursery and its long-lived services.
+
+``open_engine`` starts, in order: the repository writer, the agent controller (dispatcher
+and timers), recovery of unfinished jobs, the local agent socket and the local agents, and
+the resumption of unfinished actions. It yields an ``Engine``, the facade the console API,
+the CLI and the demo use. Leaving the context stops the local agents (they are asked to
+shut down and finish nothing more) and cancels the services; unfinished jobs stay
+unfinished in the repository, and the next start picks them up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine import queries
+from engine.actions import ActionRunner
+from engine.config import Config
+from engine.controller import AgentController
+from engine.jobs import Completions
+from engine.keys import load_signer
+from engine.local_transport import LocalAgents, serve_local_agents
+from engine.repository import Repository, open_repository
+from engine.tasklets import ActionLibrary
+from engine.watchdog import BlockedReport, Watchdog
+from rscripts.loader import ScriptLibrary
+
+log = logging.getLogger("wfe.engine")
+
+
+class Engine:
+    """What the outside world may ask of a running engine."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        repo: Repository,
+        runner: ActionRunner,
+        controller: AgentController,
+        watchdog: Watchdog,
+        scripts: ScriptLibrary,
+    ) -> None:
+        self.config = config
+        self.repo = repo
+        self.runner = runner
+        self.controller = controller
+        self.watchdog = watchdog
+        self.scripts = scripts
+
+    async def run_action(self, name: str, params: dict[str, Any]) -> str:
+        """Start the root action ``name``; return its job id. Raises on an unknown action or
+        bad parameters, before anything is recorded."""
+        return await self.runner.start(name, params)
+
+    async def run_rscript(self, name: str, params: dict[str, Any], **options: Any) -> str:
+        """Queue an RScript job with no parent; return its job id."""
+        return await self.controller.submit(name, params, **options)
+
+    async def kill(self, job_id: str) -> str:
+        return await self.runner.kill(job_id)
+
+    async def wait(self, job_id: str) -> Any:
+        return await self.runner.wait(job_id)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return await self.repo.read(queries.job_detail(job_id))
+
+    async def jobs(self, *, limit: int = 50, state: str | None = None, root_only: bool = False) -> list[dict[str, Any]]:
+        return await self.repo.read(queries.job_list(limit=limit, state=state, root_only=root_only))
+
+    async def output(self, job_id: str, *, attempt: int | None = None) -> bytes:
+        return await self.repo.read(queries.job_output(job_id, attempt))
+
+    def agents(self) -> list[dict[str, Any]]:
+        return queries.agent_table(self.controller)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            **self.controller.statistics(),
+            **self.runner.statistics(),
+            "repository": self.repo.statistics().__dict__
+            if hasattr(self.repo.statistics(), "__dict__")
+            else dict(self.repo.statistics()._asdict()),  # type: ignore[attr-defined]
+        }
+
+
+@asynccontextmanager
+async def open_engine(config: Config, *, start_local_agents: bool = True) -> AsyncIterator[Engine]:
+    """Run an engine for ``config`` for the duration of the block."""
+    config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    repo_ctx = open_repository(config.repository_path)
+    async with repo_ctx as repo:
+
+        def report(blocked: BlockedReport) -> None:
+            repo.write_nowait(
+                lambda tx: tx.emit("engine.blocked", blocked.label, {"seconds": round(blocked.seconds, 3)})
+            )
+
+        watchdog = Watchdog(config.engine.blocking_threshold, on_report=report)
+        trio.lowlevel.add_instrument(watchdog)
+        try:
+            scripts = ScriptLibrary([config.path(p) for p in config.engine.rscripts])
+            scripts.load()
+            sign = load_signer(config)
+            completions = Completions()
+            controller = AgentController(
+                repo=repo,
+                scripts=scripts,
+                completions=completions,
+                agents=config.agents,
+                jobs=config.jobs,
+                sign=sign,
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(controller.run)
+                counts = await controller.recover()
+                if any(counts.values()):
+                    log.info("recovered unfinished RScript jobs: %s", counts)
+                runner = ActionRunner(
+                    repo=repo,
+                    library=ActionLibrary([config.path(p) for p in config.engine.actions]),
+                    controller=controller,
+                    completions=completions,
+                    watchdog=watchdog,
+                    nursery=nursery,
+                )
+                socket_path = config.run_dir / "agents.sock"
+                await nursery.start(serve_local_agents, controller, socket_path)
+                local = LocalAgents(
+                    count=config.agents.local if start_local_agents else 0,
+                    slots=config.agents.slots,
+                    socket_path=socket_path,
+                    directory=config.agents_dir,
+                    public_key=config.path(config.engine.public_key),
+                    heartbeat=config.agents.heartbeat,
+                )
+                await local.start()
+                resumed = await runner.resume_unfinished()
+                if resumed:
+                    log.info("resumed %d unfinished action(s)", resumed)
+                engine = Engine(
+                    config=config,
+                    repo=repo,
+                    runner=runner,
+                    controller=controller,
+                    watchdog=watchdog,
+                    scripts=scripts,
+                )
+                try:
+                    yield engine
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await local.stop(controller)
+                    nursery.cancel_scope.cancel()
+        finally:
+            trio.lowlevel.remove_instrument(watchdog)
+
+
+def workspace_files(config: Config) -> dict[str, Path]:
+    """Where the engine keeps its files (for `wfe status` and the demo summary)."""
+    return {
+        "repository": config.repository_path,
+        "agents": config.agents_dir,
+        "socket": config.run_dir / "agents.sock",
+    }

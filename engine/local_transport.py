@@ -1,0 +1,191 @@
+"""The local transport: agents on this machine, over a Unix socket, started by the engine.
+
+The engine listens on ``run/agents.sock`` (mode 0600, in a 0700 directory) and speaks the
+same framed messages as ``agents.local_link`` on the agent side (the framing code is shared:
+``agents.local_link.StreamLink``). The first message on a connection must be ``AgentHello``.
+
+``LocalAgents`` starts ``agents.local`` agent processes in their own sessions, so that an
+engine killed with SIGKILL does not take them (and the scripts they run) with it: they keep
+their results in their spools and reconnect when the engine comes back. Two agents with the
+same name cannot run at once (the spool is locked), so an engine that starts again simply
+starts its agents again; those still alive from before keep their name and the new ones exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket as stdsocket
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from agents.local_link import StreamLink
+from protocols.messages import AgentHello, Message, Shutdown
+
+if TYPE_CHECKING:
+    from engine.controller import AgentController
+
+log = logging.getLogger("wfe.local")
+
+HELLO_TIMEOUT = 10.0
+OUTBOX_SIZE = 100_000
+
+
+class LocalAgentLink:
+    """The controller's ``AgentLink`` for one socket connection: an ordered outbox."""
+
+    def __init__(self, link: StreamLink) -> None:
+        self._link = link
+        self._send, self._receive = trio.open_memory_channel[Message](OUTBOX_SIZE)
+
+    def send_nowait(self, message: Message) -> None:
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            log.error("outbox full: closing a local agent connection that does not read")
+            self._send.close()
+        except trio.ClosedResourceError:
+            pass
+
+    async def pump(self) -> None:
+        """Send what is queued until the connection breaks."""
+        async for message in self._receive:
+            await self._link.send(message)
+
+
+async def serve_local_agents(
+    controller: AgentController,
+    socket_path: Path,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept local agents on ``socket_path`` until cancelled."""
+    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    socket_path.unlink(missing_ok=True)
+    sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    await sock.bind(os.fspath(socket_path))
+    os.chmod(socket_path, 0o600)
+    sock.listen(128)
+    listener = trio.SocketListener(sock)
+    log.info("local agents connect to %s", socket_path)
+    async with listener:
+        task_status.started()
+        await trio.serve_listeners(lambda stream: _serve_one(controller, stream), [listener])
+
+
+async def _serve_one(controller: AgentController, stream: trio.SocketStream) -> None:
+    link = StreamLink(stream)
+    incoming = link.receive()
+    with trio.move_on_after(HELLO_TIMEOUT):
+        try:
+            hello = await incoming.__anext__()
+        except StopAsyncIteration:
+            return
+    if not isinstance(hello, AgentHello):
+        log.warning("local connection closed: first message must be a hello")
+        await link.aclose()
+        return
+    outbox = LocalAgentLink(link)
+    controller.agent_connected(hello, outbox, transport="local")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pump, outbox, nursery.cancel_scope)
+            async for message in incoming:
+                controller.agent_message(hello.name, message)
+            nursery.cancel_scope.cancel()
+    finally:
+        controller.agent_disconnected(hello.name, outbox)
+        with trio.CancelScope(shield=True):
+            await link.aclose()
+
+
+async def _pump(outbox: LocalAgentLink, scope: trio.CancelScope) -> None:
+    try:
+        await outbox.pump()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    scope.cancel()
+
+
+class LocalAgents:
+    """Starts and stops the agent processes the engine runs on its own machine."""
+
+    def __init__(
+        self,
+        *,
+        count: int,
+        slots: int,
+        socket_path: Path,
+        directory: Path,
+        public_key: Path | None,
+        heartbeat: float,
+    ) -> None:
+        self.names = [f"local-{i}" for i in range(1, count + 1)]
+        self._slots = slots
+        self._socket = socket_path
+        self._dir = directory
+        self._key = public_key
+        self._heartbeat = heartbeat
+        self._processes: list[trio.Process] = []
+
+    def command(self, name: str) -> list[str]:
+        home = self._dir / name
+        cmd = [
+            sys.executable,
+            "-m",
+            "agents",
+            "--name",
+            name,
+            "--socket",
+            os.fspath(self._socket),
+            "--slots",
+            str(self._slots),
+            "--spool",
+            os.fspath(home / "spool"),
+            "--workdir",
+            os.fspath(home / "work"),
+            "--heartbeat",
+            str(self._heartbeat),
+            "--give-up-after",
+            "120",
+        ]
+        if self._key is not None:
+            cmd += ["--trusted-key", os.fspath(self._key)]
+        return cmd
+
+    async def start(self) -> None:
+        """Start every agent (those already running from before exit at once)."""
+        for name in self.names:
+            home = self._dir / name
+            home.mkdir(parents=True, exist_ok=True)
+            with open(home / "agent.log", "ab") as log_file:
+                process = await trio.lowlevel.open_process(
+                    self.command(name),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,
+                )
+            self._processes.append(process)
+
+    async def stop(self, controller: AgentController, *, grace: float = 5.0) -> None:
+        """Ask our agents to shut down, then make sure they did."""
+        for name in self.names:
+            entry = controller.agents.get(name)
+            if entry is not None and entry.link is not None:
+                entry.link.send_nowait(Shutdown(reason="engine stopping"))
+        with trio.move_on_after(grace):
+            for process in self._processes:
+                await process.wait()
+        for process in self._processes:
+            if process.returncode is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                await process.wait()
