@@ -1,0 +1,432 @@
+"""The agent core: one connection session at a time, attempts that outlive connections.
+
+An ``Agent`` hosts attempts in a nursery of its own (``Agent.open``), not in the nursery of
+a connection: when the link to the engine drops, running scripts go on, their results go
+to the spool, and the next session's ``AgentHello`` lists them as ``running`` or ``held``.
+Every held result is sent again right after the hello, until the engine ``Ack``s it.
+
+Per session (``Agent.serve``): hello, then the held results, then one message at a time
+from the engine, and an ``AgentStatus`` every ``heartbeat`` seconds. A ``Dispatch`` is
+checked in this order: signature (or, without a trusted key, the script's sha256); an
+attempt already running is a duplicate and is ignored; an attempt already spooled is a
+redelivery and gets its stored result without running again; then a free slot and enough
+memory, else ``JobRefused``. An accepted attempt sends ``JobAccepted`` (before any of its
+output), its ``OutputChunk``s (each appended to the spool first), and ``JobFinished``
+(stored in the spool first). A script that cannot be started gets ``JobFinished`` with
+reason ``ERROR`` and no ``JobAccepted``.
+
+All sends go through one lock, so the messages of a session keep a simple order: the hello
+first, an attempt's ``JobAccepted`` before its chunks, a replay (``Resume``) in one piece.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import attrs
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agents import __version__
+from agents.errors import MessageTooLarge, SpoolError
+from agents.link import Link
+from agents.runner import KILL_GRACE, Attempt
+from agents.spool import Spool
+from protocols.messages import (
+    Ack,
+    AgentHello,
+    AgentStatus,
+    AttemptRef,
+    Cancel,
+    Capabilities,
+    Dispatch,
+    JobAccepted,
+    JobRefused,
+    Message,
+    OutputChunk,
+    Resume,
+    Shutdown,
+    StatusRequest,
+)
+from protocols.signing import SignatureRejected, script_sha256, verify
+
+log = logging.getLogger("wfe.agent")
+
+DEFAULT_HEARTBEAT = 10.0
+
+_LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class AgentExit(enum.Enum):
+    """Why ``Agent.run`` returned."""
+
+    SHUTDOWN = "shutdown"  # the engine sent Shutdown
+    STOPPED = "stopped"  # Agent.stop() was called (a signal, usually)
+    GAVE_UP = "gave_up"  # no engine could be reached for give_up_after seconds
+
+
+@attrs.define
+class _Running:
+    attempt: Attempt
+    output_lock: trio.Lock = attrs.Factory(trio.Lock)
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+class Agent:
+    """Runs the attempts the engine dispatches; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        capabilities: Capabilities,
+        spool: Spool,
+        workdir: str | os.PathLike[str],
+        trusted_key: Ed25519PublicKey | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        keep_workdirs: bool = False,
+        kill_grace: float = KILL_GRACE,
+    ) -> None:
+        self.name = name
+        self.capabilities = capabilities
+        self.spool = spool
+        self.workdir = Path(workdir)
+        self.trusted_key = trusted_key
+        self.heartbeat = heartbeat
+        self.keep_workdirs = keep_workdirs
+        self.kill_grace = kill_grace
+        self._running: dict[AttemptRef, _Running] = {}
+        self._link: Link | None = None
+        self._send_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._stop_scope: trio.CancelScope | None = None
+        self._stop_requested = False
+
+    # --- life --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[Agent]:
+        """Host attempts for the duration; ``serve`` may be called inside.
+
+        On entry, attempts the spool shows were running when the agent last stopped are
+        closed with an ``ERROR`` result (``Spool.recover``). On exit, attempts still running
+        are cancelled and their results spooled (and sent, if a link is up) before it returns.
+        """
+        for lost in await self.spool.recover():
+            log.warning(
+                "attempt %s#%d was running when the agent stopped: reporting it as lost",
+                lost.job_id,
+                lost.attempt,
+            )
+        await trio.to_thread.run_sync(
+            functools.partial(self.workdir.mkdir, parents=True, exist_ok=True)
+        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                yield self
+            finally:
+                with trio.CancelScope(shield=True) as cleanup:
+                    cleanup.deadline = trio.current_time() + 2 * self.kill_grace + 10
+                    await self._finish_all("the agent is stopping")
+                self._nursery = None
+
+    async def run(
+        self,
+        connect: Callable[[], AbstractAsyncContextManager[Link]],
+        *,
+        reconnect_delay: float = 0.5,
+        max_reconnect_delay: float = 30.0,
+        give_up_after: float | None = None,
+    ) -> AgentExit:
+        """Connect, serve, and reconnect with exponential backoff until told to stop.
+
+        ``connect()`` must give an async context manager yielding a ``Link``, and raise
+        ``OSError`` when the engine cannot be reached. With ``give_up_after``, the agent
+        returns ``GAVE_UP`` after that many seconds without a connection (its running
+        attempts are cancelled first), so an agent the engine started does not outlive it.
+        """
+        async with self.open():
+            with trio.CancelScope() as self._stop_scope:
+                if self._stop_requested:
+                    self._stop_scope.cancel()
+                return await self._connect_loop(
+                    connect, reconnect_delay, max_reconnect_delay, give_up_after
+                )
+            return AgentExit.STOPPED
+
+    def stop(self) -> None:
+        """Make ``run`` return ``STOPPED`` after cancelling what runs (results are spooled)."""
+        self._stop_requested = True
+        if self._stop_scope is not None:
+            self._stop_scope.cancel()
+
+    async def _connect_loop(
+        self,
+        connect: Callable[[], AbstractAsyncContextManager[Link]],
+        reconnect_delay: float,
+        max_reconnect_delay: float,
+        give_up_after: float | None,
+    ) -> AgentExit:
+        delay = reconnect_delay
+        offline_since = trio.current_time()
+        failures = 0
+        while True:
+            try:
+                async with connect() as link:
+                    log.info("connected to the engine")
+                    failures, delay = 0, reconnect_delay
+                    if await self.serve(link):
+                        return AgentExit.SHUTDOWN
+                log.warning("the connection to the engine closed; reconnecting")
+                offline_since = trio.current_time()
+            except _LINK_ERRORS as exc:
+                failures += 1
+                (log.warning if failures == 1 else log.debug)("cannot reach the engine: %s", exc)
+            offline = trio.current_time() - offline_since
+            if give_up_after is not None and offline >= give_up_after:
+                log.warning("no engine for %.1f s: giving up", offline)
+                return AgentExit.GAVE_UP
+            await trio.sleep(delay)
+            delay = min(2 * delay, max_reconnect_delay)
+
+    async def _finish_all(self, reason: str) -> None:
+        entries = list(self._running.values())
+        for entry in entries:
+            entry.attempt.cancel(reason)
+        for entry in entries:
+            await entry.done.wait()
+
+    # --- one session -------------------------------------------------------------------
+
+    async def serve(self, link: Link) -> bool:
+        """Run one session on ``link`` until it closes; True if the engine sent ``Shutdown``.
+
+        Must be called inside ``open()`` (``run`` does that).
+        """
+        if self._nursery is None:
+            raise RuntimeError(
+                "Agent.serve needs a running agent: call it inside `async with agent.open():`"
+            )
+        async with self._send_lock:
+            self._link = link
+            hello = AgentHello(
+                name=self.name,
+                software=__version__,
+                capabilities=self.capabilities,
+                running=tuple(self._running),
+                held=tuple(self.spool.held()),
+            )
+            await self._send_locked(hello)
+            for ref in hello.held:
+                await self._resend_stored(ref)
+        shutdown = False
+        try:
+            async with trio.open_nursery() as session:
+                session.start_soon(self._heartbeat)
+                try:
+                    async for message in link.receive():
+                        if await self._handle(message, session):
+                            shutdown = True
+                            break
+                except _LINK_ERRORS as exc:
+                    log.warning("lost the connection: %s", exc)
+                session.cancel_scope.cancel()
+        finally:
+            if self._link is link:
+                self._link = None
+        return shutdown
+
+    async def _resend_stored(self, ref: AttemptRef) -> None:
+        """Send a spooled result again; the send lock must be held."""
+        try:
+            finished = self.spool.get(ref.job_id, ref.attempt)
+        except SpoolError as exc:
+            log.error("cannot resend a held result: %s", exc)
+            return
+        if finished is not None:
+            await self._send_locked(finished)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self.heartbeat)
+            await self._send(self.status())
+
+    def status(self) -> AgentStatus:
+        """The agent's load now, as an ``AgentStatus``."""
+        return AgentStatus(
+            name=self.name,
+            free_slots=max(0, self.capabilities.slots - len(self._running)),
+            running=tuple(self._running),
+            held=tuple(self.spool.held()),
+        )
+
+    async def _send(self, message: Message) -> bool:
+        async with self._send_lock:
+            return await self._send_locked(message)
+
+    async def _send_locked(self, message: Message) -> bool:
+        """Send on the current link if there is one; False when it did not go out."""
+        link = self._link
+        if link is None:
+            return False
+        try:
+            await link.send(message)
+        except MessageTooLarge as exc:
+            log.error("could not send: %s", exc)
+            return False
+        except _LINK_ERRORS as exc:
+            log.warning("lost the connection sending %s: %s", type(message).__name__, exc)
+            if self._link is link:
+                self._link = None
+            return False
+        return True
+
+    # --- messages from the engine ------------------------------------------------------
+
+    async def _handle(self, message: Message, session: trio.Nursery) -> bool:
+        match message:
+            case Dispatch():
+                await self._dispatch(message)
+            case Cancel(job_id=job_id, attempt=attempt, reason=reason):
+                entry = self._running.get(AttemptRef(job_id=job_id, attempt=attempt))
+                if entry is None:
+                    log.info("cancel for %s#%d, which is not running: ignored", job_id, attempt)
+                else:
+                    log.info("cancelling %s#%d: %s", job_id, attempt, reason or "no reason given")
+                    entry.attempt.cancel(reason)
+            case Ack(job_id=job_id, attempt=attempt):
+                if not await self.spool.drop(job_id, attempt):
+                    log.info("ack for %s#%d, which is not held: ignored", job_id, attempt)
+            case StatusRequest():
+                await self._send(self.status())
+            case Resume():
+                session.start_soon(self._replay, message)
+            case Shutdown(reason=reason):
+                log.info("the engine asked to shut down: %s", reason or "no reason given")
+                await self._finish_all(f"shutdown: {reason}" if reason else "shutdown")
+                return True
+            case _:
+                log.warning(
+                    "ignored a %s: it goes from agents to the engine", type(message).__name__
+                )
+        return False
+
+    def _refusal(self, d: Dispatch) -> str:
+        """Why ``d`` must not run here, or ``""``."""
+        if self.trusted_key is not None:
+            try:
+                verify(d, self.trusted_key)
+            except SignatureRejected as exc:
+                return str(exc)
+        elif script_sha256(d.script) != d.sha256:
+            return f"dispatch {d.job_id}#{d.attempt}: script sha256 does not match its text"
+        return ""
+
+    async def _dispatch(self, d: Dispatch) -> None:
+        ref = AttemptRef(job_id=d.job_id, attempt=d.attempt)
+        name = f"{d.job_id}#{d.attempt}"
+        reason = self._refusal(d)
+        if not reason and ref in self._running:
+            log.info("dispatch of %s, which is running: duplicate ignored", name)
+            return
+        if not reason:
+            try:
+                stored = self.spool.get(d.job_id, d.attempt)
+            except SpoolError as exc:
+                reason = f"its stored result is unreadable: {exc}"
+            else:
+                if stored is not None:
+                    log.info("dispatch of %s, which already ran: sending its stored result", name)
+                    await self._send(stored)
+                    return
+        if not reason:
+            reason = self._capacity_problem(d)
+        if not reason:
+            try:
+                await self.spool.begin_output(d.job_id, d.attempt)
+            except OSError as exc:
+                reason = f"cannot write the spool: {exc}"
+        if reason:
+            log.warning("refused %s: %s", name, reason)
+            await self._send(JobRefused(job_id=d.job_id, attempt=d.attempt, reason=reason))
+            return
+        await self._start(d)
+
+    def _capacity_problem(self, d: Dispatch) -> str:
+        slots = self.capabilities.slots
+        if len(self._running) >= slots:
+            return f"no free slot: all {slots} busy"
+        memory, offered = d.limits.memory, self.capabilities.memory
+        if memory is not None and offered is not None and memory > offered:
+            return f"needs {memory} bytes of memory; this agent offers {offered}"
+        return ""
+
+    async def _start(self, d: Dispatch) -> None:
+        assert self._nursery is not None
+        attempt = Attempt(
+            d, workdir=self.workdir, keep_workdir=self.keep_workdirs, kill_grace=self.kill_grace
+        )
+        entry = _Running(attempt)
+        self._running[attempt.ref] = entry
+        async with self._send_lock:  # JobAccepted goes out before any chunk of the attempt
+            pid = await self._nursery.start(self._run_attempt, entry)
+            if pid is not None:
+                await self._send_locked(JobAccepted(job_id=d.job_id, attempt=d.attempt, pid=pid))
+
+    async def _run_attempt(
+        self,
+        entry: _Running,
+        *,
+        task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        ref = entry.attempt.ref
+        try:
+            finished = await entry.attempt.run(
+                functools.partial(self._on_chunk, entry), task_status=task_status
+            )
+            try:
+                await self.spool.store(finished)
+            except OSError as exc:
+                log.error(
+                    "could not spool the result of %s#%d, sending it anyway: %s",
+                    ref.job_id,
+                    ref.attempt,
+                    exc,
+                )
+            del self._running[ref]
+            await self._send(finished)
+        finally:
+            self._running.pop(ref, None)
+            entry.done.set()
+
+    async def _on_chunk(self, entry: _Running, chunk: OutputChunk) -> None:
+        async with entry.output_lock:
+            try:
+                await self.spool.append_output(chunk)
+            except OSError as exc:
+                log.error("could not spool output of %s#%d: %s", chunk.job_id, chunk.attempt, exc)
+            await self._send(chunk)
+
+    async def _replay(self, resume: Resume) -> None:
+        ref = AttemptRef(job_id=resume.job_id, attempt=resume.attempt)
+        entry = self._running.get(ref)
+        lock: contextlib.AbstractAsyncContextManager[object] = (
+            entry.output_lock if entry is not None else contextlib.nullcontext()
+        )
+        async with lock:  # no live chunk of the attempt goes out in the middle of the replay
+            reader = self.spool.open_output(resume.job_id, resume.attempt)
+            if reader is None:
+                log.warning("resume for %s#%d: no output is held for it", ref.job_id, ref.attempt)
+                return
+            with reader:
+                while (chunk := await trio.to_thread.run_sync(reader.next_chunk)) is not None:
+                    if chunk.seq >= resume.next_seq and not await self._send(chunk):
+                        return

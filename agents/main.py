@@ -1,0 +1,121 @@
+"""``wfe agent``: the agent daemon's command line.
+
+Exit codes: 0 when the engine sent ``Shutdown`` or a SIGTERM/SIGINT stopped the agent,
+1 when it gave up waiting for an engine (``--give-up-after``) or failed, 2 for a bad
+command line or configuration, 3 when another agent process holds the same spool.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agents.config import AgentConfig, load_config
+from agents.core import Agent, AgentExit
+from agents.errors import ConfigError, SpoolLocked
+from agents.link import Link
+from agents.local_link import open_local_link
+from agents.spool import Spool
+from protocols.messages import Capabilities
+from protocols.signing import InvalidKey, load_public_key
+
+log = logging.getLogger("wfe.agent")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the agent until it is told to stop; return the process exit code."""
+    try:
+        config = load_config(argv)
+        connect = connector(config)
+        key = trusted_key(config)
+    except SystemExit as exc:  # argparse: --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except ConfigError as exc:
+        print(f"wfe agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(config)
+    try:
+        spool = Spool(config.spool)
+        with spool.locked():
+            agent = Agent(
+                name=config.name,
+                capabilities=Capabilities(
+                    slots=config.slots,
+                    memory=config.memory,
+                    site=config.site,
+                    tags=config.tags,
+                    storage=config.storage,
+                ),
+                spool=spool,
+                workdir=config.workdir,
+                trusted_key=key,
+                heartbeat=config.heartbeat,
+                keep_workdirs=config.keep_workdirs,
+            )
+            if key is None:
+                log.warning("no trusted key: dispatches are checked by sha256 only, not signature")
+            outcome = trio.run(_run, agent, connect, config.give_up_after)
+    except SpoolLocked as exc:
+        print(f"agent {config.name} is already running (spool locked: {exc.path})", file=sys.stderr)
+        return EXIT_LOCKED
+    except OSError as exc:
+        print(f"agent {config.name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    log.info("agent stopped: %s", outcome.value)
+    return EXIT_FAILED if outcome is AgentExit.GAVE_UP else EXIT_OK
+
+
+def connector(config: AgentConfig) -> Callable[[], AbstractAsyncContextManager[Link]]:
+    """How to reach the engine, from the transport the configuration names."""
+    if config.socket is not None:
+        return functools.partial(open_local_link, config.socket)
+    raise ConfigError('no transport: give --socket PATH (or socket = "..." in agent.toml)')
+
+
+def trusted_key(config: AgentConfig) -> Ed25519PublicKey | None:
+    """The public key dispatches must be signed with, or None. Raises ``ConfigError``."""
+    if config.trusted_key is None:
+        return None
+    try:
+        return load_public_key(config.trusted_key.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"trusted key {config.trusted_key}: {exc.strerror or exc}") from None
+    except InvalidKey as exc:
+        raise ConfigError(f"trusted key {config.trusted_key}: {exc}") from None
+
+
+def _configure_logging(config: AgentConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    name = config.name.replace("%", "%%")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s agent {name} %(levelname)s %(message)s"))
+    root = logging.getLogger("wfe")
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level)
+
+
+async def _run(
+    agent: Agent,
+    connect: Callable[[], AbstractAsyncContextManager[Link]],
+    give_up_after: float | None,
+) -> AgentExit:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signals, agent)
+        outcome = await agent.run(connect, give_up_after=give_up_after)
+        nursery.cancel_scope.cancel()
+    return outcome
+
+
+async def _stop_on_signals(agent: Agent) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: stopping (running attempts are cancelled)", signal.Signals(signum).name)
+            agent.stop()
