@@ -212,6 +212,7 @@ class ActionRunner:
         Raises ``UnknownAction`` / ``TaskletError`` before anything is recorded.
         """
         action = self.library.get(name)
+        action.check_params(params)
         job = await self.repo.write(
             create_job(
                 NewJob(

@@ -239,7 +239,7 @@ class AgentController:
         if job.finished:
             self.completions.resolve(JobOutcome(job_id=job.id, state=job.state, result=job.result, error=job.error))
         elif job.id not in self.jobs:
-            self._adopt(job)
+            self._enqueue(self._adopt(job))
         return job.id
 
     def _adopt(self, job: JobRow) -> LiveJob:

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from engine import queries
@@ -84,9 +85,7 @@ class Engine:
         return {
             **self.controller.statistics(),
             **self.runner.statistics(),
-            "repository": self.repo.statistics().__dict__
-            if hasattr(self.repo.statistics(), "__dict__")
-            else dict(self.repo.statistics()._asdict()),  # type: ignore[attr-defined]
+            "repository": attrs.asdict(self.repo.statistics()),
         }
 
 
@@ -105,8 +104,9 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
         watchdog = Watchdog(config.engine.blocking_threshold, on_report=report)
         trio.lowlevel.add_instrument(watchdog)
         try:
-            scripts = ScriptLibrary([config.path(p) for p in config.engine.rscripts])
-            scripts.load()
+            scripts = ScriptLibrary.scan([config.path(p) for p in config.engine.rscripts])
+            for problem in scripts.errors:  # a bad script is skipped, the engine goes on
+                log.error("RScript skipped: %s", problem)
             sign = load_signer(config)
             completions = Completions()
             controller = AgentController(

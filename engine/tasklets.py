@@ -28,9 +28,16 @@ from typing import Any
 
 import attrs
 
-from engine.errors import TaskletError, UnknownAction
+from engine.errors import EngineError, TaskletError, UnknownAction
 
 SHIPPED_ACTIONS = Path(__file__).parent / "actions"
+_PARAM_TYPES = (int, float, str, bool, list, dict)
+
+
+class ParamTypeError(EngineError, ValueError):
+    """An action was given a parameter it does not declare, or of the wrong type."""
+
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 
 
@@ -44,6 +51,7 @@ class Tasklet:
     tags: tuple[str, ...]
     main: Callable[[Any, dict[str, Any]], Awaitable[Any]]
     match: Callable[[Any, dict[str, Any]], bool] | None = None
+    params: dict[str, type] = attrs.Factory(dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -53,6 +61,27 @@ class Action:
     name: str
     folder: Path
     tasklets: tuple[Tasklet, ...]
+    params: dict[str, type] = attrs.Factory(dict)  # declared by tasklets' ``__params__``
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Refuse parameters of the wrong type, or unknown ones when any are declared.
+
+        Raises ``ParamTypeError`` with one line naming the action and the parameter.
+        """
+        if not self.params:
+            return
+        for key, value in params.items():
+            expected = self.params.get(key)
+            if expected is None:
+                known = ", ".join(sorted(self.params))
+                raise ParamTypeError(f"action {self.name}: unknown parameter {key!r} (known: {known})")
+            ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise ParamTypeError(
+                    f"action {self.name}: parameter {key!r} must be {expected.__name__}, got {type(value).__name__}"
+                )
 
 
 class ActionLibrary:
@@ -76,7 +105,11 @@ class ActionLibrary:
         for root in self.roots:
             folder = root / domain / action
             if folder.is_dir():
-                loaded = Action(name=name, folder=folder, tasklets=_load_folder(name, folder))
+                tasklets = _load_folder(name, folder)
+                declared: dict[str, type] = {}
+                for t in tasklets:
+                    declared.update(t.params)
+                loaded = Action(name=name, folder=folder, tasklets=tasklets, params=declared)
                 self._cache[name] = loaded
                 return loaded
         known = ", ".join(self.names()) or "none"
@@ -128,7 +161,13 @@ def _load_file(action: str, path: Path) -> Tasklet:
     tags = getattr(module, "__tags__", ())
     if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
         raise TaskletError(f"{path}: __tags__ must be a tuple of strings")
+    declared = getattr(module, "__params__", {})
+    if not isinstance(declared, dict) or not all(
+        isinstance(k, str) and v in _PARAM_TYPES for k, v in declared.items()
+    ):
+        raise TaskletError(f"{path}: __params__ must map names to one of int, float, str, bool, list, dict")
     return Tasklet(
+        params=dict(declared),
         name=f"{action}/{path.stem}",
         path=path,
         priority=priority,

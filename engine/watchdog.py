@@ -37,7 +37,7 @@ class Watchdog(trio.abc.Instrument):
         self.reports: list[BlockedReport] = []
         self._on_report = on_report
         self._labels: dict[Task, str] = {}
-        self._started = 0.0
+        self._started: float | None = None
 
     def label(self, text: str) -> None:
         """Name the current task in reports (e.g. ``tasklet demo.survey/10_split (job j1)``)."""
@@ -47,7 +47,10 @@ class Watchdog(trio.abc.Instrument):
         self._started = time.perf_counter()  # wall-clock: measures real time the loop was held
 
     def after_task_step(self, task: Task) -> None:
+        if self._started is None:  # the step that added this instrument
+            return
         held = time.perf_counter() - self._started  # wall-clock
+        self._started = None
         if held < self.threshold:
             return
         label = self._labels.get(task, task.name)

@@ -1,0 +1,15 @@
+"""The survey's result: what was inspected, and the total size."""
+
+from __future__ import annotations
+
+__tags__ = ("demo",)
+__priority__ = 30
+
+
+async def main(ctx, params):
+    inspected = params["inspected"]
+    return {
+        "files": len(inspected),
+        "bytes": sum(item["size"] for item in inspected),
+        "host": ((params.get("host") or {}).get("results") or {}).get("hostname"),
+    }

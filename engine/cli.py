@@ -1,0 +1,344 @@
+"""The ``wfe`` command.
+
+Every subcommand has ``--help``; those that print data take ``--json``. On error a command
+prints one line, ``wfe: error: <reason>``, and exits non-zero (2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine import __version__
+from engine.config import CONFIG_NAME, DEFAULT_TOML, Config, load_config
+from engine.errors import EngineError
+from engine.render import print_job, print_table, seconds
+
+log = logging.getLogger("wfe")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = Path(args.config or os.environ.get("WFE_CONFIG") or CONFIG_NAME)
+    return load_config(path)
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``k=v`` pairs into a dict; a value that parses as JSON is taken as JSON, else as text."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EngineError(f"bad --param {pair!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- wfe init / engine ---------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from engine.keys import create_secrets
+
+    directory = Path(args.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CONFIG_NAME
+    if path.exists() and not args.force:
+        raise EngineError(f"{path} exists (use --force to overwrite)")
+    path.write_text(DEFAULT_TOML.format(port=args.port, local=args.local, slots=args.slots))
+    config = load_config(path)
+    create_secrets(config)
+    print(f"wrote {path}, the signing key and the console token ({config.path(config.api.token_file)}, mode 0600)")
+    print(f"start the engine with: wfe engine --config {path}")
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    config = _config(args)
+    trio.run(run_engine_process, config)
+    return 0
+
+
+async def run_engine_process(config: Config, *, ready: Callable[[int], None] | None = None) -> None:
+    """The body of ``wfe engine``: the engine, its API, until SIGINT or SIGTERM."""
+    from engine.api import serve_api
+    from engine.daemon import open_engine
+    from engine.keys import read_token
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_engine(config) as engine, trio.open_nursery() as nursery:
+            port = await nursery.start(
+                lambda task_status: serve_api(
+                    engine,
+                    host=config.api.host,
+                    port=config.api.port,
+                    token=read_token(config),
+                    max_message=config.api.max_message,
+                    task_status=task_status,
+                )
+            )
+            (config.run_dir / "api.port").write_text(f"{port}\n")
+            (config.run_dir / "engine.pid").write_text(f"{os.getpid()}\n")
+            log.info("engine ready: repository %s, console ws://%s:%d/", config.repository_path, config.api.host, port)
+            if ready is not None:
+                ready(port)
+            async for signum in signals:
+                log.info("%s received: stopping", signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
+
+
+# --- client commands -----------------------------------------------------------------------
+
+
+def _call(args: argparse.Namespace, op: str, **call_args: Any) -> Any:
+    from engine.client import connect_config
+
+    config = _config(args)
+
+    async def go() -> Any:
+        async with connect_config(config) as client:
+            return await client.call(op, **call_args)
+
+    return trio.run(go)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    params = parse_params(args.param)
+    target = {"rscript": args.target} if args.rscript else {"action": args.target}
+    from engine.client import connect_config
+
+    config = _config(args)
+
+    async def go() -> tuple[str, dict[str, Any] | None]:
+        async with connect_config(config) as client:
+            started = await client.call("run", params=params, **target)
+            if not args.wait:
+                return started["job"], None
+            done = await client.call("wait", job=started["job"])
+            return started["job"], done
+
+    job_id, done = trio.run(go)
+    if args.json:
+        print(json.dumps({"job": job_id, **({"state": done["state"], "error": done["error"]} if done else {})}))
+    elif done is None:
+        print(job_id)
+    else:
+        print(f"{job_id} {done['state']}" + (f": {done['error']}" if done.get("error") else ""))
+    return 0 if done is None or done["state"] == "succeeded" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch_status(args)
+    result = _call(args, "status", **({"job": args.job} if args.job else {}))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.job:
+        print_job(result)
+    else:
+        stats = result["statistics"]
+        print(
+            f"agents {stats['agents']}  queued {stats['queued']}  running {stats['running']}"
+            f"  actions {stats['running_actions']}  dispatched {stats['dispatched_total']}"
+        )
+        print_table(
+            [
+                {"job": j["id"], "name": j["name"], "state": j["state"], "error": (j["error"] or "")[:60]}
+                for j in result["jobs"]
+            ]
+        )
+    return 0
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    from engine.client import connect_config
+
+    config = _config(args)
+
+    async def go() -> None:
+        async with connect_config(config) as client:
+            while True:
+                result = await client.call("status", **({"job": args.job} if args.job else {}))
+                print("\x1b[2J\x1b[H", end="")
+                if args.job:
+                    print_job(result)
+                    if result["state"] in ("succeeded", "failed", "cancelled"):
+                        return
+                else:
+                    print_table([{"job": j["id"], "name": j["name"], "state": j["state"]} for j in result["jobs"]])
+                await trio.sleep(1)
+
+    trio.run(go)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    if not args.follow:
+        result = _call(args, "logs", job=args.job, **({"attempt": args.attempt} if args.attempt else {}))
+        sys.stdout.write(result["output"])
+        return 0
+    from engine.client import connect_config
+
+    config = _config(args)
+
+    async def go() -> str:
+        async with connect_config(config) as client:
+            await client.call("tail", job=args.job)
+            async for frame in client.frames():
+                if "output" in frame:
+                    sys.stdout.write(frame["output"])
+                    sys.stdout.flush()
+                if frame.get("end"):
+                    return str(frame.get("state"))
+        return "unknown"
+
+    state = trio.run(go)
+    return 0 if state == "succeeded" else 1
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    agents = _call(args, "agents")
+    if args.json:
+        print(json.dumps(agents, indent=2))
+    else:
+        print_table(
+            [
+                {
+                    "agent": a["name"],
+                    "state": a["state"],
+                    "transport": a["transport"],
+                    "slots": f"{a['slots'] - a['free_slots']}/{a['slots']}",
+                    "site": a["site"],
+                    "running": " ".join(a["running"][:4]) + (" ..." if len(a["running"]) > 4 else ""),
+                }
+                for a in agents
+            ]
+        )
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    result = _call(args, "kill", job=args.job)
+    print(f"{args.job}: kill requested (was {result['state']})")
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agents.main import main as agent_main
+
+    return agent_main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    return run_demo(files=args.files, agents=args.agents, keep=not args.clean, seconds_per_job=args.seconds)
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wfe", description="wfe: a workflow engine for science data processing")
+    parser.add_argument("--version", action="version", version=f"wfe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Command, help: str, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if config:
+            p.add_argument("--config", help=f"path of {CONFIG_NAME} (default: $WFE_CONFIG or ./{CONFIG_NAME})")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("init", cmd_init, "write a wfe.toml with working defaults, a signing key and a token", config=False)
+    p.add_argument("directory", nargs="?", default=".")
+    p.add_argument("--port", type=int, default=8765, help="console port (0: any free port)")
+    p.add_argument("--local", type=int, default=2, help="local agents to start")
+    p.add_argument("--slots", type=int, default=2, help="slots per local agent")
+    p.add_argument("--force", action="store_true", help="overwrite an existing wfe.toml")
+
+    p = add("engine", cmd_engine, "run the engine daemon (Ctrl-C or SIGTERM stops it)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+    p = add("agent", cmd_agent, "run an agent (see `wfe agent --help`)", config=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_help = False
+
+    p = add("demo", cmd_demo, "run a sample workflow on a temporary workspace with two local agents", config=False)
+    p.add_argument("--files", type=int, default=12, help="data files the sample makes and inspects (2 RScripts each)")
+    p.add_argument("--agents", type=int, default=2, help="local agents")
+    p.add_argument("--seconds", type=float, default=0.2, help="how long each sample job sleeps")
+    p.add_argument("--clean", action="store_true", help="delete the workspace afterwards")
+
+    p = add("run", cmd_run, "start an action (or with --rscript, one RScript) and print its job id")
+    p.add_argument("target", help="action name, e.g. demo.survey (or an RScript name with --rscript)")
+    p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a parameter (JSON or text)")
+    p.add_argument("--rscript", action="store_true", help="run an RScript directly")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
+    p.add_argument("--json", action="store_true")
+
+    p = add("status", cmd_status, "show the engine's state, or one job")
+    p.add_argument("job", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true", help="refresh every second")
+
+    p = add("logs", cmd_logs, "print a job's output")
+    p.add_argument("job")
+    p.add_argument("--attempt", type=int)
+    p.add_argument("--follow", "-f", action="store_true", help="stream output until the job ends")
+
+    p = add("agents", cmd_agents, "list the agents the engine knows")
+    p.add_argument("--json", action="store_true")
+
+    p = add("kill", cmd_kill, "cancel a job and everything it started")
+    p.add_argument("job")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:  # the agent has its own parser (and its own --help)
+        from agents.main import main as agent_main
+
+        return agent_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt:
+        return 130
+    except (EngineError, ValueError, LookupError, OSError) as exc:
+        from engine.actions import one_line
+
+        print(f"wfe: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "parse_params", "seconds"]

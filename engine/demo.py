@@ -1,0 +1,118 @@
+"""``wfe demo``: a real workflow on a temporary workspace, with nothing installed but wfe.
+
+It writes a workspace (``wfe.toml``, keys, token), starts an engine in this process with two
+local agents, runs the root action ``demo.survey`` (which makes sample files and fans out
+to one ``demo.inspect`` actor action per file, each running two RScripts on the agents),
+shows progress while it runs, and prints a summary table. Exits 0 when every job succeeded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine import queries
+from engine.config import CONFIG_NAME, DEFAULT_TOML, Config, load_config
+from engine.daemon import open_engine
+from engine.keys import create_secrets
+from engine.render import format_table, seconds
+
+
+def make_workspace(directory: Path, *, agents: int, slots: int = 2) -> Config:
+    """Write a ready-to-run workspace into ``directory`` and return its configuration."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CONFIG_NAME
+    path.write_text(DEFAULT_TOML.format(port=0, local=agents, slots=slots))
+    config = load_config(path)
+    create_secrets(config)
+    return config
+
+
+def run_demo(*, files: int, agents: int, keep: bool = True, seconds_per_job: float = 0.2) -> int:
+    workspace = Path(tempfile.mkdtemp(prefix="wfe-demo-"))
+    config = make_workspace(workspace, agents=agents)
+    print(f"wfe demo: workspace {workspace}, {agents} local agents, {files} files -> {2 * files + 1} RScripts")
+    try:
+        ok = trio.run(_demo, config, files, seconds_per_job)
+    finally:
+        if not keep:
+            shutil.rmtree(workspace, ignore_errors=True)
+    return 0 if ok else 1
+
+
+async def _wait_for_agents(engine: Any, count: int) -> None:
+    with trio.fail_after(30):
+        while sum(1 for a in engine.agents() if a["state"] == "connected") < count:
+            await trio.sleep(0.05)
+
+
+async def _demo(config: Config, files: int, seconds_per_job: float) -> bool:
+    started = trio.current_time()
+    async with open_engine(config) as engine:
+        await _wait_for_agents(engine, config.agents.local)
+        job_id = await engine.run_action(
+            "demo.survey",
+            {"files": files, "seconds": seconds_per_job, "data_dir": str(config.root / "data")},
+        )
+        print(f"started {job_id} (demo.survey)")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_progress, engine, job_id)
+            outcome = await engine.wait(job_id)
+            nursery.cancel_scope.cancel()
+        rows = await engine.repo.read(queries.tree_summary(job_id))
+        detail = await engine.job(job_id)
+    elapsed = trio.current_time() - started
+    _summary(config, rows, detail, elapsed)
+    return outcome.state == "succeeded" and all(r["state"] == "succeeded" for r in rows)
+
+
+async def _progress(engine: Any, job_id: str) -> None:
+    tty = sys.stdout.isatty()
+    while True:
+        rows = await engine.repo.read(queries.tree_summary(job_id))
+        states = Counter(r["state"] for r in rows)
+        per_agent = Counter(r["agent"] for r in rows if r["state"] == "running" and r["agent"])
+        line = (
+            f"  rscripts: {states['succeeded']} succeeded, {states['running']} running, {states['queued']} queued,"
+            f" {states['failed']} failed"
+            + (f"  [{', '.join(f'{a}: {n}' for a, n in sorted(per_agent.items()))}]" if per_agent else "")
+        )
+        print(("\r" + line.ljust(100)) if tty else line, end="" if tty else "\n", flush=True)
+        await trio.sleep(0.2 if tty else 1.0)
+
+
+def _summary(config: Config, rows: list[dict[str, Any]], detail: dict[str, Any], elapsed: float) -> None:
+    if sys.stdout.isatty():
+        print("\r" + " " * 100 + "\r", end="")
+    print(
+        format_table(
+            [
+                {
+                    "job": r["id"],
+                    "rscript": r["name"],
+                    "state": r["state"],
+                    "exit": r["exit_code"],
+                    "attempt": r["attempt"],
+                    "agent": r["agent"],
+                    "duration": seconds(r["duration"]),
+                }
+                for r in rows
+            ]
+        )
+    )
+    states = Counter(r["state"] for r in rows)
+    agents = Counter(r["agent"] for r in rows)
+    print()
+    print(f"{detail['id']} demo.survey: {detail['state']}" + (f" ({detail['error']})" if detail["error"] else ""))
+    if detail.get("result"):
+        print(f"result: {detail['result']}")
+    print(f"rscript jobs: {len(rows)} ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})")
+    print(f"per agent: {', '.join(f'{a}: {n}' for a, n in sorted(agents.items(), key=str))}")
+    print(f"wall time: {elapsed:.1f} s")
+    print(f"repository: {config.repository_path}")
