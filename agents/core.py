@@ -191,10 +191,13 @@ class Agent:
                 failures += 1
                 (log.warning if failures == 1 else log.debug)("cannot reach the engine: %s", exc)
             offline = trio.current_time() - offline_since
-            if give_up_after is not None and offline >= give_up_after:
-                log.warning("no engine for %.1f s: giving up", offline)
-                return AgentExit.GAVE_UP
-            await trio.sleep(delay)
+            pause = delay
+            if give_up_after is not None:
+                if offline >= give_up_after:
+                    log.warning("no engine for %.1f s: giving up", offline)
+                    return AgentExit.GAVE_UP
+                pause = min(delay, give_up_after - offline)  # one last try at the deadline
+            await trio.sleep(pause)
             delay = min(2 * delay, max_reconnect_delay)
 
     async def _finish_all(self, reason: str) -> None:

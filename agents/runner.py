@@ -220,6 +220,11 @@ class Attempt:
             with trio.CancelScope(shield=True):
                 if not self._exited:  # we were cancelled from outside: the group dies too
                     _killpg(process.pid, signal.SIGKILL)
+                    # End of file on both pipes proves their holders are dead; wait for it a little.
+                    with trio.move_on_after(self._kill_grace):
+                        for pipe in (process.stdout, process.stderr):
+                            while pipe is not None and await pipe.receive_some(MAX_CHUNK_BYTES):
+                                pass
                 for pipe in (process.stdout, process.stderr):
                     if pipe is not None:
                         await pipe.aclose()
