@@ -24,6 +24,7 @@ from engine.prosody import (
     ProsodyError,
     ProsodyNotInstalled,
     ProsodyServer,
+    main,
     start_prosody,
 )
 
@@ -330,3 +331,14 @@ def test_dev_server_runs_until_ctrl_c(tmp_path: Path) -> None:
     assert rest.strip() == "stopped"
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+def test_dev_server_without_prosody_prints_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`wfe xmpp-dev-server` without Prosody exits 1 with the install hint on one line."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["--port", "0"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"wfe xmpp-dev-server: error: {INSTALL_HINT}\n"
