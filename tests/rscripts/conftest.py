@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
 import subprocess
 import sys
@@ -31,7 +32,16 @@ from rscripts import (
 
 _line_text = st.text(st.characters(exclude_categories=("Cc", "Cs"))).map(str.strip)
 _description = _line_text.filter(lambda s: not s.startswith(("=", "(required)")))
-_word = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,10}", fullmatch=True)
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_ALNUM = _LOWER + _LOWER.upper() + "0123456789"
+
+
+def _ident(first: str, rest: str, max_size: int) -> st.SearchStrategy[str]:
+    """Cheaper than ``st.from_regex`` for ``[first][rest]{0,max_size}``."""
+    return st.builds(operator.add, st.sampled_from(first), st.text(rest, max_size=max_size))
+
+
+_word = _ident(_ALNUM, _ALNUM + "_.-", 10)
 _json_scalar = (
     st.none()
     | st.booleans()
@@ -65,7 +75,7 @@ def _param(draw: st.DrawFn) -> ParamSpec:
     elif kind == "null":
         default = None
     return ParamSpec(
-        name=draw(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)),
+        name=draw(_ident(_ALNUM[:52] + "_", _ALNUM + "_", 10)),
         type=ptype,
         required=kind == "required",
         default=default,
@@ -83,8 +93,8 @@ _requirements = st.builds(
 
 _header = st.builds(
     ScriptHeader,
-    name=st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True),
-    version=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,10}", fullmatch=True),
+    name=_ident(_LOWER, _LOWER + "0123456789_-", 20),
+    version=_ident(_ALNUM, _ALNUM + "._+-", 10),
     interpreter=st.sampled_from(sorted(INTERPRETERS)),
     description=_line_text,
     timeout=st.floats(1e-3, 1e9) | st.integers(1, 10**9).map(float),
@@ -130,27 +140,30 @@ def run_script(
     *,
     via: str = "both",
     validate: bool = True,
+    raw_params: str | None = None,
 ) -> Run:
     """Run ``script`` as an agent would: own working dir, params as JSON, result file.
 
     ``via`` is ``"both"`` (file and stdin, like the agent), ``"file"`` or ``"stdin"``.
-    ``validate`` runs ``validate_params`` first (the engine always does).
+    ``validate`` runs ``validate_params`` first (the engine always does); ``raw_params``
+    replaces the params JSON text (then ``params`` is ignored).
     """
-    if validate:
+    if validate and raw_params is None:
         params = validate_params(script.header, params)
+    text = json.dumps(params) if raw_params is None else raw_params
     workdir = base / "work"
     workdir.mkdir(parents=True)
     suffix = INTERPRETERS[script.header.interpreter].suffixes[0]
     path = base / f"{script.name}{suffix}"
     path.write_text(script.text, encoding="utf-8")
     params_path = base / "params.json"
-    params_path.write_text(json.dumps(params), encoding="utf-8")
+    params_path.write_text(text, encoding="utf-8")
     result_path = base / "result.json"
     env = _env()
     env["WFE_RESULT"] = str(result_path)
     if via in ("both", "file"):
         env["WFE_PARAMS"] = str(params_path)
-    stdin = json.dumps(params).encode() if via in ("both", "stdin") else b""
+    stdin = text.encode() if via in ("both", "stdin") else b""
     argv = list(INTERPRETERS[script.header.interpreter].argv)
     if script.header.interpreter == "python3":
         argv = [sys.executable]
