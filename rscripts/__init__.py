@@ -19,7 +19,9 @@ from rscripts.header import (
     Requirements,
     ScriptHeader,
     format_header,
+    format_size,
     parse_header,
+    parse_size,
     validate_params,
 )
 from rscripts.loader import MAX_SCRIPT_BYTES, SHIPPED_DIR, RScript, ScriptLibrary, read_script
@@ -48,8 +50,10 @@ __all__ = [
     "UnknownRScript",
     "check_result",
     "format_header",
+    "format_size",
     "load_result",
     "parse_header",
+    "parse_size",
     "read_script",
     "validate_params",
 ]
