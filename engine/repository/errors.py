@@ -1,0 +1,17 @@
+"""Errors raised by the repository. Each message is one line that names the problem."""
+
+from __future__ import annotations
+
+from engine.errors import EngineError
+
+
+class RepositoryError(EngineError):
+    """The repository cannot do what was asked (bad file, failed transaction, misuse)."""
+
+
+class SchemaTooNew(RepositoryError):
+    """The database was written by a newer wfe than this one; refusing to touch it."""
+
+
+class RepositoryClosed(RepositoryError):
+    """The repository is closed (or its writer stopped); nothing more can be written."""

@@ -1,0 +1,216 @@
+"""The repository: every object and state change of the engine, in one SQLite file.
+
+``open_repository`` opens (or creates) the file, applies the schema migrations, and starts the one
+writer task. Writes go through ``write``/``write_nowait`` and are group-committed by that task;
+reads run on read-only connections on worker threads; ``subscribe`` streams committed events.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import attrs
+import trio
+
+from engine.repository.errors import RepositoryError
+from engine.repository.events import Event, EventHub, Subscription
+from engine.repository.reader import BUSY_TIMEOUT_MS, ReaderPool, events_since
+from engine.repository.schema import migrate
+from engine.repository.writer import Command, Tx, Writer
+
+T = TypeVar("T")
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+@attrs.frozen(kw_only=True)
+class RepositoryStatistics:
+    """A snapshot of the repository's activity, for the console and benchmarks."""
+
+    commits: int  # transactions committed
+    ops: int  # write ops run
+    failed_ops: int  # ops that raised or whose transaction failed
+    ops_per_commit_last: int  # ops in the most recent transaction
+    ops_per_commit_avg: float
+    max_ops_per_commit: int
+    queue_depth: int  # ops waiting for the writer
+    subscribers: int
+
+
+class Repository:
+    """Handle on an open repository; get one from ``open_repository``.
+
+    ``write(op)`` runs ``op(tx)`` on the writer thread inside the group transaction and its own
+    SAVEPOINT: if ``op`` raises, only its changes are rolled back and the exception is re-raised
+    to this caller; the other ops of the batch commit. It returns ``op``'s result after COMMIT.
+    Ops must be quick, must not block or await, and must not touch ``tx`` after returning.
+    If the whole transaction fails (disk full, I/O error), every op of the batch gets a
+    ``RepositoryError`` and nothing of it is committed. After close, writes raise
+    ``RepositoryClosed``.
+    """
+
+    def __init__(self, path: Path, writer: Writer, readers: ReaderPool, hub: EventHub) -> None:
+        self.path = path
+        self._writer = writer
+        self._readers = readers
+        self._hub = hub
+
+    async def write(self, op: Callable[[Tx], T]) -> T:
+        """Run ``op`` in the group transaction; return its result once committed.
+
+        Cancelled while still queued, the op never runs; once the writer has taken it, the
+        caller waits for the outcome and the cancellation is delivered afterwards.
+        """
+        command = Command(op, trio.lowlevel.current_task())
+        self._writer.submit(command)
+        result: T = await trio.lowlevel.wait_task_rescheduled(command.abort)
+        return result
+
+    def write_nowait(self, op: Callable[[Tx], object]) -> None:
+        """Queue ``op`` without waiting (output chunks...); ordered with ``write``; errors are logged."""
+        self._writer.submit(Command(op, None))
+
+    async def flush(self) -> None:
+        """Return when everything written before this call is committed (or has failed)."""
+        await self.write(_nothing)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on a read-only connection on a worker thread, in one snapshot.
+
+        Sees everything whose ``write`` had returned before this call.
+        """
+        return await self._readers.read(fn)
+
+    @asynccontextmanager
+    async def subscribe(self, *, max_buffer: int = 1000) -> AsyncIterator[Subscription]:
+        """Stream events committed from now on; see ``Subscription``.
+
+        A subscriber that falls more than ``max_buffer`` events behind gets a ``Missed`` marker
+        instead of the events that did not fit, and never slows the writer. To catch up from a
+        known id without a gap: subscribe first, then ``events_since(known)``, then iterate,
+        skipping events with an id you have already seen.
+        """
+        subscription = Subscription(max_buffer)
+        self._hub.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._hub.remove(subscription)
+
+    async def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        """Return up to ``limit`` committed events with ``id > after_id``, oldest first."""
+        return await self.read(lambda conn: events_since(conn, after_id, limit))
+
+    def statistics(self) -> RepositoryStatistics:
+        """Return counts of commits and ops so far, batch sizes and the current queue depth."""
+        stats = self._writer.statistics()
+        return RepositoryStatistics(
+            commits=stats.commits,
+            ops=stats.ops,
+            failed_ops=stats.failed_ops,
+            ops_per_commit_last=stats.last_batch,
+            ops_per_commit_avg=stats.ops_per_commit,
+            max_ops_per_commit=stats.max_batch,
+            queue_depth=stats.queue_depth,
+            subscribers=len(self._hub),
+        )
+
+
+def _nothing(tx: Tx) -> None:
+    return None
+
+
+def connect_writer(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open (or create) the database for writing, set its PRAGMAs and migrate its schema.
+
+    Raises ``RepositoryError`` for a file that is not a database or a directory that does not
+    exist, and ``SchemaTooNew`` for a database newer than this code.
+    """
+    mode = synchronous.upper()
+    if mode not in SYNCHRONOUS_MODES:
+        raise ValueError(
+            f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}"
+        )
+    try:
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, cached_statements=512
+        )
+    except sqlite3.Error as exc:
+        raise RepositoryError(f"{path}: cannot open repository: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if journal.lower() != "wal":
+            raise RepositoryError(f"{path}: cannot switch to WAL journal mode (got {journal})")
+        conn.execute(f"PRAGMA synchronous = {mode}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate a big WAL after checkpoint
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise RepositoryError(f"{path}: not a usable wfe repository: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@asynccontextmanager
+async def open_repository(
+    path: Path | str,
+    *,
+    max_batch: int = 5000,
+    synchronous: str = "NORMAL",
+    readers: int = 4,
+    inline: bool = False,
+) -> AsyncIterator[Repository]:
+    """Open or create the repository at ``path`` and run its writer until the block exits.
+
+    ``synchronous``: ``NORMAL`` (default) survives a crash of the process at any moment; ``FULL``
+    also survives power loss, at the cost of one fsync per transaction. ``max_batch`` bounds the
+    ops per transaction. On exit (also on error or cancellation) everything already queued is
+    committed, subscriptions end, and the file is closed. An exception from the block is
+    re-raised as is (not wrapped in an exception group). ``inline=True`` runs every database
+    call on the trio thread instead of worker threads: for tests on a ``MockClock`` (whose
+    autojump would otherwise fire while a batch is on a thread) and for fast simulation.
+    """
+    path = Path(path)
+    conn = (
+        connect_writer(path, synchronous)
+        if inline
+        else await trio.to_thread.run_sync(connect_writer, path, synchronous)
+    )
+    hub = EventHub()
+    writer = Writer(conn, hub, max_batch=max_batch, inline=inline)
+    pool = ReaderPool(path, size=readers, inline=inline)
+    repository = Repository(path, writer, pool, hub)
+    body_error: BaseException | None = None
+    try:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(writer.run)
+                try:
+                    yield repository
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await writer.aclose()
+                        hub.close()
+                        await pool.aclose()
+        except BaseExceptionGroup as group:
+            # The writer task never raises an Exception (it records it in writer.failure), so
+            # a lone exception here is the block's own: hand it back unwrapped.
+            if len(group.exceptions) != 1:
+                raise
+            body_error = group.exceptions[0]
+        if body_error is not None:
+            raise body_error
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(conn.close)
+        del body_error
+    if writer.failure is not None:
+        raise RepositoryError(f"repository writer failed: {writer.failure}") from writer.failure

@@ -1,0 +1,102 @@
+"""The repository schema as an ordered list of migrations, and the code that applies them.
+
+``PRAGMA user_version`` holds how many migrations a database has had. Opening applies the missing
+ones, all in one ``BEGIN IMMEDIATE`` transaction together with the new ``user_version``, so a
+crash or an error leaves the previous version intact. A database whose version is higher than
+``len(MIGRATIONS)`` was written by a newer wfe and is refused.
+
+To change the schema, append one SQL script to ``MIGRATIONS`` (never edit or reorder an applied
+one). Do not put ``BEGIN``/``COMMIT`` in it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from engine.repository.errors import RepositoryError, SchemaTooNew
+
+_CORE = """
+CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
+  subject TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX events_subject ON events(subject, id);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE jobs (
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('action','rscript')), name TEXT NOT NULL,
+  parent_id TEXT REFERENCES jobs(id), root_id TEXT NOT NULL, call_seq INTEGER,
+  params TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 0,
+  requirements TEXT NOT NULL DEFAULT '{}', max_attempts INTEGER NOT NULL DEFAULT 1,
+  attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, started_at REAL, ended_at REAL,
+  result TEXT, error TEXT, request_id TEXT, UNIQUE (parent_id, call_seq));
+CREATE INDEX jobs_state ON jobs(state);
+CREATE INDEX jobs_parent ON jobs(parent_id);
+CREATE TABLE attempts (
+  job_id TEXT NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL, state TEXT NOT NULL, agent TEXT,
+  exit_code INTEGER, signal INTEGER, reason TEXT, detail TEXT, dispatched_at REAL, started_at REAL,
+  ended_at REAL, duration REAL, result TEXT, chunks INTEGER, PRIMARY KEY (job_id, attempt));
+CREATE INDEX attempts_state ON attempts(state);
+CREATE TABLE output (job_id TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL,
+  stream TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job_id, attempt, seq));
+CREATE TABLE agents (name TEXT PRIMARY KEY, transport TEXT NOT NULL, capabilities TEXT NOT NULL DEFAULT '{}',
+  state TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL);
+"""
+
+#: Every migration ever, in order. Append only: the position is the schema version.
+MIGRATIONS: list[str] = [
+    _CORE,  # 1: events, counters, jobs, attempts, output, agents
+]
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """Return how many migrations the database has had (``PRAGMA user_version``)."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[str] | None = None) -> int:
+    """Apply the migrations the database lacks, atomically; return the new schema version.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``) with no transaction open.
+    Raises ``SchemaTooNew`` for a database newer than the code, and ``RepositoryError`` when a
+    migration fails, in which case nothing was changed.
+    """
+    scripts = MIGRATIONS if migrations is None else migrations
+    known = len(scripts)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = schema_version(conn)
+        if current > known:
+            raise SchemaTooNew(
+                f"repository schema version {current} is newer than this wfe ({known}): upgrade wfe"
+            )
+        for number in range(current + 1, known + 1):
+            try:
+                for statement in split_statements(scripts[number - 1]):
+                    conn.execute(statement)
+            except sqlite3.Error as exc:
+                raise RepositoryError(f"schema migration {number} failed: {exc}") from exc
+        if known != current:
+            conn.execute(f"PRAGMA user_version = {known:d}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return known
+
+
+def split_statements(script: str) -> list[str]:
+    """Split an SQL script into complete statements (triggers with ``BEGIN ... END`` stay whole)."""
+    statements: list[str] = []
+    start = 0
+    for end, char in enumerate(script):
+        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
+            statement = script[start : end + 1].strip()
+            if statement != ";":
+                statements.append(statement)
+            start = end + 1
+    rest = script[start:].strip()
+    if rest:
+        if not sqlite3.complete_statement(rest + ";"):
+            raise RepositoryError(f"incomplete SQL statement in migration: {rest[:60]!r}")
+        statements.append(rest)
+    return statements
