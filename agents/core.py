@@ -116,8 +116,10 @@ class Agent:
         """Host attempts for the duration; ``serve`` may be called inside.
 
         On entry, attempts the spool shows were running when the agent last stopped are
-        closed with an ``ERROR`` result (``Spool.recover``). On exit, attempts still running
-        are cancelled and their results spooled (and sent, if a link is up) before it returns.
+        closed with an ``ERROR`` result (``Spool.recover``). On a normal exit, attempts still
+        running are cancelled and their results spooled (and sent, if a link is up) before it
+        returns. If the caller is cancelled instead, their process groups are killed and the
+        next start reports them as lost.
         """
         for lost in await self.spool.recover():
             log.warning(
@@ -137,6 +139,7 @@ class Agent:
                     cleanup.deadline = trio.current_time() + 2 * self.kill_grace + 10
                     await self._finish_all("the agent is stopping")
                 self._nursery = None
+                nursery.cancel_scope.cancel()  # nothing may keep the agent from stopping
 
     async def run(
         self,
@@ -163,8 +166,22 @@ class Agent:
             return AgentExit.STOPPED
 
     def stop(self) -> None:
-        """Make ``run`` return ``STOPPED`` after cancelling what runs (results are spooled)."""
+        """Make ``run`` return ``STOPPED``: cancel what runs, report it, then disconnect.
+
+        New dispatches are refused from now on. The cancelled attempts' results are spooled
+        and, while the link is up, sent before ``run`` returns.
+        """
+        if self._stop_requested:
+            return
         self._stop_requested = True
+        if self._nursery is not None:
+            self._nursery.start_soon(self._stop_after_attempts)
+        elif self._stop_scope is not None:
+            self._stop_scope.cancel()
+
+    async def _stop_after_attempts(self) -> None:
+        with trio.move_on_after(2 * self.kill_grace + 10):
+            await self._finish_all("the agent is stopping")
         if self._stop_scope is not None:
             self._stop_scope.cancel()
 
@@ -364,6 +381,8 @@ class Agent:
         await self._start(d)
 
     def _capacity_problem(self, d: Dispatch) -> str:
+        if self._stop_requested:
+            return "the agent is stopping"
         slots = self.capabilities.slots
         if len(self._running) >= slots:
             return f"no free slot: all {slots} busy"

@@ -55,13 +55,21 @@ def make_dispatch(
     )
 
 
+_PF_EXITING = 0x4  # set by the kernel when a process starts to exit, before it closes its files
+
+
 def is_dead(pid: int) -> bool:
-    """True when ``pid`` no longer runs (gone, or a zombie waiting to be reaped)."""
+    """True when ``pid`` is gone, a zombie, or irrevocably exiting.
+
+    A killed process closes its pipes before it becomes a zombie, so a reader that saw end of
+    file may still find it in /proc for a moment; its ``PF_EXITING`` flag is then set.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
         return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
 
 
 @pytest.fixture

@@ -40,14 +40,14 @@ def gated(gate: Path, log: Path, *, before: str = "", after: str = "") -> str:
     return f"echo started >> {log}\n{before}while [ ! -e {gate} ]; do sleep 0.01; done\n{after}"
 
 
-async def connect(engine, h) -> tuple[object, AgentHello]:  # type: ignore[no-untyped-def]
+async def connect(engine, h) -> tuple[object, AgentHello]:
     link = await engine.accept()
     hello = await h.receive(link)
     assert isinstance(hello, AgentHello)
     return link, hello
 
 
-async def test_hello_announces_name_capabilities_and_nothing_held(agents, engine, h) -> None:  # type: ignore[no-untyped-def]
+async def test_hello_announces_name_capabilities_and_nothing_held(agents, engine, h) -> None:
     """On connecting the agent first says who it is and what it offers."""
     agents.start(agents.build())
     _, hello = await connect(engine, h)
@@ -58,7 +58,7 @@ async def test_hello_announces_name_capabilities_and_nothing_held(agents, engine
     )
 
 
-async def test_a_dispatch_is_accepted_streamed_spooled_and_finished(agents, engine, h) -> None:  # type: ignore[no-untyped-def]
+async def test_a_dispatch_is_accepted_streamed_spooled_and_finished(agents, engine, h) -> None:
     """Dispatch gives JobAccepted, then output chunks, then JobFinished, which is spooled."""
     agent = agents.build()
     agents.start(agent)
@@ -79,7 +79,7 @@ async def test_a_dispatch_is_accepted_streamed_spooled_and_finished(agents, engi
 
 async def test_a_redelivered_dispatch_returns_the_stored_result_without_running(
     agents, engine, h, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The same (job, attempt) again: its stored JobFinished is sent, the script does not rerun."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -97,7 +97,7 @@ async def test_a_redelivered_dispatch_returns_the_stored_result_without_running(
 
 async def test_a_duplicate_dispatch_while_running_is_ignored(
     agents, engine, h, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A second Dispatch of a running attempt gets no answer and starts nothing."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -116,7 +116,7 @@ async def test_a_duplicate_dispatch_while_running_is_ignored(
     assert runs.read_text() == "started\n"
 
 
-async def test_signatures_are_checked_when_a_key_is_trusted(agents, engine, h) -> None:  # type: ignore[no-untyped-def]
+async def test_signatures_are_checked_when_a_key_is_trusted(agents, engine, h) -> None:
     """Unsigned, wrongly signed or altered dispatches are refused; a good one runs."""
     private_pem, public_pem = generate_keypair()
     other_pem, _ = generate_keypair()
@@ -141,7 +141,7 @@ async def test_signatures_are_checked_when_a_key_is_trusted(agents, engine, h) -
     assert finished.exit_code == 0
 
 
-async def test_without_a_key_the_script_digest_is_still_checked(agents, engine, h) -> None:  # type: ignore[no-untyped-def]
+async def test_without_a_key_the_script_digest_is_still_checked(agents, engine, h) -> None:
     """A script that does not match its sha256 is refused even without a trusted key."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -152,7 +152,7 @@ async def test_without_a_key_the_script_digest_is_still_checked(agents, engine, 
 
 async def test_no_free_slot_or_too_little_memory_is_refused(
     agents, engine, h, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """With every slot busy, or a memory limit above what is offered, the agent refuses."""
     agents.start(agents.build(capabilities=Capabilities(slots=1, memory=1 << 30)))
     link, _ = await connect(engine, h)
@@ -172,7 +172,7 @@ async def test_no_free_slot_or_too_little_memory_is_refused(
 
 async def test_a_script_that_cannot_start_finishes_with_error_and_no_accept(
     agents, engine, h
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """An unknown interpreter: JobFinished(ERROR) saying why, without JobAccepted."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -182,7 +182,7 @@ async def test_a_script_that_cannot_start_finishes_with_error_and_no_accept(
     assert "no-such-shell" in finished.detail
 
 
-async def test_ack_drops_the_result_from_the_spool(agents, engine, h) -> None:  # type: ignore[no-untyped-def]
+async def test_ack_drops_the_result_from_the_spool(agents, engine, h) -> None:
     """After Ack the result and its output are gone; the next hello no longer lists it."""
     agent = agents.build()
     agents.start(agent)
@@ -199,7 +199,7 @@ async def test_ack_drops_the_result_from_the_spool(agents, engine, h) -> None:  
 
 async def test_a_result_finished_while_disconnected_is_delivered_after_reconnect(
     agents, engine, h, nursery: trio.Nursery, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The link drops mid-run: the script goes on, its result is spooled, then sent on reconnect."""
     agent = agents.build()
     agents.start(agent)
@@ -224,7 +224,7 @@ async def test_a_result_finished_while_disconnected_is_delivered_after_reconnect
     assert isinstance(chunk, OutputChunk) and (chunk.seq, chunk.data) == (0, b"after\n")
 
 
-async def test_a_running_attempt_survives_a_dropped_link(agents, engine, h, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_running_attempt_survives_a_dropped_link(agents, engine, h, tmp_path: Path) -> None:
     """After a reconnect the hello lists the attempt as running; its result comes on the new link."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -240,7 +240,7 @@ async def test_a_running_attempt_survives_a_dropped_link(agents, engine, h, tmp_
     assert runs.read_text() == "started\n"
 
 
-async def test_resume_replays_output_from_next_seq(agents, engine, h) -> None:  # type: ignore[no-untyped-def]
+async def test_resume_replays_output_from_next_seq(agents, engine, h) -> None:
     """Resume sends again the stored chunks from next_seq on, unchanged."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -256,7 +256,7 @@ async def test_resume_replays_output_from_next_seq(agents, engine, h) -> None:  
 
 async def test_resume_of_a_running_attempt_keeps_the_order(
     agents, engine, h, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A replay while the script runs comes whole, before the script's later output."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -276,7 +276,7 @@ async def test_resume_of_a_running_attempt_keeps_the_order(
     assert finished.chunks == 2
 
 
-async def test_status_is_sent_every_heartbeat(agents, engine, h) -> None:  # type: ignore[no-untyped-def]
+async def test_status_is_sent_every_heartbeat(agents, engine, h) -> None:
     """Without being asked, the agent sends AgentStatus every heartbeat interval."""
     agents.start(agents.build(heartbeat=0.05))
     link, _ = await connect(engine, h)
@@ -287,7 +287,7 @@ async def test_status_is_sent_every_heartbeat(agents, engine, h) -> None:  # typ
     assert trio.current_time() - start >= 2 * 0.05
 
 
-async def test_cancel_kills_the_attempt(agents, engine, h, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_kills_the_attempt(agents, engine, h, tmp_path: Path) -> None:
     """Cancel ends a running attempt with reason CANCELLED and its reason in the detail."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -300,7 +300,7 @@ async def test_cancel_kills_the_attempt(agents, engine, h, tmp_path: Path) -> No
     assert h.is_dead(accepted.pid)
 
 
-async def test_shutdown_cancels_reports_and_stops(agents, engine, h, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_shutdown_cancels_reports_and_stops(agents, engine, h, tmp_path: Path) -> None:
     """Shutdown: running attempts are killed, their results sent, and run() returns."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -317,22 +317,27 @@ async def test_shutdown_cancels_reports_and_stops(agents, engine, h, tmp_path: P
     assert agents.outcome is AgentExit.SHUTDOWN
 
 
-async def test_stop_spools_what_was_running(agents, engine, h, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Agent.stop(): the attempt is cancelled and its result kept for the next session."""
+async def test_stop_spools_what_was_running(agents, engine, h, tmp_path: Path) -> None:
+    """Agent.stop(): the attempt is cancelled, reported and spooled; new work is refused."""
     agent = agents.build()
     agents.start(agent)
     link, _ = await connect(engine, h)
     await link.send(h.make_dispatch(gated(tmp_path / "gate", tmp_path / "runs")))
     assert isinstance(await h.receive(link), JobAccepted)
     agent.stop()
+    await link.send(h.make_dispatch("true\n", job_id="late"))
+    refused = await h.receive(link)
+    assert isinstance(refused, JobRefused) and refused.reason == "the agent is stopping"
+    _, finished = await h.receive_until_finished(link)
+    assert finished.reason is FinishReason.CANCELLED
+    assert finished.detail == "cancelled: the agent is stopping"
     with trio.fail_after(h.GUARD):
         await agents.done.wait()
     assert agents.outcome is AgentExit.STOPPED
-    stored = agent.spool.get("job-1", 1)
-    assert stored is not None and stored.reason is FinishReason.CANCELLED
+    assert agent.spool.get("job-1", 1) == finished
 
 
-async def test_an_attempt_lost_with_the_agent_is_reported_after_restart(agents, engine, h) -> None:  # type: ignore[no-untyped-def]
+async def test_an_attempt_lost_with_the_agent_is_reported_after_restart(agents, engine, h) -> None:
     """Output begun but no result in the spool: the restarted agent reports it as ERROR."""
     spool = Spool(agents.spool_path)
     await spool.begin_output("lost-job", 4)
@@ -343,7 +348,7 @@ async def test_an_attempt_lost_with_the_agent_is_reported_after_restart(agents, 
     assert isinstance(finished, JobFinished) and finished.reason is FinishReason.ERROR
 
 
-async def test_messages_meant_for_the_engine_are_ignored(agents, engine, h) -> None:  # type: ignore[no-untyped-def]
+async def test_messages_meant_for_the_engine_are_ignored(agents, engine, h) -> None:
     """A message of the wrong direction is logged and the session goes on."""
     agents.start(agents.build())
     link, _ = await connect(engine, h)
@@ -354,7 +359,7 @@ async def test_messages_meant_for_the_engine_are_ignored(agents, engine, h) -> N
 
 async def test_an_agent_gives_up_without_an_engine(
     tmp_path: Path, short_dir: Path, autojump_clock
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """With give_up_after, an agent that cannot connect returns GAVE_UP at that deadline."""
     agent = Agent(
         name="lonely",
@@ -376,4 +381,4 @@ async def test_serve_needs_an_open_agent(tmp_path: Path) -> None:
         name="a", capabilities=Capabilities(slots=1), spool=Spool(tmp_path), workdir=tmp_path
     )
     with pytest.raises(RuntimeError, match="inside `async with agent.open"):
-        await agent.serve(None)  # type: ignore[arg-type]
+        await agent.serve(None)

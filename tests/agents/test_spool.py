@@ -24,7 +24,7 @@ def finished(job_id: str = "job-1", attempt: int = 1, **fields: object) -> JobFi
         reason=FinishReason.EXITED,
         exit_code=0,
         result={"answer": 42},
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
