@@ -16,6 +16,7 @@ from typing import TypeVar
 import attrs
 import trio
 
+from engine.repository.checkpoint import Checkpointer
 from engine.repository.errors import RepositoryError
 from engine.repository.events import Event, EventHub, Subscription
 from engine.repository.reader import BUSY_TIMEOUT_MS, ReaderPool, events_since
@@ -39,6 +40,8 @@ class RepositoryStatistics:
     max_ops_per_commit: int
     queue_depth: int  # ops waiting for the writer
     subscribers: int
+    checkpoints: int  # WAL checkpoints run by the background checkpointer
+    wal_frames: int  # WAL size in pages at the last checkpoint
 
 
 class Repository:
@@ -53,8 +56,16 @@ class Repository:
     ``RepositoryClosed``.
     """
 
-    def __init__(self, path: Path, writer: Writer, readers: ReaderPool, hub: EventHub) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: Writer,
+        readers: ReaderPool,
+        hub: EventHub,
+        checkpointer: Checkpointer,
+    ) -> None:
         self.path = path
+        self._checkpointer = checkpointer
         self._writer = writer
         self._readers = readers
         self._hub = hub
@@ -117,6 +128,8 @@ class Repository:
             max_ops_per_commit=stats.max_batch,
             queue_depth=stats.queue_depth,
             subscribers=len(self._hub),
+            checkpoints=self._checkpointer.checkpoints,
+            wal_frames=self._checkpointer.wal_frames,
         )
 
 
@@ -159,6 +172,13 @@ def connect_writer(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connectio
     return conn
 
 
+def _connect(path: Path, synchronous: str, background_checkpoints: bool) -> sqlite3.Connection:
+    conn = connect_writer(path, synchronous)
+    if background_checkpoints:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer does it, off this thread
+    return conn
+
+
 @asynccontextmanager
 async def open_repository(
     path: Path | str,
@@ -166,39 +186,51 @@ async def open_repository(
     max_batch: int = 5000,
     synchronous: str = "NORMAL",
     readers: int = 4,
+    checkpoint_interval: float | None = 0.5,
     inline: bool = False,
 ) -> AsyncIterator[Repository]:
     """Open or create the repository at ``path`` and run its writer until the block exits.
 
     ``synchronous``: ``NORMAL`` (default) survives a crash of the process at any moment; ``FULL``
     also survives power loss, at the cost of one fsync per transaction. ``max_batch`` bounds the
-    ops per transaction. On exit (also on error or cancellation) everything already queued is
-    committed, subscriptions end, and the file is closed. An exception from the block is
-    re-raised as is (not wrapped in an exception group). ``inline=True`` runs every database
-    call on the trio thread instead of worker threads: for tests on a ``MockClock`` (whose
-    autojump would otherwise fire while a batch is on a thread) and for fast simulation.
+    ops per transaction; ``readers`` the read-only connections; ``checkpoint_interval`` is the
+    least time between two background WAL checkpoints (see ``checkpoint``; ``None`` leaves them
+    to SQLite, inside the writer's commits). On exit (also on
+    error or cancellation) everything already queued is committed, subscriptions end, and the
+    file is closed. An exception from the block is re-raised as is (not wrapped in an exception
+    group). ``inline=True`` runs every database call on the trio thread instead of worker
+    threads (and leaves checkpoints to SQLite): for tests on a ``MockClock`` (whose autojump
+    would otherwise fire while a batch is on a thread) and for fast simulation.
     """
     path = Path(path)
-    conn = (
-        connect_writer(path, synchronous)
-        if inline
-        else await trio.to_thread.run_sync(connect_writer, path, synchronous)
-    )
+    background = not inline and checkpoint_interval is not None
+    if inline:
+        conn = _connect(path, synchronous, background)
+    else:
+        conn = await trio.to_thread.run_sync(_connect, path, synchronous, background)
     hub = EventHub()
-    writer = Writer(conn, hub, max_batch=max_batch, inline=inline)
+    checkpointer = Checkpointer(
+        path, synchronous=synchronous.upper(), interval=checkpoint_interval or 0.0
+    )
+    on_commit = checkpointer.committed if background else _no_checkpoint
+    writer = Writer(conn, hub, max_batch=max_batch, inline=inline, on_commit=on_commit)
     pool = ReaderPool(path, size=readers, inline=inline)
-    repository = Repository(path, writer, pool, hub)
+    repository = Repository(path, writer, pool, hub, checkpointer)
     body_error: BaseException | None = None
     try:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
+                if background:
+                    await nursery.start(checkpointer.run)
                 try:
                     yield repository
                 finally:
                     with trio.CancelScope(shield=True):
                         await writer.aclose()
                         hub.close()
+                        if background:
+                            await checkpointer.aclose()
                         await pool.aclose()
         except BaseExceptionGroup as group:
             # The writer task never raises an Exception (it records it in writer.failure), so
@@ -210,7 +242,14 @@ async def open_repository(
             raise body_error
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(conn.close)
+            if inline:
+                conn.close()
+            else:
+                await trio.to_thread.run_sync(conn.close)
         del body_error
     if writer.failure is not None:
         raise RepositoryError(f"repository writer failed: {writer.failure}") from writer.failure
+
+
+def _no_checkpoint() -> None:
+    return None

@@ -164,13 +164,20 @@ class Writer:
     """Owns the write connection; the only code that writes the database."""
 
     def __init__(
-        self, conn: sqlite3.Connection, hub: EventHub, *, max_batch: int, inline: bool = False
+        self,
+        conn: sqlite3.Connection,
+        hub: EventHub,
+        *,
+        max_batch: int,
+        inline: bool = False,
+        on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self._conn = conn
         self._control = conn.cursor()
         self._hub = hub
+        self._on_commit = on_commit
         self._max_batch = max_batch
         self._inline = inline  # run batches on the trio thread (tests on a MockClock, simulation)
         self._send, self._receive = trio.open_memory_channel[Command[Any]](math.inf)
@@ -270,6 +277,7 @@ class Writer:
         self._largest = max(self._largest, len(batch))
         if rows is not _NOT_COMMITTED:
             self._commits += 1
+            self._on_commit()
             self._hub.publish(rows)
 
     def _abandon(self, batch: list[Command[Any]]) -> None:
