@@ -15,6 +15,7 @@ how many) rather than slowing the engine.
 from __future__ import annotations
 
 import hmac
+import importlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,9 @@ class ApiError(EngineError):
 
 Handler = Callable[["Session", dict[str, Any]], Awaitable[Any]]
 OPS: dict[str, Handler] = {}
+
+#: Modules that add operations with ``@op(...)``; imported when the server starts.
+OP_MODULES: tuple[str, ...] = ()
 
 
 def op(name: str) -> Callable[[Handler], Handler]:
@@ -95,6 +99,8 @@ async def serve_api(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API until cancelled; ``task_status.started`` gets the bound port."""
+    for module in OP_MODULES:
+        importlib.import_module(module)
 
     async def handler(request: WebSocketRequest) -> None:
         ws = await request.accept()

@@ -7,6 +7,7 @@ prints one line, ``wfe: error: <reason>``, and exits non-zero (2 for bad usage).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -26,6 +27,10 @@ from engine.render import print_job, print_table, seconds
 log = logging.getLogger("wfe")
 
 Command = Callable[[argparse.Namespace], int]
+
+#: Modules that add subcommands: each has ``register(add)``, where ``add(name, fn, help,
+#: config=True)`` returns the subparser to fill (see ``build_parser``).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -252,6 +257,33 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return agent_main(args.rest)
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from engine.definitions import check_rscripts, dump_toml, load_definition
+    from rscripts.loader import ScriptLibrary
+
+    definition = load_definition(Path(args.file))
+    unknown = check_rscripts(definition, ScriptLibrary.scan([Path(args.file).parent / "rscripts"]).__contains__)
+    if unknown:
+        raise EngineError(unknown[0])
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "name": definition.name,
+                    "namespace": definition.namespace,
+                    "sha256": definition.sha256,
+                    "sources": [str(s) for s in definition.sources],
+                    "expanded": definition.expanded,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(f"# {definition.name} ({definition.namespace}) sha256 {definition.sha256}")
+        print(dump_toml(definition.expanded), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
@@ -315,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("kill", cmd_kill, "cancel a job and everything it started")
     p.add_argument("job")
+
+    p = add("validate", cmd_validate, "check a workflow definition and print its expanded form", config=False)
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("xmpp-dev-server", help="run a local Prosody for development (see --help)", add_help=False)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(add)
     return parser
 
 
@@ -324,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agents.main import main as agent_main
 
         return agent_main(argv[1:])
+    if argv[:1] == ["xmpp-dev-server"]:
+        from engine.prosody import main as prosody_main
+
+        return prosody_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
