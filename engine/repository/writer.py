@@ -217,6 +217,7 @@ class Writer:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: runs until ``aclose``; only a ``BaseException`` escapes it."""
         batch: list[Command[Any]] = []
+        stopped_by: BaseException | None = None
         # Shielded: a batch in flight always finishes and its callers always hear the outcome.
         with trio.CancelScope(shield=True):
             task_status.started()
@@ -235,10 +236,13 @@ class Writer:
                     batch = []
             except Exception as exc:
                 logger.exception("repository writer failed; no more writes are possible")
-                self.failure = exc
+                self.failure = stopped_by = exc
+            except BaseException as exc:
+                stopped_by = exc
+                raise
             finally:
                 self._send.close()
-                self._abandon(batch)
+                self._abandon(batch, stopped_by)
                 self._stopped.set()
 
     def _take(self, first: Command[Any]) -> list[Command[Any]]:
@@ -280,7 +284,7 @@ class Writer:
             self._on_commit()
             self._hub.publish(rows)
 
-    def _abandon(self, batch: list[Command[Any]]) -> None:
+    def _abandon(self, batch: list[Command[Any]], reason: BaseException | None) -> None:
         """Fail every command still waiting: the in-flight batch (if unresolved) and the queue."""
         pending = [c for c in batch if c.result is None]
         while True:
@@ -292,8 +296,8 @@ class Writer:
                 command.state = _TAKEN
                 pending.append(command)
         for command in pending:
-            error = RepositoryClosed(f"repository writer stopped before committing: {self.failure}")
-            error.__cause__ = self.failure
+            error = RepositoryClosed(f"repository writer stopped before committing: {reason!r}")
+            error.__cause__ = reason
             if command.task is not None:
                 trio.lowlevel.reschedule(command.task, outcome.Error(error))
 
@@ -351,6 +355,10 @@ class Writer:
                 command.result = outcome.Error(error)
             return _NOT_COMMITTED
         except BaseException:
+            # KeyboardInterrupt and the like: nothing committed, and the writer stops; clear
+            # the results so that every caller of the batch is failed by ``_abandon``.
+            for command in batch:
+                command.result = None
             if conn.in_transaction:
                 control.execute("ROLLBACK")
             raise

@@ -52,5 +52,11 @@ class WriterGate:
 
 
 @pytest.fixture
+def make_gate() -> type[WriterGate]:
+    """WriterGate itself, for tests that open their own repository."""
+    return WriterGate
+
+
+@pytest.fixture
 def gate(repo: Repository) -> WriterGate:
     return WriterGate(repo)

@@ -314,3 +314,37 @@ async def test_pragmas(repo_path: Path) -> None:
                 )
             journal = await repo.read(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
     assert journal == "wal"
+
+
+class Boom(BaseException):
+    """Stands in for KeyboardInterrupt inside an op."""
+
+
+async def test_writer_stopped_by_a_base_exception_fails_every_waiting_caller(
+    repo_path: Path, make_gate: Any
+) -> None:
+    """A BaseException in an op stops the writer: nothing of its batch commits, every caller hears it."""
+    outcomes: list[BaseException] = []
+
+    async def run(op: Any) -> None:
+        try:
+            await repo.write(op)
+        except RepositoryClosed as exc:
+            outcomes.append(exc)
+
+    def boom(tx: Tx) -> None:
+        raise Boom
+
+    with trio.fail_after(GUARD), pytest.raises(Boom):
+        async with open_repository(repo_path) as repo:
+            gate = make_gate(repo)
+            await gate.hold()
+            async with trio.open_nursery() as nursery:
+                for op in (insert_job("job-1"), boom, insert_job("job-2")):  # queued in this order
+                    nursery.start_soon(run, op)
+                    await gate.settle()
+                gate.release()
+    assert len(outcomes) == 3
+    assert all("writer stopped before committing: Boom()" in str(e) for e in outcomes)
+    async with open_repository(repo_path) as repo:
+        assert await job_ids(repo) == []
