@@ -154,11 +154,10 @@ async def with_subscriber(repo: Repository, total: int, writers: int) -> int:
 
         async def consume() -> None:
             nonlocal seen
-            async for item in subscription:
-                assert isinstance(item, Event)
-                seen += 1
-                if seen == total:
-                    return
+            while seen < total:
+                items = await subscription.receive_batch()
+                assert all(isinstance(item, Event) for item in items)
+                seen += len(items)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(consume)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -88,6 +89,30 @@ async def test_subscriber_gets_committed_events_in_id_order(repo: Repository) ->
     stored = await repo.events_since(0, limit=1000)
     assert received == stored
     assert [e.id for e in stored] == list(range(1, 201))
+
+
+async def test_receive_batch_returns_everything_waiting(repo: Repository) -> None:
+    """receive_batch waits for the first item and returns all that are buffered, in order."""
+    with trio.fail_after(GUARD):
+        async with repo.subscribe(max_buffer=3) as subscription:
+            async with trio.open_nursery() as nursery:
+                batches: list[list[Event | Missed]] = []
+
+                async def consume() -> None:
+                    batches.append(await subscription.receive_batch())
+
+                nursery.start_soon(consume)
+                await trio.testing.wait_all_tasks_blocked()
+                assert batches == []  # nothing committed yet: it waits
+                await repo.write(emit("job-1"))
+            for n in range(2, 7):
+                await repo.write(emit(f"job-{n}"))
+            second = await subscription.receive_batch(max_items=2)
+            third = await subscription.receive_batch()
+    assert [e.subject for e in batches[0] if isinstance(e, Event)] == ["job-1"]
+    assert [e.subject for e in second if isinstance(e, Event)] == ["job-2", "job-3"]
+    assert third[0] == Event(id=4, at=third[0].at, kind="test.happened", subject="job-4", data={})
+    assert third[1:] == [Missed(first_id=5, last_id=6)]
 
 
 async def test_subscription_starts_at_subscribe(repo: Repository) -> None:
