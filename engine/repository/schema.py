@@ -40,9 +40,47 @@ CREATE TABLE agents (name TEXT PRIMARY KEY, transport TEXT NOT NULL, capabilitie
   state TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL);
 """
 
+_REQUESTS = """
+CREATE TABLE definitions (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, namespace TEXT NOT NULL,
+  expanded TEXT NOT NULL, sources TEXT NOT NULL DEFAULT '[]', git TEXT, stored_at REAL NOT NULL);
+CREATE TABLE rscript_texts (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL,
+  stored_at REAL NOT NULL);
+CREATE TABLE requests (
+  id TEXT PRIMARY KEY, workflow TEXT NOT NULL, user TEXT NOT NULL, number INTEGER NOT NULL,
+  definition TEXT NOT NULL REFERENCES definitions(sha256), namespace TEXT NOT NULL,
+  params TEXT NOT NULL DEFAULT '{}', priority INTEGER NOT NULL DEFAULT 0,
+  approval_required INTEGER NOT NULL, scripts TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL,
+  created_at REAL NOT NULL, updated_at REAL NOT NULL, error TEXT,
+  failures TEXT NOT NULL DEFAULT '[]', UNIQUE (workflow, user, number));
+CREATE INDEX requests_state ON requests(state);
+CREATE TABLE request_stages (
+  request TEXT NOT NULL REFERENCES requests(id), stage TEXT NOT NULL, position INTEGER NOT NULL,
+  state TEXT NOT NULL, error TEXT, started_at REAL, ended_at REAL, PRIMARY KEY (request, stage));
+CREATE TABLE stage_inputs (
+  request TEXT NOT NULL, stage TEXT NOT NULL, input TEXT NOT NULL, seq INTEGER NOT NULL,
+  path TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL, batch TEXT, job TEXT,
+  allocations INTEGER NOT NULL DEFAULT 0, reason TEXT, PRIMARY KEY (request, stage, input));
+CREATE INDEX stage_inputs_batch ON stage_inputs(batch);
+CREATE TABLE stage_batches (
+  id TEXT PRIMARY KEY, request TEXT NOT NULL REFERENCES requests(id), stage TEXT NOT NULL,
+  job TEXT UNIQUE, inputs TEXT NOT NULL DEFAULT '[]', output_dir TEXT, state TEXT NOT NULL,
+  stop TEXT, outcome TEXT, error TEXT, created_at REAL NOT NULL, settled_at REAL);
+CREATE INDEX stage_batches_request ON stage_batches(request, state);
+CREATE TABLE catalog (path TEXT PRIMARY KEY, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+  metadata TEXT NOT NULL DEFAULT '{}', added_at REAL NOT NULL);
+CREATE TABLE products (
+  id TEXT PRIMARY KEY, request TEXT NOT NULL REFERENCES requests(id), stage TEXT NOT NULL,
+  batch TEXT NOT NULL, job TEXT NOT NULL, path TEXT NOT NULL, type TEXT NOT NULL,
+  size INTEGER NOT NULL, sha256 TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}',
+  inputs TEXT NOT NULL DEFAULT '[]', definition TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX products_request ON products(request, stage);
+CREATE INDEX jobs_request ON jobs(request_id);
+"""
+
 #: Every migration ever, in order. Append only: the position is the schema version.
 MIGRATIONS: list[str] = [
     _CORE,  # 1: events, counters, jobs, attempts, output, agents
+    _REQUESTS,  # 2: definitions, requests, stages, inputs, batches, catalog, products
 ]
 
 
