@@ -273,8 +273,10 @@ class Writer:
                 if command.task is None and isinstance(result, outcome.Error):
                     exc = result.error
                     logger.error("write_nowait op %r failed: %s", command.op, exc, exc_info=exc)
-            if command.task is not None:
-                reschedule(command.task, result)
+            task = command.task
+            if task is not None:
+                command.task = None  # told: _abandon must not reschedule it again
+                reschedule(task, result)
         self._ops += len(batch)
         self._failed += failed
         self._last = len(batch)
@@ -285,8 +287,8 @@ class Writer:
             self._hub.publish(rows)
 
     def _abandon(self, batch: list[Command[Any]], reason: BaseException | None) -> None:
-        """Fail every command still waiting: the in-flight batch (if unresolved) and the queue."""
-        pending = [c for c in batch if c.result is None]
+        """Tell every caller still parked: the in-flight batch's and those still queued."""
+        pending = list(batch)
         while True:
             try:
                 command = self._receive.receive_nowait()
@@ -296,15 +298,32 @@ class Writer:
                 command.state = _TAKEN
                 pending.append(command)
         for command in pending:
-            error = RepositoryClosed(f"repository writer stopped before committing: {reason!r}")
-            error.__cause__ = reason
-            if command.task is not None:
-                trio.lowlevel.reschedule(command.task, outcome.Error(error))
+            task, command.task = command.task, None
+            if task is None:
+                continue
+            result = command.result  # set only when the batch's outcome is known (committed)
+            if result is None:
+                error = RepositoryClosed(f"repository writer stopped before committing: {reason!r}")
+                error.__cause__ = reason
+                result = outcome.Error(error)
+            trio.lowlevel.reschedule(task, result)
 
     # --- on the worker thread --------------------------------------------------------------
 
     def _apply(self, batch: list[Command[Any]]) -> list[EventRow]:
-        """Run one batch as one transaction; set each command's result; return committed events."""
+        """Run one batch as one transaction; set each command's result; return committed events.
+
+        Returns ``_NOT_COMMITTED`` when the transaction was rolled back (every result is then
+        an error). If it raises, nothing was committed and every result is cleared to None.
+        """
+        try:
+            return self._transaction(batch)
+        except BaseException:
+            for command in batch:
+                command.result = None
+            raise
+
+    def _transaction(self, batch: list[Command[Any]]) -> list[EventRow]:
         conn = self._conn
         control = self._control  # one reused cursor for BEGIN/SAVEPOINT/RELEASE/COMMIT
         at = time.time()  # wall-clock
@@ -324,10 +343,7 @@ class Writer:
                 if not conn.in_transaction:
                     # SQLite rolled the whole transaction back (disk full, I/O error...), or the
                     # op ran COMMIT/ROLLBACK itself: the batch's earlier ops are gone too.
-                    raise RepositoryError(
-                        f"op {command.op!r} ended the group transaction"
-                        f"{_cause(command.result)}: ops must not COMMIT or ROLLBACK"
-                    )
+                    raise _ended_transaction(command)
                 if type(command.result) is outcome.Value:
                     if not single:
                         control.execute("RELEASE op")
@@ -350,22 +366,25 @@ class Writer:
             if conn.in_transaction:
                 control.execute("ROLLBACK")
             for command in batch:
-                error = RepositoryError(f"group transaction failed, rolled back: {exc}")
+                error = RepositoryError(f"group transaction failed, nothing committed: {exc}")
                 error.__cause__ = exc
                 command.result = outcome.Error(error)
             return _NOT_COMMITTED
-        except BaseException:
-            # KeyboardInterrupt and the like: nothing committed, and the writer stops; clear
-            # the results so that every caller of the batch is failed by ``_abandon``.
-            for command in batch:
-                command.result = None
+        except BaseException:  # KeyboardInterrupt and the like: roll back, the writer stops
             if conn.in_transaction:
                 control.execute("ROLLBACK")
             raise
 
 
-def _cause(result: outcome.Outcome[Any] | None) -> str:
-    return f" ({result.error})" if isinstance(result, outcome.Error) else ""
+def _ended_transaction(command: Command[Any]) -> RepositoryError:
+    if isinstance(command.result, outcome.Error):
+        cause = command.result.error
+        error = RepositoryError(f"SQLite rolled back the whole transaction after: {cause}")
+        error.__cause__ = cause
+        return error
+    return RepositoryError(
+        f"op {command.op!r} ended the group transaction: ops must not COMMIT or ROLLBACK"
+    )
 
 
 #: Returned by ``_apply`` when the batch committed nothing (identity-compared).

@@ -66,10 +66,10 @@ def test_a_new_migration_is_applied_once(tmp_path: Path) -> None:
     """Appending a migration upgrades an existing database by exactly that migration."""
     conn = connect(tmp_path / "db")
     assert migrate(conn) == len(MIGRATIONS)
-    extended = [*MIGRATIONS, "CREATE TABLE requests (id TEXT PRIMARY KEY);"]
+    extended = [*MIGRATIONS, "CREATE TABLE migration_test (id TEXT PRIMARY KEY);"]
     assert migrate(conn, extended) == len(MIGRATIONS) + 1
     assert migrate(conn, extended) == len(MIGRATIONS) + 1  # idempotent
-    assert "requests" in tables(conn)
+    assert "migration_test" in tables(conn)
 
 
 def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
