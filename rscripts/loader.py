@@ -114,7 +114,12 @@ def _read_directory(directory: Path) -> tuple[list[RScript], list[str]]:
 
 
 class ScriptLibrary:
-    """RScripts by name. Immutable once built; ``errors`` lists what was skipped and why."""
+    """RScripts by name; ``errors`` lists what was skipped and why.
+
+    Built from directories once; ``add`` registers scripts that arrive later (the engine
+    adds the scripts that come with a submitted workflow definition, under names of their
+    own, so they never replace a library script).
+    """
 
     def __init__(self, scripts: Iterable[RScript] = (), *, errors: Iterable[str] = ()) -> None:
         """Keep ``scripts``; a later script overrides an earlier one of the same name."""
@@ -149,6 +154,11 @@ class ScriptLibrary:
         if library.errors:
             raise LibraryError(library.errors)
         return library
+
+    def add(self, script: RScript, *, name: str | None = None) -> None:
+        """Hold ``script`` under ``name`` (default: its header name), replacing any script
+        already held under that name."""
+        self._scripts[name or script.name] = script
 
     def get(self, name: str) -> RScript:
         """The script called ``name``; raises ``UnknownRScript`` naming the known ones."""
