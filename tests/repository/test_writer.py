@@ -313,7 +313,11 @@ async def test_pragmas(repo_path: Path) -> None:
                     )
                 )
             journal = await repo.read(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+            synchronous = await repo.write(
+                lambda tx: tx.execute("PRAGMA synchronous").fetchone()[0]
+            )
     assert journal == "wal"
+    assert synchronous == 2  # FULL
 
 
 class Boom(BaseException):
