@@ -36,7 +36,9 @@ class Event:
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Event:
         """Build an event from an ``events`` row ``(id, at, kind, subject, data)``."""
-        return cls(id=row[0], at=row[1], kind=row[2], subject=row[3], data=json.loads(row[4]))
+        text = row[4]
+        data = {} if text == "{}" else json.loads(text)
+        return cls(id=row[0], at=row[1], kind=row[2], subject=row[3], data=data)
 
 
 @attrs.frozen(kw_only=True)
