@@ -49,7 +49,7 @@ Handler = Callable[["Session", dict[str, Any]], Awaitable[Any]]
 OPS: dict[str, Handler] = {}
 
 #: Modules that add operations with ``@op(...)``; imported when the server starts.
-OP_MODULES: tuple[str, ...] = ()
+OP_MODULES: tuple[str, ...] = ("engine.api_requests",)
 
 
 def op(name: str) -> Callable[[Handler], Handler]:

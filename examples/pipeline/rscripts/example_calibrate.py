@@ -9,6 +9,7 @@
 # param gain: float = 1.0 multiply by this after subtracting the offset
 # param offset: float = 0.0 subtract this from the raw counts
 # param threshold: float = 5.0 flag one-sample spikes higher than this many robust sigma
+# param output_dir: path where to write the outputs (the engine gives each job one); default: $WFE_OUTPUT_DIR or the working directory
 # requires: cpus=1
 
 """Calibrate each input into ``cal_<name>.csv`` (science) and ``cal_<name>.qa.json`` (qa).
@@ -103,7 +104,7 @@ def main() -> int:
     gain = float(params.get("gain", 1.0))
     offset = float(params.get("offset", 0.0))
     threshold = float(params.get("threshold", 5.0))
-    out = Path(os.environ.get("WFE_OUTPUT_DIR") or ".")
+    out = Path(params.get("output_dir") or os.environ.get("WFE_OUTPUT_DIR") or ".")
     out.mkdir(parents=True, exist_ok=True)
     products = []
     flagged_total = 0

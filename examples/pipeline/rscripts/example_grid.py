@@ -7,6 +7,7 @@
 # timeout: 300
 # param inputs: list (required) calibrated files: [{"path": "...", "metadata": {...}}, ...] or paths
 # param cell: float = 0.25 cell size in degrees
+# param output_dir: path where to write the outputs (the engine gives each job one); default: $WFE_OUTPUT_DIR or the working directory
 # requires: cpus=1
 
 """Bin the unflagged samples of all inputs into one ``grid_<digest>.json`` (science).
@@ -85,7 +86,7 @@ def main() -> int:
     if not cell > 0:
         print(f"{NAME}: cell must be positive, not {cell}", file=sys.stderr)
         return 2
-    out = Path(os.environ.get("WFE_OUTPUT_DIR") or ".")
+    out = Path(params.get("output_dir") or os.environ.get("WFE_OUTPUT_DIR") or ".")
     out.mkdir(parents=True, exist_ok=True)
     inputs = inputs_of(params)
     cells: dict[tuple[int, int], list[float]] = {}

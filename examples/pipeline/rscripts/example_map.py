@@ -7,6 +7,7 @@
 # timeout: 300
 # param inputs: list (required) grid files: [{"path": "...", "metadata": {...}}, ...] or paths
 # param title: str = "map" a title recorded in the map
+# param output_dir: path where to write the outputs (the engine gives each job one); default: $WFE_OUTPUT_DIR or the working directory
 # requires: cpus=1
 
 """Co-add every input grid into ``map_<digest>.json`` (science) and ``map_<digest>.pgm``
@@ -81,7 +82,7 @@ def write_result(result: dict[str, Any]) -> None:
 def main() -> int:
     params = load_params()
     title = str(params.get("title", "map"))
-    out = Path(os.environ.get("WFE_OUTPUT_DIR") or ".")
+    out = Path(params.get("output_dir") or os.environ.get("WFE_OUTPUT_DIR") or ".")
     out.mkdir(parents=True, exist_ok=True)
     inputs = inputs_of(params)
     cells: dict[tuple[int, int], list[float]] = {}

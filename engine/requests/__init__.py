@@ -1,0 +1,50 @@
+"""Workflow requests run by the engine: submission, lifecycle, stages, inputs, catalog,
+products, provenance and checking.
+
+``RequestService`` is the long-lived task the engine runs (``engine.requests.service``);
+``prepare`` registers the RScripts of live requests before the controller recovers jobs.
+The pure decisions are in ``plan`` and ``checking``; the SQL in ``store``, ``catalog``,
+``products`` and ``views``. See docs/definitions.md, "Running requests".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.requests.errors import (
+    CatalogError,
+    RefusedTransition,
+    RequestError,
+    SubmitError,
+    UnknownProduct,
+    UnknownRequest,
+)
+from engine.requests.model import BatchOutcome, RequestRecord, StageState
+from engine.requests.service import RequestService
+
+if TYPE_CHECKING:
+    from engine.repository import Repository
+    from rscripts.loader import ScriptLibrary
+
+
+async def prepare(repo: Repository, library: ScriptLibrary) -> int:
+    """Register the stored RScripts that live requests use in ``library``; call it before
+    ``AgentController.recover`` so their unfinished jobs are recovered, not failed."""
+    from engine.requests import scripts, store
+
+    return scripts.register(library, await repo.read(store.scripts_in_use))
+
+
+__all__ = [
+    "BatchOutcome",
+    "CatalogError",
+    "RefusedTransition",
+    "RequestError",
+    "RequestRecord",
+    "RequestService",
+    "StageState",
+    "SubmitError",
+    "UnknownProduct",
+    "UnknownRequest",
+    "prepare",
+]

@@ -1,0 +1,504 @@
+"""The requests service: a long-lived task in the engine's root nursery that runs requests.
+
+Theory of operation
+-------------------
+The service is level-triggered. Everything it knows is in the repository; what it keeps
+in memory (which jobs belong to which request, timers, the checks in flight) it can
+rebuild at any time. A request is *poked* when something about it may have changed: an
+operator's verb, a submission, one of its jobs ending (the service subscribes to the
+committed ``job.state`` events), a timer, or a gap in the event stream (then every live
+request is poked). For a poked request it reads a ``Snapshot`` and takes the next step:
+
+* settle the batches whose job has ended (products, inputs processed/released/withdrawn);
+* submitted: approve by policy (the engine's ``approve`` is refused when a person must);
+* approved: ask the finder for the query's inputs, record the stages, ``start``;
+* running or paused: start, skip and end stages (``plan``); fail the request when a stage
+  failed under the "fail" policy; ``check`` when every stage has ended; and, only while
+  running, open batches of unallocated inputs and start their jobs. Paused: cancel the
+  jobs no agent has had yet (their inputs are withdrawn, not counted);
+* checking: re-hash every product on worker threads, then ``complete`` or ``fail``;
+* failed or cancelled: stop every job still running.
+
+Each step writes, then pokes the request again, until a step finds nothing to do. An
+engine restart loses nothing: the next start pokes every live request, cancels jobs no
+batch names, settles batches whose job was never recorded, and re-arms stage timeouts
+(from the restart: the elapsed part before it is not kept).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import math
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from engine.actions import one_line
+from engine.definitions import Definition, GitInfo, OnStageFailure, build_definition, resolve_params
+from engine.jobs import TERMINAL
+from engine.repository import Missed
+from engine.requests import catalog, checking, plan, scripts, store
+from engine.requests.batches import BatchRunner
+from engine.requests.errors import RefusedTransition, RequestError, SubmitError
+from engine.requests.model import ONCE, Batch, RequestRecord, Snapshot, StageState, product_key
+from engine.requests.products import list_products
+from protocols.errors import ProtocolError
+from protocols.request import (
+    TERMINAL_STATES,
+    Actor,
+    RequestLifecycle,
+    RequestState,
+    RequestVerb,
+    Transition,
+    check_user_name,
+)
+
+if TYPE_CHECKING:
+    from engine.actions import ActionRunner
+    from engine.controller import AgentController
+    from engine.repository import Repository
+    from rscripts.loader import ScriptLibrary
+
+log = logging.getLogger("wfe.requests")
+
+_S = RequestState
+
+
+class RequestService:
+    """Submits requests, drives their lifecycle and runs their stages. See the module doc."""
+
+    def __init__(
+        self,
+        *,
+        repo: Repository,
+        controller: AgentController,
+        runner: ActionRunner | None = None,
+        products_root: Path | None = None,
+    ) -> None:
+        self.repo = repo
+        self.controller = controller
+        self.runner = runner
+        self.batches = BatchRunner(
+            repo=repo, controller=controller, runner=runner, products_root=products_root
+        )
+        self._definitions: dict[str, Definition] = {}
+        self._jobs: dict[str, str] = {}  # job id -> request id, for the jobs of open batches
+        self._dirty: set[str] = set()
+        self._wake = trio.Event()
+        self._timers: list[tuple[float, int, str, str, float]] = []  # (at, seq, job, kind, seconds)
+        self._armed: set[str] = set()
+        self._seq = itertools.count()
+        self._checking: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self.steps = 0
+
+    @property
+    def scripts(self) -> ScriptLibrary:
+        return self.controller.scripts
+
+    # --- life ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled: pick up every live request, then follow what happens."""
+        async with self.repo.subscribe() as events, trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._jobs = await self.repo.read(store.open_jobs)
+            self._dirty.update(await self.repo.read(store.live_requests))
+            self._wake.set()
+            nursery.start_soon(self._listen, events, name="requests: events")
+            nursery.start_soon(self._loop, name="requests: steps")
+            task_status.started()
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "request_steps": self.steps,
+            "request_jobs": len(self._jobs),
+            "requests_checking": len(self._checking),
+        }
+
+    def poke(self, rid: str) -> None:
+        """Have the service look at ``rid`` again soon."""
+        self._dirty.add(rid)
+        self._wake.set()
+
+    async def _listen(self, events: Any) -> None:
+        async for event in events:
+            if isinstance(event, Missed):
+                for rid in await self.repo.read(store.live_requests):
+                    self.poke(rid)
+            elif event.kind == "job.state" and event.data.get("state") in TERMINAL:
+                owner = self._jobs.get(event.subject)
+                if owner is not None:
+                    self.poke(owner)
+
+    async def _loop(self) -> None:
+        while True:
+            with trio.move_on_at(self._timers[0][0] if self._timers else math.inf):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            await self._fire_timers()
+            dirty, self._dirty = self._dirty, set()
+            for rid in sorted(dirty):
+                self.steps += 1
+                try:
+                    await self._step(rid)
+                except Exception as exc:  # a bug must not stop every other request
+                    log.exception("request %s: step failed", rid)
+                    await self._engine_fail(rid, f"engine error: {one_line(exc)}")
+
+    async def _engine_fail(self, rid: str, reason: str) -> None:
+        try:
+            await self.repo.write(
+                store.transition(rid, RequestVerb.FAIL, Actor.ENGINE, reason=reason)
+            )
+        except (RequestError, LookupError):
+            return
+        self.poke(rid)
+
+    # --- what callers ask ------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        expanded: Mapping[str, Any],
+        user: str,
+        sources: Collection[str] = (),
+        git: Mapping[str, Any] | None = None,
+        scripts_text: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        namespace: str | None = None,
+        priority: int = 0,
+    ) -> RequestRecord:
+        """Check and store a request of the expanded definition; return it (submitted).
+
+        Raises ``DefinitionError`` / ``SubmitError`` with one line before anything is
+        stored. The engine approves at once when the definition needs no person's approval.
+        """
+        try:
+            check_user_name(user)
+        except ProtocolError as exc:
+            raise SubmitError(str(exc)) from None
+        gitinfo = None
+        if git:
+            try:
+                gitinfo = GitInfo(
+                    commit=str(git["commit"]), path=str(git["path"]), dirty=bool(git["dirty"])
+                )
+            except (KeyError, TypeError):
+                raise SubmitError("git: expected commit, path and dirty") from None
+        definition = build_definition(expanded, sources=tuple(str(s) for s in sources), git=gitinfo)
+        resolved = resolve_params(definition, dict(params or {}))
+        namespace = definition.namespace if namespace is None else namespace
+        if not namespace or not all(c.isalnum() or c in "_.-" for c in namespace):
+            raise SubmitError(f"namespace {namespace!r}: use letters, digits, '_', '.' and '-'")
+        bundled = scripts.parse_bundled(scripts_text or {})
+        stored, from_library = scripts.check_submission(
+            definition,
+            resolved,
+            namespace=namespace,
+            bundled=bundled,
+            library=self.scripts,
+            action_known=_action_known(self.runner),
+        )
+        record = await self.repo.write(
+            store.store_submission(
+                store.Submission(
+                    definition=definition,
+                    scripts=stored,
+                    library_scripts=from_library,
+                    user=user,
+                    namespace=namespace,
+                    params=resolved,
+                    priority=priority,
+                )
+            )
+        )
+        scripts.register(self.scripts, stored)
+        self._definitions[definition.sha256] = definition
+        self.poke(record.id)
+        return record
+
+    async def act(
+        self, rid: str, verb: RequestVerb, *, actor: Actor = Actor.OPERATOR, by: str | None = None
+    ) -> Transition:
+        """Apply an operator's (or user's) verb. Raises ``RefusedTransition`` naming the
+        request's state, ``UnknownRequest``; nothing changes on error."""
+        change = await self.repo.write(store.transition(rid, verb, actor, by=by))
+        assert change is not None
+        self.poke(rid)
+        return change
+
+    async def get(self, rid: str) -> RequestRecord:
+        """The request as stored; raises ``UnknownRequest``."""
+        return await self.repo.read(lambda conn: store.get_request(conn, rid))
+
+    async def wait(
+        self, rid: str, states: Collection[RequestState] = TERMINAL_STATES
+    ) -> RequestRecord:
+        """Return the request once it is in one of ``states`` (committed)."""
+        async with self.repo.subscribe() as events:
+            record = await self.get(rid)
+            if record.state in states:
+                return record
+            async for event in events:
+                if isinstance(event, Missed) or (
+                    event.subject == rid and event.kind == "request.state"
+                ):
+                    record = await self.get(rid)
+                    if record.state in states:
+                        return record
+        raise RequestError(f"request {rid}: the engine stopped while waiting")
+
+    # --- one step --------------------------------------------------------------------------
+
+    def _definition(self, snap: Snapshot) -> Definition:
+        sha = snap.request.definition
+        if sha not in self._definitions:
+            self._definitions[sha] = build_definition(snap.expanded)
+        return self._definitions[sha]
+
+    async def _step(self, rid: str) -> None:
+        snap = await self.repo.read(store.read_snapshot(rid))
+        definition = self._definition(snap)
+        record = snap.request
+        state = record.state
+        for batch in snap.batches:
+            if batch.job is not None:
+                self._jobs[batch.job] = rid
+                self._arm(definition, batch)
+        if await self._settle(snap, definition):
+            self.poke(rid)
+            return
+        if state in TERMINAL_STATES or state is _S.ARCHIVED:
+            for batch in snap.batches:
+                if batch.stop is None:
+                    await self.batches.stop(batch, f"request {state.value}")
+            return
+        if state is _S.SUBMITTED:
+            verb = RequestLifecycle(
+                rid, approval_required=record.approval_required, state=state
+            ).policy_verb()
+            if verb is not None:
+                await self.repo.write(
+                    store.transition(rid, verb, Actor.ENGINE, expect=_S.SUBMITTED)
+                )
+                self.poke(rid)
+            return
+        if state is _S.APPROVED:
+            await self._start(rid, definition)
+            self.poke(rid)
+            return
+        if state is _S.CHECKING:
+            if rid not in self._checking and self._nursery is not None:
+                self._checking.add(rid)
+                self._nursery.start_soon(self._check, rid, definition)
+            return
+        if state is _S.PAUSED:
+            for batch in snap.batches:
+                if batch.stop is None:
+                    await self.batches.stop(batch, "request paused", queued_only=True)
+        if await self._stages(snap, definition):
+            self.poke(rid)
+            return
+        states = {name: s.state for name, s in snap.stages.items()}
+        errors = {name: s.error or "" for name, s in snap.stages.items()}
+        decision = plan.request_next(definition, states, errors)
+        if decision is not None:
+            verb, reason = decision
+            if verb is RequestVerb.FAIL:
+                await self.repo.write(
+                    store.transition(rid, verb, Actor.ENGINE, reason=reason, expect=state)
+                )
+                self.poke(rid)
+                return
+            if state is _S.RUNNING and not snap.batches:
+                await self.repo.write(store.transition(rid, verb, Actor.ENGINE, expect=_S.RUNNING))
+                self.poke(rid)
+                return
+        if state is _S.RUNNING:
+            await self._dispatch(snap, definition)
+
+    async def _settle(self, snap: Snapshot, definition: Definition) -> bool:
+        """Settle ended batches, cancel jobs no batch names; True if anything changed."""
+        changed = False
+        for batch in snap.batches:
+            if batch.job is None:
+                await self.batches.abandon(definition, batch)
+                changed = True
+            elif batch.job in snap.ended:
+                await self.batches.settle(snap.request, definition, batch, snap.ended[batch.job])
+                self._jobs.pop(batch.job, None)
+                self._armed.discard(batch.job)
+                changed = True
+        for job_id in snap.unlinked_jobs:
+            if job_id in self.controller.jobs:
+                log.warning(
+                    "request %s: cancelling job %s, which no batch names", snap.request.id, job_id
+                )
+                await self.controller.cancel(job_id, reason="orphaned by an engine restart")
+        return changed
+
+    async def _start(self, rid: str, definition: Definition) -> None:
+        found: list[tuple[str, str, dict[str, Any]]] = []
+        if definition.query is not None:
+            found = await self.repo.read(catalog.find(definition.query))
+        if definition.query is not None and not found:
+            reason = "the query matched no catalog entries (see `wfe catalog ls`)"
+            await self.repo.write(
+                store.transition(
+                    rid, RequestVerb.FAIL, Actor.ENGINE, reason=reason, expect=_S.APPROVED
+                )
+            )
+            return
+        await self.repo.write(store.start_request(rid, definition, found))
+
+    async def _stages(self, snap: Snapshot, definition: Definition) -> bool:
+        """Start, skip and end stages; True if any changed."""
+        rid = snap.request.id
+        states = {name: s.state for name, s in snap.stages.items()}
+        fail_fast = definition.policy.on_stage_failure is OnStageFailure.FAIL
+        for name, record in snap.stages.items():
+            if record.state is not StageState.RUNNING:
+                continue
+            open_batches = sum(1 for b in snap.batches if b.stage == name)
+            ended = plan.stage_end(snap.inputs.get(name, ()), open_batches, fail_fast=fail_fast)
+            if ended is not None:
+                await self.repo.write(store.set_stage(rid, name, ended[0], error=ended[1] or None))
+                return True
+        for name, new in plan.stage_changes(definition, states).items():
+            if new is StageState.SKIPPED:
+                failed = [
+                    d for d in definition.stage(name).depends_on if states[d] is not StageState.DONE
+                ]
+                why = f"upstream stage {failed[0]!r} {states[failed[0]].value}" if failed else ""
+                await self.repo.write(store.set_stage(rid, name, new, error=why or None))
+                states[name] = new
+                continue
+            stage = definition.stage(name)
+            inputs: list[tuple[str, str, dict[str, Any]]] | None = None
+            if stage.consumes is None:
+                inputs = [(ONCE, "", {})]
+            elif not stage.consumes.from_query:
+                inputs = await self.repo.read(
+                    _upstream_products(rid, stage.consumes.source, stage.consumes.types)
+                )
+            await self.repo.write(store.set_stage(rid, name, new, inputs=inputs))
+            return True
+        return False
+
+    async def _dispatch(self, snap: Snapshot, definition: Definition) -> None:
+        for name, record in snap.stages.items():
+            if record.state is not StageState.RUNNING:
+                continue
+            stage = definition.stage(name)
+            for chunk in plan.batches_to_make(snap.inputs.get(name, ()), stage.max_inputs):
+                batch = await self.batches.start(snap.request, definition, stage, chunk)
+                if batch.job is not None:
+                    self._jobs[batch.job] = snap.request.id
+                    self._arm(definition, batch)
+                else:
+                    self.poke(snap.request.id)
+
+    async def _check(self, rid: str, definition: Definition) -> None:
+        try:
+            snap = await self.repo.read(store.read_snapshot(rid))
+            problems = checking.input_problems(definition, snap.stages, snap.inputs)
+            products = await self.repo.read(list_products(rid))
+            problems += checking.product_problems(products, await checking.rehash(products))
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                await self.repo.write(
+                    store.transition(
+                        rid,
+                        RequestVerb.FAIL,
+                        Actor.ENGINE,
+                        reason=f"checking failed: {problems[0]}{more}",
+                        failures=problems,
+                        expect=_S.CHECKING,
+                    )
+                )
+            else:
+                states = {name: s.state for name, s in snap.stages.items()}
+                errors = {name: s.error or "" for name, s in snap.stages.items()}
+                failures = plan.stage_failures(definition, states, errors)
+                await self.repo.write(
+                    store.transition(
+                        rid,
+                        RequestVerb.COMPLETE,
+                        Actor.ENGINE,
+                        failures=failures,
+                        expect=_S.CHECKING,
+                    )
+                )
+        except RefusedTransition:
+            pass  # cancelled meanwhile
+        finally:
+            self._checking.discard(rid)
+            self.poke(rid)
+
+    # --- stage timeouts --------------------------------------------------------------------
+
+    def _arm(self, definition: Definition, batch: Batch) -> None:
+        if batch.job is None or batch.job in self._armed:
+            return
+        self._armed.add(batch.job)
+        timeouts = definition.stage(batch.stage).timeouts
+        now = trio.current_time()
+        for kind, seconds in (("wait_agent", timeouts.wait_agent), ("overall", timeouts.overall)):
+            if seconds is not None:
+                heapq.heappush(
+                    self._timers, (now + seconds, next(self._seq), batch.job, kind, seconds)
+                )
+                self._wake.set()
+
+    async def _fire_timers(self) -> None:
+        now = trio.current_time()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, job_id, kind, seconds = heapq.heappop(self._timers)
+            rid = self._jobs.get(job_id)
+            if rid is None:
+                continue
+            live = self.controller.jobs.get(job_id)
+            if kind == "wait_agent":
+                if live is None or live.machine is not None:
+                    continue  # ended, or an agent has had it
+                reason = f"no agent took it within {seconds:g} s (stage timeouts.wait_agent)"
+            else:
+                reason = f"overall timeout of {seconds:g} s exceeded (stage timeouts.overall)"
+            snap = await self.repo.read(store.read_snapshot(rid))
+            for batch in snap.batches:
+                if batch.job == job_id:
+                    await self.batches.stop(batch, reason)
+
+
+def _action_known(runner: ActionRunner | None) -> Callable[[str], bool]:
+    def known(name: str) -> bool:
+        if runner is None:
+            return False
+        try:
+            runner.library.get(name)
+        except LookupError:
+            return False
+        return True
+
+    return known
+
+
+def _upstream_products(rid: str, stage: str, types: tuple[str, ...]) -> Any:
+    """Read: ``(input key, path, metadata)`` of the products of ``stage`` of the given types."""
+
+    def fn(conn: Any) -> list[tuple[str, str, dict[str, Any]]]:
+        rows = conn.execute(
+            "SELECT id, path, type, metadata FROM products WHERE request = ? AND stage = ? ORDER BY id",
+            (rid, stage),
+        ).fetchall()
+        return [
+            (product_key(r[0]), r[1], json.loads(r[3])) for r in rows if not types or r[2] in types
+        ]
+
+    return fn

@@ -1,0 +1,550 @@
+"""The repository side of requests: write ops (run by the writer, each emitting its events
+in the same transaction) and read functions (run on read-only connections).
+
+Every state change of a request is checked against ``protocols.request`` inside the op
+that writes it, so two operators acting at once are serialised by the writer and the
+second one is refused naming the state the first one left. Nothing here awaits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from engine.definitions import Definition
+from engine.requests import plan
+from engine.requests.errors import RefusedTransition, UnknownRequest
+from engine.requests.model import (
+    Batch,
+    BatchOutcome,
+    JobEnd,
+    RequestRecord,
+    Snapshot,
+    StageInput,
+    StageRecord,
+    StageState,
+)
+from protocols.errors import IllegalTransition
+from protocols.request import (
+    ACTIVE_STATES,
+    Actor,
+    InputAllocation,
+    InputState,
+    NotPermitted,
+    RequestLifecycle,
+    RequestState,
+    RequestVerb,
+    Transition,
+    request_id,
+)
+from rscripts.results import Product
+
+Op = Callable[[Any], Any]
+
+#: States in which the service has something to do for a request.
+LIVE_STATES = frozenset({RequestState.SUBMITTED, RequestState.APPROVED, *ACTIVE_STATES})
+
+_REQUEST_COLUMNS = (
+    "id, workflow, user, number, definition, namespace, params, priority, approval_required,"
+    " scripts, state, created_at, updated_at, error, failures"
+)
+
+
+def _request(row: Sequence[Any]) -> RequestRecord:
+    return RequestRecord(
+        id=row[0],
+        workflow=row[1],
+        user=row[2],
+        number=row[3],
+        definition=row[4],
+        namespace=row[5],
+        params=json.loads(row[6]),
+        priority=row[7],
+        approval_required=bool(row[8]),
+        scripts=json.loads(row[9]),
+        state=RequestState(row[10]),
+        created_at=row[11],
+        updated_at=row[12],
+        error=row[13],
+        failures=tuple(json.loads(row[14])),
+    )
+
+
+def get_request(conn: Any, rid: str) -> RequestRecord:
+    """The request ``rid``; raises ``UnknownRequest``."""
+    row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = ?", (rid,)).fetchone()
+    if row is None:
+        raise UnknownRequest(f"no request {rid} (see `wfe requests`)")
+    return _request(row)
+
+
+# --- submission and the lifecycle -------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Submission:
+    """What ``store_submission`` records: a checked definition, its scripts, the request."""
+
+    definition: Definition
+    scripts: Mapping[str, tuple[str, str, str]]  # name -> (library key, sha256, text)
+    library_scripts: Mapping[str, str] = attrs.field(factory=dict)  # name -> key, engine library
+    user: str
+    namespace: str
+    params: Mapping[str, Any]
+    priority: int
+
+
+def store_submission(sub: Submission) -> Callable[[Any], RequestRecord]:
+    """Store the definition and scripts (by content, once), allocate the request id and
+    record the request as draft, then submitted (two events)."""
+
+    def op(tx: Any) -> RequestRecord:
+        d = sub.definition
+        git = None if d.git is None else attrs.asdict(d.git)
+        tx.execute(
+            "INSERT OR IGNORE INTO definitions (sha256, name, namespace, expanded, sources, git, stored_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (d.sha256, d.name, d.namespace, json.dumps(d.expanded), json.dumps(list(d.sources)),
+             None if git is None else json.dumps(git), tx.at),
+        )  # fmt: skip
+        mapping: dict[str, Any] = {}
+        for name, (key, sha, text) in sub.scripts.items():
+            tx.execute(
+                "INSERT OR IGNORE INTO rscript_texts (sha256, name, text, stored_at) VALUES (?, ?, ?, ?)",
+                (sha, name, text, tx.at),
+            )
+            mapping[name] = {"key": key, "sha256": sha}
+        for name, key in sub.library_scripts.items():
+            mapping[name] = {"key": key, "sha256": None}
+        number = tx.allocate(f"request:{d.name}:{sub.user}")
+        rid = request_id(d.name, sub.user, number)
+        tx.execute(
+            f"INSERT INTO requests ({_REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, '[]')",
+            (rid, d.name, sub.user, number, d.sha256, sub.namespace, json.dumps(dict(sub.params)),
+             sub.priority, int(d.approval_required), json.dumps(mapping), RequestState.DRAFT.value,
+             tx.at, tx.at),
+        )  # fmt: skip
+        tx.emit(
+            "request.created",
+            rid,
+            {"workflow": d.name, "user": sub.user, "namespace": sub.namespace,
+             "definition": d.sha256, "params": dict(sub.params), "priority": sub.priority},
+        )  # fmt: skip
+        _transition(tx, rid, RequestVerb.SUBMIT, Actor.USER, by=sub.user)
+        return get_request(tx, rid)
+
+    return op
+
+
+def _transition(
+    tx: Any,
+    rid: str,
+    verb: RequestVerb,
+    actor: Actor,
+    *,
+    reason: str | None = None,
+    failures: Sequence[str] | None = None,
+    by: str | None = None,
+) -> Transition:
+    record = get_request(tx, rid)
+    machine = RequestLifecycle(rid, approval_required=record.approval_required, state=record.state)
+    try:
+        change = machine.handle(verb, actor=actor)
+    except (IllegalTransition, NotPermitted) as exc:
+        raise RefusedTransition(str(exc)) from None
+    tx.execute(
+        "UPDATE requests SET state = ?, updated_at = ?, error = COALESCE(?, error),"
+        " failures = COALESCE(?, failures) WHERE id = ?",
+        (
+            change.after.value,
+            tx.at,
+            reason,
+            None if failures is None else json.dumps(list(failures)),
+            rid,
+        ),
+    )
+    data: dict[str, Any] = {
+        "verb": verb.value,
+        "actor": actor.value,
+        "from": change.before.value,
+        "to": change.after.value,
+    }
+    if by:
+        data["by"] = by
+    if reason:
+        data["reason"] = reason
+    if failures:
+        data["failures"] = list(failures)
+    tx.emit("request.state", rid, data)
+    return change
+
+
+def transition(
+    rid: str,
+    verb: RequestVerb,
+    actor: Actor,
+    *,
+    reason: str | None = None,
+    failures: Sequence[str] | None = None,
+    by: str | None = None,
+    expect: RequestState | None = None,
+) -> Callable[[Any], Transition | None]:
+    """Apply ``verb`` by ``actor``; raises ``RefusedTransition`` naming the state.
+
+    With ``expect``, the op does nothing (returns None) unless the request is in that
+    state: the engine's own steps use it so that an operator's verb that came first wins.
+    """
+
+    def op(tx: Any) -> Transition | None:
+        if expect is not None and get_request(tx, rid).state is not expect:
+            return None
+        return _transition(tx, rid, verb, actor, reason=reason, failures=failures, by=by)
+
+    return op
+
+
+def start_request(
+    rid: str,
+    definition: Definition,
+    query_inputs: Sequence[tuple[str, str, Mapping[str, Any]]],
+) -> Callable[[Any], Transition | None]:
+    """``start`` an approved request: record its stages (all waiting) and the inputs the
+    finder found for the stages that consume the query, in one transaction."""
+
+    def op(tx: Any) -> Transition | None:
+        if get_request(tx, rid).state is not RequestState.APPROVED:
+            return None
+        change = _transition(tx, rid, RequestVerb.START, Actor.ENGINE)
+        for position, stage in enumerate(definition.stages):
+            tx.execute(
+                "INSERT INTO request_stages (request, stage, position, state) VALUES (?, ?, ?, ?)",
+                (rid, stage.name, position, StageState.WAITING.value),
+            )
+            if stage.consumes is not None and stage.consumes.from_query:
+                _add_inputs(tx, rid, stage.name, query_inputs)
+        tx.emit("request.inputs", rid, {"query": len(query_inputs)})
+        return change
+
+    return op
+
+
+def _add_inputs(
+    tx: Any, rid: str, stage: str, inputs: Iterable[tuple[str, str, Mapping[str, Any]]]
+) -> int:
+    rows = [
+        (rid, stage, key, seq, path, json.dumps(dict(meta)), InputState.UNALLOCATED.value)
+        for seq, (key, path, meta) in enumerate(inputs)
+    ]
+    tx.executemany(
+        "INSERT INTO stage_inputs (request, stage, input, seq, path, metadata, state)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    return len(rows)
+
+
+def set_stage(
+    rid: str,
+    stage: str,
+    state: StageState,
+    *,
+    error: str | None = None,
+    inputs: Sequence[tuple[str, str, Mapping[str, Any]]] | None = None,
+) -> Op:
+    """Move a stage to ``state`` (adding its inputs when it starts), with its event."""
+
+    def op(tx: Any) -> None:
+        stamp = "started_at" if state is StageState.RUNNING else "ended_at"
+        tx.execute(
+            f"UPDATE request_stages SET state = ?, error = ?, {stamp} = ? WHERE request = ? AND stage = ?",
+            (state.value, error, tx.at, rid, stage),
+        )
+        data: dict[str, Any] = {"stage": stage, "state": state.value}
+        if inputs is not None:
+            data["inputs"] = _add_inputs(tx, rid, stage, inputs)
+        if error:
+            data["error"] = error
+        tx.emit("request.stage", rid, data)
+
+    return op
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+def _allocations(tx: Any, rid: str, stage: str, keys: Sequence[str]) -> list[InputAllocation]:
+    result = []
+    for key in keys:
+        row = tx.execute(
+            "SELECT state, allocations, batch, reason FROM stage_inputs"
+            " WHERE request = ? AND stage = ? AND input = ?",
+            (rid, stage, key),
+        ).fetchone()
+        result.append(
+            InputAllocation(
+                input_id=key,
+                state=InputState(row[0]),
+                allocations=row[1],
+                job_id=row[2] if row[0] == InputState.ALLOCATED.value else None,
+                reason=row[3] or "",
+            )
+        )
+    return result
+
+
+def _write_allocations(
+    tx: Any, rid: str, stage: str, allocations: Iterable[InputAllocation]
+) -> None:
+    tx.executemany(
+        "UPDATE stage_inputs SET state = ?, allocations = ?, batch = COALESCE(?, batch),"
+        " reason = ? WHERE request = ? AND stage = ? AND input = ?",
+        [
+            (a.state.value, a.allocations, a.job_id, a.reason or None, rid, stage, a.input_id)
+            for a in allocations
+        ],
+    )
+
+
+def open_batch(
+    rid: str, stage: str, keys: Sequence[str], output_root: str | None
+) -> Callable[[Any], Batch]:
+    """Make a batch of ``keys`` and allocate them to it (they must be unallocated). Its
+    output directory is ``<output_root>/<request>/<stage>/<batch>`` when a root is given."""
+
+    def op(tx: Any) -> Batch:
+        batch_id = f"b{tx.allocate('batch'):06d}"
+        allocations = [a.allocate(batch_id) for a in _allocations(tx, rid, stage, keys)]
+        _write_allocations(tx, rid, stage, allocations)
+        output_dir = None if output_root is None else f"{output_root}/{rid}/{stage}/{batch_id}"
+        tx.execute(
+            "INSERT INTO stage_batches (id, request, stage, inputs, output_dir, state, created_at)"
+            " VALUES (?, ?, ?, ?, ?, 'open', ?)",
+            (batch_id, rid, stage, json.dumps(list(keys)), output_dir, tx.at),
+        )
+        tx.emit("request.batch", rid, {"batch": batch_id, "stage": stage, "inputs": list(keys)})
+        return Batch(
+            id=batch_id,
+            request=rid,
+            stage=stage,
+            job=None,
+            inputs=tuple(keys),
+            output_dir=output_dir,
+            open=True,
+        )
+
+    return op
+
+
+def link_batch(batch: Batch, job_id: str) -> Op:
+    """Record the job that runs ``batch``."""
+
+    def op(tx: Any) -> None:
+        tx.execute("UPDATE stage_batches SET job = ? WHERE id = ?", (job_id, batch.id))
+        tx.execute(
+            "UPDATE stage_inputs SET job = ? WHERE batch = ? AND state = 'allocated'",
+            (job_id, batch.id),
+        )
+        tx.emit(
+            "request.job", batch.request, {"batch": batch.id, "stage": batch.stage, "job": job_id}
+        )
+
+    return op
+
+
+def stop_batch(batch: Batch, reason: str) -> Op:
+    """Note why the engine is about to stop ``batch``'s job (read when it is settled)."""
+
+    def op(tx: Any) -> None:
+        tx.execute(
+            "UPDATE stage_batches SET stop = ? WHERE id = ? AND stop IS NULL", (reason, batch.id)
+        )
+
+    return op
+
+
+def settle_batch(
+    batch: Batch,
+    outcome: BatchOutcome,
+    *,
+    max_allocations: int,
+    reason: str = "",
+    products: Sequence[Product] = (),
+    definition: str = "",
+) -> Callable[[Any], list[str]]:
+    """Settle an open batch: its inputs processed, released or withdrawn, its products
+    recorded (linked to job, inputs and definition). Returns the new product ids; settling
+    a batch twice does nothing the second time."""
+
+    def op(tx: Any) -> list[str]:
+        row = tx.execute("SELECT state FROM stage_batches WHERE id = ?", (batch.id,)).fetchone()
+        if row is None or row[0] != "open":
+            return []
+        before = _allocations(tx, batch.request, batch.stage, batch.inputs)
+        after = plan.settle(
+            before, batch.id, outcome, max_allocations=max_allocations, reason=reason
+        )
+        _write_allocations(tx, batch.request, batch.stage, after)
+        ids = []
+        for product in products:
+            product_id = f"p{tx.allocate('product'):06d}"
+            tx.execute(
+                "INSERT INTO products (id, request, stage, batch, job, path, type, size, sha256, metadata,"
+                " inputs, definition, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (product_id, batch.request, batch.stage, batch.id, batch.job or "", product.path, product.type,
+                 product.size, product.sha256, json.dumps(product.metadata), json.dumps(list(batch.inputs)),
+                 definition, tx.at),
+            )  # fmt: skip
+            ids.append(product_id)
+        tx.execute(
+            "UPDATE stage_batches SET state = 'settled', outcome = ?, error = ?, settled_at = ? WHERE id = ?",
+            (outcome.value, reason or None, tx.at, batch.id),
+        )
+        counts: dict[str, int] = {}
+        for a in after:
+            counts[a.state.value] = counts.get(a.state.value, 0) + 1
+        data: dict[str, Any] = {
+            "batch": batch.id,
+            "stage": batch.stage,
+            "job": batch.job,
+            "outcome": outcome.value,
+            "inputs": counts,
+            "products": ids,
+        }
+        if reason:
+            data["reason"] = reason
+        tx.emit("request.settled", batch.request, data)
+        return ids
+
+    return op
+
+
+# --- reading a request for the service -----------------------------------------------------------
+
+
+def read_snapshot(rid: str) -> Callable[[Any], Snapshot]:
+    """Everything the service needs for its next steps on ``rid``, in one read."""
+
+    def fn(conn: Any) -> Snapshot:
+        record = get_request(conn, rid)
+        (expanded,) = conn.execute(
+            "SELECT expanded FROM definitions WHERE sha256 = ?", (record.definition,)
+        ).fetchone()
+        stages = {
+            r[0]: StageRecord(name=r[0], position=r[1], state=StageState(r[2]), error=r[3])
+            for r in conn.execute(
+                "SELECT stage, position, state, error FROM request_stages WHERE request = ? ORDER BY position",
+                (rid,),
+            )
+        }
+        inputs: dict[str, list[StageInput]] = {name: [] for name in stages}
+        for r in conn.execute(
+            "SELECT stage, input, seq, path, metadata, state, allocations, batch, reason"
+            " FROM stage_inputs WHERE request = ? ORDER BY stage, seq",
+            (rid,),
+        ):
+            allocation = InputAllocation(
+                input_id=r[1],
+                state=InputState(r[5]),
+                allocations=r[6],
+                job_id=r[7] if r[5] == InputState.ALLOCATED.value else None,
+                reason=r[8] or "",
+            )
+            inputs.setdefault(r[0], []).append(
+                StageInput(
+                    key=r[1], seq=r[2], path=r[3], metadata=json.loads(r[4]), allocation=allocation
+                )
+            )
+        batches = tuple(
+            Batch(
+                id=r[0],
+                request=rid,
+                stage=r[1],
+                job=r[2],
+                inputs=tuple(json.loads(r[3])),
+                output_dir=r[4],
+                open=True,
+                stop=r[5],
+            )  # fmt: skip
+            for r in conn.execute(
+                "SELECT id, stage, job, inputs, output_dir, stop FROM stage_batches"
+                " WHERE request = ? AND state = 'open' ORDER BY id",
+                (rid,),
+            )
+        )
+        ended = {}
+        for batch in batches:
+            if batch.job is None:
+                continue
+            row = conn.execute(
+                "SELECT kind, state, result, error FROM jobs WHERE id = ? AND state IN"
+                " ('succeeded', 'failed', 'cancelled')",
+                (batch.job,),
+            ).fetchone()
+            if row is not None:
+                ended[batch.job] = JobEnd(
+                    job_id=batch.job,
+                    kind=row[0],
+                    state=row[1],
+                    result=None if row[2] is None else json.loads(row[2]),
+                    error=row[3],
+                )
+        unlinked = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM jobs WHERE request_id = ? AND parent_id IS NULL"
+                " AND state NOT IN ('succeeded', 'failed', 'cancelled')"
+                " AND id NOT IN (SELECT job FROM stage_batches WHERE request = ? AND job IS NOT NULL)",
+                (rid, rid),
+            )
+        )
+        return Snapshot(
+            request=record,
+            expanded=json.loads(expanded),
+            stages=stages,
+            inputs={k: tuple(v) for k, v in inputs.items()},
+            batches=batches,
+            ended=ended,
+            unlinked_jobs=unlinked,
+        )
+
+    return fn
+
+
+def live_requests(conn: Any) -> list[str]:
+    """Ids of the requests the service has work for: live states, or open batches."""
+    states = tuple(s.value for s in LIVE_STATES)
+    marks = ", ".join("?" * len(states))
+    rows = conn.execute(
+        f"SELECT id FROM requests WHERE state IN ({marks})"
+        " UNION SELECT DISTINCT request FROM stage_batches WHERE state = 'open' ORDER BY 1",
+        states,
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def open_jobs(conn: Any) -> dict[str, str]:
+    """``{job id: request id}`` for every job of an open batch."""
+    rows = conn.execute(
+        "SELECT job, request FROM stage_batches WHERE state = 'open' AND job IS NOT NULL"
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+def scripts_in_use(conn: Any) -> list[tuple[str, str, str]]:
+    """``(library key, sha256, text)`` of the stored scripts that live requests (or their
+    open batches) use: the engine registers them before it recovers jobs."""
+    result: dict[str, tuple[str, str, str]] = {}
+    for rid in live_requests(conn):
+        record = get_request(conn, rid)
+        for entry in record.scripts.values():
+            sha = entry.get("sha256")
+            if sha and entry["key"] not in result:
+                row = conn.execute(
+                    "SELECT text FROM rscript_texts WHERE sha256 = ?", (sha,)
+                ).fetchone()
+                if row is not None:
+                    result[entry["key"]] = (entry["key"], sha, row[0])
+    return list(result.values())
