@@ -27,6 +27,8 @@ from engine.jobs import Completions
 from engine.keys import load_signer
 from engine.local_transport import LocalAgents, serve_local_agents
 from engine.repository import Repository, open_repository
+from engine.requests import RequestService
+from engine.requests import prepare as prepare_requests
 from engine.tasklets import ActionLibrary
 from engine.watchdog import BlockedReport, Watchdog
 from rscripts.loader import ScriptLibrary
@@ -46,6 +48,7 @@ class Engine:
         controller: AgentController,
         watchdog: Watchdog,
         scripts: ScriptLibrary,
+        requests: RequestService | None = None,
     ) -> None:
         self.config = config
         self.repo = repo
@@ -53,6 +56,7 @@ class Engine:
         self.controller = controller
         self.watchdog = watchdog
         self.scripts = scripts
+        self.requests = requests  # workflow requests (engine.requests); None in a bare engine
 
     async def run_action(self, name: str, params: dict[str, Any]) -> str:
         """Start the root action ``name``; return its job id. Raises on an unknown action or
@@ -85,6 +89,7 @@ class Engine:
         return {
             **self.controller.statistics(),
             **self.runner.statistics(),
+            **(self.requests.statistics() if self.requests is not None else {}),
             "repository": attrs.asdict(self.repo.statistics()),
         }
 
@@ -119,6 +124,7 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(controller.run)
+                await prepare_requests(repo, scripts)  # their scripts, before jobs are recovered
                 counts = await controller.recover()
                 if any(counts.values()):
                     log.info("recovered unfinished RScript jobs: %s", counts)
@@ -144,6 +150,10 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
                 resumed = await runner.resume_unfinished()
                 if resumed:
                     log.info("resumed %d unfinished action(s)", resumed)
+                requests = RequestService(
+                    repo=repo, controller=controller, runner=runner, products_root=config.root / "products"
+                )
+                await nursery.start(requests.run)
                 engine = Engine(
                     config=config,
                     repo=repo,
@@ -151,6 +161,7 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
                     controller=controller,
                     watchdog=watchdog,
                     scripts=scripts,
+                    requests=requests,
                 )
                 try:
                     yield engine
