@@ -1,0 +1,227 @@
+"""Helpers shared by the engine benchmarks: the machine, memory and CPU readings, tables.
+
+Benchmarks measure real time, so they read ``time.perf_counter`` and ``/proc`` directly;
+none of this is engine logic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from engine.config import Config
+from engine.demo import make_workspace
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(terse=True),
+        "loadavg_before": round(os.getloadavg()[0], 2),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_line(figures: dict[str, Any]) -> str:
+    return (
+        f"{figures['nproc']} cpus ({figures['cpu']}), python {figures['python']},"
+        f" load average {figures['loadavg_before']} -> {figures.get('loadavg_after', '?')}"
+    )
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process, from ``/proc/<pid>/status``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and of its children it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime + cutime + cstime) / _CLOCK_TICKS
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``; NaN for none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def workspace(
+    directory: Path, *, agents: int, slots: int = 2, actions: Path | None = None
+) -> Config:
+    """A fresh engine workspace (``engine.demo.make_workspace``), optionally with extra actions."""
+    config = make_workspace(directory, agents=agents, slots=slots)
+    if actions is not None:
+        config = attrs.evolve(config, engine=attrs.evolve(config.engine, actions=(str(actions),)))
+    return config
+
+
+def write_actions(root: Path, sources: dict[str, str]) -> Path:
+    """Write tasklet files: ``{"domain.action/file.py": source}`` under ``root``."""
+    for name, source in sources.items():
+        action, file = name.split("/")
+        domain, verb = action.split(".")
+        folder = root / domain / verb
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / file).write_text(source)
+    return root
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """Format ``rows`` as a text table; ``columns`` are (key, heading, format spec)."""
+    cells = [[heading for _, heading, _ in columns]]
+    for row in rows:
+        line = []
+        for key, _, spec in columns:
+            value = row.get(key)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                line.append("-")
+            else:
+                line.append(format(value, spec) if spec else str(value))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    out = []
+    for n, line in enumerate(cells):
+        parts = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        out.append("  ".join(parts))
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def missed(
+    what: str, value: float, target: float, *, higher_is_better: bool, unit: str = ""
+) -> str | None:
+    """A line saying by how much ``value`` misses ``target``, or None when it meets it."""
+    if higher_is_better and value >= target:
+        return None
+    if not higher_is_better and value <= target:
+        return None
+    if higher_is_better:
+        return f"target missed: {what} {value:,.1f}{unit} is {100 * (1 - value / target):.0f}% below {target:,}{unit}"
+    return f"target missed: {what} {value:,.1f}{unit} is {value / target:.1f}x the limit of {target:,}{unit}"
+
+
+class Stopwatch:
+    """Wall and process-CPU time of a block: ``with Stopwatch() as sw: ...; sw.wall, sw.cpu``."""
+
+    def __enter__(self) -> Stopwatch:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+class Gate:
+    """Where benchmark tasklets check in before they wait, and the event they may wait for."""
+
+    def __init__(self, expected: int = 0) -> None:
+        self.arrived = 0
+        self.expected = expected
+        self.all_arrived = trio.Event()  # set when ``expected`` tasklets have arrived
+        self.event = trio.Event()  # what the waiting tasklets wait for
+
+    def arrive(self) -> None:
+        self.arrived += 1
+        if self.arrived >= self.expected:
+            self.all_arrived.set()
+
+
+#: The current gate; tasklet files read ``bench._common.GATE`` when they run.
+GATE = Gate()
+
+
+def new_gate(expected: int = 0) -> Gate:
+    """Replace the gate with one that expects ``expected`` arrivals, and return it."""
+    global GATE
+    GATE = Gate(expected)
+    return GATE
+
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Tracker:
+    """Learns from the committed event stream when jobs and attempts change state.
+
+    ``times[(subject, kind, state)]`` is the ``perf_counter`` time the first such event was
+    delivered to this subscriber (just after its commit). ``wait(job_id)`` returns once the
+    job's end is committed. It replaces ``Engine.wait`` in the benchmarks because that can
+    miss the end of a root job (see docs/performance.md).
+    """
+
+    def __init__(self, *, times: bool = True) -> None:
+        self.keep_times = times  # False: remember only job ends (memory benchmarks)
+        self.times: dict[tuple[str, str, str | None], float] = {}
+        self.ended: dict[str, str] = {}
+        self._waiters: dict[str, trio.Event] = {}
+
+    async def run(
+        self, repo: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        from engine.repository import Missed
+
+        async with repo.subscribe(max_buffer=10_000_000) as subscription:
+            task_status.started()
+            async for first in subscription:
+                now = time.perf_counter()
+                item = first
+                while item is not None:
+                    if isinstance(item, Missed):
+                        raise RuntimeError(f"tracker missed events {item.first_id}..{item.last_id}")
+                    self._note(item, now)
+                    item = subscription.receive_nowait()
+
+    def _note(self, event: Any, now: float) -> None:
+        state = event.data.get("state")
+        if self.keep_times:
+            self.times.setdefault((event.subject, event.kind, state), now)
+        if event.kind == "job.state" and state in TERMINAL:
+            self.ended[event.subject] = state
+            waiter = self._waiters.pop(event.subject, None)
+            if waiter is not None:
+                waiter.set()
+
+    async def wait(self, job_id: str) -> str:
+        """Return the job's final state once it is committed (and forget it)."""
+        while job_id not in self.ended:
+            await self._waiters.setdefault(job_id, trio.Event()).wait()
+        return self.ended.pop(job_id)
+
+    def at(self, subject: str, kind: str, state: str | None) -> float | None:
+        return self.times.get((subject, kind, state))
