@@ -20,6 +20,7 @@ import attrs
 
 from agents.core import DEFAULT_HEARTBEAT
 from agents.errors import ConfigError
+from protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
 
 
 @attrs.frozen(kw_only=True)
@@ -40,7 +41,22 @@ class AgentConfig:
     give_up_after: float | None = None
     keep_workdirs: bool = False
     log_level: str = "INFO"
+    # XMPP transport (see docs/xmpp.md); ``xmpp = true`` instead of ``socket``
+    xmpp: bool = False
+    jid: str | None = None  # the agent's bare JID
+    password_file: Path | None = None
+    server: str | None = None  # host to connect to (default: the JID's domain)
+    port: int = 5222
+    controllers: tuple[str, ...] = ()  # bare JIDs of the controllers this agent obeys
+    tls: str = "starttls"  # "starttls" (certificate verified) or "plain" (loopback only)
+    ca_file: Path | None = None  # PEM CA bundle for a private CA (default: the system's)
+    max_dispatch_age: float = 300.0  # refuse dispatches signed longer ago (0: no check)
+    max_stanza: int = 256 * 1024  # the server's stanza size limit
 
+
+#: Heartbeat of an XMPP agent when none is given: well under the engine's default
+#: ``agents.heartbeat_deadline`` (10 s), like the engine's own ``agents.heartbeat``.
+XMPP_HEARTBEAT = 2.0
 
 #: Key -> (expected JSON-ish kind, description used in errors).
 _KEYS: dict[str, tuple[type[Any], str]] = {
@@ -58,6 +74,16 @@ _KEYS: dict[str, tuple[type[Any], str]] = {
     "give_up_after": (float, "a number (seconds)"),
     "keep_workdirs": (bool, "true or false"),
     "log_level": (str, "a string"),
+    "xmpp": (bool, "true or false"),
+    "jid": (str, "a string"),
+    "password_file": (Path, "a path string"),
+    "server": (str, "a string"),
+    "port": (int, "an integer"),
+    "controllers": (tuple, "an array of strings"),
+    "tls": (str, "a string"),
+    "ca_file": (Path, "a path string"),
+    "max_dispatch_age": (float, "a number (seconds)"),
+    "max_stanza": (int, "an integer (bytes)"),
 }
 
 
@@ -89,6 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep-workdirs", action="store_true", help="keep each attempt's directory")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    x = p.add_argument_group("XMPP transport (agents on other hosts; see docs/xmpp.md)")
+    x.add_argument("--xmpp", action="store_true", help="connect over XMPP instead of --socket")
+    x.add_argument("--jid", help="the agent's bare JID, e.g. agent-node17@wfe.example.org")
+    x.add_argument("--password-file", type=Path, help="file holding the JID's password (0600)")
+    x.add_argument("--server", help="XMPP server host (default: the JID's domain)")
+    x.add_argument("--port", type=int, help="XMPP server port (default: 5222)")
+    x.add_argument(
+        "--controller",
+        dest="controllers",
+        action="append",
+        help="a controller JID to obey (repeat)",
+    )
+    x.add_argument(
+        "--tls", choices=("starttls", "plain"), help="default starttls; plain: loopback only"
+    )
+    x.add_argument(
+        "--ca-file", type=Path, help="PEM CA bundle that signed the server's certificate"
+    )
+    x.add_argument(
+        "--max-dispatch-age",
+        type=float,
+        help="refuse dispatches signed longer ago than this many seconds (default 300; 0: no check)",
+    )
+    x.add_argument(
+        "--max-stanza", type=int, help="the server's stanza size limit (default 256 KiB)"
+    )
     return p
 
 
@@ -144,6 +196,8 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
     if config_path is not None:
         settings.update(read_config_file(config_path))
     settings.update(args)
+    if settings.get("xmpp"):
+        _check_xmpp(settings)
     name = settings.setdefault("name", socket.gethostname().split(".")[0])
     if not name or any(c.isspace() for c in name):
         raise ConfigError(f"agent name {name!r} must be non-empty and contain no spaces")
@@ -166,3 +220,45 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
         raise ConfigError(f"log level {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     settings["log_level"] = level
     return AgentConfig(**settings)
+
+
+def _check_xmpp(settings: dict[str, Any]) -> None:
+    """XMPP mode needs an account, controllers to obey, a trusted key, and TLS off loopback.
+
+    Fills the defaults that depend on the mode: the name (the JID) and the heartbeat.
+    """
+    jid = settings.get("jid")
+    if not jid or not is_bare_jid(jid):
+        raise ConfigError(
+            f"xmpp: --jid must be a bare JID like agent-1@wfe.example.org, not {jid!r}"
+        )
+    settings["jid"] = jid = jid.lower()
+    if settings.get("socket") is not None:
+        raise ConfigError("give either --socket (local transport) or --xmpp, not both")
+    if settings.get("password_file") is None:
+        raise ConfigError("xmpp: --password-file is required (a file holding the JID's password)")
+    controllers = tuple(c.lower() for c in settings.get("controllers", ()))
+    if not controllers:
+        raise ConfigError("xmpp: give at least one --controller JID (controllers = [...]) to obey")
+    for controller in controllers:
+        if not is_bare_jid(controller):
+            raise ConfigError(f"xmpp: controller {controller!r} is not a bare JID")
+    settings["controllers"] = controllers
+    if settings.get("trusted_key") is None:
+        raise ConfigError("xmpp: --trusted-key is required (the engine's public key, engine.pub)")
+    tls = settings.get("tls", "starttls")
+    if tls not in ("starttls", "plain"):
+        raise ConfigError(f'xmpp: tls must be "starttls" or "plain", not {tls!r}')
+    host = settings.get("server") or jid.rpartition("@")[2]
+    if tls == "plain" and not is_loopback(host):
+        raise ConfigError(
+            f"xmpp: tls plain is allowed only with a loopback server, not {host!r}: use starttls"
+        )
+    if not 0 < settings.get("port", 5222) <= 65535:
+        raise ConfigError(f"xmpp: port must be between 1 and 65535, not {settings['port']}")
+    if settings.get("max_stanza", MIN_MAX_STANZA) < MIN_MAX_STANZA:
+        raise ConfigError(f"xmpp: max_stanza must be at least {MIN_MAX_STANZA} bytes")
+    if settings.get("max_dispatch_age", 0) < 0:
+        raise ConfigError("xmpp: max_dispatch_age must not be negative")
+    settings.setdefault("name", jid)
+    settings.setdefault("heartbeat", XMPP_HEARTBEAT)

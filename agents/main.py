@@ -7,6 +7,7 @@ command line or configuration, 3 when another agent process holds the same spool
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agents.config import AgentConfig, load_config
 from agents.core import Agent, AgentExit
-from agents.errors import ConfigError, SpoolLocked
+from agents.errors import AgentError, ConfigError, SpoolLocked
 from agents.link import Link
 from agents.local_link import open_local_link
 from agents.spool import Spool
@@ -67,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpoolLocked as exc:
         print(f"agent {config.name} is already running (spool locked: {exc.path})", file=sys.stderr)
         return EXIT_LOCKED
+    except AgentError as exc:  # e.g. the XMPP server refused our account
+        print(f"agent {config.name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as exc:
         print(f"agent {config.name}: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -78,7 +82,13 @@ def connector(config: AgentConfig) -> Callable[[], AbstractAsyncContextManager[L
     """How to reach the engine, from the transport the configuration names."""
     if config.socket is not None:
         return functools.partial(open_local_link, config.socket)
-    raise ConfigError('no transport: give --socket PATH (or socket = "..." in agent.toml)')
+    if config.xmpp:
+        from agents.xmpp_link import xmpp_connector  # slixmpp only loads in XMPP mode
+
+        return xmpp_connector(config)
+    raise ConfigError(
+        'no transport: give --socket PATH (or socket = "..." in agent.toml), or --xmpp'
+    )
 
 
 def trusted_key(config: AgentConfig) -> Ed25519PublicKey | None:
@@ -107,11 +117,36 @@ async def _run(
     connect: Callable[[], AbstractAsyncContextManager[Link]],
     give_up_after: float | None,
 ) -> AgentExit:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signals, agent)
-        outcome = await agent.run(connect, give_up_after=give_up_after)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, agent)
+            async with _hosting(connect, agent):
+                outcome = await agent.run(connect, give_up_after=give_up_after)
+            nursery.cancel_scope.cancel()
+    except* AgentError as group:
+        raise _first(group) from None
     return outcome
+
+
+def _hosting(
+    connect: Callable[[], AbstractAsyncContextManager[Link]], agent: Agent
+) -> AbstractAsyncContextManager[object]:
+    """Transports that keep a connection across sessions (XMPP) run for the whole life."""
+    hosted = getattr(connect, "hosted", None)
+    if hosted is None:
+        return contextlib.nullcontext()
+    context: AbstractAsyncContextManager[object] = hosted(
+        name=agent.name, capabilities=agent.capabilities, status=agent.status
+    )
+    return context
+
+
+def _first(group: BaseExceptionGroup[AgentError]) -> AgentError:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, AgentError)
+    return leaf
 
 
 async def _stop_on_signals(agent: Agent) -> None:

@@ -1,0 +1,808 @@
+"""The XMPP transport: slixmpp inside trio, and the agent's ``Link`` over it.
+
+The only agent module that imports slixmpp and trio_asyncio (the engine reuses ``XmppClient``
+through ``engine.xmpp_link``, as it reuses ``agents.local_link`` for the local transport).
+slixmpp runs on trio-asyncio's loop inside the one trio run; its callbacks hand what arrives to
+trio through memory channels (same thread, so ``send_nowait`` is safe), and we send by writing
+whole stanzas straight to its transport, so messages keep their order and nothing waits in a
+queue across a reconnect. Everything above sees trio channels of protocol messages.
+
+``XmppClient`` keeps one connection to the server: it connects, verifies TLS, reconnects with
+backoff after any loss (slixmpp does not), pings the server to notice a dead connection, and
+reports ``Online`` / ``Offline`` / ``PresenceReceived`` / ``MessageReceived`` on ``events``.
+A wrong password, an untrusted certificate or a server without STARTTLS (when TLS is asked)
+before the first session raises ``XmppRefused``: that is a configuration to fix, not an outage.
+
+``XmppConnector`` is the agent's transport: hosted for the whole run (``hosted``), it gives the
+agent core one ``Link`` per session with a controller (``connector()``). Scheme: the agent
+sends directed presence (its status payload) to each controller JID it obeys, again every
+``probe_interval`` while none is online; a controller answers with its own directed presence
+(role ``controller`` and an instance id). A session starts with that answer and ends when the
+controller goes unavailable, comes back as a new instance, or our connection drops; the core
+then says hello again. No roster subscription is needed: the server sends unavailable presence
+to everyone we sent directed presence to when our session ends, and the other way round.
+
+Security at this layer: payloads only from the configured controller JIDs (bare JID compare)
+reach the core; anything else is logged on one line and answered with ``JobRefused`` (a
+dispatch) or a ``forbidden`` error; a dispatch whose ``issued`` is older than
+``max_dispatch_age`` is refused as a replay. Signatures are checked by the core (``trusted_key``,
+required in XMPP mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import secrets
+import stat
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import slixmpp
+import trio
+import trio_asyncio
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+from agents.errors import AgentError, ConfigError, MessageTooLarge
+from protocols.errors import DecodeError
+from protocols.messages import AgentStatus, Capabilities, Dispatch, JobRefused, Message
+from protocols.xmpp import (
+    DEFAULT_MAX_STANZA,
+    DELAY_TAG,
+    STANZAS_NS,
+    TAG,
+    PayloadAssembler,
+    PayloadEncoder,
+    PayloadTooLarge,
+    PresenceInfo,
+    bare_jid,
+    error_stanza,
+    parse_presence,
+    presence_stanza,
+)
+
+if TYPE_CHECKING:
+    from agents.config import AgentConfig
+
+log = logging.getLogger("wfe.xmpp")
+
+TLS_MODES = ("starttls", "plain")
+DEFAULT_PORT = 5222
+PROBE_INTERVAL = 5.0
+#: Default for ``max_dispatch_age``: a dispatch signed longer ago than this is a replay.
+DEFAULT_MAX_DISPATCH_AGE = 300.0
+
+_STATE_EVENTS = (
+    "session_start",
+    "disconnected",
+    "connection_failed",
+    "failed_all_auth",
+    "ssl_invalid_chain",
+    "stream_error",
+)
+
+
+class XmppRefused(AgentError):
+    """The server refused us in a way retrying will not fix (password, certificate, no TLS)."""
+
+
+@attrs.frozen(kw_only=True)
+class XmppSettings:
+    """How to log in to the XMPP server."""
+
+    jid: str  # bare JID of the account, e.g. agent-node17@wfe.example.org
+    password: str = attrs.field(repr=False)
+    host: str  # where to connect (the JID's domain when no other is configured)
+    port: int = DEFAULT_PORT
+    tls: str = "starttls"  # "starttls" (verified) or "plain" (loopback only; checked by config)
+    ca_file: Path | None = None  # PEM CA bundle for a private CA; None: the system's CAs
+    resource: str = "wfe"
+    max_stanza: int = DEFAULT_MAX_STANZA
+    reconnect_delay: float = 0.5  # first pause before reconnecting, doubled up to the max
+    max_reconnect_delay: float = 10.0
+    connect_timeout: float = 20.0  # from TCP connect to a session
+    keepalive: float = 30.0  # seconds between pings to the server (0: none)
+
+    @property
+    def full_jid(self) -> str:
+        return f"{self.jid}/{self.resource}"
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Online:
+    """A session with the server started; ``instance`` is new for every session."""
+
+    instance: str
+
+
+@attrs.frozen(kw_only=True)
+class Offline:
+    """The session ended; the client is reconnecting."""
+
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class PresenceReceived:
+    """Someone's presence (available or not), with its wfe payload when it had a valid one."""
+
+    sender: str  # full JID
+    available: bool
+    info: PresenceInfo | None = None
+
+
+@attrs.frozen(kw_only=True)
+class MessageReceived:
+    """A whole, well-formed protocol message from ``sender`` (full JID)."""
+
+    sender: str
+    message: Message
+
+
+Event = Online | Offline | PresenceReceived | MessageReceived
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class _Stream(slixmpp.ClientXMPP):  # type: ignore[misc]
+    """slixmpp's client with our TLS policy, handlers and write flow control."""
+
+    def __init__(self, client: XmppClient) -> None:
+        settings = client.settings
+        super().__init__(settings.full_jid, settings.password)
+        self._client = client
+        self.enable_direct_tls = False
+        if settings.tls == "plain":
+            self.enable_starttls, self.enable_plaintext = False, True
+            self.plugin["feature_mechanisms"].unencrypted_plain = True
+        else:
+            self.enable_starttls, self.enable_plaintext = True, False  # TCP, then STARTTLS
+            if settings.ca_file is not None:
+                self.ca_certs = settings.ca_file
+        self.whitespace_keepalive = False  # we ping (keepalive) instead
+        self.auto_authorize = False  # nobody subscribes to our presence
+        self.auto_subscribe = False
+        self.register_plugin("xep_0199", pconfig={"keepalive": False})
+        self.register_handler(
+            Callback(
+                "wfe payload", MatchXPath(f"{{jabber:client}}message/{TAG}"), client._on_payload
+            )
+        )
+        self.register_handler(
+            Callback("wfe presence", MatchXPath("{jabber:client}presence"), client._on_presence)
+        )
+        for name in _STATE_EVENTS:
+            self.add_event_handler(name, functools.partial(client._on_state, name))
+
+    async def _handle_stream_features(self, features: Any) -> bool | None:
+        # slixmpp would go on without TLS when the server does not offer it; we refuse.
+        tls_done = "starttls" in self.features
+        if (
+            self._client.settings.tls == "starttls"
+            and not tls_done
+            and "starttls" not in features["features"]
+        ):
+            self._client._on_state("no_tls", None)
+            self.abort()
+            return True
+        result: bool | None = await super()._handle_stream_features(features)
+        return result
+
+    def pause_writing(self) -> None:
+        self._client._writable = trio.Event()
+
+    def resume_writing(self) -> None:
+        self._client._writable.set()
+
+
+@attrs.define
+class _Failure:
+    reason: str
+    fatal: bool = False  # before the first session: give up instead of retrying
+
+
+class XmppClient:
+    """One account's connection to the XMPP server, kept up until closed. See the module doc."""
+
+    def __init__(self, settings: XmppSettings) -> None:
+        if settings.tls not in TLS_MODES:
+            raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {settings.tls!r}")
+        self.settings = settings
+        self.jid = settings.full_jid
+        self._events_send, self.events = trio.open_memory_channel[Event](math.inf)
+        self._state_send, self._state = trio.open_memory_channel[tuple[str, Any]](math.inf)
+        self._encoder = PayloadEncoder(max_stanza=settings.max_stanza)
+        self._assembler = PayloadAssembler()
+        self._stream: _Stream | None = None
+        self._writable = trio.Event()
+        self._writable.set()
+        self.online = False
+        self.instance = ""
+        self.sessions = 0
+        self.stale_dropped = 0
+        self.stanzas_sent = 0
+        self.messages_received = 0
+
+    # --- sending (from trio, never blocks) -------------------------------------------------
+
+    def send_message(self, to: str, message: Message) -> None:
+        """Send ``message`` to the full JID ``to`` now, in order with everything sent before.
+
+        Raises ``trio.BrokenResourceError`` when offline, ``PayloadTooLarge`` when it cannot
+        travel at all.
+        """
+        stanzas = self._encoder.stanzas(to, message)
+        stream = self._live()
+        for text in stanzas:
+            stream.send_raw(text)
+        self.stanzas_sent += len(stanzas)
+
+    def send_presence(
+        self, to: str | None, info: PresenceInfo | None = None, *, available: bool = True
+    ) -> None:
+        """Send directed presence to ``to`` (or broadcast). Raises ``trio.BrokenResourceError``."""
+        self._live().send_raw(presence_stanza(to, info, available=available))
+
+    def send_error(self, to: str, condition: str, text: str, *, kind: str = "auth") -> None:
+        """Tell ``to`` why we did not take its message; nothing happens when offline."""
+        if self.online and self._stream is not None and self._stream.transport is not None:
+            self._stream.send_raw(error_stanza(to, condition, text, kind=kind))
+
+    async def drain(self) -> None:
+        """Wait until the connection takes more data (its write buffer is below the high mark)."""
+        await self._writable.wait()
+
+    def _live(self) -> _Stream:
+        stream = self._stream
+        if not self.online or stream is None or stream.transport is None:
+            raise trio.BrokenResourceError(f"{self.jid} is not connected to the XMPP server")
+        return stream
+
+    # --- callbacks from slixmpp (asyncio side, same thread) ------------------------------
+
+    def _on_state(self, name: str, data: Any) -> None:
+        self._state_send.send_nowait((name, data))
+
+    def _on_payload(self, stanza: Any) -> None:
+        xml = stanza.xml
+        sender = xml.get("from") or ""
+        if xml.get("type") == "error":
+            log.warning("xmpp: %s could not take a message we sent: %s", sender, _error_text(xml))
+            return
+        if xml.find(DELAY_TAG) is not None:  # kept by the server while we were away: stale
+            self.stale_dropped += 1
+            log.info("xmpp: dropped a message from %s stored while we were offline", sender)
+            return
+        try:
+            message = self._assembler.feed(sender, xml.find(TAG))
+        except DecodeError as exc:
+            log.error("xmpp: refused a malformed payload from %s: %s", sender, exc)
+            self.send_error(sender, "bad-request", f"malformed wfe payload: {exc}", kind="modify")
+            return
+        if message is not None:
+            self.messages_received += 1
+            self._events_send.send_nowait(MessageReceived(sender=sender, message=message))
+
+    def _on_presence(self, stanza: Any) -> None:
+        xml = stanza.xml
+        sender, kind = xml.get("from") or "", xml.get("type")
+        if not sender or sender == self.jid or kind not in (None, "unavailable"):
+            return
+        info = None
+        payload = xml.find(TAG)
+        if kind is None and payload is not None:
+            try:
+                info = parse_presence(payload)
+            except DecodeError as exc:
+                log.warning("xmpp: ignored the wfe payload of %s's presence: %s", sender, exc)
+        if kind == "unavailable":
+            self._assembler.forget(sender)
+        self._events_send.send_nowait(
+            PresenceReceived(sender=sender, available=kind is None, info=info)
+        )
+
+    # --- connecting ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect and stay connected until cancelled. Raises ``XmppRefused`` (see the class)."""
+        stream = self._stream = _Stream(self)
+        task_status.started()
+        delay = self.settings.reconnect_delay
+        failures = 0
+        while True:
+            failure = await self._connect_once(stream)
+            if failure is None:
+                failures, delay = 0, self.settings.reconnect_delay
+                await self._serve_session(stream)
+            else:
+                if failure.fatal and self.sessions == 0:
+                    raise XmppRefused(f"xmpp: {self.settings.jid}: {failure.reason}")
+                failures += 1
+                (log.warning if failures == 1 else log.debug)(
+                    "xmpp: %s: %s; retrying", self.settings.jid, failure.reason
+                )
+            await trio.sleep(delay)
+            delay = min(2 * delay, self.settings.max_reconnect_delay)
+
+    async def _connect_once(self, stream: _Stream) -> _Failure | None:
+        """One attempt: None once a session started, else why not (the stream is closed)."""
+        s = self.settings
+        stream.connect(s.host, s.port)
+        failure: _Failure | None = None
+        with trio.move_on_after(s.connect_timeout) as timer:
+            while True:
+                name, data = await self._state.receive()
+                if name == "session_start":
+                    self._started(stream)
+                    return None
+                if name == "connection_failed":
+                    stream.cancel_connection_attempt()  # no transport; slixmpp would retry itself
+                    return _Failure(f"cannot reach {s.host}:{s.port}: {data}")
+                if name == "disconnected":
+                    return failure or _Failure(
+                        f"the server closed the connection: {data or 'no reason'}"
+                    )
+                failure = self._failure(name, data) or failure
+                if failure is not None and stream.transport is not None:
+                    stream.abort()  # then wait for "disconnected"
+        assert timer.cancelled_caught
+        stream.cancel_connection_attempt()
+        await self._close_transport(stream)
+        return _Failure(
+            f"no session within {s.connect_timeout:g} s of connecting to {s.host}:{s.port}"
+        )
+
+    def _failure(self, name: str, data: Any) -> _Failure | None:
+        s = self.settings
+        if name == "failed_all_auth":
+            return _Failure(
+                "authentication failed: check the JID and the password file", fatal=True
+            )
+        if name == "ssl_invalid_chain":
+            where = (
+                f"the CA file {s.ca_file}"
+                if s.ca_file
+                else "the system's CAs (set ca_file for a private CA)"
+            )
+            return _Failure(
+                f"the server's certificate does not verify against {where}: {data}", fatal=True
+            )
+        if name == "no_tls":
+            return _Failure(
+                "the server does not offer STARTTLS (tls = 'starttls' requires it)", fatal=True
+            )
+        if name == "stream_error":
+            log.warning("xmpp: %s: the server ended the stream: %s", s.jid, _stream_error(data))
+        return None
+
+    def _started(self, stream: _Stream) -> None:
+        self.online = True
+        self.sessions += 1
+        self.instance = secrets.token_hex(8)
+        self._writable.set()
+        stream.send_raw(presence_stanza(None))  # initial presence; also flushes offline storage
+        log.info("xmpp: %s online at %s:%d", self.jid, self.settings.host, self.settings.port)
+        self._events_send.send_nowait(Online(instance=self.instance))
+
+    async def _serve_session(self, stream: _Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.settings.keepalive > 0:
+                nursery.start_soon(self._keepalive, stream)
+            reason = "connection lost"
+            while True:
+                name, data = await self._state.receive()
+                if name == "disconnected":
+                    reason = str(data or reason)
+                    break
+                if name == "stream_error":
+                    reason = _stream_error(data)
+                    log.warning(
+                        "xmpp: %s: the server ended the stream: %s", self.settings.jid, reason
+                    )
+            nursery.cancel_scope.cancel()
+        self.online = False
+        self._writable.set()
+        self._assembler.clear()
+        log.warning("xmpp: %s offline: %s", self.jid, reason)
+        self._events_send.send_nowait(Offline(reason=reason))
+
+    async def _keepalive(self, stream: _Stream) -> None:
+        interval = self.settings.keepalive
+        while True:
+            await trio.sleep(interval)
+            try:
+                future = stream.plugin["xep_0199"].send_ping(
+                    self.settings.jid.split("@", 1)[1], timeout=interval
+                )
+                await trio_asyncio.run_aio_future(future)
+            except IqError:
+                pass  # an error reply still proves the connection is alive
+            except IqTimeout:
+                log.warning(
+                    "xmpp: %s: no answer to a ping in %g s: reconnecting", self.jid, interval
+                )
+                stream.abort()
+                return
+
+    async def _close_transport(self, stream: _Stream) -> None:
+        if stream.transport is None:
+            return
+        stream.abort()
+        with trio.move_on_after(5):
+            while (await self._state.receive())[0] != "disconnected":
+                pass
+
+    async def aclose(self) -> None:
+        """Say we are leaving and close the stream (bounded; call it shielded)."""
+        stream = self._stream
+        if stream is None:
+            return
+        stream.cancel_connection_attempt()
+        if self.online and stream.transport is not None:
+            with contextlib.suppress(Exception):
+                stream.send_raw(presence_stanza(None, available=False))
+            with trio.move_on_after(2):
+                await trio_asyncio.run_aio_future(stream.disconnect(wait=1))
+        if stream.transport is not None:
+            stream.abort()
+        task = getattr(stream, "_run_out_filters", None)
+        if task is not None:
+            task.cancel()
+        self.online = False
+
+
+@contextlib.asynccontextmanager
+async def _asyncio_loop() -> AsyncIterator[None]:
+    """Open trio-asyncio's loop unless one is open already (one per process is enough)."""
+    if trio_asyncio.current_loop.get() is not None:
+        yield
+        return
+    async with trio_asyncio.open_loop():
+        yield
+
+
+@contextlib.asynccontextmanager
+async def open_xmpp_client(settings: XmppSettings) -> AsyncIterator[XmppClient]:
+    """Run an ``XmppClient`` for the block; it connects in the background.
+
+    Leaving the block sends unavailable presence and closes the stream. ``XmppRefused``
+    from the connection loop propagates out of the block.
+    """
+    async with _asyncio_loop():
+        client = XmppClient(settings)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            try:
+                yield client
+            finally:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
+                nursery.cancel_scope.cancel()
+
+
+def _error_text(xml: Any) -> str:
+    error = xml.find("{jabber:client}error")
+    if error is None:
+        return "no detail"
+    conditions = [
+        child.tag.rpartition("}")[2] for child in error if child.tag.startswith(f"{{{STANZAS_NS}}}")
+    ]
+    text = error.findtext(f"{{{STANZAS_NS}}}text") or ""
+    names = [c for c in conditions if c != "text"]
+    return " ".join(filter(None, [", ".join(names), text])) or "no detail"
+
+
+def _stream_error(data: Any) -> str:
+    try:
+        condition, text = data["condition"], data["text"]
+    except (KeyError, TypeError):
+        return str(data)
+    return f"{condition}: {text}" if text else str(condition)
+
+
+# --- the agent's side -------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Session:
+    peer: str  # the controller's full JID
+    instance: str
+    inbox: trio.MemorySendChannel[Message]
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.inbox.close()
+
+
+class XmppLink:
+    """A ``Link`` for one session with one controller instance."""
+
+    def __init__(
+        self, client: XmppClient, session: _Session, inbox: trio.MemoryReceiveChannel[Message]
+    ) -> None:
+        self.client = client
+        self.peer = session.peer
+        self._session = session
+        self._inbox = inbox
+
+    async def send(self, message: Message) -> None:
+        """Send one message to the controller. Raises ``trio.ClosedResourceError`` after the
+        session ended, ``trio.BrokenResourceError`` when offline, ``MessageTooLarge``."""
+        if self._session.closed:
+            raise trio.ClosedResourceError(f"the session with {self.peer} ended")
+        try:
+            self.client.send_message(self.peer, message)
+        except PayloadTooLarge as exc:
+            raise MessageTooLarge(str(exc)) from None
+        await self.client.drain()
+
+    def receive(self) -> AsyncIterator[Message]:
+        """The controller's messages, until the session ends."""
+        return self._inbox
+
+
+class XmppConnector:
+    """The agent's XMPP transport; ``connector()`` opens the next session (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: XmppSettings,
+        *,
+        controllers: Sequence[str],
+        max_dispatch_age: float | None = DEFAULT_MAX_DISPATCH_AGE,
+        wait_limit: float | None = None,
+        probe_interval: float = PROBE_INTERVAL,
+    ) -> None:
+        if not controllers:
+            raise ValueError("an XMPP agent needs at least one controller JID to obey")
+        self.settings = settings
+        self.controllers = frozenset(bare_jid(c) for c in controllers)
+        self.max_dispatch_age = max_dispatch_age or None
+        self.wait_limit = wait_limit
+        self.probe_interval = probe_interval
+        self.client: XmppClient | None = None
+        self.refused = 0
+        self._online: dict[str, str] = {}  # controller full JID -> instance, in order of arrival
+        self._session: _Session | None = None
+        self._changed = trio.Event()
+        self._status: Callable[[], AgentStatus] | None = None
+        self._capabilities: Capabilities | None = None
+        self._name = settings.jid
+
+    @contextlib.asynccontextmanager
+    async def hosted(
+        self,
+        *,
+        name: str | None = None,
+        capabilities: Capabilities | None = None,
+        status: Callable[[], AgentStatus] | None = None,
+    ) -> AsyncIterator[XmppConnector]:
+        """Keep the XMPP connection for the block; ``status`` fills the presence payload."""
+        self._name = name or self._name
+        self._capabilities, self._status = capabilities, status
+        async with open_xmpp_client(self.settings) as client, trio.open_nursery() as nursery:
+            self.client = client
+            nursery.start_soon(self._route, client)
+            nursery.start_soon(self._probe, client)
+            try:
+                yield self
+            finally:
+                self._end_session()
+                self.client = None
+                nursery.cancel_scope.cancel()
+
+    def __call__(self) -> AbstractAsyncContextManager[XmppLink]:
+        return self._open_session()
+
+    @contextlib.asynccontextmanager
+    async def _open_session(self) -> AsyncIterator[XmppLink]:
+        """Wait for a controller (at most ``wait_limit``), then yield a link to it.
+
+        Raises ``OSError`` when none came in time, ``RuntimeError`` outside ``hosted``.
+        """
+        client = self.client
+        if client is None:
+            raise RuntimeError(
+                "XmppConnector: open sessions inside `async with connector.hosted():`"
+            )
+        with trio.move_on_after(self.wait_limit if self.wait_limit is not None else math.inf):
+            while not (client.online and self._online):
+                await self._wait_changed()
+        if not (client.online and self._online):
+            state = "no controller online" if client.online else "not connected to the XMPP server"
+            raise OSError(
+                f"{state} after {self.wait_limit:g} s (controllers: {', '.join(sorted(self.controllers))})"
+            )
+        peer, instance = next(iter(self._online.items()))
+        send, receive = trio.open_memory_channel[Message](math.inf)
+        session = self._session = _Session(peer=peer, instance=instance, inbox=send)
+        log.info("xmpp: session with controller %s", peer)
+        try:
+            yield XmppLink(client, session, receive)
+        finally:
+            if self._session is session:
+                self._session = None
+            session.close()
+
+    async def _wait_changed(self) -> None:
+        self._changed = trio.Event()
+        await self._changed.wait()
+
+    def _end_session(self, why: str = "") -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            if why:
+                log.info("xmpp: session with %s ends: %s", session.peer, why)
+            session.close()
+
+    def presence(self, client: XmppClient) -> PresenceInfo:
+        """What we tell controllers about ourselves."""
+        status = self._status() if self._status is not None else None
+        return PresenceInfo(
+            role="agent",
+            instance=client.instance,
+            name=self._name,
+            capabilities=self._capabilities,
+            free_slots=status.free_slots if status else None,
+            running=len(status.running) if status else 0,
+        )
+
+    def _announce(self, client: XmppClient) -> None:
+        info = self.presence(client)
+        for jid in sorted(self.controllers):
+            with contextlib.suppress(trio.BrokenResourceError):
+                client.send_presence(jid, info)
+
+    async def _probe(self, client: XmppClient) -> None:
+        while True:
+            await trio.sleep(self.probe_interval)
+            if client.online and not self._online:
+                self._announce(client)
+
+    async def _route(self, client: XmppClient) -> None:
+        async for event in client.events:
+            match event:
+                case Online():
+                    self._online.clear()
+                    self._announce(client)
+                case Offline(reason=reason):
+                    self._online.clear()
+                    self._end_session(f"XMPP connection lost ({reason})")
+                case PresenceReceived():
+                    self._presence(event)
+                case MessageReceived(sender=sender, message=message):
+                    self._deliver(client, sender, message)
+            self._changed.set()
+
+    def _presence(self, event: PresenceReceived) -> None:
+        if bare_jid(event.sender) not in self.controllers:
+            return
+        session = self._session
+        if not event.available:
+            self._online.pop(event.sender, None)
+            if session is not None and session.peer == event.sender:
+                self._end_session("the controller went offline")
+            return
+        if event.info is None or event.info.role != "controller":
+            return
+        self._online[event.sender] = event.info.instance
+        if (
+            session is not None
+            and session.peer == event.sender
+            and session.instance != event.info.instance
+        ):
+            self._end_session("the controller restarted")
+
+    def _deliver(self, client: XmppClient, sender: str, message: Message) -> None:
+        what = type(message).__name__
+        if bare_jid(sender) not in self.controllers:
+            self._refuse(
+                client, sender, message, f"{bare_jid(sender)} is not a controller this agent obeys"
+            )
+            return
+        session = self._session
+        if session is None or session.peer != sender:
+            log.info("xmpp: ignored a %s from %s: no session with it yet", what, sender)
+            if isinstance(message, Dispatch):
+                self._refuse(
+                    client, sender, message, "no session: the agent has not said hello to you yet"
+                )
+            return
+        if isinstance(message, Dispatch) and (stale := self._stale(message)):
+            self._refuse(client, sender, message, stale)
+            return
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            session.inbox.send_nowait(message)
+
+    def _refuse(self, client: XmppClient, sender: str, message: Message, reason: str) -> None:
+        self.refused += 1
+        if isinstance(message, Dispatch):
+            log.warning(
+                "xmpp: refused dispatch %s#%d from %s: %s",
+                message.job_id,
+                message.attempt,
+                sender,
+                reason,
+            )
+            with contextlib.suppress(trio.BrokenResourceError):
+                client.send_message(
+                    sender,
+                    JobRefused(job_id=message.job_id, attempt=message.attempt, reason=reason),
+                )
+        else:
+            log.warning("xmpp: refused a %s from %s: %s", type(message).__name__, sender, reason)
+            client.send_error(sender, "forbidden", reason)
+
+    def _stale(self, dispatch: Dispatch) -> str:
+        """Why ``dispatch`` is too old (or too new) to run, or ``""``."""
+        window = self.max_dispatch_age
+        if window is None:
+            return ""
+        if dispatch.issued is None:
+            return "the dispatch has no issue time (issued), so it may be a replay"
+        age = time.time() - dispatch.issued  # wall-clock: compared with the engine's signing time
+        if abs(age) <= window:
+            return ""
+        when = f"{age:.0f} s ago" if age > 0 else f"{-age:.0f} s in the future"
+        return (
+            f"issued {when}, outside max_dispatch_age {window:g} s: a replay, or the clocks of the"
+            " engine and agent hosts differ (check NTP)"
+        )
+
+
+def read_password(path: str | os.PathLike[str], what: str = "password file") -> str:
+    """The first line of a password file. Raises ``ConfigError`` naming the file.
+
+    Warns when the file is readable by group or others.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            password = f.readline().rstrip("\r\n")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{what}: {path}: no such file (write the XMPP password there, mode 0600)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what}: {path}: cannot read: {exc}") from None
+    if not password:
+        raise ConfigError(f"{what}: {path}: the first line (the password) is empty")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by others: chmod 600 %s", path, path)
+    return password
+
+
+def xmpp_connector(config: AgentConfig) -> XmppConnector:
+    """The XMPP transport an agent configuration asks for. Raises ``ConfigError``."""
+    assert config.jid is not None and config.password_file is not None  # checked by load_config
+    if config.ca_file is not None and not config.ca_file.is_file():
+        raise ConfigError(f"ca file {config.ca_file}: no such file")
+    settings = XmppSettings(
+        jid=config.jid,
+        password=read_password(config.password_file),
+        host=config.server or config.jid.rpartition("@")[2],
+        port=config.port,
+        tls=config.tls,
+        ca_file=config.ca_file,
+        max_stanza=config.max_stanza,
+    )
+    return XmppConnector(
+        settings,
+        controllers=config.controllers,
+        max_dispatch_age=config.max_dispatch_age,
+        wait_limit=config.give_up_after,
+    )
