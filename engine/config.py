@@ -15,6 +15,7 @@ import attrs
 import cattrs
 
 from engine.errors import ConfigError
+from protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
 
 CONFIG_NAME = "wfe.toml"
 
@@ -58,6 +59,21 @@ class JobsSection:
 
 
 @attrs.frozen(kw_only=True)
+class XmppSection:
+    """``[xmpp]``: the engine's XMPP account, for agents on other hosts (docs/xmpp.md)."""
+
+    enabled: bool = False
+    jid: str = ""  # the engine's bare JID, e.g. engine@wfe.example.org
+    password_file: str = "xmpp.password"  # holds the password (mode 0600)
+    host: str = ""  # server to connect to; "" = the JID's domain
+    port: int = 5222
+    tls: str = "starttls"  # "starttls" (certificate verified) or "plain" (loopback only)
+    ca_file: str = ""  # PEM CA bundle for a private CA; "" = the system's CAs
+    agents: tuple[str, ...] = ()  # agent JIDs accepted; empty = any JID on the engine's domain
+    max_stanza: int = 256 * 1024  # the server's stanza size limit (Prosody's default)
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """The whole configuration; ``root`` is the directory of ``wfe.toml``."""
 
@@ -66,6 +82,7 @@ class Config:
     api: ApiSection = ApiSection()
     agents: AgentsSection = AgentsSection()
     jobs: JobsSection = JobsSection()
+    xmpp: XmppSection = XmppSection()
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the file against the configuration's directory."""
@@ -99,12 +116,14 @@ def _strict(expected: type[Any]) -> Any:
             raise TypeError("expected an integer")
         if expected is str and not isinstance(value, str):
             raise TypeError("expected a string")
+        if expected is bool and not isinstance(value, bool):
+            raise TypeError("expected true or false")
         return value
 
     return structure
 
 
-for _t in (int, float, str):
+for _t in (int, float, str, bool):
     _converter.register_structure_hook(_t, _strict(_t))
 
 
@@ -127,6 +146,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         api=config.api,
         agents=config.agents,
         jobs=config.jobs,
+        xmpp=config.xmpp,
     )
     _check_values(result, source)
     return result
@@ -139,6 +159,7 @@ class _RawConfig:
     api: ApiSection = ApiSection()
     agents: AgentsSection = AgentsSection()
     jobs: JobsSection = JobsSection()
+    xmpp: XmppSection = XmppSection()
 
 
 def _tidy(detail: str) -> str:
@@ -167,6 +188,36 @@ def _check_values(config: Config, source: str) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {message}")
+    _check_xmpp(config.xmpp, source)
+
+
+def _check_xmpp(x: XmppSection, source: str) -> None:
+    """``[xmpp]`` must name a usable account, and plaintext only on loopback."""
+    if not x.enabled:
+        return
+    problems = [
+        (
+            is_bare_jid(x.jid),
+            f"xmpp.jid must be a bare JID like engine@wfe.example.org, not {x.jid!r}",
+        ),
+        (0 < x.port <= 65535, "xmpp.port must be between 1 and 65535"),
+        (x.tls in ("starttls", "plain"), f'xmpp.tls must be "starttls" or "plain", not {x.tls!r}'),
+        (
+            x.max_stanza >= MIN_MAX_STANZA,
+            f"xmpp.max_stanza must be at least {MIN_MAX_STANZA} bytes",
+        ),
+        (bool(x.password_file), "xmpp.password_file must name the file holding the password"),
+    ]
+    problems += [(is_bare_jid(a), f"xmpp.agents: {a!r} is not a bare JID") for a in x.agents]
+    for ok, message in problems:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+    host = x.host or x.jid.rpartition("@")[2]
+    if x.tls == "plain" and not is_loopback(host):
+        raise ConfigError(
+            f'{source}: xmpp.tls = "plain" is allowed only with a loopback host, not {host!r}:'
+            ' use tls = "starttls"'
+        )
 
 
 def load_config(path: Path) -> Config:

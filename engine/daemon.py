@@ -10,6 +10,7 @@ unfinished in the repository, and the next start picks them up.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -113,6 +114,7 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
             for problem in scripts.errors:  # a bad script is skipped, the engine goes on
                 log.error("RScript skipped: %s", problem)
             sign = load_signer(config)
+            xmpp = _xmpp_settings(config)  # a bad [xmpp] fails here, before anything starts
             completions = Completions()
             controller = AgentController(
                 repo=repo,
@@ -147,6 +149,11 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
                     heartbeat=config.agents.heartbeat,
                 )
                 await local.start()
+                if xmpp is not None:
+                    from engine.xmpp_transport import serve_xmpp_agents
+
+                    agents = config.xmpp.agents
+                    await nursery.start(functools.partial(serve_xmpp_agents, controller, xmpp, agents=agents))
                 resumed = await runner.resume_unfinished()
                 if resumed:
                     log.info("resumed %d unfinished action(s)", resumed)
@@ -171,6 +178,15 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
                     nursery.cancel_scope.cancel()
         finally:
             trio.lowlevel.remove_instrument(watchdog)
+
+
+def _xmpp_settings(config: Config) -> Any:
+    """The engine's XMPP settings when ``[xmpp]`` is enabled, else None (slixmpp not loaded)."""
+    if not config.xmpp.enabled:
+        return None
+    from engine.xmpp_link import xmpp_settings
+
+    return xmpp_settings(config)
 
 
 def workspace_files(config: Config) -> dict[str, Path]:

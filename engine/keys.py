@@ -11,6 +11,9 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
+
+from engine.clock import wall_now
 from engine.config import Config
 from engine.errors import ConfigError
 from protocols import signing
@@ -46,7 +49,9 @@ def load_signer(config: Config) -> Callable[[Dispatch], Dispatch]:
         key = signing.load_private_key(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot load the engine's signing key: {exc}") from None
-    return lambda dispatch: signing.sign(dispatch, key)
+    # ``issued`` (the engine's wall time at signing) is covered by the signature, so an agent
+    # can refuse a captured dispatch replayed later (agents: max_dispatch_age).
+    return lambda dispatch: signing.sign(attrs.evolve(dispatch, issued=wall_now()), key)
 
 
 def read_token(config: Config) -> str:

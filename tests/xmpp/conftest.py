@@ -12,14 +12,21 @@ A missing Prosody fails these fixtures with the install hint rather than skippin
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
+import os
 import secrets
-from collections.abc import Callable, Iterator
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+import trio
 
 from engine.prosody import ProsodyNotInstalled, ProsodyServer
 
@@ -86,3 +93,176 @@ def new_account() -> Callable[[ProsodyServer], Account]:
         return Account(user=user, jid=server.register(user, password), password=password)
 
     return register
+
+
+# --- engines and agents over XMPP (added for the XMPP transport tests) ----------------------------
+
+
+@attrs.define
+class Cluster:
+    """A workspace whose engine serves agents over a test Prosody, and real agent processes.
+
+    ``config()`` writes ``wfe.toml`` (no local agents, ``[xmpp]`` enabled) and the secrets;
+    ``start_agent(account)`` runs ``python -m agents --xmpp ...`` in its own session. Every
+    agent process is killed when the test ends; ``log(name)`` shows what one wrote.
+    """
+
+    server: ProsodyServer
+    root: Path
+    engine: Account
+    new_account: Callable[[ProsodyServer], Account]
+    processes: dict[str, Any] = attrs.Factory(dict)
+    accounts: dict[str, Account] = attrs.Factory(dict)
+
+    @property
+    def tls(self) -> str:
+        return "starttls" if self.server.tls else "plain"
+
+    def write_password(self, account: Account) -> Path:
+        path = self.root / "passwords" / account.user
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        path.write_text(account.password + "\n")
+        path.chmod(0o600)
+        return path
+
+    def config(self, *, agents: list[str] | None = None, **sections: dict[str, Any]) -> Any:
+        from engine.config import load_config
+        from engine.keys import create_secrets
+
+        tables: dict[str, dict[str, Any]] = {
+            "agents": {
+                "local": 0,
+                "heartbeat": 0.5,
+                "heartbeat_deadline": 5.0,
+                "reconcile_grace": 5.0,
+            },
+            "jobs": {"timeout": 60.0},
+            "xmpp": {
+                "enabled": True,
+                "jid": self.engine.jid,
+                "password_file": str(self.write_password(self.engine)),
+                "host": self.server.host,
+                "port": self.server.port,
+                "tls": self.tls,
+                "agents": agents or [],
+            },
+        }
+        if self.server.ca_path is not None:
+            tables["xmpp"]["ca_file"] = str(self.server.ca_path)
+        for name, values in sections.items():
+            tables.setdefault(name, {}).update(values)
+        lines = []
+        for name, values in tables.items():
+            lines.append(f"[{name}]")
+            lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
+        path = self.root / "wfe.toml"
+        path.write_text("\n".join(lines) + "\n")
+        config = load_config(path)
+        create_secrets(config)
+        return config
+
+    def agent_command(self, account: Account, *extra: str, slots: int = 4) -> list[str]:
+        home = self.root / "agents" / account.user
+        command = [
+            sys.executable,
+            "-m",
+            "agents",
+            "--xmpp",
+            "--jid",
+            account.jid,
+            "--password-file",
+            str(self.write_password(account)),
+            "--server",
+            self.server.host,
+            "--port",
+            str(self.server.port),
+            "--tls",
+            self.tls,
+            "--controller",
+            self.engine.jid,
+            "--trusted-key",
+            str(self.root / "engine.pub"),
+            "--slots",
+            str(slots),
+            "--spool",
+            str(home / "spool"),
+            "--workdir",
+            str(home / "work"),
+            "--heartbeat",
+            "0.5",
+        ]
+        if self.server.ca_path is not None:
+            command += ["--ca-file", str(self.server.ca_path)]
+        return command + list(extra)
+
+    async def start_agent(
+        self, account: Account | None = None, *extra: str, slots: int = 4
+    ) -> Account:
+        """Start an agent process (a new account unless given); return its account."""
+        account = account or self.new_account(self.server)
+        log_path = self.root / "agents" / f"{account.user}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("ab")  # noqa: ASYNC230 - a local file, opened once
+        try:
+            process = await trio.lowlevel.open_process(
+                self.agent_command(account, *extra, slots=slots),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+            )
+        finally:
+            log_file.close()
+        self.processes[account.jid] = process
+        self.accounts[account.jid] = account
+        return account
+
+    def kill(self, jid: str) -> None:
+        """SIGKILL an agent's whole process group (the agent and the scripts it runs)."""
+        process = self.processes[jid]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def log(self, account: Account) -> str:
+        path = self.root / "agents" / f"{account.user}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def kill_all(self) -> None:
+        """Kill every agent process group and reap the agents."""
+        for jid, process in self.processes.items():
+            self.kill(jid)
+            await process.wait()
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)  # strings, numbers and lists of strings are the same in TOML
+
+
+@pytest.fixture
+async def cluster_factory(
+    tmp_path: Path, new_account: Callable[[ProsodyServer], Account]
+) -> AsyncIterator[Callable[[ProsodyServer], Cluster]]:
+    """``cluster_factory(server)``: a ``Cluster`` on ``server``; its agents die with the test."""
+    clusters: list[Cluster] = []
+
+    def make(server: ProsodyServer) -> Cluster:
+        root = tmp_path / f"cluster-{len(clusters)}"
+        root.mkdir()
+        cluster = Cluster(
+            server=server, root=root, engine=new_account(server), new_account=new_account
+        )
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    with trio.CancelScope(shield=True):
+        for cluster in clusters:
+            await cluster.kill_all()
+
+
+@pytest.fixture
+def cluster(prosody: ProsodyServer, cluster_factory: Callable[[ProsodyServer], Cluster]) -> Cluster:
+    """A ``Cluster`` on the shared plaintext Prosody."""
+    return cluster_factory(prosody)

@@ -1,0 +1,222 @@
+"""The XMPP transport, engine side: agents on other hosts turned into controller calls.
+
+Like ``engine.local_transport``, it hands the controller ``agent_connected`` /
+``agent_message`` / ``agent_disconnected`` and gives it one ``AgentLink`` per agent session.
+An agent session starts with the agent's ``AgentHello`` (a message from its full JID) and ends
+with its unavailable presence, a new hello, or the end of our own XMPP session; the
+controller then gives the agent ``heartbeat_deadline`` to come back before declaring it lost.
+
+Who is accepted: the configured ``agents`` (bare JIDs), or, when that list is empty, any JID
+on the engine's own domain. Anything else is refused with a logged line and a ``forbidden``
+error. An agent is registered under its bare JID, whatever name its hello gives.
+
+Presence: on every session start we send directed presence (role ``controller``, a new
+instance id) to every agent we know (configured, or remembered by the controller from before
+a restart), and we answer every available presence of an accepted agent with ours. That is
+how agents learn that a controller is there and which full JID to talk to; agents we do not
+know yet find us by sending their presence (they repeat it until we answer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from engine.xmpp_link import (
+    MessageReceived,
+    Offline,
+    Online,
+    PresenceReceived,
+    XmppClient,
+    XmppSettings,
+    open_xmpp_client,
+)
+from protocols.messages import AgentHello, Message
+from protocols.xmpp import PayloadTooLarge, PresenceInfo, bare_jid, is_bare_jid, jid_domain
+
+if TYPE_CHECKING:
+    from engine.controller import AgentController
+
+log = logging.getLogger("wfe.xmpp")
+
+#: At most one presence nudge per agent this often, for messages that arrive without a hello.
+NUDGE_INTERVAL = 5.0
+
+
+class XmppAgentLink:
+    """The controller's ``AgentLink`` for one agent session: stanzas to the agent's full JID.
+
+    ``send_nowait`` writes at once to the connection, so messages keep their order; once
+    the session is over (or we are offline) it drops them, as a closed socket would.
+    """
+
+    def __init__(self, client: XmppClient, jid: str) -> None:
+        self.client = client
+        self.jid = jid
+        self.closed = False
+
+    def send_nowait(self, message: Message) -> None:
+        if self.closed:
+            return
+        try:
+            self.client.send_message(self.jid, message)
+        except trio.BrokenResourceError:
+            self.closed = True
+        except PayloadTooLarge as exc:
+            log.error("xmpp: cannot send to %s: %s", self.jid, exc)
+
+
+@attrs.define(eq=False)
+class _AgentSession:
+    jid: str  # full JID
+    link: XmppAgentLink
+
+
+class XmppTransport:
+    """Routes the events of one ``XmppClient`` to the controller."""
+
+    def __init__(
+        self, controller: AgentController, client: XmppClient, *, agents: Sequence[str] = ()
+    ) -> None:
+        self.controller = controller
+        self.client = client
+        self.own = bare_jid(client.settings.jid)
+        self.agents = frozenset(bare_jid(a) for a in agents)
+        self.sessions: dict[str, _AgentSession] = {}
+        self.refused = 0
+        self._nudged: dict[str, float] = {}
+
+    def accepts(self, jid: str) -> bool:
+        """True when messages from ``jid`` (bare or full) may reach the controller."""
+        bare = bare_jid(jid)
+        if bare == self.own or not is_bare_jid(bare):
+            return False
+        return bare in self.agents if self.agents else jid_domain(bare) == jid_domain(self.own)
+
+    async def run(self) -> None:
+        """Handle the client's events until cancelled."""
+        async for event in self.client.events:
+            self.handle(event)
+
+    def handle(self, event: object) -> None:
+        match event:
+            case Online():
+                self._announce()
+            case Offline():
+                self._drop_all()
+            case PresenceReceived():
+                self._presence(event)
+            case MessageReceived(sender=sender, message=message):
+                self._message(sender, message)
+
+    def presence(self) -> PresenceInfo:
+        return PresenceInfo(role="controller", instance=self.client.instance, name=self.own)
+
+    def _announce(self) -> None:
+        known = set(self.agents) | {name for name in self.controller.agents if self.accepts(name)}
+        info = self.presence()
+        for jid in sorted(known):
+            self._send_presence(jid, info)
+        if known:
+            log.info("xmpp: told %d known agent(s) that the controller is online", len(known))
+
+    def _send_presence(self, to: str, info: PresenceInfo) -> None:
+        try:
+            self.client.send_presence(to, info)
+        except trio.BrokenResourceError:
+            pass
+
+    def _drop_all(self) -> None:
+        sessions, self.sessions = self.sessions, {}
+        for name, session in sessions.items():
+            session.link.closed = True
+            self.controller.agent_disconnected(name, session.link)
+
+    def _presence(self, event: PresenceReceived) -> None:
+        if not self.accepts(event.sender):
+            return
+        bare = bare_jid(event.sender)
+        if event.available:
+            self._send_presence(event.sender, self.presence())
+            return
+        session = self.sessions.get(bare)
+        if session is not None and session.jid == event.sender:
+            del self.sessions[bare]
+            session.link.closed = True
+            self.controller.agent_disconnected(bare, session.link)
+
+    def _message(self, sender: str, message: Message) -> None:
+        bare = bare_jid(sender)
+        if not self.accepts(sender):
+            self.refused += 1
+            log.warning(
+                "xmpp: refused a %s from %s: not an agent this engine accepts",
+                type(message).__name__,
+                sender,
+            )
+            self.client.send_error(sender, "forbidden", "not an agent this engine accepts")
+            return
+        if isinstance(message, AgentHello):
+            self._hello(sender, bare, message)
+            return
+        session = self.sessions.get(bare)
+        if session is None or session.jid != sender:
+            log.info(
+                "xmpp: ignored a %s from %s: it has not said hello", type(message).__name__, sender
+            )
+            self._nudge(sender)
+            return
+        self.controller.agent_message(bare, message)
+
+    def _hello(self, sender: str, bare: str, hello: AgentHello) -> None:
+        old = self.sessions.get(bare)
+        if old is not None:
+            old.link.closed = True
+        link = XmppAgentLink(self.client, sender)
+        self.sessions[bare] = _AgentSession(jid=sender, link=link)
+        if hello.name != bare:
+            log.info("xmpp: agent %s calls itself %r; it is known by its JID", sender, hello.name)
+            hello = attrs.evolve(hello, name=bare)
+        self.controller.agent_connected(hello, link, transport="xmpp")
+
+    def _nudge(self, sender: str) -> None:
+        """Answer a message that came without a hello with our presence: the agent then
+        starts a session (it may have missed our restart)."""
+        now = trio.current_time()
+        if now - self._nudged.get(sender, -NUDGE_INTERVAL) >= NUDGE_INTERVAL:
+            self._nudged[sender] = now
+            self._send_presence(sender, self.presence())
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "sessions": len(self.sessions),
+            "refused": self.refused,
+            "stanzas_sent": self.client.stanzas_sent,
+            "messages_received": self.client.messages_received,
+            "stale_dropped": self.client.stale_dropped,
+        }
+
+
+async def serve_xmpp_agents(
+    controller: AgentController,
+    settings: XmppSettings,
+    *,
+    agents: Sequence[str] = (),
+    task_status: trio.TaskStatus[XmppTransport] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve agents over XMPP until cancelled; ``task_status.started`` gets the transport.
+
+    Connects in the background (and again after any loss). Raises ``XmppRefused`` if the
+    server refuses the engine's account before its first session (see ``agents.xmpp_link``).
+    """
+    async with open_xmpp_client(settings) as client:
+        transport = XmppTransport(controller, client, agents=agents)
+        task_status.started(transport)
+        try:
+            await transport.run()
+        finally:
+            transport._drop_all()
