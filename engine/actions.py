@@ -206,10 +206,12 @@ class ActionRunner:
         call_seq: int | None = None,
         nursery: trio.Nursery | None = None,
         request_id: str | None = None,
+        by: str | None = None,
     ) -> str:
         """Record a job for the action ``name`` and start running it; return the job id.
 
-        Raises ``UnknownAction`` / ``TaskletError`` before anything is recorded.
+        ``by`` names who asked (recorded in the ``job.created`` event). Raises
+        ``UnknownAction`` / ``TaskletError`` before anything is recorded.
         """
         action = self.library.get(name)
         action.check_params(params)
@@ -223,6 +225,7 @@ class ActionRunner:
                     root_id=parent.job.root_id if parent else None,
                     call_seq=call_seq,
                     request_id=request_id,
+                    by=by,
                 )
             )
         )

@@ -195,8 +195,9 @@ class AgentController:
         retries: int | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
+        by: str | None = None,
     ) -> str:
-        """Record an RScript job and queue it; return its id.
+        """Record an RScript job and queue it; return its id (``by``: who asked, for the event).
 
         Raises ``UnknownRScript`` / ``ParamError`` before anything is recorded.
         """
@@ -233,6 +234,7 @@ class AgentController:
                     requirements={**requirements, "timeout": timeout or script.header.timeout},
                     max_attempts=1 + retries,
                     request_id=request_id,
+                    by=by,
                 )
             )
         )

@@ -59,17 +59,27 @@ class Engine:
         self.scripts = scripts
         self.requests = requests  # workflow requests (engine.requests); None in a bare engine
 
-    async def run_action(self, name: str, params: dict[str, Any]) -> str:
+    async def run_action(self, name: str, params: dict[str, Any], *, by: str | None = None) -> str:
         """Start the root action ``name``; return its job id. Raises on an unknown action or
-        bad parameters, before anything is recorded."""
-        return await self.runner.start(name, params)
+        bad parameters, before anything is recorded. ``by`` (who asked) goes into the
+        ``job.created`` event."""
+        return await self.runner.start(name, params, by=by)
 
-    async def run_rscript(self, name: str, params: dict[str, Any], **options: Any) -> str:
-        """Queue an RScript job with no parent; return its job id."""
-        return await self.controller.submit(name, params, **options)
+    async def run_rscript(
+        self, name: str, params: dict[str, Any], *, by: str | None = None, **options: Any
+    ) -> str:
+        """Queue an RScript job with no parent; return its job id (``by`` as for ``run_action``)."""
+        return await self.controller.submit(name, params, by=by, **options)
 
-    async def kill(self, job_id: str) -> str:
-        return await self.runner.kill(job_id)
+    async def kill(self, job_id: str, *, by: str | None = None) -> str:
+        """Cancel a job and its tree; return the state it was in. With ``by``, a
+        ``job.kill_requested`` event naming who asked is committed first."""
+        if by is None:
+            return await self.runner.kill(job_id)
+        job = await self.job(job_id)  # raises UnknownJob
+        data = {"by": by, "state": job["state"]}
+        await self.repo.write(lambda tx: tx.emit("job.kill_requested", job_id, data))
+        return await self.runner.kill(job_id, reason=f"killed by {by}")
 
     async def wait(self, job_id: str) -> Any:
         return await self.runner.wait(job_id)

@@ -37,6 +37,7 @@ class NewJob:
     requirements: dict[str, Any] = attrs.Factory(dict)
     max_attempts: int = 1
     request_id: str | None = None
+    by: str | None = None  # who asked for it (a console token name); None: the engine itself
 
 
 @attrs.frozen(kw_only=True)
@@ -133,11 +134,17 @@ def create_job(new: NewJob) -> Callable[[Any], JobRow]:
                 new.request_id,
             ),
         )
-        tx.emit(
-            "job.created",
-            job_id,
-            {"kind": new.kind, "name": new.name, "parent": new.parent_id, "state": new.state},
-        )
+        data: dict[str, Any] = {
+            "kind": new.kind,
+            "name": new.name,
+            "parent": new.parent_id,
+            "state": new.state,
+        }
+        if new.request_id is not None:
+            data["request"] = new.request_id
+        if new.by is not None:
+            data["by"] = new.by
+        tx.emit("job.created", job_id, data)
         row = tx.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return job_from_row(row)
 
