@@ -77,10 +77,18 @@ CREATE INDEX products_request ON products(request, stage);
 CREATE INDEX jobs_request ON jobs(request_id);
 """
 
+_TOKENS = """
+CREATE TABLE tokens (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
+  role TEXT NOT NULL CHECK (role IN ('viewer','operator','admin')), sha256 TEXT NOT NULL UNIQUE,
+  created_at REAL NOT NULL, created_by TEXT, revoked_at REAL, revoked_by TEXT);
+CREATE UNIQUE INDEX tokens_live_name ON tokens(name) WHERE revoked_at IS NULL;
+"""
+
 #: Every migration ever, in order. Append only: the position is the schema version.
 MIGRATIONS: list[str] = [
     _CORE,  # 1: events, counters, jobs, attempts, output, agents
     _REQUESTS,  # 2: definitions, requests, stages, inputs, batches, catalog, products
+    _TOKENS,  # 3: console tokens (sha256 of each; engine/tokens.py)
 ]
 
 
