@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import secrets
+import ssl
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -160,9 +161,9 @@ Event = Online | Offline | PresenceReceived | MessageReceived
 class _Stream(slixmpp.ClientXMPP):  # type: ignore[misc]
     """slixmpp's client with our TLS policy, handlers and write flow control."""
 
-    def __init__(self, client: XmppClient) -> None:
+    def __init__(self, client: XmppClient, ssl_context: ssl.SSLContext) -> None:
         settings = client.settings
-        super().__init__(settings.full_jid, settings.password)
+        super().__init__(settings.full_jid, settings.password, ssl_context=ssl_context)
         self._client = client
         self.enable_direct_tls = False
         if settings.tls == "plain":
@@ -170,8 +171,6 @@ class _Stream(slixmpp.ClientXMPP):  # type: ignore[misc]
             self.plugin["feature_mechanisms"].unencrypted_plain = True
         else:
             self.enable_starttls, self.enable_plaintext = True, False  # TCP, then STARTTLS
-            if settings.ca_file is not None:
-                self.ca_certs = settings.ca_file
         self.whitespace_keepalive = False  # we ping (keepalive) instead
         self.auto_authorize = False  # nobody subscribes to our presence
         self.auto_subscribe = False
@@ -235,6 +234,7 @@ class XmppClient:
         self.stale_dropped = 0
         self.stanzas_sent = 0
         self.messages_received = 0
+        self._closing = False
 
     # --- sending (from trio, never blocks) -------------------------------------------------
 
@@ -318,7 +318,9 @@ class XmppClient:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and stay connected until cancelled. Raises ``XmppRefused`` (see the class)."""
-        stream = self._stream = _Stream(self)
+        # Loading CA certificates takes a while: not on the event loop.
+        context = await trio.to_thread.run_sync(_ssl_context, self.settings.ca_file)
+        stream = self._stream = _Stream(self, context)
         task_status.started()
         delay = self.settings.reconnect_delay
         failures = 0
@@ -416,7 +418,7 @@ class XmppClient:
         self.online = False
         self._writable.set()
         self._assembler.clear()
-        log.warning("xmpp: %s offline: %s", self.jid, reason)
+        (log.info if self._closing else log.warning)("xmpp: %s offline: %s", self.jid, reason)
         self._events_send.send_nowait(Offline(reason=reason))
 
     async def _keepalive(self, stream: _Stream) -> None:
@@ -450,6 +452,7 @@ class XmppClient:
         stream = self._stream
         if stream is None:
             return
+        self._closing = True
         stream.cancel_connection_attempt()
         if self.online and stream.transport is not None:
             with contextlib.suppress(Exception):
@@ -462,6 +465,15 @@ class XmppClient:
         if task is not None:
             task.cancel()
         self.online = False
+
+
+def _ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Verify the server's certificate and host name: against ``ca_file`` alone when given
+    (a private CA), else against the system's CAs."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 @contextlib.asynccontextmanager

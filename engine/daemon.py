@@ -11,6 +11,7 @@ unfinished in the repository, and the next start picks them up.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -124,7 +125,7 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
             for problem in scripts.errors:  # a bad script is skipped, the engine goes on
                 log.error("RScript skipped: %s", problem)
             sign = load_signer(config)
-            xmpp = _xmpp_settings(config)  # a bad [xmpp] fails here, before anything starts
+            xmpp = await _xmpp_settings(config)  # a bad [xmpp] fails here, before anything starts
             completions = Completions()
             controller = AgentController(
                 repo=repo,
@@ -190,10 +191,12 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
             trio.lowlevel.remove_instrument(watchdog)
 
 
-def _xmpp_settings(config: Config) -> Any:
+async def _xmpp_settings(config: Config) -> Any:
     """The engine's XMPP settings when ``[xmpp]`` is enabled, else None (slixmpp not loaded)."""
     if not config.xmpp.enabled:
         return None
+    # slixmpp takes the best part of a second to import: keep that off the event loop
+    await trio.to_thread.run_sync(importlib.import_module, "engine.xmpp_transport")
     from engine.xmpp_link import xmpp_settings
 
     return xmpp_settings(config)

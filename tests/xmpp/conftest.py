@@ -125,7 +125,7 @@ class Cluster:
         path.chmod(0o600)
         return path
 
-    def config(self, *, agents: list[str] | None = None, **sections: dict[str, Any]) -> Any:
+    def config(self, *, xmpp_agents: list[str] | None = None, **sections: dict[str, Any]) -> Any:
         from engine.config import load_config
         from engine.keys import create_secrets
 
@@ -144,7 +144,7 @@ class Cluster:
                 "host": self.server.host,
                 "port": self.server.port,
                 "tls": self.tls,
-                "agents": agents or [],
+                "agents": xmpp_agents or [],
             },
         }
         if self.server.ca_path is not None:
@@ -161,7 +161,9 @@ class Cluster:
         create_secrets(config)
         return config
 
-    def agent_command(self, account: Account, *extra: str, slots: int = 4) -> list[str]:
+    def agent_command(
+        self, account: Account, *extra: str, slots: int = 4, controllers: tuple[str, ...] = ()
+    ) -> list[str]:
         home = self.root / "agents" / account.user
         command = [
             sys.executable,
@@ -178,8 +180,6 @@ class Cluster:
             str(self.server.port),
             "--tls",
             self.tls,
-            "--controller",
-            self.engine.jid,
             "--trusted-key",
             str(self.root / "engine.pub"),
             "--slots",
@@ -191,21 +191,30 @@ class Cluster:
             "--heartbeat",
             "0.5",
         ]
+        for controller in controllers or (self.engine.jid,):
+            command += ["--controller", controller]
         if self.server.ca_path is not None:
             command += ["--ca-file", str(self.server.ca_path)]
         return command + list(extra)
 
     async def start_agent(
-        self, account: Account | None = None, *extra: str, slots: int = 4
+        self,
+        account: Account | None = None,
+        *extra: str,
+        slots: int = 4,
+        controllers: tuple[str, ...] = (),
     ) -> Account:
-        """Start an agent process (a new account unless given); return its account."""
+        """Start an agent process (a new account unless given); return its account.
+
+        It obeys ``controllers`` (default: the engine's JID) and trusts ``root/engine.pub``.
+        """
         account = account or self.new_account(self.server)
         log_path = self.root / "agents" / f"{account.user}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = log_path.open("ab")  # noqa: ASYNC230 - a local file, opened once
         try:
             process = await trio.lowlevel.open_process(
-                self.agent_command(account, *extra, slots=slots),
+                self.agent_command(account, *extra, slots=slots, controllers=controllers),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
@@ -216,6 +225,20 @@ class Cluster:
         self.processes[account.jid] = process
         self.accounts[account.jid] = account
         return account
+
+    def settings(self, account: Account, **options: Any) -> Any:
+        """``XmppSettings`` for a test-side client logged in as ``account``."""
+        from agents.xmpp_link import XmppSettings
+
+        return XmppSettings(
+            jid=account.jid,
+            password=account.password,
+            host=self.server.host,
+            port=self.server.port,
+            tls=self.tls,
+            ca_file=self.server.ca_path,
+            **options,
+        )
 
     def kill(self, jid: str) -> None:
         """SIGKILL an agent's whole process group (the agent and the scripts it runs)."""
@@ -266,3 +289,50 @@ async def cluster_factory(
 def cluster(prosody: ProsodyServer, cluster_factory: Callable[[ProsodyServer], Cluster]) -> Cluster:
     """A ``Cluster`` on the shared plaintext Prosody."""
     return cluster_factory(prosody)
+
+
+# --- helpers for tests that drive an engine (the ``h`` fixture) -----------------------------------
+
+
+async def until(engine: Any, predicate: Callable[[], bool]) -> None:
+    """Wait until ``predicate()`` holds, checking it after every committed event."""
+    async with engine.repo.subscribe() as events:
+        while not predicate():
+            await events.__anext__()
+
+
+def connected(engine: Any) -> list[str]:
+    """Names of the agents connected over XMPP."""
+    return [
+        a["name"] for a in engine.agents() if a["state"] == "connected" and a["transport"] == "xmpp"
+    ]
+
+
+async def run_all(engine: Any, job_ids: list[str]) -> None:
+    """Wait until every job has ended."""
+    async with trio.open_nursery() as nursery:
+        for job_id in job_ids:
+            nursery.start_soon(engine.wait, job_id)
+
+
+async def succeeded_once(engine: Any, job_ids: list[str]) -> list[dict[str, Any]]:
+    """Assert every job succeeded with exactly one succeeded attempt; return their details."""
+    details = []
+    for job_id in job_ids:
+        job = await engine.job(job_id)
+        states = [a["state"] for a in job["attempt_list"]]
+        assert job["state"] == "succeeded", (job_id, job["error"], states)
+        assert states.count("succeeded") == 1, (job_id, states)
+        details.append(job)
+    return details
+
+
+@pytest.fixture
+def h() -> Any:
+    """Helpers: ``until(engine, predicate)``, ``connected(engine)``, ``run_all(engine, ids)``,
+    ``succeeded_once(engine, ids)``."""
+    import types
+
+    return types.SimpleNamespace(
+        until=until, connected=connected, run_all=run_all, succeeded_once=succeeded_once
+    )

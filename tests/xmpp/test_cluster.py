@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
-from engine.daemon import Engine, open_engine
+from engine.daemon import open_engine
+from engine.prosody import ProsodyServer
 
 if TYPE_CHECKING:
     from conftest import Cluster
@@ -16,54 +18,27 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.xmpp
 
 
-async def until(engine: Engine, predicate: Callable[[], bool]) -> None:
-    """Wait until ``predicate()`` holds, checking it after every committed event."""
-    async with engine.repo.subscribe() as events:
-        while not predicate():
-            await events.__anext__()
-
-
-def connected(engine: Engine) -> list[str]:
-    """Names of the agents connected over XMPP."""
-    return [
-        a["name"] for a in engine.agents() if a["state"] == "connected" and a["transport"] == "xmpp"
-    ]
-
-
-async def succeeded_once(engine: Engine, job_ids: list[str]) -> None:
-    """Every job succeeded, with exactly one succeeded attempt in the repository."""
-    for job_id in job_ids:
-        job = await engine.job(job_id)
-        states = [a["state"] for a in job["attempt_list"]]
-        assert job["state"] == "succeeded", (job_id, job["error"], states)
-        assert states.count("succeeded") == 1, (job_id, states)
-
-
-async def run_all(engine: Engine, job_ids: list[str]) -> None:
-    async with trio.open_nursery() as nursery:
-        for job_id in job_ids:
-            nursery.start_soon(engine.wait, job_id)
-
-
-async def test_a_hundred_jobs_on_three_agents_survive_a_sigkilled_agent(cluster: Cluster) -> None:
+async def test_a_hundred_jobs_on_three_agents_survive_a_sigkilled_agent(
+    cluster: Cluster, h: Any
+) -> None:
     """100 jobs on 3 agents over Prosody all succeed exactly once though one agent is SIGKILLed."""
     config = cluster.config()
     with trio.fail_after(90):
         async with open_engine(config) as engine:
             accounts = [await cluster.start_agent() for _ in range(3)]
-            await until(engine, lambda: len(connected(engine)) == 3)
+            await h.until(engine, lambda: len(h.connected(engine)) == 3)
             job_ids = [
                 await engine.run_rscript("sleep_echo", {"message": f"job {n}", "seconds": 0.3})
                 for n in range(100)
             ]
             victim = accounts[0].jid
-            await until(engine, lambda: engine.controller.statistics()["queued"] <= 60)
-            await until(
+            await h.until(engine, lambda: engine.controller.statistics()["queued"] <= 60)
+            await h.until(
                 engine, lambda: any(a["name"] == victim and a["running"] for a in engine.agents())
             )
             cluster.kill(victim)
-            await run_all(engine, job_ids)
-            await succeeded_once(engine, job_ids)
+            await h.run_all(engine, job_ids)
+            await h.succeeded_once(engine, job_ids)
             lost = [
                 a
                 for j in job_ids
@@ -73,3 +48,50 @@ async def test_a_hundred_jobs_on_three_agents_survive_a_sigkilled_agent(cluster:
             assert lost and all(a["agent"] == victim for a in lost)
             output = await engine.output(job_ids[-1])
             assert output == b"job 99\n"
+
+
+async def test_a_20_mb_output_arrives_whole(cluster: Cluster, h: Any) -> None:
+    """20 MB printed by a script on an XMPP agent is stored by the engine byte for byte."""
+    config = cluster.config()
+    size = 20_000_000
+    with trio.fail_after(90):
+        async with open_engine(config) as engine:
+            await cluster.start_agent(slots=1)
+            await h.until(engine, lambda: len(h.connected(engine)) == 1)
+            job_id = await engine.run_rscript("bigoutput", {"size": size})
+            outcome = await engine.wait(job_id)
+            assert outcome.state == "succeeded", outcome
+            output = await engine.output(job_id)
+    assert len(output) == size
+    assert hashlib.sha256(output).hexdigest() == outcome.result["results"]["sha256"]
+
+
+async def test_engine_and_agents_connect_with_verified_starttls(
+    prosody_tls: ProsodyServer, cluster_factory: Callable[[ProsodyServer], Cluster], h: Any
+) -> None:
+    """Against a server that requires STARTTLS, engine and agent verify its certificate with the
+    test CA (ca_file), log in and run jobs; an agent without the CA refuses the server and exits
+    1 with one line saying why."""
+    cluster = cluster_factory(prosody_tls)
+    config = cluster.config()
+    assert config.xmpp.tls == "starttls" and config.xmpp.ca_file
+    with trio.fail_after(60):
+        async with open_engine(config) as engine:
+            await cluster.start_agent()
+            await h.until(engine, lambda: len(h.connected(engine)) == 1)
+            job_ids = [await engine.run_rscript("noop", {}) for _ in range(5)]
+            await h.run_all(engine, job_ids)
+            await h.succeeded_once(engine, job_ids)
+        account = cluster.new_account(prosody_tls)
+        command = cluster.agent_command(account)
+        at = command.index("--ca-file")
+        del command[at : at + 2]
+        result = await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert result.returncode == 1
+    last = result.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith(
+        f"agent {account.jid}: xmpp: {account.jid}: the server's certificate does not verify"
+        " against the system's CAs (set ca_file for a private CA): "
+    ), last

@@ -1,0 +1,135 @@
+"""Losing the XMPP server or the engine mid-run loses nothing and runs nothing twice."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+from engine.daemon import open_engine
+from engine.prosody import ProsodyServer
+
+if TYPE_CHECKING:
+    from conftest import Cluster
+
+pytestmark = pytest.mark.xmpp
+
+
+async def test_agents_and_engine_reconnect_after_prosody_restarts(
+    prosody_factory: Callable[..., ProsodyServer],
+    cluster_factory: Callable[[ProsodyServer], Cluster],
+    h: Any,
+) -> None:
+    """Prosody restarts mid-run; engine and agents reconnect by themselves and every job
+    succeeds exactly once."""
+    server = prosody_factory()
+    cluster = cluster_factory(server)
+    config = cluster.config(agents={"heartbeat_deadline": 15.0})
+    with trio.fail_after(90):
+        async with open_engine(config) as engine:
+            for _ in range(2):
+                await cluster.start_agent()
+            await h.until(engine, lambda: len(h.connected(engine)) == 2)
+            job_ids = [
+                await engine.run_rscript("sleep_echo", {"message": f"{n}", "seconds": 0.2})
+                for n in range(40)
+            ]
+            await h.until(engine, lambda: engine.controller.statistics()["queued"] <= 28)
+            await trio.to_thread.run_sync(server.restart)
+            await h.run_all(engine, job_ids)
+            await h.succeeded_once(engine, job_ids)
+            assert len(h.connected(engine)) == 2
+            for job_id in job_ids[-3:]:
+                assert await engine.output(job_id) == f"{job_ids.index(job_id)}\n".encode()
+    assert all(
+        "online" in cluster.log(a).split("offline", 1)[-1] for a in cluster.accounts.values()
+    )
+
+
+#: Runs an engine in its own process: submits the jobs, prints their ids, then prints "ready"
+#: once ``argv[2]`` of them have succeeded, and runs until killed.
+ENGINE_PROCESS = """
+import sys, trio
+from pathlib import Path
+from engine.config import load_config
+from engine.daemon import open_engine
+
+async def main(path, ready_after):
+    async with open_engine(load_config(Path(path))) as engine:
+        ids = [await engine.run_rscript("sleep_echo", {"message": "long", "seconds": 6}) for _ in range(4)]
+        ids += [await engine.run_rscript("sleep_echo", {"message": f"short {n}", "seconds": 0.4}) for n in range(20)]
+        print(" ".join(ids), flush=True)
+        for job_id in ids[4:4 + ready_after]:
+            await engine.wait(job_id)
+        print("ready", flush=True)
+        await trio.sleep_forever()
+
+trio.run(main, sys.argv[1], int(sys.argv[2]))
+"""
+
+
+def in_flight(repository: Path) -> set[tuple[str, int]]:
+    """The attempts the repository says are out on agents."""
+    with sqlite3.connect(f"file:{repository}?mode=ro", uri=True) as db:
+        rows = db.execute(
+            "SELECT job_id, attempt FROM attempts WHERE state IN ('dispatched', 'running')"
+        )
+        return {(job_id, attempt) for job_id, attempt in rows}
+
+
+async def test_an_engine_killed_mid_run_reconciles_with_its_agents(
+    cluster: Cluster, h: Any
+) -> None:
+    """After SIGKILL of the engine, a new engine on the same repository records the results the
+    agents held and reattaches what still runs: every attempt that was out succeeds as it was,
+    nothing is re-run."""
+    config = cluster.config()
+    with trio.fail_after(90):
+        for _ in range(2):
+            await cluster.start_agent()
+        with (config.root / "engine-1.log").open("wb") as log_file:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-c", ENGINE_PROCESS, str(config.root / "wfe.toml"), "6"],
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+            )
+        try:
+            assert process.stdout is not None
+            lines = Lines(process.stdout)
+            job_ids = (await lines.next()).split()
+            assert await lines.next() == "ready"
+        finally:
+            process.kill()
+            await process.wait()
+            await process.stdout.aclose()  # type: ignore[union-attr]
+        out = in_flight(config.repository_path)
+        long_ones = {(j, 1) for j in job_ids[:4]}
+        assert long_ones <= out and len(out) > len(long_ones)  # long and short ones were running
+        async with open_engine(config) as engine:
+            await h.run_all(engine, job_ids)
+            jobs = await h.succeeded_once(engine, job_ids)
+    attempts = {(j["id"], a["attempt"]): a["state"] for j in jobs for a in j["attempt_list"]}
+    assert {key: attempts[key] for key in out} == dict.fromkeys(out, "succeeded")
+    assert all(j["attempts"] == 1 for j in jobs), [(j["id"], j["attempts"]) for j in jobs]
+
+
+class Lines:
+    """Reads a byte stream line by line."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def next(self) -> str:
+        while b"\n" not in self.buffer:
+            data = await self.stream.receive_some()
+            assert data, f"the stream ended before a whole line: {self.buffer!r}"
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
