@@ -1,9 +1,17 @@
-"""A websocket client of the engine's API, used by the CLI (and by tests)."""
+"""A websocket client of the engine's console API (``wfe.console.v1``): the CLI, ``wfe console``, tests.
+
+``connect(url, token)`` opens an authenticated connection. ``Client.call(op, **args)``
+sends a request and returns its result (calls may run concurrently); pushed frames of the
+streams that ``subscribe`` and ``tail`` open arrive, in order, on ``Client.frames()``. A
+background task reads the socket; when nobody takes pushed frames, it stops reading after
+``PUSH_BUFFER`` of them and the server starts counting what this client misses.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +23,10 @@ from engine.config import Config
 from engine.errors import EngineError
 from engine.keys import read_token
 
+PROTOCOL = "wfe.console.v1"
+PUSH_BUFFER = 10_000
+MAX_MESSAGE = 64 * 1024 * 1024
+
 
 class ClientError(EngineError):
     """The engine refused a request, or could not be reached; the message is one line."""
@@ -24,48 +36,118 @@ class ClientError(EngineError):
         self.code = code
 
 
+class _Pending:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.frame: dict[str, Any] | None = None
+
+
 class Client:
-    """Requests and replies over one connection (one request at a time per ``call``)."""
+    """One authenticated connection. Get one from ``connect``."""
 
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
+        self.welcome: dict[str, Any] = {}
         self._ids = itertools.count(1)
-        self.pushed: list[dict[str, Any]] = []
+        self._pending: dict[int, _Pending] = {}
+        self._push_send, self._push_receive = trio.open_memory_channel[dict[str, Any]](PUSH_BUFFER)
+        self.closed: str | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.welcome.get("name", ""))
+
+    @property
+    def role(self) -> str:
+        return str(self.welcome.get("role", ""))
 
     async def call(self, op: str, **args: Any) -> Any:
-        """Send a request and return its result; raise ``ClientError`` on an error reply.
-        Pushed frames that arrive meanwhile are kept in ``pushed``."""
+        """Send a request and return its result; raise ``ClientError`` (with ``code``) on an
+        error reply or when the connection closes first."""
         request_id = next(self._ids)
-        await self.ws.send_message(json.dumps({"id": request_id, "op": op, "args": args}))
-        while True:
-            frame = json.loads(await self.ws.get_message())
-            if frame.get("id") == request_id:
-                if frame.get("ok"):
-                    return frame.get("result")
-                error = frame.get("error") or {}
-                raise ClientError(error.get("message", "refused"), error.get("code", ""))
-            self.pushed.append(frame)
+        pending = self._pending[request_id] = _Pending()
+        try:
+            try:
+                await self.ws.send_message(json.dumps({"id": request_id, "op": op, "args": args}))
+            except ConnectionClosed:
+                raise ClientError(
+                    f"the engine closed the connection: {self.closed or 'closed'}", "closed"
+                ) from None
+            await pending.done.wait()
+        finally:
+            self._pending.pop(request_id, None)
+        frame = pending.frame
+        if frame is None:
+            raise ClientError(
+                f"the engine closed the connection: {self.closed or 'closed'}", "closed"
+            )
+        if frame.get("ok"):
+            return frame.get("result")
+        error = frame.get("error") or {}
+        raise ClientError(str(error.get("message", "refused")), str(error.get("code", "")))
 
-    async def frames(self) -> AsyncIterator[dict[str, Any]]:
-        """Pushed frames: those already received, then new ones as they come."""
-        while self.pushed:
-            yield self.pushed.pop(0)
-        while True:
-            yield json.loads(await self.ws.get_message())
+    def frames(self) -> trio.MemoryReceiveChannel[dict[str, Any]]:
+        """Pushed frames (``{"stream": n, ...}``) in the order they came, as an async iterable
+        (breaking out of ``async for`` and iterating again later is fine); it ends when the
+        connection does."""
+        return self._push_receive
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                text = await self.ws.get_message()
+                frame = json.loads(text)
+                if "stream" in frame and "ok" not in frame:
+                    await self._push_send.send(frame)
+                    continue
+                pending = self._pending.get(frame.get("id"))
+                if pending is not None:
+                    pending.frame = frame
+                    pending.done.set()
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            self.closed = f"{reason.code} {reason.reason or reason.name}" if reason else "closed"
+        finally:
+            self._push_send.close()
+            for pending in list(self._pending.values()):
+                pending.done.set()
 
 
 @asynccontextmanager
 async def connect(url: str, token: str) -> AsyncIterator[Client]:
-    """Open an authenticated connection. Raises ``ClientError`` if refused or unreachable."""
+    """Open an authenticated connection. Raises ``ClientError`` if refused or unreachable.
+
+    An exception raised in the block comes out as itself (not inside an exception group).
+    """
     try:
-        async with open_websocket_url(url) as ws:
+        async with (
+            open_websocket_url(url, max_message_size=MAX_MESSAGE) as ws,
+            trio.open_nursery() as nursery,
+        ):
             client = Client(ws)
-            await client.call("auth", token=token)
+            nursery.start_soon(client._read)
+            client.welcome = await client.call("auth", token=token, protocol=PROTOCOL)
             yield client
-    except (OSError, HandshakeError) as exc:
-        raise ClientError(f"cannot reach the engine at {url}: {exc} (is `wfe engine` running?)") from None
-    except ConnectionClosed as exc:
-        raise ClientError(f"the engine closed the connection: {exc.reason}") from None
+            nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        inner = _single(exc)
+        if isinstance(inner, OSError | HandshakeError):
+            raise ClientError(
+                f"cannot reach the engine at {url}: {inner} (is `wfe engine` running?)"
+            ) from None
+        if isinstance(inner, ConnectionClosed):
+            raise ClientError(
+                f"the engine closed the connection: {inner.reason}", "closed"
+            ) from None
+        if inner is not exc:
+            raise inner from None
+        raise
+
+
+def _single(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def engine_url(config: Config) -> str:
@@ -74,12 +156,22 @@ def engine_url(config: Config) -> str:
     port = config.api.port
     if port == 0 and port_file.exists():
         port = int(port_file.read_text().strip())
-    host = "127.0.0.1" if config.api.host in ("0.0.0.0", "") else config.api.host
+    host = config.api.host
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
     return f"ws://{host}:{port}/"
 
 
+def client_token(config: Config) -> str:
+    """The token to present: ``$WFE_TOKEN`` if set, else the bootstrap token file."""
+    return os.environ.get("WFE_TOKEN") or read_token(config)
+
+
 def connect_config(config: Config) -> Any:
-    return connect(engine_url(config), read_token(config))
+    """``connect`` to the engine of ``config`` with ``client_token(config)``."""
+    return connect(engine_url(config), client_token(config))
 
 
-__all__ = ["Client", "ClientError", "connect", "connect_config", "engine_url", "trio"]
+__all__ = ["Client", "ClientError", "client_token", "connect", "connect_config", "engine_url"]

@@ -1,0 +1,96 @@
+"""The table of console operations: each has a name, the least role it needs, and a handler.
+
+Add one with ``@op("name", role="viewer"|"operator"|"admin")`` in any module listed in
+``engine.api.OP_MODULES``. A handler is ``async def handler(session, args) -> result``: it
+gets the authenticated ``Session`` (``session.name``, ``session.role``, ``session.engine``)
+and the request's ``args`` object, returns JSON-ready data, and raises ``ApiError(code,
+message)`` to refuse; ``EngineError``/``ValueError``/``LookupError`` become ``refused`` /
+``not_found`` replies (see ``server.dispatch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from engine.console.protocol import BAD_REQUEST, ApiError
+from engine.tokens import Role
+
+if TYPE_CHECKING:
+    from engine.console.session import Session
+
+Handler = Callable[["Session", dict[str, Any]], Awaitable[Any]]
+
+
+@attrs.frozen(kw_only=True)
+class Op:
+    """One registered operation."""
+
+    name: str
+    role: Role
+    handler: Handler
+    summary: str
+
+
+OPS: dict[str, Op] = {}
+
+
+def op(name: str, *, role: Role | str) -> Callable[[Handler], Handler]:
+    """Register the decorated handler as operation ``name``, allowed from ``role`` upwards."""
+    needed = Role.parse(role)
+
+    def register(fn: Handler) -> Handler:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        OPS[name] = Op(name=name, role=needed, handler=fn, summary=doc[0] if doc else "")
+        return fn
+
+    return register
+
+
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    dict: "an object",
+    list: "an array",
+}
+
+
+def arg(args: dict[str, Any], key: str, kind: type, default: Any = ...) -> Any:
+    """``args[key]`` checked to be a ``kind`` (None allowed when it is the default).
+
+    Raises ``ApiError(bad_request)`` naming the argument when it is missing or of the wrong
+    type (a boolean is not an integer here).
+    """
+    value = args.get(key, default)
+    if value is ...:
+        raise ApiError(BAD_REQUEST, f"args.{key} is required")
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ApiError(BAD_REQUEST, f"args.{key}: expected {_KIND_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+def bounded(
+    args: dict[str, Any], key: str, default: int, *, low: int = 1, high: int = 10_000
+) -> int:
+    """An integer argument within ``low..high``."""
+    value = int(arg(args, key, int, default))
+    if not low <= value <= high:
+        raise ApiError(BAD_REQUEST, f"args.{key}: expected an integer from {low} to {high}")
+    return value
+
+
+def string_list(args: dict[str, Any], key: str) -> tuple[str, ...]:
+    """A string or an array of strings, as a tuple (empty when absent)."""
+    value = args.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ApiError(BAD_REQUEST, f"args.{key}: expected a string or an array of strings")

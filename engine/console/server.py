@@ -1,0 +1,297 @@
+"""The console server: one loopback port for the websocket API (``wfe.console.v1``) and the page.
+
+Each connection must authenticate first: its first request is ``auth`` with a token, sent
+within ``auth_timeout``; anything else, a bad token or silence is answered with an
+``unauthenticated`` error and the connection is closed (4401) before any operation runs.
+After that every request is checked against the operation's least role, handled in a task
+of its own (at most ``max_inflight`` at once per connection), and answered exactly once. A
+malformed or oversized request is answered with an error and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+
+from engine.actions import one_line
+from engine.console import protocol, web
+from engine.console.hub import ConsoleHub
+from engine.console.protocol import ApiError, BadFrame, Request
+from engine.console.registry import OPS
+from engine.console.session import ClientStalled, Limits, Session
+from engine.errors import EngineError
+from engine.tokens import Authenticator, Principal
+
+if TYPE_CHECKING:
+    from engine.daemon import Engine
+
+log = logging.getLogger("wfe.console")
+
+
+class ConsoleServer:
+    """Serves one engine's console; ``serve`` runs it until cancelled."""
+
+    def __init__(
+        self, engine: Engine, *, bootstrap_token: str | None, limits: Limits | None = None
+    ) -> None:
+        self.engine = engine
+        self.limits = limits or Limits()
+        self.hub = ConsoleHub(engine.repo)
+        self.auth = Authenticator(engine.repo, bootstrap_token)
+        self.sessions: set[Session] = set()
+        self.connections = 0
+        self.refused = {"unauthenticated": 0, "stalled": 0, "forbidden": 0, "too_many": 0}
+        self.port = 0
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on ``host:port`` (0: any free port); ``task_status.started`` gets the port."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.hub.run)
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            self.port = listeners[0].socket.getsockname()[1]
+            await nursery.start(trio.serve_listeners, self._connection, listeners)
+            log.info(
+                "console on http://%s:%d/ (websocket protocol %s)",
+                host,
+                self.port,
+                protocol.PROTOCOL,
+            )
+            task_status.started(self.port)
+
+    # --- one TCP connection ----------------------------------------------------------------
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            with trio.move_on_after(web.HEAD_TIMEOUT):
+                try:
+                    data = await web.read_head(stream)
+                    head = web.parse_head(data)
+                except (web.BadHttp, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    await _try_send(stream, web.response(400, "Bad Request", f"{exc}\n".encode()))
+                    return
+            if not head.wants_websocket:
+                await _try_send(stream, web.answer(head))
+                return
+            if not head.same_origin():
+                await _try_send(
+                    stream, web.response(403, "Forbidden", b"cross-origin websocket refused\n")
+                )
+                return
+            if len(self.sessions) >= self.limits.max_connections:
+                self.refused["too_many"] += 1
+                await _try_send(
+                    stream,
+                    web.response(503, "Service Unavailable", b"too many console connections\n"),
+                )
+                return
+            await self._websocket(web.Replay(stream, data))
+        finally:
+            self.connections -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _websocket(self, stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            ws: WebSocketConnection | None = None
+            with trio.move_on_after(web.HEAD_TIMEOUT):
+                request = await wrap_server_stream(nursery, stream, message_queue_size=1,
+                                                   max_message_size=self.limits.max_message)  # fmt: skip
+                ws = await request.accept()
+            if ws is None:
+                nursery.cancel_scope.cancel()
+                return
+            try:
+                await self._authenticated(ws)
+            except ConnectionClosed:
+                pass
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _authenticated(self, ws: WebSocketConnection) -> None:
+        principal, request_id = await self._authenticate(ws)
+        if principal is None:
+            self.refused["unauthenticated"] += 1
+            await _close(ws, protocol.CLOSE_UNAUTHENTICATED, "unauthenticated")
+            return
+        close: tuple[int, str] | None = (protocol.CLOSE_GOING_AWAY, "the engine is stopping")
+        session: Session | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                session = Session(
+                    server=self, ws=ws, principal=principal, nursery=nursery, limits=self.limits
+                )
+                self.sessions.add(session)
+                await session.send(protocol.ok(request_id, self._welcome(session)))
+                nursery.start_soon(self._writer, session)
+                await self._read_requests(session)
+        except* ClientStalled as group:
+            self.refused["stalled"] += 1
+            close = (protocol.CLOSE_TOO_SLOW, str(group.exceptions[0]))
+            log.warning("console: closing %s's connection: %s", principal.name, close[1])
+        except* ConnectionClosed:
+            close = None  # the client went away (or was closed on purpose): nothing to say
+        finally:
+            if session is not None:
+                self.sessions.discard(session)
+                session.close_all_streams()
+                session.outbox.close()
+            if close is not None:
+                await _close(ws, *close)
+
+    async def _writer(self, session: Session) -> None:
+        await session.pump()  # ConnectionClosed or ClientStalled end the session
+
+    async def _authenticate(self, ws: WebSocketConnection) -> tuple[Principal | None, Any]:
+        """Read the first request; return who it authenticates (None: refused, already said why)."""
+        with trio.move_on_after(self.limits.auth_timeout):
+            text = await ws.get_message()
+            try:
+                request = protocol.parse_request(text, max_size=self.limits.max_request)
+            except BadFrame as exc:
+                await ws.send_message(protocol.error(exc.request_id, protocol.UNAUTHENTICATED,
+                                                     f"authenticate first; and: {exc}"))  # fmt: skip
+                return None, None
+            if request.op != "auth":
+                await ws.send_message(
+                    protocol.error(request.id, protocol.UNAUTHENTICATED, _AUTH_FIRST)
+                )
+                return None, None
+            wanted = request.args.get("protocol", protocol.PROTOCOL)
+            if wanted != protocol.PROTOCOL:
+                await ws.send_message(protocol.error(request.id, protocol.UNSUPPORTED_PROTOCOL,
+                                                     f"this engine speaks {protocol.PROTOCOL}, not {wanted!r}"))  # fmt: skip
+                return None, None
+            principal = await self.auth.authenticate(request.args.get("token"))  # type: ignore[arg-type]
+            if principal is None:
+                await ws.send_message(
+                    protocol.error(request.id, protocol.UNAUTHENTICATED, "bad or revoked token")
+                )
+                return None, None
+            return principal, request.id
+        await ws.send_message(protocol.error(None, protocol.UNAUTHENTICATED,
+                                             f"no auth request within {self.limits.auth_timeout:g} s"))  # fmt: skip
+        return None, None
+
+    def _welcome(self, session: Session) -> dict[str, Any]:
+        from engine import __version__
+
+        return {
+            "protocol": protocol.PROTOCOL,
+            "engine": __version__,
+            "name": session.name,
+            "role": session.role.label,
+            "ops": ops_table(session),
+            "limits": {
+                "max_request": self.limits.max_request,
+                "max_message": self.limits.max_message,
+            },
+        }
+
+    async def _read_requests(self, session: Session) -> None:
+        while True:
+            text = await session.ws.get_message()
+            try:
+                request = protocol.parse_request(text, max_size=self.limits.max_request)
+            except BadFrame as exc:
+                await session.send(protocol.error(exc.request_id, exc.code, str(exc)))
+                continue
+            await session.inflight.acquire()  # a client that does not read its replies stops here
+            session.nursery.start_soon(self._handle, session, request)
+
+    async def _handle(self, session: Session, request: Request) -> None:
+        try:
+            frame = await self.dispatch(session, request)
+            await session.send(frame)
+            session.streams_opened_here()
+        except trio.ClosedResourceError:
+            pass
+        finally:
+            session.inflight.release()
+
+    async def dispatch(self, session: Session, request: Request) -> str:
+        """Run one request and return its reply frame (never raises for a refused request)."""
+        try:
+            found = OPS.get(request.op)
+            if request.op == "auth":
+                raise ApiError(protocol.BAD_REQUEST, f"already authenticated as {session.name}")
+            if found is None:
+                known = ", ".join(sorted(OPS))
+                raise ApiError(
+                    protocol.UNKNOWN_OP, f"unknown op {request.op[:64]!r} (known: {known})"
+                )
+            if session.role < found.role:
+                self.refused["forbidden"] += 1
+                raise ApiError(
+                    protocol.FORBIDDEN,
+                    f"{found.name} needs role {found.role.label}; token {session.name!r} is {session.role.label}",
+                )
+            result = await found.handler(session, request.args)
+        except ApiError as exc:
+            return protocol.error(request.id, exc.code, str(exc))
+        except LookupError as exc:
+            return protocol.error(request.id, protocol.NOT_FOUND, one_line(exc))
+        except (EngineError, ValueError, TypeError) as exc:
+            return protocol.error(request.id, protocol.REFUSED, one_line(exc))
+        except Exception as exc:  # a bug in an op: say so, keep the connection and the engine
+            log.exception("console op %s failed", request.op)
+            return protocol.error(
+                request.id, protocol.INTERNAL, f"internal error in {request.op}: {one_line(exc)}"
+            )
+        try:
+            return protocol.ok(request.id, result)
+        except (TypeError, ValueError) as exc:
+            return protocol.error(
+                request.id, protocol.INTERNAL, f"{request.op}: result is not JSON: {exc}"
+            )
+
+    def revoke(self, name: str) -> int:
+        """Close every connection that uses the token ``name``; return how many."""
+        doomed = [s for s in self.sessions if s.name == name]
+        for session in doomed:
+            session.nursery.start_soon(
+                _close, session.ws, protocol.CLOSE_REVOKED, f"token {name!r} was revoked"
+            )
+        return len(doomed)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "connections": len(self.sessions),
+            "sockets": self.connections,
+            "refused": dict(self.refused),
+            **self.hub.statistics(trio.current_time()),
+            "queued_frames": sum(len(s.outbox) for s in self.sessions),
+            "events_missed": sum(
+                st.missed_total for s in self.sessions for st in s.event_streams.values()
+            ),
+        }
+
+
+_AUTH_FIRST = 'authenticate first: send {"id": 1, "op": "auth", "args": {"token": "..."}}'
+
+
+def ops_table(session: Session | None = None) -> list[dict[str, Any]]:
+    """Every operation with its least role (and whether ``session`` may use it)."""
+    return [
+        {"op": o.name, "role": o.role.label, "summary": o.summary}
+        | ({} if session is None else {"allowed": session.role >= o.role})
+        for o in sorted(OPS.values(), key=lambda o: o.name)
+    ]
+
+
+async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
+        await ws.aclose(code=code, reason=reason[:120])
+
+
+async def _try_send(stream: trio.abc.Stream, data: bytes) -> None:
+    try:
+        with trio.move_on_after(web.HEAD_TIMEOUT):
+            await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass

@@ -1,0 +1,209 @@
+"""One authenticated console connection: its outbox, its streams, and the task that writes.
+
+The writer (``pump``) is the only task that writes to the websocket. It sends replies and
+tailed output as they are queued, and each event stream's waiting events as one frame at
+most every ``flush_interval``. When one write takes longer than ``stall_timeout`` (the
+client has stopped reading and the socket buffers are full) it raises ``ClientStalled`` and
+the server closes the connection: a stalled client costs the engine nothing but memory
+bounded by the outbox and ``max_pending`` events per stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from engine.console.hub import EventFilter, EventStream
+from engine.console.outbox import Outbox
+from engine.tokens import Principal, Role
+
+if TYPE_CHECKING:
+    from trio_websocket import WebSocketConnection
+
+    from engine.console.server import ConsoleServer
+    from engine.daemon import Engine
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """How much one connection may take; the defaults suit a loopback operator console."""
+
+    max_request: int = 1024 * 1024  # longer requests get a too_large error; the connection stays
+    max_message: int = 16 * 1024 * 1024  # longer messages close the connection (1009)
+    auth_timeout: float = 10.0  # seconds to send ``auth`` after connecting
+    stall_timeout: float = 30.0  # seconds one write may take before the client counts as stalled
+    flush_interval: float = 0.1  # least seconds between two event frames of one stream
+    max_pending: int = 5000  # events one stream holds for its client before it counts misses
+    outbox_frames: int = 256  # replies and output frames waiting for one client
+    max_inflight: int = 16  # requests of one connection handled at once (then reading waits)
+    max_connections: int = 1000
+
+
+class ClientStalled(Exception):
+    """A write to the client took longer than ``stall_timeout``."""
+
+
+class Session:
+    """An authenticated connection; ``name`` and ``role`` come from its token."""
+
+    def __init__(
+        self,
+        *,
+        server: ConsoleServer,
+        ws: WebSocketConnection,
+        principal: Principal,
+        nursery: trio.Nursery,
+        limits: Limits,
+    ) -> None:
+        self.server = server
+        self.ws = ws
+        self.principal = principal
+        self.nursery = nursery
+        self.limits = limits
+        self.outbox = Outbox(max_frames=limits.outbox_frames, on_put=self._poke)
+        self.inflight = trio.Semaphore(limits.max_inflight)
+        self.event_streams: dict[int, EventStream] = {}
+        self.task_streams: dict[int, trio.CancelScope] = {}
+        self._ready: dict[int, trio.Event] = {}
+        self._opened_by: dict[Any, list[int]] = {}
+        self._next_stream = 1
+        self._wakeup = trio.Event()
+        self.frames_sent = 0
+        self.bytes_sent = 0
+
+    @property
+    def engine(self) -> Engine:
+        return self.server.engine
+
+    @property
+    def name(self) -> str:
+        """The token's name: recorded as ``by`` in the events of every change this session makes."""
+        return self.principal.name
+
+    @property
+    def role(self) -> Role:
+        return self.principal.role
+
+    # --- streams ---------------------------------------------------------------------------
+
+    def _new_stream(self) -> int:
+        stream_id = self._next_stream
+        self._next_stream += 1
+        self._ready[stream_id] = trio.Event()
+        self._opened_by.setdefault(trio.lowlevel.current_task(), []).append(stream_id)
+        return stream_id
+
+    def open_event_stream(self, where: EventFilter) -> EventStream:
+        """Start a ``subscribe`` stream; its events flow once the reply that names it is queued."""
+        stream = EventStream(
+            self._new_stream(), where, max_pending=self.limits.max_pending, wake=self._poke
+        )
+        self.event_streams[stream.id] = stream
+        self.server.hub.streams.add(stream)
+        return stream
+
+    def open_task_stream(self, body: Callable[[int, trio.Event], Any]) -> int:
+        """Start ``body(stream_id, ready)`` as a task of this connection; it must await
+        ``ready`` before pushing (the reply naming the stream goes first)."""
+        stream_id = self._new_stream()
+        scope = trio.CancelScope()
+        self.task_streams[stream_id] = scope
+        ready = self._ready[stream_id]
+
+        async def run() -> None:
+            with scope:
+                await body(stream_id, ready)
+            self.task_streams.pop(stream_id, None)
+
+        self.nursery.start_soon(run)
+        return stream_id
+
+    def close_stream(self, stream_id: int) -> bool:
+        """Stop a stream; return whether it was open."""
+        self._ready.pop(stream_id, None)
+        stream = self.event_streams.pop(stream_id, None)
+        if stream is not None:
+            self.server.hub.streams.discard(stream)
+            return True
+        scope = self.task_streams.pop(stream_id, None)
+        if scope is not None:
+            scope.cancel()
+            return True
+        return False
+
+    def close_all_streams(self) -> None:
+        for stream_id in list(self.event_streams) + list(self.task_streams):
+            self.close_stream(stream_id)
+
+    def streams_opened_here(self) -> None:
+        """Mark the streams the current task opened as announced (their reply is queued)."""
+        for stream_id in self._opened_by.pop(trio.lowlevel.current_task(), ()):
+            event = self._ready.pop(stream_id, None)
+            if event is not None:
+                event.set()
+        self._poke()
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def send(self, frame: str) -> None:
+        """Queue a reply or an output frame, waiting for room in the outbox."""
+        await self.outbox.put(frame)
+
+    def _poke(self) -> None:
+        self._wakeup.set()
+
+    async def pump(self) -> None:
+        """Write queued frames and due event frames to the client until cancelled."""
+        last_flush = -float("inf")
+        while True:
+            try:
+                frame = self.outbox.get_nowait()
+            except trio.WouldBlock:
+                pass
+            else:
+                await self._write(frame)
+                continue
+            due = [s for s in self.event_streams.values() if s.due and s.id not in self._ready]
+            if due:
+                wait = last_flush + self.limits.flush_interval - trio.current_time()
+                if wait > 0:
+                    with trio.move_on_after(wait):
+                        await self._idle()
+                    continue
+                for stream in due:
+                    for text in stream.take_frames():
+                        await self._write(text)
+                last_flush = trio.current_time()
+                continue
+            await self._idle()
+
+    async def _idle(self) -> None:
+        self._wakeup = trio.Event()
+        if len(self.outbox):
+            await trio.lowlevel.checkpoint()
+            return
+        await self._wakeup.wait()
+
+    async def _write(self, text: str) -> None:
+        with trio.move_on_after(self.limits.stall_timeout) as scope:
+            await self.ws.send_message(text)
+        if scope.cancelled_caught:
+            raise ClientStalled(
+                f"client stalled: one write took over {self.limits.stall_timeout:g} s (not reading?)"
+            )
+        self.frames_sent += 1
+        self.bytes_sent += len(text)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role.label,
+            "streams": len(self.event_streams) + len(self.task_streams),
+            "queued_frames": len(self.outbox),
+            "frames_sent": self.frames_sent,
+            "bytes_sent": self.bytes_sent,
+            "events_missed": sum(s.missed_total for s in self.event_streams.values()),
+        }
