@@ -303,12 +303,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.local_dispatch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a fifth of the jobs, for a smoke run")
-    parser.add_argument("--jobs", type=int, default=500, help="jobs per burst (default 500)")
+    parser.add_argument("--jobs", type=int, default=400, help="jobs per burst (default 400)")
     parser.add_argument(
-        "--latency-jobs", type=int, default=150, help="jobs per latency run (default 150)"
+        "--latency-jobs", type=int, default=120, help="jobs per latency run (default 120)"
     )
-    parser.add_argument("--configs", type=parse_configs, default=parse_configs("1x1,1x2,2x1,2x2,2x4,2x8"),
-                        help="agents x slots to compare (default 1x1,1x2,2x1,2x2,2x4,2x8)")  # fmt: skip
+    parser.add_argument("--configs", type=parse_configs, default=parse_configs("1x2,1x4,2x1,2x2,2x4,2x8"),
+                        help="agents x slots to compare (default 1x2,1x4,2x1,2x2,2x4,2x8)")  # fmt: skip
     parser.add_argument(
         "--latency-all", action="store_true", help="latency runs for every configuration"
     )
