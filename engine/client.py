@@ -15,9 +15,10 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
 from engine.config import Config
 from engine.errors import EngineError
@@ -86,6 +87,12 @@ class Client:
         error = frame.get("error") or {}
         raise ClientError(str(error.get("message", "refused")), str(error.get("code", "")))
 
+    def _close_reason(self) -> str:
+        reason = self.ws.closed
+        if reason is None:
+            return self.closed or "closed"
+        return f"{reason.code} {reason.reason or reason.name}"
+
     def frames(self) -> trio.MemoryReceiveChannel[dict[str, Any]]:
         """Pushed frames (``{"stream": n, ...}``) in the order they came, as an async iterable
         (breaking out of ``async for`` and iterating again later is fine); it ends when the
@@ -104,9 +111,8 @@ class Client:
                 if pending is not None:
                     pending.frame = frame
                     pending.done.set()
-        except ConnectionClosed as exc:
-            reason = exc.reason
-            self.closed = f"{reason.code} {reason.reason or reason.name}" if reason else "closed"
+        except ConnectionClosed:
+            self.closed = self._close_reason()
         finally:
             self._push_send.close()
             for pending in list(self._pending.values()):
@@ -119,16 +125,28 @@ async def connect(url: str, token: str) -> AsyncIterator[Client]:
 
     An exception raised in the block comes out as itself (not inside an exception group).
     """
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname:
+        raise ClientError(f"bad console URL {url!r}: expected ws://HOST:PORT/")
     try:
-        async with (
-            open_websocket_url(url, max_message_size=MAX_MESSAGE) as ws,
-            trio.open_nursery() as nursery,
-        ):
-            client = Client(ws)
-            nursery.start_soon(client._read)
-            client.welcome = await client.call("auth", token=token, protocol=PROTOCOL)
-            yield client
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            # Our own TCP stream, closed by us: trio-websocket's client leaves its socket
+            # open when the server closes first.
+            stream = await trio.open_tcp_stream(parts.hostname, parts.port or 80)
+            try:
+                ws = await wrap_client_stream(
+                    nursery, stream, parts.netloc, parts.path or "/", max_message_size=MAX_MESSAGE
+                )
+                client = Client(ws)
+                nursery.start_soon(client._read)
+                client.welcome = await client.call("auth", token=token, protocol=PROTOCOL)
+                yield client
+                with trio.move_on_after(5):
+                    await ws.aclose()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                nursery.cancel_scope.cancel()
     except BaseException as exc:
         inner = _single(exc)
         if isinstance(inner, OSError | HandshakeError):

@@ -7,6 +7,7 @@ into the events of the change. See docs/console-protocol.md for arguments and re
 
 from __future__ import annotations
 
+import tomllib
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -15,7 +16,7 @@ from engine import tokens
 from engine.console import protocol
 from engine.console.hub import EventFilter
 from engine.console.protocol import ApiError
-from engine.console.registry import arg, bounded, op, string_list
+from engine.console.registry import OPS, arg, bounded, op, string_list
 from engine.console.tail import start_tail
 from engine.jobs import TERMINAL
 from engine.repository import Event
@@ -254,3 +255,31 @@ async def _token_list(session: Session, args: dict[str, Any]) -> Any:
     return await session.engine.repo.read(
         tokens.list_tokens(revoked=arg(args, "revoked", bool, False))
     )
+
+
+# --- requests from the page ------------------------------------------------------------------
+
+
+@op("submit_toml", role="operator")
+async def _submit_toml(session: Session, args: dict[str, Any]) -> Any:
+    """Submit a one-file definition given as TOML text: toml, user, params, namespace, priority."""
+    try:
+        expanded = tomllib.loads(arg(args, "toml", str))
+    except tomllib.TOMLDecodeError as exc:
+        raise ApiError(protocol.BAD_REQUEST, f"args.toml: {exc}") from None
+    if "includes" in expanded:
+        raise ApiError(
+            protocol.REFUSED, "a definition with includes needs its files: use `wfe submit FILE`"
+        )
+    submit = OPS.get("submit")
+    if submit is None:
+        raise ApiError(protocol.UNAVAILABLE, "this engine does not run requests")
+    forwarded = {
+        "expanded": expanded,
+        "user": arg(args, "user", str),
+        "params": arg(args, "params", dict, {}),
+    }
+    for key, kind in (("namespace", str), ("priority", int)):
+        if args.get(key) is not None:
+            forwarded[key] = arg(args, key, kind)
+    return await submit.handler(session, forwarded)

@@ -1,11 +1,15 @@
-"""Fixtures for console tests: a real engine with real local agents, its console on loopback.
+"""Fixtures for console tests: a real engine with a real local agent, its console on loopback.
 
 ``console`` yields a ``Console``: the engine, the websocket URL, the bootstrap token, and
-helpers to connect as any role (tokens are made through the API, as an admin would).
+helpers to connect as any role (tokens are made through the API, as an admin would) and to
+submit requests. The engine's RScript library includes ``scripts/console_work.py``, which
+prints numbered lines over time and can hold on a gate file. Real time throughout, every
+wait guarded by ``trio.fail_after``.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,11 +20,67 @@ import trio
 
 from engine.api import serve_api
 from engine.client import Client, connect
+from engine.config import Config, load_config
+from engine.console.session import Limits
 from engine.daemon import Engine, open_engine
-from engine.demo import make_workspace
-from engine.keys import read_token
+from engine.keys import create_secrets, read_token
 
-GUARD = 60  # seconds: a real engine with real agents; generous against a busy machine
+SCRIPTS = Path(__file__).with_name("scripts")
+GUARD = 60  # seconds any one test may take with a real engine and agent on a busy machine
+
+CONFIG = """\
+[engine]
+repository = "wfe.db"
+rscripts = ["{scripts}"]
+
+[api]
+host = "127.0.0.1"
+port = 0
+
+[agents]
+local = 1
+slots = 4
+heartbeat = 0.5
+heartbeat_deadline = 3.0
+reconcile_grace = 1.0
+
+[jobs]
+timeout = 60.0
+"""
+
+#: A one-stage request over the catalog's files of kind "raw", approved by a person.
+DEFINITION = """\
+[workflow]
+name = "{name}"
+namespace = "{namespace}"
+
+[policy]
+approval = "required"
+
+[params.gate]
+type = "str"
+default = ""
+
+[[query.where]]
+field = "kind"
+op = "eq"
+value = "raw"
+
+[[stages]]
+name = "echo"
+rscript = "console_work"
+consumes = "query"
+params = {{ lines = 3, seconds = 0.05, gate = "${{gate}}" }}
+"""
+
+
+def workspace(root: Path) -> Config:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "wfe.toml"
+    path.write_text(CONFIG.format(scripts=SCRIPTS))
+    config = load_config(path)
+    create_secrets(config)
+    return config
 
 
 class Console:
@@ -37,7 +97,7 @@ class Console:
         return connect(self.url, self.token if token is None else token)
 
     async def token_for(self, role: str) -> str:
-        """A token of ``role`` (named after it), created once through the API."""
+        """A token of ``role`` named ``<role>-1``, created once through the API."""
         if role not in self._tokens:
             async with self.connect() as admin:
                 made = await admin.call("token.create", name=f"{role}-1", role=role)
@@ -50,19 +110,63 @@ class Console:
             yield client
 
     async def wait_for_agents(self, count: int = 1) -> None:
-        while sum(1 for a in self.engine.agents() if a["state"] == "connected") < count:
-            await trio.sleep(0.02)
+        """Return once ``count`` agents are connected (checked after every committed event)."""
+
+        def connected() -> bool:
+            return sum(1 for a in self.engine.agents() if a["state"] == "connected") >= count
+
+        async with self.engine.repo.subscribe() as events:
+            if connected():
+                return
+            async for _ in events:
+                if connected():
+                    return
+
+    def definition(self, name: str = "echo", namespace: str = "tests") -> Path:
+        path = self.root / f"{name}.toml"
+        path.write_text(textwrap.dedent(DEFINITION.format(name=name, namespace=namespace)))
+        return path
+
+    async def catalog(self, client: Client, count: int = 2) -> None:
+        data = self.root / "data"
+        data.mkdir(exist_ok=True)
+        paths = []
+        for i in range(count):
+            path = data / f"raw{i}.dat"
+            path.write_text(f"raw {i}\n")
+            paths.append(str(path))
+        await client.call("catalog_add", paths=paths, metadata={"kind": "raw"})
+
+    async def submit(
+        self, client: Client, *, name: str = "echo", namespace: str = "tests", **params: Any
+    ) -> dict[str, Any]:
+        from engine.cli_requests import submission
+
+        payload = submission(
+            self.definition(name, namespace),
+            params=[f"{k}={v}" for k, v in params.items()],
+            user="alice",
+        )
+        return await client.call("submit", **payload)  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def open_console(root: Path, limits: Limits | None = None) -> AsyncIterator[Console]:
+    """An engine on a fresh workspace in ``root`` and its console, for the block."""
+    config = workspace(root / "ws")
+    token = read_token(config)
+    async with open_engine(config) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(lambda task_status: serve_api(
+            engine, host="127.0.0.1", port=0, token=token, max_message=64 * 1024, limits=limits,
+            task_status=task_status))  # fmt: skip
+        console = Console(engine, f"ws://127.0.0.1:{port}/", token, config.root)
+        await console.wait_for_agents(1)
+        yield console
+        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture
 async def console(tmp_path: Path) -> AsyncIterator[Console]:
-    config = make_workspace(tmp_path / "ws", agents=1, slots=4)
     with trio.fail_after(GUARD):
-        async with open_engine(config) as engine, trio.open_nursery() as nursery:
-            token = read_token(config)
-            port = await nursery.start(lambda task_status: serve_api(
-                engine, host="127.0.0.1", port=0, token=token, max_message=64 * 1024, task_status=task_status))  # fmt: skip
-            c = Console(engine, f"ws://127.0.0.1:{port}/", token, config.root)
-            await c.wait_for_agents(1)
+        async with open_console(tmp_path) as c:
             yield c
-            nursery.cancel_scope.cancel()

@@ -1,0 +1,251 @@
+"""The console protocol over a real websocket, against a real engine with a real agent:
+every operation, every role refusal, and who made each change."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import pytest
+import trio
+
+from engine.api import OPS, load_ops
+from engine.client import Client, ClientError
+
+from .conftest import GUARD, Console
+
+load_ops()
+
+CHANGES = {  # every op that changes something, with arguments that would work
+    "run": {"rscript": "sleep_echo", "params": {"message": "x"}},
+    "kill": {"job": "j000001"},
+    "submit": {"expanded": {}, "user": "alice"},
+    "approve": {"request": "echo-alice-0001"},
+    "pause": {"request": "echo-alice-0001"},
+    "resume": {"request": "echo-alice-0001"},
+    "cancel": {"request": "echo-alice-0001"},
+    "archive": {"request": "echo-alice-0001"},
+    "catalog_add": {"paths": ["/nonexistent"]},
+    "submit_toml": {"toml": "", "user": "alice"},
+    "token.create": {"name": "x", "role": "viewer"},
+    "token.revoke": {"name": "x"},
+    "token.list": {},
+}
+
+
+async def refused(client: Client, op: str, **args: Any) -> ClientError:
+    with pytest.raises(ClientError) as info:
+        await client.call(op, **args)
+    return info.value
+
+
+async def job_ended(client: Client, job_id: str) -> dict[str, Any]:
+    return await client.call("wait", job=job_id)  # type: ignore[no-any-return]
+
+
+async def test_every_operation_answers_as_documented(console: Console) -> None:
+    """Each registered op answers an admin: reads return data, changes take effect, and
+    requests for what does not exist are not_found; the table here names every op."""
+    with trio.fail_after(GUARD):
+        async with console.connect() as c:
+            await console.catalog(c)
+            started = await c.call(
+                "run", rscript="sleep_echo", params={"message": "hello", "lines": 2}
+            )
+            job = started["job"]
+            assert (await job_ended(c, job))["state"] == "succeeded"
+            record = await console.submit(c)
+            rid = record["id"]
+            assert record["state"] == "submitted"
+            expected: dict[str, Any] = {
+                "whoami": ({}, lambda r: r == {"name": "bootstrap", "role": "admin"}),
+                "ops": ({}, lambda r: {o["op"] for o in r} == set(OPS)),
+                "ping": ({}, lambda r: r == {"pong": True}),
+                "status": (
+                    {},
+                    lambda r: r["jobs"][0]["id"] == job and "running" in r["statistics"],
+                ),
+                "jobs": ({"limit": 5}, lambda r: [j["id"] for j in r] == [job]),
+                "job": ({"job": job}, lambda r: r["state"] == "succeeded" and r["attempt_list"]),
+                "logs": ({"job": job}, lambda r: r["output"] == "hello\nhello\n" and not r["more"]),
+                "wait": (
+                    {"job": job},
+                    lambda r: r == {"job": job, "state": "succeeded", "error": None},
+                ),
+                "agents": ({}, lambda r: r[0]["name"] == "local-1" and r[0]["slots"] == 4),
+                "stats": (
+                    {},
+                    lambda r: r["agents"] == 1 and r["events_per_second"] >= 0 and "console" in r,
+                ),
+                "events": ({"kind": "job.created"}, lambda r: [e["subject"] for e in r] == [job]),
+                "subscribe": ({"kinds": ["job."]}, lambda r: r["stream"] >= 1 and r["after"] > 0),
+                "unsubscribe": ({"stream": 1}, lambda r: r == {"stream": 1, "closed": True}),
+                "tail": ({"job": job}, lambda r: r["job"] == job and r["state"] == "succeeded"),
+                "requests": ({}, lambda r: [x["id"] for x in r] == [rid]),
+                "request": ({"request": rid}, lambda r: r["state"] == "submitted"),
+                "approve": ({"request": rid}, lambda r: r["state"] == "approved"),
+                "request_wait": ({"request": rid}, lambda r: r["state"] == "completed"),
+                "products": ({"request": rid}, lambda r: r == []),
+                "provenance": ({"product": "p-none"}, "not_found"),
+                "catalog_ls": ({}, lambda r: len(r) == 2),
+                "catalog_add": (
+                    {"paths": [str(console.root / "data" / "raw0.dat")]},
+                    lambda r: r is not None,
+                ),
+                "pause": ({"request": rid}, "refused"),  # completed: can't pause
+                "resume": ({"request": rid}, "refused"),
+                "cancel": ({"request": rid}, "refused"),
+                "archive": ({"request": rid}, lambda r: r["state"] == "archived"),
+                "submit": ({"expanded": {}, "user": "alice"}, "refused"),
+                "submit_toml": ({"toml": "not = [toml", "user": "alice"}, "bad_request"),
+                "kill": ({"job": job}, lambda r: r["state"] == "succeeded"),
+                "run": ({"action": "no.such_action"}, "not_found"),
+                "token.create": (
+                    {"name": "ci", "role": "viewer"},
+                    lambda r: r["token"].startswith("wfe_"),
+                ),
+                "token.list": ({}, lambda r: [t["name"] for t in r] == ["ci"]),
+                "token.revoke": (
+                    {"name": "ci"},
+                    lambda r: r["name"] == "ci" and r["revoked_by"] == "bootstrap",
+                ),
+            }
+            assert set(expected) == set(OPS), "every op needs a line in this test"
+            for name, (args, check) in expected.items():
+                if isinstance(check, str):
+                    error = await refused(c, name, **args)
+                    assert error.code == check, (name, error.code, str(error))
+                else:
+                    result = await c.call(name, **args)
+                    assert check(result), (name, result)
+
+
+async def test_a_viewer_changes_nothing(console: Console) -> None:
+    """Every changing op is refused to a viewer with `forbidden`, naming the role needed;
+    no job, request, token or event is added."""
+    with trio.fail_after(GUARD):
+        async with console.as_role("viewer") as viewer:
+            events_before = await viewer.call("events", limit=5000)
+            for name, args in CHANGES.items():
+                error = await refused(viewer, name, **args)
+                assert error.code == "forbidden", name
+                assert f"{name} needs role " in str(error) and "token 'viewer-1' is viewer" in str(
+                    error
+                )
+            assert await viewer.call("events", limit=5000) == events_before
+            assert await viewer.call("jobs") == []
+            assert (await viewer.call("whoami"))["role"] == "viewer"
+
+
+async def test_an_operator_operates_but_does_not_manage_tokens(console: Console) -> None:
+    """An operator runs and kills jobs; token management is refused to it (admin only)."""
+    with trio.fail_after(GUARD):
+        async with console.as_role("operator") as op:
+            for name in ("token.create", "token.revoke", "token.list"):
+                error = await refused(op, name, **CHANGES[name])
+                assert error.code == "forbidden"
+                assert str(error) == f"{name} needs role admin; token 'operator-1' is operator"
+            job = (await op.call("run", rscript="sleep_echo", params={"seconds": 30}))["job"]
+            await op.call("kill", job=job)
+            assert (await job_ended(op, job))["state"] == "cancelled"
+
+
+async def test_every_change_records_who_made_it(console: Console) -> None:
+    """run, kill, approve and token changes put the token's name into their events."""
+    with trio.fail_after(GUARD):
+        async with console.connect() as admin:
+            await console.catalog(admin)
+        async with console.as_role("operator") as op:
+            job = (await op.call("run", rscript="sleep_echo", params={"seconds": 30}))["job"]
+            await op.call("kill", job=job)
+            await job_ended(op, job)
+            rid = (await console.submit(op))["id"]
+            await op.call("approve", request=rid)
+            events = await op.call("events", limit=5000)
+        by = {(e["kind"], e["subject"]): e["data"].get("by") for e in events}
+        assert by[("job.created", job)] == "operator-1"
+        assert by[("job.kill_requested", job)] == "operator-1"
+        assert by[("token.created", "token:operator-1")] == "bootstrap"
+        approvals = [
+            e for e in events if e["kind"] == "request.state" and e["data"]["verb"] == "approve"
+        ]
+        assert [a["data"]["by"] for a in approvals] == ["operator-1"]
+
+
+async def test_tokens_are_stored_hashed_and_revoking_closes_their_connections(
+    console: Console,
+) -> None:
+    """The repository holds only the sha256 of a token; a revoked token's open connection is
+    closed with 4403 and the token no longer authenticates; the name can be used again."""
+    with trio.fail_after(GUARD):
+        secret = await console.token_for("viewer")
+        conn = sqlite3.connect(console.engine.repo.path)
+        rows = conn.execute("SELECT * FROM tokens").fetchall()
+        conn.close()
+        assert rows and all(secret not in json.dumps(row) for row in rows)
+        async with console.connect() as admin, console.connect(secret) as viewer:
+            listed = await admin.call("token.list")
+            assert (
+                listed[0]["name"] == "viewer-1"
+                and "token" not in listed[0]
+                and "sha256" not in listed[0]
+            )
+            result = await admin.call("token.revoke", name="viewer-1")
+            assert result["closed_connections"] == 1
+            async for _ in viewer.frames():  # ends when the connection does
+                pass
+            error = await refused(viewer, "ping")
+            assert error.code == "closed" and "4403" in str(error)
+            error = await refused(admin, "token.revoke", name="viewer-1")
+            assert error.code == "not_found"
+            again = await admin.call("token.create", name="viewer-1", role="operator")
+            assert (
+                await refused(admin, "token.create", name="viewer-1", role="viewer")
+            ).code == "refused"
+        with pytest.raises(ClientError, match="bad or revoked token"):
+            async with console.connect(secret):
+                pass
+        async with console.connect(again["token"]) as client:
+            assert client.role == "operator"
+
+
+async def test_token_arguments_are_checked(console: Console) -> None:
+    """Bad names, unknown roles and the reserved name are refused with one line each."""
+    with trio.fail_after(GUARD):
+        async with console.connect() as admin:
+            assert "unknown role 'root'" in str(
+                await refused(admin, "token.create", name="a", role="root")
+            )
+            assert "bad token name" in str(
+                await refused(admin, "token.create", name="no spaces", role="viewer")
+            )
+            assert "reserved" in str(
+                await refused(admin, "token.create", name="bootstrap", role="viewer")
+            )
+            assert "can't be revoked" in str(await refused(admin, "token.revoke", name="bootstrap"))
+            assert (
+                await refused(admin, "token.create", name=3, role="viewer")
+            ).code == "bad_request"
+
+
+async def test_refused_engine_operations_say_why(console: Console) -> None:
+    """Unknown jobs are not_found; unknown RScripts and bad parameters are refused; the
+    connection goes on."""
+    with trio.fail_after(GUARD):
+        async with console.connect() as c:
+            assert (await refused(c, "job", job="j999999")).code == "not_found"
+            assert (await refused(c, "kill", job="j999999")).code == "not_found"
+            assert (await refused(c, "tail", job="j999999")).code == "not_found"
+            assert (await refused(c, "run", rscript="no_such_script")).code in (
+                "refused",
+                "not_found",
+            )
+            assert (
+                await refused(c, "run", rscript="sleep_echo", params={"lines": "many"})
+            ).code == "refused"
+            assert (await refused(c, "run", action="x", rscript="y")).code == "bad_request"
+            assert (await refused(c, "jobs", limit=0)).code == "bad_request"
+            assert (await refused(c, "jobs", limit=True)).code == "bad_request"
+            assert (await refused(c, "unsubscribe", stream=42)).code == "not_found"
+            assert await c.call("ping") == {"pong": True}
