@@ -30,7 +30,7 @@ Command = Callable[[argparse.Namespace], int]
 
 #: Modules that add subcommands: each has ``register(add)``, where ``add(name, fn, help,
 #: config=True)`` returns the subparser to fill (see ``build_parser``).
-COMMAND_MODULES: tuple[str, ...] = ("engine.cli_requests",)
+COMMAND_MODULES: tuple[str, ...] = ("engine.cli_requests", "engine.cli_console")
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -1,0 +1,122 @@
+"""``wfe token create|revoke|list`` and ``wfe console``: registered through ``COMMAND_MODULES``.
+
+Token commands talk to the running engine (the repository has one writer) with the token
+in ``$WFE_TOKEN`` or, by default, the bootstrap token file of ``wfe init``; they need an
+admin token. ``wfe console`` opens the interactive terminal console; ``--url`` prints the
+address of the web page instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from engine.render import print_table
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from engine.cli import _config as load
+
+    return load(args)
+
+
+def _call(args: argparse.Namespace, op: str, **call_args: Any) -> Any:
+    from engine.client import connect_config
+
+    config = _config(args)
+
+    async def go() -> Any:
+        async with connect_config(config) as client:
+            return await client.call(op, **call_args)
+
+    return trio.run(go)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    made = _call(args, "token.create", name=args.name, role=args.role)
+    if args.json:
+        print(json.dumps(made, indent=2))
+    else:
+        print(made["token"])
+        print(
+            f"token {made['name']!r} ({made['role']}): shown this once; give it to its user,"
+            " who sets WFE_TOKEN or enters it in the web page",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    done = _call(args, "token.revoke", name=args.name)
+    if args.json:
+        print(json.dumps(done, indent=2))
+    else:
+        print(
+            f"revoked {done['name']!r} ({done['role']}); closed {done['closed_connections']} connection(s)"
+        )
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    listed = _call(args, "token.list", revoked=args.all)
+    if args.json:
+        print(json.dumps(listed, indent=2))
+    else:
+        print_table(
+            [
+                {
+                    "name": t["name"],
+                    "role": t["role"],
+                    "created_by": t["created_by"],
+                    "revoked_by": t["revoked_by"] or "",
+                }
+                for t in listed
+            ]
+        )
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from engine.client import client_token, engine_url
+
+    config = _config(args)
+    url = engine_url(config)
+    if args.url:
+        print(url.replace("ws://", "http://", 1))
+        return 0
+    from engine.console.tui import run_console
+
+    return run_console(url, client_token(config))
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``token`` (with create, revoke, list) and ``console`` to the ``wfe`` parser."""
+    token = add("token", cmd_token_list, "manage console tokens (admin): create, revoke, list")
+    sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+
+    def action(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--config", default=argparse.SUPPRESS, help="path of wfe.toml")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = action("create", cmd_token_create, "create a token and print its secret (shown once)")
+    p.add_argument("--name", required=True, help="who or what uses it, e.g. alice or ci")
+    p.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    p = action("revoke", cmd_token_revoke, "revoke a token; its open connections are closed")
+    p.add_argument("name")
+    p = action("list", cmd_token_list, "list tokens (never their secrets)")
+    p.add_argument("--all", action="store_true", help="include revoked tokens")
+
+    p = add("console", cmd_console, "the interactive terminal console (keys: ? for help)")
+    p.add_argument(
+        "--url", action="store_true", help="print the address of the web console and exit"
+    )
