@@ -303,7 +303,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.local_dispatch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a fifth of the jobs, for a smoke run")
-    parser.add_argument("--jobs", type=int, default=400, help="jobs per burst (default 400)")
+    parser.add_argument("--jobs", type=int, default=300, help="jobs per burst (default 300)")
     parser.add_argument(
         "--latency-jobs", type=int, default=120, help="jobs per latency run (default 120)"
     )

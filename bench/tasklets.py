@@ -454,7 +454,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a tenth of the work, for a smoke run")
     parser.add_argument(
-        "--actions", type=int, default=3000, help="actions per throughput case (default 3000)"
+        "--actions", type=int, default=2000, help="actions per throughput case (default 2000)"
     )
     parser.add_argument(
         "--waiting", type=int, default=WAITING_UNIT, help="waiting tasklets per memory case"
