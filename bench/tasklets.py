@@ -237,7 +237,9 @@ def settle() -> int:
     return rss_bytes()
 
 
-async def hold_children(engine: Engine, n: int, leaf: str) -> Callable[[], Awaitable[None]]:
+async def hold_children(
+    engine: Engine, host: trio.Nursery, n: int, leaf: str
+) -> Callable[[], Awaitable[None]]:
     """One root whose ``n`` children wait in ``leaf``; returns how to end them."""
     params = {"width": n, "depth": 1, "concurrent": True, "leaf": leaf, "seconds": 86_400.0}
     root = await engine.run_action("bench.fan", params)
@@ -253,7 +255,9 @@ async def hold_children(engine: Engine, n: int, leaf: str) -> Callable[[], Await
     return end
 
 
-async def hold_roots(engine: Engine, n: int, leaf: str) -> Callable[[], Awaitable[None]]:
+async def hold_roots(
+    engine: Engine, host: trio.Nursery, n: int, leaf: str
+) -> Callable[[], Awaitable[None]]:
     """``n`` root actions that wait in ``leaf``."""
 
     roots: list[str] = []
@@ -275,7 +279,9 @@ async def hold_roots(engine: Engine, n: int, leaf: str) -> Callable[[], Awaitabl
     return end
 
 
-async def bare_sleepers(engine: Engine, n: int, leaf: str) -> Callable[[], Awaitable[None]]:
+async def bare_sleepers(
+    engine: Engine, host: trio.Nursery, n: int, leaf: str
+) -> Callable[[], Awaitable[None]]:
     """``n`` bare trio tasks in ``trio.sleep`` (the floor: no job, no tasklet)."""
     scope = trio.CancelScope()
     done = trio.Event()
@@ -284,14 +290,14 @@ async def bare_sleepers(engine: Engine, n: int, leaf: str) -> Callable[[], Await
         _common.GATE.arrive()
         await trio.sleep(86_400)
 
-    async def host() -> None:
+    async def run_host() -> None:
         with scope:
             async with trio.open_nursery() as nursery:
                 for _ in range(n):
                     nursery.start_soon(sleeper)
         done.set()
 
-    engine.runner._nursery.start_soon(host)  # noqa: SLF001  # bench only: a nursery that outlives us
+    host.start_soon(run_host)
 
     async def end() -> None:
         scope.cancel()
@@ -300,7 +306,7 @@ async def bare_sleepers(engine: Engine, n: int, leaf: str) -> Callable[[], Await
     return end
 
 
-Holder = Callable[[Engine, int, str], Awaitable[Callable[[], Awaitable[None]]]]
+Holder = Callable[[Engine, trio.Nursery, int, str], Awaitable[Callable[[], Awaitable[None]]]]
 MEMORY_CASES: list[tuple[str, str, Holder, str]] = [
     ("bare_trio_sleep", "floor: bare trio tasks in trio.sleep", bare_sleepers, ""),
     (
@@ -315,7 +321,7 @@ MEMORY_CASES: list[tuple[str, str, Holder, str]] = [
 
 
 async def measure_memory(
-    engine: Engine, n: int, holder: Holder, leaf: str, trace: bool
+    engine: Engine, host: trio.Nursery, n: int, holder: Holder, leaf: str, trace: bool
 ) -> dict[str, Any]:
     gate = _common.new_gate(n)
     await engine.repo.flush()
@@ -324,7 +330,7 @@ async def measure_memory(
     before = settle()
     snapshot = tracemalloc.take_snapshot() if trace else None
     with Stopwatch() as start_sw:
-        end = await holder(engine, n, leaf)
+        end = await holder(engine, host, n, leaf)
         await gate.all_arrived.wait()
         await engine.repo.flush()
     after = settle()
@@ -387,12 +393,12 @@ async def run_memory_case(root: Path, key: str, n: int, trace: bool) -> dict[str
         await nursery.start(TRACKER.run, engine.repo)
         # warm up: every code path once, so that imports and caches are not counted
         gate = _common.new_gate(100)
-        end = await holder(engine, 100, leaf or "bench.sleeper")
+        end = await holder(engine, nursery, 100, leaf or "bench.sleeper")
         await gate.all_arrived.wait()
         await end()
-        figures = await measure_memory(engine, n, holder, leaf, trace=False)
+        figures = await measure_memory(engine, nursery, n, holder, leaf, trace=False)
         if trace and key != "bare_trio_sleep":
-            traced = await measure_memory(engine, n, holder, leaf, trace=True)
+            traced = await measure_memory(engine, nursery, n, holder, leaf, trace=True)
             figures.update({k: v for k, v in traced.items() if k.startswith(("traced", "top"))})
         nursery.cancel_scope.cancel()
     return figures
