@@ -370,6 +370,7 @@ class RequestService:
             if ended is not None:
                 await self.repo.write(store.set_stage(rid, name, ended[0], error=ended[1] or None))
                 return True
+        changed = False
         for name, new in plan.stage_changes(definition, states).items():
             if new is StageState.SKIPPED:
                 failed = [
@@ -378,6 +379,7 @@ class RequestService:
                 why = f"upstream stage {failed[0]!r} {states[failed[0]].value}" if failed else ""
                 await self.repo.write(store.set_stage(rid, name, new, error=why or None))
                 states[name] = new
+                changed = True
                 continue
             stage = definition.stage(name)
             inputs: list[tuple[str, str, dict[str, Any]]] | None = None
@@ -389,20 +391,24 @@ class RequestService:
                 )
             await self.repo.write(store.set_stage(rid, name, new, inputs=inputs))
             return True
-        return False
+        return changed
 
     async def _dispatch(self, snap: Snapshot, definition: Definition) -> None:
+        started = False
         for name, record in snap.stages.items():
             if record.state is not StageState.RUNNING:
                 continue
             stage = definition.stage(name)
             for chunk in plan.batches_to_make(snap.inputs.get(name, ()), stage.max_inputs):
                 batch = await self.batches.start(snap.request, definition, stage, chunk)
+                started = True
                 if batch.job is not None:
                     self._jobs[batch.job] = snap.request.id
                     self._arm(definition, batch)
-                else:
-                    self.poke(snap.request.id)
+        if started:
+            # A job may have ended before it was in ``_jobs`` (its event then went
+            # unheard): one more look settles it.
+            self.poke(snap.request.id)
 
     async def _check(self, rid: str, definition: Definition) -> None:
         try:
