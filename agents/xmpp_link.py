@@ -159,7 +159,7 @@ Event = Online | Offline | PresenceReceived | MessageReceived
 # --- the client -----------------------------------------------------------------------------
 
 
-class _Stream(slixmpp.ClientXMPP):  # type: ignore[misc]
+class _Stream(slixmpp.ClientXMPP):
     """slixmpp's client with our TLS policy, handlers and write flow control."""
 
     def __init__(self, client: XmppClient, ssl_context: ssl.SSLContext) -> None:
@@ -466,9 +466,8 @@ class XmppClient:
         while True:
             await trio.sleep(interval)
             try:
-                future = stream.plugin["xep_0199"].send_ping(
-                    self.settings.jid.split("@", 1)[1], timeout=interval
-                )
+                server = slixmpp.JID(self.settings.jid.split("@", 1)[1])
+                future = stream.plugin["xep_0199"].send_ping(server, timeout=interval)
                 await trio_asyncio.run_aio_future(future)
             except IqError:
                 pass  # an error reply still proves the connection is alive

@@ -401,7 +401,11 @@ def _capabilities(data: Any) -> Capabilities:
         raise TypeError("expected an object")
     slots, memory = data.get("slots"), data.get("memory")
     site, tags, storage = data.get("site", "local"), data.get("tags", []), data.get("storage", [])
-    if not _is_int(slots) or (memory is not None and not _is_int(memory)):
+    if (
+        not isinstance(slots, int)
+        or isinstance(slots, bool)
+        or (memory is not None and not _is_int(memory))
+    ):
         raise TypeError("slots and memory must be integers")
     if not isinstance(site, str) or not _strings(tags) or not _strings(storage):
         raise TypeError("site must be a string, tags and storage arrays of strings")

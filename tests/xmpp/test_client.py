@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -180,3 +181,26 @@ async def test_messages_stored_while_offline_are_dropped_as_stale(
                 a.send_message(b.jid, Ack(job_id="fresh", attempt=1))
                 assert (await next_message(b)).message == Ack(job_id="fresh", attempt=1)
                 assert b.stale_dropped == 1
+
+
+async def test_a_server_that_stops_answering_is_noticed_by_the_keepalive(
+    prosody_factory: Callable[..., ProsodyServer], new_account: Callable[[ProsodyServer], Account]
+) -> None:
+    """Pings notice a server that froze (SIGSTOP, no TCP close): the client goes offline, and
+    comes back by itself once the server answers again."""
+    server = prosody_factory()
+    with trio.fail_after(30):
+        async with online(
+            server, new_account(server), keepalive=0.5, connect_timeout=2.0
+        ) as client:
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                offline = await client.events.receive()
+                assert isinstance(offline, Offline)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            while not isinstance(await client.events.receive(), Online):
+                pass
+            client.send_message(client.jid, Ack(job_id="back", attempt=1))
+            assert (await next_message(client)).message == Ack(job_id="back", attempt=1)
