@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from engine.errors import EngineError
 from engine.xmpp_link import (
     MessageReceived,
     Offline,
     Online,
     PresenceReceived,
     XmppClient,
+    XmppRefused,
     XmppSettings,
     open_xmpp_client,
 )
@@ -210,13 +212,27 @@ async def serve_xmpp_agents(
 ) -> None:
     """Serve agents over XMPP until cancelled; ``task_status.started`` gets the transport.
 
-    Connects in the background (and again after any loss). Raises ``XmppRefused`` if the
-    server refuses the engine's account before its first session (see ``agents.xmpp_link``).
+    Connects in the background (and again after any loss). Raises ``XmppLoginRefused`` if
+    the server refuses the engine's account before its first session (a wrong password, an
+    untrusted certificate, no STARTTLS: see ``agents.xmpp_link``).
     """
-    async with open_xmpp_client(settings) as client:
-        transport = XmppTransport(controller, client, agents=agents)
-        task_status.started(transport)
-        try:
-            await transport.run()
-        finally:
-            transport._drop_all()
+    try:
+        async with open_xmpp_client(settings) as client:
+            transport = XmppTransport(controller, client, agents=agents)
+            task_status.started(transport)
+            try:
+                await transport.run()
+            finally:
+                transport._drop_all()
+    except* XmppRefused as group:
+        raise XmppLoginRefused(str(_leaf(group))) from None
+
+
+class XmppLoginRefused(EngineError):
+    """The XMPP server refused the engine's account; the message says why and what to check."""
+
+
+def _leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -6,11 +6,13 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 import trio
 
 from engine.daemon import open_engine
 from engine.prosody import ProsodyServer
+from engine.xmpp_transport import XmppLoginRefused
 
 if TYPE_CHECKING:
     from conftest import Cluster
@@ -59,11 +61,11 @@ async def test_a_20_mb_output_arrives_whole(cluster: Cluster, h: Any) -> None:
             await cluster.start_agent(slots=1)
             await h.until(engine, lambda: len(h.connected(engine)) == 1)
             job_id = await engine.run_rscript("bigoutput", {"size": size})
-            outcome = await engine.wait(job_id)
-            assert outcome.state == "succeeded", outcome
+            await h.run_all(engine, [job_id])
+            (job,) = await h.succeeded_once(engine, [job_id])
             output = await engine.output(job_id)
     assert len(output) == size
-    assert hashlib.sha256(output).hexdigest() == outcome.result["results"]["sha256"]
+    assert hashlib.sha256(output).hexdigest() == job["result"]["results"]["sha256"]
 
 
 async def test_engine_and_agents_connect_with_verified_starttls(
@@ -95,3 +97,25 @@ async def test_engine_and_agents_connect_with_verified_starttls(
         f"agent {account.jid}: xmpp: {account.jid}: the server's certificate does not verify"
         " against the system's CAs (set ca_file for a private CA): "
     ), last
+
+
+async def test_an_engine_refused_by_the_server_stops_saying_why(cluster: Cluster) -> None:
+    """A wrong engine password stops open_engine with XmppLoginRefused, one line naming the fix."""
+    config = cluster.config()
+    cluster.write_password(attrs.evolve(cluster.engine, password="not-the-password"))
+    with trio.fail_after(30), pytest.raises(BaseExceptionGroup) as caught:
+        async with open_engine(config):
+            await trio.sleep_forever()
+    refused = caught.value.subgroup(XmppLoginRefused)
+    assert refused is not None
+    (error,) = _leaves(refused)
+    assert (
+        str(error)
+        == f"xmpp: {cluster.engine.jid}: authentication failed: check the JID and the password file"
+    )
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for e in error.exceptions for leaf in _leaves(e)]
+    return [error]
