@@ -1,0 +1,220 @@
+"""The console's pure parts: request parsing, event fan-out and missed counts, the outbox,
+roles and token names, and the HTTP side of the port."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.console import protocol, web
+from engine.console.hub import ConsoleHub, EventFilter, EventIndex, EventStream, Rate
+from engine.console.outbox import Outbox
+from engine.repository import Event, Missed
+from engine.tokens import Role, TokenError, check_name, digest
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.text(max_size=300) | st.binary(max_size=300))
+def test_parsing_any_text_gives_a_request_or_a_bad_frame(text: str | bytes) -> None:
+    """Whatever arrives, the parser returns a Request or raises BadFrame, nothing else."""
+    try:
+        request = protocol.parse_request(text, max_size=1000)
+    except protocol.BadFrame as exc:
+        assert exc.code in (protocol.BAD_REQUEST, protocol.TOO_LARGE)
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(request.op, str) and isinstance(request.args, dict)
+
+
+@given(
+    st.one_of(st.none(), st.integers(min_value=-(2**52), max_value=2**52), st.text(max_size=64)),
+    st.text(min_size=1, max_size=20),
+    st.dictionaries(st.text(max_size=8), JSON, max_size=4),
+)
+def test_a_well_formed_request_round_trips(request_id: Any, op: str, args: dict[str, Any]) -> None:
+    """An encoded request parses back to its id, op and args."""
+    parsed = protocol.parse_request(
+        json.dumps({"id": request_id, "op": op, "args": args}), max_size=10**6
+    )
+    assert (parsed.id, parsed.op, parsed.args) == (request_id, op, args)
+
+
+def test_replies_and_pushes_are_compact_json() -> None:
+    """Frames are one JSON object each, in the documented shapes."""
+    assert json.loads(protocol.ok(1, {"a": 1})) == {"id": 1, "ok": True, "result": {"a": 1}}
+    assert json.loads(protocol.error("x", "forbidden", "no")) == {
+        "id": "x",
+        "ok": False,
+        "error": {"code": "forbidden", "message": "no"},
+    }
+    assert json.loads(protocol.push(3, end=True)) == {"stream": 3, "end": True}
+
+
+def event(n: int, kind: str = "job.state", subject: str = "j1", **data: Any) -> Event:
+    return Event(id=n, at=0.0, kind=kind, subject=subject, data=data)
+
+
+def test_a_full_stream_counts_misses_and_reports_them_after_what_it_kept() -> None:
+    """Batches that do not fit are not queued: the next flush sends the kept events, then
+    one `missed` frame with the first and last id and the count; then it starts afresh."""
+    woken: list[int] = []
+    stream = EventStream(7, EventFilter(), max_pending=3, wake=lambda: woken.append(1))
+    stream.offer(1, 2, 2, '{"id":1},{"id":2}')
+    stream.offer(3, 4, 2, '{"id":3},{"id":4}')  # 4 > 3: missed
+    stream.offer(5, 5, 1, '{"id":5}')  # missed too: nothing is queued after a gap
+    assert len(woken) == 1
+    frames = [json.loads(f) for f in stream.take_frames()]
+    assert frames == [
+        {"stream": 7, "events": [{"id": 1}, {"id": 2}]},
+        {"stream": 7, "missed": {"first_id": 3, "last_id": 5, "count": 3}},
+    ]
+    assert not stream.due and stream.missed_total == 3
+    stream.offer(6, 6, 1, '{"id":6}')
+    assert [json.loads(f) for f in stream.take_frames()] == [{"stream": 7, "events": [{"id": 6}]}]
+
+
+async def test_the_hub_fans_out_once_and_filters() -> None:
+    """One batch reaches every stream whose filter takes it; a hub-level gap is a gap for all
+    (and what follows it waits for the gap to be reported); a terminal job.state wakes the
+    job's waiters."""
+    hub = ConsoleHub(repo=None)  # type: ignore[arg-type]
+    everything = EventStream(1, EventFilter(), max_pending=100, wake=lambda: None)
+    jobs_only = EventStream(
+        2, EventFilter(kinds=("job.created",)), max_pending=100, wake=lambda: None
+    )
+    of_request = EventStream(3, EventFilter(request="r-a-0001"), max_pending=100, wake=lambda: None)
+    of_namespace = EventStream(4, EventFilter(namespace="ns"), max_pending=100, wake=lambda: None)
+    hub.streams |= {everything, jobs_only, of_request, of_namespace}
+    ended = hub.job_ended("j2")
+    hub.publish(
+        [
+            event(1, "request.created", "r-a-0001", namespace="ns"),
+            event(2, "job.created", "j1", request="r-a-0001", parent=None),
+            event(3, "job.created", "j2", parent="j1"),
+            event(4, "attempt.state", "j2", state="running"),
+            Missed(first_id=5, last_id=6),
+            event(7, "job.state", "j2", state="succeeded"),
+            event(8, "job.created", "j9", parent=None),
+        ]
+    )
+    assert ended.is_set()
+
+    def ids(stream: EventStream) -> list[Any]:
+        out: list[Any] = []
+        for frame in stream.take_frames():
+            data = json.loads(frame)
+            out += (
+                [e["id"] for e in data["events"]]
+                if "events" in data
+                else [("missed", data["missed"]["count"])]
+            )
+        return out
+
+    assert ids(everything) == [1, 2, 3, 4, ("missed", 4)]  # 5..8
+    assert ids(jobs_only) == [2, 3, ("missed", 3)]  # 5, 6 and 8
+    assert ids(of_request) == [1, 2, 3, 4, ("missed", 3)]  # 5, 6 and 7
+    assert ids(of_namespace) == [1, 2, 3, 4, ("missed", 3)]
+    hub.publish([event(9, "job.created", "j10", request="r-a-0001")])
+    assert ids(everything) == [9] and ids(of_request) == [9] and ids(of_namespace) == [9]
+
+
+def test_the_index_learns_requests_and_namespaces_from_events() -> None:
+    """Jobs inherit their parent's request; requests keep their namespace."""
+    index = EventIndex(max_jobs=2)
+    assert index.learn(event(1, "request.created", "r1", namespace="ns")) == ("r1", "ns")
+    assert index.learn(event(2, "job.created", "j1", request="r1")) == ("r1", "ns")
+    assert index.learn(event(3, "job.created", "j2", parent="j1")) == ("r1", "ns")
+    assert index.learn(event(4, "job.state", "j2", state="running")) == ("r1", "ns")
+    index.learn(event(5, "job.created", "j3", parent="j2"))
+    assert len(index.job_request) == 2  # bounded: the oldest is forgotten
+    assert index.learn(event(6, "agent.state", "a1")) == (None, None)
+
+
+def test_the_rate_is_events_per_second_over_the_window() -> None:
+    rate = Rate(window=10)
+    for second in range(20):
+        rate.add(100, float(second))
+    assert rate.per_second(20.0) == pytest.approx(100, rel=0.1)
+    assert Rate().per_second(5.0) == 0.0
+
+
+async def test_the_outbox_bounds_frames_and_waits_only_in_put(autojump_clock: Any) -> None:
+    """put_nowait refuses when full; put waits for room; get drains in order; close ends it."""
+    outbox = Outbox(max_frames=2)
+    assert outbox.put_nowait("a") and outbox.put_nowait("b")
+    assert not outbox.put_nowait("c") and outbox.refused == 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.put, "c")
+        await trio.sleep(1)
+        assert len(outbox) == 2
+        assert await outbox.get() == "a"
+    assert [await outbox.get(), await outbox.get()] == ["b", "c"]
+    outbox.close()
+    with pytest.raises(trio.EndOfChannel):
+        await outbox.get()
+    with pytest.raises(trio.ClosedResourceError):
+        await outbox.put("d")
+
+
+def test_roles_are_ordered_and_names_checked() -> None:
+    assert Role.VIEWER < Role.OPERATOR < Role.ADMIN
+    assert Role.parse("Operator") is Role.OPERATOR
+    with pytest.raises(TokenError, match="unknown role 'root': expected viewer, operator or admin"):
+        Role.parse("root")
+    assert check_name("ci.bot@site-1") == "ci.bot@site-1"
+    for bad in ("", "-x", "a b", "x" * 65, "bootstrap"):
+        with pytest.raises(TokenError):
+            check_name(bad)
+    assert digest("s") == "043a718774c572bd8a25adbeb1bfcd5c0256ae11cecf9f9c3f925d0e52beaf89"
+
+
+def test_the_http_side_serves_the_page_and_refuses_the_rest() -> None:
+    """GET / is the page; unknown paths 404; other methods 405; a websocket upgrade from
+    another origin is refused; heads that are not HTTP are errors."""
+    page = web.answer(web.parse_head(b"GET / HTTP/1.1\r\nHost: h:1\r\n\r\n"))
+    assert page.startswith(b"HTTP/1.1 200 OK\r\n") and b"<title>wfe console</title>" in page
+    assert b"Content-Security-Policy: default-src 'self'" in page
+    assert web.answer(web.parse_head(b"GET /console.js HTTP/1.1\r\n\r\n")).startswith(
+        b"HTTP/1.1 200"
+    )
+    assert web.answer(web.parse_head(b"GET /../keys HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    assert web.answer(web.parse_head(b"GET /nope.html HTTP/1.1\r\n\r\n")).startswith(
+        b"HTTP/1.1 404"
+    )
+    assert web.answer(web.parse_head(b"POST / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405")
+    head = web.parse_head(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:5\r\nUpgrade: websocket\r\nOrigin: http://127.0.0.1:5\r\n\r\n"
+    )
+    assert head.wants_websocket and head.same_origin()
+    other = web.parse_head(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:5\r\nUpgrade: websocket\r\nOrigin: http://evil.example\r\n\r\n"
+    )
+    assert not other.same_origin()
+    for bad in (b"hello\r\n\r\n", b"GET / HTTP/1.1\r\nno colon\r\n\r\n"):
+        with pytest.raises(web.BadHttp):
+            web.parse_head(bad)
+
+
+async def test_a_replayed_stream_returns_what_was_read_first() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    replay = web.Replay(right, b"GET / HTTP/1.1\r\n\r\nrest")
+    await left.send_all(b"+more")
+    assert await replay.receive_some(5) == b"GET /"
+    assert await replay.receive_some() == b" HTTP/1.1\r\n\r\nrest"
+    assert await replay.receive_some() == b"+more"
