@@ -25,7 +25,16 @@ import attrs
 import trio
 
 from engine.errors import ActionFailed, EngineError, JobCancelled, RScriptFailed, UnknownJob
-from engine.jobs import TERMINAL, Completions, JobOutcome, JobRow, NewJob, create_job, read_job, set_job_state
+from engine.jobs import (
+    TERMINAL,
+    Completions,
+    JobOutcome,
+    JobRow,
+    NewJob,
+    create_job,
+    read_job,
+    set_job_state,
+)
 from engine.tasklets import Action, ActionLibrary
 
 if TYPE_CHECKING:
@@ -39,7 +48,8 @@ log = logging.getLogger("wfe.actions")
 def one_line(exc: BaseException) -> str:
     """A one-line description of an error, digging into exception groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+        errors = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        exc = (errors or list(exc.exceptions))[0]
     if isinstance(exc, EngineError | ValueError | LookupError) and str(exc):
         text = str(exc)
     else:
@@ -56,6 +66,7 @@ class Run:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     killed: bool = False
     next_call: int = 0
+    scripts: list[str] = attrs.Factory(list)  # RScript jobs this run started
 
     def kill_requested(self) -> bool:
         run: Run | None = self
@@ -145,7 +156,9 @@ class Context:
         )
         return Handle(self._runner, job_id, "action")
 
-    async def rscript(self, name: str, params: dict[str, Any] | None = None, **options: Any) -> ScriptResult:
+    async def rscript(
+        self, name: str, params: dict[str, Any] | None = None, **options: Any
+    ) -> ScriptResult:
         """Run the RScript ``name`` on an agent and return its result.
 
         Options: ``on`` (agent name), ``priority``, ``requires`` (cpus, memory, tags, site),
@@ -157,7 +170,9 @@ class Context:
         outcome = await self._runner.wait(handle.job_id)
         return await self._runner.script_result(outcome, check=check)
 
-    async def start_rscript(self, name: str, params: dict[str, Any] | None = None, **options: Any) -> Handle:
+    async def start_rscript(
+        self, name: str, params: dict[str, Any] | None = None, **options: Any
+    ) -> Handle:
         """Queue the RScript ``name`` as a child job without waiting for it."""
         job_id = await self._runner.controller.submit(
             name,
@@ -166,6 +181,7 @@ class Context:
             call_seq=self._next_call(),
             **options,
         )
+        self._run.scripts.append(job_id)
         return Handle(self._runner, job_id, "rscript")
 
     async def sleep(self, seconds: float) -> None:
@@ -240,7 +256,9 @@ class ActionRunner:
             self._spawn(action, job, parent, nursery or self._nursery)
         return job.id
 
-    def _spawn(self, action: Action, job: JobRow, parent: Run | None, nursery: trio.Nursery) -> None:
+    def _spawn(
+        self, action: Action, job: JobRow, parent: Run | None, nursery: trio.Nursery
+    ) -> None:
         run = Run(job=job, parent=parent)
         self._runs[job.id] = run
         nursery.start_soon(self._run_action, action, run, name=f"action {action.name} ({job.id})")
@@ -263,21 +281,23 @@ class ActionRunner:
             try:
                 action = self.library.get(job.name)
             except EngineError as exc:
-                await self._finish(job, "failed", error=f"cannot resume after restart: {one_line(exc)}")
+                await self._finish(
+                    job, "failed", error=f"cannot resume after restart: {one_line(exc)}"
+                )
                 continue
             self._spawn(action, job, None, self._nursery)
         return len(jobs)
 
     async def wait(self, job_id: str) -> JobOutcome:
-        """Wait for a job to end (committed) and return its outcome."""
-        known = self.completions.known(job_id)
-        if known is None:
+        """Wait for a job to end (committed) and return its outcome. Raises ``UnknownJob``."""
+
+        async def lookup() -> JobOutcome | None:
             job = await self.repo.read(read_job(job_id))
             if job is None:
                 raise UnknownJob(f"no job {job_id}")
-            if job.finished:
-                return _outcome(job)
-        outcome = await self.completions.wait(job_id)
+            return _outcome(job) if job.finished else None
+
+        outcome = await self.completions.wait(job_id, lookup)
         self.completions.forget(job_id)
         return outcome
 
@@ -335,22 +355,35 @@ class ActionRunner:
                             result = value
             if run.scope.cancelled_caught:
                 if run.kill_requested():
-                    await self._finish(job, "cancelled", error="killed")
+                    await self._killed(run)
                 return
-        except Exception as exc:  # a tasklet raised: the job fails, the engine goes on
+        except BaseException as exc:
+            if _only_cancelled(exc):  # killed, or the engine is shutting down
+                if run.kill_requested():
+                    with trio.CancelScope(shield=True):
+                        await self._killed(run)
+                raise
+            if not _has_error(exc):  # KeyboardInterrupt and the like: not ours to handle
+                raise
+            # a tasklet raised: the job fails, the engine goes on
             log.warning("job %s (%s) failed: %s", job.id, action.name, one_line(exc))
-            await self._finish(job, "failed", error=one_line(exc))
-        except trio.Cancelled:
-            if run.kill_requested():
-                with trio.CancelScope(shield=True):
-                    await self._finish(job, "cancelled", error="killed")
-            raise
+            with trio.CancelScope(shield=True):
+                await self._finish(job, "failed", error=one_line(exc))
         else:
             await self._finish(job, "succeeded", result=result)
         finally:
             self._runs.pop(job.id, None)
 
-    async def _finish(self, job: JobRow, state: str, *, result: Any = None, error: str | None = None) -> None:
+    async def _killed(self, run: Run) -> None:
+        """Record a killed run, and cancel the RScripts it started on their agents."""
+        for job_id in run.scripts:
+            if job_id in self.controller.jobs:
+                await self.controller.cancel(job_id, reason="killed with its parent")
+        await self._finish(run.job, "cancelled", error="killed")
+
+    async def _finish(
+        self, job: JobRow, state: str, *, result: Any = None, error: str | None = None
+    ) -> None:
         try:
             await self.repo.write(set_job_state(job.id, state, result=result, error=error))
         except TypeError as exc:  # a result that is not JSON
@@ -360,6 +393,20 @@ class ActionRunner:
             JobOutcome(job_id=job.id, state=state, result=result, error=error),
             keep=job.parent_id is not None,
         )
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    return all(isinstance(leaf, trio.Cancelled) for leaf in _leaves(exc))
+
+
+def _has_error(exc: BaseException) -> bool:
+    return any(isinstance(leaf, Exception) for leaf in _leaves(exc))
 
 
 def _outcome(job: JobRow) -> JobOutcome:

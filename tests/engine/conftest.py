@@ -50,13 +50,18 @@ class FakeAgent:
         self.capabilities = Capabilities(slots=slots, **caps)
         self.sent: list[Message] = []
         self._arrived = trio.Event()
+        self.connected = False
+        self.running: set[tuple[str, int]] = set()
 
     # the controller's side of the link
     def send_nowait(self, message: Message) -> None:
         self.sent.append(message)
-        self._arrived.set()
+        self._arrived.set()  # wakes every waiter; each waits again on the new event
+        self._arrived = trio.Event()
 
-    def connect(self, running: tuple[tuple[str, int], ...] = (), held: tuple[tuple[str, int], ...] = ()) -> None:
+    def connect(
+        self, running: tuple[tuple[str, int], ...] = (), held: tuple[tuple[str, int], ...] = ()
+    ) -> None:
         hello = AgentHello(
             name=self.name,
             software="test",
@@ -65,16 +70,29 @@ class FakeAgent:
             held=tuple(AttemptRef(job_id=j, attempt=a) for j, a in held),
         )
         self.controller.agent_connected(hello, self, transport="fake")
+        self.connected = True
 
     def disconnect(self) -> None:
+        self.connected = False
         self.controller.agent_disconnected(self.name, self)
+
+    async def beat(self) -> None:
+        """Report status every heartbeat interval while connected, as a live agent does."""
+        while True:
+            await trio.sleep(self.controller.settings.heartbeat)
+            if self.connected:
+                self.heartbeat(running=tuple(self.running))
 
     def say(self, message: Message) -> None:
         self.controller.agent_message(self.name, message)
 
     def heartbeat(self, running: tuple[tuple[str, int], ...] = ()) -> None:
         refs = tuple(AttemptRef(job_id=j, attempt=a) for j, a in running)
-        self.say(AgentStatus(name=self.name, free_slots=self.capabilities.slots - len(refs), running=refs))
+        self.say(
+            AgentStatus(
+                name=self.name, free_slots=self.capabilities.slots - len(refs), running=refs
+            )
+        )
 
     def of_type(self, kind: type[Any]) -> list[Any]:
         return [m for m in self.sent if isinstance(m, kind)]
@@ -82,29 +100,41 @@ class FakeAgent:
     async def receive(self, kind: type[Any], count: int = 1) -> list[Any]:
         """Wait until ``count`` messages of ``kind`` have arrived in all; return them."""
         while len(self.of_type(kind)) < count:
-            self._arrived = trio.Event()
             await self._arrived.wait()
         return self.of_type(kind)
 
     def accept(self, dispatch: Dispatch) -> None:
+        self.running.add((dispatch.job_id, dispatch.attempt))
         self.say(JobAccepted(job_id=dispatch.job_id, attempt=dispatch.attempt, pid=1))
 
     def finish(self, dispatch: Dispatch, exit_code: int = 0, **fields: Any) -> None:
+        self.running.discard((dispatch.job_id, dispatch.attempt))
         fields.setdefault("reason", FinishReason.EXITED)
-        self.say(JobFinished(job_id=dispatch.job_id, attempt=dispatch.attempt, exit_code=exit_code, **fields))
+        self.say(
+            JobFinished(
+                job_id=dispatch.job_id, attempt=dispatch.attempt, exit_code=exit_code, **fields
+            )
+        )
 
 
 class Harness:
     """A running controller on a real repository, plus fake agents."""
 
-    def __init__(self, controller: AgentController, repo: Repository, completions: Completions) -> None:
+    def __init__(
+        self, controller: AgentController, repo: Repository, completions: Completions
+    ) -> None:
         self.controller = controller
         self.repo = repo
         self.completions = completions
+        self.nursery: trio.Nursery | None = None  # set once the controller runs
 
-    def agent(self, name: str, slots: int = 2, **caps: Any) -> FakeAgent:
+    def agent(self, name: str, slots: int = 2, *, silent: bool = False, **caps: Any) -> FakeAgent:
+        """Connect a fake agent; unless ``silent`` it sends heartbeats like a live one."""
         agent = FakeAgent(self.controller, name, slots, **caps)
         agent.connect()
+        if not silent:
+            assert self.nursery is not None, "start the controller first"
+            self.nursery.start_soon(agent.beat)
         return agent
 
     async def job(self, job_id: str) -> dict[str, Any]:
@@ -113,10 +143,17 @@ class Harness:
         return await self.repo.read(queries.job_detail(job_id))
 
 
-def make_controller(repo: Repository, agents: AgentsSection = AGENTS, jobs: JobsSection = JOBS) -> Harness:
+def make_controller(
+    repo: Repository, agents: AgentsSection = AGENTS, jobs: JobsSection = JOBS
+) -> Harness:
     completions = Completions()
     controller = AgentController(
-        repo=repo, scripts=ScriptLibrary.scan(), completions=completions, agents=agents, jobs=jobs, grace=5.0
+        repo=repo,
+        scripts=ScriptLibrary.scan(),
+        completions=completions,
+        agents=agents,
+        jobs=jobs,
+        grace=5.0,
     )
     return Harness(controller, repo, completions)
 
@@ -125,6 +162,7 @@ def make_controller(repo: Repository, agents: AgentsSection = AGENTS, jobs: Jobs
 async def harness(repo: Repository, nursery: trio.Nursery) -> Harness:
     h = make_controller(repo)
     await nursery.start(h.controller.run)
+    h.nursery = nursery
     return h
 
 
@@ -135,6 +173,7 @@ def start_controller(repo: Repository, nursery: trio.Nursery) -> Callable[..., A
         jobs = JobsSection(**{**_fields(JOBS), **settings.get("jobs", {})})
         h = make_controller(repo, agents, jobs)
         await nursery.start(h.controller.run)
+        h.nursery = nursery
         return h
 
     return start

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from engine.actions import ActionRunner
 from engine.errors import UnknownAction
@@ -16,8 +17,6 @@ from engine.watchdog import Watchdog
 from protocols.messages import Cancel, Dispatch, FinishReason
 
 from .conftest import FakeAgent, Harness, make_controller
-
-pytestmark = pytest.mark.usefixtures("autojump_clock")
 
 
 def tasklet(root: Path, action: str, name: str, body: str) -> None:
@@ -30,7 +29,9 @@ def tasklet(root: Path, action: str, name: str, body: str) -> None:
 class World:
     """A controller, an action runner on user tasklet folders, and an agent that obeys."""
 
-    def __init__(self, harness: Harness, runner: ActionRunner, agent: FakeAgent, watchdog: Watchdog) -> None:
+    def __init__(
+        self, harness: Harness, runner: ActionRunner, agent: FakeAgent, watchdog: Watchdog
+    ) -> None:
         self.harness = harness
         self.runner = runner
         self.agent = agent
@@ -41,18 +42,27 @@ class World:
         """Run every dispatch: sleep_echo sleeps then exits with its exit_code."""
         seen = 0
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.heartbeats)
             while True:
                 dispatches = await self.agent.receive(Dispatch, seen + 1)
                 for d in dispatches[seen:]:
                     nursery.start_soon(self._run, d)
                 seen = len(dispatches)
 
+    async def heartbeats(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self.agent.heartbeat(running=tuple(self.running))
+
     async def _run(self, d: Dispatch) -> None:
         self.agent.accept(d)
         with trio.CancelScope() as scope:
             self.running[(d.job_id, d.attempt)] = scope
             await trio.sleep(float(d.params.get("seconds", 0)))
-            self.agent.finish(d, exit_code=int(d.params.get("exit_code", 0)), result={"echo": d.params})
+            self.agent.finish(
+                d, exit_code=int(d.params.get("exit_code", 0)), result={"echo": d.params}
+            )
+        del self.running[(d.job_id, d.attempt)]
         if scope.cancelled_caught:
             self.agent.finish(d, exit_code=None, signal=15, reason=FinishReason.CANCELLED)
 
@@ -79,6 +89,7 @@ async def world(repo: Any, nursery: trio.Nursery, tmp_path: Path) -> World:
     harness = make_controller(repo)
     await nursery.start(harness.controller.run)
     watchdog = Watchdog(0.05)
+    trio.lowlevel.add_instrument(watchdog)
     runner = ActionRunner(
         repo=repo,
         library=ActionLibrary([tmp_path / "actions"]),
@@ -87,17 +98,29 @@ async def world(repo: Any, nursery: trio.Nursery, tmp_path: Path) -> World:
         watchdog=watchdog,
         nursery=nursery,
     )
-    w = World(harness, runner, harness.agent("a", slots=8), watchdog)
+    w = World(harness, runner, harness.agent("a", slots=8, silent=True), watchdog)
     nursery.start_soon(w.obey)
     nursery.start_soon(w.cancels)
     return w
 
 
-async def test_tasklets_share_params_in_priority_order(world: World, tmp_path: Path) -> None:
+async def test_tasklets_share_params_in_priority_order(
+    autojump_clock: MockClock, world: World, tmp_path: Path
+) -> None:
     """Every matching tasklet runs, in order, on one params dict; the last value returned wins."""
     root = tmp_path / "actions"
-    tasklet(root, "t.order", "a.py", "__priority__ = 2\nasync def main(ctx, p):\n    p['seen'].append('a')\n")
-    tasklet(root, "t.order", "b.py", "__priority__ = 1\nasync def main(ctx, p):\n    p['seen'] = ['b']\n")
+    tasklet(
+        root,
+        "t.order",
+        "a.py",
+        "__priority__ = 2\nasync def main(ctx, p):\n    p['seen'].append('a')\n",
+    )
+    tasklet(
+        root,
+        "t.order",
+        "b.py",
+        "__priority__ = 1\nasync def main(ctx, p):\n    p['seen'] = ['b']\n",
+    )
     tasklet(
         root,
         "t.order",
@@ -116,10 +139,17 @@ async def test_tasklets_share_params_in_priority_order(world: World, tmp_path: P
     assert skipped.state == "succeeded" and skipped.result is None
 
 
-async def test_actions_call_actions_and_rscripts_and_every_call_is_a_job(world: World, tmp_path: Path) -> None:
+async def test_actions_call_actions_and_rscripts_and_every_call_is_a_job(
+    autojump_clock: MockClock, world: World, tmp_path: Path
+) -> None:
     """A root action waits for a child action that runs an RScript; all three are recorded."""
     root = tmp_path / "actions"
-    tasklet(root, "t.parent", "main.py", "async def main(ctx, p):\n    return await ctx.call_action('t.child', n=2)\n")
+    tasklet(
+        root,
+        "t.parent",
+        "main.py",
+        "async def main(ctx, p):\n    return await ctx.call_action('t.child', n=2)\n",
+    )
     tasklet(
         root,
         "t.child",
@@ -137,7 +167,9 @@ async def test_actions_call_actions_and_rscripts_and_every_call_is_a_job(world: 
     assert job["descendants"] == {"succeeded": 2}
 
 
-async def test_start_without_waiting_then_join(world: World, tmp_path: Path) -> None:
+async def test_start_without_waiting_then_join(
+    autojump_clock: MockClock, world: World, tmp_path: Path
+) -> None:
     """Children started together run concurrently: ten 5-second jobs take 5 seconds."""
     root = tmp_path / "actions"
     tasklet(
@@ -156,11 +188,23 @@ async def test_start_without_waiting_then_join(world: World, tmp_path: Path) -> 
     assert trio.current_time() - start == pytest.approx(5.0)
 
 
-async def test_a_tasklet_that_raises_fails_its_job_with_one_line(world: World, tmp_path: Path) -> None:
+async def test_a_tasklet_that_raises_fails_its_job_with_one_line(
+    autojump_clock: MockClock, world: World, tmp_path: Path
+) -> None:
     """The error is recorded on the job, the parent sees it, the engine goes on."""
     root = tmp_path / "actions"
-    tasklet(root, "t.boom", "main.py", "async def main(ctx, p):\n    raise ValueError('no good\\nsecond line')\n")
-    tasklet(root, "t.caller", "main.py", "async def main(ctx, p):\n    await ctx.call_action('t.boom')\n")
+    tasklet(
+        root,
+        "t.boom",
+        "main.py",
+        "async def main(ctx, p):\n    raise ValueError('no good\\nsecond line')\n",
+    )
+    tasklet(
+        root,
+        "t.caller",
+        "main.py",
+        "async def main(ctx, p):\n    await ctx.call_action('t.boom')\n",
+    )
     done = await world.run("t.boom")
     assert (done.state, done.error) == ("failed", "no good")
     caller = await world.run("t.caller")
@@ -171,9 +215,16 @@ async def test_a_tasklet_that_raises_fails_its_job_with_one_line(world: World, t
     assert (await world.run("t.ok")).state == "succeeded"
 
 
-async def test_a_failed_rscript_fails_the_tasklet_unless_unchecked(world: World, tmp_path: Path) -> None:
+async def test_a_failed_rscript_fails_the_tasklet_unless_unchecked(
+    autojump_clock: MockClock, world: World, tmp_path: Path
+) -> None:
     root = tmp_path / "actions"
-    tasklet(root, "t.fail", "main.py", "async def main(ctx, p):\n    await ctx.rscript('sleep_echo', {'exit_code': 4})\n")
+    tasklet(
+        root,
+        "t.fail",
+        "main.py",
+        "async def main(ctx, p):\n    await ctx.rscript('sleep_echo', {'exit_code': 4})\n",
+    )
     tasklet(
         root,
         "t.tolerant",
@@ -186,20 +237,33 @@ async def test_a_failed_rscript_fails_the_tasklet_unless_unchecked(world: World,
     assert (await world.run("t.tolerant")).result == 4
 
 
-async def test_unknown_action_and_bad_params_are_refused_before_recording(world: World, tmp_path: Path) -> None:
-    tasklet(tmp_path / "actions", "t.typed", "main.py", "__params__ = {'n': int}\nasync def main(ctx, p):\n    pass\n")
+async def test_unknown_action_and_bad_params_are_refused_before_recording(
+    autojump_clock: MockClock, world: World, tmp_path: Path
+) -> None:
+    tasklet(
+        tmp_path / "actions",
+        "t.typed",
+        "main.py",
+        "__params__ = {'n': int}\nasync def main(ctx, p):\n    pass\n",
+    )
     with pytest.raises(UnknownAction):
         await world.runner.start("t.nothing", {})
     with pytest.raises(ParamTypeError, match="parameter 'n' must be int, got str"):
         await world.runner.start("t.typed", {"n": "x"})
-    count = await world.harness.repo.read(lambda c: c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+    count = await world.harness.repo.read(
+        lambda c: c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    )
     assert count == 0
 
 
-async def test_killing_an_action_kills_its_whole_tree(world: World, tmp_path: Path) -> None:
+async def test_killing_an_action_kills_its_whole_tree(
+    autojump_clock: MockClock, world: World, tmp_path: Path
+) -> None:
     """Kill the root: the child action and the RScripts it runs are cancelled, on the agent too."""
     root = tmp_path / "actions"
-    tasklet(root, "t.root", "main.py", "async def main(ctx, p):\n    await ctx.call_action('t.mid')\n")
+    tasklet(
+        root, "t.root", "main.py", "async def main(ctx, p):\n    await ctx.call_action('t.mid')\n"
+    )
     tasklet(
         root,
         "t.mid",
@@ -215,20 +279,26 @@ async def test_killing_an_action_kills_its_whole_tree(world: World, tmp_path: Pa
     await world.agent.receive(Dispatch, 3)
     await trio.sleep(1)
     await world.runner.kill(job_id)
-    done = await world.runner.wait(job_id)
+    with trio.fail_after(60):
+        done = await world.runner.wait(job_id)
     assert done.state == "cancelled"
-    await world.agent.receive(Cancel, 3)
+    with trio.fail_after(60):
+        await world.agent.receive(Cancel, 3)
     with trio.fail_after(10):
         while True:
             states = await world.harness.repo.read(
-                lambda c: dict(c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+                lambda c: dict(
+                    c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+                )
             )
             if states == {"cancelled": 5}:
                 break
             await trio.sleep(0.1)
 
 
-async def test_a_blocking_tasklet_is_reported_by_name(world: World, tmp_path: Path) -> None:
+async def test_a_blocking_tasklet_is_reported_by_name(
+    autojump_clock: MockClock, world: World, tmp_path: Path
+) -> None:
     """A tasklet that holds the loop past the threshold is named in the watchdog's report."""
     tasklet(
         tmp_path / "actions",
@@ -244,7 +314,7 @@ async def test_a_blocking_tasklet_is_reported_by_name(world: World, tmp_path: Pa
 
 
 async def test_a_resumed_action_replays_its_calls_without_running_them_again(
-    repo: Any, nursery: trio.Nursery, tmp_path: Path
+    autojump_clock: MockClock, repo: Any, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """An action interrupted by a shutdown is run again on the next start; the RScript it had
     finished is not dispatched again, the one it had not started is."""
@@ -279,7 +349,12 @@ async def test_a_resumed_action_replays_its_calls_without_running_them_again(
             with scope:
                 async with trio.open_nursery() as inner:
                     await inner.start(harness.controller.run)
-                    w = World(harness, runner, harness.agent(agent_name, slots=4), Watchdog(1))
+                    w = World(
+                        harness,
+                        runner,
+                        harness.agent(agent_name, slots=4, silent=True),
+                        Watchdog(1),
+                    )
                     holder.append(w)
                     inner.start_soon(w.obey)
                     inner.start_soon(w.cancels)
@@ -297,7 +372,11 @@ async def test_a_resumed_action_replays_its_calls_without_running_them_again(
     for run in list(first._runs.values()):
         run.scope.cancel()
     await trio.sleep(1)
-    assert (await repo.read(lambda c: c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()))[0] == "running"
+    assert (
+        await repo.read(
+            lambda c: c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+    )[0] == "running"
 
     second, w2, _ = await engine("b")
     assert await second.resume_unfinished() == 1

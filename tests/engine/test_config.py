@@ -30,7 +30,10 @@ def test_the_init_template_parses(tmp_path: Path) -> None:
         ("[agentz]\n", "wfe.toml: top level: unknown key(s) (agentz)"),
         ("[agents]\nslotz = 1", "wfe.toml: agents: unknown key(s) (slotz)"),
         ("[agents]\nslots = 0", "wfe.toml: agents.slots must be at least 1"),
-        ("[agents]\nheartbeat = 5.0\nheartbeat_deadline = 1.0", "heartbeat_deadline must be longer"),
+        (
+            "[agents]\nheartbeat = 5.0\nheartbeat_deadline = 1.0",
+            "heartbeat_deadline must be longer",
+        ),
         ("[engine]\nactions = [1]", "wfe.toml: engine.actions[0]: expected str"),
         ("[api]\nport = 70000", "api.port must be between 0 and 65535"),
         ("[api\n", "wfe.toml: "),

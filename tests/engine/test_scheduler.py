@@ -50,9 +50,14 @@ def test_requirements_are_matched() -> None:
             ready("needs-north", seq=1, site="north"),
         ]
     )
-    assert {(j.job_id, n) for j, n in assign(jobs, agents)} == {("needs-mem", "big"), ("needs-north", "small")}
+    assert {(j.job_id, n) for j, n in assign(jobs, agents)} == {
+        ("needs-mem", "big"),
+        ("needs-north", "small"),
+    }
     assert assign([ready("gpu", tags=["gpu"])], [offer("small", 1, tags=("linux",))]) == []
-    assert [n for _, n in assign([ready("pinned", on="b")], [offer("a", 5), offer("b", 1)])] == ["b"]
+    assert [n for _, n in assign([ready("pinned", on="b")], [offer("a", 5), offer("b", 1)])] == [
+        "b"
+    ]
 
 
 def test_a_job_that_cannot_be_placed_does_not_block_others() -> None:
@@ -72,7 +77,9 @@ def test_locality_prefers_the_agent_with_the_data() -> None:
 
 def test_cpus_take_several_slots() -> None:
     """A job asking for 2 cpus takes 2 slots."""
-    pairs = assign(ordered([ready("wide", seq=0, cpus=2), ready("narrow", seq=1)]), [offer("a", 2, slots=2)])
+    pairs = assign(
+        ordered([ready("wide", seq=0, cpus=2), ready("narrow", seq=1)]), [offer("a", 2, slots=2)]
+    )
     assert [j.job_id for j, _ in pairs] == ["wide"]
 
 
@@ -85,7 +92,10 @@ def test_assignment_invariants(jobs: list[tuple[int, int]], free: list[int]) -> 
     a job is left out only if every higher-or-equal one that fits was placed or none fit."""
     queue = ordered([ready(f"j{i}", p, i, cpus=c) for i, (p, c) in enumerate(jobs)])
     agents = [offer(f"a{i}", f, slots=4) for i, f in enumerate(free)]
-    pairs = assign(queue, [Offer(name=a.name, free_slots=a.free_slots, capabilities=a.capabilities) for a in agents])
+    pairs = assign(
+        queue,
+        [Offer(name=a.name, free_slots=a.free_slots, capabilities=a.capabilities) for a in agents],
+    )
     assert len({j.job_id for j, _ in pairs}) == len(pairs)
     for a in agents:
         used = sum(int(j.requirements.get("cpus", 1)) for j, n in pairs if n == a.name)

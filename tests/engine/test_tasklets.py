@@ -40,12 +40,23 @@ def test_user_roots_come_before_shipped_actions(tmp_path: Path) -> None:
         ("def main(ctx, params): pass\n", "needs `async def main(ctx, params)`"),
         ("async def main(ctx, params):\n  return (\n", "t.py:2: syntax error"),
         ("raise RuntimeError('boom')\n", "failed to load: RuntimeError: boom"),
-        ("__priority__ = 'high'\nasync def main(ctx, params): pass\n", "__priority__ must be an integer"),
-        ("__tags__ = 'x'\nasync def main(ctx, params): pass\n", "__tags__ must be a tuple of strings"),
-        ("__params__ = {'n': object}\nasync def main(ctx, params): pass\n", "__params__ must map names"),
+        (
+            "__priority__ = 'high'\nasync def main(ctx, params): pass\n",
+            "__priority__ must be an integer",
+        ),
+        (
+            "__tags__ = 'x'\nasync def main(ctx, params): pass\n",
+            "__tags__ must be a tuple of strings",
+        ),
+        (
+            "__params__ = {'n': object}\nasync def main(ctx, params): pass\n",
+            "__params__ must map names",
+        ),
     ],
 )
-def test_bad_tasklet_files_are_refused_with_one_line(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_tasklet_files_are_refused_with_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
     write(tmp_path, "bad.one", "t.py", text)
     with pytest.raises(TaskletError) as info:
         ActionLibrary([tmp_path]).get("bad.one")
@@ -63,7 +74,12 @@ def test_unknown_and_malformed_action_names(tmp_path: Path) -> None:
 
 def test_declared_params_are_checked(tmp_path: Path) -> None:
     """__params__ refuses a wrong type or an unknown name; ints pass as floats."""
-    write(tmp_path, "p.q", "t.py", "__params__ = {'n': int, 'x': float}\nasync def main(ctx, params): pass\n")
+    write(
+        tmp_path,
+        "p.q",
+        "t.py",
+        "__params__ = {'n': int, 'x': float}\nasync def main(ctx, params): pass\n",
+    )
     action = ActionLibrary([tmp_path]).get("p.q")
     action.check_params({"n": 3, "x": 2})
     with pytest.raises(ParamTypeError, match="action p.q: parameter 'n' must be int, got str"):
