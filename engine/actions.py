@@ -67,6 +67,7 @@ class Run:
     killed: bool = False
     next_call: int = 0
     scripts: list[str] = attrs.Factory(list)  # RScript jobs this run started
+    children: list[str] = attrs.Factory(list)  # every child job, to forget their outcomes at the end
 
     def kill_requested(self) -> bool:
         run: Run | None = self
@@ -154,6 +155,7 @@ class Context:
         job_id = await self._runner.start(
             name, params, parent=self._run, call_seq=self._next_call(), nursery=self._children
         )
+        self._run.children.append(job_id)
         return Handle(self._runner, job_id, "action")
 
     async def rscript(
@@ -182,6 +184,7 @@ class Context:
             **options,
         )
         self._run.scripts.append(job_id)
+        self._run.children.append(job_id)
         return Handle(self._runner, job_id, "rscript")
 
     async def sleep(self, seconds: float) -> None:
@@ -292,6 +295,8 @@ class ActionRunner:
         """Wait for a job to end (committed) and return its outcome. Raises ``UnknownJob``."""
 
         async def lookup() -> JobOutcome | None:
+            if job_id in self._runs or job_id in self.controller.jobs:
+                return None  # live here: its end will be resolved, no need to read
             job = await self.repo.read(read_job(job_id))
             if job is None:
                 raise UnknownJob(f"no job {job_id}")
@@ -373,6 +378,8 @@ class ActionRunner:
             await self._finish(job, "succeeded", result=result)
         finally:
             self._runs.pop(job.id, None)
+            for child in run.children:  # outcomes nobody joined would otherwise stay forever
+                self.completions.forget(child)
 
     async def _killed(self, run: Run) -> None:
         """Record a killed run, and cancel the RScripts it started on their agents."""

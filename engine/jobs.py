@@ -116,8 +116,8 @@ def create_job(new: NewJob) -> Callable[[Any], JobRow]:
         now = wall_now()
         tx.execute(
             "INSERT INTO jobs (id, kind, name, parent_id, root_id, call_seq, params, state, priority,"
-            " requirements, max_attempts, created_at, request_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " requirements, max_attempts, created_at, request_id, started_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 new.kind,
@@ -132,6 +132,7 @@ def create_job(new: NewJob) -> Callable[[Any], JobRow]:
                 new.max_attempts,
                 now,
                 new.request_id,
+                now if new.state == "running" else None,
             ),
         )
         data: dict[str, Any] = {

@@ -384,3 +384,24 @@ async def test_a_resumed_action_replays_its_calls_without_running_them_again(
     assert (done.state, done.result) == ("succeeded", ["one", "two"])
     messages = [d.params["message"] for d in w2.agent.of_type(Dispatch)]
     assert messages == ["two"]  # "one" came from the repository
+
+
+def test_garbage_collection_is_not_blamed_on_the_task() -> None:
+    """A step that was long only because the collector ran is not reported."""
+    import time
+
+    watchdog = Watchdog(0.05)
+    try:
+        task: Any = object()
+        watchdog.before_task_step(task)
+        watchdog._on_gc("start", {})
+        time.sleep(0.08)
+        watchdog._on_gc("stop", {})
+        watchdog.after_task_step(task)
+        assert watchdog.reports == []
+        watchdog.before_task_step(task)
+        time.sleep(0.08)
+        watchdog.after_task_step(task)
+        assert len(watchdog.reports) == 1
+    finally:
+        watchdog.close()
