@@ -392,7 +392,7 @@ def test_garbage_collection_is_not_blamed_on_the_task() -> None:
 
     watchdog = Watchdog(0.05)
     try:
-        task: Any = object()
+        task: Any = type("FakeTask", (), {"name": "some task"})()
         watchdog.before_task_step(task)
         watchdog._on_gc("start", {})
         time.sleep(0.08)
@@ -402,6 +402,6 @@ def test_garbage_collection_is_not_blamed_on_the_task() -> None:
         watchdog.before_task_step(task)
         time.sleep(0.08)
         watchdog.after_task_step(task)
-        assert len(watchdog.reports) == 1
+        assert [r.label for r in watchdog.reports] == ["some task"]
     finally:
         watchdog.close()
