@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import fcntl
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from engine import queries
 from engine.actions import ActionRunner
 from engine.config import Config
 from engine.controller import AgentController
+from engine.errors import EngineError
 from engine.jobs import Completions
 from engine.keys import load_signer
 from engine.local_transport import LocalAgents, serve_local_agents
@@ -88,7 +91,9 @@ class Engine:
     async def job(self, job_id: str) -> dict[str, Any]:
         return await self.repo.read(queries.job_detail(job_id))
 
-    async def jobs(self, *, limit: int = 50, state: str | None = None, root_only: bool = False) -> list[dict[str, Any]]:
+    async def jobs(
+        self, *, limit: int = 50, state: str | None = None, root_only: bool = False
+    ) -> list[dict[str, Any]]:
         return await self.repo.read(queries.job_list(limit=limit, state=state, root_only=root_only))
 
     async def output(self, job_id: str, *, attempt: int | None = None) -> bytes:
@@ -110,12 +115,35 @@ class Engine:
 async def open_engine(config: Config, *, start_local_agents: bool = True) -> AsyncIterator[Engine]:
     """Run an engine for ``config`` for the duration of the block."""
     config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _engine_lock(config.run_dir / "engine.lock"):
+        async with _run_engine(config, start_local_agents) as engine:
+            yield engine
+
+
+@contextmanager
+def _engine_lock(path: Path) -> Iterator[None]:
+    """Refuse to run two engines on one workspace (they would share one repository)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EngineError(f"another engine is running on this workspace (lock held: {path})") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@asynccontextmanager
+async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator[Engine]:
     repo_ctx = open_repository(config.repository_path)
     async with repo_ctx as repo:
 
         def report(blocked: BlockedReport) -> None:
             repo.write_nowait(
-                lambda tx: tx.emit("engine.blocked", blocked.label, {"seconds": round(blocked.seconds, 3)})
+                lambda tx: tx.emit(
+                    "engine.blocked", blocked.label, {"seconds": round(blocked.seconds, 3)}
+                )
             )
 
         watchdog = Watchdog(config.engine.blocking_threshold, on_report=report)
@@ -164,12 +192,17 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
                     from engine.xmpp_transport import serve_xmpp_agents
 
                     agents = config.xmpp.agents
-                    await nursery.start(functools.partial(serve_xmpp_agents, controller, xmpp, agents=agents))
+                    await nursery.start(
+                        functools.partial(serve_xmpp_agents, controller, xmpp, agents=agents)
+                    )
                 resumed = await runner.resume_unfinished()
                 if resumed:
                     log.info("resumed %d unfinished action(s)", resumed)
                 requests = RequestService(
-                    repo=repo, controller=controller, runner=runner, products_root=config.root / "products"
+                    repo=repo,
+                    controller=controller,
+                    runner=runner,
+                    products_root=config.root / "products",
                 )
                 await nursery.start(requests.run)
                 engine = Engine(
@@ -189,6 +222,7 @@ async def open_engine(config: Config, *, start_local_agents: bool = True) -> Asy
                     nursery.cancel_scope.cancel()
         finally:
             trio.lowlevel.remove_instrument(watchdog)
+            watchdog.close()
 
 
 async def _xmpp_settings(config: Config) -> Any:

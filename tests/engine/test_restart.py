@@ -132,3 +132,15 @@ async def test_sigkill_mid_workload_then_restart_reconciles(tmp_path: Path) -> N
         # agents of the first engine that outlived it exit when asked by the second, or after
         # their give-up time; make sure none is left behind by this test
         subprocess.run(["pkill", "-f", str(config.agents_dir)], check=False)
+
+
+async def test_two_engines_cannot_share_a_workspace(tmp_path: Path) -> None:
+    """The second engine on one workspace is refused with one line naming the lock."""
+    from engine.daemon import open_engine
+    from engine.errors import EngineError
+
+    config = make_workspace(tmp_path / "ws", agents=0)
+    async with open_engine(config):
+        with pytest.raises(EngineError, match="another engine is running on this workspace"):
+            async with open_engine(config):
+                pass  # pragma: no cover
