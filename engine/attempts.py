@@ -30,7 +30,11 @@ def attempts_dispatched(machines: Sequence[AttemptMachine]) -> Callable[[Any], N
                 " WHERE id = ?",
                 (m.attempt, now, m.job_id),
             )
-            tx.emit("attempt.state", m.job_id, {"attempt": m.attempt, "state": m.state.value, "agent": m.agent})
+            tx.emit(
+                "attempt.state",
+                m.job_id,
+                {"attempt": m.attempt, "state": m.state.value, "agent": m.agent},
+            )
 
     return op
 
@@ -41,7 +45,11 @@ def attempt_started(m: AttemptMachine) -> Callable[[Any], None]:
             "UPDATE attempts SET state = ?, started_at = ? WHERE job_id = ? AND attempt = ?",
             (m.state.value, wall_now(), m.job_id, m.attempt),
         )
-        tx.emit("attempt.state", m.job_id, {"attempt": m.attempt, "state": m.state.value, "agent": m.agent})
+        tx.emit(
+            "attempt.state",
+            m.job_id,
+            {"attempt": m.attempt, "state": m.state.value, "agent": m.agent},
+        )
 
     return op
 
@@ -84,7 +92,13 @@ def attempt_ended(
         if job_state is not None:
             tx.execute(
                 "UPDATE jobs SET state = ?, ended_at = ?, result = ?, error = ? WHERE id = ?",
-                (job_state, now, None if result is None else json.dumps(result), job_error, m.job_id),
+                (
+                    job_state,
+                    now,
+                    None if result is None else json.dumps(result),
+                    job_error,
+                    m.job_id,
+                ),
             )
             event: dict[str, Any] = {"state": job_state}
             if job_error:
@@ -110,7 +124,11 @@ def job_ended_without_attempt(job_id: str, state: str, error: str) -> Callable[[
 def job_requeued(job_id: str, attempt: int, delay: float) -> Callable[[Any], None]:
     def op(tx: Any) -> None:
         tx.execute("UPDATE jobs SET state = 'queued' WHERE id = ?", (job_id,))
-        tx.emit("job.state", job_id, {"state": "queued", "retry_after": delay, "next_attempt": attempt + 1})
+        tx.emit(
+            "job.state",
+            job_id,
+            {"state": "queued", "retry_after": delay, "next_attempt": attempt + 1},
+        )
 
     return op
 
@@ -125,7 +143,9 @@ def output_stored(chunk: OutputChunk) -> Callable[[Any], None]:
     return op
 
 
-def agent_seen(name: str, transport: str, capabilities: dict[str, Any], state: str) -> Callable[[Any], None]:
+def agent_seen(
+    name: str, transport: str, capabilities: dict[str, Any], state: str
+) -> Callable[[Any], None]:
     def op(tx: Any) -> None:
         now = wall_now()
         tx.execute(
@@ -141,7 +161,9 @@ def agent_seen(name: str, transport: str, capabilities: dict[str, Any], state: s
 
 def agent_state(name: str, state: str, detail: str = "") -> Callable[[Any], None]:
     def op(tx: Any) -> None:
-        tx.execute("UPDATE agents SET state = ?, last_seen = ? WHERE name = ?", (state, wall_now(), name))
+        tx.execute(
+            "UPDATE agents SET state = ?, last_seen = ? WHERE name = ?", (state, wall_now(), name)
+        )
         tx.emit("agent.state", name, {"state": state, **({"detail": detail} if detail else {})})
 
     return op
@@ -156,7 +178,17 @@ def last_attempt(job_id: str) -> Callable[[Any], dict[str, Any] | None]:
         ).fetchone()
         if row is None:
             return None
-        keys = ("attempt", "state", "agent", "exit_code", "signal", "reason", "detail", "duration", "result")
+        keys = (
+            "attempt",
+            "state",
+            "agent",
+            "exit_code",
+            "signal",
+            "reason",
+            "detail",
+            "duration",
+            "result",
+        )
         record = dict(zip(keys, row, strict=True))
         record["result"] = None if record["result"] is None else json.loads(record["result"])
         return record
@@ -167,7 +199,8 @@ def last_attempt(job_id: str) -> Callable[[Any], dict[str, Any] | None]:
 def output_count(job_id: str, attempt: int) -> Callable[[Any], int]:
     def fn(conn: Any) -> int:
         row = conn.execute(
-            "SELECT COALESCE(MAX(seq) + 1, 0) FROM output WHERE job_id = ? AND attempt = ?", (job_id, attempt)
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM output WHERE job_id = ? AND attempt = ?",
+            (job_id, attempt),
         ).fetchone()
         return int(row[0])
 

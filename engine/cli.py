@@ -74,7 +74,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     path.write_text(DEFAULT_TOML.format(port=args.port, local=args.local, slots=args.slots))
     config = load_config(path)
     create_secrets(config)
-    print(f"wrote {path}, the signing key and the console token ({config.path(config.api.token_file)}, mode 0600)")
+    print(
+        f"wrote {path}, the signing key and the console token ({config.path(config.api.token_file)}, mode 0600)"
+    )
     print(f"start the engine with: wfe engine --config {path}")
     return 0
 
@@ -106,7 +108,12 @@ async def run_engine_process(config: Config, *, ready: Callable[[int], None] | N
             )
             (config.run_dir / "api.port").write_text(f"{port}\n")
             (config.run_dir / "engine.pid").write_text(f"{os.getpid()}\n")
-            log.info("engine ready: repository %s, console ws://%s:%d/", config.repository_path, config.api.host, port)
+            log.info(
+                "engine ready: repository %s, console ws://%s:%d/",
+                config.repository_path,
+                config.api.host,
+                port,
+            )
             if ready is not None:
                 ready(port)
             async for signum in signals:
@@ -147,7 +154,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     job_id, done = trio.run(go)
     if args.json:
-        print(json.dumps({"job": job_id, **({"state": done["state"], "error": done["error"]} if done else {})}))
+        print(
+            json.dumps(
+                {
+                    "job": job_id,
+                    **({"state": done["state"], "error": done["error"]} if done else {}),
+                }
+            )
+        )
     elif done is None:
         print(job_id)
     else:
@@ -171,7 +185,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         print_table(
             [
-                {"job": j["id"], "name": j["name"], "state": j["state"], "error": (j["error"] or "")[:60]}
+                {
+                    "job": j["id"],
+                    "name": j["name"],
+                    "state": j["state"],
+                    "error": (j["error"] or "")[:60],
+                }
                 for j in result["jobs"]
             ]
         )
@@ -193,7 +212,12 @@ def _watch_status(args: argparse.Namespace) -> int:
                     if result["state"] in ("succeeded", "failed", "cancelled"):
                         return
                 else:
-                    print_table([{"job": j["id"], "name": j["name"], "state": j["state"]} for j in result["jobs"]])
+                    print_table(
+                        [
+                            {"job": j["id"], "name": j["name"], "state": j["state"]}
+                            for j in result["jobs"]
+                        ]
+                    )
                 await trio.sleep(1)
 
     trio.run(go)
@@ -202,7 +226,9 @@ def _watch_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     if not args.follow:
-        result = _call(args, "logs", job=args.job, **({"attempt": args.attempt} if args.attempt else {}))
+        result = _call(
+            args, "logs", job=args.job, **({"attempt": args.attempt} if args.attempt else {})
+        )
         sys.stdout.write(result["output"])
         return 0
     from engine.client import connect_config
@@ -237,7 +263,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
                     "transport": a["transport"],
                     "slots": f"{a['slots'] - a['free_slots']}/{a['slots']}",
                     "site": a["site"],
-                    "running": " ".join(a["running"][:4]) + (" ..." if len(a["running"]) > 4 else ""),
+                    "running": " ".join(a["running"][:4])
+                    + (" ..." if len(a["running"]) > 4 else ""),
                 }
                 for a in agents
             ]
@@ -262,7 +289,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from rscripts.loader import ScriptLibrary
 
     definition = load_definition(Path(args.file))
-    unknown = check_rscripts(definition, ScriptLibrary.scan([Path(args.file).parent / "rscripts"]).__contains__)
+    unknown = check_rscripts(
+        definition, ScriptLibrary.scan([Path(args.file).parent / "rscripts"]).__contains__
+    )
     if unknown:
         raise EngineError(unknown[0])
     if args.json:
@@ -287,25 +316,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
-    return run_demo(files=args.files, agents=args.agents, keep=not args.clean, seconds_per_job=args.seconds)
+    return run_demo(
+        files=args.files, agents=args.agents, keep=not args.clean, seconds_per_job=args.seconds
+    )
 
 
 # --- the parser ----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wfe", description="wfe: a workflow engine for science data processing")
+    parser = argparse.ArgumentParser(
+        prog="wfe", description="wfe: a workflow engine for science data processing"
+    )
     parser.add_argument("--version", action="version", version=f"wfe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Command, help: str, *, config: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if config:
-            p.add_argument("--config", help=f"path of {CONFIG_NAME} (default: $WFE_CONFIG or ./{CONFIG_NAME})")
+            p.add_argument(
+                "--config", help=f"path of {CONFIG_NAME} (default: $WFE_CONFIG or ./{CONFIG_NAME})"
+            )
         p.set_defaults(fn=fn)
         return p
 
-    p = add("init", cmd_init, "write a wfe.toml with working defaults, a signing key and a token", config=False)
+    p = add(
+        "init",
+        cmd_init,
+        "write a wfe.toml with working defaults, a signing key and a token",
+        config=False,
+    )
     p.add_argument("directory", nargs="?", default=".")
     p.add_argument("--port", type=int, default=8765, help="console port (0: any free port)")
     p.add_argument("--local", type=int, default=2, help="local agents to start")
@@ -319,17 +359,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.add_help = False
 
-    p = add("demo", cmd_demo, "run a sample workflow on a temporary workspace with two local agents", config=False)
-    p.add_argument("--files", type=int, default=12, help="data files the sample makes and inspects (2 RScripts each)")
+    p = add(
+        "demo",
+        cmd_demo,
+        "run a sample workflow on a temporary workspace with two local agents",
+        config=False,
+    )
+    p.add_argument(
+        "--files",
+        type=int,
+        default=12,
+        help="data files the sample makes and inspects (2 RScripts each)",
+    )
     p.add_argument("--agents", type=int, default=2, help="local agents")
     p.add_argument("--seconds", type=float, default=0.2, help="how long each sample job sleeps")
     p.add_argument("--clean", action="store_true", help="delete the workspace afterwards")
 
     p = add("run", cmd_run, "start an action (or with --rscript, one RScript) and print its job id")
-    p.add_argument("target", help="action name, e.g. demo.survey (or an RScript name with --rscript)")
-    p.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="a parameter (JSON or text)")
+    p.add_argument(
+        "target", help="action name, e.g. demo.survey (or an RScript name with --rscript)"
+    )
+    p.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter (JSON or text)",
+    )
     p.add_argument("--rscript", action="store_true", help="run an RScript directly")
-    p.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded"
+    )
     p.add_argument("--json", action="store_true")
 
     p = add("status", cmd_status, "show the engine's state, or one job")
@@ -348,11 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("kill", cmd_kill, "cancel a job and everything it started")
     p.add_argument("job")
 
-    p = add("validate", cmd_validate, "check a workflow definition and print its expanded form", config=False)
+    p = add(
+        "validate",
+        cmd_validate,
+        "check a workflow definition and print its expanded form",
+        config=False,
+    )
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
 
-    sub.add_parser("xmpp-dev-server", help="run a local Prosody for development (see --help)", add_help=False)
+    sub.add_parser(
+        "xmpp-dev-server", help="run a local Prosody for development (see --help)", add_help=False
+    )
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(add)
     return parser

@@ -239,7 +239,9 @@ class AgentController:
             )
         )
         if job.finished:
-            self.completions.resolve(JobOutcome(job_id=job.id, state=job.state, result=job.result, error=job.error))
+            self.completions.resolve(
+                JobOutcome(job_id=job.id, state=job.state, result=job.result, error=job.error)
+            )
         elif job.id not in self.jobs:
             self._enqueue(self._adopt(job))
         return job.id
@@ -270,7 +272,9 @@ class AgentController:
         heapq.heappush(self._ready, (-job.priority, job.seq, job.job_id, job.queued_token))
         if self.defaults.wait_agent_timeout > 0:
             self._schedule(
-                trio.current_time() + self.defaults.wait_agent_timeout, "wait", (job.job_id, job.queued_token)
+                trio.current_time() + self.defaults.wait_agent_timeout,
+                "wait",
+                (job.job_id, job.queued_token),
             )
         self._work.set()
 
@@ -292,11 +296,15 @@ class AgentController:
         self._schedule_attempt(job)
         entry = self.agents.get(machine.agent or "")
         if entry is not None and entry.link is not None and job.sent:
-            entry.link.send_nowait(Cancel(job_id=job.job_id, attempt=machine.attempt, reason=reason))
+            entry.link.send_nowait(
+                Cancel(job_id=job.job_id, attempt=machine.attempt, reason=reason)
+            )
 
     async def _end_unattempted(self, job: LiveJob, state: str, error: str) -> None:
         await self.repo.write(ops.job_ended_without_attempt(job.job_id, state, error))
-        self.completions.resolve(JobOutcome(job_id=job.job_id, state=state, error=error), keep=job.parent_id is not None)
+        self.completions.resolve(
+            JobOutcome(job_id=job.job_id, state=state, error=error), keep=job.parent_id is not None
+        )
 
     async def last_attempt(self, job_id: str) -> dict[str, Any] | None:
         return await self.repo.read(ops.last_attempt(job_id))
@@ -317,7 +325,13 @@ class AgentController:
             if job is None or job.queued_token != token or job.active:
                 continue  # stale entry
             popped.append(item)
-            yield Ready(job_id=job_id, priority=job.priority, seq=seq, requirements=job.requirements, on=job.on)
+            yield Ready(
+                job_id=job_id,
+                priority=job.priority,
+                seq=seq,
+                requirements=job.requirements,
+                on=job.on,
+            )
 
     async def _dispatch_round(self) -> None:
         offers = [
@@ -369,7 +383,9 @@ class AgentController:
             job.sent = True
             self.dispatched_total += 1
             self._schedule_attempt(job)
-        self._work.set() if self._ready and any(a.free_slots for a in self.agents.values()) else None
+        self._work.set() if self._ready and any(
+            a.free_slots for a in self.agents.values()
+        ) else None
 
     def _dispatch_message(self, job: LiveJob) -> Dispatch:
         assert job.machine is not None
@@ -419,7 +435,9 @@ class AgentController:
         caps = attrs.asdict(hello.capabilities)
         self.repo.write_nowait(ops.agent_seen(hello.name, transport, caps, "connected"))
         self._schedule(now + self.settings.heartbeat_deadline, "agent", hello.name)
-        log.info("agent %s connected (%s, %d slots)", hello.name, transport, hello.capabilities.slots)
+        log.info(
+            "agent %s connected (%s, %d slots)", hello.name, transport, hello.capabilities.slots
+        )
         self._work.set()
 
     async def _resume_output(self, entry: AgentEntry, job_id: str, attempt: int) -> None:
@@ -456,7 +474,11 @@ class AgentController:
             case AgentHello():
                 log.warning("agent %s sent a second hello on one connection; ignored", name)
             case _:
-                log.warning("agent %s sent %s, which only the engine sends; ignored", name, type(message).__name__)
+                log.warning(
+                    "agent %s sent %s, which only the engine sends; ignored",
+                    name,
+                    type(message).__name__,
+                )
 
     def _current(self, entry: AgentEntry, job_id: str, attempt: int) -> LiveJob | None:
         job = entry.attempts.get((job_id, attempt))
@@ -470,7 +492,13 @@ class AgentController:
             return
         event = event_from_message(message, at=trio.current_time())
         if isinstance(message, JobRefused):
-            log.warning("agent %s refused %s#%d: %s", entry.name, message.job_id, message.attempt, message.reason)
+            log.warning(
+                "agent %s refused %s#%d: %s",
+                entry.name,
+                message.job_id,
+                message.attempt,
+                message.reason,
+            )
             self._attempt_over(job, event, None)
             return
         assert job.machine is not None
@@ -484,7 +512,12 @@ class AgentController:
         if job is None:
             # A report for an attempt already settled (a duplicate, or one we gave up on as
             # lost): acknowledge it so the agent drops it, and change nothing.
-            log.info("stale result for %s#%d from %s acknowledged", message.job_id, message.attempt, entry.name)
+            log.info(
+                "stale result for %s#%d from %s acknowledged",
+                message.job_id,
+                message.attempt,
+                entry.name,
+            )
             if entry.link is not None:
                 entry.link.send_nowait(Ack(job_id=message.job_id, attempt=message.attempt))
             return
@@ -496,7 +529,11 @@ class AgentController:
         for key, job in list(entry.attempts.items()):
             # Messages on a link keep their order, so an attempt the agent accepted and that is
             # in neither list has vanished from it (e.g. the agent restarted).
-            if job.machine is not None and job.machine.state is AttemptState.RUNNING and key not in known:
+            if (
+                job.machine is not None
+                and job.machine.state is AttemptState.RUNNING
+                and key not in known
+            ):
                 self._attempt_over(job, AgentLost(at=now), None)
 
     def _output(self, chunk: OutputChunk) -> None:
@@ -509,7 +546,9 @@ class AgentController:
             except trio.BrokenResourceError:
                 self._output_watchers[chunk.job_id].discard(channel)
 
-    def watch_output(self, job_id: str, channel: trio.MemorySendChannel[OutputChunk]) -> Callable[[], None]:
+    def watch_output(
+        self, job_id: str, channel: trio.MemorySendChannel[OutputChunk]
+    ) -> Callable[[], None]:
         """Receive ``job_id``'s output chunks live on ``channel``; call the result to stop."""
         self._output_watchers.setdefault(job_id, set()).add(channel)
 
@@ -545,7 +584,9 @@ class AgentController:
         if state is AttemptState.SUCCEEDED:
             job_state = "succeeded"
         elif state is AttemptState.CANCELLED:
-            job_state, error = ("failed", job.fail_reason) if job.fail_reason else ("cancelled", "cancelled")
+            job_state, error = (
+                ("failed", job.fail_reason) if job.fail_reason else ("cancelled", "cancelled")
+            )
         else:
             if state is AttemptState.LOST:
                 job.lost += 1
@@ -575,11 +616,15 @@ class AgentController:
             await self.repo.write(ops.attempt_ended(machine, finished, job_state=None))
             self.repo.write_nowait(ops.job_requeued(job.job_id, machine.attempt, retry_delay))
             if retry_delay > 0:
-                self._schedule(trio.current_time() + retry_delay, "ready", (job.job_id, machine.attempt))
+                self._schedule(
+                    trio.current_time() + retry_delay, "ready", (job.job_id, machine.attempt)
+                )
             else:
                 self._enqueue(job)
         else:
-            await self.repo.write(ops.attempt_ended(machine, finished, job_state=job_state, job_error=error))
+            await self.repo.write(
+                ops.attempt_ended(machine, finished, job_state=job_state, job_error=error)
+            )
             self.jobs.pop(job.job_id, None)
             result = finished.result if finished else None
             self.completions.resolve(
@@ -626,7 +671,9 @@ class AgentController:
                 if event is not None:
                     entry = self.agents.get(job.machine.agent or "")
                     if entry is not None and entry.link is not None:
-                        entry.link.send_nowait(Cancel(job_id=job_id, attempt=attempt, reason="deadline passed"))
+                        entry.link.send_nowait(
+                            Cancel(job_id=job_id, attempt=attempt, reason="deadline passed")
+                        )
                     self._attempt_over(job, event, None)
         elif kind == "ready":
             job_id, attempt = key
@@ -640,7 +687,9 @@ class AgentController:
                 job.queued_token += 1
                 self.jobs.pop(job_id, None)
                 wait = self.defaults.wait_agent_timeout
-                self._spawn(self._end_unattempted, job, "failed", f"no agent took it within {wait:g} s")
+                self._spawn(
+                    self._end_unattempted, job, "failed", f"no agent took it within {wait:g} s"
+                )
         elif kind == "overall":
             job = self.jobs.get(key)
             if job is not None:
@@ -691,7 +740,9 @@ class AgentController:
             try:
                 self.scripts.get(row.name)
             except LookupError as exc:
-                await self.repo.write(ops.job_ended_without_attempt(row.id, "failed", f"after restart: {exc}"))
+                await self.repo.write(
+                    ops.job_ended_without_attempt(row.id, "failed", f"after restart: {exc}")
+                )
                 counts["failed"] += 1
                 continue
             job = self._adopt(row)
@@ -700,7 +751,10 @@ class AgentController:
             job.lost = attempt["lost"] if attempt else 0
             if attempt and attempt["state"] in ("dispatched", "running", "cancelling"):
                 machine = AttemptMachine(
-                    job_id=row.id, attempt=attempt["attempt"], timeout=job.timeout, grace=self._grace
+                    job_id=row.id,
+                    attempt=attempt["attempt"],
+                    timeout=job.timeout,
+                    grace=self._grace,
                 )
                 machine.handle(Dispatched(agent=attempt["agent"], at=now))
                 if attempt["state"] != "dispatched":
@@ -709,9 +763,15 @@ class AgentController:
                 job.sent = True
                 entry = self.agents.setdefault(
                     attempt["agent"],
-                    AgentEntry(name=attempt["agent"], capabilities=Capabilities(slots=1), transport="unknown"),
+                    AgentEntry(
+                        name=attempt["agent"],
+                        capabilities=Capabilities(slots=1),
+                        transport="unknown",
+                    ),
                 )
-                entry.last_heard = now - self.settings.heartbeat_deadline + self.settings.reconcile_grace
+                entry.last_heard = (
+                    now - self.settings.heartbeat_deadline + self.settings.reconcile_grace
+                )
                 entry.attempts[(row.id, machine.attempt)] = job
                 self._schedule_attempt(job)
                 counts["awaiting_agent"] += 1

@@ -37,7 +37,9 @@ def make_workspace(directory: Path, *, agents: int, slots: int = 2) -> Config:
 def run_demo(*, files: int, agents: int, keep: bool = True, seconds_per_job: float = 0.2) -> int:
     workspace = Path(tempfile.mkdtemp(prefix="wfe-demo-"))
     config = make_workspace(workspace, agents=agents)
-    print(f"wfe demo: workspace {workspace}, {agents} local agents, {files} files -> {2 * files + 1} RScripts")
+    print(
+        f"wfe demo: workspace {workspace}, {agents} local agents, {files} files -> {2 * files + 1} RScripts"
+    )
     try:
         ok = trio.run(_demo, config, files, seconds_per_job)
     finally:
@@ -81,13 +83,19 @@ async def _progress(engine: Any, job_id: str) -> None:
         line = (
             f"  rscripts: {states['succeeded']} succeeded, {states['running']} running, {states['queued']} queued,"
             f" {states['failed']} failed"
-            + (f"  [{', '.join(f'{a}: {n}' for a, n in sorted(per_agent.items()))}]" if per_agent else "")
+            + (
+                f"  [{', '.join(f'{a}: {n}' for a, n in sorted(per_agent.items()))}]"
+                if per_agent
+                else ""
+            )
         )
         print(("\r" + line.ljust(100)) if tty else line, end="" if tty else "\n", flush=True)
         await trio.sleep(0.2 if tty else 1.0)
 
 
-def _summary(config: Config, rows: list[dict[str, Any]], detail: dict[str, Any], elapsed: float) -> None:
+def _summary(
+    config: Config, rows: list[dict[str, Any]], detail: dict[str, Any], elapsed: float
+) -> None:
     if sys.stdout.isatty():
         print("\r" + " " * 100 + "\r", end="")
     print(
@@ -109,7 +117,10 @@ def _summary(config: Config, rows: list[dict[str, Any]], detail: dict[str, Any],
     states = Counter(r["state"] for r in rows)
     agents = Counter(r["agent"] for r in rows)
     print()
-    print(f"{detail['id']} demo.survey: {detail['state']}" + (f" ({detail['error']})" if detail["error"] else ""))
+    print(
+        f"{detail['id']} demo.survey: {detail['state']}"
+        + (f" ({detail['error']})" if detail["error"] else "")
+    )
     if detail.get("result"):
         print(f"result: {detail['result']}")
     print(f"rscript jobs: {len(rows)} ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})")

@@ -60,4 +60,6 @@ def read_token(config: Config) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no token file (run `wfe init` or start the engine once)") from None
+        raise ConfigError(
+            f"{path}: no token file (run `wfe init` or start the engine once)"
+        ) from None

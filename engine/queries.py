@@ -49,17 +49,20 @@ def job_detail(job_id: str) -> Callable[[Any], dict[str, Any]]:
         detail["attempt_list"] = [
             dict(zip(_ATTEMPT_KEYS, r, strict=True))
             for r in conn.execute(
-                f"SELECT {', '.join(_ATTEMPT_KEYS)} FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,)
+                f"SELECT {', '.join(_ATTEMPT_KEYS)} FROM attempts WHERE job_id = ? ORDER BY attempt",
+                (job_id,),
             )
         ]
         detail["children"] = [
             {"id": r[0], "kind": r[1], "name": r[2], "state": r[3]}
             for r in conn.execute(
-                "SELECT id, kind, name, state FROM jobs WHERE parent_id = ? ORDER BY call_seq", (job_id,)
+                "SELECT id, kind, name, state FROM jobs WHERE parent_id = ? ORDER BY call_seq",
+                (job_id,),
             )
         ]
         counts = conn.execute(
-            "SELECT state, COUNT(*) FROM jobs WHERE root_id = ? AND id != ? GROUP BY state", (job_id, job_id)
+            "SELECT state, COUNT(*) FROM jobs WHERE root_id = ? AND id != ? GROUP BY state",
+            (job_id, job_id),
         ).fetchall()
         detail["descendants"] = dict(counts)
         return detail
@@ -67,7 +70,9 @@ def job_detail(job_id: str) -> Callable[[Any], dict[str, Any]]:
     return fn
 
 
-def job_list(*, limit: int, state: str | None, root_only: bool) -> Callable[[Any], list[dict[str, Any]]]:
+def job_list(
+    *, limit: int, state: str | None, root_only: bool
+) -> Callable[[Any], list[dict[str, Any]]]:
     def fn(conn: Any) -> list[dict[str, Any]]:
         where, args = [], []
         if state is not None:
@@ -90,7 +95,9 @@ def job_output(job_id: str, attempt: int | None) -> Callable[[Any], bytes]:
     def fn(conn: Any) -> bytes:
         n = attempt
         if n is None:
-            row = conn.execute("SELECT MAX(attempt) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT MAX(attempt) FROM attempts WHERE job_id = ?", (job_id,)
+            ).fetchone()
             if row[0] is None:
                 if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                     raise UnknownJob(f"no job {job_id}")
@@ -141,7 +148,8 @@ def agent_table(controller: AgentController) -> list[dict[str, Any]]:
 def events_for(subject: str, limit: int = 200) -> Callable[[Any], list[dict[str, Any]]]:
     def fn(conn: Any) -> list[dict[str, Any]]:
         rows = conn.execute(
-            "SELECT id, at, kind, data FROM events WHERE subject = ? ORDER BY id LIMIT ?", (subject, limit)
+            "SELECT id, at, kind, data FROM events WHERE subject = ? ORDER BY id LIMIT ?",
+            (subject, limit),
         ).fetchall()
         return [{"id": r[0], "at": r[1], "kind": r[2], "data": json.loads(r[3])} for r in rows]
 

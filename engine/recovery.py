@@ -9,7 +9,9 @@ from engine.jobs import JOB_COLUMNS, JobRow, job_from_row
 from protocols.messages import Capabilities
 
 
-def load_unfinished(conn: Any) -> tuple[list[tuple[JobRow, dict[str, Any] | None]], dict[str, Capabilities]]:
+def load_unfinished(
+    conn: Any,
+) -> tuple[list[tuple[JobRow, dict[str, Any] | None]], dict[str, Capabilities]]:
     """Return every unfinished RScript job with a summary of its attempts, and the agents
     not known to be lost. Runs on a read connection."""
     rows = conn.execute(
@@ -27,7 +29,8 @@ def load_unfinished(conn: Any) -> tuple[list[tuple[JobRow, dict[str, Any] | None
         attempt: dict[str, Any] | None = None
         if summary[0] is not None:
             last = conn.execute(
-                "SELECT state, agent FROM attempts WHERE job_id = ? AND attempt = ?", (job.id, summary[0])
+                "SELECT state, agent FROM attempts WHERE job_id = ? AND attempt = ?",
+                (job.id, summary[0]),
             ).fetchone()
             attempt = {
                 "attempt": summary[0],

@@ -74,8 +74,12 @@ class Action:
             expected = self.params.get(key)
             if expected is None:
                 known = ", ".join(sorted(self.params))
-                raise ParamTypeError(f"action {self.name}: unknown parameter {key!r} (known: {known})")
-            ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
+                raise ParamTypeError(
+                    f"action {self.name}: unknown parameter {key!r} (known: {known})"
+                )
+            ok = isinstance(value, expected) and not (
+                isinstance(value, bool) and expected is not bool
+            )
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 ok = True
             if not ok:
@@ -100,7 +104,9 @@ class ActionLibrary:
         if name in self._cache:
             return self._cache[name]
         if not _NAME.match(name):
-            raise UnknownAction(f"bad action name {name!r}: expected <domain>.<action>, e.g. demo.survey")
+            raise UnknownAction(
+                f"bad action name {name!r}: expected <domain>.<action>, e.g. demo.survey"
+            )
         domain, action = name.split(".")
         for root in self.roots:
             folder = root / domain / action
@@ -165,7 +171,9 @@ def _load_file(action: str, path: Path) -> Tasklet:
     if not isinstance(declared, dict) or not all(
         isinstance(k, str) and v in _PARAM_TYPES for k, v in declared.items()
     ):
-        raise TaskletError(f"{path}: __params__ must map names to one of int, float, str, bool, list, dict")
+        raise TaskletError(
+            f"{path}: __params__ must map names to one of int, float, str, bool, list, dict"
+        )
     return Tasklet(
         params=dict(declared),
         name=f"{action}/{path.stem}",
