@@ -7,16 +7,21 @@ Every held result is sent again right after the hello, until the engine ``Ack``s
 
 Per session (``Agent.serve``): hello, then the held results, then one message at a time
 from the engine, and an ``AgentStatus`` every ``heartbeat`` seconds. A ``Dispatch`` is
-checked in this order: signature (or, without a trusted key, the script's sha256); an
-attempt already running is a duplicate and is ignored; an attempt already spooled is a
-redelivery and gets its stored result without running again; then a free slot and enough
-memory, else ``JobRefused``. An accepted attempt sends ``JobAccepted`` (before any of its
-output), its ``OutputChunk``s (each appended to the spool first), and ``JobFinished``
-(stored in the spool first). A script that cannot be started gets ``JobFinished`` with
-reason ``ERROR`` and no ``JobAccepted``.
+checked at once, in this order: signature (or, without a trusted key, the script's sha256);
+an attempt already running (or starting) is a duplicate and is ignored; an attempt already
+spooled is a redelivery and gets its stored result without running again; then a free slot
+and enough memory, else ``JobRefused``. An accepted attempt takes its slot there and then,
+and is started in a task of its own, so the next message is read while it starts. It sends
+``JobAccepted`` (before any of its output), its ``OutputChunk``s (each appended to the spool
+first), and ``JobFinished`` (stored durably in the spool first). A script that cannot be
+started, or is cancelled before it starts, gets ``JobFinished`` and no ``JobAccepted``. An
+``Ack``'s spool drop runs in the background; from the ``Ack`` on, the attempt is no longer
+listed as held, and a ``StatusRequest`` is answered once pending drops are done.
 
-All sends go through one lock, so the messages of a session keep a simple order: the hello
-first, an attempt's ``JobAccepted`` before its chunks, a replay (``Resume``) in one piece.
+Every send goes through one lock, held for the send alone, so a message is never cut by
+another. Order within an attempt comes from the attempt's own output lock: ``JobAccepted``
+before its chunks, its chunks before ``JobFinished``, a replay (``Resume``) in one piece. The
+hello goes first in a session.
 """
 
 from __future__ import annotations
@@ -105,6 +110,9 @@ class Agent:
         self._running: dict[AttemptRef, _Running] = {}
         self._link: Link | None = None
         self._send_lock = trio.Lock()
+        self._dropping: set[AttemptRef] = set()  # acknowledged, drop from the spool under way
+        self._drops_done = trio.Event()
+        self._drops_done.set()
         self._nursery: trio.Nursery | None = None
         self._stop_scope: trio.CancelScope | None = None
         self._stop_requested = False
@@ -242,7 +250,7 @@ class Agent:
                 software=__version__,
                 capabilities=self.capabilities,
                 running=tuple(self._running),
-                held=tuple(self.spool.held()),
+                held=self._held(),
             )
             await self._send_locked(hello)
             for ref in hello.held:
@@ -285,8 +293,11 @@ class Agent:
             name=self.name,
             free_slots=max(0, self.capabilities.slots - len(self._running)),
             running=tuple(self._running),
-            held=tuple(self.spool.held()),
+            held=self._held(),
         )
+
+    def _held(self) -> tuple[AttemptRef, ...]:
+        return tuple(ref for ref in self.spool.held() if ref not in self._dropping)
 
     async def _send(self, message: Message) -> bool:
         async with self._send_lock:
@@ -323,9 +334,9 @@ class Agent:
                     log.info("cancelling %s#%d: %s", job_id, attempt, reason or "no reason given")
                     entry.attempt.cancel(reason)
             case Ack(job_id=job_id, attempt=attempt):
-                if not await self.spool.drop(job_id, attempt):
-                    log.info("ack for %s#%d, which is not held: ignored", job_id, attempt)
+                self._drop_soon(AttemptRef(job_id=job_id, attempt=attempt))
             case StatusRequest():
+                await self._drops_done.wait()
                 await self._send(self.status())
             case Resume():
                 session.start_soon(self._replay, message)
@@ -350,7 +361,32 @@ class Agent:
             return f"dispatch {d.job_id}#{d.attempt}: script sha256 does not match its text"
         return ""
 
+    def _drop_soon(self, ref: AttemptRef) -> None:
+        """Drop an acknowledged attempt from the spool in the background."""
+        assert self._nursery is not None
+        if ref in self._dropping:
+            return
+        if not self._dropping:
+            self._drops_done = trio.Event()
+        self._dropping.add(ref)
+        self._nursery.start_soon(self._drop, ref)
+
+    async def _drop(self, ref: AttemptRef) -> None:
+        try:
+            if not await self.spool.drop(ref.job_id, ref.attempt):
+                log.info("ack for %s#%d, which is not held: ignored", ref.job_id, ref.attempt)
+        except OSError as exc:
+            log.error("could not drop %s#%d from the spool: %s", ref.job_id, ref.attempt, exc)
+        finally:
+            self._dropping.discard(ref)
+            if not self._dropping:
+                self._drops_done.set()
+
     async def _dispatch(self, d: Dispatch) -> None:
+        """Check ``d`` now; if it may run, take its slot and start it in a task of its own.
+
+        No await comes before the slot is taken, so a duplicate arriving next sees it.
+        """
         ref = AttemptRef(job_id=d.job_id, attempt=d.attempt)
         name = f"{d.job_id}#{d.attempt}"
         reason = self._refusal(d)
@@ -369,16 +405,16 @@ class Agent:
                     return
         if not reason:
             reason = self._capacity_problem(d)
-        if not reason:
-            try:
-                await self.spool.begin_output(d.job_id, d.attempt)
-            except OSError as exc:
-                reason = f"cannot write the spool: {exc}"
         if reason:
             log.warning("refused %s: %s", name, reason)
             await self._send(JobRefused(job_id=d.job_id, attempt=d.attempt, reason=reason))
             return
-        await self._start(d)
+        assert self._nursery is not None
+        # The agent removes the directory itself, once the result is sent.
+        attempt = Attempt(d, workdir=self.workdir, keep_workdir=True, kill_grace=self.kill_grace)
+        entry = _Running(attempt)
+        self._running[ref] = entry  # the slot is taken from here on
+        self._nursery.start_soon(self._begin_and_start, entry)
 
     def _capacity_problem(self, d: Dispatch) -> str:
         if self._stop_requested:
@@ -391,17 +427,23 @@ class Agent:
             return f"needs {memory} bytes of memory; this agent offers {offered}"
         return ""
 
-    async def _start(self, d: Dispatch) -> None:
+    async def _begin_and_start(self, entry: _Running) -> None:
+        """Start the output file and the script of a reserved attempt, then ``JobAccepted``."""
         assert self._nursery is not None
-        attempt = Attempt(
-            d, workdir=self.workdir, keep_workdir=self.keep_workdirs, kill_grace=self.kill_grace
-        )
-        entry = _Running(attempt)
-        self._running[attempt.ref] = entry
-        async with self._send_lock:  # JobAccepted goes out before any chunk of the attempt
+        ref = entry.attempt.ref
+        try:
+            await self.spool.begin_output(ref.job_id, ref.attempt)
+        except OSError as exc:
+            self._running.pop(ref, None)
+            entry.done.set()
+            reason = f"cannot write the spool: {exc}"
+            log.warning("refused %s#%d: %s", ref.job_id, ref.attempt, reason)
+            await self._send(JobRefused(job_id=ref.job_id, attempt=ref.attempt, reason=reason))
+            return
+        async with entry.output_lock:  # JobAccepted goes out before any chunk of the attempt
             pid = await self._nursery.start(self._run_attempt, entry)
             if pid is not None:
-                await self._send_locked(JobAccepted(job_id=d.job_id, attempt=d.attempt, pid=pid))
+                await self._send(JobAccepted(job_id=ref.job_id, attempt=ref.attempt, pid=pid))
 
     async def _run_attempt(
         self,
@@ -424,10 +466,16 @@ class Agent:
                     exc,
                 )
             del self._running[ref]
-            await self._send(finished)
+            async with entry.output_lock:  # after JobAccepted and every chunk
+                await self._send(finished)
         finally:
             self._running.pop(ref, None)
-            entry.done.set()
+            try:
+                if not self.keep_workdirs:
+                    with trio.CancelScope(shield=True):
+                        await entry.attempt.remove_directory()
+            finally:
+                entry.done.set()
 
     async def _on_chunk(self, entry: _Running, chunk: OutputChunk) -> None:
         async with entry.output_lock:

@@ -163,9 +163,11 @@ class Attempt:
         finally:
             if not self._keep_workdir:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(
-                        lambda: shutil.rmtree(self.directory, ignore_errors=True)
-                    )
+                    await self.remove_directory()
+
+    async def remove_directory(self) -> None:
+        """Remove the attempt's working directory, if there is one (for ``keep_workdir`` users)."""
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(self.directory, ignore_errors=True))
 
     def _finished(self, reason: FinishReason, **fields: Any) -> JobFinished:
         return JobFinished(

@@ -6,9 +6,12 @@ Layout of the spool directory:
   atomically (temporary file, fsync, rename, fsync of the directory) *before* the result is
   sent, so a result the engine may have seen is never lost by a crash of the agent.
 * ``<job>-<attempt>.out`` — every ``OutputChunk`` of the attempt, as records of
-  ``stream (1 byte) | seq (8) | length (4) | data``. Created (empty) when the attempt
-  starts, so an ``.out`` without a ``.json`` means the agent died while the attempt ran
-  (see ``Spool.recover``). Fsynced before the ``.json`` is written.
+  ``stream (1 byte) | seq (8) | length (4) | data``. Created (empty, not fsynced) when the
+  attempt starts, so an ``.out`` without a ``.json`` means the agent died while the attempt
+  ran (see ``Spool.recover``). Fsynced before the ``.json`` is written when it holds any
+  chunk; the directory fsync after the ``.json`` makes its name durable too. After a crash of
+  the operating system (not just of the agent) a running attempt may leave no ``.out``; the
+  engine then finds it neither running nor held and treats it as lost.
 * ``agent.lock`` — ``flock``-ed by the agent process that owns the spool.
 
 ``<job>`` is the job id percent-encoded (``urllib.parse.quote`` with no safe characters),
@@ -121,7 +124,7 @@ class Spool:
 
     def _store_sync(self, finished: JobFinished) -> None:
         out = self._out(finished.job_id, finished.attempt)
-        if out.exists():
+        if finished.chunks and out.exists():  # an empty output has no data to make durable
             with out.open("rb") as f:
                 os.fsync(f.fileno())
         target = self._json(finished.job_id, finished.attempt)
@@ -178,12 +181,13 @@ class Spool:
     # --- output --------------------------------------------------------------------------
 
     async def begin_output(self, job_id: str, attempt: int) -> None:
-        """Start an empty output file for an attempt that is about to run (durably)."""
+        """Start an empty output file for an attempt that is about to run.
+
+        Not fsynced: ``store`` makes the output durable together with the result.
+        """
 
         def begin() -> None:
-            with self._out(job_id, attempt).open("wb") as f:
-                os.fsync(f.fileno())
-            self._fsync_dir()
+            self._out(job_id, attempt).open("wb").close()
 
         await trio.to_thread.run_sync(begin)
 
