@@ -2,7 +2,8 @@
 
 Registered with ``@op`` when the API server starts (``OP_MODULES`` in ``engine.api``).
 Every op replies with JSON-ready data; a refused verb replies ``refused`` with the line
-that names the request's state, an unknown request or product ``not_found``.
+that names the request's state, an unknown request or product ``not_found``. Each op
+declares the least role it needs (``ROLES``): viewers read, operators change things.
 
 Ops: ``submit``, ``approve``, ``pause``, ``resume``, ``cancel``, ``archive``, ``requests``,
 ``request``, ``request_wait``, ``catalog_add``, ``catalog_ls``, ``products``,
@@ -12,12 +13,11 @@ Ops: ``submit``, ``approve``, ``pause``, ``resume``, ``cancel``, ``archive``, ``
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from engine.api import ApiError, Handler, op
+from engine.api import ApiError, Handler, arg, op
 from engine.requests import catalog, products, views
-from engine.requests.errors import UnknownProduct, UnknownRequest
 from protocols.errors import ProtocolError
 from protocols.request import Actor, RequestState, RequestVerb
 
@@ -44,38 +44,20 @@ ROLES: dict[str, str] = {
 
 
 def _register(name: str) -> Callable[[Handler], Handler]:
-    """``@op(name, role=...)`` when the API takes roles, else ``@op(name)``."""
+    """``@op(name, role=ROLES[name])``; a lifecycle refusal from ``protocols`` (not an
+    ``EngineError``) is answered ``refused`` with its line."""
 
-    def decorate(fn: Callable[[Session, dict[str, Any]], Awaitable[Any]]) -> Handler:
+    def decorate(fn: Handler) -> Handler:
         @functools.wraps(fn)
         async def handler(session: Session, args: dict[str, Any]) -> Any:
             try:
                 return await fn(session, args)
-            except (UnknownRequest, UnknownProduct) as exc:
-                raise ApiError("not_found", str(exc)) from None
             except ProtocolError as exc:
                 raise ApiError("refused", str(exc)) from None
 
-        try:
-            return op(name, role=ROLES[name])(handler)  # type: ignore[call-arg]
-        except TypeError:  # TODO(roles): engine.api.op does not take role= yet
-            return op(name)(handler)
+        return op(name, role=ROLES[name])(handler)
 
     return decorate
-
-
-def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    value = args.get(key, default)
-    if value is ...:
-        raise ApiError("bad_request", f"args.{key} is required")
-    if (
-        value is not None
-        and value is not default
-        and (not isinstance(value, kind) or isinstance(value, bool) and kind is int)
-    ):
-        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ApiError("bad_request", f"args.{key}: expected {name}")
-    return value
 
 
 def _service(session: Session) -> RequestService:
@@ -85,31 +67,26 @@ def _service(session: Session) -> RequestService:
     return service
 
 
-def _who(session: Session) -> str | None:
-    who = getattr(session, "user", None) or getattr(session, "name", None)
-    return who if isinstance(who, str) else None
-
-
 @_register("submit")
 async def _submit(session: Session, args: dict[str, Any]) -> Any:
     """args: expanded (object, the expanded definition), user, and optionally sources
     (array), git (object), scripts ({name: text}), params (object), namespace, priority."""
     record = await _service(session).submit(
-        expanded=_arg(args, "expanded", dict),
-        user=_arg(args, "user", str),
-        sources=_arg(args, "sources", list, []),
-        git=_arg(args, "git", dict, None),
-        scripts_text=_arg(args, "scripts", dict, {}),
-        params=_arg(args, "params", dict, {}),
-        namespace=_arg(args, "namespace", str, None),
-        priority=_arg(args, "priority", int, 0),
+        expanded=arg(args, "expanded", dict),
+        user=arg(args, "user", str),
+        sources=arg(args, "sources", list, []),
+        git=arg(args, "git", dict, None),
+        scripts_text=arg(args, "scripts", dict, {}),
+        params=arg(args, "params", dict, {}),
+        namespace=arg(args, "namespace", str, None),
+        priority=arg(args, "priority", int, 0),
     )
     return views.record_dict(record)
 
 
 async def _verb(session: Session, args: dict[str, Any], verb: RequestVerb) -> Any:
-    rid = _arg(args, "request", str)
-    change = await _service(session).act(rid, verb, actor=Actor.OPERATOR, by=_who(session))
+    rid = arg(args, "request", str)
+    change = await _service(session).act(rid, verb, actor=Actor.OPERATOR, by=session.name)
     return {
         "request": rid,
         "verb": verb.value,
@@ -152,7 +129,7 @@ async def _archive(session: Session, args: dict[str, Any]) -> Any:
 async def _requests(session: Session, args: dict[str, Any]) -> Any:
     """args: limit (50), state."""
     read = views.request_list(
-        limit=_arg(args, "limit", int, 50), state=_arg(args, "state", str, None)
+        limit=arg(args, "limit", int, 50), state=arg(args, "state", str, None)
     )
     return await session.engine.repo.read(read)
 
@@ -160,45 +137,43 @@ async def _requests(session: Session, args: dict[str, Any]) -> Any:
 @_register("request")
 async def _request(session: Session, args: dict[str, Any]) -> Any:
     """args: request. The record, stages with input counts, jobs and history."""
-    return await session.engine.repo.read(views.request_detail(_arg(args, "request", str)))
+    return await session.engine.repo.read(views.request_detail(arg(args, "request", str)))
 
 
 @_register("request_wait")
 async def _request_wait(session: Session, args: dict[str, Any]) -> Any:
     """args: request, states (default: completed, failed, cancelled). Replies once the
     request is in one of them."""
-    names = _arg(args, "states", list, ["completed", "failed", "cancelled"])
+    names = arg(args, "states", list, ["completed", "failed", "cancelled"])
     try:
         states = {RequestState(n) for n in names}
     except ValueError:
         known = ", ".join(s.value for s in RequestState)
         raise ApiError("bad_request", f"args.states: expected request states ({known})") from None
-    record = await _service(session).wait(_arg(args, "request", str), states)
+    record = await _service(session).wait(arg(args, "request", str), states)
     return views.record_dict(record)
 
 
 @_register("catalog_add")
 async def _catalog_add(session: Session, args: dict[str, Any]) -> Any:
     """args: paths (absolute), metadata (object, applied to each over its sidecar)."""
-    paths = _arg(args, "paths", list)
+    paths = arg(args, "paths", list)
     if not paths or not all(isinstance(p, str) for p in paths):
         raise ApiError("bad_request", "args.paths: expected a non-empty array of paths")
-    entries = await catalog.describe_files(paths, _arg(args, "metadata", dict, {}))
+    entries = await catalog.describe_files(paths, arg(args, "metadata", dict, {}))
     return await session.engine.repo.write(catalog.add_entries(entries))
 
 
 @_register("catalog_ls")
 async def _catalog_ls(session: Session, args: dict[str, Any]) -> Any:
     """args: limit (none)."""
-    return await session.engine.repo.read(
-        catalog.list_entries(limit=_arg(args, "limit", int, None))
-    )
+    return await session.engine.repo.read(catalog.list_entries(limit=arg(args, "limit", int, None)))
 
 
 @_register("products")
 async def _products(session: Session, args: dict[str, Any]) -> Any:
     """args: request."""
-    rid = _arg(args, "request", str)
+    rid = arg(args, "request", str)
     await _service(session).get(rid)  # not_found for an unknown request
     return await session.engine.repo.read(products.list_products(rid))
 
@@ -206,4 +181,4 @@ async def _products(session: Session, args: dict[str, Any]) -> Any:
 @_register("provenance")
 async def _provenance(session: Session, args: dict[str, Any]) -> Any:
     """args: product. The chain back to the raw catalog entries."""
-    return await session.engine.repo.read(products.provenance(_arg(args, "product", str)))
+    return await session.engine.repo.read(products.provenance(arg(args, "product", str)))

@@ -84,6 +84,7 @@ class World:
     """An engine, its API client, and helpers to make data and definitions."""
 
     def __init__(self, engine: Engine, client: Client, root: Path) -> None:
+        self.config = engine.config
         self.engine = engine
         self.client = client
         self.root = root
@@ -92,6 +93,24 @@ class World:
 
     async def call(self, op: str, **args: Any) -> Any:
         return await self.client.call(op, **args)
+
+    async def wfe(self, *argv: str) -> tuple[int, str, str]:
+        """Run a ``wfe`` command against this engine (on a thread: it runs trio itself);
+        return its exit code, stdout and stderr."""
+        import contextlib
+        import io
+
+        from engine.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+
+        def run() -> int:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                return main([*argv, "--config", str(self.config.root / "wfe.toml")])
+
+        with trio.fail_after(PATIENCE):
+            code = await trio.to_thread.run_sync(run)
+        return code, out.getvalue(), err.getvalue()
 
     async def catalog(self, names: list[str], **metadata: Any) -> list[dict[str, Any]]:
         """Write small data files and catalogue them (``kind = "raw"`` unless given)."""
@@ -180,6 +199,7 @@ async def open_world(root: Path, *, agents: int = 1, slots: int = 4) -> AsyncIte
         async with trio.open_nursery() as nursery:
             serve = partial(serve_api, engine, host="127.0.0.1", port=0, token=token)
             port = await nursery.start(serve)
+            (config.run_dir / "api.port").write_text(f"{port}\n")  # where `wfe --config` looks
             async with connect(f"ws://127.0.0.1:{port}/", token) as client:
                 try:
                     yield World(engine, client, root)

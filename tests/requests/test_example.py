@@ -6,11 +6,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 RUN = Path(__file__).resolve().parents[2] / "examples" / "pipeline" / "run.py"
 
 
+@pytest.mark.slow
 async def test_the_example_pipeline_completes_and_prints_provenance(tmp_path: Path) -> None:
     """calibrate -> grid -> map on generated data: 8 raw inputs in 4 calibrate jobs, 2 grid
     jobs, 1 map; the map's provenance goes back to the raw files."""

@@ -138,6 +138,7 @@ async def test_checking_fails_when_a_product_is_modified(world: World) -> None:
     assert done["error"].endswith("(and 1 more)")
 
 
+@pytest.mark.slow
 async def test_an_engine_restart_resumes_the_request(tmp_path: Path) -> None:
     """Stopping the engine mid-request and starting it again: the request picks up from
     the repository and completes; nothing is lost or done twice."""
@@ -158,3 +159,49 @@ async def test_an_engine_restart_resumes_the_request(tmp_path: Path) -> None:
         assert [h["to"] for h in detail["history"] if h["kind"] == "request.state"] == [
             "submitted", "approved", "running", "checking", "completed",
         ]  # fmt: skip
+
+
+async def test_a_crash_between_batch_and_job_is_repaired(tmp_path: Path) -> None:
+    """What a crash between recording a batch and its job leaves behind (a batch without
+    a job, a job no batch names) is repaired on the next step: the batch is withdrawn,
+    the job cancelled, and the request still completes."""
+    from engine.requests import store
+
+    async with open_world(tmp_path, slots=1) as world:
+        await world.catalog(["r1.dat", "r2.dat"])
+        text = HEAD + (
+            '\n[params.gate]\ntype = "str"\n\n[[stages]]\nname = "a"\nrscript = "work"\n'
+            'consumes = "query"\nmax_inputs = 1\nparams = { gate = "${gate}" }\n'
+        )
+        rid = (await world.submit(world.definition(text), gate=world.gate))["id"]
+        await world.job_running(rid)
+        await world.call("pause", request=rid)
+        world.open_gate()
+
+        async def paused_and_settled() -> Any:
+            detail = await world.detail(rid)
+            return detail["stages"][0]["inputs"] == {"processed": 1, "unallocated": 1} and all(
+                j["batch_state"] == "settled" for j in detail["jobs"]
+            )
+
+        await world.until("the paused request to settle", paused_and_settled)
+        key = f"catalog:{world.data / 'r2.dat'}"
+        lost = await world.engine.repo.write(store.open_batch(rid, "a", [key], None))
+        # A job of the request that no agent will take, so it is still there to cancel.
+        orphan = await world.engine.controller.submit(
+            "noop", {}, request_id=rid, requires={"tags": ["nowhere"]}
+        )
+        await world.call("resume", request=rid)
+        assert (await world.wait(rid))["state"] == "completed"
+        jobs = {j["batch"]: j for j in (await world.detail(rid))["jobs"]}
+        assert (jobs[lost.id]["outcome"], jobs[lost.id]["error"]) == (
+            "withdrawn",
+            "its job was never started",
+        )
+        assert (await world.call("status", job=orphan))["state"] == "cancelled"
+        rows = await world.engine.repo.read(
+            lambda conn: conn.execute(
+                "SELECT state, allocations FROM stage_inputs WHERE input = ?", (key,)
+            ).fetchall()
+        )
+        assert rows == [("processed", 1)]
