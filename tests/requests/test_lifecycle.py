@@ -179,3 +179,48 @@ async def test_verbs_refused_while_running_and_for_unknown_requests(world: World
         await world.call("pause", request="t-alice-0099")
     assert info.value.code == "not_found"
     assert str(info.value) == "no request t-alice-0099 (see `wfe requests`)"
+
+
+async def test_a_submitted_request_can_be_cancelled(world: World) -> None:
+    """Cancel before approval: nothing ever ran; the request can be archived."""
+    path = world.definition(ONE_STAGE.replace('approval = "none"', 'approval = "required"'))
+    rid = (await world.submit(path))["id"]
+    assert (await world.call("cancel", request=rid))["state"] == "cancelled"
+    assert (
+        await refused(world, "approve", rid) == f"request {rid}: can't approve in state CANCELLED"
+    )
+    assert (await world.call("archive", request=rid))["state"] == "archived"
+    detail = await world.detail(rid)
+    assert (detail["stages"], detail["jobs"]) == ([], [])
+    assert history(detail) == [
+        ("submit", "user", "submitted"),
+        ("cancel", "operator", "cancelled"),
+        ("archive", "operator", "archived"),
+    ]
+
+
+async def test_a_job_failing_while_paused_fails_the_request(tmp_path: Path) -> None:
+    """Paused, the running job still ends; when its failure fails the stage, the paused
+    request fails; a failed request can be archived, and cancelled from paused."""
+    text = ONE_STAGE.replace("max_allocations = 2", "max_allocations = 1").replace(
+        'params = { gate = "${gate}" }', 'params = { gate = "${gate}", fail_on = "bad" }'
+    )
+    async with open_world(tmp_path, slots=1) as world:
+        await world.catalog(["bad1.dat", "r2.dat"])
+        rid = (await world.submit(world.definition(text), gate=world.gate))["id"]
+        await world.job_running(rid)
+        assert (await world.call("pause", request=rid))["state"] == "paused"
+        world.open_gate()
+        done = await world.wait(rid)
+        assert done["state"] == "failed"
+        assert done["error"].startswith("stage 'a' failed: input catalog:")
+        assert history(await world.detail(rid))[-2:] == [
+            ("pause", "operator", "paused"),
+            ("fail", "engine", "failed"),
+        ]
+        assert (await world.call("archive", request=rid))["state"] == "archived"
+        other = (await world.submit(world.definition(ONE_STAGE), gate=world.root / "shut"))["id"]
+        await world.job_running(other)
+        await world.call("pause", request=other)
+        assert (await world.call("cancel", request=other))["from"] == "paused"
+        assert (await world.wait(other))["state"] == "cancelled"
