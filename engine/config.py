@@ -15,6 +15,7 @@ import attrs
 import cattrs
 
 from engine.errors import ConfigError
+from protocols.codec import strict_scalar
 from protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
 
 CONFIG_NAME = "wfe.toml"
@@ -106,25 +107,8 @@ class Config:
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
-def _strict(expected: type[Any]) -> Any:
-    def structure(value: Any, _type: Any) -> Any:
-        if expected is float:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError("expected a number")
-            return float(value)
-        if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TypeError("expected an integer")
-        if expected is str and not isinstance(value, str):
-            raise TypeError("expected a string")
-        if expected is bool and not isinstance(value, bool):
-            raise TypeError("expected true or false")
-        return value
-
-    return structure
-
-
 for _t in (int, float, str, bool):
-    _converter.register_structure_hook(_t, _strict(_t))
+    _converter.register_structure_hook(_t, strict_scalar(_t))
 
 
 def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:

@@ -45,7 +45,7 @@ def _structure_bytes(value: Any, _type: Any) -> bytes:
         raise ValueError("invalid base64") from exc
 
 
-def _structure_strict(expected: type[Any]) -> Any:
+def strict_scalar(expected: type[Any]) -> Any:
     def structure(value: Any, _type: Any) -> Any:
         # JSON has no int/float/str/bool distinction problems cattrs would paper over by
         # calling int("3"); refuse anything that is not already the right JSON type.
@@ -69,7 +69,7 @@ def _structure_strict(expected: type[Any]) -> Any:
 _converter.register_structure_hook(bytes, _structure_bytes)
 _converter.register_unstructure_hook(bytes, lambda b: base64.b64encode(b).decode("ascii"))
 for _t in (int, float, str, bool):
-    _converter.register_structure_hook(_t, _structure_strict(_t))
+    _converter.register_structure_hook(_t, strict_scalar(_t))
 
 
 def _structure_dict(value: Any, _type: Any) -> dict[str, Any]:
