@@ -443,6 +443,9 @@ class RequestService:
                 )
         except RefusedTransition:
             pass  # cancelled meanwhile
+        except Exception as exc:  # a bug must not stop the engine
+            log.exception("request %s: checking failed", rid)
+            await self._engine_fail(rid, f"engine error while checking: {one_line(exc)}")
         finally:
             self._checking.discard(rid)
             self.poke(rid)
