@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import attrs
 import cattrs

@@ -193,7 +193,7 @@ class AgentController:
         priority: int | None = None,
         requires: dict[str, Any] | None = None,
         retries: int | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the attempt's limit, not this call's
         request_id: str | None = None,
         by: str | None = None,
     ) -> str:

@@ -10,9 +10,9 @@ unfinished in the repository, and the next start picks them up.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib
-import fcntl
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -128,7 +128,9 @@ def _engine_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise EngineError(f"another engine is running on this workspace (lock held: {path})") from None
+            raise EngineError(
+                f"another engine is running on this workspace (lock held: {path})"
+            ) from None
         yield
     finally:
         os.close(fd)

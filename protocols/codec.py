@@ -46,6 +46,8 @@ def _structure_bytes(value: Any, _type: Any) -> bytes:
 
 
 def strict_scalar(expected: type[Any]) -> Any:
+    """A cattrs structure hook accepting only a value already of ``expected`` (no coercion)."""
+
     def structure(value: Any, _type: Any) -> Any:
         # JSON has no int/float/str/bool distinction problems cattrs would paper over by
         # calling int("3"); refuse anything that is not already the right JSON type.
