@@ -111,6 +111,9 @@ class LiveJob:
     timeout: float  # per attempt
     seq: int
     parent_id: str | None
+    backoff: float = 1.0  # seconds before the first retry, doubled each time
+    wait_agent: float = 0.0  # seconds a queued job waits for an agent (0: forever)
+    overall: float = 0.0  # seconds from submission to the end (0: no limit)
     attempts_made: int = 0
     failures: int = 0
     lost: int = 0
@@ -194,10 +197,16 @@ class AgentController:
         requires: dict[str, Any] | None = None,
         retries: int | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the attempt's limit, not this call's
+        backoff: float | None = None,
+        wait_agent: float | None = None,
+        overall: float | None = None,
         request_id: str | None = None,
         by: str | None = None,
     ) -> str:
         """Record an RScript job and queue it; return its id (``by``: who asked, for the event).
+
+        ``timeout`` (per attempt), ``backoff`` (before the first retry, doubling),
+        ``wait_agent`` and ``overall`` (seconds; 0 for none) default to ``[jobs]``.
 
         Raises ``UnknownRScript`` / ``ParamError`` before anything is recorded.
         """
@@ -231,7 +240,19 @@ class AgentController:
                     call_seq=call_seq,
                     state="queued",
                     priority=self.defaults.priority if priority is None else priority,
-                    requirements={**requirements, "timeout": timeout or script.header.timeout},
+                    requirements={
+                        **requirements,
+                        "timeout": timeout or script.header.timeout,
+                        **{
+                            k: v
+                            for k, v in (
+                                ("backoff", backoff),
+                                ("wait_agent", wait_agent),
+                                ("overall", overall),
+                            )
+                            if v is not None
+                        },
+                    },
                     max_attempts=1 + retries,
                     request_id=request_id,
                     by=by,
@@ -251,6 +272,9 @@ class AgentController:
         timeout = float(req.pop("timeout", self.defaults.timeout))
         on = req.pop("on", None)
         live = LiveJob(
+            backoff=float(req.pop("backoff", self.defaults.backoff)),
+            wait_agent=float(req.pop("wait_agent", self.defaults.wait_agent_timeout)),
+            overall=float(req.pop("overall", self.defaults.overall_timeout)),
             job_id=job.id,
             script_name=job.name,
             params=job.params,
@@ -263,16 +287,16 @@ class AgentController:
             parent_id=job.parent_id,
         )
         self.jobs[job.id] = live
-        if self.defaults.overall_timeout > 0:
-            self._schedule(trio.current_time() + self.defaults.overall_timeout, "overall", job.id)
+        if live.overall > 0:
+            self._schedule(trio.current_time() + live.overall, "overall", job.id)
         return live
 
     def _enqueue(self, job: LiveJob) -> None:
         job.queued_token += 1
         heapq.heappush(self._ready, (-job.priority, job.seq, job.job_id, job.queued_token))
-        if self.defaults.wait_agent_timeout > 0:
+        if job.wait_agent > 0:
             self._schedule(
-                trio.current_time() + self.defaults.wait_agent_timeout,
+                trio.current_time() + job.wait_agent,
                 "wait",
                 (job.job_id, job.queued_token),
             )
@@ -595,12 +619,16 @@ class AgentController:
             else:
                 job.failures += 1
                 retry = should_retry(state, job.failures, job.max_attempts)
-                retry_delay = self.defaults.backoff * 2 ** (job.failures - 1)
+                retry_delay = job.backoff * 2 ** (job.failures - 1)
                 why = _failure(machine, job)
             if retry:
                 job_state = None
             else:
                 job_state, error = "failed", why
+        if job_state is not None:
+            # Final: no longer live from this moment, so a cancel that arrives while the end is
+            # being written cannot turn it into "cancelled" or resolve it twice.
+            self.jobs.pop(job.job_id, None)
         self._spawn(self._settle, job, machine, finished, job_state, error, retry_delay)
 
     async def _settle(
@@ -625,7 +653,6 @@ class AgentController:
             await self.repo.write(
                 ops.attempt_ended(machine, finished, job_state=job_state, job_error=error)
             )
-            self.jobs.pop(job.job_id, None)
             result = finished.result if finished else None
             self.completions.resolve(
                 JobOutcome(job_id=job.job_id, state=job_state, result=result, error=error),
@@ -686,14 +713,14 @@ class AgentController:
             if job is not None and job.queued_token == token and not job.active:
                 job.queued_token += 1
                 self.jobs.pop(job_id, None)
-                wait = self.defaults.wait_agent_timeout
+                wait = job.wait_agent
                 self._spawn(
                     self._end_unattempted, job, "failed", f"no agent took it within {wait:g} s"
                 )
         elif kind == "overall":
             job = self.jobs.get(key)
             if job is not None:
-                job.fail_reason = f"overall timeout of {self.defaults.overall_timeout:g} s exceeded"
+                job.fail_reason = f"overall timeout of {job.overall:g} s exceeded"
                 if job.active:
                     self._cancel(job, job.fail_reason)
                 else:

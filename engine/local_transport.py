@@ -137,6 +137,7 @@ class LocalAgents:
         home = self._dir / name
         cmd = [
             sys.executable,
+            "-P",  # never import from the working directory: a workspace has an agents/ folder
             "-m",
             "agents",
             "--name",
@@ -169,6 +170,7 @@ class LocalAgents:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
+                    cwd=home,
                     start_new_session=True,
                 )
             self._processes.append(process)

@@ -333,3 +333,37 @@ async def test_restart_reconciles_with_what_agents_report(
 
 
 _ = JOBS
+
+
+async def test_per_job_backoff_wait_and_overall_override_the_defaults(
+    autojump_clock: MockClock, harness: Harness
+) -> None:
+    """Options given at submission beat [jobs]: backoff between attempts, wait for an agent."""
+    waiting = await submit(harness, wait_agent=7.0)
+    start = trio.current_time()
+    assert (await outcome(harness, waiting)).error == "no agent took it within 7 s"
+    assert trio.current_time() - start == 7.0
+    agent = harness.agent("a", slots=1)
+    job_id = await submit(harness, retries=1, backoff=0.5)
+    [first] = await agent.receive(Dispatch)
+    t0 = trio.current_time()
+    agent.finish(first, exit_code=2)
+    [_, second] = await agent.receive(Dispatch, 2)
+    assert trio.current_time() - t0 == pytest.approx(0.5)
+    agent.finish(second)
+    assert (await outcome(harness, job_id)).state == "succeeded"
+
+
+async def test_a_cancel_while_the_end_is_written_changes_nothing(
+    autojump_clock: MockClock, harness: Harness
+) -> None:
+    """The final result wins over a cancel that arrives before it is committed."""
+    from engine.errors import UnknownJob
+
+    agent = harness.agent("a")
+    job_id = await submit(harness)
+    [dispatch] = await agent.receive(Dispatch)
+    agent.finish(dispatch)  # the end is decided now and written in the background
+    with pytest.raises(UnknownJob):
+        await harness.controller.cancel(job_id)
+    assert (await outcome(harness, job_id)).state == "succeeded"

@@ -26,11 +26,14 @@ pytestmark = pytest.mark.slow
 
 
 def start_engine(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`wfe engine`, started from inside the workspace as an operator would (the workspace
+    has an agents/ folder, which must not shadow the agents package)."""
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "engine", "--config", str(config_path)],
+            [sys.executable, "-m", "engine.cli", "engine", "--config", "wfe.toml"],
             stdout=out,
             stderr=out,
+            cwd=config_path.parent,
             start_new_session=True,
         )
 
