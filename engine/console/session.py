@@ -2,7 +2,9 @@
 
 The writer (``pump``) is the only task that writes to the websocket. It sends replies and
 tailed output as they are queued, and each event stream's waiting events as one frame at
-most every ``flush_interval``. When one write takes longer than ``stall_timeout`` (the
+most every ``flush_interval`` seconds, or less often when many streams are open (see
+``Session.flush_interval``): a frame costs about the same whatever it holds, so batching is
+what lets hundreds of watchers cost the engine little. When one write takes longer than ``stall_timeout`` (the
 client has stopped reading and the socket buffers are full) it raises ``ClientStalled`` and
 the server closes the connection: a stalled client costs the engine nothing but memory
 bounded by the outbox and ``max_pending`` events per stream.
@@ -36,6 +38,9 @@ class Limits:
     auth_timeout: float = 10.0  # seconds to send ``auth`` after connecting
     stall_timeout: float = 30.0  # seconds one write may take before the client counts as stalled
     flush_interval: float = 0.1  # least seconds between two event frames of one stream
+    event_frames_per_second: float = (
+        400.0  # for all streams together: more watchers, longer intervals
+    )
     max_pending: int = 5000  # events one stream holds for its client before it counts misses
     outbox_frames: int = 256  # replies and output frames waiting for one client
     max_inflight: int = 16  # requests of one connection handled at once (then reading waits)
@@ -168,7 +173,7 @@ class Session:
                 continue
             due = [s for s in self.event_streams.values() if s.due and s.id not in self._ready]
             if due:
-                wait = last_flush + self.limits.flush_interval - trio.current_time()
+                wait = last_flush + self.flush_interval() - trio.current_time()
                 if wait > 0:
                     with trio.move_on_after(wait):
                         await self._idle()
@@ -179,6 +184,13 @@ class Session:
                 last_flush = trio.current_time()
                 continue
             await self._idle()
+
+    def flush_interval(self) -> float:
+        """Seconds between two event frames of a stream: ``flush_interval``, or longer when
+        so many streams are open that all of them together would send more than
+        ``event_frames_per_second`` (a frame costs the engine ~0.1-0.2 ms, mostly the send)."""
+        crowd = len(self.server.hub.streams) / self.limits.event_frames_per_second
+        return max(self.limits.flush_interval, crowd)
 
     async def _idle(self) -> None:
         self._wakeup = trio.Event()

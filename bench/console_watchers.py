@@ -1,0 +1,278 @@
+"""Does a crowd of console watchers slow dispatch? Jobs/s with 0 and with N watchers.
+
+Run from the repository root: ``python -m bench.console_watchers [--jobs N] [--watchers N,N]
+[--stalled FRACTION] [--quick]``. One engine with two local agents (4 slots each) serves its
+console on loopback. For each case a child process opens that many console connections; each
+authenticates and subscribes to every event; a fraction of them (``--stalled``, default a
+quarter) then never read a byte again, the rest read and discard. With every watcher
+subscribed, a burst of ``noop`` RScript jobs is submitted at once (50 callers) and the
+benchmark waits for every committed end; jobs/s is from the first submit to the last end.
+Cases run in the order 0, N, ..., 0, so a drift in the machine's load shows as a gap between
+the two 0 rows. The watchers run in their own process, so what is measured is the engine's
+cost of serving them, not theirs of reading. The last line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench._common import Stopwatch, Tracker, cpu_seconds, machine, machine_line, table, workspace
+from engine.api import load_ops
+from engine.console.server import ConsoleServer
+from engine.console.session import Limits
+from engine.daemon import Engine, open_engine
+from engine.keys import read_token
+
+SCRIPT = "noop"
+CALLERS = 50
+
+
+# --- the watchers (child process) ----------------------------------------------------------
+
+
+async def watchers(url: str, token: str, count: int, stalled: int) -> None:
+    """Open ``count`` subscribed connections (``stalled`` of them never read); print
+    ``ready`` once all are subscribed; run until stdin closes."""
+    from trio_websocket import ConnectionClosed, wrap_client_stream
+
+    host, port = url.split("//")[1].strip("/").split(":")
+    ready = trio.Event()
+    subscribed = 0
+    received = [0]
+
+    async def one(k: int, nursery: trio.Nursery) -> None:
+        nonlocal subscribed
+        stream = await trio.open_tcp_stream(host, int(port))
+        ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", "/", message_queue_size=1)
+        await ws.send_message(json.dumps({"id": 1, "op": "auth", "args": {"token": token}}))
+        await ws.get_message()
+        await ws.send_message(json.dumps({"id": 2, "op": "subscribe", "args": {}}))
+        await ws.get_message()
+        subscribed += 1
+        if subscribed == count:
+            ready.set()
+        if k < stalled:
+            await trio.sleep_forever()  # never read again: the socket fills up
+        try:
+            while True:
+                received[0] += len(await ws.get_message())
+        except ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        for k in range(count):
+            nursery.start_soon(one, k, nursery)
+        await ready.wait()
+        print("ready", flush=True)
+        await trio.wrap_file(sys.stdin).read()  # until the parent closes our stdin
+        print(json.dumps({"bytes_received": received[0]}), flush=True)
+        nursery.cancel_scope.cancel()
+
+
+# --- the engine side -----------------------------------------------------------------------
+
+
+async def wait_for_agents(engine: Engine, count: int) -> None:
+    with trio.fail_after(30):
+        while sum(1 for a in engine.agents() if a["state"] == "connected") < count:  # noqa: ASYNC110
+            await trio.sleep(0.02)  # the engine has no "agent connected" notification
+
+
+async def burst(engine: Engine, tracker: Tracker, n: int) -> dict[str, Any]:
+    """Submit ``n`` noop jobs at once from CALLERS callers; wait for every committed end."""
+    ends: list[str] = []
+    first = time.perf_counter()
+
+    async def caller(count: int, nursery: trio.Nursery) -> None:
+        for _ in range(count):
+            job = await engine.run_rscript(SCRIPT, {})
+            nursery.start_soon(lambda j=job: _end(tracker, j, ends))
+
+    with Stopwatch() as sw:
+        async with trio.open_nursery() as nursery:
+            for c in range(CALLERS):
+                nursery.start_soon(caller, n // CALLERS + (1 if c < n % CALLERS else 0), nursery)
+    wall = time.perf_counter() - first
+    return {
+        "jobs": n,
+        "jobs_per_s": n / wall,
+        "failed": sum(1 for s in ends if s != "succeeded"),
+        "engine_cpu_ms_per_job": sw.cpu / n * 1e3,
+    }
+
+
+async def _end(tracker: Tracker, job: str, ends: list[str]) -> None:
+    ends.append(await tracker.wait(job))
+
+
+async def run_case(
+    engine: Engine,
+    server: ConsoleServer,
+    tracker: Tracker,
+    url: str,
+    token: str,
+    count: int,
+    stalled: int,
+    jobs: int,
+) -> dict[str, Any]:
+    child = None
+    if count:
+        child = await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                "-m",
+                "bench.console_watchers",
+                "--child",
+                url,
+                token,
+                str(count),
+                str(stalled),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        line = b""
+        with trio.fail_after(120):
+            while not line.endswith(b"\n"):
+                line += await child.stdout.receive_some(1)
+        assert line.strip() == b"ready", line
+    before = server.statistics()
+    child_cpu = cpu_seconds(child.pid) if child is not None else 0.0
+    figures = await burst(engine, tracker, jobs)
+    if child is not None:
+        figures["watchers_cpu_ms_per_job"] = (cpu_seconds(child.pid) - child_cpu) / jobs * 1e3
+    await trio.sleep(0.5)  # let the writers flush what is due, for the statistics below
+    after = server.statistics()
+    figures.update(
+        watchers=count,
+        stalled=stalled,
+        connections=after.get("connections", 0),
+        events_per_s=after.get("events_per_second", 0.0),
+        events_missed=after.get("events_missed", 0) - before.get("events_missed", 0),
+        stalled_closed=after.get("refused", {}).get("stalled", 0)
+        - before.get("refused", {}).get("stalled", 0),
+    )
+    if child is not None:
+        assert child.stdin is not None
+        await child.stdin.aclose()
+        with trio.move_on_after(10):
+            await child.wait()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    return figures
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    cases = [0, *args.watchers, 0]
+    with tempfile.TemporaryDirectory(prefix="wfe-bench-console-") as tmp:
+        config = workspace(Path(tmp), agents=2, slots=4)
+        token = read_token(config)
+        async with open_engine(config) as engine, trio.open_nursery() as nursery:
+            await wait_for_agents(engine, 2)
+            load_ops()
+            server = ConsoleServer(
+                engine, bootstrap_token=token, limits=Limits(flush_interval=args.flush)
+            )
+            port = await nursery.start(server.serve, "127.0.0.1", 0)
+            url = f"ws://127.0.0.1:{port}/"
+            tracker = Tracker(times=False)
+            await nursery.start(tracker.run, engine.repo)
+            await burst(engine, tracker, min(100, args.jobs))  # warm up
+            rows = []
+            for count in cases:
+                stalled = int(count * args.stalled)
+                row = await run_case(engine, server, tracker, url, token, count, stalled, args.jobs)
+                print(
+                    f"  {count} watchers ({stalled} stalled): {row['jobs_per_s']:.1f} jobs/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                rows.append(row)
+            nursery.cancel_scope.cancel()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child"]:
+        url, token, count, stalled = argv[1:5]
+        trio.run(watchers, url, token, int(count), int(stalled))
+        return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.console_watchers", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--jobs", type=int, default=600, help="noop jobs per burst (default 600)")
+    parser.add_argument(
+        "--watchers", default="200,500", help="watcher counts to compare with 0 (default 200,500)"
+    )
+    parser.add_argument(
+        "--stalled", type=float, default=0.25, help="fraction of watchers that never read (0.25)"
+    )
+    parser.add_argument(
+        "--flush",
+        type=float,
+        default=Limits().flush_interval,
+        help="the console's flush_interval (s)",
+    )
+    parser.add_argument("--quick", action="store_true", help="300 jobs, 200 watchers only")
+    args = parser.parse_args(argv)
+    args.watchers = [int(w) for w in args.watchers.split(",") if w]
+    if args.quick:
+        args.jobs, args.watchers = 300, [200]
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    rows = trio.run(main_async, args)
+    figures = {
+        "machine": machine(),
+        "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "cases": rows,
+    }
+    print(
+        machine_line(figures["machine"]) + f"  load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"\nBurst of {args.jobs} noop jobs through 2 local agents x 4 slots, with N console watchers subscribed to every event"
+    )
+    print(
+        table(
+            rows,
+            [
+                ("watchers", "watchers", ""),
+                ("stalled", "stalled", ""),
+                ("jobs_per_s", "jobs/s", ".1f"),
+                ("engine_cpu_ms_per_job", "engine cpu ms/job", ".2f"),
+                ("watchers_cpu_ms_per_job", "watchers' process cpu ms/job", ".2f"),
+                ("events_per_s", "events/s", ".0f"),
+                ("events_missed", "events missed (all watchers)", ""),
+                ("stalled_closed", "stalled closed", ""),
+                ("failed", "failed", ""),
+            ],
+        )
+    )
+    base = [r["jobs_per_s"] for r in rows if r["watchers"] == 0]
+    baseline = sum(base) / len(base)
+    for row in rows:
+        if row["watchers"]:
+            change = (row["jobs_per_s"] - baseline) / baseline * 100
+            print(
+                f"{row['watchers']} watchers: {change:+.0f}% jobs/s against the mean of the 0-watcher runs ({baseline:.1f})"
+            )
+    print(f"({time.perf_counter() - started:.0f} s)")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
