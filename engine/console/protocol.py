@@ -79,7 +79,7 @@ def parse_request(text: str | bytes, *, max_size: int) -> Request:
         except UnicodeDecodeError:
             raise BadFrame(BAD_REQUEST, "request is not UTF-8 text") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise BadFrame(BAD_REQUEST, f"request is not JSON: {_first_line(exc)}") from None
     if not isinstance(data, dict):
@@ -131,6 +131,13 @@ def error(request_id: Any, code: str, message: str) -> str:
 
 def push(stream: int, **fields: Any) -> str:
     return encode({"stream": stream, **fields})
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

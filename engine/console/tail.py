@@ -36,10 +36,11 @@ def stored_chunks(
     """A read function: up to ``limit`` stored chunks ``(seq, channel, data)`` from ``first_seq``."""
 
     def fn(conn: Any) -> list[tuple[int, str, bytes]]:
-        return conn.execute(
+        rows: list[tuple[int, str, bytes]] = conn.execute(
             "SELECT seq, stream, data FROM output WHERE job_id = ? AND attempt = ? AND seq >= ? ORDER BY seq LIMIT ?",
             (job_id, attempt, first_seq, limit),
         ).fetchall()
+        return rows
 
     return fn
 
