@@ -68,13 +68,18 @@ class ConsoleServer:
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.connections += 1
         try:
-            with trio.move_on_after(web.HEAD_TIMEOUT):
+            with trio.move_on_after(web.HEAD_TIMEOUT) as reading:
                 try:
                     data = await web.read_head(stream)
                     head = web.parse_head(data)
                 except (web.BadHttp, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     await _try_send(stream, web.response(400, "Bad Request", f"{exc}\n".encode()))
                     return
+            if reading.cancelled_caught:
+                await _try_send(
+                    stream, web.response(408, "Request Timeout", b"no request head in time\n")
+                )
+                return
             if not head.wants_websocket:
                 await _try_send(stream, web.answer(head))
                 return

@@ -221,3 +221,30 @@ async def test_many_requests_at_once_each_get_one_reply(console: Console) -> Non
                 await ws.send_message(json.dumps({"id": i, "op": "ping"}))
             ids = sorted([json.loads(await ws.get_message())["id"] for _ in range(100)])
             assert ids == list(range(100))
+
+
+async def test_plain_http_gets_the_page_or_a_clear_status(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the console's port: GET / is the page, garbage is 400, a head that never ends is
+    408 after the head timeout; the engine serves websockets all along."""
+    from engine.console import web
+
+    monkeypatch.setattr(web, "HEAD_TIMEOUT", 0.3)
+    port = int(console.url.rsplit(":", 1)[1].strip("/"))
+
+    async def exchange(data: bytes) -> bytes:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(data)
+            received = b""
+            while chunk := await stream.receive_some():
+                received += chunk
+            return received
+
+    with trio.fail_after(GUARD):
+        page = await exchange(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert page.startswith(b"HTTP/1.1 200 OK") and b"console.js" in page
+        assert (await exchange(b"HELLO\r\n\r\n")).startswith(b"HTTP/1.1 400 Bad Request")
+        assert (await exchange(b"GET / HTTP/1.1\r\n")).startswith(b"HTTP/1.1 408 Request Timeout")
+        await engine_unharmed(console)
