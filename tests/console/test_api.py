@@ -249,3 +249,39 @@ async def test_refused_engine_operations_say_why(console: Console) -> None:
             assert (await refused(c, "jobs", limit=True)).code == "bad_request"
             assert (await refused(c, "unsubscribe", stream=42)).code == "not_found"
             assert await c.call("ping") == {"pong": True}
+
+
+async def test_the_token_commands_work_through_the_engine(
+    console: Console, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`wfe token create|list|revoke` and `wfe console --url` talk to the running engine
+    with the bootstrap token; a refusal is one line and exit status 1."""
+    from engine.cli import main
+
+    port = console.url.rsplit(":", 1)[1].strip("/")
+    (console.root / "run").mkdir(exist_ok=True)
+    (console.root / "run" / "api.port").write_text(f"{port}\n")
+    config = str(console.root / "wfe.toml")
+
+    async def wfe(*argv: str) -> tuple[int, str, str]:
+        status = await trio.to_thread.run_sync(main, [*argv, "--config", config])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    with trio.fail_after(GUARD):
+        status, out, err = await wfe("token", "create", "--name", "ci", "--role", "viewer")
+        assert status == 0 and out.startswith("wfe_") and "shown this once" in err
+        async with console.connect(out.strip()) as client:
+            assert client.role == "viewer"
+        status, out, _ = await wfe("token", "list")
+        assert status == 0 and out.splitlines()[1].split()[:3] == ["ci", "viewer", "bootstrap"]
+        assert (await wfe("token", "revoke", "ci"))[:2] == (
+            0,
+            "revoked 'ci' (viewer); closed 0 connection(s)\n",
+        )
+        status, _, err = await wfe("token", "revoke", "ci")
+        assert (
+            status == 1 and err == "wfe: error: no live token named 'ci' (see `wfe token list`)\n"
+        )
+        status, out, _ = await wfe("console", "--url")
+        assert out == f"http://127.0.0.1:{port}/\n"
