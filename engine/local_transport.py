@@ -73,12 +73,16 @@ async def serve_local_agents(
     sock.listen(128)
     listener = trio.SocketListener(sock)
     log.info("local agents connect to %s", socket_path)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await _serve_one(controller, stream)
+
     async with listener:
         task_status.started()
-        await trio.serve_listeners(lambda stream: _serve_one(controller, stream), [listener])
+        await trio.serve_listeners(handler, [listener])
 
 
-async def _serve_one(controller: AgentController, stream: trio.SocketStream) -> None:
+async def _serve_one(controller: AgentController, stream: trio.abc.Stream) -> None:
     link = StreamLink(stream)
     incoming = link.receive()
     with trio.move_on_after(HELLO_TIMEOUT):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import trio
+
+from engine.actions import Context
 
 __tags__ = ("demo",)
 __priority__ = 10
@@ -24,7 +27,9 @@ def _make(data_dir: str, count: int) -> list[str]:
     return paths
 
 
-async def main(ctx, params):
+async def main(ctx: Context, params: dict[str, Any]) -> Any:
     # File I/O would block the loop: it runs on a worker thread.
-    params["paths"] = await trio.to_thread.run_sync(_make, params["data_dir"], params.get("files", 12))
+    params["paths"] = await trio.to_thread.run_sync(
+        _make, params["data_dir"], params.get("files", 12)
+    )
     ctx.log.info("prepared %d files in %s", len(params["paths"]), params["data_dir"])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from engine.actions import Context
+
 __tags__ = ("demo",)
 __priority__ = 20
 
 
-async def main(ctx, params):
+async def main(ctx: Context, params: dict[str, Any]) -> Any:
     host = await ctx.start_rscript("hostinfo")
     handles = [
         await ctx.start_action("demo.inspect", path=path, seconds=params.get("seconds", 0.2))

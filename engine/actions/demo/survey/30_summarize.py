@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from engine.actions import Context
+
 __tags__ = ("demo",)
 __priority__ = 30
 
 
-async def main(ctx, params):
+async def main(ctx: Context, params: dict[str, Any]) -> Any:
     inspected = params["inspected"]
     return {
         "files": len(inspected),
