@@ -5,6 +5,8 @@ in it is a tasklet::
 
     __tags__ = ("demo",)        # optional
     __priority__ = 10           # optional, lower runs first (default 50; ties by file name)
+    __params__ = {"n": int}     # optional: the action's parameters and their types; when any
+                                # tasklet declares some, others are refused before a job exists
 
     def match(ctx, params):     # optional: run this tasklet only when it returns true
         return True
