@@ -121,20 +121,28 @@ class Tail:
             await self._send(attempt, contiguous)
 
     async def _send(self, attempt: int, chunks: list[tuple[int, str, bytes]]) -> None:
-        """Send consecutive chunks, joined per channel into frames of at most FRAME_BYTES."""
+        """Send consecutive chunks, joined per channel into frames of at most FRAME_BYTES.
+
+        ``next_seq`` moves only once a frame is sent: the tail may be cancelled (the job
+        ended) in the middle of a send, and the final catch-up must then send that frame's
+        chunks again rather than skip them.
+        """
         batch: list[bytes] = []
         channel = chunks[0][1]
         size = 0
+        last = chunks[0][0] - 1
         for seq, chan, data in chunks:
             if batch and (chan != channel or size + len(data) > FRAME_BYTES):
                 await self._frame(attempt, channel, b"".join(batch))
+                self.next_seq[attempt] = last + 1
                 batch, size = [], 0
             channel = chan
             batch.append(data)
             size += len(data)
-            self.next_seq[attempt] = seq + 1
+            last = seq
         if batch:
             await self._frame(attempt, channel, b"".join(batch))
+            self.next_seq[attempt] = last + 1
 
     async def _frame(self, attempt: int, channel: str, data: bytes) -> None:
         decoder = self._decoders.get((attempt, channel))
