@@ -6,6 +6,9 @@
 - ``new_account(server)``: registers a fresh account on a server, so tests never share one.
 - ``prosody_factory(**options)``: a server of the test's own (its own port, data and options,
   e.g. ``stanza_size_limit``), stopped when the test ends; use it to restart or to break things.
+- ``cluster`` / ``cluster_factory(server)``: a workspace whose engine serves agents over XMPP
+  (``Cluster.config()``), real ``python -m agents --xmpp`` processes (``start_agent``), killed
+  when the test ends; ``h``: helpers that wait on the engine's committed events.
 
 A missing Prosody fails these fixtures with the install hint rather than skipping: CI installs it.
 """
@@ -308,11 +311,29 @@ def connected(engine: Any) -> list[str]:
     ]
 
 
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
 async def run_all(engine: Any, job_ids: list[str]) -> None:
-    """Wait until every job has ended."""
-    async with trio.open_nursery() as nursery:
-        for job_id in job_ids:
-            nursery.start_soon(engine.wait, job_id)
+    """Wait until the end of every job is committed (read from the event stream, which
+    cannot miss an end the way waiting on a root job's completion can)."""
+    from engine.repository import Missed
+
+    pending = set(job_ids)
+    async with engine.repo.subscribe(max_buffer=1_000_000) as events:
+
+        async def reread() -> None:
+            for job_id in list(pending):
+                if (await engine.job(job_id))["state"] in TERMINAL:
+                    pending.discard(job_id)
+
+        await reread()
+        while pending:
+            event = await events.__anext__()
+            if isinstance(event, Missed):
+                await reread()
+            elif event.kind == "job.state" and event.data.get("state") in TERMINAL:
+                pending.discard(event.subject)
 
 
 async def succeeded_once(engine: Any, job_ids: list[str]) -> list[dict[str, Any]]:
