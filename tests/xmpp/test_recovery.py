@@ -52,8 +52,8 @@ async def test_agents_and_engine_reconnect_after_prosody_restarts(
     )
 
 
-#: Runs an engine in its own process: submits the jobs, prints their ids, then prints "ready"
-#: once ``argv[2]`` of them have succeeded, and runs until killed.
+#: Runs an engine in its own process: submits 4 long and 20 short jobs, prints their ids,
+#: prints "ready" once ``argv[2]`` jobs have succeeded, and runs until killed.
 ENGINE_PROCESS = """
 import sys, trio
 from pathlib import Path
@@ -61,12 +61,16 @@ from engine.config import load_config
 from engine.daemon import open_engine
 
 async def main(path, ready_after):
-    async with open_engine(load_config(Path(path))) as engine:
+    async with open_engine(load_config(Path(path))) as engine, engine.repo.subscribe() as events:
         ids = [await engine.run_rscript("sleep_echo", {"message": "long", "seconds": 6}) for _ in range(4)]
         ids += [await engine.run_rscript("sleep_echo", {"message": f"short {n}", "seconds": 0.4}) for n in range(20)]
         print(" ".join(ids), flush=True)
-        for job_id in ids[4:4 + ready_after]:
-            await engine.wait(job_id)
+        done = set()
+        async for event in events:
+            if getattr(event, "kind", "") == "job.state" and event.data.get("state") == "succeeded":
+                done.add(event.subject)
+            if len(done) >= ready_after:
+                break
         print("ready", flush=True)
         await trio.sleep_forever()
 
