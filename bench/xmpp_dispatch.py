@@ -313,6 +313,22 @@ async def run_setup(
 # --- main ---------------------------------------------------------------------------------
 
 
+def _tuned(settings: str) -> type[ProsodyServer]:
+    """``ProsodyServer`` whose generated config also sets ``network_settings = { settings }``.
+
+    For comparing server tuning only; it relies on ``ProsodyServer._config`` returning the
+    config text with the global section first, which is true of engine/prosody.py today.
+    """
+
+    class TunedProsody(ProsodyServer):
+        def _config(self, ssl: Any) -> str:
+            text = super()._config(ssl)
+            head, virtual_host, tail = text.partition("VirtualHost")
+            return f"{head}network_settings = {{ {settings} }}\n{virtual_host}{tail}"
+
+    return TunedProsody
+
+
 async def run(root: Path, args: argparse.Namespace, figures: dict[str, Any]) -> None:
     scripts = root / "scripts"
     scripts.mkdir()
@@ -321,7 +337,10 @@ async def run(root: Path, args: argparse.Namespace, figures: dict[str, Any]) -> 
         ENGINE_USER: "engine-pw",
         **{f"agent{n}": f"agent{n}-pw" for n in range(1, max(args.agents) + 1)},
     }
-    with ProsodyServer(root / "prosody", users=users) as server:
+    server_class = (
+        _tuned(args.prosody_network_settings) if args.prosody_network_settings else ProsodyServer
+    )
+    with server_class(root / "prosody", users=users) as server:
         figures["results"] = []
         for transport in ("local", "xmpp"):
             for count in args.agents:
@@ -342,6 +361,8 @@ async def run(root: Path, args: argparse.Namespace, figures: dict[str, Any]) -> 
 
 def report(figures: dict[str, Any]) -> list[str]:
     print(machine_line(figures))
+    if figures["prosody_network_settings"]:
+        print(f"prosody network_settings = {{ {figures['prosody_network_settings']} }}")
     print()
     rows = [
         {
@@ -437,6 +458,12 @@ def main() -> None:
     )
     parser.add_argument("--agents", default="1,2,4", help="agent counts to compare (default 1,2,4)")
     parser.add_argument("--slots", type=int, default=4, help="slots per agent (default 4)")
+    parser.add_argument(
+        "--prosody-network-settings",
+        default="",
+        metavar="LUA",
+        help='extra Prosody network_settings for the run, e.g. "min_wait = 0.00001"',
+    )
     parser.add_argument("--jobs", type=int, default=400, help="jobs per burst (default 400)")
     parser.add_argument(
         "--latency-jobs", type=int, default=100, help="jobs run one at a time (default 100)"
@@ -454,6 +481,7 @@ def main() -> None:
         "latency_jobs": args.latency_jobs,
         "output_mb": args.output_mb,
         "script": SCRIPT,
+        "prosody_network_settings": args.prosody_network_settings,
         "targets": {
             "per_s_two_agents": TARGET_PER_S,
             "dispatch_p50_ms": TARGET_P50_MS,
