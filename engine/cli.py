@@ -447,6 +447,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"wfe: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except ExceptionGroup as group:  # from a nursery: report our own error in one line
+        from engine.actions import one_line
+
+        ours = group.subgroup(lambda e: isinstance(e, EngineError | ValueError | LookupError | OSError))
+        if ours is None:
+            raise
+        print(f"wfe: error: {one_line(ours)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
