@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import trio
-
 from engine.render import print_table
 
 
@@ -26,15 +24,9 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _call(args: argparse.Namespace, op: str, **call_args: Any) -> Any:
-    from engine.client import connect_config
+    from engine.cli import _call as call
 
-    config = _config(args)
-
-    async def go() -> Any:
-        async with connect_config(config) as client:
-            return await client.call(op, **call_args)
-
-    return trio.run(go)
+    return call(args, op, **call_args)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
