@@ -153,8 +153,11 @@ async def test_the_web_console_runs_watches_and_approves(console: Console, tmp_p
             await page.fill("run-name", "console_work")
             await page.fill("run-params", json.dumps({"lines": 3, "gate": str(gate)}))
             await page.click("#run-submit")
+            # the job waits at its gate, so it is running; the state and the output arrive in
+            # separate pushed frames, so wait for both to be shown
             first = await page.until(
-                f"{page.text('output')}.includes('console_work line 1 of 3')",
+                f"{page.text('output')}.includes('console_work line 1 of 3')"
+                f" && {page.text('detail-state')} === 'running'",
                 f"[{page.text('detail-id')}, {page.text('detail-state')}, {page.text('output')}]",
             )
             job, shown_state, output = first
