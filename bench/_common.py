@@ -225,3 +225,92 @@ class Tracker:
 
     def at(self, subject: str, kind: str, state: str | None) -> float | None:
         return self.times.get((subject, kind, state))
+
+
+# --- dispatch measurements shared by bench.local_dispatch and bench.xmpp_dispatch --------------
+
+
+async def submit(engine: Any, script: str, submitted: dict[str, float]) -> str:
+    """Queue one ``script`` job; note when it was submitted."""
+    start = time.perf_counter()
+    job: str = await engine.run_rscript(script, {})
+    submitted[job] = start
+    return job
+
+
+async def burst(
+    engine: Any,
+    tracker: Tracker,
+    n: int,
+    *,
+    script: str,
+    pids: Sequence[int],
+    server_pid: int | None = None,
+) -> dict[str, Any]:
+    """Submit ``n`` jobs at once (from 50 concurrent callers) and wait for every result.
+
+    CPU per job is reported for the engine (this process), the agents (``pids``) and, when
+    given, a server process (``server_pid``, e.g. Prosody) as ``server_cpu_ms``.
+    """
+    submitted: dict[str, float] = {}
+    agents_cpu = sum(cpu_seconds(p) for p in pids)
+    server_cpu = cpu_seconds(server_pid) if server_pid else 0.0
+    callers = min(50, n)
+
+    async def caller(k: int) -> None:
+        for _ in range(k):
+            job = await submit(engine, script, submitted)
+            nursery.start_soon(tracker.wait, job)
+
+    with Stopwatch() as sw:
+        async with trio.open_nursery() as nursery:
+            for c in range(callers):
+                nursery.start_soon(caller, n // callers + (1 if c < n % callers else 0))
+    agents_cpu = sum(cpu_seconds(p) for p in pids) - agents_cpu
+    figures = latencies(tracker, submitted)
+    first = min(submitted.values())
+    last = max(tracker.at(j, "job.state", "succeeded") or 0.0 for j in submitted)
+    figures.update(
+        jobs=len(submitted),
+        per_s=len(submitted) / (last - first),
+        engine_cpu_ms=sw.cpu / len(submitted) * 1e3,
+        agents_cpu_ms=agents_cpu / len(submitted) * 1e3,
+        cpu_busy=(sw.cpu + agents_cpu) / sw.wall / (os.cpu_count() or 1),
+        server_cpu_ms=(cpu_seconds(server_pid) - server_cpu) / len(submitted) * 1e3
+        if server_pid
+        else None,
+    )
+    return figures
+
+
+def latencies(tracker: Tracker, submitted: dict[str, float]) -> dict[str, Any]:
+    """Percentiles of submit->committed and dispatch->committed, and the stages between."""
+    total, dispatch_to_result, queued, to_running, run_to_commit = [], [], [], [], []
+    failed = 0
+    for job, start in submitted.items():
+        done = tracker.at(job, "job.state", "succeeded")
+        dispatched = tracker.at(job, "attempt.state", "dispatched")
+        running = tracker.at(job, "attempt.state", "running")
+        if done is None or dispatched is None:
+            failed += 1
+            continue
+        total.append(done - start)
+        dispatch_to_result.append(done - dispatched)
+        queued.append(dispatched - start)
+        if running is not None:
+            to_running.append(running - dispatched)
+            run_to_commit.append(done - running)
+
+    def ms(values: list[float], p: float) -> float:
+        return percentile(values, p) * 1e3
+
+    return {
+        "failed": failed,
+        "p50_ms": ms(total, 50),
+        "p99_ms": ms(total, 99),
+        "dispatch_p50_ms": ms(dispatch_to_result, 50),
+        "dispatch_p99_ms": ms(dispatch_to_result, 99),
+        "stage_queued_p50_ms": ms(queued, 50),
+        "stage_accepted_p50_ms": ms(to_running, 50),
+        "stage_run_to_commit_p50_ms": ms(run_to_commit, 50),
+    }

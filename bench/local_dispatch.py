@@ -34,11 +34,13 @@ import trio
 from bench._common import (
     Stopwatch,
     Tracker,
-    cpu_seconds,
+    burst,
+    latencies,
     machine,
     machine_line,
     missed,
     percentile,
+    submit,
     table,
     workspace,
 )
@@ -106,50 +108,13 @@ async def wait_for_agents(engine: Engine, count: int) -> None:
             await trio.sleep(0.02)
 
 
-async def submit(engine: Engine, submitted: dict[str, float]) -> str:
-    start = time.perf_counter()
-    job = await engine.run_rscript(SCRIPT, {})
-    submitted[job] = start
-    return job
-
-
-async def burst(engine: Engine, tracker: Tracker, n: int) -> dict[str, Any]:
-    """Submit ``n`` jobs at once (from 50 concurrent callers) and wait for every result."""
-    submitted: dict[str, float] = {}
-    pids = agent_pids(engine)
-    agents_cpu = sum(cpu_seconds(p) for p in pids)
-    callers = min(50, n)
-
-    async def caller(k: int) -> None:
-        for _ in range(k):
-            job = await submit(engine, submitted)
-            nursery.start_soon(tracker.wait, job)
-
-    with Stopwatch() as sw:
-        async with trio.open_nursery() as nursery:
-            for c in range(callers):
-                nursery.start_soon(caller, n // callers + (1 if c < n % callers else 0))
-    agents_cpu = sum(cpu_seconds(p) for p in pids) - agents_cpu
-    figures = latencies(tracker, submitted)
-    first = min(submitted.values())
-    last = max(tracker.at(j, "job.state", "succeeded") or 0.0 for j in submitted)
-    figures.update(
-        jobs=len(submitted),
-        per_s=len(submitted) / (last - first),
-        engine_cpu_ms=sw.cpu / len(submitted) * 1e3,
-        agents_cpu_ms=agents_cpu / len(submitted) * 1e3,
-        cpu_busy=(sw.cpu + agents_cpu) / sw.wall / (os.cpu_count() or 1),
-    )
-    return figures
-
-
 async def window(engine: Engine, tracker: Tracker, n: int, width: int) -> dict[str, Any]:
     """Keep ``width`` jobs in flight until ``n`` have finished (a closed loop)."""
     submitted: dict[str, float] = {}
 
     async def lane(k: int) -> None:
         for _ in range(k):
-            await tracker.wait(await submit(engine, submitted))
+            await tracker.wait(await submit(engine, SCRIPT, submitted))
 
     with Stopwatch() as sw:
         async with trio.open_nursery() as nursery:
@@ -158,39 +123,6 @@ async def window(engine: Engine, tracker: Tracker, n: int, width: int) -> dict[s
     figures = latencies(tracker, submitted)
     figures.update(jobs=len(submitted), per_s=len(submitted) / sw.wall, window=width)
     return figures
-
-
-def latencies(tracker: Tracker, submitted: dict[str, float]) -> dict[str, Any]:
-    """Percentiles of submit->committed and dispatch->committed, and the stages between."""
-    total, dispatch_to_result, queued, to_running, run_to_commit = [], [], [], [], []
-    failed = 0
-    for job, start in submitted.items():
-        done = tracker.at(job, "job.state", "succeeded")
-        dispatched = tracker.at(job, "attempt.state", "dispatched")
-        running = tracker.at(job, "attempt.state", "running")
-        if done is None or dispatched is None:
-            failed += 1
-            continue
-        total.append(done - start)
-        dispatch_to_result.append(done - dispatched)
-        queued.append(dispatched - start)
-        if running is not None:
-            to_running.append(running - dispatched)
-            run_to_commit.append(done - running)
-
-    def ms(values: list[float], p: float) -> float:
-        return percentile(values, p) * 1e3
-
-    return {
-        "failed": failed,
-        "p50_ms": ms(total, 50),
-        "p99_ms": ms(total, 99),
-        "dispatch_p50_ms": ms(dispatch_to_result, 50),
-        "dispatch_p99_ms": ms(dispatch_to_result, 99),
-        "stage_queued_p50_ms": ms(queued, 50),
-        "stage_accepted_p50_ms": ms(to_running, 50),
-        "stage_run_to_commit_p50_ms": ms(run_to_commit, 50),
-    }
 
 
 async def run_config(
@@ -204,8 +136,9 @@ async def run_config(
         await nursery.start(tracker.run, engine.repo)
         await wait_for_agents(engine, agents)
         figures["startup_s"] = time.perf_counter() - started
-        await burst(engine, tracker, 2 * agents * slots)  # warm up every agent and slot
-        figures["burst"] = await burst(engine, tracker, jobs)
+        pids = agent_pids(engine)
+        await burst(engine, tracker, 2 * agents * slots, script=SCRIPT, pids=pids)  # warm up
+        figures["burst"] = await burst(engine, tracker, jobs, script=SCRIPT, pids=pids)
         if latency_jobs:
             figures["sequential"] = await window(engine, tracker, latency_jobs, 1)
             figures["window"] = await window(engine, tracker, latency_jobs, agents * slots)

@@ -35,11 +35,12 @@ import trio
 from bench._common import (
     Stopwatch,
     Tracker,
+    burst,
     cpu_seconds,
+    latencies,
     machine,
     machine_line,
     missed,
-    percentile,
     table,
 )
 from engine.config import Config, XmppSection
@@ -166,42 +167,6 @@ async def wait_for_agents(engine: Engine, count: int) -> None:
 # --- measurements -------------------------------------------------------------------------
 
 
-async def burst(
-    engine: Engine, tracker: Tracker, n: int, pids: list[int], prosody: int | None
-) -> dict[str, Any]:
-    """Submit ``n`` jobs at once (from 50 concurrent callers) and wait for every result."""
-    submitted: dict[str, float] = {}
-    agents_cpu = sum(cpu_seconds(p) for p in pids)
-    prosody_cpu = cpu_seconds(prosody) if prosody else 0.0
-
-    async def caller(k: int) -> None:
-        for _ in range(k):
-            start = time.perf_counter()
-            job = await engine.run_rscript(SCRIPT, {})
-            submitted[job] = start
-            nursery.start_soon(tracker.wait, job)
-
-    callers = min(50, n)
-    with Stopwatch() as sw:
-        async with trio.open_nursery() as nursery:
-            for c in range(callers):
-                nursery.start_soon(caller, n // callers + (1 if c < n % callers else 0))
-    agents_cpu = sum(cpu_seconds(p) for p in pids) - agents_cpu
-    figures = latencies(tracker, submitted)
-    first = min(submitted.values())
-    last = max(tracker.at(j, "job.state", "succeeded") or 0.0 for j in submitted)
-    figures.update(
-        jobs=len(submitted),
-        per_s=len(submitted) / (last - first),
-        engine_cpu_ms=sw.cpu / len(submitted) * 1e3,
-        agents_cpu_ms=agents_cpu / len(submitted) * 1e3,
-        prosody_cpu_ms=(cpu_seconds(prosody) - prosody_cpu) / len(submitted) * 1e3
-        if prosody
-        else None,
-    )
-    return figures
-
-
 async def one_at_a_time(engine: Engine, tracker: Tracker, n: int) -> dict[str, Any]:
     submitted: dict[str, float] = {}
     for _ in range(n):
@@ -210,27 +175,6 @@ async def one_at_a_time(engine: Engine, tracker: Tracker, n: int) -> dict[str, A
         submitted[job] = start
         await tracker.wait(job)
     return latencies(tracker, submitted)
-
-
-def latencies(tracker: Tracker, submitted: dict[str, float]) -> dict[str, Any]:
-    """Percentiles of dispatch -> committed result and submit -> committed result."""
-    total, dispatch = [], []
-    failed = 0
-    for job, start in submitted.items():
-        done = tracker.at(job, "job.state", "succeeded")
-        dispatched = tracker.at(job, "attempt.state", "dispatched")
-        if done is None or dispatched is None:
-            failed += 1
-            continue
-        total.append(done - start)
-        dispatch.append(done - dispatched)
-    return {
-        "failed": failed,
-        "p50_ms": percentile(total, 50) * 1e3,
-        "p99_ms": percentile(total, 99) * 1e3,
-        "dispatch_p50_ms": percentile(dispatch, 50) * 1e3,
-        "dispatch_p99_ms": percentile(dispatch, 99) * 1e3,
-    }
 
 
 async def stream(
@@ -291,8 +235,17 @@ async def run_setup(
                 await wait_for_agents(engine, setup.agents)
             figures["startup_s"] = time.perf_counter() - started
             pids = agent_pids(engine, processes)
-            await burst(engine, tracker, 2 * setup.agents * setup.slots, pids, prosody)  # warm up
-            figures["burst"] = await burst(engine, tracker, args.jobs, pids, prosody)
+            await burst(
+                engine,
+                tracker,
+                2 * setup.agents * setup.slots,
+                script=SCRIPT,
+                pids=pids,
+                server_pid=prosody,
+            )  # warm up
+            figures["burst"] = await burst(
+                engine, tracker, args.jobs, script=SCRIPT, pids=pids, server_pid=prosody
+            )
             figures["sequential"] = await one_at_a_time(engine, tracker, args.latency_jobs)
             if streaming:
                 size = int(args.output_mb * 1_000_000)
@@ -380,7 +333,7 @@ def report(figures: dict[str, Any]) -> list[str]:
         ("dispatch_p50_ms", "burst disp->res p50", ",.1f"), ("dispatch_p99_ms", "p99", ",.1f"),
         ("seq_dispatch_p50_ms", "1-at-a-time disp->res p50", ",.2f"), ("seq_dispatch_p99_ms", "p99", ",.2f"),
         ("seq_p50_ms", "submit->res p50", ",.2f"), ("engine_cpu_ms", "engine cpu ms/job", ".2f"),
-        ("agents_cpu_ms", "agents cpu ms/job", ".2f"), ("prosody_cpu_ms", "prosody cpu ms/job", ".2f"),
+        ("agents_cpu_ms", "agents cpu ms/job", ".2f"), ("server_cpu_ms", "prosody cpu ms/job", ".2f"),
         ("failed", "failed", ""),
     ]))  # fmt: skip
     rows = []
