@@ -30,7 +30,7 @@ from engine.controller import AgentController
 from engine.errors import EngineError
 from engine.jobs import Completions
 from engine.keys import load_signer
-from engine.local_transport import LocalAgents, serve_local_agents
+from engine.local_transport import LocalAgents, serve_local_agents, watch_local_agents
 from engine.repository import Repository, open_repository
 from engine.requests import RequestService
 from engine.requests import prepare as prepare_requests
@@ -190,6 +190,8 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                     heartbeat=config.agents.heartbeat,
                 )
                 await local.start()
+                # an agent that cannot start stops the engine here (LocalAgentFailed)
+                nursery.start_soon(watch_local_agents, local, controller)
                 if xmpp is not None:
                     from engine.xmpp_transport import serve_xmpp_agents
 

@@ -13,6 +13,7 @@ starts its agents again; those still alive from before keep their name and the n
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from agents.local_link import StreamLink
+from engine.errors import EngineError
 from protocols.messages import AgentHello, Message, Shutdown
 
 if TYPE_CHECKING:
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("wfe.local")
 
 HELLO_TIMEOUT = 10.0
+# agents.main.EXIT_LOCKED: another process of that name holds the spool. Not imported: the
+# engine loads nothing of agents beyond the link (agents.main pulls in the whole agent).
+EXIT_LOCKED = 3
 OUTBOX_SIZE = 100_000
 
 
@@ -136,9 +141,14 @@ class LocalAgents:
         self._key = public_key
         self._heartbeat = heartbeat
         self._processes: list[trio.Process] = []
+        self.stopping = False  # set by stop(): exits from then on are expected
+
+    def home(self, name: str) -> Path:
+        """The agent's directory: its spool, work directories and ``agent.log``."""
+        return self._dir / name
 
     def command(self, name: str) -> list[str]:
-        home = self._dir / name
+        home = self.home(name)
         cmd = [
             sys.executable,
             "-P",  # never import from the working directory: a workspace has an agents/ folder
@@ -179,8 +189,14 @@ class LocalAgents:
                 )
             self._processes.append(process)
 
+    @property
+    def processes(self) -> dict[str, trio.Process]:
+        """The agent processes started so far, by agent name."""
+        return dict(zip(self.names, self._processes, strict=False))
+
     async def stop(self, controller: AgentController, *, grace: float = 5.0) -> None:
         """Ask our agents to shut down, then make sure they did."""
+        self.stopping = True
         for name in self.names:
             entry = controller.agents.get(name)
             if entry is not None and entry.link is not None:
@@ -195,3 +211,71 @@ class LocalAgents:
                 except ProcessLookupError:
                     pass
                 await process.wait()
+
+
+class LocalAgentFailed(EngineError):
+    """A local agent process exited with a failure before it ever connected: it cannot start."""
+
+
+async def watch_local_agents(local: LocalAgents, controller: AgentController) -> None:
+    """Report local agent processes that exit while the engine runs, until cancelled.
+
+    An exit after ``local.stop()`` began is expected and ignored, as is a duplicate's
+    (``EXIT_LOCKED``: an agent of that name still runs from before). Any other exit is one
+    error line naming the agent, its exit code and the last line of its ``agent.log``; an
+    agent that exits with a failure code before it ever connected raises
+    ``LocalAgentFailed`` (with that line) instead, so that the engine stops at once rather
+    than wait for agents that will never come.
+    """
+    failed: list[LocalAgentFailed] = []
+    async with trio.open_nursery() as nursery:
+        for name, process in local.processes.items():
+            watch = functools.partial(_watch_one, local, controller, failed, nursery.cancel_scope)
+            nursery.start_soon(watch, name, process)
+    if failed:
+        raise failed[0]
+
+
+async def _watch_one(
+    local: LocalAgents,
+    controller: AgentController,
+    failed: list[LocalAgentFailed],
+    watching: trio.CancelScope,
+    name: str,
+    process: trio.Process,
+) -> None:
+    code = await process.wait()
+    if local.stopping:
+        return
+    connected = name in controller.agents
+    if code == EXIT_LOCKED:
+        log.info("local agent %s is already running; the new process exited", name)
+        return
+    agent_log = local.home(name) / "agent.log"
+    last = await trio.to_thread.run_sync(_last_line, agent_log)
+    detail = f": {last} (in {agent_log})" if last else f" ({agent_log} is empty)"
+    if code > 0 and not connected:
+        failed.append(
+            LocalAgentFailed(f"local agent {name} cannot start: exit code {code}{detail}")
+        )
+        watching.cancel()  # one is enough: stop watching the others
+        return
+    log.error("local agent %s exited with %s%s", name, _how(code), detail)
+
+
+def _how(code: int) -> str:
+    try:
+        return f"code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _last_line(path: Path, tail: int = 8192) -> str:
+    """The last non-blank line of ``path`` (of its last ``tail`` bytes), or ""."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - tail))
+            lines = file.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    return next((x.strip() for x in reversed(lines) if x.strip()), "")
