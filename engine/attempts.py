@@ -205,3 +205,16 @@ def output_count(job_id: str, attempt: int) -> Callable[[Any], int]:
         return int(row[0])
 
     return fn
+
+
+def output_seqs(job_id: str, attempt: int) -> Callable[[Any], list[int]]:
+    """The seqs of an attempt's stored output chunks, in order."""
+
+    def fn(conn: Any) -> list[int]:
+        rows = conn.execute(
+            "SELECT seq FROM output WHERE job_id = ? AND attempt = ? ORDER BY seq",
+            (job_id, attempt),
+        )
+        return [int(seq) for (seq,) in rows]
+
+    return fn
