@@ -32,6 +32,7 @@ from engine import attempts as ops
 from engine.config import AgentsSection, JobsSection
 from engine.errors import UnknownJob
 from engine.jobs import Completions, JobOutcome, JobRow, NewJob, create_job
+from engine.output_fill import OutputFill
 from engine.scheduler import Offer, Ready, assign
 from protocols.attempt import (
     AgentLost,
@@ -158,6 +159,7 @@ class AgentController:
         self._timer_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._output_watchers: dict[str, set[trio.MemorySendChannel[OutputChunk]]] = {}
+        self.output_fill = OutputFill(repo)  # makes output whole before a result is committed
         self.dispatched_total = 0
 
     # --- life ------------------------------------------------------------------------------
@@ -533,6 +535,10 @@ class AgentController:
 
     def _finished(self, entry: AgentEntry, message: JobFinished) -> None:
         job = self._current(entry, message.job_id, message.attempt)
+        if job is None and self.output_fill.filling(message.job_id, message.attempt):
+            # Resent after a reconnect while we wait for its output: ask again, no Ack yet.
+            self.output_fill.relink(message.job_id, message.attempt, entry.link)
+            return
         if job is None:
             # A report for an attempt already settled (a duplicate, or one we gave up on as
             # lost): acknowledge it so the agent drops it, and change nothing.
@@ -562,6 +568,7 @@ class AgentController:
 
     def _output(self, chunk: OutputChunk) -> None:
         self.repo.write_nowait(ops.output_stored(chunk))
+        self.output_fill.seen(chunk)
         for channel in list(self._output_watchers.get(chunk.job_id, ())):
             try:
                 channel.send_nowait(chunk)
@@ -640,6 +647,10 @@ class AgentController:
         error: str | None,
         retry_delay: float,
     ) -> None:
+        if finished is None:
+            self.output_fill.forget(job.job_id, machine.attempt)
+        else:  # the output must be whole before the end is committed and acknowledged
+            await self.output_fill.complete(finished, lambda: self._link(machine.agent))
         if job_state is None:
             await self.repo.write(ops.attempt_ended(machine, finished, job_state=None))
             self.repo.write_nowait(ops.job_requeued(job.job_id, machine.attempt, retry_delay))
@@ -662,6 +673,10 @@ class AgentController:
             entry = self.agents.get(machine.agent or "")
             if entry is not None and entry.link is not None:
                 entry.link.send_nowait(Ack(job_id=job.job_id, attempt=machine.attempt))
+
+    def _link(self, agent: str | None) -> AgentLink | None:
+        entry = self.agents.get(agent or "")
+        return entry.link if entry is not None else None
 
     # --- timers ----------------------------------------------------------------------------
 
