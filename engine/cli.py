@@ -22,7 +22,7 @@ import trio
 from engine import __version__
 from engine.config import CONFIG_NAME, DEFAULT_TOML, Config, load_config
 from engine.errors import EngineError
-from engine.render import print_job, print_table, seconds
+from engine.render import print_table, seconds
 
 log = logging.getLogger("wfe")
 
@@ -170,70 +170,50 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from engine.cli_watch import print_status
+
     if args.watch:
         return _watch_status(args)
     result = _call(args, "status", **({"job": args.job} if args.job else {}))
     if args.json:
         print(json.dumps(result, indent=2))
-    elif args.job:
-        print_job(result)
     else:
-        stats = result["statistics"]
-        print(
-            f"agents {stats['agents']}  queued {stats['queued']}  running {stats['running']}"
-            f"  actions {stats['running_actions']}  dispatched {stats['dispatched_total']}"
-        )
-        print_table(
-            [
-                {
-                    "job": j["id"],
-                    "name": j["name"],
-                    "state": j["state"],
-                    "error": (j["error"] or "")[:60],
-                }
-                for j in result["jobs"]
-            ]
-        )
+        print_status(result, job=args.job)
     return 0
 
 
 def _watch_status(args: argparse.Namespace) -> int:
+    from engine.cli_watch import status_drawer, until_interrupted, watch_status
     from engine.client import connect_config
 
     config = _config(args)
+    draw = status_drawer(job=args.job, tty=sys.stdout.isatty())
 
-    async def go() -> None:
+    async def view() -> None:
         async with connect_config(config) as client:
-            while True:
-                result = await client.call("status", **({"job": args.job} if args.job else {}))
-                print("\x1b[2J\x1b[H", end="")
-                if args.job:
-                    print_job(result)
-                    if result["state"] in ("succeeded", "failed", "cancelled"):
-                        return
-                else:
-                    print_table(
-                        [
-                            {"job": j["id"], "name": j["name"], "state": j["state"]}
-                            for j in result["jobs"]
-                        ]
-                    )
-                await trio.sleep(1)
+            await watch_status(client, job=args.job, draw=draw)
 
-    trio.run(go)
+    until_interrupted(view)
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    if not args.follow:
-        result = _call(
-            args, "logs", job=args.job, **({"attempt": args.attempt} if args.attempt else {})
-        )
-        sys.stdout.write(result["output"])
-        return 0
     from engine.client import connect_config
 
     config = _config(args)
+    if not args.follow:
+        from engine.cli_watch import print_logs
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        async def pages() -> None:
+            async with connect_config(config) as client:
+                await print_logs(client, args.job, attempt=args.attempt, write=write)
+
+        trio.run(pages)
+        return 0
 
     async def go() -> str:
         async with connect_config(config) as client:
@@ -396,9 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "show the engine's state, or one job")
     p.add_argument("job", nargs="?")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--watch", action="store_true", help="refresh every second")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw when something changes (at most 4 times a second) until Ctrl-C"
+        " (with JOB: until the job ends)",
+    )
 
-    p = add("logs", cmd_logs, "print a job's output")
+    p = add("logs", cmd_logs, "print a job's output (page by page as the engine sends it)")
     p.add_argument("job")
     p.add_argument("--attempt", type=int)
     p.add_argument("--follow", "-f", action="store_true", help="stream output until the job ends")
@@ -450,7 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExceptionGroup as group:  # from a nursery: report our own error in one line
         from engine.actions import one_line
 
-        ours = group.subgroup(lambda e: isinstance(e, EngineError | ValueError | LookupError | OSError))
+        ours = group.subgroup(
+            lambda e: isinstance(e, EngineError | ValueError | LookupError | OSError)
+        )
         if ours is None:
             raise
         print(f"wfe: error: {one_line(ours)}", file=sys.stderr)

@@ -1,0 +1,143 @@
+"""``wfe status --watch`` and ``wfe logs``: views that follow the engine instead of polling it.
+
+``watch_status`` subscribes to the engine's committed events and redraws after a change, at
+most ``REDRAW_INTERVAL`` apart, so an idle engine costs nothing and a busy one a few redraws a
+second. ``print_logs`` prints stored output page by page as the engine returns it (``logs``
+op, ``offset``/``next_offset``), so the first page shows before the last one is read.
+``until_interrupted`` runs a view until it ends or the user presses Ctrl-C (a clean end).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from engine.client import Client, ClientError
+from engine.jobs import TERMINAL
+from engine.render import print_job, print_table
+
+REDRAW_INTERVAL = 0.25  # seconds: at most four redraws a second
+JOB_KINDS = ("job.", "attempt.")
+OVERVIEW_KINDS = (*JOB_KINDS, "agent.")
+CLEAR = "\x1b[H\x1b[2J"
+
+
+async def watch_status(
+    client: Client,
+    *,
+    job: str | None,
+    draw: Callable[[dict[str, Any]], None],
+    interval: float = REDRAW_INTERVAL,
+) -> dict[str, Any]:
+    """Draw ``status`` now and again after each committed change, at most once per ``interval``.
+
+    Without ``job`` it runs until cancelled; with ``job`` it returns that job's last status
+    once the job has ended. Raises ``ClientError`` when the engine closes the connection.
+    """
+    await client.call("subscribe", kinds=list(JOB_KINDS if job else OVERVIEW_KINDS))
+    frames = client.frames()  # subscribed before the first read: no change falls in between
+    while True:
+        result: dict[str, Any] = await client.call("status", **({"job": job} if job else {}))
+        drawn_at = trio.current_time()
+        draw(result)
+        if job is not None and result["state"] in TERMINAL:
+            return result
+        try:
+            await frames.receive()  # the next change (an events or a missed frame)
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            reason = client.closed or "closed"
+            raise ClientError(f"the engine closed the connection: {reason}", "closed") from None
+        await trio.sleep_until(drawn_at + interval)
+        while True:  # what else came meanwhile is in the next draw
+            try:
+                frames.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+
+
+def status_drawer(*, job: str | None, tty: bool) -> Callable[[dict[str, Any]], None]:
+    """Print a ``status`` result: over the previous one on a terminal, else after a ``---``."""
+    first = True
+
+    def draw(result: dict[str, Any]) -> None:
+        nonlocal first
+        if tty:
+            print(CLEAR, end="")
+        elif not first:
+            print("---")
+        first = False
+        print_status(result, job=job)
+        sys.stdout.flush()
+
+    return draw
+
+
+def print_status(result: dict[str, Any], *, job: str | None) -> None:
+    """A ``status`` result as text: the job's detail, or statistics and the latest jobs."""
+    if job is not None:
+        print_job(result)
+        return
+    stats = result["statistics"]
+    print(
+        f"agents {stats['agents']}  queued {stats['queued']}  running {stats['running']}"
+        f"  actions {stats['running_actions']}  dispatched {stats['dispatched_total']}"
+    )
+    print_table(
+        [
+            {
+                "job": j["id"],
+                "name": j["name"],
+                "state": j["state"],
+                "error": (j["error"] or "")[:60],
+            }
+            for j in result["jobs"]
+        ]
+    )
+
+
+async def print_logs(
+    client: Client, job: str, *, attempt: int | None, write: Callable[[str], object]
+) -> int:
+    """Write an attempt's stored output (the last attempt by default) page by page; return
+    the number of pages. Raises ``ClientError`` for an unknown job or attempt."""
+    if attempt is None:  # pin the attempt, so that a retry starting meanwhile is not mixed in
+        attempt = int((await client.call("job", job=job))["attempts"])
+        if attempt == 0:
+            return 0
+    offset, pages = 0, 0
+    while True:
+        page = await client.call("logs", job=job, attempt=attempt, offset=offset)
+        write(page["output"])
+        pages += 1
+        if not page["more"]:
+            return pages
+        offset = page["next_offset"]
+
+
+def until_interrupted(view: Callable[[], Awaitable[object]]) -> None:
+    """Run ``view`` in trio until it returns or SIGINT (Ctrl-C) arrives; either is a clean end.
+
+    Off the main thread (where signals cannot be caught) Ctrl-C is left to Python.
+    """
+
+    async def main() -> None:
+        if threading.current_thread() is not threading.main_thread():
+            await view()
+            return
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                await view()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
