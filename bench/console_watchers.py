@@ -40,9 +40,9 @@ CALLERS = 50
 # --- the watchers (child process) ----------------------------------------------------------
 
 
-async def watchers(url: str, token: str, count: int, stalled: int) -> None:
-    """Open ``count`` subscribed connections (``stalled`` of them never read); print
-    ``ready`` once all are subscribed; run until stdin closes."""
+async def watchers(url: str, token: str, count: int, stalled: int, compress: bool) -> None:
+    """Open ``count`` subscribed connections (``stalled`` of them never read; ``compress``:
+    binary zlib frames); print ``ready`` once all are subscribed; run until stdin closes."""
     from trio_websocket import ConnectionClosed, wrap_client_stream
 
     host, port = url.split("//")[1].strip("/").split(":")
@@ -56,7 +56,9 @@ async def watchers(url: str, token: str, count: int, stalled: int) -> None:
         ws = await wrap_client_stream(nursery, stream, f"{host}:{port}", "/", message_queue_size=1)
         await ws.send_message(json.dumps({"id": 1, "op": "auth", "args": {"token": token}}))
         await ws.get_message()
-        await ws.send_message(json.dumps({"id": 2, "op": "subscribe", "args": {}}))
+        await ws.send_message(
+            json.dumps({"id": 2, "op": "subscribe", "args": {"compress": compress}})
+        )
         await ws.get_message()
         subscribed += 1
         if subscribed == count:
@@ -124,6 +126,7 @@ async def run_case(
     count: int,
     stalled: int,
     jobs: int,
+    frames: str,
 ) -> dict[str, Any]:
     child = None
     if count:
@@ -137,6 +140,7 @@ async def run_case(
                 token,
                 str(count),
                 str(stalled),
+                frames,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -158,6 +162,8 @@ async def run_case(
         watchers=count,
         stalled=stalled,
         connections=after.get("connections", 0),
+        frames=frames if count else "-",
+        sent_kb_per_job=(after.get("bytes_sent", 0) - before.get("bytes_sent", 0)) / jobs / 1e3,
         events_per_s=after.get("events_per_second", 0.0),
         events_missed=after.get("events_missed", 0) - before.get("events_missed", 0),
         stalled_closed=after.get("refused", {}).get("stalled", 0)
@@ -175,7 +181,9 @@ async def run_case(
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cases = [0, *args.watchers, 0]
+    cases = [(0, "-")]
+    cases += [(count, frames) for count in args.watchers for frames in args.frames]
+    cases.append((0, "-"))
     with tempfile.TemporaryDirectory(prefix="wfe-bench-console-") as tmp:
         config = workspace(Path(tmp), agents=2, slots=4)
         token = read_token(config)
@@ -191,11 +199,13 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             await nursery.start(tracker.run, engine.repo)
             await burst(engine, tracker, min(100, args.jobs))  # warm up
             rows = []
-            for count in cases:
+            for count, frames in cases:
                 stalled = int(count * args.stalled)
-                row = await run_case(engine, server, tracker, url, token, count, stalled, args.jobs)
+                row = await run_case(
+                    engine, server, tracker, url, token, count, stalled, args.jobs, frames
+                )
                 print(
-                    f"  {count} watchers ({stalled} stalled): {row['jobs_per_s']:.1f} jobs/s",
+                    f"  {count} watchers ({stalled} stalled, {frames}): {row['jobs_per_s']:.1f} jobs/s",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -207,8 +217,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
-        url, token, count, stalled = argv[1:5]
-        trio.run(watchers, url, token, int(count), int(stalled))
+        url, token, count, stalled, frames = argv[1:6]
+        trio.run(watchers, url, token, int(count), int(stalled), frames == "zlib")
         return 0
     parser = argparse.ArgumentParser(
         prog="python -m bench.console_watchers", description=__doc__.splitlines()[0]
@@ -226,9 +236,18 @@ def main(argv: list[str] | None = None) -> int:
         default=Limits().flush_interval,
         help="the console's flush_interval (s)",
     )
+    parser.add_argument(
+        "--frames",
+        default="plain,zlib",
+        help="how watchers take events: plain (text JSON), zlib (subscribe with compress);"
+        " each is a case (default plain,zlib)",
+    )
     parser.add_argument("--quick", action="store_true", help="300 jobs, 200 watchers only")
     args = parser.parse_args(argv)
     args.watchers = [int(w) for w in args.watchers.split(",") if w]
+    args.frames = [f for f in args.frames.split(",") if f]
+    if not set(args.frames) <= {"plain", "zlib"}:
+        parser.error(f"--frames: expected plain and/or zlib, not {','.join(args.frames)}")
     if args.quick:
         args.jobs, args.watchers = 300, [200]
     started = time.perf_counter()
@@ -251,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             [
                 ("watchers", "watchers", ""),
                 ("stalled", "stalled", ""),
+                ("frames", "frames", ""),
                 ("jobs_per_s", "jobs/s", ".1f"),
                 ("engine_cpu_ms_per_job", "engine cpu ms/job", ".2f"),
                 ("watchers_cpu_ms_per_job", "watchers' process cpu ms/job", ".2f"),
+                ("sent_kb_per_job", "console kB sent/job", ".1f"),
                 ("events_per_s", "events/s", ".0f"),
                 ("events_missed", "events missed (all watchers)", ""),
                 ("stalled_closed", "stalled closed", ""),
@@ -267,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if row["watchers"]:
             change = (row["jobs_per_s"] - baseline) / baseline * 100
             print(
-                f"{row['watchers']} watchers: {change:+.0f}% jobs/s against the mean of the 0-watcher runs ({baseline:.1f})"
+                f"{row['watchers']} watchers ({row['frames']}): {change:+.0f}% jobs/s against the mean of the 0-watcher runs ({baseline:.1f})"
             )
     print(f"({time.perf_counter() - started:.0f} s)")
     print(json.dumps(figures))

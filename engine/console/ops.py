@@ -14,7 +14,7 @@ import trio
 
 from engine import tokens
 from engine.console import protocol
-from engine.console.hub import EventFilter
+from engine.console.filters import EventFilter
 from engine.console.protocol import ApiError
 from engine.console.registry import OPS, arg, bounded, op, string_list
 from engine.console.tail import start_tail
@@ -191,14 +191,15 @@ async def _events(session: Session, args: dict[str, Any]) -> Any:
 
 @op("subscribe", role="viewer")
 async def _subscribe(session: Session, args: dict[str, Any]) -> Any:
-    """Push events committed from now on: kinds (prefixes), subjects, request, namespace."""
+    """Push events committed from now on: kinds (prefixes), subjects, request, namespace;
+    compress (binary zlib frames)."""
     where = EventFilter(
         kinds=string_list(args, "kinds") + string_list(args, "kind"),
         subjects=frozenset(string_list(args, "subjects") + string_list(args, "subject")),
         request=arg(args, "request", str, None),
         namespace=arg(args, "namespace", str, None),
     )
-    stream = session.open_event_stream(where)
+    stream = session.open_event_stream(where, compress=arg(args, "compress", bool, False))
     last = await session.engine.repo.read(
         lambda conn: conn.execute("SELECT MAX(id) FROM events").fetchone()[0]
     )

@@ -39,7 +39,11 @@ class ConsoleServer:
     ) -> None:
         self.engine = engine
         self.limits = limits or Limits()
-        self.hub = ConsoleHub(engine.repo)
+        self.hub = ConsoleHub(
+            engine.repo,
+            flush_interval=self.limits.flush_interval,
+            frames_per_second=self.limits.event_frames_per_second,
+        )
         self.auth = Authenticator(engine.repo, bootstrap_token)
         self.sessions: set[Session] = set()
         self.connections = 0
@@ -271,6 +275,7 @@ class ConsoleServer:
             "refused": dict(self.refused),
             **self.hub.statistics(trio.current_time()),
             "queued_frames": sum(len(s.outbox) for s in self.sessions),
+            "bytes_sent": sum(s.bytes_sent for s in self.sessions),
             "events_missed": sum(
                 st.missed_total for s in self.sessions for st in s.event_streams.values()
             ),

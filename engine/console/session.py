@@ -1,13 +1,13 @@
 """One authenticated console connection: its outbox, its streams, and the task that writes.
 
 The writer (``pump``) is the only task that writes to the websocket. It sends replies and
-tailed output as they are queued, and each event stream's waiting events as one frame at
-most every ``flush_interval`` seconds, or less often when many streams are open (see
-``Session.flush_interval``): a frame costs about the same whatever it holds, so batching is
-what lets hundreds of watchers cost the engine little. When one write takes longer than ``stall_timeout`` (the
-client has stopped reading and the socket buffers are full) it raises ``ClientStalled`` and
-the server closes the connection: a stalled client costs the engine nothing but memory
-bounded by the outbox and ``max_pending`` events per stream.
+tailed output as they are queued, and the frames the hub's tick sealed for each event
+stream (see ``engine.console.hub``: one tick for all streams, at most every
+``flush_interval`` seconds, less often when many streams are open). When one write takes
+longer than ``stall_timeout`` (the client has stopped reading and the socket buffers are
+full) it raises ``ClientStalled`` and the server closes the connection: a stalled client
+costs the engine nothing but memory bounded by the outbox and ``max_pending`` events per
+stream.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from engine.console.hub import EventFilter, EventStream
+from engine.console.filters import EventFilter
 from engine.console.outbox import Outbox
+from engine.console.streams import EventStream
 from engine.tokens import Principal, Role
 
 if TYPE_CHECKING:
@@ -37,10 +38,8 @@ class Limits:
     max_message: int = 16 * 1024 * 1024  # longer messages close the connection (1009)
     auth_timeout: float = 10.0  # seconds to send ``auth`` after connecting
     stall_timeout: float = 30.0  # seconds one write may take before the client counts as stalled
-    flush_interval: float = 0.1  # least seconds between two event frames of one stream
-    event_frames_per_second: float = (
-        400.0  # for all streams together: more watchers, longer intervals
-    )
+    flush_interval: float = 0.1  # least seconds between two ticks (event frames of a stream)
+    event_frames_per_second: float = 400.0  # for all streams together: more, longer ticks
     max_pending: int = 5000  # events one stream holds for its client before it counts misses
     outbox_frames: int = 256  # replies and output frames waiting for one client
     max_inflight: int = 16  # requests of one connection handled at once (then reading waits)
@@ -101,13 +100,17 @@ class Session:
         self._opened_by.setdefault(trio.lowlevel.current_task(), []).append(stream_id)
         return stream_id
 
-    def open_event_stream(self, where: EventFilter) -> EventStream:
+    def open_event_stream(self, where: EventFilter, *, compress: bool = False) -> EventStream:
         """Start a ``subscribe`` stream; its events flow once the reply that names it is queued."""
         stream = EventStream(
-            self._new_stream(), where, max_pending=self.limits.max_pending, wake=self._poke
+            self._new_stream(),
+            where,
+            max_pending=self.limits.max_pending,
+            wake=self._poke,
+            compress=compress,
         )
         self.event_streams[stream.id] = stream
-        self.server.hub.streams.add(stream)
+        self.server.hub.add(stream)
         return stream
 
     def open_task_stream(self, body: Callable[[int, trio.Event], Any]) -> int:
@@ -131,7 +134,7 @@ class Session:
         self._ready.pop(stream_id, None)
         stream = self.event_streams.pop(stream_id, None)
         if stream is not None:
-            self.server.hub.streams.discard(stream)
+            self.server.hub.discard(stream)
             return True
         scope = self.task_streams.pop(stream_id, None)
         if scope is not None:
@@ -161,8 +164,7 @@ class Session:
         self._wakeup.set()
 
     async def pump(self) -> None:
-        """Write queued frames and due event frames to the client until cancelled."""
-        last_flush = -float("inf")
+        """Write queued frames and sealed event frames to the client until cancelled."""
         while True:
             try:
                 frame = self.outbox.get_nowait()
@@ -173,24 +175,11 @@ class Session:
                 continue
             due = [s for s in self.event_streams.values() if s.due and s.id not in self._ready]
             if due:
-                wait = last_flush + self.flush_interval() - trio.current_time()
-                if wait > 0:
-                    with trio.move_on_after(wait):
-                        await self._idle()
-                    continue
                 for stream in due:
-                    for text in stream.take_frames():
-                        await self._write(text)
-                last_flush = trio.current_time()
+                    for message in stream.take_frames():
+                        await self._write(message)
                 continue
             await self._idle()
-
-    def flush_interval(self) -> float:
-        """Seconds between two event frames of a stream: ``flush_interval``, or longer when
-        so many streams are open that all of them together would send more than
-        ``event_frames_per_second`` (a frame costs the engine ~0.1-0.2 ms, mostly the send)."""
-        crowd = len(self.server.hub.streams) / self.limits.event_frames_per_second
-        return max(self.limits.flush_interval, crowd)
 
     async def _idle(self) -> None:
         self._wakeup = trio.Event()
@@ -199,15 +188,15 @@ class Session:
             return
         await self._wakeup.wait()
 
-    async def _write(self, text: str) -> None:
+    async def _write(self, message: str | bytes) -> None:
         with trio.move_on_after(self.limits.stall_timeout) as scope:
-            await self.ws.send_message(text)
+            await self.ws.send_message(message)
         if scope.cancelled_caught:
             raise ClientStalled(
                 f"client stalled: one write took over {self.limits.stall_timeout:g} s (not reading?)"
             )
         self.frames_sent += 1
-        self.bytes_sent += len(text)
+        self.bytes_sent += len(message)
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ws: null, nextId: 1, pending: new Map(), streams: new Map(),
   role: null, ops: new Set(), job: null, tail: null, refreshTimer: null, dirty: false,
+  inbox: Promise.resolve(),
 };
 
 function message(text, error = false) {
@@ -25,8 +26,22 @@ function call(op, args = {}) {
   });
 }
 
-function onFrame(event) {
-  const frame = JSON.parse(event.data);
+// Events of a compressed subscription come as binary messages: 4 bytes of stream id, then
+// the zlib-compressed JSON array of events. Decompressing is asynchronous, so every message
+// goes through one promise chain: frames are handled in the order the engine sent them.
+async function decode(data) {
+  if (typeof data === "string") return JSON.parse(data);
+  const stream = new DataView(data).getUint32(0);
+  const inflated = new Blob([data.slice(4)]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return { stream, events: JSON.parse(await new Response(inflated).text()) };
+}
+
+function onMessage(event) {
+  state.inbox = state.inbox.then(() => decode(event.data)).then(onFrame)
+    .catch((err) => message(`bad message from the engine: ${err.message}`, true));
+}
+
+function onFrame(frame) {
   if ("stream" in frame && !("ok" in frame)) {
     const handler = state.streams.get(frame.stream);
     if (handler) handler(frame);
@@ -44,7 +59,8 @@ function connect(token) {
   const ws = new WebSocket(`${scheme}://${location.host}/`);
   state.ws = ws;
   $("status").textContent = "connecting";
-  ws.onmessage = onFrame;
+  ws.binaryType = "arraybuffer";
+  ws.onmessage = onMessage;
   ws.onclose = (e) => {
     $("status").textContent = `disconnected (${e.code}${e.reason ? ": " + e.reason : ""})`;
     $("status").className = "status bad";
@@ -67,7 +83,9 @@ function connect(token) {
       $("app").hidden = false;
       $("signout").hidden = false;
       $("tab-requests").hidden = !state.ops.has("requests");
-      const sub = await call("subscribe", { kinds: ["job.", "attempt.", "agent.", "request.", "token."] });
+      const sub = await call("subscribe", {
+        kinds: ["job.", "attempt.", "agent.", "request.", "token."], compress: true,
+      });
       state.streams.set(sub.stream, onEvents);
       await refresh();
       state.refreshTimer = setInterval(() => { if (state.dirty) refresh(); }, 300);

@@ -13,6 +13,7 @@ from trio_websocket import wrap_client_stream
 
 from engine.client import Client
 from engine.console.session import Limits
+from engine.console.streams import decode_binary
 
 from .conftest import GUARD, Console, open_console
 
@@ -218,3 +219,40 @@ async def test_a_stalled_client_is_disconnected_and_the_engine_goes_on(tmp_path:
                 assert stats["connections"] == 1
                 await stream.aclose()
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_compressed_subscription_gets_binary_frames_with_the_same_events(
+    console: Console,
+) -> None:
+    """Over a real websocket, `subscribe` with compress gets binary messages (stream id, then
+    zlib JSON) carrying exactly the events a plain subscription of another connection gets."""
+    port = int(console.url.rsplit(":", 1)[1].strip("/"))
+    with trio.fail_after(GUARD):
+        async with console.connect() as plain, trio.open_nursery() as nursery:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            ws = await wrap_client_stream(nursery, stream, f"127.0.0.1:{port}", "/")
+            await ws.send_message(
+                json.dumps({"id": 1, "op": "auth", "args": {"token": console.token}})
+            )
+            assert json.loads(await ws.get_message())["ok"]
+            await ws.send_message(
+                json.dumps(
+                    {"id": 2, "op": "subscribe", "args": {"kinds": ["job."], "compress": True}}
+                )
+            )
+            reply = json.loads(await ws.get_message())
+            assert reply["ok"], reply
+            packed_stream = reply["result"]["stream"]
+            text_stream = (await plain.call("subscribe", kinds=["job."]))["stream"]
+            job = (await plain.call("run", rscript="noop"))["job"]
+            expected = await events_until(plain, text_stream, ended(job))
+            got: list[dict[str, Any]] = []
+            while not any(ended(job)(e) for e in got):
+                message = await ws.get_message()
+                assert isinstance(message, bytes), message
+                frame = decode_binary(message)
+                assert frame["stream"] == packed_stream
+                got.extend(frame["events"])  # type: ignore[arg-type]
+            assert got == expected
+            await ws.aclose()
+            nursery.cancel_scope.cancel()

@@ -4,6 +4,7 @@ roles and token names, and the HTTP side of the port."""
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 import pytest
@@ -12,8 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.console import protocol, web
-from engine.console.hub import ConsoleHub, EventFilter, EventIndex, EventStream, Rate
+from engine.console.filters import EventFilter, EventIndex
+from engine.console.hub import ConsoleHub, Rate
 from engine.console.outbox import Outbox
+from engine.console.streams import Batch, EventStream, StreamGroup, decode_binary
 from engine.repository import Event, Missed
 from engine.tokens import Role, TokenError, check_name, digest
 
@@ -71,21 +74,33 @@ def event(n: int, kind: str = "job.state", subject: str = "j1", **data: Any) -> 
 
 
 def test_a_full_stream_counts_misses_and_reports_them_after_what_it_kept() -> None:
-    """Batches that do not fit are not queued: the next flush sends the kept events, then
-    one `missed` frame with the first and last id and the count; then it starts afresh."""
+    """Batches that do not fit are not queued: the tick hands over the kept events, then one
+    `missed` notice with the first and last id and the count; then it starts afresh. A stream
+    that joins its group late does not get what was committed before it joined."""
     woken: list[int] = []
+    group = StreamGroup(EventFilter())
     stream = EventStream(7, EventFilter(), max_pending=3, wake=lambda: woken.append(1))
-    stream.offer(1, 2, 2, '{"id":1},{"id":2}')
-    stream.offer(3, 4, 2, '{"id":3},{"id":4}')  # 4 > 3: missed
-    stream.offer(5, 5, 1, '{"id":5}')  # missed too: nothing is queued after a gap
-    assert len(woken) == 1
+    group.join(stream)
+    group.add(Batch(1, 2, 2, '{"id":1},{"id":2}'))
+    late = EventStream(8, EventFilter(), max_pending=3, wake=lambda: None)
+    group.join(late)
+    group.add(Batch(3, 4, 2, '{"id":3},{"id":4}'))  # 4 > 3: missed
+    group.add(Batch(5, 5, 1, '{"id":5}'))  # missed too: nothing is queued after a gap
+    assert not woken and not stream.due  # nothing before the tick
+    group.deliver()
+    assert woken and stream.due
     frames = [json.loads(f) for f in stream.take_frames()]
     assert frames == [
         {"stream": 7, "events": [{"id": 1}, {"id": 2}]},
         {"stream": 7, "missed": {"first_id": 3, "last_id": 5, "count": 3}},
     ]
+    assert [json.loads(f) for f in late.take_frames()] == [
+        {"stream": 8, "events": [{"id": 3}, {"id": 4}, {"id": 5}]}
+    ]
     assert not stream.due and stream.missed_total == 3
-    stream.offer(6, 6, 1, '{"id":6}')
+    group.add(Batch(6, 6, 1, '{"id":6}'))
+    assert stream.take_frames() == []  # not before the tick
+    group.deliver()
     assert [json.loads(f) for f in stream.take_frames()] == [{"stream": 7, "events": [{"id": 6}]}]
 
 
@@ -100,7 +115,8 @@ async def test_the_hub_fans_out_once_and_filters() -> None:
     )
     of_request = EventStream(3, EventFilter(request="r-a-0001"), max_pending=100, wake=lambda: None)
     of_namespace = EventStream(4, EventFilter(namespace="ns"), max_pending=100, wake=lambda: None)
-    hub.streams |= {everything, jobs_only, of_request, of_namespace}
+    for stream in (everything, jobs_only, of_request, of_namespace):
+        hub.add(stream)
     ended = hub.job_ended("j2")
     hub.publish(
         [
@@ -114,6 +130,7 @@ async def test_the_hub_fans_out_once_and_filters() -> None:
         ]
     )
     assert ended.is_set()
+    hub.tick()
 
     def ids(stream: EventStream) -> list[Any]:
         out: list[Any] = []
@@ -131,6 +148,7 @@ async def test_the_hub_fans_out_once_and_filters() -> None:
     assert ids(of_request) == [1, 2, 3, 4, ("missed", 3)]  # 5, 6 and 7
     assert ids(of_namespace) == [1, 2, 3, 4, ("missed", 3)]
     hub.publish([event(9, "job.created", "j10", request="r-a-0001")])
+    hub.tick()
     assert ids(everything) == [9] and ids(of_request) == [9] and ids(of_namespace) == [9]
 
 
@@ -218,3 +236,69 @@ async def test_a_replayed_stream_returns_what_was_read_first() -> None:
     assert await replay.receive_some(5) == b"GET /"
     assert await replay.receive_some() == b" HTTP/1.1\r\n\r\nrest"
     assert await replay.receive_some() == b"+more"
+
+
+async def test_streams_of_one_filter_share_one_frame_per_tick() -> None:
+    """A tick builds one frame body per set of identical holdings: three streams of one
+    filter share it, a stream of another filter gets its own, and a stream that still holds
+    an earlier frame (its writer fell behind) still gets the shared one for this tick."""
+    hub = ConsoleHub(repo=None)  # type: ignore[arg-type]
+    same = [EventStream(n, EventFilter(), max_pending=100, wake=lambda: None) for n in (1, 2, 3)]
+    jobs = EventStream(4, EventFilter(kinds=("job.",)), max_pending=100, wake=lambda: None)
+    for stream in (*same, jobs):
+        hub.add(stream)
+    hub.publish([event(1, "job.created", "j1"), event(2, "attempt.state", "j1")])
+    hub.tick()
+    assert hub.frames_built == 2
+    assert [json.loads(m) for m in same[0].take_frames()] == [
+        {
+            "stream": 1,
+            "events": [
+                {"id": 1, "at": 0.0, "kind": "job.created", "subject": "j1", "data": {}},
+                {"id": 2, "at": 0.0, "kind": "attempt.state", "subject": "j1", "data": {}},
+            ],
+        }
+    ]
+    assert [e["id"] for e in json.loads(jobs.take_frames()[0])["events"]] == [1]
+    hub.publish([event(3, "job.state", "j1", state="running"), event(4, "attempt.state", "j1")])
+    hub.tick()
+    assert (
+        hub.frames_built == 4
+    )  # stream 1 sent its first frame; 2 and 3 hold two, but share the new one
+    lagging = [json.loads(m) for m in same[1].take_frames()]
+    assert [[e["id"] for e in f["events"]] for f in lagging] == [[1, 2, 3, 4]]  # one text frame
+    assert [e["id"] for e in json.loads(same[0].take_frames()[0])["events"]] == [3, 4]
+
+
+async def test_a_compressed_stream_sends_binary_frames_that_decode_to_the_same_events() -> None:
+    """With ``compress`` a frame is 4 bytes of stream id and zlib-compressed JSON; decoded,
+    it is the object a text frame would be. A missed notice stays a text frame."""
+    hub = ConsoleHub(repo=None)  # type: ignore[arg-type]
+    plain = EventStream(1, EventFilter(), max_pending=3, wake=lambda: None)
+    packed = EventStream(258, EventFilter(), max_pending=3, wake=lambda: None, compress=True)
+    hub.add(plain)
+    hub.add(packed)
+    hub.publish([event(1, "job.created", "j1", name="x" * 500), event(2, "job.state", "j1")])
+    hub.publish([event(3, "job.state", "j1"), event(4, "job.state", "j1")])  # 4 > 3: missed
+    hub.tick()
+    assert hub.frames_built == 1
+    text, notice = plain.take_frames()
+    binary, packed_notice = packed.take_frames()
+    assert isinstance(binary, bytes) and binary[:4] == b"\x00\x00\x01\x02"
+    assert len(binary) < len(text) / 3  # the repeated name compresses
+    assert decode_binary(binary) == {**json.loads(text), "stream": 258}
+    assert json.loads(packed_notice) == {**json.loads(notice), "stream": 258}
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        (b"\x00\x01", "too short"),
+        (b"\x00\x00\x00\x07not zlib", "stream 7"),
+        (b"\x00\x00\x00\x07" + zlib.compress(b"[1,"), "stream 7"),
+    ],
+)
+def test_a_bad_binary_message_is_named(message: bytes, problem: str) -> None:
+    """decode_binary raises ValueError with a message that says what is wrong."""
+    with pytest.raises(ValueError, match=problem):
+        decode_binary(message)

@@ -1,0 +1,186 @@
+"""One ``subscribe`` stream of one connection: events waiting for the next tick, frames ready to write.
+
+Theory of operation: streams with the same filter form a ``StreamGroup``. The hub adds each
+committed batch to a group once, as one comma-joined string of event objects, whatever the
+number of its streams. On every tick the group joins what it collected into one ``Frame``
+and hands that same frame to each of its streams: its text is joined, and compressed, once
+for all of them, so a crowd of watchers costs the engine one body per tick plus one write
+each. What a stream holds is bounded (``max_pending`` events not yet handed to its writer):
+a stream that has no room for the whole tick takes the batches that fit, counts the rest as
+missed, and tells its client in a ``missed`` notice after what it kept.
+
+A stream opened with ``compress`` gets its events as binary messages: 4 bytes of stream id
+(big-endian), then the zlib-compressed JSON array of event objects. Event JSON shrinks about
+sevenfold, and the bytes each watcher costs the kernel shrink with it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from engine.console.filters import EventFilter
+
+_STREAM_ID = struct.Struct(">I")
+ZLIB_LEVEL = 1  # ~400 MB/s here, 7x smaller event JSON; higher levels gain little more
+
+
+class Frame:
+    """The events of one tick for the streams that held the same batches."""
+
+    __slots__ = ("body", "_zlib")
+
+    def __init__(self, body: str) -> None:
+        self.body = body  # comma-joined event objects
+        self._zlib: bytes | None = None
+
+    def text(self, stream_id: int) -> str:
+        return f'{{"stream":{stream_id},"events":[{self.body}]}}'
+
+    def binary(self, stream_id: int) -> bytes:
+        if self._zlib is None:
+            self._zlib = zlib.compress(f"[{self.body}]".encode(), ZLIB_LEVEL)
+        return _STREAM_ID.pack(stream_id) + self._zlib
+
+
+class EventStream:
+    """One ``subscribe`` of one connection. ``wake`` is called when it has something to write."""
+
+    def __init__(
+        self,
+        stream_id: int,
+        where: EventFilter,
+        *,
+        max_pending: int,
+        wake: Callable[[], None],
+        compress: bool = False,
+    ) -> None:
+        self.id = stream_id
+        self.filter = where
+        self.compress = compress
+        self.max_pending = max_pending
+        self._wake = wake
+        self._frames: list[Frame] = []  # handed over at ticks, not yet taken by the writer
+        self._held = 0  # events in them
+        self._missed: list[int] | None = None  # [first_id, last_id, count]
+        self.sent = 0
+        self.missed_total = 0
+
+    @property
+    def due(self) -> bool:
+        """Whether the writer has something to send now."""
+        return bool(self._frames) or self._missed is not None
+
+    def deliver(self, frame: Frame, batches: Sequence[Batch], count: int) -> None:
+        """Take a tick's ``frame`` (the ``count`` events of ``batches``), or what fits of it."""
+        if self._missed is None and self._held + count <= self.max_pending:
+            self._frames.append(frame)
+            self._held += count
+        else:
+            kept = []
+            for batch in batches:
+                if self._missed is None and self._held + batch.count <= self.max_pending:
+                    kept.append(batch.joined)
+                    self._held += batch.count
+                else:
+                    self.miss(batch.first_id, batch.last_id, batch.count)
+            if kept:
+                self._frames.append(Frame(",".join(kept)))
+        self._wake()
+
+    def miss(self, first_id: int, last_id: int, count: int) -> None:
+        """Count events that did not fit; every later batch is missed too until the notice goes."""
+        if self._missed is None:
+            self._missed = [first_id, last_id, count]
+            self._wake()
+        else:
+            self._missed[1] = last_id
+            self._missed[2] += count
+        self.missed_total += count
+
+    def take_frames(self) -> list[str | bytes]:
+        """The messages to write now: the events it holds, then the missed notice (if any)."""
+        messages: list[str | bytes] = []
+        if self._frames:
+            if self.compress:
+                messages += [frame.binary(self.id) for frame in self._frames]
+            elif len(self._frames) == 1:
+                messages.append(self._frames[0].text(self.id))
+            else:  # a writer that fell behind: one frame for all it holds
+                messages.append(Frame(",".join(f.body for f in self._frames)).text(self.id))
+            self.sent += self._held
+            self._frames, self._held = [], 0
+        if self._missed is not None:
+            first, last, count = self._missed
+            messages.append(
+                f'{{"stream":{self.id},"missed":{{"first_id":{first},"last_id":{last},"count":{count}}}}}'
+            )
+            self._missed = None
+        return messages
+
+
+@attrs.frozen
+class Batch:
+    """What one committed batch holds for one filter: ``count`` events, JSON, comma-joined."""
+
+    first_id: int
+    last_id: int
+    count: int
+    joined: str
+
+
+class StreamGroup:
+    """The streams of one filter, and the batches they get at the next tick."""
+
+    def __init__(self, where: EventFilter) -> None:
+        self.filter = where
+        self.members: dict[EventStream, int] = {}  # stream -> batches it joined too late for
+        self.batches: list[Batch] = []
+        self.count = 0
+
+    def add(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        self.count += batch.count
+
+    def join(self, stream: EventStream) -> None:
+        """Add ``stream``: it gets what is committed from now on, not what already waits."""
+        self.members[stream] = len(self.batches)
+
+    def deliver(self) -> int:
+        """Hand what waits to every member, as one shared frame; return the frames built."""
+        if not self.batches:
+            return 0
+        frame = Frame(",".join(b.joined for b in self.batches))
+        built = 1
+        for stream, late in self.members.items():
+            if late:
+                rest = self.batches[late:]
+                if rest:
+                    stream.deliver(
+                        Frame(",".join(b.joined for b in rest)), rest, sum(b.count for b in rest)
+                    )
+                    built += 1
+                self.members[stream] = 0
+            else:
+                stream.deliver(frame, self.batches, self.count)
+        self.batches, self.count = [], 0
+        return built
+
+
+def decode_binary(message: bytes) -> dict[str, object]:
+    """A binary events message as the object a text one would be: ``{"stream": N, "events": [...]}``.
+
+    Raises ``ValueError`` naming what is wrong with a message that is not one.
+    """
+    if len(message) < _STREAM_ID.size:
+        raise ValueError(f"binary message of {len(message)} bytes: too short for a stream id")
+    (stream_id,) = _STREAM_ID.unpack_from(message)
+    try:
+        events = json.loads(zlib.decompress(message[_STREAM_ID.size :]))
+    except (zlib.error, ValueError) as exc:
+        raise ValueError(f"binary message for stream {stream_id}: {exc}") from None
+    return {"stream": stream_id, "events": events}
