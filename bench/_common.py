@@ -6,6 +6,7 @@ none of this is engine logic.
 
 from __future__ import annotations
 
+import cProfile
 import math
 import os
 import platform
@@ -145,6 +146,72 @@ class Stopwatch:
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._wall
         self.cpu = time.process_time() - self._cpu
+
+
+class Profiling:
+    """cProfile of the trio thread over the measured blocks, and the CPU of every thread.
+
+    With ``cpu=True`` functions are timed by the thread's CPU time, else by wall time.
+
+    ``with profiling.measure(jobs): ...`` adds a block (a burst of ``jobs``); ``dump(path)``
+    writes the pstats file and returns a summary: the top functions by own time and the CPU
+    each thread of this process spent inside the blocks (the repository's worker threads are
+    not in the profile: cProfile sees only the thread that enabled it).
+    """
+
+    def __init__(self, *, cpu: bool = True) -> None:
+        # cpu: time functions by the thread's CPU time (where the CPU goes); else by wall time
+        # (where the waiting goes, preemption by the agents included)
+        self.profile = cProfile.Profile(time.thread_time if cpu else time.perf_counter)
+        self.jobs = 0
+        self.threads: dict[str, float] = {}
+
+    def measure(self, jobs: int) -> _Measured:
+        self.jobs += jobs
+        return _Measured(self)
+
+    def dump(self, path: str, top: int = 40) -> str:
+        import io
+        import pstats
+
+        self.profile.dump_stats(path)
+        out = io.StringIO()
+        stats = pstats.Stats(self.profile, stream=out)
+        stats.sort_stats("tottime").print_stats(top)
+        stats.sort_stats("cumulative").print_stats(top)
+        lines = [f"profile of {self.jobs} jobs written to {path}; thread cpu ms/job:"]
+        for name, seconds in sorted(self.threads.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {name:<30} {seconds / max(self.jobs, 1) * 1e3:.3f}")
+        return "\n".join(lines) + "\n" + out.getvalue()
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of every live thread of this process, by ``name:tid``."""
+    result = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        result[f"{comm}:{task.name}"] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return result
+
+
+class _Measured:
+    def __init__(self, profiling: Profiling) -> None:
+        self._p = profiling
+
+    def __enter__(self) -> None:
+        self._before = thread_cpu()
+        self._p.profile.enable()
+
+    def __exit__(self, *exc: object) -> None:
+        self._p.profile.disable()
+        for name, seconds in thread_cpu().items():
+            spent = seconds - self._before.get(name, 0.0)
+            key = "main (trio)" if name.endswith(f":{os.getpid()}") else name.split(":")[0]
+            self._p.threads[key] = self._p.threads.get(key, 0.0) + spent
 
 
 class Gate:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import trio
 
 from bench._common import (
+    Profiling,
     Stopwatch,
     Tracker,
     burst,
@@ -126,7 +128,12 @@ async def window(engine: Engine, tracker: Tracker, n: int, width: int) -> dict[s
 
 
 async def run_config(
-    root: Path, agents: int, slots: int, jobs: int, latency_jobs: int
+    root: Path,
+    agents: int,
+    slots: int,
+    jobs: int,
+    latency_jobs: int,
+    profiling: Profiling | None = None,
 ) -> dict[str, Any]:
     config = workspace(root / f"ws-{agents}x{slots}", agents=agents, slots=slots)
     tracker = Tracker()
@@ -138,7 +145,11 @@ async def run_config(
         figures["startup_s"] = time.perf_counter() - started
         pids = agent_pids(engine)
         await burst(engine, tracker, 2 * agents * slots, script=SCRIPT, pids=pids)  # warm up
-        figures["burst"] = await burst(engine, tracker, jobs, script=SCRIPT, pids=pids)
+        if profiling is None:
+            figures["burst"] = await burst(engine, tracker, jobs, script=SCRIPT, pids=pids)
+        else:
+            with profiling.measure(jobs):
+                figures["burst"] = await burst(engine, tracker, jobs, script=SCRIPT, pids=pids)
         if latency_jobs:
             figures["sequential"] = await window(engine, tracker, latency_jobs, 1)
             figures["window"] = await window(engine, tracker, latency_jobs, agents * slots)
@@ -162,7 +173,9 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 HEADLINE = (2, 2)  # two local agents with the default slots: the configuration the target names
 
 
-async def run(root: Path, args: argparse.Namespace, figures: dict[str, Any]) -> None:
+async def run(
+    root: Path, args: argparse.Namespace, figures: dict[str, Any], profiling: Profiling | None
+) -> None:
     figures["floor_fsync_ms"] = await trio.to_thread.run_sync(fsync_floor, root / "fsync")
     figures["floor_spawn_1"] = await spawn_floor(args.jobs // 5, 1)
     figures["floor_spawn_4"] = await spawn_floor(args.jobs // 2, 4)
@@ -170,7 +183,7 @@ async def run(root: Path, args: argparse.Namespace, figures: dict[str, Any]) -> 
     for agents, slots in args.configs:
         detailed = (agents, slots) == HEADLINE or args.latency_all
         figures["configs"][f"{agents}x{slots}"] = await run_config(
-            root, agents, slots, args.jobs, args.latency_jobs if detailed else 0
+            root, agents, slots, args.jobs, args.latency_jobs if detailed else 0, profiling
         )
 
 
@@ -245,13 +258,24 @@ def main() -> None:
     parser.add_argument(
         "--latency-all", action="store_true", help="latency runs for every configuration"
     )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="cProfile the engine's trio thread during the bursts (all configs), write"
+        " pstats to FILE and print the top functions and CPU per thread to stderr",
+    )
+    parser.add_argument("--profile-wall", action="store_true",
+                        help="with --profile: time functions by wall time, not the thread's CPU time")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.latency_jobs = max(args.jobs // 5, 20), max(args.latency_jobs // 5, 8)
     figures: dict[str, Any] = {**machine(), "jobs": args.jobs, "latency_jobs": args.latency_jobs,
                                "script": SCRIPT, "target_per_s": TARGET_PER_S, "target_p50_ms": TARGET_P50_MS}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="wfe-bench-") as tmp:
-        trio.run(run, Path(tmp), args, figures)
+        profiling = Profiling(cpu=not args.profile_wall) if args.profile else None
+        trio.run(run, Path(tmp), args, figures, profiling)
+    if profiling is not None:
+        print(profiling.dump(args.profile), file=sys.stderr)
     figures["loadavg_after"] = round(os.getloadavg()[0], 2)
     figures["verdicts"] = report(figures)
     two = [v["burst"]["per_s"] for v in figures["configs"].values() if v["agents"] == 2]
