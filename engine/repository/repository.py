@@ -188,6 +188,7 @@ async def open_repository(
     readers: int = 4,
     checkpoint_interval: float | None = 0.5,
     inline: bool = False,
+    inline_max: int = 16,
 ) -> AsyncIterator[Repository]:
     """Open or create the repository at ``path`` and run its writer until the block exits.
 
@@ -200,8 +201,13 @@ async def open_repository(
     file is closed. An exception from the block is re-raised as is (not wrapped in an exception
     group). ``inline=True`` runs every database call on the trio thread instead of worker
     threads (and leaves checkpoints to SQLite): for tests on a ``MockClock`` (whose autojump
-    would otherwise fire while a batch is on a thread) and for fast simulation.
+    would otherwise fire while a batch is on a thread) and for fast simulation. Otherwise a
+    batch of at most ``inline_max`` ops runs on the trio thread (cheaper than the thread hops
+    for a small commit that does not fsync) unless ``synchronous`` is FULL or EXTRA; larger
+    batches run on the worker thread. ``inline_max=0`` sends every batch to the thread.
     """
+    if inline_max < 0:
+        raise ValueError(f"inline_max must be at least 0, not {inline_max}")
     path = Path(path)
     background = not inline and checkpoint_interval is not None
     if inline:
@@ -213,7 +219,15 @@ async def open_repository(
         path, synchronous=synchronous.upper(), interval=checkpoint_interval or 0.0
     )
     on_commit = checkpointer.committed if background else _no_checkpoint
-    writer = Writer(conn, hub, max_batch=max_batch, inline=inline, on_commit=on_commit)
+    fsyncs = synchronous.upper() in ("FULL", "EXTRA")  # a commit waits for the disk
+    writer = Writer(
+        conn,
+        hub,
+        max_batch=max_batch,
+        inline=inline,
+        inline_max=0 if fsyncs else inline_max,
+        on_commit=on_commit,
+    )
     pool = ReaderPool(path, size=readers, inline=inline)
     repository = Repository(path, writer, pool, hub, checkpointer)
     body_error: BaseException | None = None

@@ -19,13 +19,20 @@ def repo_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def repo(repo_path: Path) -> AsyncIterator[Repository]:
-    async with open_repository(repo_path) as repository:
+async def repo(repo_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Repository]:
+    # A gate parks the writer inside an op, so with a gate every batch must run on the worker
+    # thread (a small batch otherwise runs on the trio thread, which the gate would block).
+    gated = "gate" in request.fixturenames
+    opened = open_repository(repo_path, inline_max=0) if gated else open_repository(repo_path)
+    async with opened as repository:
         yield repository
 
 
 class WriterGate:
-    """Holds the writer inside a batch until released, so that ops queued meanwhile share one batch."""
+    """Holds the writer inside a batch until released, so that ops queued meanwhile share one batch.
+
+    Only for a repository whose batches all run on the worker thread (``inline_max=0``).
+    """
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo

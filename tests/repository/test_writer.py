@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -281,13 +282,48 @@ async def test_open_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> Non
 
 
 async def test_bad_options_are_refused(repo_path: Path) -> None:
-    """synchronous and max_batch are validated."""
+    """synchronous, max_batch and inline_max are validated."""
     with pytest.raises(ValueError, match="synchronous must be one of"):
         async with open_repository(repo_path, synchronous="SOMETIMES"):
             pass
     with pytest.raises(ValueError, match="max_batch must be at least 1"):
         async with open_repository(repo_path, max_batch=0):
             pass
+    with pytest.raises(ValueError, match="inline_max must be at least 0"):
+        async with open_repository(repo_path, inline_max=-1):
+            pass
+
+
+async def test_small_batches_run_on_the_trio_thread_and_large_ones_on_a_worker(
+    repo_path: Path,
+) -> None:
+    """A batch of at most inline_max ops runs on the trio thread; a larger one on a worker."""
+    threads: list[int] = []
+
+    def where(tx: Tx) -> None:
+        threads.append(threading.get_ident())
+
+    with trio.fail_after(GUARD):
+        async with open_repository(repo_path, inline_max=3) as repo:
+            await repo.write(where)
+            assert threads == [threading.get_ident()]
+            threads.clear()
+            for _ in range(10):  # queued before the writer runs again: one batch of 11
+                repo.write_nowait(where)
+            await repo.write(where)
+            assert repo.statistics().ops_per_commit_last == 11
+    assert len(threads) == 11
+    assert threading.get_ident() not in threads
+
+
+async def test_commits_that_fsync_never_run_on_the_trio_thread(repo_path: Path) -> None:
+    """Under synchronous=FULL every batch, however small, runs on the worker thread."""
+    threads: list[int] = []
+    with trio.fail_after(GUARD):
+        async with open_repository(repo_path, synchronous="FULL", inline_max=100) as repo:
+            await repo.write(lambda tx: threads.append(threading.get_ident()))
+    assert len(threads) == 1
+    assert threads[0] != threading.get_ident()
 
 
 async def test_max_batch_bounds_ops_per_transaction(repo_path: Path) -> None:
@@ -340,7 +376,7 @@ async def test_writer_stopped_by_a_base_exception_fails_every_waiting_caller(
         raise Boom
 
     with trio.fail_after(GUARD), pytest.raises(Boom):
-        async with open_repository(repo_path) as repo:
+        async with open_repository(repo_path, inline_max=0) as repo:
             gate = make_gate(repo)
             await gate.hold()
             async with trio.open_nursery() as nursery:
