@@ -23,6 +23,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 from engine.config import Config
 from engine.errors import EngineError
 from engine.keys import read_token
+from protocols.console_frames import decode_binary
 
 PROTOCOL = "wfe.console.v1"
 PUSH_BUFFER = 10_000
@@ -102,12 +103,14 @@ class Client:
     async def _read(self) -> None:
         try:
             while True:
-                text = await self.ws.get_message()
-                frame = json.loads(text)
+                message = await self.ws.get_message()
+                frame: dict[str, Any] = (
+                    decode_binary(message) if isinstance(message, bytes) else json.loads(message)
+                )
                 if "stream" in frame and "ok" not in frame:
                     await self._push_send.send(frame)
                     continue
-                pending = self._pending.get(frame.get("id"))
+                pending = self._pending.get(frame.get("id", 0))
                 if pending is not None:
                     pending.frame = frame
                     pending.done.set()

@@ -9,24 +9,22 @@ each. What a stream holds is bounded (``max_pending`` events not yet handed to i
 a stream that has no room for the whole tick takes the batches that fit, counts the rest as
 missed, and tells its client in a ``missed`` notice after what it kept.
 
-A stream opened with ``compress`` gets its events as binary messages: 4 bytes of stream id
-(big-endian), then the zlib-compressed JSON array of event objects. Event JSON shrinks about
-sevenfold, and the bytes each watcher costs the kernel shrink with it.
+A stream opened with ``compress`` gets its events as binary messages
+(``protocols.console_frames``): event JSON shrinks about sevenfold, and the bytes each
+watcher costs the kernel shrink with it.
 """
 
 from __future__ import annotations
 
-import json
-import struct
-import zlib
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
-from engine.console.filters import EventFilter
+from protocols.console_frames import binary_events, compress_events
 
-_STREAM_ID = struct.Struct(">I")
-ZLIB_LEVEL = 1  # ~400 MB/s here, 7x smaller event JSON; higher levels gain little more
+if TYPE_CHECKING:
+    from engine.console.filters import EventFilter
 
 
 class Frame:
@@ -43,8 +41,8 @@ class Frame:
 
     def binary(self, stream_id: int) -> bytes:
         if self._zlib is None:
-            self._zlib = zlib.compress(f"[{self.body}]".encode(), ZLIB_LEVEL)
-        return _STREAM_ID.pack(stream_id) + self._zlib
+            self._zlib = compress_events(self.body)
+        return binary_events(stream_id, self._zlib)
 
 
 class EventStream:
@@ -169,18 +167,3 @@ class StreamGroup:
                 stream.deliver(frame, self.batches, self.count)
         self.batches, self.count = [], 0
         return built
-
-
-def decode_binary(message: bytes) -> dict[str, object]:
-    """A binary events message as the object a text one would be: ``{"stream": N, "events": [...]}``.
-
-    Raises ``ValueError`` naming what is wrong with a message that is not one.
-    """
-    if len(message) < _STREAM_ID.size:
-        raise ValueError(f"binary message of {len(message)} bytes: too short for a stream id")
-    (stream_id,) = _STREAM_ID.unpack_from(message)
-    try:
-        events = json.loads(zlib.decompress(message[_STREAM_ID.size :]))
-    except (zlib.error, ValueError) as exc:
-        raise ValueError(f"binary message for stream {stream_id}: {exc}") from None
-    return {"stream": stream_id, "events": events}

@@ -294,7 +294,7 @@ class App:
     async def run(self) -> None:
         self.model.requests = [] if self.has_requests else None
         self.events_stream = (
-            await self.client.call("subscribe", kinds=["job.", "agent.", "request."])
+            await self.client.call("subscribe", kinds=["job.", "agent.", "request."], compress=True)
         )["stream"]
         await self.refresh()
         async with trio.open_nursery() as nursery:

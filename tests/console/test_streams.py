@@ -13,7 +13,7 @@ from trio_websocket import wrap_client_stream
 
 from engine.client import Client
 from engine.console.session import Limits
-from engine.console.streams import decode_binary
+from protocols.console_frames import decode_binary
 
 from .conftest import GUARD, Console, open_console
 

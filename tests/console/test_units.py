@@ -16,9 +16,10 @@ from engine.console import protocol, web
 from engine.console.filters import EventFilter, EventIndex
 from engine.console.hub import ConsoleHub, Rate
 from engine.console.outbox import Outbox
-from engine.console.streams import Batch, EventStream, StreamGroup, decode_binary
+from engine.console.streams import Batch, EventStream, StreamGroup
 from engine.repository import Event, Missed
 from engine.tokens import Role, TokenError, check_name, digest
+from protocols.console_frames import decode_binary
 
 JSON = st.recursive(
     st.none()
