@@ -1,0 +1,75 @@
+"""The local transport's outbox: what the controller queues reaches the agent in order, framed."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+from engine.local_transport import LocalAgentLink
+from protocols import codec
+from protocols.framing import FrameDecoder
+from protocols.messages import Ack, Cancel, Message, StatusRequest
+
+
+class RecordingStream(trio.abc.SendStream):
+    """A send stream that keeps every ``send_all`` call's bytes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.wrote = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.writes.append(bytes(data))
+        self.wrote.set()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def decode(data: bytes) -> list[Message]:
+    return [codec.decode(payload) for payload in FrameDecoder().feed(data)]
+
+
+async def test_messages_queued_together_go_out_in_one_write_in_order() -> None:
+    """Three messages queued before the pump runs are sent with one write, in order."""
+    stream = RecordingStream()
+    outbox = LocalAgentLink(stream)
+    sent: list[Message] = [
+        Ack(job_id="j000001", attempt=1),
+        Cancel(job_id="j000002", attempt=3, reason="deadline passed"),
+        StatusRequest(),
+    ]
+    for message in sent:
+        outbox.send_nowait(message)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.pump)
+            await stream.wrote.wait()
+            nursery.cancel_scope.cancel()
+    assert len(stream.writes) == 1
+    assert decode(stream.writes[0]) == sent
+
+
+async def test_a_message_too_large_is_dropped_and_the_rest_still_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A message over the size limit is logged and dropped; the ones around it are sent."""
+    stream = RecordingStream()
+    outbox = LocalAgentLink(stream, max_bytes=200)
+    before, after = Ack(job_id="j000001", attempt=1), Ack(job_id="j000003", attempt=1)
+    outbox.send_nowait(before)
+    outbox.send_nowait(Cancel(job_id="j000002", attempt=1, reason="x" * 500))
+    outbox.send_nowait(after)
+    with trio.fail_after(5), caplog.at_level(logging.ERROR, logger="wfe.local"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.pump)
+            await stream.wrote.wait()
+            nursery.cancel_scope.cancel()
+    assert decode(b"".join(stream.writes)) == [before, after]
+    assert "cannot send Cancel" in caplog.text
