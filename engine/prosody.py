@@ -56,6 +56,13 @@ __all__ = [
 
 DEFAULT_DOMAIN = "wfe.localhost"
 DEFAULT_STANZA_SIZE_LIMIT = 256 * 1024  # Prosody 0.12's own default for c2s
+#: Largest file the upload component (XEP-0363, ``mod_http_file_share``) takes: agents upload
+#: output in pieces of a few MiB, so this leaves room.
+DEFAULT_UPLOAD_SIZE_LIMIT = 16 * 1024 * 1024
+#: Bytes one account may upload per day: output of any size must pass.
+UPLOAD_DAILY_QUOTA = 1 << 40
+#: Seconds an uploaded file is kept (Prosody prunes once a day); the engine fetches it at once.
+UPLOAD_EXPIRES_AFTER = 86400
 INSTALL_HINT = "prosody is not installed: apt-get install prosody"
 LOOPBACK = "127.0.0.1"
 
@@ -83,7 +90,10 @@ class ProsodyServer:
     loopback port now, so ``port`` is known before the start and stays the same across
     :meth:`restart`. ``tls=True`` requires STARTTLS with a certificate signed by the CA at
     ``ca_path``; otherwise plaintext and PLAIN authentication are allowed (loopback only).
-    ``users`` are registered before the first start. Raises :class:`ValueError` for a bad domain,
+    ``users`` are registered before the first start. With ``upload`` (the default) it also
+    runs an XEP-0363 upload component, ``upload.<domain>`` (``mod_http_file_share``), serving
+    HTTP (HTTPS in TLS mode, same certificate) on 127.0.0.1:``http_port``; agents put large
+    incompressible output there. Raises :class:`ValueError` for a bad domain,
     user name or limit, and :class:`ProsodyNotInstalled` when Prosody is missing.
     """
 
@@ -98,6 +108,9 @@ class ProsodyServer:
         tls: bool = False,
         users: Mapping[str, str] | None = None,
         stanza_size_limit: int = DEFAULT_STANZA_SIZE_LIMIT,
+        upload: bool = True,
+        upload_size_limit: int = DEFAULT_UPLOAD_SIZE_LIMIT,
+        http_port: int = 0,
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -120,6 +133,9 @@ class ProsodyServer:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.port = port or _free_loopback_port()
+        self.upload = upload
+        self.upload_size_limit = upload_size_limit
+        self.http_port = (http_port or _free_loopback_port()) if upload else None
         self.config_path = self.directory / "prosody.cfg.lua"
         self.log_path = self.directory / "prosody.log"
         self.output_path = self.directory / "prosody.out"
@@ -137,6 +153,18 @@ class ProsodyServer:
         return f"<ProsodyServer {self.domain} on {self.host}:{self.port} tls={self.tls} {state}>"
 
     # --- what clients need ----------------------------------------------------------------
+
+    @property
+    def upload_jid(self) -> str | None:
+        """The JID of the upload component, or None without one."""
+        return f"upload.{self.domain}" if self.upload else None
+
+    @property
+    def http_url(self) -> str | None:
+        """The base URL of the upload component's HTTP service, or None without one."""
+        if self.http_port is None:
+            return None
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.http_port}/"
 
     def jid(self, user: str) -> str:
         """The bare JID of ``user`` on this server's domain."""
@@ -291,8 +319,7 @@ class ProsodyServer:
             "c2s_direct_tls_ports = { }",
             "legacy_ssl_ports = { }",
             "s2s_ports = { }",
-            "http_ports = { }",
-            "https_ports = { }",
+            *self._http_ports(ssl),
             f"modules_enabled = {{ {modules} }}",
             'modules_disabled = { "s2s" }',
             f"c2s_stanza_size_limit = {self.stanza_size_limit}",
@@ -313,7 +340,34 @@ class ProsodyServer:
                 f"VirtualHost {_lua(self.domain)}",
                 f"    ssl = {{ key = {_lua(key)}, certificate = {_lua(certificate)} }}",
             ]
+        if self.upload:
+            lines += [
+                f'Component {_lua(self.upload_jid)} "http_file_share"',
+                f"    http_file_share_size_limit = {self.upload_size_limit}",
+                f"    http_file_share_daily_quota = {UPLOAD_DAILY_QUOTA}",
+                f"    http_file_share_expires_after = {UPLOAD_EXPIRES_AFTER}",
+                f"    http_host = {_lua(self.host)}",
+                f"    http_external_url = {_lua(self.http_url)}",
+            ]
         return "\n".join(lines) + "\n"
+
+    def _http_ports(self, ssl: tuple[Path, Path] | None) -> list[str]:
+        """HTTP(S) on loopback for the upload component; no port at all without it."""
+        if self.http_port is None:
+            return ["http_ports = { }", "https_ports = { }"]
+        if ssl is None:
+            return [
+                f"http_ports = {{ {self.http_port} }}",
+                f"http_interfaces = {{ {_lua(self.host)} }}",
+                "https_ports = { }",
+            ]
+        key, certificate = ssl
+        return [
+            "http_ports = { }",
+            f"https_ports = {{ {self.http_port} }}",
+            f"https_interfaces = {{ {_lua(self.host)} }}",
+            f"https_ssl = {{ key = {_lua(key)}, certificate = {_lua(certificate)} }}",
+        ]
 
     def _wait_until_listening(self, log_offset: int) -> None:
         """Poll until Prosody logs that c2s is up on our port and the port accepts TCP.
