@@ -1,4 +1,4 @@
-"""The XMPP transport: slixmpp inside trio, and the agent's ``Link`` over it.
+"""The XMPP client: slixmpp inside trio (the agent's side of it is ``agents.xmpp_connector``).
 
 The only agent module that imports slixmpp and trio_asyncio (the engine reuses ``XmppClient``
 through ``engine.xmpp_link``, as it reuses ``agents.local_link`` for the local transport).
@@ -13,20 +13,9 @@ reports ``Online`` / ``Offline`` / ``PresenceReceived`` / ``MessageReceived`` on
 A wrong password, an untrusted certificate or a server without STARTTLS (when TLS is asked)
 before the first session raises ``XmppRefused``: that is a configuration to fix, not an outage.
 
-``XmppConnector`` is the agent's transport: hosted for the whole run (``hosted``), it gives the
-agent core one ``Link`` per session with a controller (``connector()``). Scheme: the agent
-sends directed presence (its status payload) to each controller JID it obeys, again every
-``probe_interval`` while none is online; a controller answers with its own directed presence
-(role ``controller`` and an instance id). A session starts with that answer and ends when the
-controller goes unavailable, comes back as a new instance, or our connection drops; the core
-then says hello again. No roster subscription is needed: the server sends unavailable presence
-to everyone we sent directed presence to when our session ends, and the other way round.
-
-Security at this layer: payloads only from the configured controller JIDs (bare JID compare)
-reach the core; anything else is logged on one line and answered with ``JobRefused`` (a
-dispatch) or a ``forbidden`` error; a dispatch whose ``issued`` is older than
-``max_dispatch_age`` is refused as a replay. Signatures are checked by the core (``trusted_key``,
-required in XMPP mode).
+Besides protocol messages it carries ``<upload>`` references to output put on the server's
+HTTP upload service (``UploadReceived``; see ``agents.xmpp_upload``), and IQs (``iq``) for
+service discovery and upload slots.
 """
 
 from __future__ import annotations
@@ -40,9 +29,8 @@ import secrets
 import socket
 import ssl
 import stat
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +42,11 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from agents.errors import AgentError, ConfigError, MessageTooLarge
+from agents.errors import AgentError, ConfigError
+from agents.xmpp_upload import TAG as UPLOAD_TAG
+from agents.xmpp_upload import UploadError, UploadRef, parse_ref
 from protocols.errors import DecodeError
-from protocols.messages import AgentStatus, Capabilities, Dispatch, JobRefused, Message
+from protocols.messages import Message
 from protocols.xmpp import (
     DEFAULT_MAX_STANZA,
     DELAY_TAG,
@@ -64,9 +54,7 @@ from protocols.xmpp import (
     TAG,
     PayloadAssembler,
     PayloadEncoder,
-    PayloadTooLarge,
     PresenceInfo,
-    bare_jid,
     error_stanza,
     parse_presence,
     presence_stanza,
@@ -74,14 +62,14 @@ from protocols.xmpp import (
 
 if TYPE_CHECKING:
     from agents.config import AgentConfig
+    from agents.xmpp_connector import XmppConnector
 
 log = logging.getLogger("wfe.xmpp")
 
 TLS_MODES = ("starttls", "plain")
 DEFAULT_PORT = 5222
-PROBE_INTERVAL = 5.0
-#: Default for ``max_dispatch_age``: a dispatch signed longer ago than this is a replay.
-DEFAULT_MAX_DISPATCH_AGE = 300.0
+#: Seconds to wait for the answer to an IQ (service discovery, upload slots).
+IQ_TIMEOUT = 30.0
 
 _STATE_EVENTS = (
     "session_start",
@@ -95,6 +83,10 @@ _STATE_EVENTS = (
 
 class XmppRefused(AgentError):
     """The server refused us in a way retrying will not fix (password, certificate, no TLS)."""
+
+
+class IqFailed(AgentError):
+    """An IQ got an error or no answer; the message names the entity and the condition."""
 
 
 @attrs.frozen(kw_only=True)
@@ -153,7 +145,15 @@ class MessageReceived:
     message: Message
 
 
-Event = Online | Offline | PresenceReceived | MessageReceived
+@attrs.frozen(kw_only=True)
+class UploadReceived:
+    """A well-formed reference to output ``sender`` put on the HTTP upload service."""
+
+    sender: str
+    ref: UploadRef
+
+
+Event = Online | Offline | PresenceReceived | MessageReceived | UploadReceived
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -183,6 +183,13 @@ class _Stream(slixmpp.ClientXMPP):
         )
         self.register_handler(
             Callback("wfe presence", MatchXPath("{jabber:client}presence"), client._on_presence)
+        )
+        self.register_handler(
+            Callback(
+                "wfe upload",
+                MatchXPath(f"{{jabber:client}}message/{UPLOAD_TAG}"),
+                client._on_upload,
+            )
         )
         for name in _STATE_EVENTS:
             self.add_event_handler(name, functools.partial(client._on_state, name))
@@ -234,6 +241,7 @@ class XmppClient:
         self._encoder = PayloadEncoder(max_stanza=settings.max_stanza)
         self._assembler = PayloadAssembler()
         self._stream: _Stream | None = None
+        self.ssl_context: ssl.SSLContext | None = None  # set by run(); HTTP uploads use it too
         self._writable = trio.Event()
         self._writable.set()
         self._pending: list[str] = []
@@ -276,6 +284,30 @@ class XmppClient:
         """Tell ``to`` why we did not take its message; nothing happens when offline."""
         if self.online:
             self._queue(error_stanza(to, condition, text, kind=kind))
+
+    def send_stanza(self, text: str) -> None:
+        """Queue one whole stanza (XML text), in order. Raises ``trio.BrokenResourceError``."""
+        self._live()
+        self._queue(text)
+        self.stanzas_sent += 1
+
+    async def iq(self, to: str, payload: str, *, kind: str = "get") -> Any:
+        """Send an IQ of ``kind`` carrying ``payload`` (one XML element as text) to ``to``;
+        return the answer's element. Raises ``IqFailed`` on an error or no answer within
+        ``IQ_TIMEOUT``, ``trio.BrokenResourceError`` when offline."""
+        stream = self._live()
+        iq = stream.Iq()
+        iq["type"] = kind
+        iq["to"] = to
+        iq.append(ET.fromstring(payload))
+        send: Any = iq.send  # untyped in slixmpp
+        try:
+            answer = await trio_asyncio.run_aio_future(send(timeout=IQ_TIMEOUT))
+        except IqError as exc:
+            raise IqFailed(f"{to} answered with an error: {_error_text(exc.iq.xml)}") from None
+        except IqTimeout:
+            raise IqFailed(f"{to} did not answer within {IQ_TIMEOUT:g} s") from None
+        return answer.xml
 
     async def drain(self) -> None:
         """Wait until what was queued is written and the connection takes more data."""
@@ -333,6 +365,20 @@ class XmppClient:
             self.messages_received += 1
             self._events_send.send_nowait(MessageReceived(sender=sender, message=message))
 
+    def _on_upload(self, stanza: Any) -> None:
+        xml = stanza.xml
+        sender = xml.get("from") or ""
+        if xml.get("type") == "error" or xml.find(DELAY_TAG) is not None:
+            return  # not for us, or stale as any message stored while we were away
+        try:
+            ref = parse_ref(xml.find(UPLOAD_TAG))
+        except UploadError as exc:
+            log.error("xmpp: refused a malformed upload reference from %s: %s", sender, exc)
+            self.send_error(sender, "bad-request", str(exc), kind="modify")
+            return
+        self.messages_received += 1
+        self._events_send.send_nowait(UploadReceived(sender=sender, ref=ref))
+
     def _on_presence(self, stanza: Any) -> None:
         xml = stanza.xml
         sender, kind = xml.get("from") or "", xml.get("type")
@@ -357,6 +403,7 @@ class XmppClient:
         """Connect and stay connected until cancelled. Raises ``XmppRefused`` (see the class)."""
         # Loading CA certificates takes a while: not on the event loop.
         context = await trio.to_thread.run_sync(_ssl_context, self.settings.ca_file)
+        self.ssl_context = context
         stream = self._stream = _Stream(self, context)
         task_status.started()
         delay = self.settings.reconnect_delay
@@ -575,257 +622,6 @@ def _stream_error(data: Any) -> str:
     return f"{condition}: {text}" if text else str(condition)
 
 
-# --- the agent's side -------------------------------------------------------------------------
-
-
-@attrs.define(eq=False)
-class _Session:
-    peer: str  # the controller's full JID
-    instance: str
-    inbox: trio.MemorySendChannel[Message]
-    closed: bool = False
-
-    def close(self) -> None:
-        self.closed = True
-        self.inbox.close()
-
-
-class XmppLink:
-    """A ``Link`` for one session with one controller instance."""
-
-    def __init__(
-        self, client: XmppClient, session: _Session, inbox: trio.MemoryReceiveChannel[Message]
-    ) -> None:
-        self.client = client
-        self.peer = session.peer
-        self._session = session
-        self._inbox = inbox
-
-    async def send(self, message: Message) -> None:
-        """Send one message to the controller. Raises ``trio.ClosedResourceError`` after the
-        session ended, ``trio.BrokenResourceError`` when offline, ``MessageTooLarge``."""
-        if self._session.closed:
-            raise trio.ClosedResourceError(f"the session with {self.peer} ended")
-        try:
-            self.client.send_message(self.peer, message)
-        except PayloadTooLarge as exc:
-            raise MessageTooLarge(str(exc)) from None
-        await self.client.drain()
-
-    def receive(self) -> AsyncIterator[Message]:
-        """The controller's messages, until the session ends."""
-        return self._inbox
-
-
-class XmppConnector:
-    """The agent's XMPP transport; ``connector()`` opens the next session (see the module doc)."""
-
-    def __init__(
-        self,
-        settings: XmppSettings,
-        *,
-        controllers: Sequence[str],
-        max_dispatch_age: float | None = DEFAULT_MAX_DISPATCH_AGE,
-        wait_limit: float | None = None,
-        probe_interval: float = PROBE_INTERVAL,
-    ) -> None:
-        if not controllers:
-            raise ValueError("an XMPP agent needs at least one controller JID to obey")
-        self.settings = settings
-        self.controllers = frozenset(bare_jid(c) for c in controllers)
-        self.max_dispatch_age = max_dispatch_age or None
-        self.wait_limit = wait_limit
-        self.probe_interval = probe_interval
-        self.client: XmppClient | None = None
-        self.refused = 0
-        self._online: dict[str, str] = {}  # controller full JID -> instance, in order of arrival
-        self._session: _Session | None = None
-        self._changed = trio.Event()
-        self._status: Callable[[], AgentStatus] | None = None
-        self._capabilities: Capabilities | None = None
-        self._name = settings.jid
-
-    @contextlib.asynccontextmanager
-    async def hosted(
-        self,
-        *,
-        name: str | None = None,
-        capabilities: Capabilities | None = None,
-        status: Callable[[], AgentStatus] | None = None,
-    ) -> AsyncIterator[XmppConnector]:
-        """Keep the XMPP connection for the block; ``status`` fills the presence payload."""
-        self._name = name or self._name
-        self._capabilities, self._status = capabilities, status
-        async with open_xmpp_client(self.settings) as client, trio.open_nursery() as nursery:
-            self.client = client
-            nursery.start_soon(self._route, client)
-            nursery.start_soon(self._probe, client)
-            try:
-                yield self
-            finally:
-                self._end_session()
-                self.client = None
-                nursery.cancel_scope.cancel()
-
-    def __call__(self) -> AbstractAsyncContextManager[XmppLink]:
-        return self._open_session()
-
-    @contextlib.asynccontextmanager
-    async def _open_session(self) -> AsyncIterator[XmppLink]:
-        """Wait for a controller (at most ``wait_limit``), then yield a link to it.
-
-        Raises ``OSError`` when none came in time, ``RuntimeError`` outside ``hosted``.
-        """
-        client = self.client
-        if client is None:
-            raise RuntimeError(
-                "XmppConnector: open sessions inside `async with connector.hosted():`"
-            )
-        with trio.move_on_after(self.wait_limit if self.wait_limit is not None else math.inf):
-            while not (client.online and self._online):
-                await self._wait_changed()
-        if not (client.online and self._online):
-            state = "no controller online" if client.online else "not connected to the XMPP server"
-            raise OSError(
-                f"{state} after {self.wait_limit:g} s (controllers: {', '.join(sorted(self.controllers))})"
-            )
-        peer, instance = next(iter(self._online.items()))
-        send, receive = trio.open_memory_channel[Message](math.inf)
-        session = self._session = _Session(peer=peer, instance=instance, inbox=send)
-        log.info("xmpp: session with controller %s", peer)
-        try:
-            yield XmppLink(client, session, receive)
-        finally:
-            if self._session is session:
-                self._session = None
-            session.close()
-
-    async def _wait_changed(self) -> None:
-        self._changed = trio.Event()
-        await self._changed.wait()
-
-    def _end_session(self, why: str = "") -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            if why:
-                log.info("xmpp: session with %s ends: %s", session.peer, why)
-            session.close()
-
-    def presence(self, client: XmppClient) -> PresenceInfo:
-        """What we tell controllers about ourselves."""
-        status = self._status() if self._status is not None else None
-        return PresenceInfo(
-            role="agent",
-            instance=client.instance,
-            name=self._name,
-            capabilities=self._capabilities,
-            free_slots=status.free_slots if status else None,
-            running=len(status.running) if status else 0,
-        )
-
-    def _announce(self, client: XmppClient) -> None:
-        info = self.presence(client)
-        for jid in sorted(self.controllers):
-            with contextlib.suppress(trio.BrokenResourceError):
-                client.send_presence(jid, info)
-
-    async def _probe(self, client: XmppClient) -> None:
-        while True:
-            await trio.sleep(self.probe_interval)
-            if client.online and not self._online:
-                self._announce(client)
-
-    async def _route(self, client: XmppClient) -> None:
-        async for event in client.events:
-            match event:
-                case Online():
-                    self._online.clear()
-                    self._announce(client)
-                case Offline(reason=reason):
-                    self._online.clear()
-                    self._end_session(f"XMPP connection lost ({reason})")
-                case PresenceReceived():
-                    self._presence(event)
-                case MessageReceived(sender=sender, message=message):
-                    self._deliver(client, sender, message)
-            self._changed.set()
-
-    def _presence(self, event: PresenceReceived) -> None:
-        if bare_jid(event.sender) not in self.controllers:
-            return
-        session = self._session
-        if not event.available:
-            self._online.pop(event.sender, None)
-            if session is not None and session.peer == event.sender:
-                self._end_session("the controller went offline")
-            return
-        if event.info is None or event.info.role != "controller":
-            return
-        self._online[event.sender] = event.info.instance
-        if (
-            session is not None
-            and session.peer == event.sender
-            and session.instance != event.info.instance
-        ):
-            self._end_session("the controller restarted")
-
-    def _deliver(self, client: XmppClient, sender: str, message: Message) -> None:
-        what = type(message).__name__
-        if bare_jid(sender) not in self.controllers:
-            self._refuse(
-                client, sender, message, f"{bare_jid(sender)} is not a controller this agent obeys"
-            )
-            return
-        session = self._session
-        if session is None or session.peer != sender:
-            log.info("xmpp: ignored a %s from %s: no session with it yet", what, sender)
-            if isinstance(message, Dispatch):
-                self._refuse(
-                    client, sender, message, "no session: the agent has not said hello to you yet"
-                )
-            return
-        if isinstance(message, Dispatch) and (stale := self._stale(message)):
-            self._refuse(client, sender, message, stale)
-            return
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            session.inbox.send_nowait(message)
-
-    def _refuse(self, client: XmppClient, sender: str, message: Message, reason: str) -> None:
-        self.refused += 1
-        if isinstance(message, Dispatch):
-            log.warning(
-                "xmpp: refused dispatch %s#%d from %s: %s",
-                message.job_id,
-                message.attempt,
-                sender,
-                reason,
-            )
-            with contextlib.suppress(trio.BrokenResourceError):
-                client.send_message(
-                    sender,
-                    JobRefused(job_id=message.job_id, attempt=message.attempt, reason=reason),
-                )
-        else:
-            log.warning("xmpp: refused a %s from %s: %s", type(message).__name__, sender, reason)
-            client.send_error(sender, "forbidden", reason)
-
-    def _stale(self, dispatch: Dispatch) -> str:
-        """Why ``dispatch`` is too old (or too new) to run, or ``""``."""
-        window = self.max_dispatch_age
-        if window is None:
-            return ""
-        if dispatch.issued is None:
-            return "the dispatch has no issue time (issued), so it may be a replay"
-        age = time.time() - dispatch.issued  # wall-clock: compared with the engine's signing time
-        if abs(age) <= window:
-            return ""
-        when = f"{age:.0f} s ago" if age > 0 else f"{-age:.0f} s in the future"
-        return (
-            f"issued {when}, outside max_dispatch_age {window:g} s: a replay, or the clocks of the"
-            " engine and agent hosts differ (check NTP)"
-        )
-
-
 def read_password(path: str | os.PathLike[str], what: str = "password file") -> str:
     """The first line of a password file. Raises ``ConfigError`` naming the file.
 
@@ -849,22 +645,7 @@ def read_password(path: str | os.PathLike[str], what: str = "password file") -> 
 
 
 def xmpp_connector(config: AgentConfig) -> XmppConnector:
-    """The XMPP transport an agent configuration asks for. Raises ``ConfigError``."""
-    assert config.jid is not None and config.password_file is not None  # checked by load_config
-    if config.ca_file is not None and not config.ca_file.is_file():
-        raise ConfigError(f"ca file {config.ca_file}: no such file")
-    settings = XmppSettings(
-        jid=config.jid,
-        password=read_password(config.password_file),
-        host=config.server or config.jid.rpartition("@")[2],
-        port=config.port,
-        tls=config.tls,
-        ca_file=config.ca_file,
-        max_stanza=config.max_stanza,
-    )
-    return XmppConnector(
-        settings,
-        controllers=config.controllers,
-        max_dispatch_age=config.max_dispatch_age,
-        wait_limit=config.give_up_after,
-    )
+    """The XMPP transport an agent configuration asks for; see ``agents.xmpp_connector``."""
+    from agents.xmpp_connector import xmpp_connector as make
+
+    return make(config)

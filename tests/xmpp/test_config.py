@@ -10,7 +10,7 @@ from agents.config import XMPP_HEARTBEAT
 from agents.config import load_config as load_agent_config
 from agents.errors import ConfigError as AgentConfigError
 from agents.main import main as agent_main
-from agents.xmpp_link import XmppConnector, xmpp_connector
+from agents.xmpp_connector import XmppConnector, xmpp_connector
 from engine.config import parse_config
 from engine.errors import ConfigError
 from engine.xmpp_link import ENGINE_RESOURCE, xmpp_settings

@@ -1,0 +1,164 @@
+"""Runs of big incompressible output chunks, uploaded over HTTP and sent as one reference.
+
+``OutputBatch`` belongs to one agent session with one controller. The link hands it the chunks
+``agents.xmpp_upload.worth_uploading`` picks; it keeps those of one attempt until they reach
+``max_bytes``, another message must go out (the link calls ``flush`` first, so order holds),
+or ``flush_after`` seconds passed since the first of them; then it asks the upload service for
+a slot, PUTs the packed run, and sends the ``<upload>`` reference in place of the chunks.
+
+When an upload fails (slot refused, HTTP error) the run goes inline as ordinary chunk stanzas,
+and the batch takes nothing more for the rest of the session: one failure each session costs
+one wasted request, not one per run. A run that cannot go out at all (the connection is down)
+is lost like any stanza sent into a dead connection; the engine asks for it again
+(``Resume``) before it commits the attempt's end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agents.errors import AgentError
+from agents.xmpp_upload import (
+    UploadRef,
+    UploadService,
+    file_name,
+    pack,
+    put,
+    request_slot,
+    worth_uploading,
+)
+from protocols.messages import OutputChunk
+
+if TYPE_CHECKING:
+    import httpx
+
+    from agents.xmpp_link import XmppClient
+
+log = logging.getLogger("wfe.xmpp")
+
+#: Seconds a run waits for more chunks before it is uploaded as it is.
+FLUSH_AFTER = 0.05
+#: Largest run, in bytes of chunk data (less when the service allows less).
+MAX_BATCH = 4 * 1024 * 1024
+#: Room for the record headers when comparing with the service's max-file-size.
+_HEADROOM = 64 * 1024
+
+
+class OutputBatch:
+    """The upload side of one session; see the module doc."""
+
+    def __init__(
+        self,
+        client: XmppClient,
+        peer: str,
+        service: UploadService,
+        http: httpx.AsyncClient,
+        *,
+        plain: bool,
+        max_bytes: int = MAX_BATCH,
+        flush_after: float = FLUSH_AFTER,
+    ) -> None:
+        self.client = client
+        self.peer = peer
+        self.service = service
+        self.http = http
+        self.plain = plain
+        if service.max_size is not None:
+            max_bytes = min(max_bytes, service.max_size - _HEADROOM)
+        self.max_bytes = max_bytes
+        self.flush_after = flush_after
+        self.broken = max_bytes < 1
+        self.uploads = 0
+        self.uploaded_bytes = 0
+        self._chunks: list[OutputChunk] = []
+        self._size = 0
+        self._deadline = 0.0
+        self._lock = trio.Lock()
+        self._started = trio.Event()
+
+    def takes(self, chunk: OutputChunk) -> bool:
+        """True when ``chunk`` should travel by HTTP (while uploads work this session)."""
+        return not self.broken and worth_uploading(chunk)
+
+    async def add(self, chunk: OutputChunk) -> None:
+        """Add ``chunk`` to the run; uploads the run when it is full, or first when ``chunk``
+        does not follow its last chunk. Raises ``trio.BrokenResourceError`` when offline."""
+        async with self._lock:
+            last = self._chunks[-1] if self._chunks else None
+            if last is not None and (
+                (chunk.job_id, chunk.attempt, chunk.seq)
+                != (last.job_id, last.attempt, last.seq + 1)
+                or self._size + len(chunk.data) > self.max_bytes
+            ):
+                await self._flush_locked()
+            self._chunks.append(chunk)
+            self._size += len(chunk.data)
+            if self._size >= self.max_bytes:
+                await self._flush_locked()
+            elif len(self._chunks) == 1:
+                self._deadline = trio.current_time() + self.flush_after
+                self._started.set()
+
+    async def flush(self) -> None:
+        """Upload what is gathered, if anything. Raises ``trio.BrokenResourceError``."""
+        async with self._lock:
+            await self._flush_locked()
+
+    async def run(self) -> None:
+        """Upload each run ``flush_after`` seconds after its first chunk; until cancelled."""
+        while True:
+            await self._started.wait()
+            self._started = trio.Event()
+            await trio.sleep_until(self._deadline)
+            async with self._lock:
+                if self._chunks and trio.current_time() >= self._deadline:
+                    try:
+                        await self._flush_locked()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the session is over; its link says so to the core
+
+    async def _flush_locked(self) -> None:
+        chunks, self._chunks, self._size = self._chunks, [], 0
+        if not chunks:
+            return
+        first = chunks[0]
+        data = pack(chunks)
+        try:
+            slot = await request_slot(
+                self.client,
+                self.service,
+                file_name(first.job_id, first.attempt, first.seq),
+                len(data),
+            )
+            await put(self.http, slot, data, plain=self.plain)
+        except AgentError as exc:
+            self.broken = True
+            log.warning(
+                "xmpp: upload of %d output chunks failed (%s); sending output inline this session",
+                len(chunks),
+                exc,
+            )
+            for chunk in chunks:
+                self.client.send_message(self.peer, chunk)
+            await self.client.drain()
+            return
+        ref = UploadRef(
+            job_id=first.job_id,
+            attempt=first.attempt,
+            seq=first.seq,
+            chunks=len(chunks),
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            url=slot.get,
+        )
+        self.client.send_stanza(ref.stanza(self.peer))
+        self.uploads += 1
+        self.uploaded_bytes += len(data)
+        await self.client.drain()
+
+    def statistics(self) -> dict[str, Any]:
+        return {"uploads": self.uploads, "uploaded_bytes": self.uploaded_bytes}
