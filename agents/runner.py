@@ -12,10 +12,16 @@ to the caller's callback, which may block (back-pressure reaches the child throu
 pipes). At the timeout or on ``cancel()`` the whole group gets SIGTERM, then SIGKILL after
 ``kill_grace`` seconds. When the main process has exited, whatever is left of its group is
 killed too: an attempt is over when its script is, and leaves nothing running behind.
+
+Cost per attempt matters (a trivial job is a few milliseconds in all): the directory is
+prepared, the child spawned (``subprocess.Popen``, which waits only for the ``exec``), its
+result read and its directory removed on the event loop itself, without a worker-thread hop
+each; the child's exit is awaited on a pidfd. These are small operations on local files.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -58,6 +64,27 @@ DEFAULT_INTERPRETER = "sh"
 ChunkCallback = Callable[[OutputChunk], Awaitable[None]]
 
 _INTERPRETER_LINE = re.compile(r"#\s*interpreter\s*:(?P<value>.*)")
+
+
+@functools.lru_cache(maxsize=64)
+def _interpreter(script: str) -> tuple[str, ...]:
+    return tuple(script_interpreter(script))
+
+
+_programs: dict[tuple[str, str | None], str] = {}
+
+
+def _which(name: str) -> str | None:
+    """``shutil.which(name)``, remembered per ``PATH`` once found (a miss is not remembered)."""
+    key = (name, os.environ.get("PATH"))
+    program = _programs.get(key)
+    if program is None:
+        program = shutil.which(name)
+        if program is not None:
+            if len(_programs) > 64:
+                _programs.clear()
+            _programs[key] = program
+    return program
 
 
 def script_interpreter(script: str) -> list[str]:
@@ -113,6 +140,116 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _Spawned:
+    """A child started by ``_spawn``: its pid, its output pipes, and ``wait`` on a pidfd."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        stdout: trio.lowlevel.FdStream,
+        stderr: trio.lowlevel.FdStream,
+    ) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self._pidfd: int | None = None
+        if _HAVE_PIDFD:
+            try:
+                self._pidfd = os.pidfd_open(popen.pid)
+            except OSError:  # an old kernel or a sandbox: wait in a thread instead
+                pass
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the child has exited (polled, never blocking), else None."""
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        """Wait for the child to exit and reap it; returns its exit status."""
+        if self._popen.returncode is None:
+            if self._pidfd is not None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+            else:
+                await trio.to_thread.run_sync(
+                    functools.partial(os.waitid, os.P_PID, self.pid, os.WEXITED | os.WNOWAIT),
+                    abandon_on_cancel=True,
+                )
+            self._popen.wait()  # it has exited: this only reaps it
+        self._close_pidfd()
+        code = self._popen.returncode
+        assert code is not None
+        return code
+
+    def close(self) -> None:
+        """Close both pipes and the pidfd; the child is not waited for."""
+        self.stdout.close()
+        self.stderr.close()
+        self._close_pidfd()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+_HAVE_PIDFD = hasattr(os, "pidfd_open")
+
+
+def _spawn(
+    argv: list[str],
+    *,
+    stdin: int,
+    cwd: Path,
+    env: dict[str, str],
+    preexec: Callable[[], None] | None,
+) -> _Spawned:
+    """Start ``argv`` in a new session with stdout and stderr on pipes of our own.
+
+    Blocks only until the child has called ``exec`` (``Popen`` uses ``vfork`` when there
+    is no ``preexec``). Raises ``OSError`` or ``subprocess.SubprocessError``.
+    """
+    fds: list[int] = []
+    try:
+        out_r, out_w = os.pipe()
+        fds += (out_r, out_w)
+        err_r, err_w = os.pipe()
+        fds += (err_r, err_w)
+        popen = subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=out_w,
+            stderr=err_w,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    os.close(out_w)  # the child holds the only write ends: their end of file is its exit
+    os.close(err_w)
+    return _Spawned(popen, trio.lowlevel.FdStream(out_r), trio.lowlevel.FdStream(err_r))
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+#: A directory with at most this many plain entries is removed on the event loop; a bigger
+#: one (a script that left many files behind) in a worker thread.
+_INLINE_REMOVE_ENTRIES = 16
+
+
 class Attempt:
     """One attempt of a job, run once with ``run``; ``cancel`` may be called at any time."""
 
@@ -133,6 +270,7 @@ class Attempt:
         self._cancel_scope = trio.CancelScope()
         self._cancel_reason = ""
         self._chunks = 0
+        self._emit_lock = trio.Lock()  # one chunk handed on at a time, in seq order
         self._exited = False
         self._read_scopes: set[trio.CancelScope] = set()
 
@@ -166,8 +304,15 @@ class Attempt:
                     await self.remove_directory()
 
     async def remove_directory(self) -> None:
-        """Remove the attempt's working directory, if there is one (for ``keep_workdir`` users)."""
-        await trio.to_thread.run_sync(lambda: shutil.rmtree(self.directory, ignore_errors=True))
+        """Remove the attempt's working directory, if there is one (for ``keep_workdir`` users).
+
+        A small directory (what a short script leaves) is removed at once; a big one in a
+        worker thread, so the event loop is not held.
+        """
+        if not _remove_small_tree(self.directory):
+            await trio.to_thread.run_sync(
+                functools.partial(shutil.rmtree, self.directory, ignore_errors=True)
+            )
 
     def _finished(self, reason: FinishReason, **fields: Any) -> JobFinished:
         return JobFinished(
@@ -183,11 +328,11 @@ class Attempt:
     ) -> JobFinished:
         name = f"attempt {self.ref.job_id}#{self.ref.attempt}"
         try:
-            command = script_interpreter(self.dispatch.script)
+            command = _interpreter(self.dispatch.script)
         except ValueError as exc:
             task_status.started(None)
             return self._finished(FinishReason.ERROR, detail=f"bad interpreter header: {exc}")
-        program = shutil.which(command[0])
+        program = _which(command[0])
         if program is None:
             task_status.started(None)
             return self._finished(
@@ -197,41 +342,30 @@ class Attempt:
             task_status.started(None)
             return self._finished(FinishReason.CANCELLED, detail=self._cancel_detail())
         try:
-            params_path = await trio.to_thread.run_sync(self._prepare)
-            with params_path.open("rb") as stdin:
-                process = await trio.lowlevel.open_process(
-                    [program, *command[1:], "script"],
-                    stdin=stdin,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    cwd=self.directory,
-                    env=self._environment(params_path),
-                    start_new_session=True,
-                    preexec_fn=self._preexec(),
-                )
+            child = self._start([program, *command[1:], "script"])
         except (OSError, subprocess.SubprocessError) as exc:
+            _programs.clear()  # the interpreter may have moved: look it up afresh next time
             task_status.started(None)
             return self._finished(FinishReason.ERROR, detail=f"could not start {command[0]}: {exc}")
         started = trio.current_time()
-        self.pid = process.pid
-        log.info("%s started: pid %d", name, process.pid)
-        task_status.started(process.pid)
+        self.pid = child.pid
+        log.debug("%s started: pid %d", name, child.pid)
+        task_status.started(child.pid)
         try:
-            reason, ended = await self._supervise(process, on_chunk)
+            reason, ended = await self._supervise(child, on_chunk)
         finally:
             with trio.CancelScope(shield=True):
                 if not self._exited:  # we were cancelled from outside: the group dies too
-                    _killpg(process.pid, signal.SIGKILL)
+                    _killpg(child.pid, signal.SIGKILL)
                     # End of file on both pipes proves their holders are dead; wait for it a little.
                     with trio.move_on_after(self._kill_grace):
-                        for pipe in (process.stdout, process.stderr):
-                            while pipe is not None and await pipe.receive_some(MAX_CHUNK_BYTES):
+                        for pipe in (child.stdout, child.stderr):
+                            while await pipe.receive_some(MAX_CHUNK_BYTES):
                                 pass
-                for pipe in (process.stdout, process.stderr):
-                    if pipe is not None:
-                        await pipe.aclose()
-                await process.wait()
-        code = process.returncode
+                child.stdout.close()
+                child.stderr.close()
+                await child.wait()
+        code = child.returncode
         fields: dict[str, Any] = {"duration": ended - started}
         if code is not None and code < 0:
             fields["signal"] = -code
@@ -242,14 +376,15 @@ class Attempt:
         elif reason is FinishReason.CANCELLED:
             fields["detail"] = self._cancel_detail()
         else:
-            result, problem = await trio.to_thread.run_sync(self._read_result)
+            result, problem = self._read_result()
             fields["detail"] = problem
-            if result is not None:
+            if result:  # an empty object always travels
                 problem = _travel_problem(self._finished(reason, result=result, **fields))
                 if problem:
                     fields["detail"] = f"result.json rejected: {problem}"
-                else:
-                    fields["result"] = result
+                    result = None
+            if result is not None:
+                fields["result"] = result
         finished = self._finished(reason, **fields)
         log.info("%s ended: %s", name, _describe(finished))
         return finished
@@ -257,23 +392,34 @@ class Attempt:
     def _cancel_detail(self) -> str:
         return f"cancelled: {self._cancel_reason}" if self._cancel_reason else "cancelled"
 
-    def _prepare(self) -> Path:
-        if self.directory.exists():  # left behind by an agent that died mid-attempt
+    def _start(self, argv: list[str]) -> _Spawned:
+        """Prepare the directory and start the child (blocking, but only briefly)."""
+        try:
+            self.directory.mkdir(parents=True)
+        except FileExistsError:  # left behind by an agent that died mid-attempt
             shutil.rmtree(self.directory)
-        self.directory.mkdir(parents=True)
-        (self.directory / "script").write_text(self.dispatch.script, encoding="utf-8")
+            self.directory.mkdir()
+        _write_file(self.directory / "script", self.dispatch.script.encode("utf-8"))
         params_path = self.directory / "params.json"
-        params_path.write_text(json.dumps(self.dispatch.params), encoding="utf-8")
-        return params_path
+        _write_file(params_path, json.dumps(self.dispatch.params).encode("utf-8"))
+        stdin = os.open(params_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return _spawn(
+                argv,
+                stdin=stdin,
+                cwd=self.directory,
+                env=self._environment(params_path),
+                preexec=self._preexec(),
+            )
+        finally:
+            os.close(stdin)
 
     def _environment(self, params_path: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            WFE_PARAMS=str(params_path),
-            WFE_RESULT=str(self.directory / "result.json"),
-            WFE_JOB_ID=self.ref.job_id,
-            WFE_ATTEMPT=str(self.ref.attempt),
-        )
+        env = os.environ.copy()
+        env["WFE_PARAMS"] = str(params_path)
+        env["WFE_RESULT"] = str(self.directory / "result.json")
+        env["WFE_JOB_ID"] = self.ref.job_id
+        env["WFE_ATTEMPT"] = str(self.ref.attempt)
         return env
 
     def _preexec(self) -> Callable[[], None] | None:
@@ -281,83 +427,67 @@ class Attempt:
         return None if memory is None else _memory_limiter(memory)
 
     async def _supervise(
-        self, process: trio.Process, on_chunk: ChunkCallback
+        self, child: _Spawned, on_chunk: ChunkCallback
     ) -> tuple[FinishReason, float]:
-        assert process.stdout is not None and process.stderr is not None
         reason = FinishReason.EXITED
-        send, receive = trio.open_memory_channel[tuple[Stream, bytes]](0)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forward, receive, on_chunk)
-            async with send:
-                nursery.start_soon(self._pump, process.stdout, Stream.STDOUT, send.clone())
-                nursery.start_soon(self._pump, process.stderr, Stream.STDERR, send.clone())
+            nursery.start_soon(self._pump, child.stdout, Stream.STDOUT, on_chunk)
+            nursery.start_soon(self._pump, child.stderr, Stream.STDERR, on_chunk)
             with self._cancel_scope:
                 with trio.move_on_after(self.dispatch.limits.timeout) as deadline:
-                    await process.wait()
+                    await child.wait()
             if deadline.cancelled_caught:
                 reason = FinishReason.TIMED_OUT
             elif self._cancel_scope.cancelled_caught:
                 reason = FinishReason.CANCELLED
-            if process.returncode is None:
-                await self._terminate(process)
+            if child.returncode is None:
+                await self._terminate(child)
             ended = trio.current_time()
-            _killpg(process.pid, signal.SIGKILL)  # what the script left running in its group
+            _killpg(child.pid, signal.SIGKILL)  # what the script left running in its group
             self._exited = True
             for scope in self._read_scopes:
                 scope.deadline = ended + self._kill_grace
         return reason, ended
 
-    async def _terminate(self, process: trio.Process) -> None:
-        _killpg(process.pid, signal.SIGTERM)
+    async def _terminate(self, child: _Spawned) -> None:
+        _killpg(child.pid, signal.SIGTERM)
         with trio.move_on_after(self._kill_grace):
-            await process.wait()
+            await child.wait()
             return
-        _killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+        _killpg(child.pid, signal.SIGKILL)
+        await child.wait()
 
     async def _pump(
-        self,
-        stream: trio.abc.ReceiveStream,
-        which: Stream,
-        send: trio.MemorySendChannel[tuple[Stream, bytes]],
+        self, stream: trio.abc.ReceiveStream, which: Stream, on_chunk: ChunkCallback
     ) -> None:
-        async with send:
-            while True:
-                with trio.CancelScope() as scope:
-                    if self._exited:
-                        # The group is gone: more output can only come from a process that
-                        # left the group. Wait for it a little, not forever.
-                        scope.deadline = trio.current_time() + self._kill_grace
-                    self._read_scopes.add(scope)
-                    try:
-                        data = await stream.receive_some(MAX_CHUNK_BYTES)
-                    finally:
-                        self._read_scopes.discard(scope)
-                if scope.cancelled_caught:
-                    log.warning(
-                        "attempt %s#%s: %s still open after the process group ended; stopped reading",
-                        self.ref.job_id,
-                        self.ref.attempt,
-                        which.value,
-                    )
-                    return
-                if not data:
-                    return
-                await send.send((which, bytes(data)))
-
-    async def _forward(
-        self,
-        receive: trio.MemoryReceiveChannel[tuple[Stream, bytes]],
-        on_chunk: ChunkCallback,
-    ) -> None:
-        async with receive:
-            async for which, data in receive:
+        while True:
+            with trio.CancelScope() as scope:
+                if self._exited:
+                    # The group is gone: more output can only come from a process that
+                    # left the group. Wait for it a little, not forever.
+                    scope.deadline = trio.current_time() + self._kill_grace
+                self._read_scopes.add(scope)
+                try:
+                    data = await stream.receive_some(MAX_CHUNK_BYTES)
+                finally:
+                    self._read_scopes.discard(scope)
+            if scope.cancelled_caught:
+                log.warning(
+                    "attempt %s#%s: %s still open after the process group ended; stopped reading",
+                    self.ref.job_id,
+                    self.ref.attempt,
+                    which.value,
+                )
+                return
+            if not data:
+                return
+            async with self._emit_lock:  # seq order is the order chunks are handed on
                 chunk = OutputChunk(
                     job_id=self.ref.job_id,
                     attempt=self.ref.attempt,
                     stream=which,
                     seq=self._chunks,
-                    data=data,
+                    data=bytes(data),
                 )
                 self._chunks += 1
                 await on_chunk(chunk)
@@ -377,6 +507,29 @@ class Attempt:
         if not isinstance(value, dict):
             return None, f"result.json must hold a JSON object, not {_json_kind(value)}"
         return value, ""
+
+
+def _remove_small_tree(directory: Path) -> bool:
+    """Remove ``directory`` if it holds only a few plain files; False if it was left alone.
+
+    Missing already counts as removed. Anything else (subdirectories, many entries, an
+    error) is left for ``shutil.rmtree`` in a thread.
+    """
+    try:
+        with os.scandir(directory) as entries:
+            names: list[str] = []
+            for entry in entries:
+                if len(names) >= _INLINE_REMOVE_ENTRIES or entry.is_dir(follow_symlinks=False):
+                    return False
+                names.append(entry.name)
+        for name in names:
+            os.unlink(directory / name)
+        os.rmdir(directory)
+    except FileNotFoundError:
+        return not directory.exists()
+    except OSError:
+        return False
+    return True
 
 
 def _travel_problem(finished: JobFinished) -> str:
