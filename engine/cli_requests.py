@@ -27,7 +27,7 @@ from engine.render import format_table, print_table
 Add = Callable[..., argparse.ArgumentParser]
 
 VERBS = {
-    "approve": "approve a submitted request (when its definition requires a person's approval)",
+    "approve": "approve a submitted request (when a person must: [approval] in wfe.toml, else the definition's policy)",
     "pause": "pause a running request: no new jobs are dispatched, running ones finish",
     "resume": "resume a paused request",
     "cancel": "cancel a request and kill its running jobs",
@@ -158,12 +158,25 @@ def cmd_request(args: argparse.Namespace) -> int:
     return 0 if not args.wait or detail["state"] == "completed" else 1
 
 
+def _approval(d: dict[str, Any]) -> list[str]:
+    """Who approves the request, and the rule that decided it (when the history has it)."""
+    if "approval_required" not in d:
+        return []
+    who = "by an operator" if d["approval_required"] else "by the engine"
+    created: dict[str, Any] = next(
+        (h for h in d.get("history") or () if h.get("kind") == "request.created"), {}
+    )
+    rule = (created.get("approval") or {}).get("rule")
+    return [f"  approval {who}: {rule}" if rule else f"  approval {who}"]
+
+
 def render_request(d: dict[str, Any]) -> str:
     """A request's detail for the terminal."""
     lines = [
         f"{d['id']}  {d['state']}  (workflow {d['workflow']}, user {d['user']}, namespace {d['namespace']},"
         f" priority {d['priority']})",
         f"  definition sha256 {d['definition']}",
+        *_approval(d),
     ]
     if d.get("params"):
         lines.append("  params " + ", ".join(f"{k}={v!r}" for k, v in d["params"].items()))

@@ -7,8 +7,11 @@ malformed file, an unknown key or a value of the wrong type with one line naming
 
 from __future__ import annotations
 
+import enum
+import fnmatch
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import attrs
 import cattrs
@@ -73,6 +76,46 @@ class XmppSection:
     max_stanza: int = 256 * 1024  # the server's stanza size limit (Prosody's default)
 
 
+class ApprovalMode(enum.Enum):
+    """Who approves a submitted request, as ``[approval]`` says for its namespace."""
+
+    DEFINITION = "definition"  # the definition's [policy] approval decides
+    OPERATOR = "operator"  # a person approves every request, whatever the definition says
+    AUTO = "auto"  # the engine approves at once, whatever the definition says
+
+
+@attrs.frozen(kw_only=True)
+class ApprovalSection:
+    """``[approval]``: who approves submitted requests, by namespace (docs/definitions.md).
+
+    ``namespaces`` holds ``(pattern, mode)`` in file order; a pattern is a namespace or a
+    glob with ``*`` and ``?`` (``survey.*``).
+    """
+
+    default: ApprovalMode = ApprovalMode.DEFINITION
+    namespaces: tuple[tuple[str, ApprovalMode], ...] = ()
+
+    def rule_for(self, namespace: str) -> tuple[ApprovalMode, str]:
+        """The mode for ``namespace`` and the key that sets it: the entry naming it exactly,
+        else the matching pattern with the most characters that are not wildcards (the first
+        in the file on a tie), else ``default``."""
+        best: tuple[int, str, ApprovalMode] | None = None
+        for pattern, mode in self.namespaces:
+            if pattern == namespace:
+                return mode, _approval_key(pattern)
+            if fnmatch.fnmatchcase(namespace, pattern):
+                literal = len(pattern) - pattern.count("*") - pattern.count("?")
+                if best is None or literal > best[0]:
+                    best = (literal, pattern, mode)
+        if best is not None:
+            return best[2], _approval_key(best[1])
+        return self.default, "approval.default"
+
+
+def _approval_key(pattern: str) -> str:
+    return f'approval.namespaces."{pattern}"'
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """The whole configuration; ``root`` is the directory of ``wfe.toml``."""
@@ -83,6 +126,7 @@ class Config:
     agents: AgentsSection = AgentsSection()
     jobs: JobsSection = JobsSection()
     xmpp: XmppSection = XmppSection()
+    approval: ApprovalSection = ApprovalSection()
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the file against the configuration's directory."""
@@ -116,6 +160,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    approval = _parse_approval(data.pop("approval", {}), source)
     try:
         sections = {k: v for k, v in data.items()}
         config = _converter.structure({"root": str(root), **sections}, _RawConfig)
@@ -130,6 +175,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         agents=config.agents,
         jobs=config.jobs,
         xmpp=config.xmpp,
+        approval=approval,
     )
     _check_values(result, source)
     return result
@@ -143,6 +189,41 @@ class _RawConfig:
     agents: AgentsSection = AgentsSection()
     jobs: JobsSection = JobsSection()
     xmpp: XmppSection = XmppSection()
+
+
+_NAMESPACE_PATTERN_CHARS = frozenset("_.-*?")
+
+
+def _parse_approval(raw: Any, source: str) -> ApprovalSection:
+    """``[approval]`` by hand, so that each error names its key (a pattern is a key)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: approval: expected a table")
+    unknown = sorted(set(raw) - {"default", "namespaces"})
+    if unknown:
+        raise ConfigError(f"{source}: approval: unknown key(s) ({', '.join(unknown)})")
+    default = _approval_mode(raw.get("default", "definition"), "approval.default", source)
+    namespaces = raw.get("namespaces", {})
+    if not isinstance(namespaces, dict):
+        raise ConfigError(
+            f'{source}: approval.namespaces: expected a table like namespaces."survey.*" = "operator"'
+        )
+    rules = []
+    for pattern, value in namespaces.items():
+        key = _approval_key(pattern)
+        if not pattern or not all(c.isalnum() or c in _NAMESPACE_PATTERN_CHARS for c in pattern):
+            raise ConfigError(
+                f"{source}: {key}: a namespace or pattern has letters, digits, '_', '.', '-'"
+                " and the wildcards '*' and '?'"
+            )
+        rules.append((pattern, _approval_mode(value, key, source)))
+    return ApprovalSection(default=default, namespaces=tuple(rules))
+
+
+def _approval_mode(value: Any, key: str, source: str) -> ApprovalMode:
+    if isinstance(value, str) and value in ApprovalMode._value2member_map_:
+        return ApprovalMode(value)
+    modes = ", ".join(f'"{m.value}"' for m in ApprovalMode)
+    raise ConfigError(f"{source}: {key}: expected one of {modes}, not {value!r}")
 
 
 def _tidy(detail: str) -> str:
@@ -236,4 +317,8 @@ heartbeat_deadline = 10.0
 [jobs]
 timeout = 3600.0
 retries = 0
+
+[approval]
+default = "definition"   # who approves requests: "definition" (its [policy]), "operator" or "auto"
+# namespaces."survey.*" = "operator"   # per namespace (exact name or glob); the most specific wins
 """

@@ -207,6 +207,7 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                     controller=controller,
                     runner=runner,
                     products_root=config.root / "products",
+                    approval=config.approval,
                 )
                 await nursery.start(requests.run)
                 engine = Engine(

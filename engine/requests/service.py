@@ -39,10 +39,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from engine.actions import one_line
+from engine.config import ApprovalSection
 from engine.definitions import Definition, GitInfo, OnStageFailure, build_definition, resolve_params
 from engine.jobs import TERMINAL
 from engine.repository import Missed
 from engine.requests import catalog, checking, plan, scripts, store
+from engine.requests.approval import decide_approval
 from engine.requests.batches import BatchRunner
 from engine.requests.errors import RefusedTransition, RequestError, SubmitError
 from engine.requests.model import ONCE, Batch, RequestRecord, Snapshot, StageState, product_key
@@ -79,8 +81,10 @@ class RequestService:
         controller: AgentController,
         runner: ActionRunner | None = None,
         products_root: Path | None = None,
+        approval: ApprovalSection | None = None,
     ) -> None:
         self.repo = repo
+        self.approval = ApprovalSection() if approval is None else approval  # [approval]
         self.controller = controller
         self.runner = runner
         self.batches = BatchRunner(
@@ -177,7 +181,9 @@ class RequestService:
         """Check and store a request of the expanded definition; return it (submitted).
 
         Raises ``DefinitionError`` / ``SubmitError`` with one line before anything is
-        stored. The engine approves at once when the definition needs no person's approval.
+        stored. The engine approves at once when no person's approval is needed: what
+        ``[approval]`` of wfe.toml says for the namespace, else the definition's policy
+        (``engine.requests.approval``).
         """
         try:
             check_user_name(user)
@@ -215,6 +221,7 @@ class RequestService:
                     namespace=namespace,
                     params=resolved,
                     priority=priority,
+                    approval=decide_approval(self.approval, namespace, definition),
                 )
             )
         )

@@ -16,6 +16,7 @@ import attrs
 
 from engine.definitions import Definition
 from engine.requests import plan
+from engine.requests.approval import ApprovalDecision
 from engine.requests.errors import RefusedTransition, UnknownRequest
 from engine.requests.model import (
     Batch,
@@ -95,6 +96,7 @@ class Submission:
     namespace: str
     params: Mapping[str, Any]
     priority: int
+    approval: ApprovalDecision  # whether a person must approve, and why
 
 
 def store_submission(sub: Submission) -> Callable[[Any], RequestRecord]:
@@ -124,14 +126,15 @@ def store_submission(sub: Submission) -> Callable[[Any], RequestRecord]:
         tx.execute(
             f"INSERT INTO requests ({_REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, '[]')",
             (rid, d.name, sub.user, number, d.sha256, sub.namespace, json.dumps(dict(sub.params)),
-             sub.priority, int(d.approval_required), json.dumps(mapping), RequestState.DRAFT.value,
+             sub.priority, int(sub.approval.required), json.dumps(mapping), RequestState.DRAFT.value,
              tx.at, tx.at),
         )  # fmt: skip
         tx.emit(
             "request.created",
             rid,
             {"workflow": d.name, "user": sub.user, "namespace": sub.namespace,
-             "definition": d.sha256, "params": dict(sub.params), "priority": sub.priority},
+             "definition": d.sha256, "params": dict(sub.params), "priority": sub.priority,
+             "approval": sub.approval.as_data()},
         )  # fmt: skip
         _transition(tx, rid, RequestVerb.SUBMIT, Actor.USER, by=sub.user)
         return get_request(tx, rid)

@@ -69,12 +69,13 @@ value = "raw"
 """
 
 
-def workspace(root: Path, *, agents: int, slots: int) -> Config:
-    """A workspace for an engine with ``agents`` local agents of ``slots`` slots each."""
+def workspace(root: Path, *, agents: int, slots: int, extra: str = "") -> Config:
+    """A workspace for an engine with ``agents`` local agents of ``slots`` slots each;
+    ``extra`` is appended to its wfe.toml."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / "wfe.toml"
     if not path.exists():
-        path.write_text(CONFIG.format(agents=agents, slots=slots))
+        path.write_text(CONFIG.format(agents=agents, slots=slots) + extra)
         create_secrets(load_config(path))
         shutil.copytree(ACTIONS, root / "actions")
     return load_config(path)
@@ -130,9 +131,12 @@ class World:
         path.write_text(textwrap.dedent(text))
         return path
 
-    async def submit(self, path: Path, *, user: str = "alice", **params: Any) -> dict[str, Any]:
-        """Submit as ``wfe submit`` does; return the request record."""
-        payload = submission(path, params=[f"{k}={v}" for k, v in params.items()], user=user)
+    async def submit(
+        self, path: Path, *, user: str = "alice", namespace: str | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Submit as ``wfe submit`` does (in ``namespace`` if given); return the record."""
+        assigned = [f"{k}={v}" for k, v in params.items()]
+        payload = submission(path, params=assigned, user=user, namespace=namespace)
         return await self.call("submit", **payload)  # type: ignore[no-any-return]
 
     async def wait(self, rid: str, *states: str) -> dict[str, Any]:
@@ -190,9 +194,11 @@ async def _agents_connected(engine: Engine, count: int) -> None:
 
 
 @asynccontextmanager
-async def open_world(root: Path, *, agents: int = 1, slots: int = 4) -> AsyncIterator[World]:
+async def open_world(
+    root: Path, *, agents: int = 1, slots: int = 4, extra_config: str = ""
+) -> AsyncIterator[World]:
     """Run an engine on the workspace in ``root`` (made if new) for the block."""
-    config = workspace(root / "ws", agents=agents, slots=slots)
+    config = workspace(root / "ws", agents=agents, slots=slots, extra=extra_config)
     token = read_token(config)
     async with open_engine(config) as engine:
         await _agents_connected(engine, agents)
