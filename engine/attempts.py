@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine.clock import wall_now
-from protocols.attempt import AttemptMachine
+from engine.jobs import JobRow, NewJob, insert_job
+from protocols.attempt import AttemptMachine, AttemptState
 from protocols.messages import JobFinished, OutputChunk
 
 
@@ -21,22 +22,41 @@ def attempts_dispatched(machines: Sequence[AttemptMachine]) -> Callable[[Any], N
     def op(tx: Any) -> None:
         now = wall_now()
         for m in machines:
-            tx.execute(
-                "INSERT INTO attempts (job_id, attempt, state, agent, dispatched_at) VALUES (?, ?, ?, ?, ?)",
-                (m.job_id, m.attempt, m.state.value, m.agent, now),
-            )
-            tx.execute(
-                "UPDATE jobs SET attempts = ?, state = 'running', started_at = COALESCE(started_at, ?)"
-                " WHERE id = ?",
-                (m.attempt, now, m.job_id),
-            )
-            tx.emit(
-                "attempt.state",
-                m.job_id,
-                {"attempt": m.attempt, "state": m.state.value, "agent": m.agent},
-            )
+            _dispatched(tx, m.job_id, m.attempt, m.state.value, m.agent, now)
 
     return op
+
+
+def job_created_and_dispatched(new: NewJob, agent: str) -> Callable[[Any], tuple[JobRow, bool]]:
+    """Record a new RScript job and its first attempt, dispatched to ``agent``, in one op.
+
+    Returns ``(job, True)``; for a replayed call (the parent already made it) it returns
+    ``(existing job, False)`` and records no attempt. The write-ahead rule holds: both are
+    committed before the dispatch is sent.
+    """
+
+    def op(tx: Any) -> tuple[JobRow, bool]:
+        job, created = insert_job(tx, new)
+        if created:
+            _dispatched(tx, job.id, 1, AttemptState.DISPATCHED.value, agent, wall_now())
+        return job, created
+
+    return op
+
+
+def _dispatched(
+    tx: Any, job_id: str, attempt: int, state: str, agent: str | None, now: float
+) -> None:
+    tx.execute(
+        "INSERT INTO attempts (job_id, attempt, state, agent, dispatched_at) VALUES (?, ?, ?, ?, ?)",
+        (job_id, attempt, state, agent, now),
+    )
+    tx.execute(
+        "UPDATE jobs SET attempts = ?, state = 'running', started_at = COALESCE(started_at, ?)"
+        " WHERE id = ?",
+        (attempt, now, job_id),
+    )
+    tx.emit("attempt.state", job_id, {"attempt": attempt, "state": state, "agent": agent})
 
 
 def attempt_started(m: AttemptMachine) -> Callable[[Any], None]:

@@ -88,10 +88,12 @@ class AgentEntry:
     last_heard: float = 0.0
     lost: bool = False
     attempts: dict[tuple[str, int], LiveJob] = attrs.Factory(dict)
+    reserved: int = 0  # slots held for new jobs whose dispatch is being committed with them
 
     @property
     def busy_slots(self) -> int:
-        return sum(int(j.requirements.get("cpus", 1)) for j in self.attempts.values())
+        taken = sum(int(j.requirements.get("cpus", 1)) for j in self.attempts.values())
+        return taken + self.reserved
 
     @property
     def free_slots(self) -> int:
@@ -210,6 +212,10 @@ class AgentController:
         ``timeout`` (per attempt), ``backoff`` (before the first retry, doubling),
         ``wait_agent`` and ``overall`` (seconds; 0 for none) default to ``[jobs]``.
 
+        When nothing waits in the queue and a connected agent has a free slot the job fits,
+        the job and its first attempt's dispatch are committed together (one transaction, still
+        before the agent hears of it) and the dispatch is sent before this returns.
+
         Raises ``UnknownRScript`` / ``ParamError`` before anything is recorded.
         """
         from rscripts.header import validate_params
@@ -217,7 +223,7 @@ class AgentController:
         script = self.scripts.get(name)
         params = validate_params(script.header, params)
         header_req = script.header.requires
-        requirements = {
+        requirements: dict[str, Any] = {
             k: v
             for k, v in {
                 "cpus": header_req.cpus,
@@ -231,42 +237,85 @@ class AgentController:
         if on is not None:
             requirements["on"] = on
         retries = self.defaults.retries if retries is None else retries
-        job = await self.repo.write(
-            create_job(
-                NewJob(
-                    kind="rscript",
-                    name=name,
-                    params=params,
-                    parent_id=parent.id if parent else None,
-                    root_id=parent.root_id if parent else None,
-                    call_seq=call_seq,
-                    state="queued",
-                    priority=self.defaults.priority if priority is None else priority,
-                    requirements={
-                        **requirements,
-                        "timeout": timeout or script.header.timeout,
-                        **{
-                            k: v
-                            for k, v in (
-                                ("backoff", backoff),
-                                ("wait_agent", wait_agent),
-                                ("overall", overall),
-                            )
-                            if v is not None
-                        },
-                    },
-                    max_attempts=1 + retries,
-                    request_id=request_id,
-                    by=by,
-                )
-            )
+        new = NewJob(
+            kind="rscript",
+            name=name,
+            params=params,
+            parent_id=parent.id if parent else None,
+            root_id=parent.root_id if parent else None,
+            call_seq=call_seq,
+            state="queued",
+            priority=self.defaults.priority if priority is None else priority,
+            requirements={
+                **requirements,
+                "timeout": timeout or script.header.timeout,
+                **{
+                    k: v
+                    for k, v in (
+                        ("backoff", backoff),
+                        ("wait_agent", wait_agent),
+                        ("overall", overall),
+                    )
+                    if v is not None
+                },
+            },
+            max_attempts=1 + retries,
+            request_id=request_id,
+            by=by,
         )
+        entry = self._idle_agent(requirements)
+        if entry is not None:
+            return await self._submit_dispatched(new, entry, int(requirements.get("cpus", 1)))
+        job = await self.repo.write(create_job(new))
+        self._recorded(job)
+        return job.id
+
+    def _recorded(self, job: JobRow) -> None:
+        """Take on a job just recorded, or found recorded by an earlier run of its parent."""
         if job.finished:
             self.completions.resolve(
                 JobOutcome(job_id=job.id, state=job.state, result=job.result, error=job.error)
             )
         elif job.id not in self.jobs:
             self._enqueue(self._adopt(job))
+
+    def _idle_agent(self, requirements: dict[str, Any]) -> AgentEntry | None:
+        """The agent a new job may go to at once: none while any job waits in the queue (it
+        would overtake it), else the scheduler's choice among agents with a free slot."""
+        if self._ready or self._nursery is None:
+            return None
+        offers = [
+            Offer(name=a.name, free_slots=a.free_slots, capabilities=a.capabilities)
+            for a in self.agents.values()
+            if a.link is not None and not a.lost and a.free_slots > 0
+        ]
+        if not offers:
+            return None
+        scheduling = {k: v for k, v in requirements.items() if k != "on"}
+        ready = Ready(
+            job_id="", priority=0, seq=0, requirements=scheduling, on=requirements.get("on")
+        )
+        pairs = assign([ready], offers)
+        return self.agents[pairs[0][1]] if pairs else None
+
+    async def _submit_dispatched(self, new: NewJob, entry: AgentEntry, cpus: int) -> str:
+        """Record ``new`` and its first attempt on ``entry`` in one commit, then send it."""
+        entry.reserved += cpus  # no dispatch round gives the slot away meanwhile
+        try:
+            job, created = await self.repo.write(ops.job_created_and_dispatched(new, entry.name))
+        finally:
+            entry.reserved -= cpus
+        if not created:  # a replayed call: the job exists already
+            self._recorded(job)
+            return job.id
+        live = self._adopt(job)
+        live.attempts_made = 1
+        live.machine = AttemptMachine(
+            job_id=job.id, attempt=1, timeout=live.timeout, grace=self._grace
+        )
+        live.machine.handle(Dispatched(agent=entry.name, at=trio.current_time()))
+        entry.attempts[(job.id, 1)] = live
+        self._send_dispatches([(live, entry)])
         return job.id
 
     def _adopt(self, job: JobRow) -> LiveJob:
@@ -388,6 +437,13 @@ class AgentController:
             machines.append((job, entry))
         # Write ahead: the dispatch is committed before any agent hears of it.
         await self.repo.write(ops.attempts_dispatched([job.machine for job, _ in machines]))  # type: ignore[misc]
+        self._send_dispatches(machines)
+        self._work.set() if self._ready and any(
+            a.free_slots for a in self.agents.values()
+        ) else None
+
+    def _send_dispatches(self, machines: list[tuple[LiveJob, AgentEntry]]) -> None:
+        """Send the dispatches just committed, unless their attempt ended meanwhile."""
         for job, entry in machines:
             machine = job.machine
             assert machine is not None
@@ -409,9 +465,6 @@ class AgentController:
             job.sent = True
             self.dispatched_total += 1
             self._schedule_attempt(job)
-        self._work.set() if self._ready and any(
-            a.free_slots for a in self.agents.values()
-        ) else None
 
     def _dispatch_message(self, job: LiveJob) -> Dispatch:
         assert job.machine is not None

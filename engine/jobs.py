@@ -105,51 +105,82 @@ def create_job(new: NewJob) -> Callable[[Any], JobRow]:
     ``call_seq`` (a replay after restart) it returns that job instead of a new one."""
 
     def op(tx: Any) -> JobRow:
-        if new.parent_id is not None and new.call_seq is not None:
-            row = tx.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE parent_id = ? AND call_seq = ?",
-                (new.parent_id, new.call_seq),
-            ).fetchone()
-            if row is not None:
-                return job_from_row(row)
-        job_id = f"j{tx.allocate('job'):06d}"
-        now = wall_now()
-        tx.execute(
-            "INSERT INTO jobs (id, kind, name, parent_id, root_id, call_seq, params, state, priority,"
-            " requirements, max_attempts, created_at, request_id, started_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                job_id,
-                new.kind,
-                new.name,
-                new.parent_id,
-                new.root_id or job_id,
-                new.call_seq,
-                json.dumps(new.params),
-                new.state,
-                new.priority,
-                json.dumps(new.requirements),
-                new.max_attempts,
-                now,
-                new.request_id,
-                now if new.state == "running" else None,
-            ),
-        )
-        data: dict[str, Any] = {
-            "kind": new.kind,
-            "name": new.name,
-            "parent": new.parent_id,
-            "state": new.state,
-        }
-        if new.request_id is not None:
-            data["request"] = new.request_id
-        if new.by is not None:
-            data["by"] = new.by
-        tx.emit("job.created", job_id, data)
-        row = tx.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return job_from_row(row)
+        return insert_job(tx, new)[0]
 
     return op
+
+
+def insert_job(tx: Any, new: NewJob) -> tuple[JobRow, bool]:
+    """Record ``new`` inside a write op; return ``(job, True)``, or ``(existing, False)`` when
+    the parent already made call ``call_seq`` (a replay after restart: nothing is written)."""
+    if new.parent_id is not None and new.call_seq is not None:
+        row = tx.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE parent_id = ? AND call_seq = ?",
+            (new.parent_id, new.call_seq),
+        ).fetchone()
+        if row is not None:
+            return job_from_row(row), False
+    job_id = f"j{tx.allocate('job'):06d}"
+    now = wall_now()
+    params = json.dumps(new.params)
+    requirements = json.dumps(new.requirements)
+    started_at = now if new.state == "running" else None
+    root_id = new.root_id or job_id
+    tx.execute(
+        "INSERT INTO jobs (id, kind, name, parent_id, root_id, call_seq, params, state, priority,"
+        " requirements, max_attempts, created_at, request_id, started_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job_id,
+            new.kind,
+            new.name,
+            new.parent_id,
+            root_id,
+            new.call_seq,
+            params,
+            new.state,
+            new.priority,
+            requirements,
+            new.max_attempts,
+            now,
+            new.request_id,
+            started_at,
+        ),
+    )
+    data: dict[str, Any] = {
+        "kind": new.kind,
+        "name": new.name,
+        "parent": new.parent_id,
+        "state": new.state,
+    }
+    if new.request_id is not None:
+        data["request"] = new.request_id
+    if new.by is not None:
+        data["by"] = new.by
+    tx.emit("job.created", job_id, data)
+    # The row as a SELECT would return it (params and requirements decoded from what was
+    # stored, so the caller's dicts are not shared), without reading it back.
+    job = JobRow(
+        id=job_id,
+        kind=new.kind,
+        name=new.name,
+        parent_id=new.parent_id,
+        root_id=root_id,
+        call_seq=new.call_seq,
+        params=json.loads(params),
+        state=new.state,
+        priority=new.priority,
+        requirements=json.loads(requirements),
+        max_attempts=new.max_attempts,
+        attempts=0,
+        created_at=now,
+        started_at=started_at,
+        ended_at=None,
+        result=None,
+        error=None,
+        request_id=new.request_id,
+    )
+    return job, True
 
 
 def set_job_state(

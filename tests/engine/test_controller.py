@@ -367,3 +367,74 @@ async def test_a_cancel_while_the_end_is_written_changes_nothing(
     with pytest.raises(UnknownJob):
         await harness.controller.cancel(job_id)
     assert (await outcome(harness, job_id)).state == "succeeded"
+
+
+async def test_a_job_for_a_free_slot_is_recorded_and_dispatched_in_one_commit(
+    autojump_clock: MockClock, harness: Harness
+) -> None:
+    """Nothing queued and a slot free: the job and its dispatch share one commit, made
+    before the agent hears of it, and the dispatch is out when submit returns."""
+    agent = harness.agent("a")
+    commits_at_send: list[int] = []
+    deliver = agent.send_nowait
+
+    def send_nowait(message: Any) -> None:
+        commits_at_send.append(harness.repo.statistics().commits)
+        deliver(message)
+
+    agent.send_nowait = send_nowait  # type: ignore[method-assign]
+    await harness.repo.flush()
+    before = harness.repo.statistics().commits
+    job_id = await submit(harness)
+    [dispatch] = agent.of_type(Dispatch)  # already sent: no waiting
+    assert (dispatch.job_id, dispatch.attempt) == (job_id, 1)
+    assert commits_at_send == [before + 1]  # committed, in one transaction, before the send
+    events = await harness.repo.events_since(0)
+    created, dispatched = [e for e in events if e.subject == job_id]
+    assert (created.kind, dispatched.kind, dispatched.data["state"]) == (
+        "job.created",
+        "attempt.state",
+        "dispatched",
+    )
+    assert created.at == dispatched.at  # one batch
+    job = await harness.job(job_id)
+    assert (job["state"], job["attempt_list"][0]["agent"]) == ("running", "a")
+
+
+async def test_a_new_job_does_not_overtake_one_waiting_for_the_slot(
+    autojump_clock: MockClock, harness: Harness
+) -> None:
+    """A slot that frees while a job waits goes to the waiting job, not to a newer one."""
+    agent = harness.agent("a", slots=1)
+    first = await submit(harness)
+    waiting = await submit(harness)
+    [dispatch] = await agent.receive(Dispatch)
+    assert dispatch.job_id == first
+    agent.finish(dispatch)  # the slot is free now, before any dispatch round has run
+    newer = await submit(harness)
+    second = (await agent.receive(Dispatch, 2))[1]
+    assert second.job_id == waiting
+    agent.finish(second)
+    third = (await agent.receive(Dispatch, 3))[2]
+    assert third.job_id == newer
+
+
+async def test_a_replayed_call_with_a_free_slot_returns_its_job_and_dispatches_nothing(
+    autojump_clock: MockClock, harness: Harness
+) -> None:
+    """A parent's call made again (after a restart) finds its job; no second attempt is sent."""
+    from engine.jobs import NewJob, create_job
+
+    parent = await harness.repo.write(
+        create_job(NewJob(kind="action", name="demo.parent", params={}, state="running"))
+    )
+    agent = harness.agent("a", slots=2)
+    job_id = await submit(harness, parent=parent, call_seq=0)
+    [dispatch] = await agent.receive(Dispatch)
+    again = await submit(harness, parent=parent, call_seq=0)
+    assert again == job_id
+    agent.finish(dispatch)
+    assert (await outcome(harness, job_id)).state == "succeeded"
+    assert len(agent.of_type(Dispatch)) == 1
+    job = await harness.job(job_id)
+    assert len(job["attempt_list"]) == 1
