@@ -4,7 +4,9 @@
 ``agents.xmpp_upload.worth_uploading`` picks; it keeps those of one attempt until they reach
 ``max_bytes``, another message must go out (the link calls ``flush`` first, so order holds),
 or ``flush_after`` seconds passed since the first of them; then it asks the upload service for
-a slot, PUTs the packed run, and sends the ``<upload>`` reference in place of the chunks.
+a slot, PUTs the packed run, and sends the ``<upload>`` reference in place of the chunks. Up
+to ``MAX_INFLIGHT`` runs are uploaded at once while the next one gathers; their references go
+out in order, and ``flush`` waits for all of them.
 
 When an upload fails (slot refused, HTTP error) the run goes inline as ordinary chunk stanzas,
 and the batch takes nothing more for the rest of the session: one failure each session costs
@@ -15,10 +17,12 @@ is lost like any stanza sent into a dead connection; the engine asks for it agai
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from agents.errors import AgentError
@@ -44,8 +48,16 @@ log = logging.getLogger("wfe.xmpp")
 FLUSH_AFTER = 0.05
 #: Largest run, in bytes of chunk data (less when the service allows less).
 MAX_BATCH = 4 * 1024 * 1024
+#: Runs being uploaded at once: the next run gathers while one goes up.
+MAX_INFLIGHT = 2
 #: Room for the record headers when comparing with the service's max-file-size.
 _HEADROOM = 64 * 1024
+
+
+@attrs.define(eq=False)
+class _Run:
+    chunks: list[OutputChunk]
+    done: trio.Event = attrs.Factory(trio.Event)
 
 
 class OutputBatch:
@@ -79,6 +91,11 @@ class OutputBatch:
         self._deadline = 0.0
         self._lock = trio.Lock()
         self._started = trio.Event()
+        self._inflight: collections.deque[_Run] = collections.deque()
+        self._nursery: trio.Nursery | None = None
+        self._ready = trio.Event()
+        self._lost = False
+        self.closed = False
 
     def takes(self, chunk: OutputChunk) -> bool:
         """True when ``chunk`` should travel by HTTP (while uploads work this session)."""
@@ -104,61 +121,96 @@ class OutputBatch:
                 self._started.set()
 
     async def flush(self) -> None:
-        """Upload what is gathered, if anything. Raises ``trio.BrokenResourceError``."""
+        """Upload what is gathered and wait until every run went out (in order), so that a
+        message sent next follows them. Raises ``trio.BrokenResourceError`` when offline."""
         async with self._lock:
             await self._flush_locked()
+            while self._inflight:
+                await self._inflight[-1].done.wait()
+        if self._lost:
+            self._lost = False
+            raise trio.BrokenResourceError("output runs could not be sent: the connection is down")
 
     async def run(self) -> None:
-        """Upload each run ``flush_after`` seconds after its first chunk; until cancelled."""
-        while True:
-            await self._started.wait()
-            self._started = trio.Event()
-            await trio.sleep_until(self._deadline)
-            async with self._lock:
-                if self._chunks and trio.current_time() >= self._deadline:
-                    try:
-                        await self._flush_locked()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return  # the session is over; its link says so to the core
+        """Host the uploads, and upload each run ``flush_after`` seconds after its first
+        chunk; until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._ready.set()
+                while True:
+                    await self._started.wait()
+                    self._started = trio.Event()
+                    await trio.sleep_until(self._deadline)
+                    async with self._lock:
+                        if self._chunks and trio.current_time() >= self._deadline:
+                            await self._flush_locked()
+        finally:
+            self.closed = True  # the session ended: nothing waits for uploads any more
+            self._ready.set()
 
     async def _flush_locked(self) -> None:
+        """Start uploading the gathered run; at most ``MAX_INFLIGHT`` runs are under way."""
         chunks, self._chunks, self._size = self._chunks, [], 0
         if not chunks:
             return
+        if len(self._inflight) >= MAX_INFLIGHT:
+            await self._inflight[0].done.wait()
+        await self._ready.wait()
+        if self.closed or self._nursery is None:
+            raise trio.ClosedResourceError("the session ended before its output was uploaded")
+        previous = self._inflight[-1] if self._inflight else None
+        run = _Run(chunks=chunks)
+        self._inflight.append(run)
+        self._nursery.start_soon(self._upload, run, previous)
+
+    async def _upload(self, run: _Run, previous: _Run | None) -> None:
+        """Upload one run, then send its reference (or, if the upload failed, its chunks)
+        right after the run before it went out."""
+        chunks = run.chunks
         first = chunks[0]
-        data = pack(chunks)
         try:
-            slot = await request_slot(
-                self.client,
-                self.service,
-                file_name(first.job_id, first.attempt, first.seq),
-                len(data),
-            )
-            await put(self.http, slot, data, plain=self.plain)
-        except AgentError as exc:
-            self.broken = True
-            log.warning(
-                "xmpp: upload of %d output chunks failed (%s); sending output inline this session",
-                len(chunks),
-                exc,
-            )
-            for chunk in chunks:
-                self.client.send_message(self.peer, chunk)
-            await self.client.drain()
-            return
-        ref = UploadRef(
-            job_id=first.job_id,
-            attempt=first.attempt,
-            seq=first.seq,
-            chunks=len(chunks),
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            url=slot.get,
-        )
-        self.client.send_stanza(ref.stanza(self.peer))
-        self.uploads += 1
-        self.uploaded_bytes += len(data)
-        await self.client.drain()
+            data = pack(chunks)
+            ref: UploadRef | None = None
+            try:
+                if not self.broken:
+                    slot = await request_slot(
+                        self.client,
+                        self.service,
+                        file_name(first.job_id, first.attempt, first.seq),
+                        len(data),
+                    )
+                    await put(self.http, slot, data, plain=self.plain)
+                    ref = UploadRef(
+                        job_id=first.job_id,
+                        attempt=first.attempt,
+                        seq=first.seq,
+                        chunks=len(chunks),
+                        size=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        url=slot.get,
+                    )
+            except AgentError as exc:
+                self.broken = True
+                log.warning(
+                    "xmpp: upload of %d output chunks failed (%s); output goes inline this session",
+                    len(chunks),
+                    exc,
+                )
+            if previous is not None:
+                await previous.done.wait()
+            if ref is None:
+                for chunk in chunks:
+                    self.client.send_message(self.peer, chunk)
+            else:
+                self.client.send_stanza(ref.stanza(self.peer))
+                self.uploads += 1
+                self.uploaded_bytes += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._lost = True  # the engine asks for these chunks again before the end
+        finally:
+            run.done.set()
+            self._inflight.remove(run)
 
     def statistics(self) -> dict[str, Any]:
         return {"uploads": self.uploads, "uploaded_bytes": self.uploaded_bytes}

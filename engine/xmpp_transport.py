@@ -15,10 +15,19 @@ instance id) to every agent we know (configured, or remembered by the controller
 a restart), and we answer every available presence of an accepted agent with ours. That is
 how agents learn that a controller is there and which full JID to talk to; agents we do not
 know yet find us by sending their presence (they repeat it until we answer).
+
+Uploaded output: an agent may put big incompressible output on the server's HTTP upload
+service and send an ``<upload>`` reference instead (``agents.xmpp_upload``). The transport
+fetches it (``UploadFetcher``: only from that service, size and sha256 checked) and hands the
+chunks to the controller in order: while a fetch is under way, what the agent sends after it
+waits behind it. A reference that cannot be fetched is logged and dropped; the controller asks
+for the chunks again before it commits the attempt's end (``engine.output_fill``), and the
+agent sends replayed chunks inline.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -32,12 +41,17 @@ from engine.xmpp_link import (
     Offline,
     Online,
     PresenceReceived,
+    UploadError,
+    UploadFetcher,
+    UploadReceived,
+    UploadRef,
     XmppClient,
     XmppRefused,
     XmppSettings,
+    http_client,
     open_xmpp_client,
 )
-from protocols.messages import AgentHello, Message
+from protocols.messages import AgentHello, Message, OutputChunk
 from protocols.xmpp import PayloadTooLarge, PresenceInfo, bare_jid, is_bare_jid, jid_domain
 
 if TYPE_CHECKING:
@@ -47,6 +61,8 @@ log = logging.getLogger("wfe.xmpp")
 
 #: At most one presence nudge per agent this often, for messages that arrive without a hello.
 NUDGE_INTERVAL = 5.0
+#: Uploads fetched at once, over all agents.
+MAX_FETCHES = 4
 
 
 class XmppAgentLink:
@@ -73,19 +89,37 @@ class XmppAgentLink:
 
 
 @attrs.define(eq=False)
+class _Fetch:
+    """An upload being fetched; ``chunks`` once done (empty when it failed)."""
+
+    ref: UploadRef
+    done: bool = False
+    chunks: list[OutputChunk] = attrs.Factory(list)
+
+
+@attrs.define(eq=False)
 class _AgentSession:
     jid: str  # full JID
     link: XmppAgentLink
+    waiting: collections.deque[Message | _Fetch] = attrs.Factory(collections.deque)
 
 
 class XmppTransport:
     """Routes the events of one ``XmppClient`` to the controller."""
 
     def __init__(
-        self, controller: AgentController, client: XmppClient, *, agents: Sequence[str] = ()
+        self,
+        controller: AgentController,
+        client: XmppClient,
+        *,
+        agents: Sequence[str] = (),
+        fetcher: UploadFetcher | None = None,
     ) -> None:
         self.controller = controller
         self.client = client
+        self.fetcher = fetcher
+        self._nursery: trio.Nursery | None = None
+        self._fetch_limit = trio.Semaphore(MAX_FETCHES)
         self.own = bare_jid(client.settings.jid)
         self.agents = frozenset(bare_jid(a) for a in agents)
         self.sessions: dict[str, _AgentSession] = {}
@@ -101,13 +135,19 @@ class XmppTransport:
 
     async def run(self) -> None:
         """Handle the client's events until cancelled."""
-        async for event in self.client.events:
-            self.handle(event)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            async for event in self.client.events:
+                self.handle(event)
 
     def handle(self, event: object) -> None:
         match event:
             case Online():
                 self._announce()
+                if self.fetcher is not None and self._nursery is not None:
+                    self._nursery.start_soon(self.fetcher.find_service)
+            case UploadReceived(sender=sender, ref=ref):
+                self._upload(sender, ref)
             case Offline():
                 self._drop_all()
             case PresenceReceived():
@@ -172,7 +212,61 @@ class XmppTransport:
             )
             self._nudge(sender)
             return
-        self.controller.agent_message(bare, message)
+        if session.waiting:  # behind a fetch
+            session.waiting.append(message)
+        else:
+            self.controller.agent_message(bare, message)
+
+    def _upload(self, sender: str, ref: UploadRef) -> None:
+        """Fetch the output ``ref`` names; what the agent sends next waits behind it."""
+        bare = bare_jid(sender)
+        session = self.sessions.get(bare)
+        if not self.accepts(sender) or session is None or session.jid != sender:
+            self.refused += 1
+            log.warning("xmpp: ignored an upload reference from %s: no session with it", sender)
+            return
+        if self.fetcher is None or self._nursery is None:
+            log.warning("xmpp: ignored an upload reference from %s: uploads are off", sender)
+            return
+        item = _Fetch(ref=ref)
+        session.waiting.append(item)
+        self._nursery.start_soon(self._fetch, bare, session, item)
+
+    async def _fetch(self, bare: str, session: _AgentSession, item: _Fetch) -> None:
+        assert self.fetcher is not None
+        ref = item.ref
+        try:
+            async with self._fetch_limit:
+                item.chunks = await self.fetcher.fetch(ref)
+        except UploadError as exc:
+            log.error(
+                "xmpp: output %s#%d chunks %d-%d from %s lost: %s",
+                ref.job_id,
+                ref.attempt,
+                ref.seq,
+                ref.seq + ref.chunks - 1,
+                bare,
+                exc,
+            )
+        finally:
+            item.done = True
+            self._release(bare, session)
+
+    def _release(self, bare: str, session: _AgentSession) -> None:
+        """Hand the controller what waited behind finished fetches, in order."""
+        waiting = session.waiting
+        while waiting:
+            head = waiting[0]
+            if isinstance(head, _Fetch) and not head.done:
+                return
+            waiting.popleft()
+            if self.sessions.get(bare) is not session:
+                continue  # the session ended: the agent says it all again in the next one
+            if isinstance(head, _Fetch):
+                for chunk in head.chunks:
+                    self.controller.agent_message(bare, chunk)
+            else:
+                self.controller.agent_message(bare, head)
 
     def _hello(self, sender: str, bare: str, hello: AgentHello) -> None:
         old = self.sessions.get(bare)
@@ -194,12 +288,16 @@ class XmppTransport:
             self._send_presence(sender, self.presence())
 
     def statistics(self) -> dict[str, int]:
+        fetcher = self.fetcher
         return {
             "sessions": len(self.sessions),
             "refused": self.refused,
             "stanzas_sent": self.client.stanzas_sent,
             "messages_received": self.client.messages_received,
             "stale_dropped": self.client.stale_dropped,
+            "uploads_fetched": fetcher.fetched if fetcher else 0,
+            "upload_bytes_fetched": fetcher.fetched_bytes if fetcher else 0,
+            "uploads_refused": fetcher.refused if fetcher else 0,
         }
 
 
@@ -218,12 +316,16 @@ async def serve_xmpp_agents(
     """
     try:
         async with open_xmpp_client(settings) as client:
-            transport = XmppTransport(controller, client, agents=agents)
+            assert client.ssl_context is not None  # made before the client is handed out
+            http = http_client(client.ssl_context)
+            fetcher = UploadFetcher(client, http)
+            transport = XmppTransport(controller, client, agents=agents, fetcher=fetcher)
             task_status.started(transport)
-            try:
-                await transport.run()
-            finally:
-                transport._drop_all()
+            async with http:
+                try:
+                    await transport.run()
+                finally:
+                    transport._drop_all()
     except* XmppRefused as group:
         raise XmppLoginRefused(str(_leaf(group))) from None
 
