@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,8 +182,10 @@ async def run_case(
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cases = [(0, "-")]
-    cases += [(count, frames) for count in args.watchers for frames in args.frames]
+    cases: list[tuple[int, str]] = []
+    for _ in range(args.rounds):  # interleaved, so that a drift in load touches every case
+        cases.append((0, "-"))
+        cases += [(count, frames) for count in args.watchers for frames in args.frames]
     cases.append((0, "-"))
     with tempfile.TemporaryDirectory(prefix="wfe-bench-console-") as tmp:
         config = workspace(Path(tmp), agents=2, slots=4)
@@ -242,14 +245,17 @@ def main(argv: list[str] | None = None) -> int:
         help="how watchers take events: plain (text JSON), zlib (subscribe with compress);"
         " each is a case (default plain,zlib)",
     )
-    parser.add_argument("--quick", action="store_true", help="300 jobs, 200 watchers only")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="times each case runs, interleaved (default 2)"
+    )
+    parser.add_argument("--quick", action="store_true", help="300 jobs, 200 watchers, one round")
     args = parser.parse_args(argv)
     args.watchers = [int(w) for w in args.watchers.split(",") if w]
     args.frames = [f for f in args.frames.split(",") if f]
     if not set(args.frames) <= {"plain", "zlib"}:
         parser.error(f"--frames: expected plain and/or zlib, not {','.join(args.frames)}")
     if args.quick:
-        args.jobs, args.watchers = 300, [200]
+        args.jobs, args.watchers, args.rounds = 300, [200], 1
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     rows = trio.run(main_async, args)
@@ -282,14 +288,21 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
-    base = [r["jobs_per_s"] for r in rows if r["watchers"] == 0]
-    baseline = sum(base) / len(base)
-    for row in rows:
-        if row["watchers"]:
-            change = (row["jobs_per_s"] - baseline) / baseline * 100
+    base = statistics.median(r["jobs_per_s"] for r in rows if r["watchers"] == 0)
+    base_cpu = statistics.median(r["engine_cpu_ms_per_job"] for r in rows if r["watchers"] == 0)
+    summary = {}
+    for count in args.watchers:
+        for frames in args.frames:
+            same = [r for r in rows if r["watchers"] == count and r["frames"] == frames]
+            jobs_s = statistics.median(r["jobs_per_s"] for r in same)
+            cpu = statistics.median(r["engine_cpu_ms_per_job"] for r in same)
+            summary[f"{count} {frames}"] = {"jobs_per_s": jobs_s, "engine_cpu_ms_per_job": cpu}
             print(
-                f"{row['watchers']} watchers ({row['frames']}): {change:+.0f}% jobs/s against the mean of the 0-watcher runs ({baseline:.1f})"
+                f"{count} watchers ({frames}): median {jobs_s:.1f} jobs/s, {(jobs_s - base) / base * 100:+.0f}%"
+                f" against the median of the 0-watcher runs ({base:.1f});"
+                f" engine {cpu:.2f} ms/job against {base_cpu:.2f} ({cpu - base_cpu:+.2f})"
             )
+    figures["summary"] = summary
     print(f"({time.perf_counter() - started:.0f} s)")
     print(json.dumps(figures))
     return 0
