@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import attrs
+import outcome
 import trio
 
 from engine.repository.checkpoint import Checkpointer
@@ -81,9 +82,18 @@ class Repository:
         result: T = await trio.lowlevel.wait_task_rescheduled(command.abort)
         return result
 
-    def write_nowait(self, op: Callable[[Tx], object]) -> None:
-        """Queue ``op`` without waiting (output chunks...); ordered with ``write``; errors are logged."""
-        self._writer.submit(Command(op, None))
+    def write_nowait(
+        self, op: Callable[[Tx], T], *, then: Callable[[outcome.Outcome[T]], object] | None = None
+    ) -> None:
+        """Queue ``op`` without waiting (output chunks...); ordered with ``write``.
+
+        Without ``then`` an error of ``op`` is logged. With ``then``, ``then(outcome)`` is called
+        on the trio thread once the batch's outcome is known (``outcome.Value`` after COMMIT,
+        or the error, also ``RepositoryClosed`` when the writer stops first), like ``write``
+        returning but without a task waiting; it must not block or await, and an exception
+        it raises is logged.
+        """
+        self._writer.submit(Command(op, None, then))
 
     async def flush(self) -> None:
         """Return when everything written before this call is committed (or has failed)."""

@@ -149,13 +149,20 @@ class WriterStatistics:
 
 
 class Command(Generic[T]):
-    """One op on its way to the writer; ``task`` is the parked caller (None: fire-and-forget)."""
+    """One op on its way to the writer; ``task`` is the parked caller (None: fire-and-forget),
+    ``then`` a function to call with the outcome instead (on the trio thread)."""
 
-    __slots__ = ("op", "task", "state", "result")
+    __slots__ = ("op", "task", "then", "state", "result")
 
-    def __init__(self, op: Callable[[Tx], T], task: trio.lowlevel.Task | None) -> None:
+    def __init__(
+        self,
+        op: Callable[[Tx], T],
+        task: trio.lowlevel.Task | None,
+        then: Callable[[outcome.Outcome[T]], object] | None = None,
+    ) -> None:
         self.op = op
         self.task = task
+        self.then = then
         self.state = _QUEUED
         self.result: outcome.Outcome[T] | None = None
 
@@ -277,25 +284,33 @@ class Writer:
 
     def _finish(self, batch: list[Command[Any]], rows: list[EventRow]) -> None:
         reschedule = trio.lowlevel.reschedule
+        committed = rows is not _NOT_COMMITTED
+        self._ops += len(batch)
+        self._last = len(batch)
+        self._largest = max(self._largest, len(batch))
+        if committed:
+            self._commits += 1  # before anyone hears of it, so that they see it counted
         failed = 0
         for command in batch:
             result = command.result
             assert result is not None, "every op of a finished batch has a result"
             if type(result) is not outcome.Value:
                 failed += 1
-                if command.task is None and isinstance(result, outcome.Error):
+                if (
+                    command.task is None
+                    and command.then is None
+                    and isinstance(result, outcome.Error)
+                ):
                     exc = result.error
                     logger.error("write_nowait op %r failed: %s", command.op, exc, exc_info=exc)
             task = command.task
             if task is not None:
                 command.task = None  # told: _abandon must not reschedule it again
                 reschedule(task, result)
-        self._ops += len(batch)
+            elif command.then is not None:
+                _call_then(command, result)
         self._failed += failed
-        self._last = len(batch)
-        self._largest = max(self._largest, len(batch))
-        if rows is not _NOT_COMMITTED:
-            self._commits += 1
+        if committed:
             self._on_commit()
             self._hub.publish(rows)
 
@@ -312,14 +327,17 @@ class Writer:
                 pending.append(command)
         for command in pending:
             task, command.task = command.task, None
-            if task is None:
+            if task is None and command.then is None:
                 continue
             result = command.result  # set only when the batch's outcome is known (committed)
             if result is None:
                 error = RepositoryClosed(f"repository writer stopped before committing: {reason!r}")
                 error.__cause__ = reason
                 result = outcome.Error(error)
-            trio.lowlevel.reschedule(task, result)
+            if task is not None:
+                trio.lowlevel.reschedule(task, result)
+            else:
+                _call_then(command, result)
 
     # --- on the worker thread --------------------------------------------------------------
 
@@ -387,6 +405,15 @@ class Writer:
             if conn.in_transaction:
                 control.execute("ROLLBACK")
             raise
+
+
+def _call_then(command: Command[Any], result: outcome.Outcome[Any]) -> None:
+    then, command.then = command.then, None  # told once
+    assert then is not None
+    try:
+        then(result)
+    except Exception:
+        logger.exception("the function called after op %r failed", command.op)
 
 
 def _ended_transaction(command: Command[Any]) -> RepositoryError:

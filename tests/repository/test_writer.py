@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import outcome
 import pytest
 import trio
 
@@ -149,6 +150,42 @@ async def test_write_nowait_failure_is_logged_not_raised(
         await repo.flush()
     assert await job_ids(repo) == ["job-1", "job-2"]
     assert "write_nowait op" in caplog.text and "no such job" in caplog.text
+
+
+async def test_write_nowait_then_hears_the_outcome_after_commit(
+    repo: Repository, caplog: pytest.LogCaptureFixture
+) -> None:
+    """then() gets the op's value once committed, or its error (not logged); a then() that
+    raises is logged and the writer goes on."""
+    heard: list[tuple[str, Any, int]] = []
+
+    def then(label: str) -> Any:
+        def called(result: outcome.Outcome[Any]) -> None:
+            heard.append((label, result, repo.statistics().commits))
+
+        return called
+
+    def broken(tx: Tx) -> None:
+        raise KeyError("no such job")
+
+    def raises(result: outcome.Outcome[Any]) -> None:
+        raise RuntimeError("then blew up")
+
+    with trio.fail_after(GUARD), caplog.at_level(logging.ERROR, logger="engine.repository"):
+        await repo.flush()
+        before = repo.statistics().commits
+        repo.write_nowait(insert_job("job-1"), then=then("ok"))
+        repo.write_nowait(broken, then=then("broken"))
+        repo.write_nowait(insert_job("job-2"), then=raises)
+        assert heard == []  # nothing is called before the writer ran
+        await repo.flush()
+    [(_, ok, commits), (_, failed, _)] = heard
+    assert ok == outcome.Value("job-1")
+    assert commits == before + 1  # called after the commit
+    assert isinstance(failed, outcome.Error) and isinstance(failed.error, KeyError)
+    assert await job_ids(repo) == ["job-1", "job-2"]
+    assert "write_nowait op" not in caplog.text  # then() had the error
+    assert "then blew up" in caplog.text
 
 
 async def test_write_cancelled_while_queued_never_runs(repo: Repository, gate: Any) -> None:
@@ -375,6 +412,7 @@ async def test_writer_stopped_by_a_base_exception_fails_every_waiting_caller(
     def boom(tx: Tx) -> None:
         raise Boom
 
+    told: list[outcome.Outcome[Any]] = []
     with trio.fail_after(GUARD), pytest.raises(Boom):
         async with open_repository(repo_path, inline_max=0) as repo:
             gate = make_gate(repo)
@@ -383,8 +421,11 @@ async def test_writer_stopped_by_a_base_exception_fails_every_waiting_caller(
                 for op in (insert_job("job-1"), boom, insert_job("job-2")):  # queued in this order
                     nursery.start_soon(run, op)
                     await gate.settle()
+                repo.write_nowait(insert_job("job-3"), then=told.append)
                 gate.release()
     assert len(outcomes) == 3
+    [closed] = told
+    assert isinstance(closed, outcome.Error) and isinstance(closed.error, RepositoryClosed)
     assert all("writer stopped before committing: Boom()" in str(e) for e in outcomes)
     async with open_repository(repo_path) as repo:
         assert await job_ids(repo) == []
