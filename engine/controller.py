@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
+import outcome
 import trio
 
 from engine import attempts as ops
@@ -689,9 +690,28 @@ class AgentController:
             # Final: no longer live from this moment, so a cancel that arrives while the end is
             # being written cannot turn it into "cancelled" or resolve it twice.
             self.jobs.pop(job.job_id, None)
-        self._spawn(self._settle, job, machine, finished, job_state, error, retry_delay)
+        end = (job, machine, finished, job_state, error, retry_delay)
+        if finished is not None and finished.chunks:
+            self._spawn(self._settle, *end)  # its output may have holes to fill first
+        else:
+            self.output_fill.forget(job.job_id, machine.attempt)
+            self._write_end(*end)
 
     async def _settle(
+        self,
+        job: LiveJob,
+        machine: AttemptMachine,
+        finished: JobFinished,
+        job_state: str | None,
+        error: str | None,
+        retry_delay: float,
+    ) -> None:
+        """Wait until the output is whole (or given up on): it is, before the end is committed
+        and acknowledged. Then write the end."""
+        await self.output_fill.complete(finished, lambda: self._link(machine.agent))
+        self._write_end(job, machine, finished, job_state, error, retry_delay)
+
+    def _write_end(
         self,
         job: LiveJob,
         machine: AttemptMachine,
@@ -700,32 +720,42 @@ class AgentController:
         error: str | None,
         retry_delay: float,
     ) -> None:
-        if finished is None:
-            self.output_fill.forget(job.job_id, machine.attempt)
-        else:  # the output must be whole before the end is committed and acknowledged
-            await self.output_fill.complete(finished, lambda: self._link(machine.agent))
-        if job_state is None:
-            await self.repo.write(ops.attempt_ended(machine, finished, job_state=None))
-            self.repo.write_nowait(ops.job_requeued(job.job_id, machine.attempt, retry_delay))
-            if retry_delay > 0:
-                self._schedule(
-                    trio.current_time() + retry_delay, "ready", (job.job_id, machine.attempt)
-                )
+        """Queue the commit of an attempt's end (and of its job's, when ``job_state`` is final);
+        once it is committed, requeue the job or resolve it, then acknowledge the result."""
+
+        def committed(written: outcome.Outcome[None]) -> None:
+            if isinstance(written, outcome.Error):
+                self._fail(written.error)
+                return
+            if job_state is None:
+                self.repo.write_nowait(ops.job_requeued(job.job_id, machine.attempt, retry_delay))
+                if retry_delay > 0:
+                    self._schedule(
+                        trio.current_time() + retry_delay, "ready", (job.job_id, machine.attempt)
+                    )
+                else:
+                    self._enqueue(job)
             else:
-                self._enqueue(job)
-        else:
-            await self.repo.write(
-                ops.attempt_ended(machine, finished, job_state=job_state, job_error=error)
-            )
-            result = finished.result if finished else None
-            self.completions.resolve(
-                JobOutcome(job_id=job.job_id, state=job_state, result=result, error=error),
-                keep=job.parent_id is not None,
-            )
-        if finished is not None:
-            entry = self.agents.get(machine.agent or "")
-            if entry is not None and entry.link is not None:
-                entry.link.send_nowait(Ack(job_id=job.job_id, attempt=machine.attempt))
+                result = finished.result if finished else None
+                self.completions.resolve(
+                    JobOutcome(job_id=job.job_id, state=job_state, result=result, error=error),
+                    keep=job.parent_id is not None,
+                )
+            if finished is not None:
+                entry = self.agents.get(machine.agent or "")
+                if entry is not None and entry.link is not None:
+                    entry.link.send_nowait(Ack(job_id=job.job_id, attempt=machine.attempt))
+
+        op = ops.attempt_ended(machine, finished, job_state=job_state, job_error=error)
+        self.repo.write_nowait(op, then=committed)
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop the controller with ``error`` (a write it depends on failed), as an awaited
+        write raising in one of its tasks would."""
+        try:
+            self._spawn(_reraise, error)
+        except RuntimeError:  # the controller has stopped already
+            log.error("controller stopped; a write failed after it: %s", error)
 
     def _link(self, agent: str | None) -> AgentLink | None:
         entry = self.agents.get(agent or "")
@@ -880,6 +910,10 @@ class AgentController:
     def held_by(self, name: str) -> list[AttemptRef]:
         entry = self.agents.get(name)
         return [] if entry is None else [AttemptRef(job_id=j, attempt=a) for j, a in entry.attempts]
+
+
+async def _reraise(error: BaseException) -> None:
+    raise error
 
 
 def _failure(machine: AttemptMachine, job: LiveJob) -> str:

@@ -438,3 +438,41 @@ async def test_a_replayed_call_with_a_free_slot_returns_its_job_and_dispatches_n
     assert len(agent.of_type(Dispatch)) == 1
     job = await harness.job(job_id)
     assert len(job["attempt_list"]) == 1
+
+
+async def test_an_end_that_cannot_be_committed_is_not_acknowledged_and_stops_the_controller(
+    autojump_clock: MockClock, repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If an attempt's end fails to commit, the agent gets no Ack (it keeps the result for
+    the next start) and the controller stops with the error instead of going on."""
+    from engine import attempts
+    from engine.errors import EngineError
+
+    from .conftest import make_controller
+
+    def attempt_ended(*args: Any, **kwargs: Any) -> Any:
+        def op(tx: Any) -> None:
+            raise EngineError("disk on fire")
+
+        return op
+
+    monkeypatch.setattr(attempts, "attempt_ended", attempt_ended)
+    h = make_controller(repo)
+    agent = FakeAgent(h.controller, "a")
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(h.controller.run)
+            agent.connect()
+            await submit(h)
+            [dispatch] = await agent.receive(Dispatch)
+            agent.accept(dispatch)
+            agent.finish(dispatch)
+            await trio.sleep_forever()
+
+    def leaves(exc: BaseException) -> list[BaseException]:
+        if isinstance(exc, BaseExceptionGroup):
+            return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+        return [exc]
+
+    assert [str(leaf) for leaf in leaves(caught.value)] == ["disk on fire"]
+    assert agent.of_type(Ack) == []
