@@ -2,20 +2,32 @@
 
 Layout of the spool directory:
 
-* ``<job>-<attempt>.json`` — the ``JobFinished`` of an attempt, in its wire form. Written
-  atomically (temporary file, fsync, rename, fsync of the directory) *before* the result is
-  sent, so a result the engine may have seen is never lost by a crash of the agent.
+* ``journal`` — an append-only log of records ``length (4) | crc32 (4) | kind (1) | payload``:
+  ``B`` an attempt began (payload: its name), ``R`` it finished (payload: the
+  ``JobFinished`` in its wire form), ``D`` the engine acknowledged it and it was dropped
+  (payload: its name). Replaying the journal gives what is held and what was running.
+  A ``R`` record is fsynced (``fdatasync``) *before* ``store`` returns, so before the
+  result is sent: a result the engine may have seen is never lost by a crash of the agent.
+  Results stored at about the same time share one fsync (group commit). ``B`` and ``D``
+  records are not fsynced: after a crash of the operating system (not just of the agent) a
+  running attempt may leave no trace (the engine then finds it neither running nor held and
+  treats it as lost), and an acknowledged result may be held again (it is sent again and
+  acknowledged again). A torn or damaged tail is ignored. The journal is rewritten with only
+  what is live when it passes ``COMPACT_BYTES`` and at ``recover``.
 * ``<job>-<attempt>.out`` — every ``OutputChunk`` of the attempt, as records of
-  ``stream (1 byte) | seq (8) | length (4) | data``. Created (empty, not fsynced) when the
-  attempt starts, so an ``.out`` without a ``.json`` means the agent died while the attempt
-  ran (see ``Spool.recover``). Fsynced before the ``.json`` is written when it holds any
-  chunk; the directory fsync after the ``.json`` makes its name durable too. After a crash of
-  the operating system (not just of the agent) a running attempt may leave no ``.out``; the
-  engine then finds it neither running nor held and treats it as lost.
+  ``stream (1 byte) | seq (8) | length (4) | data``, created with the first chunk (an attempt
+  without output has none). Fsynced before the attempt's ``R`` record is written.
+* ``<job>-<attempt>.json`` — a result stored by an agent of an earlier version, which kept
+  one file per result; still read, and removed when dropped.
 * ``agent.lock`` — ``flock``-ed by the agent process that owns the spool.
 
 ``<job>`` is the job id percent-encoded (``urllib.parse.quote`` with no safe characters),
-so no job id can name a path outside the spool. The blocking writes run in a worker thread.
+so no job id can name a path outside the spool. What is held is kept in memory: ``get`` and
+``held`` read no file. Appends are small writes to the page cache made on the event loop;
+fsyncs run in a worker thread.
+
+One ``Spool`` object owns its directory (see ``locked``); a second object on the same
+directory sees what was on disk when it was made, not what the first writes later.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import logging
 import os
 import struct
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,7 +57,14 @@ _RECORD = struct.Struct(">BQI")
 _STREAM_CODES = {Stream.STDOUT: 0, Stream.STDERR: 1}
 _CODE_STREAMS = {code: stream for stream, code in _STREAM_CODES.items()}
 
+_ENTRY = struct.Struct(">II")  # journal record: length of kind + payload, crc32 of them
+_BEGUN, _RESULT, _DROPPED = b"B", b"R", b"D"
+
 LOCK_NAME = "agent.lock"
+JOURNAL_NAME = "journal"
+
+#: The journal is rewritten with only what is live once it grows past this many bytes.
+COMPACT_BYTES = 4 * 1024 * 1024
 
 
 def attempt_name(job_id: str, attempt: int) -> str:
@@ -83,6 +103,52 @@ def read_records(f: BinaryIO, ref: AttemptRef) -> Iterator[OutputChunk]:
         yield OutputChunk(job_id=ref.job_id, attempt=ref.attempt, stream=stream, seq=seq, data=data)
 
 
+def journal_entry(kind: bytes, payload: bytes) -> bytes:
+    """The bytes of one journal record."""
+    body = kind + payload
+    return _ENTRY.pack(len(body), zlib.crc32(body)) + body
+
+
+def read_journal(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The whole records at the start of ``data`` as ``(kind, payload)``, and where they end.
+
+    Reading stops at the first record that is cut short or fails its checksum.
+    """
+    entries: list[tuple[bytes, bytes]] = []
+    offset = 0
+    while offset + _ENTRY.size <= len(data):
+        length, crc = _ENTRY.unpack_from(data, offset)
+        start = offset + _ENTRY.size
+        body = data[start : start + length]
+        if length == 0 or len(body) < length or zlib.crc32(body) != crc:
+            break
+        entries.append((body[:1], body[1:]))
+        offset = start + length
+    return entries, offset
+
+
+@attrs.define
+class _State:
+    """What a journal (and any result files of an earlier version) say."""
+
+    held: dict[AttemptRef, JobFinished] = attrs.Factory(dict)
+    begun: set[AttemptRef] = attrs.Factory(set)
+    damaged: dict[AttemptRef, str] = attrs.Factory(dict)  # result files that do not decode
+    legacy: set[AttemptRef] = attrs.Factory(set)  # held in <name>.json files
+    outputs: set[AttemptRef] = attrs.Factory(set)  # have a .out file
+    ignored: int = 0  # bytes after the last whole journal record
+    size: int = 0  # bytes of whole records
+
+
+@attrs.define(eq=False)
+class _SyncRound:
+    """One fdatasync of the journal and the results it makes durable."""
+
+    results: dict[AttemptRef, JobFinished]
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: OSError | None = None
+
+
 class Spool:
     """A directory of finished results and their output; see the module docstring."""
 
@@ -90,6 +156,17 @@ class Spool:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
+        self._journal = self.path / JOURNAL_NAME
+        state = self._load()
+        self._held = state.held
+        self._begun = state.begun
+        self._damaged = state.damaged
+        self._legacy = state.legacy
+        self._outputs = state.outputs
+        self._fd: int | None = None
+        self._end = state.size  # where the next record goes
+        self._unsynced: dict[AttemptRef, JobFinished] = {}  # appended, no fsync begun since
+        self._round: _SyncRound | None = None  # the fsync under way
 
     # --- the lock ------------------------------------------------------------------------
 
@@ -119,86 +196,97 @@ class Spool:
         return self.path / f"{attempt_name(job_id, attempt)}.out"
 
     async def store(self, finished: JobFinished) -> None:
-        """Make ``finished`` and its output durable. Returns once both are on disk."""
-        await trio.to_thread.run_sync(self._store_sync, finished)
+        """Make ``finished`` and its output durable. Returns once both are on disk.
 
-    def _store_sync(self, finished: JobFinished) -> None:
-        out = self._out(finished.job_id, finished.attempt)
-        if finished.chunks and out.exists():  # an empty output has no data to make durable
-            with out.open("rb") as f:
-                os.fsync(f.fileno())
-        target = self._json(finished.job_id, finished.attempt)
-        tmp = target.with_name(target.name + ".tmp")
-        with tmp.open("wb") as f:
-            f.write(codec.encode(finished))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        self._fsync_dir()
+        Raises ``OSError`` if they could not be made durable; the result is then not held.
+        """
+        ref = AttemptRef(job_id=finished.job_id, attempt=finished.attempt)
+        if finished.chunks and ref in self._outputs:  # the output is durable before the result
+            await trio.to_thread.run_sync(_fsync_path, self._out(ref.job_id, ref.attempt))
+        self._held.pop(ref, None)
+        self._append(_RESULT, codec.encode(finished))
+        self._unsynced[ref] = finished
+        while ref not in self._held:
+            current = self._round
+            if current is not None:  # its fsync may not cover our record: wait, then look again
+                await current.done.wait()
+                if current.error is not None and ref in current.results:
+                    raise OSError(f"could not make the spool durable: {current.error}")
+                continue
+            if self._end > COMPACT_BYTES:
+                self._rewrite()  # durable as a whole, our record with it
+                continue
+            current = self._round = _SyncRound(results=self._unsynced)
+            self._unsynced = {}
+            try:
+                await trio.to_thread.run_sync(os.fdatasync, self._open())
+            except OSError as exc:
+                current.error = exc
+                raise
+            else:
+                self._commit(current.results)
+            finally:
+                self._round = None
+                current.done.set()
 
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _commit(self, results: dict[AttemptRef, JobFinished]) -> None:
+        """Results whose records are durable: held from now on."""
+        self._held.update(results)
+        self._begun.difference_update(results)
 
     def get(self, job_id: str, attempt: int) -> JobFinished | None:
         """The stored result of an attempt, or None. Raises ``SpoolError`` if it is unreadable."""
-        path = self._json(job_id, attempt)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            message = codec.decode(data)
-        except DecodeError as exc:
-            raise SpoolError(f"{path}: {exc}") from None
-        if not isinstance(message, JobFinished):
-            raise SpoolError(f"{path}: holds a {type(message).__name__}, not a result")
-        return message
+        ref = AttemptRef(job_id=job_id, attempt=attempt)
+        problem = self._damaged.get(ref)
+        if problem is not None:
+            raise SpoolError(problem)
+        return self._held.get(ref)
 
     def held(self) -> list[AttemptRef]:
         """Every attempt whose result is stored and not yet dropped, sorted."""
-        refs = [_parse_name(p.stem) for p in self.path.glob("*.json")]
-        return sorted((r for r in refs if r is not None), key=lambda r: (r.job_id, r.attempt))
+        refs = [*self._held, *self._damaged]
+        return sorted(refs, key=lambda r: (r.job_id, r.attempt))
 
     async def drop(self, job_id: str, attempt: int) -> bool:
         """Forget an attempt (the engine acknowledged it). Returns whether anything was held."""
+        ref = AttemptRef(job_id=job_id, attempt=attempt)
         # The output goes first: a crash between the two leaves a plain held result, never an
         # output file without a result (which ``recover`` would take for a lost attempt).
-        return await trio.to_thread.run_sync(self._drop_sync, job_id, attempt)
-
-    def _drop_sync(self, job_id: str, attempt: int) -> bool:
-        self._out(job_id, attempt).unlink(missing_ok=True)
-        path = self._json(job_id, attempt)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        if ref in self._outputs:
+            self._out(job_id, attempt).unlink(missing_ok=True)
+            self._outputs.discard(ref)
+        found = ref in self._held or ref in self._damaged
+        if ref in self._legacy or ref in self._damaged:
+            self._json(job_id, attempt).unlink(missing_ok=True)
+            self._legacy.discard(ref)
+            self._damaged.pop(ref, None)
+        elif found:
+            self._append(_DROPPED, attempt_name(job_id, attempt).encode())
+        self._held.pop(ref, None)
+        self._compact_if_big()
+        return found
 
     # --- output --------------------------------------------------------------------------
 
     async def begin_output(self, job_id: str, attempt: int) -> None:
-        """Start an empty output file for an attempt that is about to run.
+        """Note that an attempt is about to run; its output starts empty.
 
         Not fsynced: ``store`` makes the output durable together with the result.
         """
-
-        def begin() -> None:
-            self._out(job_id, attempt).open("wb").close()
-
-        await trio.to_thread.run_sync(begin)
+        ref = AttemptRef(job_id=job_id, attempt=attempt)
+        if ref in self._outputs:  # a rerun does not inherit the old output
+            self._out(job_id, attempt).unlink(missing_ok=True)
+            self._outputs.discard(ref)
+        self._append(_BEGUN, attempt_name(job_id, attempt).encode())
+        self._begun.add(ref)
+        self._compact_if_big()
 
     async def append_output(self, chunk: OutputChunk) -> None:
         """Append one chunk to its attempt's output file (not fsynced until ``store``)."""
-
-        def append() -> None:
-            with self._out(chunk.job_id, chunk.attempt).open("ab") as f:
-                f.write(encode_record(chunk))
-
-        await trio.to_thread.run_sync(append)
+        ref = AttemptRef(job_id=chunk.job_id, attempt=chunk.attempt)
+        with self._out(chunk.job_id, chunk.attempt).open("ab") as f:
+            self._outputs.add(ref)
+            f.write(encode_record(chunk))
 
     def open_output(self, job_id: str, attempt: int) -> OutputReader | None:
         """A reader over an attempt's stored output, or None when there is none."""
@@ -213,23 +301,33 @@ class Spool:
     async def recover(self) -> list[JobFinished]:
         """Close the books on attempts that were running when the agent last stopped.
 
-        Call once at start-up, before anything runs. An ``.out`` without a ``.json`` is an
-        attempt the agent lost (it died or was killed); it gets a stored ``JobFinished`` with
-        reason ``ERROR`` so the engine learns at once instead of waiting for a timeout. Its
-        processes, if any survive, are not touched. Leftover temporary files are removed.
+        Call once at start-up, before anything runs. An attempt that began (or has output)
+        but has no result is one the agent lost (it died or was killed); it gets a stored
+        ``JobFinished`` with reason ``ERROR`` so the engine learns at once instead of waiting
+        for a timeout. Its processes, if any survive, are not touched. The journal is then
+        rewritten with only what is held, and leftover temporary files are removed.
         """
         return await trio.to_thread.run_sync(self._recover_sync)
 
     def _recover_sync(self) -> list[JobFinished]:
+        self._close()
+        state = self._load()
+        if state.ignored:
+            log.warning(
+                "%s: ignored %d bytes after the last whole record (a write cut short by a crash)",
+                self._journal,
+                state.ignored,
+            )
         for tmp in self.path.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
         closed: list[JobFinished] = []
-        for out in sorted(self.path.glob("*.out")):
-            ref = _parse_name(out.stem)
-            if ref is None or out.with_suffix(".json").exists():
-                continue
-            with out.open("rb") as f:
-                chunks = sum(1 for _ in read_records(f, ref))
+        lost = (state.begun | state.outputs) - state.held.keys() - state.damaged.keys()
+        for ref in sorted(lost, key=lambda r: (r.job_id, r.attempt)):
+            chunks = 0
+            if ref in state.outputs:
+                with self._out(ref.job_id, ref.attempt).open("rb") as f:
+                    chunks = sum(1 for _ in read_records(f, ref))
+                _fsync_path(self._out(ref.job_id, ref.attempt))
             finished = JobFinished(
                 job_id=ref.job_id,
                 attempt=ref.attempt,
@@ -237,9 +335,139 @@ class Spool:
                 detail="the agent stopped while the attempt ran; its outcome is unknown",
                 chunks=chunks,
             )
-            self._store_sync(finished)
+            state.held[ref] = finished
             closed.append(finished)
+        state.begun.clear()
+        self._held, self._begun, self._damaged = state.held, state.begun, state.damaged
+        self._legacy, self._outputs = state.legacy, state.outputs
+        self._rewrite()
         return closed
+
+    # --- the journal ---------------------------------------------------------------------
+
+    def _load(self) -> _State:
+        """Replay the journal and read result files of an earlier version."""
+        state = _State()
+        try:
+            data = self._journal.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        entries, state.size = read_journal(data)
+        state.ignored = len(data) - state.size
+        for kind, payload in entries:
+            self._replay(state, kind, payload)
+        for path in self.path.iterdir():
+            ref = _parse_name(path.stem)
+            if ref is None:
+                continue
+            if path.suffix == ".out":
+                state.outputs.add(ref)
+            elif path.suffix == ".json" and ref not in state.held:
+                try:
+                    message = codec.decode(path.read_bytes())
+                except DecodeError as exc:
+                    state.damaged[ref] = f"{path}: {exc}"
+                    continue
+                if not isinstance(message, JobFinished):
+                    state.damaged[ref] = f"{path}: holds a {type(message).__name__}, not a result"
+                    continue
+                state.held[ref] = message
+                state.legacy.add(ref)
+        return state
+
+    def _replay(self, state: _State, kind: bytes, payload: bytes) -> None:
+        if kind == _RESULT:
+            try:
+                message = codec.decode(payload)
+            except DecodeError as exc:
+                log.error("%s: skipped a result that does not decode: %s", self._journal, exc)
+                return
+            if isinstance(message, JobFinished):
+                ref = AttemptRef(job_id=message.job_id, attempt=message.attempt)
+                state.held[ref] = message
+                state.begun.discard(ref)
+            return
+        named = _parse_name(payload.decode("utf-8", "replace"))
+        if named is None:
+            return
+        if kind == _BEGUN:
+            state.begun.add(named)
+        elif kind == _DROPPED:
+            state.held.pop(named, None)
+            state.begun.discard(named)
+
+    def _open(self) -> int:
+        if self._fd is None:
+            fd = os.open(
+                self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+            )
+            size = os.fstat(fd).st_size
+            if size != self._end:  # a torn tail: cut it off, records go after whole ones
+                os.ftruncate(fd, self._end)
+            self._fd = fd
+        return self._fd
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _append(self, kind: bytes, payload: bytes) -> int:
+        """Append one record (not fsynced); returns the offset where it ends."""
+        entry = journal_entry(kind, payload)
+        fd = self._open()
+        try:
+            written = os.write(fd, entry)
+        except OSError:
+            os.ftruncate(fd, self._end)  # no half record may stay before later ones
+            raise
+        if written != len(entry):
+            os.ftruncate(fd, self._end)
+            raise OSError(f"{self._journal}: short write ({written} of {len(entry)} bytes)")
+        self._end += written
+        return self._end
+
+    def _compact_if_big(self) -> None:
+        """Rewrite the journal if it is past ``COMPACT_BYTES`` and no fsync is under way."""
+        if self._end > COMPACT_BYTES and self._round is None:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        """Replace the journal with one holding only what is live, durably (blocking)."""
+        assert self._round is None, "the journal is rewritten only between fsyncs"
+        tmp = self._journal.with_name(JOURNAL_NAME + ".tmp")
+        results = {r: f for r, f in self._held.items() if r not in self._legacy}
+        results.update(self._unsynced)
+        entries = [
+            journal_entry(_BEGUN, attempt_name(r.job_id, r.attempt).encode())
+            for r in self._begun
+            if r not in results
+        ]
+        entries += [journal_entry(_RESULT, codec.encode(f)) for f in results.values()]
+        data = b"".join(entries)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._journal)
+        _fsync_path(self.path)
+        self._close()
+        self._end = len(data)
+        unsynced, self._unsynced = self._unsynced, {}
+        self._commit(unsynced)
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or directory by path."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @attrs.define

@@ -185,25 +185,31 @@ async def test_the_workdir_is_removed_after_the_result_unless_kept(
         assert [p.name for p in workdir.iterdir()] == ([f"job-{keep}-1"] if keep else [])
 
 
-async def test_a_noop_attempt_costs_two_fsyncs(
-    agents, engine, h, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_noop_attempt_costs_one_fsync(
+    agents, engine, h, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without output: no fsync to start it; the result file and the directory before sending."""
+    """Without output: no fsync to start it; one fdatasync of the journal before sending."""
     synced: list[str] = []
-    real_fsync = os.fsync
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
     def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        synced.append("fsync " + os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
+    def fdatasync(fd: int) -> None:
+        synced.append("fdatasync " + os.readlink(f"/proc/self/fd/{fd}"))
+        real_fdatasync(fd)
+
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     agent = agents.build()
     agents.start(agent)
     link = await engine.accept()
     await h.receive(link)  # hello
+    synced.clear()  # start-up rewrites the journal
     await link.send(h.make_dispatch("true\n"))
     seen, finished = await h.receive_until_finished(link)
     assert isinstance(seen[0], JobAccepted) and finished.chunks == 0
-    spool = str(agent.spool.path)
-    assert synced == [f"{spool}/job-1-1.json.tmp", spool]
+    assert synced == [f"fdatasync {agent.spool.path}/journal"]
     assert agent.spool.get("job-1", 1) == finished
+    assert Spool(agent.spool.path).get("job-1", 1) == finished  # on disk, not just in memory

@@ -12,8 +12,10 @@ import pytest
 import trio
 from hypothesis import given
 
+import agents.spool as spool_module
 from agents.errors import SpoolError, SpoolLocked
 from agents.spool import Spool, encode_record, read_records
+from protocols import codec
 from protocols.messages import AttemptRef, FinishReason, JobFinished, OutputChunk, Stream
 
 
@@ -52,36 +54,145 @@ async def test_held_is_sorted_and_job_ids_stay_inside_the_spool(tmp_path: Path) 
     for job_id in ids:
         await spool.store(finished(job_id, 7))
     assert [r.job_id for r in spool.held()] == sorted(ids)
+    assert [r.job_id for r in Spool(tmp_path / "spool").held()] == sorted(ids)
     assert listing(tmp_path) == ["spool"]
-    assert len(listing(tmp_path / "spool")) == len(ids)
+    assert listing(tmp_path / "spool") == ["journal"]
     assert spool.get("../../x", 7) == finished("../../x", 7)
 
 
 async def test_store_leaves_no_temporary_files(tmp_path: Path) -> None:
-    """After store() only the result file is there."""
+    """After store() only the journal is there."""
     spool = Spool(tmp_path)
     await spool.store(finished())
-    assert listing(tmp_path) == ["job-1-1.json"]
+    assert listing(tmp_path) == ["journal"]
 
 
-async def test_a_failed_store_leaves_the_previous_result_whole(
+async def test_a_torn_journal_tail_leaves_earlier_results_whole(tmp_path: Path) -> None:
+    """A record cut short by a crash is ignored; what came before it is held, and later
+    records go after the whole ones."""
+    await Spool(tmp_path).store(finished(detail="first"))
+    whole = (tmp_path / "journal").read_bytes()
+    await Spool(tmp_path).store(finished("job-2", detail="second"))
+    torn = (tmp_path / "journal").read_bytes()[: len(whole) + 7]
+    (tmp_path / "journal").write_bytes(torn)
+    spool = Spool(tmp_path)
+    assert spool.held() == [AttemptRef(job_id="job-1", attempt=1)]
+    await spool.store(finished("job-3"))
+    again = Spool(tmp_path)
+    assert again.held() == [
+        AttemptRef(job_id="job-1", attempt=1),
+        AttemptRef(job_id="job-3", attempt=1),
+    ]
+    assert again.get("job-1", 1) == finished(detail="first")
+
+
+async def test_a_damaged_record_ends_the_replay(tmp_path: Path) -> None:
+    """A record whose checksum fails is not trusted, nor anything after it; recover says so."""
+    spool = Spool(tmp_path)
+    await spool.store(finished())
+    data = bytearray((tmp_path / "journal").read_bytes())
+    data[-3] ^= 0xFF
+    (tmp_path / "journal").write_bytes(bytes(data))
+    spool = Spool(tmp_path)
+    assert spool.held() == []
+    assert await spool.recover() == []
+    assert (tmp_path / "journal").read_bytes() == b""
+
+
+async def test_a_failed_fsync_fails_the_store_and_holds_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A crash before the rename (simulated) never leaves a half-written result."""
+    """When the journal cannot be made durable, store() raises and the result is not held."""
     spool = Spool(tmp_path)
     await spool.store(finished(detail="first"))
 
-    def crash(*args: object) -> None:
+    def fail(fd: int) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(os, "replace", crash)
+    monkeypatch.setattr(os, "fdatasync", fail)
     with pytest.raises(OSError, match="disk on fire"):
-        await spool.store(finished(detail="second"))
+        await spool.store(finished("job-2"))
     monkeypatch.undo()
-    assert spool.get("job-1", 1) == finished(detail="first")
     assert spool.held() == [AttemptRef(job_id="job-1", attempt=1)]
-    await spool.recover()
-    assert listing(tmp_path) == ["job-1-1.json"]
+    assert spool.get("job-1", 1) == finished(detail="first")
+
+
+async def test_stores_at_the_same_time_share_an_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten results stored at once cost two fdatasyncs, not ten; each is durable on return."""
+    spool = Spool(tmp_path)
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    async with trio.open_nursery() as nursery:
+        for n in range(10):
+            nursery.start_soon(spool.store, finished(f"job-{n}"))
+    assert len(calls) == 2
+    assert len(Spool(tmp_path).held()) == 10
+
+
+async def test_waiters_of_a_failed_fsync_fail_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every store whose record a failed fdatasync was to cover raises; none is held."""
+    spool = Spool(tmp_path)
+
+    def fail(fd: int) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, "fdatasync", fail)
+    errors: list[str] = []
+
+    async def store(n: int) -> None:
+        try:
+            await spool.store(finished(f"job-{n}"))
+        except OSError as exc:
+            errors.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(store, n)
+    assert len(errors) == 3 and all("disk on fire" in e for e in errors)
+    assert spool.held() == []
+
+
+async def test_the_journal_is_compacted_and_keeps_what_is_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past COMPACT_BYTES the journal is rewritten: held results and running attempts stay,
+    dropped ones go, and the file stays small."""
+    monkeypatch.setattr(spool_module, "COMPACT_BYTES", 2000)
+    spool = Spool(tmp_path)
+    await spool.begin_output("running", 1)
+    await spool.store(finished("kept"))
+    for n in range(100):
+        await spool.begin_output(f"job-{n}", 1)
+        await spool.store(finished(f"job-{n}"))
+        assert await spool.drop(f"job-{n}", 1)
+    assert (tmp_path / "journal").stat().st_size < 2000 + 500
+    again = Spool(tmp_path)
+    assert again.held() == [AttemptRef(job_id="kept", attempt=1)]
+    [lost] = await again.recover()
+    assert lost.job_id == "running" and lost.reason is FinishReason.ERROR
+
+
+async def test_results_of_an_earlier_version_are_held_and_dropped(tmp_path: Path) -> None:
+    """A <job>-<attempt>.json left by an agent that kept one file per result is held, and
+    dropping it removes the file; it is not reported lost."""
+    (tmp_path / "old-2.json").write_bytes(codec.encode(finished("old", 2)))
+    spool = Spool(tmp_path)
+    assert await spool.recover() == []
+    assert spool.held() == [AttemptRef(job_id="old", attempt=2)]
+    assert spool.get("old", 2) == finished("old", 2)
+    assert await spool.drop("old", 2)
+    assert spool.held() == [] and not (tmp_path / "old-2.json").exists()
+    assert Spool(tmp_path).held() == []
 
 
 async def test_an_unreadable_result_is_a_spool_error(tmp_path: Path) -> None:
@@ -98,9 +209,10 @@ async def test_drop_removes_result_and_output(tmp_path: Path) -> None:
     await spool.append_output(chunk(0, b"hello"))
     await spool.store(finished())
     assert await spool.drop("job-1", 1)
-    assert listing(tmp_path) == []
+    assert listing(tmp_path) == ["journal"]
     assert not await spool.drop("job-1", 1)
     assert spool.open_output("job-1", 1) is None
+    assert Spool(tmp_path).held() == []
 
 
 async def test_output_is_replayed_in_order(tmp_path: Path) -> None:
@@ -122,10 +234,12 @@ async def test_begin_output_starts_afresh(tmp_path: Path) -> None:
     await spool.begin_output("job-1", 1)
     await spool.append_output(chunk(0, b"old"))
     await spool.begin_output("job-1", 1)
+    assert spool.open_output("job-1", 1) is None
+    await spool.append_output(chunk(0, b"new"))
     reader = spool.open_output("job-1", 1)
     assert reader is not None
     with reader:
-        assert reader.next_chunk() is None
+        assert [reader.next_chunk(), reader.next_chunk()] == [chunk(0, b"new"), None]
 
 
 @given(
@@ -157,14 +271,19 @@ async def test_recover_reports_attempts_lost_with_the_agent(tmp_path: Path) -> N
     await spool.store(finished())
     (tmp_path / "junk.json.tmp").write_text("{")
 
-    [lost] = await Spool(tmp_path).recover()
+    await spool.begin_output("quiet", 1)  # began, no output yet
+
+    restarted = Spool(tmp_path)
+    lost, quiet = await restarted.recover()
     assert lost.job_id == "lost" and lost.attempt == 3
     assert lost.reason is FinishReason.ERROR and lost.chunks == 2
     assert "stopped while the attempt ran" in lost.detail
-    assert spool.get("lost", 3) == lost
-    assert spool.get("job-1", 1) == finished()
+    assert quiet.job_id == "quiet" and quiet.chunks == 0
+    assert restarted.get("lost", 3) == lost
+    assert restarted.get("job-1", 1) == finished()
     assert not (tmp_path / "junk.json.tmp").exists()
     assert await Spool(tmp_path).recover() == []
+    assert Spool(tmp_path).get("quiet", 1) == quiet
 
 
 def test_the_lock_refuses_a_second_owner(tmp_path: Path) -> None:
