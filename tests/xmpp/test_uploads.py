@@ -96,3 +96,18 @@ async def test_without_an_upload_service_output_goes_in_stanzas(
     with trio.fail_after(60):
         await run_random(cluster_factory(server), tmp_path, h, [3])
     assert uploaded(server) == 0
+
+
+async def test_random_output_goes_by_https_upload_verified_with_the_xmpp_ca(
+    prosody_tls: ProsodyServer,
+    cluster_factory: Callable[[ProsodyServer], Cluster],
+    tmp_path: Path,
+    h: Any,
+) -> None:
+    """Against a server that requires STARTTLS, uploads go over HTTPS, verified against the
+    same CA file as the XMPP connection, and the output arrives whole."""
+    assert prosody_tls.http_url is not None and prosody_tls.http_url.startswith("https://")
+    before = uploaded(prosody_tls)
+    with trio.fail_after(60):
+        await run_random(cluster_factory(prosody_tls), tmp_path, h, [4])
+    assert uploaded(prosody_tls) - before >= SIZE * 0.9
