@@ -111,3 +111,29 @@ async def test_random_output_goes_by_https_upload_verified_with_the_xmpp_ca(
     with trio.fail_after(60):
         await run_random(cluster_factory(prosody_tls), tmp_path, h, [4])
     assert uploaded(prosody_tls) - before >= SIZE * 0.9
+
+
+async def test_output_the_engine_cannot_fetch_comes_again_inline(
+    cluster: Cluster, tmp_path: Path, h: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the engine cannot fetch uploaded output (here: every fetch fails), the result
+    shows the holes, the engine asks the agent again, and the agent replays those chunks in
+    stanzas, not by upload: the job's output ends up whole."""
+    from engine.xmpp_link import UploadError, UploadFetcher, UploadRef
+
+    async def fail(self: UploadFetcher, ref: UploadRef) -> list[Any]:
+        raise UploadError(f"upload {ref.url}: the test refuses every fetch")
+
+    monkeypatch.setattr(UploadFetcher, "fetch", fail)
+    config = cluster.config(engine={"rscripts": [str(scripts_dir(tmp_path))]})
+    before = uploaded(cluster.server)
+    with trio.fail_after(60):
+        async with open_engine(config) as engine:
+            await cluster.start_agent()
+            await h.until(engine, lambda: len(h.connected(engine)) == 1)
+            job_id = await engine.run_rscript("randout", {"size": SIZE, "seed": 5})
+            await h.run_all(engine, [job_id])
+            await h.succeeded_once(engine, [job_id])
+            assert await engine.output(job_id) == random_bytes(5) + b"done\n"
+            assert engine.controller.output_fill.filled == 1
+    assert SIZE * 0.9 <= uploaded(cluster.server) - before <= SIZE * 1.1  # uploaded once
