@@ -53,6 +53,10 @@ TARGET_P50_MS = 5.0  # dispatch -> committed result, one job at a time
 TARGET_MB_S = 20.0  # output streaming
 SCRIPT = "noop"
 ENGINE_USER = "engine"
+#: Seconds an XMPP agent lives on without an engine: a benchmark that is killed (its engine
+#: with it) leaves no agent reconnecting forever. (A parent-death signal would not do: trio
+#: starts processes from a worker thread, and the signal follows the thread, not the process.)
+AGENT_GIVE_UP = 20.0
 
 RANDOM_OUTPUT = """\
 #!/usr/bin/env python3
@@ -130,6 +134,7 @@ async def start_xmpp_agents(setup: Setup, config: Config) -> list[trio.Process]:
             "--trusted-key", str(config.path(config.engine.public_key)),
             "--slots", str(setup.slots), "--spool", str(home / "spool"),
             "--workdir", str(home / "work"), "--log-level", "WARNING",
+            "--give-up-after", f"{AGENT_GIVE_UP:g}",
         ]  # fmt: skip
         log_file = (home / "agent.log").open("ab")  # noqa: ASYNC230 - a local file, opened once
         try:
