@@ -54,6 +54,12 @@ class Subscription:
 
     Iteration ends (``StopAsyncIteration``) once the repository has closed and the buffer is
     drained. Get one from ``Repository.subscribe()``; it only sees events committed after that.
+
+    Every ``__anext__`` is a cancellation point, but it yields to other tasks only once per
+    batch the writer published (a subscriber that was waiting has just yielded): the events of
+    one commit are taken in one task step, not one step each. As the writer publishes only in
+    its own steps, a subscriber draining its buffer cannot hold the loop for more than one
+    batch (at most ``max_buffer`` events).
     """
 
     def __init__(self, max_buffer: int) -> None:
@@ -64,6 +70,7 @@ class Subscription:
         self._missed: tuple[int, int] | None = None
         self._missed_total = 0
         self._closed = False
+        self._fresh = False  # events were pushed since this subscriber last yielded
         self._lot = trio.lowlevel.ParkingLot()
 
     def __aiter__(self) -> Subscription:
@@ -72,7 +79,11 @@ class Subscription:
     async def __anext__(self) -> Event | Missed:
         while True:
             if self._buffer:
-                await trio.lowlevel.checkpoint()
+                if self._fresh:
+                    self._fresh = False
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 return self._buffer.popleft()
             if self._missed is not None:
                 await trio.lowlevel.checkpoint()
@@ -83,6 +94,7 @@ class Subscription:
                 await trio.lowlevel.checkpoint()
                 raise StopAsyncIteration
             await self._lot.park()
+            self._fresh = False  # parked: it has just yielded
 
     async def receive_batch(self, max_items: int = 1000) -> list[Event | Missed]:
         """Wait for at least one item, then return every item waiting (up to ``max_items``).
@@ -93,6 +105,7 @@ class Subscription:
         while not self._buffer and self._missed is None and not self._closed:
             await self._lot.park()
         await trio.lowlevel.checkpoint()
+        self._fresh = False
         items: list[Event | Missed] = []
         while len(items) < max_items and (item := self.receive_nowait()) is not None:
             items.append(item)
@@ -129,6 +142,7 @@ class Subscription:
             first = skipped[0].id if self._missed is None else self._missed[0]
             self._missed = (first, skipped[-1].id)
             self._missed_total += len(skipped)
+        self._fresh = True
         self._lot.unpark_all()
 
     def _close(self) -> None:

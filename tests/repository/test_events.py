@@ -115,6 +115,65 @@ async def test_receive_batch_returns_everything_waiting(repo: Repository) -> Non
     assert third[1:] == [Missed(first_id=5, last_id=6)]
 
 
+class StepCounter(trio.abc.Instrument):
+    """Counts the scheduler steps of one task."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_subscriber_takes_one_commits_events_in_one_step(repo: Repository) -> None:
+    """The five events of one commit reach an iterating subscriber in one task step."""
+
+    def five(tx: Tx) -> None:
+        for n in range(5):
+            tx.emit("test.happened", f"job-{n}")
+
+    counter = StepCounter()
+    received: list[str] = []
+    with trio.fail_after(GUARD):
+        async with repo.subscribe() as subscription, trio.open_nursery() as nursery:
+
+            async def consume() -> None:
+                counter.task = trio.lowlevel.current_task()
+                async for event in subscription:
+                    assert isinstance(event, Event)
+                    received.append(event.subject)
+
+            nursery.start_soon(consume)
+            await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.add_instrument(counter)
+            try:
+                await repo.write(five)
+                await trio.testing.wait_all_tasks_blocked()
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            nursery.cancel_scope.cancel()
+    assert received == [f"job-{n}" for n in range(5)]
+    assert counter.steps == 1
+
+
+async def test_a_subscriber_with_events_waiting_can_still_be_cancelled(repo: Repository) -> None:
+    """Each step of the iteration is a cancellation point; a cancelled one takes no event."""
+    with trio.fail_after(GUARD):
+        async with repo.subscribe() as subscription:
+            await repo.write(emit("job-1"))
+            await repo.write(emit("job-2"))
+            first = await subscription.__anext__()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await subscription.__anext__()
+            assert scope.cancelled_caught
+            second = await subscription.__anext__()
+    assert isinstance(first, Event) and first.subject == "job-1"
+    assert isinstance(second, Event) and second.subject == "job-2"
+
+
 async def test_subscription_starts_at_subscribe(repo: Repository) -> None:
     """A subscription does not replay events committed before it was made."""
     with trio.fail_after(GUARD):
