@@ -282,6 +282,9 @@ class XmppConnector:
         except (AgentError, trio.BrokenResourceError) as exc:
             log.warning("xmpp: could not look for an upload service on %s: %s", domain, exc)
             return
+        except Exception:  # a surprise here must not stop the agent: output goes inline
+            log.exception("xmpp: looking for an upload service on %s failed", domain)
+            return
         if service is None:
             log.info("xmpp: %s offers no upload service: all output goes in stanzas", domain)
         else:

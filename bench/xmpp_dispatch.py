@@ -1,8 +1,9 @@
 """Agents over XMPP beside the local transport: noop jobs/s, dispatch-to-result latency, output MB/s.
 
 Run from the repository root: ``python -m bench.xmpp_dispatch [--quick] [--agents 1,2,4]
-[--slots N] [--jobs N] [--latency-jobs N] [--output-mb N]``. It starts a private Prosody on
-loopback (``engine.prosody``, plaintext, as ``wfe xmpp-dev-server`` does) and, for each
+[--slots N] [--jobs N] [--latency-jobs N] [--output-mb N] [--no-upload]``. It starts a private
+Prosody on loopback (``engine.prosody``, plaintext, with its XEP-0363 upload service unless
+``--no-upload``, as ``wfe xmpp-dev-server`` does) and, for each
 transport and agent count, an engine (``open_engine`` on a temporary workspace): the local
 transport with its own agent processes on the Unix socket, or ``[xmpp]`` with that many
 ``python -m agents --xmpp`` processes logged in to Prosody. Every job is the shipped ``noop``
@@ -298,7 +299,7 @@ async def run(root: Path, args: argparse.Namespace, figures: dict[str, Any]) -> 
     server_class = (
         _tuned(args.prosody_network_settings) if args.prosody_network_settings else ProsodyServer
     )
-    with server_class(root / "prosody", users=users) as server:
+    with server_class(root / "prosody", users=users, upload=not args.no_upload) as server:
         figures["results"] = []
         for transport in ("local", "xmpp"):
             for count in args.agents:
@@ -412,7 +413,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.xmpp_dispatch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument(
-        "--quick", action="store_true", help="fewer jobs and 5 MB of output, for a smoke run"
+        "--quick",
+        action="store_true",
+        help="fewer jobs and (unless --output-mb) 5 MB of output, for a smoke run",
     )
     parser.add_argument("--agents", default="1,2,4", help="agent counts to compare (default 1,2,4)")
     parser.add_argument("--slots", type=int, default=4, help="slots per agent (default 4)")
@@ -427,12 +430,22 @@ def main() -> None:
         "--latency-jobs", type=int, default=100, help="jobs run one at a time (default 100)"
     )
     parser.add_argument(
-        "--output-mb", type=float, default=20.0, help="MB of output per streaming job (default 20)"
+        "--output-mb",
+        type=float,
+        default=None,
+        help="MB of output per streaming job (default 20; 5 with --quick)",
+    )
+    parser.add_argument(
+        "--no-upload",
+        action="store_true",
+        help="run Prosody without its XEP-0363 upload service: all output goes in stanzas",
     )
     args = parser.parse_args()
     args.agents = sorted({int(a) for a in args.agents.split(",")})
     if args.quick:
-        args.jobs, args.latency_jobs, args.output_mb = 80, 20, 5.0
+        args.jobs, args.latency_jobs = 80, 20
+    if args.output_mb is None:
+        args.output_mb = 5.0 if args.quick else 20.0
     figures: dict[str, Any] = {
         **machine(),
         "jobs": args.jobs,
@@ -440,6 +453,7 @@ def main() -> None:
         "output_mb": args.output_mb,
         "script": SCRIPT,
         "prosody_network_settings": args.prosody_network_settings,
+        "upload": not args.no_upload,
         "targets": {
             "per_s_two_agents": TARGET_PER_S,
             "dispatch_p50_ms": TARGET_P50_MS,

@@ -523,6 +523,8 @@ def _serve(directory: Path, port: int, domain: str, tls: bool, users: dict[str, 
                 print(f"  STARTTLS required; clients must trust the CA at {server.ca_path}")
             else:
                 print("  plaintext c2s, PLAIN auth allowed (loopback only)")
+            if server.upload_jid is not None:
+                print(f"  upload service {server.upload_jid} (XEP-0363) at {server.http_url}")
             for user, password in server.users.items():
                 print(f"  account {server.jid(user)} password {password}")
             print("Ctrl-C to stop", flush=True)

@@ -151,6 +151,8 @@ class UploadFetcher:
             log.info("xmpp: agents' uploaded output is fetched from %s", self.base)
         except (AgentError, trio.BrokenResourceError) as exc:
             log.warning("xmpp: could not find the upload service of %s: %s", domain, exc)
+        except Exception:  # a surprise here must not take the XMPP transport down
+            log.exception("xmpp: looking for the upload service of %s failed", domain)
         finally:
             self._known.set()
 
