@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agents import __version__
 from agents.errors import MessageTooLarge, SpoolError
 from agents.link import Link
-from agents.runner import KILL_GRACE, Attempt
+from agents.runner import KILL_GRACE, Attempt, Workdirs
 from agents.spool import Spool
 from protocols.messages import (
     Ack,
@@ -106,6 +106,7 @@ class Agent:
         self.trusted_key = trusted_key
         self.heartbeat = heartbeat
         self.keep_workdirs = keep_workdirs
+        self._workdirs = Workdirs(self.workdir, keep=capabilities.slots)
         self.kill_grace = kill_grace
         self._running: dict[AttemptRef, _Running] = {}
         self._link: Link | None = None
@@ -138,6 +139,7 @@ class Agent:
         await trio.to_thread.run_sync(
             functools.partial(self.workdir.mkdir, parents=True, exist_ok=True)
         )
+        await trio.to_thread.run_sync(self._workdirs.close)  # spare directories of a past run
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
@@ -146,6 +148,7 @@ class Agent:
                 with trio.CancelScope(shield=True) as cleanup:
                     cleanup.deadline = trio.current_time() + 2 * self.kill_grace + 10
                     await self._finish_all("the agent is stopping")
+                    await trio.to_thread.run_sync(self._workdirs.close)
                 self._nursery = None
                 nursery.cancel_scope.cancel()  # nothing may keep the agent from stopping
 
@@ -411,7 +414,13 @@ class Agent:
             return
         assert self._nursery is not None
         # The agent removes the directory itself, once the result is sent.
-        attempt = Attempt(d, workdir=self.workdir, keep_workdir=True, kill_grace=self.kill_grace)
+        attempt = Attempt(
+            d,
+            workdir=self.workdir,
+            keep_workdir=True,
+            kill_grace=self.kill_grace,
+            workdirs=self._workdirs,
+        )
         entry = _Running(attempt)
         self._running[ref] = entry  # the slot is taken from here on
         self._nursery.start_soon(self._begin_and_start, entry)

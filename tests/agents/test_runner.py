@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import types
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import trio
 from hypothesis import given
 
-from agents.runner import MAX_RESULT_BYTES, Attempt, script_interpreter
+from agents.runner import MAX_RESULT_BYTES, Attempt, Workdirs, script_interpreter
 from protocols.messages import (
     MAX_CHUNK_BYTES,
     Dispatch,
@@ -323,3 +324,61 @@ def test_interpreter_header_is_found_among_other_header_lines(
     lines = ["# " + o.replace("\n", " ").replace("interpreter", "") for o in others]
     script = "\n".join([*lines, f"# interpreter: {interpreter}", "echo body"])
     assert script_interpreter(script) == interpreter.split()
+
+
+async def test_a_directory_is_reused_clean(h: types.SimpleNamespace, tmp_path: Path) -> None:
+    """A finished attempt's directory serves the next one: same inode, fresh script and
+    params, nothing the previous script left behind, and no spare left after close()."""
+    workdirs = Workdirs(tmp_path, keep=1)
+    first = Attempt(
+        h.make_dispatch('echo junk > junk\necho \'{"a": 1}\' > "$WFE_RESULT"\n', params={"n": 1}),
+        workdir=tmp_path,
+        workdirs=workdirs,
+    )
+    with trio.fail_after(GUARD):
+        assert (await first.run(Recorder())).result == {"a": 1}
+    [spare] = os.listdir(tmp_path)
+    inode = os.stat(tmp_path / spare).st_ino
+    script = "ls\nstat -c %i .\ncat params.json\n"
+    second = Attempt(
+        h.make_dispatch(script, job_id="job-2", params={"n": 2}),
+        workdir=tmp_path,
+        workdirs=workdirs,
+    )
+    recorder = Recorder()
+    with trio.fail_after(GUARD):
+        finished = await second.run(recorder)
+    assert finished.exit_code == 0 and finished.result is None
+    assert recorder.text(Stream.STDOUT) == f'params.json\nscript\n{inode}\n{{"n": 2}}'
+    [spare] = os.listdir(tmp_path)
+    assert os.stat(tmp_path / spare).st_ino == inode
+    workdirs.close()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hardlink", "directory"])
+async def test_a_reused_directory_never_writes_through_what_a_script_planted(
+    h: types.SimpleNamespace, tmp_path: Path, planted: str
+) -> None:
+    """A script that replaces params.json with a link to another file, or with a directory,
+    does not get that file overwritten by the next attempt; the next attempt runs normally."""
+    outside = tmp_path / "outside"
+    outside.write_text("precious")
+    work = tmp_path / "work"
+    workdirs = Workdirs(work, keep=1)
+    plant = {
+        "symlink": f"rm params.json && ln -s {outside} params.json\n",
+        "hardlink": f"rm params.json && ln {outside} params.json\n",
+        "directory": "rm params.json && mkdir params.json && touch params.json/x\n",
+    }[planted]
+    with trio.fail_after(GUARD):
+        await Attempt(h.make_dispatch(plant), workdir=work, workdirs=workdirs).run(Recorder())
+        recorder = Recorder()
+        finished = await Attempt(
+            h.make_dispatch("cat params.json\n", job_id="job-2", params={"n": 2}),
+            workdir=work,
+            workdirs=workdirs,
+        ).run(recorder)
+    assert finished.exit_code == 0
+    assert recorder.text(Stream.STDOUT) == '{"n": 2}'
+    assert outside.read_text() == "precious"
