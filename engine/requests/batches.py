@@ -153,18 +153,31 @@ class BatchRunner:
 
     async def stop(self, batch: Batch, reason: str, *, queued_only: bool = False) -> bool:
         """Stop ``batch``'s job, noting ``reason``; with ``queued_only``, only if no agent
-        has had it yet (pause). Returns whether a stop was requested."""
+        has it now (pause): queued, or waiting to be retried. Returns whether a stop was
+        requested; False for a job whose last attempt has ended but whose requeue is not
+        committed yet (call again after its ``job.state`` "queued" event)."""
         job_id = batch.job
         if job_id is None:
             return False
         live = self.controller.jobs.get(job_id)
         if live is not None:
             machine = live.machine
-            if machine is not None and (queued_only or machine.state in _FINAL):
-                # Dispatched before, so not "queued only"; or its end is being recorded.
-                return False
+            if machine is not None and machine.state in _FINAL:
+                return False  # its end is being recorded
+            if machine is not None and not machine.terminal:
+                if queued_only:
+                    return False  # with an agent now: a pause lets it finish
+            elif machine is not None:
+                # Between attempts: its last attempt failed and it waits to be retried. It
+                # is as good as queued once the controller has committed the requeue;
+                # before that, a cancel would race the controller's own writes (the
+                # requeue event pokes the request again, so the stop is only put off).
+                if not await self.repo.read(store.requeued_after(job_id, machine.attempt)):
+                    return False
+                if self.controller.jobs.get(job_id) is not live or live.machine is not machine:
+                    return False  # dispatched again (or ended) while we read
             # No checkpoint between the look and the cancel: the job can't be dispatched
-            # in between, so "never dispatched" still holds when the cancel lands.
+            # in between, so "not with an agent" still holds when the cancel lands.
             await self.controller.cancel(job_id, reason=reason)
         elif queued_only or self.runner is None:
             return False

@@ -15,7 +15,8 @@ request is poked). For a poked request it reads a ``Snapshot`` and takes the nex
 * running or paused: start, skip and end stages (``plan``); fail the request when a stage
   failed under the "fail" policy; ``check`` when every stage has ended; and, only while
   running, open batches of unallocated inputs and start their jobs. Paused: cancel the
-  jobs no agent has had yet (their inputs are withdrawn, not counted);
+  jobs no agent has now, queued or waiting to be retried (their inputs are withdrawn, not
+  counted; a job's requeue for a retry pokes its request);
 * checking: re-hash every product on worker threads, then ``complete`` or ``fail``;
 * failed or cancelled: stop every job still running.
 
@@ -96,6 +97,7 @@ class RequestService:
         self._wake = trio.Event()
         self._timers: list[tuple[float, int, str, str, float]] = []  # (at, seq, job, kind, seconds)
         self._armed: set[str] = set()
+        self._deferred: dict[str, tuple[str, float]] = {}  # job -> stage timer to fire on requeue
         self._seq = itertools.count()
         self._checking: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -135,10 +137,17 @@ class RequestService:
             if isinstance(event, Missed):
                 for rid in await self.repo.read(store.live_requests):
                     self.poke(rid)
-            elif event.kind == "job.state" and event.data.get("state") in TERMINAL:
+            elif event.kind == "job.state" and (
+                event.data.get("state") in TERMINAL or "retry_after" in event.data
+            ):  # a job ended, or waits to be retried (a paused request holds it back)
                 owner = self._jobs.get(event.subject)
                 if owner is not None:
                     self.poke(owner)
+                deferred = self._deferred.pop(event.subject, None)
+                if deferred is not None:
+                    at = trio.current_time()
+                    heapq.heappush(self._timers, (at, next(self._seq), event.subject, *deferred))
+                    self._wake.set()
 
     async def _loop(self) -> None:
         while True:
@@ -489,7 +498,16 @@ class RequestService:
             snap = await self.repo.read(store.read_snapshot(rid))
             for batch in snap.batches:
                 if batch.job == job_id:
-                    await self.batches.stop(batch, reason)
+                    # A job between attempts is stopped only once its requeue is committed:
+                    # until the stop is done, its requeue event fires this timer again.
+                    self._deferred[job_id] = (kind, seconds)
+                    stopped = await self.batches.stop(batch, reason)
+                    live = self.controller.jobs.get(job_id)
+                    between = (
+                        live is not None and live.machine is not None and live.machine.terminal
+                    )
+                    if stopped or not between:
+                        self._deferred.pop(job_id, None)
 
 
 def _action_known(runner: ActionRunner | None) -> Callable[[str], bool]:

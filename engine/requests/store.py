@@ -82,6 +82,17 @@ def get_request(conn: Any, rid: str) -> RequestRecord:
     return _request(row)
 
 
+def requeued_after(job_id: str, attempt: int) -> Callable[[Any], bool]:
+    """Whether the controller has committed ``job_id``'s requeue after ``attempt`` (its
+    retry): the job is queued again and that attempt was its last."""
+
+    def fn(conn: Any) -> bool:
+        row = conn.execute("SELECT state, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is not None and row[0] == "queued" and row[1] == attempt
+
+    return fn
+
+
 # --- submission and the lifecycle -------------------------------------------------------------
 
 

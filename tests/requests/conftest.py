@@ -49,7 +49,7 @@ reconcile_grace = 1.0
 [jobs]
 timeout = 60.0
 retries = 0
-backoff = 0.1
+backoff = {backoff}
 """
 
 #: The head of most test definitions: no approval, inputs are the catalog's raw files.
@@ -69,13 +69,15 @@ value = "raw"
 """
 
 
-def workspace(root: Path, *, agents: int, slots: int, extra: str = "") -> Config:
-    """A workspace for an engine with ``agents`` local agents of ``slots`` slots each;
-    ``extra`` is appended to its wfe.toml."""
+def workspace(
+    root: Path, *, agents: int, slots: int, extra: str = "", backoff: float = 0.1
+) -> Config:
+    """A workspace for an engine with ``agents`` local agents of ``slots`` slots each, retries
+    ``backoff`` seconds after a failure; ``extra`` is appended to its wfe.toml."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / "wfe.toml"
     if not path.exists():
-        path.write_text(CONFIG.format(agents=agents, slots=slots) + extra)
+        path.write_text(CONFIG.format(agents=agents, slots=slots, backoff=backoff) + extra)
         create_secrets(load_config(path))
         shutil.copytree(ACTIONS, root / "actions")
     return load_config(path)
@@ -195,10 +197,15 @@ async def _agents_connected(engine: Engine, count: int) -> None:
 
 @asynccontextmanager
 async def open_world(
-    root: Path, *, agents: int = 1, slots: int = 4, extra_config: str = ""
+    root: Path,
+    *,
+    agents: int = 1,
+    slots: int = 4,
+    extra_config: str = "",
+    backoff: float = 0.1,
 ) -> AsyncIterator[World]:
     """Run an engine on the workspace in ``root`` (made if new) for the block."""
-    config = workspace(root / "ws", agents=agents, slots=slots, extra=extra_config)
+    config = workspace(root / "ws", agents=agents, slots=slots, extra=extra_config, backoff=backoff)
     token = read_token(config)
     async with open_engine(config) as engine:
         await _agents_connected(engine, agents)
