@@ -13,10 +13,14 @@ spooled is a redelivery and gets its stored result without running again; then a
 and enough memory, else ``JobRefused``. An accepted attempt takes its slot there and then,
 and is started in a task of its own, so the next message is read while it starts. It sends
 ``JobAccepted`` (before any of its output), its ``OutputChunk``s (each appended to the spool
-first), and ``JobFinished`` (stored durably in the spool first). A script that cannot be
-started, or is cancelled before it starts, gets ``JobFinished`` and no ``JobAccepted``. An
-``Ack``'s spool drop runs in the background; from the ``Ack`` on, the attempt is no longer
-listed as held, and a ``StatusRequest`` is answered once pending drops are done.
+first), and ``JobFinished`` (stored durably in the spool first). ``JobAccepted`` waits until
+the script has run ``accept_after`` seconds or prints, whichever is first; a script that
+ends sooner has it sent together with its ``JobFinished``, in one write when the link has
+``send_many`` (the engine's attempt machine accepts both orders anyway). A script that
+cannot be started, or is cancelled before it starts, gets ``JobFinished`` and no
+``JobAccepted``. An ``Ack``'s spool drop runs in the background; from the ``Ack`` on, the
+attempt is no longer listed as held, and a ``StatusRequest`` is answered once pending drops
+are done.
 
 Every send goes through one lock, held for the send alone, so a message is never cut by
 another. Order within an attempt comes from the attempt's own output lock: ``JobAccepted``
@@ -66,6 +70,11 @@ log = logging.getLogger("wfe.agent")
 
 DEFAULT_HEARTBEAT = 10.0
 
+#: Seconds a script runs before its ``JobAccepted`` is sent (sooner if it prints): a
+#: trivial job's start and end then travel together, one write and one wake-up of the
+#: engine instead of two.
+ACCEPT_AFTER = 0.005
+
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -98,6 +107,7 @@ class Agent:
         heartbeat: float = DEFAULT_HEARTBEAT,
         keep_workdirs: bool = False,
         kill_grace: float = KILL_GRACE,
+        accept_after: float = ACCEPT_AFTER,
     ) -> None:
         self.name = name
         self.capabilities = capabilities
@@ -108,6 +118,7 @@ class Agent:
         self.keep_workdirs = keep_workdirs
         self._workdirs = Workdirs(self.workdir, keep=capabilities.slots)
         self.kill_grace = kill_grace
+        self.accept_after = accept_after
         self._running: dict[AttemptRef, _Running] = {}
         self._link: Link | None = None
         self._send_lock = trio.Lock()
@@ -139,7 +150,7 @@ class Agent:
         await trio.to_thread.run_sync(
             functools.partial(self.workdir.mkdir, parents=True, exist_ok=True)
         )
-        await trio.to_thread.run_sync(self._workdirs.close)  # spare directories of a past run
+        self._workdirs.close()  # spare directories of a past run (two small files each)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
@@ -148,7 +159,7 @@ class Agent:
                 with trio.CancelScope(shield=True) as cleanup:
                     cleanup.deadline = trio.current_time() + 2 * self.kill_grace + 10
                     await self._finish_all("the agent is stopping")
-                    await trio.to_thread.run_sync(self._workdirs.close)
+                self._workdirs.close()
                 self._nursery = None
                 nursery.cancel_scope.cancel()  # nothing may keep the agent from stopping
 
@@ -302,22 +313,29 @@ class Agent:
     def _held(self) -> tuple[AttemptRef, ...]:
         return tuple(ref for ref in self.spool.held() if ref not in self._dropping)
 
-    async def _send(self, message: Message) -> bool:
+    async def _send(self, *messages: Message) -> bool:
         async with self._send_lock:
-            return await self._send_locked(message)
+            return await self._send_locked(*messages)
 
-    async def _send_locked(self, message: Message) -> bool:
-        """Send on the current link if there is one; False when it did not go out."""
+    async def _send_locked(self, *messages: Message) -> bool:
+        """Send on the current link if there is one, in order, in one write where the link
+        offers ``send_many``; False when they did not all go out."""
         link = self._link
         if link is None:
             return False
         try:
-            await link.send(message)
+            send_many = getattr(link, "send_many", None)
+            if send_many is not None and len(messages) > 1:
+                await send_many(messages)
+            else:
+                for message in messages:
+                    await link.send(message)
         except MessageTooLarge as exc:
             log.error("could not send: %s", exc)
             return False
         except _LINK_ERRORS as exc:
-            log.warning("lost the connection sending %s: %s", type(message).__name__, exc)
+            names = ", ".join(type(m).__name__ for m in messages)
+            log.warning("lost the connection sending %s: %s", names, exc)
             if self._link is link:
                 self._link = None
             return False
@@ -423,7 +441,7 @@ class Agent:
         )
         entry = _Running(attempt)
         self._running[ref] = entry  # the slot is taken from here on
-        self._nursery.start_soon(self._begin_and_start, entry)
+        self._nursery.start_soon(self._run_attempt, entry)
 
     def _capacity_problem(self, d: Dispatch) -> str:
         if self._stop_requested:
@@ -436,34 +454,28 @@ class Agent:
             return f"needs {memory} bytes of memory; this agent offers {offered}"
         return ""
 
-    async def _begin_and_start(self, entry: _Running) -> None:
-        """Start the output file and the script of a reserved attempt, then ``JobAccepted``."""
-        assert self._nursery is not None
-        ref = entry.attempt.ref
-        try:
-            await self.spool.begin_output(ref.job_id, ref.attempt)
-        except OSError as exc:
-            self._running.pop(ref, None)
-            entry.done.set()
-            reason = f"cannot write the spool: {exc}"
-            log.warning("refused %s#%d: %s", ref.job_id, ref.attempt, reason)
-            await self._send(JobRefused(job_id=ref.job_id, attempt=ref.attempt, reason=reason))
-            return
-        async with entry.output_lock:  # JobAccepted goes out before any chunk of the attempt
-            pid = await self._nursery.start(self._run_attempt, entry)
-            if pid is not None:
-                await self._send(JobAccepted(job_id=ref.job_id, attempt=ref.attempt, pid=pid))
+    async def _run_attempt(self, entry: _Running) -> None:
+        """Begin the output of a reserved attempt, run it, spool its result and send it.
 
-    async def _run_attempt(
-        self,
-        entry: _Running,
-        *,
-        task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
+        ``JobAccepted`` goes out once the script has run ``accept_after`` seconds or before
+        its first chunk; a script that ends sooner has its ``JobAccepted`` and
+        ``JobFinished`` sent together, in one write where the link allows it.
+        """
         ref = entry.attempt.ref
         try:
-            finished = await entry.attempt.run(
-                functools.partial(self._on_chunk, entry), task_status=task_status
+            try:
+                await self.spool.begin_output(ref.job_id, ref.attempt)
+            except OSError as exc:
+                self._running.pop(ref, None)
+                reason = f"cannot write the spool: {exc}"
+                log.warning("refused %s#%d: %s", ref.job_id, ref.attempt, reason)
+                await self._send(JobRefused(job_id=ref.job_id, attempt=ref.attempt, reason=reason))
+                return
+            attempt = entry.attempt
+            finished = await attempt.run(
+                functools.partial(self._on_chunk, entry),
+                on_running=functools.partial(self._accepted, entry),
+                running_after=self.accept_after,
             )
             try:
                 await self.spool.store(finished)
@@ -475,8 +487,13 @@ class Agent:
                     exc,
                 )
             del self._running[ref]
+            report: list[Message] = [finished]
+            if attempt.pid is not None and not attempt.announced:
+                report.insert(
+                    0, JobAccepted(job_id=ref.job_id, attempt=ref.attempt, pid=attempt.pid)
+                )
             async with entry.output_lock:  # after JobAccepted and every chunk
-                await self._send(finished)
+                await self._send(*report)
         finally:
             self._running.pop(ref, None)
             try:
@@ -485,6 +502,11 @@ class Agent:
                         await entry.attempt.remove_directory()
             finally:
                 entry.done.set()
+
+    async def _accepted(self, entry: _Running, pid: int) -> None:
+        ref = entry.attempt.ref
+        async with entry.output_lock:  # not in the middle of a replay
+            await self._send(JobAccepted(job_id=ref.job_id, attempt=ref.attempt, pid=pid))
 
     async def _on_chunk(self, entry: _Running, chunk: OutputChunk) -> None:
         async with entry.output_lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -41,13 +41,24 @@ class StreamLink:
 
     async def send(self, message: Message) -> None:
         """Send one message; frames never interleave. Raises ``MessageTooLarge``."""
+        data = self._frame(message)
+        async with self._send_lock:
+            await self._stream.send_all(data)
+
+    async def send_many(self, messages: Sequence[Message]) -> None:
+        """Send several messages in order, in one write. Raises ``MessageTooLarge`` (then
+        none is sent)."""
+        data = b"".join([self._frame(m) for m in messages])
+        async with self._send_lock:
+            await self._stream.send_all(data)
+
+    def _frame(self, message: Message) -> bytes:
         payload = codec.encode(message)
         if len(payload) > self._max_bytes:
             raise MessageTooLarge(
                 f"{type(message).__name__} of {len(payload)} bytes exceeds the limit of {self._max_bytes}"
             )
-        async with self._send_lock:
-            await self._stream.send_all(frame(payload))
+        return frame(payload)
 
     def receive(self) -> AsyncIterator[Message]:
         """Iterate over incoming messages until the connection closes."""

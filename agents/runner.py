@@ -65,6 +65,7 @@ MAX_RESULT_BYTES = 128 * 1024
 DEFAULT_INTERPRETER = "sh"
 
 ChunkCallback = Callable[[OutputChunk], Awaitable[None]]
+RunningCallback = Callable[[int], Awaitable[None]]
 
 _INTERPRETER_LINE = re.compile(r"#\s*interpreter\s*:(?P<value>.*)")
 
@@ -402,6 +403,9 @@ class Attempt:
         self._cancel_reason = ""
         self._chunks = 0
         self._emit_lock = trio.Lock()  # one chunk handed on at a time, in seq order
+        self._on_running: RunningCallback | None = None
+        self._running_after = 0.0
+        self.announced = False  # on_running was called
         self._exited = False
         self._read_scopes: set[trio.CancelScope] = set()
 
@@ -419,14 +423,21 @@ class Attempt:
         on_chunk: ChunkCallback,
         *,
         task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
+        on_running: RunningCallback | None = None,
+        running_after: float = 0.0,
     ) -> JobFinished:
         """Run the attempt to its end and return how it ended; never raises for the script's sake.
 
         ``task_status.started`` gets the child's pid, or None if it could not be started (the
-        result then has reason ``ERROR`` and says why). If the caller is cancelled, the group
-        is killed before ``Cancelled`` propagates. The working directory is removed at the
-        end unless ``keep_workdir``.
+        result then has reason ``ERROR`` and says why). ``on_running(pid)``, if given, is
+        awaited once the child has run for ``running_after`` seconds, or before its first
+        chunk is handed on, whichever comes first; not at all if the child ends before
+        either (``announced`` tells which), so a caller can report a short attempt's start
+        and end together. If the caller is cancelled, the group is killed before
+        ``Cancelled`` propagates. The working directory is removed at the end unless
+        ``keep_workdir``.
         """
+        self._on_running, self._running_after = on_running, running_after
         try:
             return await self._run(on_chunk, task_status)
         finally:
@@ -563,6 +574,12 @@ class Attempt:
             nursery.start_soon(self._pump, child.stderr, Stream.STDERR, on_chunk)
             with self._cancel_scope:
                 with trio.move_on_after(self.dispatch.limits.timeout) as deadline:
+                    if self._on_running is not None:
+                        with trio.move_on_after(self._running_after):
+                            await child.wait()
+                        if child.returncode is None:
+                            async with self._emit_lock:
+                                await self._announce(child.pid)
                     await child.wait()
             if deadline.cancelled_caught:
                 reason = FinishReason.TIMED_OUT
@@ -610,6 +627,8 @@ class Attempt:
             if not data:
                 return
             async with self._emit_lock:  # seq order is the order chunks are handed on
+                assert self.pid is not None
+                await self._announce(self.pid)
                 chunk = OutputChunk(
                     job_id=self.ref.job_id,
                     attempt=self.ref.attempt,
@@ -619,6 +638,12 @@ class Attempt:
                 )
                 self._chunks += 1
                 await on_chunk(chunk)
+
+    async def _announce(self, pid: int) -> None:
+        """Call ``on_running`` unless done already; the emit lock must be held."""
+        if not self.announced and self._on_running is not None:
+            self.announced = True
+            await self._on_running(pid)
 
     def _read_result(self) -> tuple[dict[str, Any] | None, str]:
         path = self.directory / "result.json"

@@ -382,3 +382,86 @@ async def test_serve_needs_an_open_agent(tmp_path: Path) -> None:
     )
     with pytest.raises(RuntimeError, match="inside `async with agent.open"):
         await agent.serve(None)
+
+
+class RecordingLink:
+    """A Link in memory that records each write: one message, or a send_many batch."""
+
+    def __init__(self) -> None:
+        self.to_agent, self._incoming = trio.open_memory_channel[object](16)
+        self.writes: list[list[object]] = []
+        self.changed = trio.Event()
+
+    async def send(self, message: object) -> None:
+        self._record([message])
+
+    async def send_many(self, messages: list[object]) -> None:
+        self._record(list(messages))
+
+    def _record(self, messages: list[object]) -> None:
+        self.writes.append(messages)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def receive(self) -> object:
+        return self._incoming
+
+    async def wait_for(self, kind: type, count: int = 1) -> None:
+        with trio.fail_after(10):
+            while sum(isinstance(m, kind) for w in self.writes for m in w) < count:
+                await self.changed.wait()
+
+
+async def serve_recorded(agents, nursery, **kwargs: object) -> RecordingLink:
+    agent = agents.build(**kwargs)
+    link = RecordingLink()
+
+    async def run() -> None:
+        async with agent.open():
+            await agent.serve(link)
+
+    nursery.start_soon(run)
+    await link.wait_for(AgentHello)
+    return link
+
+
+async def test_a_short_attempt_is_accepted_and_finished_in_one_write(agents, nursery, h) -> None:
+    """A script that ends within accept_after: JobAccepted and JobFinished leave together."""
+    link = await serve_recorded(agents, nursery, accept_after=5.0)
+    await link.to_agent.send(h.make_dispatch("true\n"))
+    await link.wait_for(JobFinished)
+    [hello], [accepted, finished] = link.writes
+    assert isinstance(accepted, JobAccepted) and accepted.pid is not None
+    assert isinstance(finished, JobFinished) and finished.exit_code == 0
+    await link.to_agent.send(Shutdown())
+
+
+async def test_a_longer_attempt_is_accepted_while_it_runs(
+    agents, nursery, h, tmp_path: Path
+) -> None:
+    """Past accept_after, JobAccepted goes out on its own while the script still runs."""
+    gate = tmp_path / "gate"
+    link = await serve_recorded(agents, nursery, accept_after=0.01)
+    await link.to_agent.send(h.make_dispatch(gated(gate, tmp_path / "log")))
+    await link.wait_for(JobAccepted)
+    assert not gate.exists()
+    gate.touch()
+    await link.wait_for(JobFinished)
+    [hello], [accepted], [finished] = link.writes
+    assert isinstance(accepted, JobAccepted) and isinstance(finished, JobFinished)
+    await link.to_agent.send(Shutdown())
+
+
+async def test_output_is_preceded_by_job_accepted_at_once(
+    agents, nursery, h, tmp_path: Path
+) -> None:
+    """A script that prints is accepted before its first chunk, however long accept_after."""
+    gate = tmp_path / "gate"
+    link = await serve_recorded(agents, nursery, accept_after=60.0)
+    await link.to_agent.send(h.make_dispatch(gated(gate, tmp_path / "log", before="echo hi\n")))
+    await link.wait_for(OutputChunk)
+    [hello], [accepted], [chunk] = link.writes
+    assert isinstance(accepted, JobAccepted) and chunk.data == b"hi\n"
+    gate.touch()
+    await link.wait_for(JobFinished)
+    await link.to_agent.send(Shutdown())

@@ -122,3 +122,38 @@ async def test_open_local_link_connects_to_a_listening_socket(short_dir: Path) -
     finally:
         await listener.aclose()
         await path.unlink()
+
+
+async def test_send_many_writes_the_frames_in_order_in_one_write(
+    pair: tuple[StreamLink, trio.SocketStream],
+) -> None:
+    """send_many puts every message's frame on the stream in one send_all, in order."""
+    link, raw = pair
+    messages = [Ack(job_id="j", attempt=1), StatusRequest(), Ack(job_id="k", attempt=2)]
+    writes: list[bytes] = []
+    stream = link._stream
+    real = stream.send_all
+
+    async def send_all(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        await real(data)
+
+    stream.send_all = send_all
+    await link.send_many(messages)
+    assert writes == [b"".join(frame(codec.encode(m)) for m in messages)]
+    reader = StreamLink(raw)
+    assert [await next_message(reader) for _ in messages] == messages
+
+
+async def test_send_many_sends_nothing_if_one_message_is_too_large(
+    pair: tuple[StreamLink, trio.SocketStream],
+) -> None:
+    """A message over the limit fails the whole batch before anything is written."""
+    link, raw = pair
+    big = OutputChunk(
+        job_id="j", attempt=1, stream=Stream.STDOUT, seq=0, data=bytes(MAX_MESSAGE_BYTES)
+    )
+    with pytest.raises(MessageTooLarge):
+        await link.send_many([Ack(job_id="j", attempt=1), big])
+    await link.send(StatusRequest())
+    assert await next_message(StreamLink(raw)) == StatusRequest()
