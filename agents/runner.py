@@ -310,7 +310,7 @@ class Workdirs:
         """Make ``path`` a regular file holding ``data``, overwriting it if ``reuse`` allows."""
         if reuse:
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
                 fd = -1
             if fd >= 0:
@@ -346,12 +346,8 @@ class Workdirs:
                         return False
                     if entry.is_dir(follow_symlinks=False):
                         return False
-                    if (
-                        entry.name in _KEPT
-                        and entry.is_file(follow_symlinks=False)
-                        and entry.stat(follow_symlinks=False).st_nlink == 1
-                    ):
-                        keep.append(entry.name)
+                    if entry.name in _KEPT and entry.is_file(follow_symlinks=False):
+                        keep.append(entry.name)  # ``write`` checks it before overwriting
                     else:
                         drop.append(entry.name)
             if len(self._free) < self.keep:
@@ -646,15 +642,26 @@ class Attempt:
             await self._on_running(pid)
 
     def _read_result(self) -> tuple[dict[str, Any] | None, str]:
-        path = self.directory / "result.json"
-        try:
-            size = path.stat().st_size
+        try:  # O_NONBLOCK: a FIFO put there must not hang the agent
+            fd = os.open(self.directory / "result.json", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None, ""
-        if size > MAX_RESULT_BYTES:
-            return None, f"result.json of {size} bytes exceeds the limit of {MAX_RESULT_BYTES}"
+        except OSError as exc:
+            return None, f"result.json cannot be read: {exc.strerror or exc}"
         try:
-            value = json.loads(path.read_bytes(), parse_constant=_refuse_constant)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None, "result.json is not a regular file"
+            if st.st_size > MAX_RESULT_BYTES:
+                size = st.st_size
+                return None, f"result.json of {size} bytes exceeds the limit of {MAX_RESULT_BYTES}"
+            data = os.read(fd, MAX_RESULT_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_RESULT_BYTES:  # it grew after the check
+            return None, f"result.json exceeds the limit of {MAX_RESULT_BYTES} bytes"
+        try:
+            value = json.loads(data, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as exc:
             return None, f"result.json is not valid JSON: {exc}"
         if not isinstance(value, dict):

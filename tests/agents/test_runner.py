@@ -382,3 +382,12 @@ async def test_a_reused_directory_never_writes_through_what_a_script_planted(
     assert finished.exit_code == 0
     assert recorder.text(Stream.STDOUT) == '{"n": 2}'
     assert outside.read_text() == "precious"
+
+
+async def test_a_fifo_as_result_does_not_hang_the_agent(
+    h: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """A script that leaves a FIFO named result.json gets a detail, not a hung agent."""
+    finished, _ = await run(h.make_dispatch('mkfifo "$WFE_RESULT"\n'), tmp_path)
+    assert finished.exit_code == 0 and finished.result is None
+    assert finished.detail == "result.json is not a regular file"
