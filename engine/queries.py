@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from engine.errors import UnknownJob
 from engine.jobs import JOB_COLUMNS, job_from_row
 
@@ -93,22 +95,86 @@ def job_output(job_id: str, attempt: int | None) -> Callable[[Any], bytes]:
     """The full stored output of an attempt (the last one by default)."""
 
     def fn(conn: Any) -> bytes:
-        n = attempt
+        n = _attempt_of(conn, job_id, attempt)
         if n is None:
-            row = conn.execute(
-                "SELECT MAX(attempt) FROM attempts WHERE job_id = ?", (job_id,)
-            ).fetchone()
-            if row[0] is None:
-                if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                    raise UnknownJob(f"no job {job_id}")
-                return b""
-            n = row[0]
+            return b""
         chunks = conn.execute(
             "SELECT data FROM output WHERE job_id = ? AND attempt = ? ORDER BY seq", (job_id, n)
         ).fetchall()
         return b"".join(c[0] for c in chunks)
 
     return fn
+
+
+@attrs.frozen
+class OutputPage:
+    """Bytes ``[offset, offset + len(data))`` of an attempt's stored output of ``size`` bytes."""
+
+    data: bytes
+    offset: int
+    size: int
+
+
+def output_page(
+    job_id: str, attempt: int | None, offset: int, limit: int
+) -> Callable[[Any], OutputPage]:
+    """At most ``limit`` bytes of an attempt's output from ``offset``, reading only the chunks
+    they are in, and cut before a UTF-8 character that would not end in the page (unless the
+    page could hold no whole character)."""
+
+    def fn(conn: Any) -> OutputPage:
+        n = _attempt_of(conn, job_id, attempt)
+        if n is None:
+            return OutputPage(data=b"", offset=offset, size=0)
+        sizes = conn.execute(
+            "SELECT seq, length(data) FROM output WHERE job_id = ? AND attempt = ? ORDER BY seq",
+            (job_id, n),
+        ).fetchall()
+        size = sum(length for _, length in sizes)
+        start = min(offset, size)
+        end = min(start + limit, size)
+        wanted, at = [], 0
+        for seq, length in sizes:
+            if at < end and at + length > start:
+                wanted.append((seq, at))
+            at += length
+        parts = []
+        for seq, chunk_at in wanted:
+            (data,) = conn.execute(
+                "SELECT data FROM output WHERE job_id = ? AND attempt = ? AND seq = ?",
+                (job_id, n, seq),
+            ).fetchone()
+            parts.append(data[max(start - chunk_at, 0) : end - chunk_at])
+        data = b"".join(parts)
+        if end < size:
+            data = _whole_characters(data)
+        return OutputPage(data=data, offset=start, size=size)
+
+    return fn
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """``data`` without a trailing incomplete UTF-8 sequence (at most 3 bytes go)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:  # ASCII: nothing is cut
+            return data
+        if byte >= 0xC0:  # a lead byte: keep its sequence only if it is whole
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data if back >= need else (data[:-back] or data)
+    return data  # not UTF-8 there: cut where asked
+
+
+def _attempt_of(conn: Any, job_id: str, attempt: int | None) -> int | None:
+    """``attempt``, or the job's last; None when it has none. Raises ``UnknownJob``."""
+    if attempt is not None:
+        return attempt
+    row = conn.execute("SELECT MAX(attempt) FROM attempts WHERE job_id = ?", (job_id,)).fetchone()
+    if row[0] is None:
+        if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+            raise UnknownJob(f"no job {job_id}")
+        return None
+    return int(row[0])
 
 
 def tree_summary(root_id: str) -> Callable[[Any], list[dict[str, Any]]]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from engine import tokens
+from engine import queries, tokens
 from engine.console import protocol
 from engine.console.filters import EventFilter
 from engine.console.protocol import ApiError
@@ -84,14 +84,16 @@ async def _logs(session: Session, args: dict[str, Any]) -> Any:
     job_id = arg(args, "job", str)
     offset = bounded(args, "offset", 0, low=0, high=2**62)
     limit = bounded(args, "limit", 1024 * 1024, high=4 * 1024 * 1024)
-    data = await session.engine.output(job_id, attempt=arg(args, "attempt", int, None))
-    piece = data[offset : offset + limit]
+    page = await session.engine.repo.read(
+        queries.output_page(job_id, arg(args, "attempt", int, None), offset, limit)
+    )
+    end = page.offset + len(page.data)
     return {
-        "output": piece.decode("utf-8", errors="replace"),
-        "offset": offset,
-        "next_offset": offset + len(piece),
-        "size": len(data),
-        "more": offset + len(piece) < len(data),
+        "output": page.data.decode("utf-8", errors="replace"),
+        "offset": page.offset,
+        "next_offset": end,
+        "size": page.size,
+        "more": end < page.size,
     }
 
 
