@@ -14,9 +14,9 @@ and enough memory, else ``JobRefused``. An accepted attempt takes its slot there
 and is started in a task of its own, so the next message is read while it starts. It sends
 ``JobAccepted`` (before any of its output), its ``OutputChunk``s (each appended to the spool
 first), and ``JobFinished`` (stored durably in the spool first). ``JobAccepted`` waits until
-the script has run ``accept_after`` seconds or prints, whichever is first; a script that
-ends sooner has it sent together with its ``JobFinished``, in one write when the link has
-``send_many`` (the engine's attempt machine accepts both orders anyway). A script that
+the script has run ``accept_after`` seconds (its output is read from then on); a script that
+ends sooner has it sent together with its ``JobFinished`` (and any output between them), in
+one write when the link has ``send_many``. A script that
 cannot be started, or is cancelled before it starts, gets ``JobFinished`` and no
 ``JobAccepted``. An ``Ack``'s spool drop runs in the background; from the ``Ack`` on, the
 attempt is no longer listed as held, and a ``StatusRequest`` is answered once pending drops
@@ -70,9 +70,9 @@ log = logging.getLogger("wfe.agent")
 
 DEFAULT_HEARTBEAT = 10.0
 
-#: Seconds a script runs before its ``JobAccepted`` is sent (sooner if it prints): a
-#: trivial job's start and end then travel together, one write and one wake-up of the
-#: engine instead of two.
+#: Seconds a script runs before its ``JobAccepted`` is sent and its output read: a trivial
+#: job's start and end then travel together, one write and one wake-up of the engine
+#: instead of two, and its output is read once, after it ended.
 ACCEPT_AFTER = 0.005
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -457,9 +457,9 @@ class Agent:
     async def _run_attempt(self, entry: _Running) -> None:
         """Begin the output of a reserved attempt, run it, spool its result and send it.
 
-        ``JobAccepted`` goes out once the script has run ``accept_after`` seconds or before
-        its first chunk; a script that ends sooner has its ``JobAccepted`` and
-        ``JobFinished`` sent together, in one write where the link allows it.
+        ``JobAccepted`` goes out once the script has run ``accept_after`` seconds; a script
+        that ends sooner has its ``JobAccepted`` and ``JobFinished`` sent together, in one
+        write where the link allows it.
         """
         ref = entry.attempt.ref
         try:
@@ -478,7 +478,7 @@ class Agent:
                 running_after=self.accept_after,
             )
             try:
-                await self.spool.store(finished)
+                await self.spool.store(finished, alone=len(self._running) == 1)
             except OSError as exc:
                 log.error(
                     "could not spool the result of %s#%d, sending it anyway: %s",

@@ -426,10 +426,11 @@ class Attempt:
 
         ``task_status.started`` gets the child's pid, or None if it could not be started (the
         result then has reason ``ERROR`` and says why). ``on_running(pid)``, if given, is
-        awaited once the child has run for ``running_after`` seconds, or before its first
-        chunk is handed on, whichever comes first; not at all if the child ends before
-        either (``announced`` tells which), so a caller can report a short attempt's start
-        and end together. If the caller is cancelled, the group is killed before
+        awaited once the child has run for ``running_after`` seconds, and its output is read
+        from then on; a child that ends sooner has its output read after its end, and
+        ``on_running`` is called before its first chunk or not at all (``announced`` tells
+        which), so a caller can report a short attempt's start and end together. Without
+        ``on_running`` output is read from the start. If the caller is cancelled, the group is killed before
         ``Cancelled`` propagates. The working directory is removed at the end unless
         ``keep_workdir``.
         """
@@ -564,19 +565,27 @@ class Attempt:
     async def _supervise(
         self, child: _Spawned, on_chunk: ChunkCallback
     ) -> tuple[FinishReason, float]:
+        """Wait for the child to end (or be killed) while its output is handed on.
+
+        With ``on_running``, the first ``running_after`` seconds are waited out on the
+        child's exit alone: a script that ends that soon has its output read afterwards,
+        from the pipes, without a reading task per pipe.
+        """
         reason = FinishReason.EXITED
+        pumping = False
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, child.stdout, Stream.STDOUT, on_chunk)
-            nursery.start_soon(self._pump, child.stderr, Stream.STDERR, on_chunk)
             with self._cancel_scope:
                 with trio.move_on_after(self.dispatch.limits.timeout) as deadline:
                     if self._on_running is not None:
                         with trio.move_on_after(self._running_after):
                             await child.wait()
-                        if child.returncode is None:
-                            async with self._emit_lock:
-                                await self._announce(child.pid)
-                    await child.wait()
+                    if child.returncode is None:
+                        pumping = True
+                        nursery.start_soon(self._pump, child.stdout, Stream.STDOUT, on_chunk)
+                        nursery.start_soon(self._pump, child.stderr, Stream.STDERR, on_chunk)
+                        async with self._emit_lock:
+                            await self._announce(child.pid)
+                        await child.wait()
             if deadline.cancelled_caught:
                 reason = FinishReason.TIMED_OUT
             elif self._cancel_scope.cancelled_caught:
@@ -588,7 +597,23 @@ class Attempt:
             self._exited = True
             for scope in self._read_scopes:
                 scope.deadline = ended + self._kill_grace
+            if not pumping:
+                await self._drain(child, nursery, on_chunk)
         return reason, ended
+
+    async def _drain(self, child: _Spawned, nursery: trio.Nursery, on_chunk: ChunkCallback) -> None:
+        """Hand on what the ended child left in its pipes; a pipe that some process outside
+        the group still holds open goes to a reading task (which waits a little for it)."""
+        for pipe, which in ((child.stdout, Stream.STDOUT), (child.stderr, Stream.STDERR)):
+            while True:
+                try:
+                    data = os.read(pipe.fileno(), MAX_CHUNK_BYTES)
+                except BlockingIOError:
+                    nursery.start_soon(self._pump, pipe, which, on_chunk)
+                    break
+                if not data:
+                    break
+                await self._emit(which, data, on_chunk)
 
     async def _terminate(self, child: _Spawned) -> None:
         _killpg(child.pid, signal.SIGTERM)
@@ -622,18 +647,22 @@ class Attempt:
                 return
             if not data:
                 return
-            async with self._emit_lock:  # seq order is the order chunks are handed on
-                assert self.pid is not None
-                await self._announce(self.pid)
-                chunk = OutputChunk(
-                    job_id=self.ref.job_id,
-                    attempt=self.ref.attempt,
-                    stream=which,
-                    seq=self._chunks,
-                    data=bytes(data),
-                )
-                self._chunks += 1
-                await on_chunk(chunk)
+            await self._emit(which, bytes(data), on_chunk)
+
+    async def _emit(self, which: Stream, data: bytes, on_chunk: ChunkCallback) -> None:
+        """Hand on one chunk, after ``on_running``; chunks are numbered in the order handed on."""
+        async with self._emit_lock:
+            assert self.pid is not None
+            await self._announce(self.pid)
+            chunk = OutputChunk(
+                job_id=self.ref.job_id,
+                attempt=self.ref.attempt,
+                stream=which,
+                seq=self._chunks,
+                data=data,
+            )
+            self._chunks += 1
+            await on_chunk(chunk)
 
     async def _announce(self, pid: int) -> None:
         """Call ``on_running`` unless done already; the emit lock must be held."""

@@ -195,10 +195,12 @@ class Spool:
     def _out(self, job_id: str, attempt: int) -> Path:
         return self.path / f"{attempt_name(job_id, attempt)}.out"
 
-    async def store(self, finished: JobFinished) -> None:
+    async def store(self, finished: JobFinished, *, alone: bool = False) -> None:
         """Make ``finished`` and its output durable. Returns once both are on disk.
 
-        Raises ``OSError`` if they could not be made durable; the result is then not held.
+        ``alone`` says nothing else will want the event loop meanwhile (no other attempt
+        runs): the fsync then runs on it, sparing a worker-thread hop. Raises ``OSError`` if
+        they could not be made durable; the result is then not held.
         """
         ref = AttemptRef(job_id=finished.job_id, attempt=finished.attempt)
         if finished.chunks and ref in self._outputs:  # the output is durable before the result
@@ -219,7 +221,10 @@ class Spool:
             current = self._round = _SyncRound(results=self._unsynced)
             self._unsynced = {}
             try:
-                await trio.to_thread.run_sync(os.fdatasync, self._open())
+                if alone and not current.results.keys() - {ref}:
+                    os.fdatasync(self._open())
+                else:
+                    await trio.to_thread.run_sync(os.fdatasync, self._open())
             except OSError as exc:
                 current.error = exc
                 raise

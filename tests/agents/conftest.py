@@ -173,8 +173,8 @@ class WatchedSpool(Spool):
         super().__init__(path)
         self.stored = trio.Event()
 
-    async def store(self, finished: JobFinished) -> None:
-        await super().store(finished)
+    async def store(self, finished: JobFinished, *, alone: bool = False) -> None:
+        await super().store(finished, alone=alone)
         self.stored.set()
 
 

@@ -452,16 +452,33 @@ async def test_a_longer_attempt_is_accepted_while_it_runs(
     await link.to_agent.send(Shutdown())
 
 
-async def test_output_is_preceded_by_job_accepted_at_once(
+async def test_output_waits_for_accept_after_and_follows_job_accepted(
     agents, nursery, h, tmp_path: Path
 ) -> None:
-    """A script that prints is accepted before its first chunk, however long accept_after."""
+    """A script that prints at once and runs on: JobAccepted after accept_after, then its
+    output, while it still runs."""
     gate = tmp_path / "gate"
-    link = await serve_recorded(agents, nursery, accept_after=60.0)
+    link = await serve_recorded(agents, nursery, accept_after=0.05)
     await link.to_agent.send(h.make_dispatch(gated(gate, tmp_path / "log", before="echo hi\n")))
     await link.wait_for(OutputChunk)
+    assert not gate.exists()
     [hello], [accepted], [chunk] = link.writes
     assert isinstance(accepted, JobAccepted) and chunk.data == b"hi\n"
     gate.touch()
     await link.wait_for(JobFinished)
+    await link.to_agent.send(Shutdown())
+
+
+async def test_a_short_attempts_output_goes_between_accepted_and_finished(
+    agents, nursery, h
+) -> None:
+    """A script that prints and ends within accept_after: accepted, its chunks, finished."""
+    link = await serve_recorded(agents, nursery, accept_after=5.0)
+    await link.to_agent.send(h.make_dispatch("echo out\necho err >&2\n"))
+    await link.wait_for(JobFinished)
+    sent = [m for w in link.writes[1:] for m in w]
+    assert isinstance(sent[0], JobAccepted) and isinstance(sent[-1], JobFinished)
+    chunks = sent[1:-1]
+    assert sorted(c.data for c in chunks) == [b"err\n", b"out\n"]
+    assert [c.seq for c in chunks] == [0, 1] and sent[-1].chunks == 2
     await link.to_agent.send(Shutdown())

@@ -391,3 +391,46 @@ async def test_a_fifo_as_result_does_not_hang_the_agent(
     finished, _ = await run(h.make_dispatch('mkfifo "$WFE_RESULT"\n'), tmp_path)
     assert finished.exit_code == 0 and finished.result is None
     assert finished.detail == "result.json is not a regular file"
+
+
+async def test_a_short_scripts_output_is_read_after_it_ends(
+    h: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """With on_running, a script that ends within running_after has all its output read
+    after its end, announced first; a pipe an escaped process keeps open is waited for a
+    little (kill_grace), not forever."""
+    events: list[object] = []
+
+    async def on_running(pid: int) -> None:
+        events.append(("running", pid))
+
+    async def on_chunk(chunk: OutputChunk) -> None:
+        events.append(chunk)
+
+    script = "echo out\necho err >&2\nsetsid sleep 3 &\n"
+    attempt = Attempt(h.make_dispatch(script), workdir=tmp_path, kill_grace=0.3)
+    with trio.fail_after(GUARD):
+        start = trio.current_time()
+        finished = await attempt.run(on_chunk, on_running=on_running, running_after=5.0)
+        took = trio.current_time() - start
+    assert finished.exit_code == 0 and attempt.announced
+    assert events[0] == ("running", attempt.pid)
+    chunks = events[1:]
+    assert sorted(c.data for c in chunks) == [b"err\n", b"out\n"]  # type: ignore[union-attr]
+    assert [c.seq for c in chunks] == [0, 1] and finished.chunks == 2  # type: ignore[union-attr]
+    assert took < 3  # did not wait for the escaped sleep
+
+
+async def test_a_silent_short_script_is_never_announced(
+    h: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """A script that prints nothing and ends within running_after: on_running is not called."""
+    calls: list[int] = []
+
+    async def on_running(pid: int) -> None:
+        calls.append(pid)
+
+    attempt = Attempt(h.make_dispatch("true\n"), workdir=tmp_path)
+    with trio.fail_after(GUARD):
+        finished = await attempt.run(Recorder(), on_running=on_running, running_after=5.0)
+    assert finished.exit_code == 0 and calls == [] and not attempt.announced

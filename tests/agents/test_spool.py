@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -312,3 +313,22 @@ async def test_a_second_agent_process_on_the_same_spool_exits_3(tmp_path: Path) 
     lock = spool / "agent.lock"
     assert done.stderr.decode() == f"agent twin is already running (spool locked: {lock})\n"
     assert done.stdout == b""
+
+
+async def test_a_store_alone_syncs_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """store(alone=True) fsyncs in the calling thread; otherwise a worker thread does."""
+    spool = Spool(tmp_path)
+    threads: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        threads.append(threading.get_ident())
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    await spool.store(finished("a"), alone=True)
+    await spool.store(finished("b"))
+    assert threads[0] == threading.get_ident() != threads[1]
+    assert [r.job_id for r in Spool(tmp_path).held()] == ["a", "b"]
