@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agents import __version__
 from agents.errors import MessageTooLarge, SpoolError
 from agents.link import Link
-from agents.runner import KILL_GRACE, Attempt, Workdirs
+from agents.runner import KILL_GRACE, Attempt, Workdirs, describe
 from agents.spool import Spool
 from protocols.messages import (
     Ack,
@@ -494,6 +494,7 @@ class Agent:
                 )
             async with entry.output_lock:  # after JobAccepted and every chunk
                 await self._send(*report)
+            log.info("attempt %s#%d ended: %s", ref.job_id, ref.attempt, describe(finished))
         finally:
             self._running.pop(ref, None)
             try:

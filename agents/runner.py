@@ -205,7 +205,7 @@ def _spawn(
     argv: list[str],
     *,
     stdin: int,
-    cwd: Path,
+    cwd: str,
     env: dict[str, str],
     preexec: Callable[[], None] | None,
 ) -> _Spawned:
@@ -255,11 +255,12 @@ _KEPT = ("script", "params.json")
 _FREE_PREFIX = ".free-"
 
 
-def _remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+def _remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 class Workdirs:
@@ -277,16 +278,17 @@ class Workdirs:
     def __init__(self, root: str | os.PathLike[str], *, keep: int = 0) -> None:
         self.root = Path(root)
         self.keep = keep
-        self._free: list[Path] = []
+        self._root = os.fspath(root)  # paths are joined as strings: pathlib costs on every job
+        self._free: list[str] = []
         self._count = 0
 
-    def make(self, name: str) -> tuple[Path, bool]:
+    def make(self, name: str) -> tuple[str, bool]:
         """An empty-but-for-kept-files directory ``root/name``; True if it was reused.
 
         A directory of that name left behind by an agent that died mid-attempt is removed
         first. Raises ``OSError``.
         """
-        target = self.root / name
+        target = os.path.join(self._root, name)
         while self._free:
             spare = self._free.pop()
             try:
@@ -300,13 +302,13 @@ class Workdirs:
                 continue
             return target, True
         try:
-            target.mkdir(parents=True)
+            os.makedirs(target)
         except FileExistsError:  # left behind by an agent that died mid-attempt
             _remove_path(target)
-            target.mkdir()
+            os.mkdir(target)
         return target, False
 
-    def write(self, path: Path, data: bytes, *, reuse: bool) -> None:
+    def write(self, path: str, data: bytes, *, reuse: bool) -> None:
         """Make ``path`` a regular file holding ``data``, overwriting it if ``reuse`` allows."""
         if reuse:
             try:
@@ -331,7 +333,7 @@ class Workdirs:
         finally:
             os.close(fd)
 
-    def release(self, directory: Path) -> bool:
+    def release(self, directory: str) -> bool:
         """Empty ``directory`` and keep it for reuse, or remove it; False if it is too big or
         odd to handle here (the caller then removes it with ``shutil.rmtree`` in a thread).
 
@@ -352,17 +354,17 @@ class Workdirs:
                         drop.append(entry.name)
             if len(self._free) < self.keep:
                 for name in drop:
-                    os.unlink(directory / name)
+                    os.unlink(f"{directory}/{name}")
                 self._count += 1
-                spare = self.root / f"{_FREE_PREFIX}{self._count}"
+                spare = f"{self._root}/{_FREE_PREFIX}{self._count}"
                 os.rename(directory, spare)
                 self._free.append(spare)
                 return True
             for name in keep + drop:
-                os.unlink(directory / name)
+                os.unlink(f"{directory}/{name}")
             os.rmdir(directory)
         except FileNotFoundError:
-            return not directory.exists()
+            return not os.path.exists(directory)
         except OSError:
             return False
         return True
@@ -371,7 +373,7 @@ class Workdirs:
         """Remove the spare directories (and any a previous run left behind)."""
         self._free.clear()
         with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.root):
+            for entry in os.scandir(self._root):
                 if entry.name.startswith(_FREE_PREFIX):
                     shutil.rmtree(entry.path, ignore_errors=True)
 
@@ -392,6 +394,7 @@ class Attempt:
         self.ref = AttemptRef(job_id=dispatch.job_id, attempt=dispatch.attempt)
         self._workdirs = workdirs if workdirs is not None else Workdirs(workdir)
         self.directory = self._workdirs.root / attempt_name(dispatch.job_id, dispatch.attempt)
+        self._dir = os.fspath(self.directory)
         self.pid: int | None = None
         self._keep_workdir = keep_workdir
         self._kill_grace = kill_grace
@@ -448,7 +451,7 @@ class Attempt:
         A small directory (what a short script leaves) is removed at once; a big one in a
         worker thread, so the event loop is not held.
         """
-        if not self._workdirs.release(self.directory):
+        if not self._workdirs.release(self._dir):
             await trio.to_thread.run_sync(
                 functools.partial(shutil.rmtree, self.directory, ignore_errors=True)
             )
@@ -465,7 +468,6 @@ class Attempt:
     async def _run(
         self, on_chunk: ChunkCallback, task_status: trio.TaskStatus[int | None]
     ) -> JobFinished:
-        name = f"attempt {self.ref.job_id}#{self.ref.attempt}"
         try:
             command = _interpreter(self.dispatch.script)
         except ValueError as exc:
@@ -488,7 +490,7 @@ class Attempt:
             return self._finished(FinishReason.ERROR, detail=f"could not start {command[0]}: {exc}")
         started = trio.current_time()
         self.pid = child.pid
-        log.debug("%s started: pid %d", name, child.pid)
+        log.debug("attempt %s#%d started: pid %d", self.ref.job_id, self.ref.attempt, child.pid)
         task_status.started(child.pid)
         try:
             reason, ended = await self._supervise(child, on_chunk)
@@ -524,9 +526,7 @@ class Attempt:
                     result = None
             if result is not None:
                 fields["result"] = result
-        finished = self._finished(reason, **fields)
-        log.info("%s ended: %s", name, _describe(finished))
-        return finished
+        return self._finished(reason, **fields)
 
     def _cancel_detail(self) -> str:
         return f"cancelled: {self._cancel_reason}" if self._cancel_reason else "cancelled"
@@ -535,25 +535,25 @@ class Attempt:
         """Prepare the directory and start the child (blocking, but only briefly)."""
         workdirs = self._workdirs
         _, reuse = workdirs.make(self.directory.name)
-        workdirs.write(self.directory / "script", self.dispatch.script.encode(), reuse=reuse)
-        params_path = self.directory / "params.json"
+        workdirs.write(f"{self._dir}/script", self.dispatch.script.encode(), reuse=reuse)
+        params_path = f"{self._dir}/params.json"
         workdirs.write(params_path, json.dumps(self.dispatch.params).encode(), reuse=reuse)
         stdin = os.open(params_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return _spawn(
                 argv,
                 stdin=stdin,
-                cwd=self.directory,
+                cwd=self._dir,
                 env=self._environment(params_path),
                 preexec=self._preexec(),
             )
         finally:
             os.close(stdin)
 
-    def _environment(self, params_path: Path) -> dict[str, str]:
+    def _environment(self, params_path: str) -> dict[str, str]:
         env = os.environ.copy()
-        env["WFE_PARAMS"] = str(params_path)
-        env["WFE_RESULT"] = str(self.directory / "result.json")
+        env["WFE_PARAMS"] = params_path
+        env["WFE_RESULT"] = f"{self._dir}/result.json"
         env["WFE_JOB_ID"] = self.ref.job_id
         env["WFE_ATTEMPT"] = str(self.ref.attempt)
         return env
@@ -672,7 +672,7 @@ class Attempt:
 
     def _read_result(self) -> tuple[dict[str, Any] | None, str]:
         try:  # O_NONBLOCK: a FIFO put there must not hang the agent
-            fd = os.open(self.directory / "result.json", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(f"{self._dir}/result.json", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None, ""
         except OSError as exc:
@@ -707,7 +707,8 @@ def _travel_problem(finished: JobFinished) -> str:
     return ""
 
 
-def _describe(finished: JobFinished) -> str:
+def describe(finished: JobFinished) -> str:
+    """How an attempt ended, in a few words, for a log line."""
     how = (
         f"signal {finished.signal}" if finished.signal is not None else f"exit {finished.exit_code}"
     )
