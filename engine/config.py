@@ -17,7 +17,7 @@ import attrs
 import cattrs
 
 from engine.errors import ConfigError
-from protocols.codec import strict_scalar
+from protocols.codec import explain, strict_hooks
 from protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
 
 CONFIG_NAME = "wfe.toml"
@@ -147,11 +147,7 @@ class Config:
         return self.root / "agents"
 
 
-_converter = cattrs.Converter(forbid_extra_keys=True)
-
-
-for _t in (int, float, str, bool):
-    _converter.register_structure_hook(_t, strict_scalar(_t))
+_converter = strict_hooks(cattrs.Converter(forbid_extra_keys=True))
 
 
 def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
@@ -165,7 +161,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         sections = {k: v for k, v in data.items()}
         config = _converter.structure({"root": str(root), **sections}, _RawConfig)
     except cattrs.BaseValidationError as exc:
-        messages = cattrs.transform_error(exc, path="")
+        messages = cattrs.transform_error(exc, path="", format_exception=explain)
         detail = messages[0] if messages else str(exc)
         raise ConfigError(f"{source}: {_tidy(detail)}") from None
     result = Config(
@@ -227,11 +223,12 @@ def _approval_mode(value: Any, key: str, source: str) -> ApprovalMode:
 
 
 def _tidy(detail: str) -> str:
-    # cattrs says "invalid value for type, expected int @ .agents.slots"; we say the path first.
+    # cattrs says "expected an integer @ .agents.slots"; we say the path first.
     if " @ " in detail:
         what, path = detail.rsplit(" @ ", 1)
-        what = what.replace("invalid value for type, ", "")
-        what = what.replace("extra fields found", "unknown key(s)")
+        what = what.replace("expected an object", "expected a table")
+        if what.startswith("unknown field(s) "):
+            what = f"unknown key(s) ({what.removeprefix('unknown field(s) ')})"
         return f"{path.lstrip('.') or 'top level'}: {what}"
     return detail
 
@@ -245,9 +242,19 @@ def _check_values(config: Config, source: str) -> None:
             config.agents.heartbeat_deadline > config.agents.heartbeat,
             "agents.heartbeat_deadline must be longer than agents.heartbeat",
         ),
+        (config.agents.max_redispatch >= 0, "agents.max_redispatch must be 0 or more"),
+        (config.agents.reconcile_grace >= 0, "agents.reconcile_grace must be 0 or more"),
         (0 <= config.api.port <= 65535, "api.port must be between 0 and 65535"),
+        (config.api.max_message >= 1024, "api.max_message must be at least 1024 bytes"),
+        (config.engine.blocking_threshold > 0, "engine.blocking_threshold must be positive"),
         (config.jobs.timeout > 0, "jobs.timeout must be positive"),
         (config.jobs.retries >= 0, "jobs.retries must be 0 or more"),
+        (config.jobs.backoff >= 0, "jobs.backoff must be 0 or more"),
+        (config.jobs.overall_timeout >= 0, "jobs.overall_timeout must be 0 (none) or more"),
+        (
+            config.jobs.wait_agent_timeout >= 0,
+            "jobs.wait_agent_timeout must be 0 (wait forever) or more",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -256,28 +263,34 @@ def _check_values(config: Config, source: str) -> None:
 
 
 def _check_xmpp(x: XmppSection, source: str) -> None:
-    """``[xmpp]`` must name a usable account, and plaintext only on loopback."""
-    if not x.enabled:
-        return
+    """``[xmpp]`` values are checked even when it is off (a mistake should not wait until it
+    is switched on); on, it must name a usable account, and plaintext only on loopback."""
     problems = [
-        (
-            is_bare_jid(x.jid),
-            f"xmpp.jid must be a bare JID like engine@wfe.example.org, not {x.jid!r}",
-        ),
         (0 < x.port <= 65535, "xmpp.port must be between 1 and 65535"),
         (x.tls in ("starttls", "plain"), f'xmpp.tls must be "starttls" or "plain", not {x.tls!r}'),
         (
             x.max_stanza >= MIN_MAX_STANZA,
             f"xmpp.max_stanza must be at least {MIN_MAX_STANZA} bytes",
         ),
-        (bool(x.password_file), "xmpp.password_file must name the file holding the password"),
+        (
+            not x.jid or is_bare_jid(x.jid),
+            f"xmpp.jid must be a bare JID like engine@wfe.example.org, not {x.jid!r}",
+        ),
     ]
     problems += [(is_bare_jid(a), f"xmpp.agents: {a!r} is not a bare JID") for a in x.agents]
+    if x.enabled:
+        problems += [
+            (
+                is_bare_jid(x.jid),
+                f"xmpp.jid must be a bare JID like engine@wfe.example.org, not {x.jid!r}",
+            ),
+            (bool(x.password_file), "xmpp.password_file must name the file holding the password"),
+        ]
     for ok, message in problems:
         if not ok:
             raise ConfigError(f"{source}: {message}")
     host = x.host or x.jid.rpartition("@")[2]
-    if x.tls == "plain" and not is_loopback(host):
+    if x.enabled and x.tls == "plain" and not is_loopback(host):
         raise ConfigError(
             f'{source}: xmpp.tls = "plain" is allowed only with a loopback host, not {host!r}:'
             ' use tls = "starttls"'

@@ -70,8 +70,6 @@ def strict_scalar(expected: type[Any]) -> Any:
 
 _converter.register_structure_hook(bytes, _structure_bytes)
 _converter.register_unstructure_hook(bytes, lambda b: base64.b64encode(b).decode("ascii"))
-for _t in (int, float, str, bool):
-    _converter.register_structure_hook(_t, strict_scalar(_t))
 
 
 def _structure_dict(value: Any, _type: Any) -> dict[str, Any]:
@@ -98,16 +96,25 @@ def _is_homogeneous_tuple(type_: Any) -> bool:
     return get_origin(type_) is tuple and len(args) == 2 and args[1] is Ellipsis
 
 
-_converter.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_dict)
-# Without these checks cattrs would iterate a string or an object given for a tuple field,
-# and fail with an AttributeError on a string given for a nested model.
-_converter.register_structure_hook_factory(
-    _is_homogeneous_tuple,
-    lambda t, c: _require(list, "an array", homogenous_tuple_structure_factory(t, c)),
-)
-_converter.register_structure_hook_factory(
-    attrs.has, lambda cls, c: _require(dict, "an object", make_dict_structure_fn(cls, c))
-)
+def strict_hooks(converter: cattrs.Converter) -> cattrs.Converter:
+    """Make ``converter`` take only values already of the right JSON (or TOML) type: no
+    coercion of scalars, an array for a tuple, an object for a model. Returns it."""
+    for t in (int, float, str, bool):
+        converter.register_structure_hook(t, strict_scalar(t))
+    converter.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_dict)
+    # Without these checks cattrs would iterate a string or an object given for a tuple field,
+    # and fail with an AttributeError on a string given for a nested model.
+    converter.register_structure_hook_factory(
+        _is_homogeneous_tuple,
+        lambda t, c: _require(list, "an array", homogenous_tuple_structure_factory(t, c)),
+    )
+    converter.register_structure_hook_factory(
+        attrs.has, lambda cls, c: _require(dict, "an object", make_dict_structure_fn(cls, c))
+    )
+    return converter
+
+
+strict_hooks(_converter)
 
 
 def unstructure(message: Message) -> dict[str, Any]:
@@ -170,17 +177,17 @@ def _refuse_constant(name: str) -> Any:
 def _describe(exc: BaseException) -> str:
     """One line for a cattrs error: the path of the first problem and what was wrong."""
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return f"$: {_explain(exc, None)}"
+        return f"$: {explain(exc, None)}"
     if isinstance(exc, cattrs.BaseValidationError):
-        messages = cattrs.transform_error(exc, path="$", format_exception=_explain)
+        messages = cattrs.transform_error(exc, path="$", format_exception=explain)
         if messages:
             explanation, _, path = messages[0].rpartition(" @ ")
             return f"{path}: {explanation}"
     return str(exc) or type(exc).__name__
 
 
-def _explain(exc: BaseException, type_: Any) -> str:
-    """What was wrong with one value, for ``cattrs.transform_error``."""
+def explain(exc: BaseException, type_: Any) -> str:
+    """What was wrong with one value, for ``cattrs.transform_error(format_exception=...)``."""
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
         return f"unknown field(s) {', '.join(sorted(exc.extra_fields))}"
     if isinstance(exc, KeyError):

@@ -133,4 +133,4 @@ def test_a_bad_config_is_one_line(tmp_path: Path) -> None:
     path.write_text("[agents]\nslots = 'two'\n")
     bad = wfe(path, "status")
     assert bad.returncode == 1
-    assert bad.stderr == f"wfe: error: {path}: agents.slots: expected int\n"
+    assert bad.stderr == f"wfe: error: {path}: agents.slots: expected an integer\n"

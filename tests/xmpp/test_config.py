@@ -44,7 +44,7 @@ def test_xmpp_is_off_by_default() -> None:
         (ENGINE + 'agents = ["node17"]\n', "xmpp.agents: 'node17' is not a bare JID"),
         (ENGINE + "max_stanza = 1000\n", "xmpp.max_stanza must be at least 16384 bytes"),
         (ENGINE + "port = 0\n", "xmpp.port must be between 1 and 65535"),
-        ('[xmpp]\nenabled = "yes"\n', "xmpp.enabled: expected bool"),
+        ('[xmpp]\nenabled = "yes"\n', "xmpp.enabled: expected true or false"),
         (ENGINE + "secure = true\n", "xmpp: unknown key(s) (secure)"),
     ],
 )
