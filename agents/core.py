@@ -16,11 +16,10 @@ and is started in a task of its own, so the next message is read while it starts
 first), and ``JobFinished`` (stored durably in the spool first). ``JobAccepted`` waits until
 the script has run ``accept_after`` seconds (its output is read from then on); a script that
 ends sooner has it sent together with its ``JobFinished`` (and any output between them), in
-one write when the link has ``send_many``. A script that
-cannot be started, or is cancelled before it starts, gets ``JobFinished`` and no
-``JobAccepted``. An ``Ack``'s spool drop runs in the background; from the ``Ack`` on, the
-attempt is no longer listed as held, and a ``StatusRequest`` is answered once pending drops
-are done.
+one write when the link has ``send_many``. A script that cannot be started, or is cancelled
+before it starts, gets ``JobFinished`` and no ``JobAccepted``. An ``Ack``'s spool drop runs
+in the background; from the ``Ack`` on, the attempt is no longer listed as held, and a
+``StatusRequest`` is answered once pending drops are done.
 
 Every send goes through one lock, held for the send alone, so a message is never cut by
 another. Order within an attempt comes from the attempt's own output lock: ``JobAccepted``

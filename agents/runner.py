@@ -14,9 +14,10 @@ pipes). At the timeout or on ``cancel()`` the whole group gets SIGTERM, then SIG
 killed too: an attempt is over when its script is, and leaves nothing running behind.
 
 Cost per attempt matters (a trivial job is a few milliseconds in all): the directory is
-prepared, the child spawned (``subprocess.Popen``, which waits only for the ``exec``), its
-result read and its directory removed on the event loop itself, without a worker-thread hop
-each; the child's exit is awaited on a pidfd. These are small operations on local files.
+prepared (reused from an earlier attempt when a ``Workdirs`` keeps spares), the child
+spawned (``subprocess.Popen``, which waits only for the ``exec``), its result read and its
+directory emptied on the event loop itself, without a worker-thread hop each; the child's
+exit is awaited on a pidfd. These are small operations on local files.
 """
 
 from __future__ import annotations
@@ -70,9 +71,20 @@ RunningCallback = Callable[[int], Awaitable[None]]
 _INTERPRETER_LINE = re.compile(r"#\s*interpreter\s*:(?P<value>.*)")
 
 
-@functools.lru_cache(maxsize=64)
-def _interpreter(script: str) -> tuple[str, ...]:
-    return tuple(script_interpreter(script))
+_interpreters: dict[tuple[str, int], tuple[str, ...]] = {}
+
+
+def _interpreter(dispatch: Dispatch) -> tuple[str, ...]:
+    """``script_interpreter`` of the dispatch's script, remembered by its sha256 (which the
+    agent checked) and length. Raises ``ValueError`` as it does."""
+    key = (dispatch.sha256, len(dispatch.script))
+    command = _interpreters.get(key)
+    if command is None:
+        command = tuple(script_interpreter(dispatch.script))
+        if len(_interpreters) > 64:
+            _interpreters.clear()
+        _interpreters[key] = command
+    return command
 
 
 _programs: dict[tuple[str, str | None], str] = {}
@@ -184,12 +196,6 @@ class _Spawned:
         code = self._popen.returncode
         assert code is not None
         return code
-
-    def close(self) -> None:
-        """Close both pipes and the pidfd; the child is not waited for."""
-        self.stdout.close()
-        self.stderr.close()
-        self._close_pidfd()
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
@@ -433,9 +439,9 @@ class Attempt:
         from then on; a child that ends sooner has its output read after its end, and
         ``on_running`` is called before its first chunk or not at all (``announced`` tells
         which), so a caller can report a short attempt's start and end together. Without
-        ``on_running`` output is read from the start. If the caller is cancelled, the group is killed before
-        ``Cancelled`` propagates. The working directory is removed at the end unless
-        ``keep_workdir``.
+        ``on_running`` output is read from the start. If the caller is cancelled, the group
+        is killed before ``Cancelled`` propagates. The working directory is removed (or kept
+        as a spare by the ``Workdirs``) at the end unless ``keep_workdir``.
         """
         self._on_running, self._running_after = on_running, running_after
         try:
@@ -448,8 +454,9 @@ class Attempt:
     async def remove_directory(self) -> None:
         """Remove the attempt's working directory, if there is one (for ``keep_workdir`` users).
 
-        A small directory (what a short script leaves) is removed at once; a big one in a
-        worker thread, so the event loop is not held.
+        A small directory (what a short script leaves) is emptied and kept as a spare or
+        removed at once (``Workdirs.release``); a big one is removed in a worker thread, so
+        the event loop is not held.
         """
         if not self._workdirs.release(self._dir):
             await trio.to_thread.run_sync(
@@ -469,7 +476,7 @@ class Attempt:
         self, on_chunk: ChunkCallback, task_status: trio.TaskStatus[int | None]
     ) -> JobFinished:
         try:
-            command = _interpreter(self.dispatch.script)
+            command = _interpreter(self.dispatch)
         except ValueError as exc:
             task_status.started(None)
             return self._finished(FinishReason.ERROR, detail=f"bad interpreter header: {exc}")
