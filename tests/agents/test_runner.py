@@ -434,3 +434,21 @@ async def test_a_silent_short_script_is_never_announced(
     with trio.fail_after(GUARD):
         finished = await attempt.run(Recorder(), on_running=on_running, running_after=5.0)
     assert finished.exit_code == 0 and calls == [] and not attempt.announced
+
+
+def test_a_spare_replaces_a_directory_left_behind(tmp_path: Path) -> None:
+    """make() with a spare at hand removes a stale directory of the same name, empty or not,
+    and reuses the spare."""
+    workdirs = Workdirs(tmp_path, keep=2)
+    for stale_files in (0, 2):
+        spare, _ = workdirs.make("first")
+        assert workdirs.release(spare)
+        stale = tmp_path / "job-1-1"
+        stale.mkdir()
+        for n in range(stale_files):
+            (stale / f"f{n}").write_text("old")
+        target, reused = workdirs.make("job-1-1")
+        assert reused and os.listdir(target) == []
+        assert workdirs.release(target)
+    workdirs.close()
+    assert os.listdir(tmp_path) == []
