@@ -66,6 +66,10 @@ JOURNAL_NAME = "journal"
 #: The journal is rewritten with only what is live once it grows past this many bytes.
 COMPACT_BYTES = 4 * 1024 * 1024
 
+#: A lone result's fsync runs on the event loop only while the last fsync took less than
+#: this; after a slower one, fsyncs go to a worker thread until one is quick again.
+INLINE_SYNC_SECONDS = 0.01
+
 
 def attempt_name(job_id: str, attempt: int) -> str:
     """The file-name stem of an attempt: ``<quoted job id>-<attempt>``."""
@@ -167,6 +171,7 @@ class Spool:
         self._end = state.size  # where the next record goes
         self._unsynced: dict[AttemptRef, JobFinished] = {}  # appended, no fsync begun since
         self._round: _SyncRound | None = None  # the fsync under way
+        self._sync_seconds = 0.0  # how long the last fsync took
 
     # --- the lock ------------------------------------------------------------------------
 
@@ -199,8 +204,11 @@ class Spool:
         """Make ``finished`` and its output durable. Returns once both are on disk.
 
         ``alone`` says nothing else will want the event loop meanwhile (no other attempt
-        runs): the fsync then runs on it, sparing a worker-thread hop. Raises ``OSError`` if
-        they could not be made durable; the result is then not held.
+        runs): the fsync then runs on it, sparing a worker-thread hop, as long as the last
+        one took less than ``INLINE_SYNC_SECONDS`` (a stalling disk must not stop heartbeats
+        and cancels). Otherwise a worker thread fsyncs, and results stored meanwhile share
+        the next fsync. Raises ``OSError`` if they could not be made durable; the result is
+        then not held.
         """
         ref = AttemptRef(job_id=finished.job_id, attempt=finished.attempt)
         if finished.chunks and ref in self._outputs:  # the output is durable before the result
@@ -221,10 +229,12 @@ class Spool:
             current = self._round = _SyncRound(results=self._unsynced)
             self._unsynced = {}
             try:
-                if alone and not current.results.keys() - {ref}:
+                began = trio.current_time()
+                if alone and self._sync_seconds < INLINE_SYNC_SECONDS:
                     os.fdatasync(self._open())
                 else:
                     await trio.to_thread.run_sync(os.fdatasync, self._open())
+                self._sync_seconds = trio.current_time() - began
             except OSError as exc:
                 current.error = exc
                 raise

@@ -11,6 +11,7 @@ from pathlib import Path
 import hypothesis.strategies as st
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 
 import agents.spool as spool_module
@@ -332,3 +333,26 @@ async def test_a_store_alone_syncs_on_the_event_loop(
     await spool.store(finished("b"))
     assert threads[0] == threading.get_ident() != threads[1]
     assert [r.job_id for r in Spool(tmp_path).held()] == ["a", "b"]
+
+
+async def test_after_a_slow_fsync_a_lone_store_syncs_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """A lone store fsyncs on the event loop while fsyncs are quick; after one slower than
+    INLINE_SYNC_SECONDS the next goes to a worker thread, and after a quick one, inline
+    again: a stalling disk does not stall the agent."""
+    spool = Spool(tmp_path)
+    threads: list[int] = []
+    took = [0.0, 1.0, 0.0, 0.0]
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        threads.append(threading.get_ident())
+        mock_clock.jump(took[len(threads) - 1])
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    for job in "abcd":
+        await spool.store(finished(job), alone=True)
+    here = threading.get_ident()
+    assert [t == here for t in threads] == [True, True, False, True]
