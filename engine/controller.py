@@ -155,6 +155,7 @@ class AgentController:
         self._grace = grace
         self.agents: dict[str, AgentEntry] = {}
         self.jobs: dict[str, LiveJob] = {}
+        self._ending: dict[str, LiveJob] = {}  # no longer live, their end not yet committed
         self._ready: list[tuple[int, int, str, int]] = []  # (-priority, seq, job_id, token)
         self._seq = itertools.count()
         self._timers: list[tuple[float, int, str, Any]] = []
@@ -277,8 +278,13 @@ class AgentController:
             self.completions.resolve(
                 JobOutcome(job_id=job.id, state=job.state, result=job.result, error=job.error)
             )
-        elif job.id not in self.jobs:
-            self._enqueue(self._adopt(job))
+        elif job.id not in self.jobs and job.id not in self._ending:
+            # Unfinished but not live here (a replayed call whose job this controller has not
+            # taken on): queue it, counting the attempts it has had.
+            live = self._adopt(job)
+            live.attempts_made = job.attempts
+            self._enqueue(live)
+        # else: live, or its end is being committed (a replayed call then waits for that)
 
     def _idle_agent(self, requirements: dict[str, Any]) -> AgentEntry | None:
         """The agent a new job may go to at once: none while any job waits in the queue (it
@@ -688,8 +694,10 @@ class AgentController:
                 job_state, error = "failed", why
         if job_state is not None:
             # Final: no longer live from this moment, so a cancel that arrives while the end is
-            # being written cannot turn it into "cancelled" or resolve it twice.
+            # being written cannot turn it into "cancelled" or resolve it twice; and a call
+            # replayed meanwhile must not take it on again (see _recorded).
             self.jobs.pop(job.job_id, None)
+            self._ending[job.job_id] = job
         end = (job, machine, finished, job_state, error, retry_delay)
         if finished is not None and finished.chunks:
             self._spawn(self._settle, *end)  # its output may have holes to fill first
@@ -724,6 +732,8 @@ class AgentController:
         once it is committed, requeue the job or resolve it, then acknowledge the result."""
 
         def committed(written: outcome.Outcome[None]) -> None:
+            if job_state is not None:
+                self._ending.pop(job.job_id, None)
             if isinstance(written, outcome.Error):
                 self._fail(written.error)
                 return

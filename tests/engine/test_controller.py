@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from trio.testing import MockClock
 
 from protocols.messages import Ack, Cancel, Dispatch, FinishReason, JobRefused
@@ -476,3 +477,31 @@ async def test_an_end_that_cannot_be_committed_is_not_acknowledged_and_stops_the
 
     assert [str(leaf) for leaf in leaves(caught.value)] == ["disk on fire"]
     assert agent.of_type(Ack) == []
+
+
+async def test_a_call_replayed_while_its_end_is_written_is_not_run_again(
+    autojump_clock: MockClock, harness: Harness
+) -> None:
+    """A parent's call made again while the job's end waits to be committed (its output is
+    still coming) finds the job: no new attempt, and the end is committed once."""
+    from engine.jobs import NewJob, create_job
+    from protocols.messages import OutputChunk, Stream
+
+    parent = await harness.repo.write(
+        create_job(NewJob(kind="action", name="demo.parent", params={}, state="running"))
+    )
+    agent = harness.agent("a", slots=2)
+    job_id = await submit(harness, parent=parent, call_seq=0)
+    [dispatch] = await agent.receive(Dispatch)
+    agent.accept(dispatch)
+    agent.finish(dispatch, chunks=1)  # its one chunk has not arrived: the end waits for it
+    await trio.testing.wait_all_tasks_blocked()
+    again = await submit(harness, parent=parent, call_seq=0)
+    assert again == job_id
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(agent.of_type(Dispatch)) == 1
+    agent.say(OutputChunk(job_id=job_id, attempt=1, stream=Stream.STDOUT, seq=0, data=b"hi\n"))
+    assert (await outcome(harness, job_id)).state == "succeeded"
+    job = await harness.job(job_id)
+    assert [a["state"] for a in job["attempt_list"]] == ["succeeded"]
+    assert len(agent.of_type(Dispatch)) == 1
