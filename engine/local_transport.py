@@ -13,6 +13,7 @@ starts its agents again; those still alive from before keep their name and the n
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -47,40 +48,77 @@ SEND_BYTES = 256 * 1024  # write at most about this much per send_all
 class LocalAgentLink:
     """The controller's ``AgentLink`` for one socket connection: an ordered outbox.
 
-    ``pump`` writes everything queued since its last write with one ``send_all`` (the frames
-    back to back, ``agents.local_link``'s framing), so a round of dispatches or acks costs one
-    system call and one task step, not one each. A message that cannot travel (over
-    ``MAX_MESSAGE_BYTES`` encoded) is logged and dropped, as the XMPP transport does.
+    ``send_nowait`` encodes and frames the message (``agents.local_link``'s framing) and, when
+    nothing is waiting to go before it, writes it to the socket at once: a non-blocking write
+    that the socket buffer takes whole in the usual case, with no task step at all. What does
+    not fit waits in the outbox, in order, for ``pump``, which writes everything waiting with
+    one ``send_all``. A message that cannot travel (over ``MAX_MESSAGE_BYTES`` encoded) is
+    logged and dropped, as the XMPP transport does. An agent that lets ``OUTBOX_SIZE``
+    messages pile up is cut off.
     """
 
     def __init__(self, stream: trio.abc.SendStream, *, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._stream = stream
+        # the socket to write to directly; None for other streams (all goes through the pump)
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._max_bytes = max_bytes
-        self._send, self._receive = trio.open_memory_channel[Message](OUTBOX_SIZE)
+        self._waiting: collections.deque[bytes] = collections.deque()  # frames, in order
+        self._sending = False  # the pump is writing: nothing may overtake what it holds
+        self._closed = False
+        self._wake = trio.Event()
 
     def send_nowait(self, message: Message) -> None:
-        try:
-            self._send.send_nowait(message)
-        except trio.WouldBlock:
+        if self._closed:
+            return
+        data = self._frame(message)
+        if not data:
+            return
+        if not self._waiting and not self._sending and self._socket is not None:
+            data = self._write_now(self._socket, data)
+            if not data:
+                return
+        if len(self._waiting) >= OUTBOX_SIZE:
             log.error("outbox full: closing a local agent connection that does not read")
-            self._send.close()
-        except trio.ClosedResourceError:
-            pass
+            self.close()
+            return
+        self._waiting.append(data)
+        self._wake.set()
+
+    def close(self) -> None:
+        """Send nothing more (the connection is ending); ``pump`` returns."""
+        self._closed = True
+        self._waiting.clear()
+        self._wake.set()
 
     async def pump(self) -> None:
-        """Send what is queued until the connection breaks."""
-        receive_nowait = self._receive.receive_nowait
-        async for message in self._receive:
-            frames = [self._frame(message)]
-            size = len(frames[0])
-            while size < SEND_BYTES:
-                try:
-                    frames.append(self._frame(receive_nowait()))
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+        """Send what waits in the outbox until the connection breaks or is closed."""
+        while not self._closed:
+            if not self._waiting:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            frames, size = [], 0
+            while self._waiting and size < SEND_BYTES:
+                frames.append(self._waiting.popleft())
                 size += len(frames[-1])
-            if size:
+            self._sending = True
+            try:
                 await self._stream.send_all(b"".join(frames))
+            finally:
+                self._sending = False
+
+    def _write_now(self, sock: trio.socket.SocketType, data: bytes) -> bytes:
+        """Write what the socket takes without blocking; return the rest."""
+        fd = sock.fileno()
+        if fd < 0:  # closed: the connection is ending
+            return data
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            return data
+        except OSError:  # the agent went away: the pump's send fails too and ends the connection
+            return data
+        return data[sent:]
 
     def _frame(self, message: Message) -> bytes:
         payload = codec.encode(message)
@@ -141,6 +179,7 @@ async def _serve_one(controller: AgentController, stream: trio.abc.Stream) -> No
             nursery.cancel_scope.cancel()
     finally:
         controller.agent_disconnected(hello.name, outbox)
+        outbox.close()  # before the socket closes: its descriptor may be reused after
         with trio.CancelScope(shield=True):
             await link.aclose()
 

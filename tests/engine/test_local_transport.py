@@ -73,3 +73,46 @@ async def test_a_message_too_large_is_dropped_and_the_rest_still_go(
             nursery.cancel_scope.cancel()
     assert decode(b"".join(stream.writes)) == [before, after]
     assert "cannot send Cancel" in caplog.text
+
+
+async def test_over_a_socket_messages_keep_their_order_when_the_buffer_fills() -> None:
+    """Messages go straight to the socket while it takes them, then wait in the outbox; the
+    agent receives every one, in order, once it reads."""
+    ours, theirs = trio.socket.socketpair()
+    stream = trio.SocketStream(ours)
+    outbox = LocalAgentLink(stream)
+    sent = [Cancel(job_id=f"j{n:06d}", attempt=1, reason="x" * 8000) for n in range(300)]
+    for message in sent[:150]:
+        outbox.send_nowait(message)  # ~1.2 MB: more than the socket buffer holds
+    received: list[Message] = []
+    decoder = FrameDecoder()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.pump)
+            for message in sent[150:]:
+                outbox.send_nowait(message)
+            while len(received) < len(sent):
+                data = await theirs.recv(65536)
+                received.extend(codec.decode(p) for p in decoder.feed(data))
+            nursery.cancel_scope.cancel()
+    assert received == sent
+    theirs.close()
+    await stream.aclose()
+
+
+async def test_a_closed_outbox_writes_nothing_more() -> None:
+    """After close (the connection is ending) messages are dropped, not written."""
+    ours, theirs = trio.socket.socketpair()
+    stream = trio.SocketStream(ours)
+    outbox = LocalAgentLink(stream)
+    outbox.send_nowait(Ack(job_id="j000001", attempt=1))
+    outbox.close()
+    outbox.send_nowait(Ack(job_id="j000002", attempt=1))
+    with trio.fail_after(5):
+        await outbox.pump()  # returns at once: closed
+    await stream.aclose()
+    data = b""
+    while chunk := await theirs.recv(65536):
+        data += chunk
+    assert decode(data) == [Ack(job_id="j000001", attempt=1)]
+    theirs.close()
