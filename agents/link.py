@@ -6,8 +6,9 @@ nothing else of the transport. A link is single-use: once ``receive`` ends, the
 connection is gone and the agent opens a new link.
 
 A link may also offer ``async def send_many(messages)``: the same as sending each in
-order, in one write where it can (``StreamLink`` does). The core uses it, when present, for
-messages that are ready together (a short attempt's ``JobAccepted`` and ``JobFinished``).
+order, in one write where it can (``StreamLink`` and ``XmppLink`` do: one frame write, or
+one drain of the XMPP client's queue). The core uses it, when present, for messages that are
+ready together (a short attempt's ``JobAccepted`` and ``JobFinished``).
 """
 
 from __future__ import annotations

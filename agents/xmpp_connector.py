@@ -113,20 +113,37 @@ class XmppLink:
     async def send(self, message: Message) -> None:
         """Send one message to the controller. Raises ``trio.ClosedResourceError`` after the
         session ended, ``trio.BrokenResourceError`` when offline, ``MessageTooLarge``."""
+        if await self._put(message):
+            await self.client.drain()
+
+    async def send_many(self, messages: Sequence[Message]) -> None:
+        """Send several messages in order, then wait for one drain: they leave in one write
+        where nothing else was queued in between (a short attempt's ``JobAccepted`` and
+        ``JobFinished``). Raises as ``send``; a message that cannot travel raises
+        ``MessageTooLarge`` and those before it are sent, as with one ``send`` each."""
+        queued = False
+        for message in messages:
+            queued = await self._put(message) or queued
+        if queued:
+            await self.client.drain()
+
+    async def _put(self, message: Message) -> bool:
+        """Queue ``message`` on the client, or hand it to the upload batch; True when it
+        was queued (the caller drains)."""
         if self._session.closed:
             raise trio.ClosedResourceError(f"the session with {self.peer} ended")
         batch = self._connector._batch(self._session)
         if isinstance(message, OutputChunk) and self._connector._first_time(message):
             if batch is not None and batch.takes(message):
                 await batch.add(message)
-                return
+                return False
         if batch is not None:
             await batch.flush()
         try:
             self.client.send_message(self.peer, message)
         except PayloadTooLarge as exc:
             raise MessageTooLarge(str(exc)) from None
-        await self.client.drain()
+        return True
 
     def receive(self) -> AsyncIterator[Message]:
         """The controller's messages, until the session ends."""
