@@ -240,7 +240,7 @@ class XmppConnector:
             yield XmppLink(self, client, session, receive)
         finally:
             if self._session is session:
-                self._session = None
+                self._end_session()  # counts its uploads too
             session.close()
 
     async def _wait_changed(self) -> None:

@@ -178,6 +178,7 @@ async def test_send_many_keeps_uploaded_output_between_its_neighbours(
             assert isinstance(upload, UploadReceived)
             assert (upload.ref.seq, upload.ref.chunks) == (0, 2)
             assert await pair.next_message() == sent[3]
+    assert pair.connector.uploads == 1
 
 
 async def test_a_short_attempts_start_and_end_travel_together_over_xmpp(
