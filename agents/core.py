@@ -45,8 +45,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agents import __version__
 from agents.errors import MessageTooLarge, SpoolError
 from agents.link import Link
-from agents.runner import KILL_GRACE, Attempt, Workdirs, describe
+from agents.runner import KILL_GRACE, Attempt, describe
 from agents.spool import Spool
+from agents.workdirs import Workdirs
 from protocols.messages import (
     Ack,
     AgentHello,

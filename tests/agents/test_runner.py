@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import types
 from pathlib import Path
 from typing import Any
 
-import hypothesis.strategies as st
 import pytest
 import trio
-from hypothesis import given
 
-from agents.runner import MAX_RESULT_BYTES, Attempt, Workdirs, script_interpreter
+from agents.results import MAX_RESULT_BYTES
+from agents.runner import Attempt
 from protocols.messages import (
     MAX_CHUNK_BYTES,
     Dispatch,
@@ -292,98 +290,6 @@ async def test_job_ids_cannot_escape_the_workdir(h: types.SimpleNamespace, tmp_p
     assert Path(out.text(Stream.STDOUT).strip()).parent == tmp_path / "w"
 
 
-def test_interpreter_header_examples() -> None:
-    """The interpreter comes from the header block; the default is sh."""
-    assert script_interpreter("echo hi\n") == ["sh"]
-    assert script_interpreter("# interpreter: bash\necho\n") == ["bash"]
-    assert script_interpreter("#!/bin/sh\n\n#  interpreter :  python3 -u \n") == ["python3", "-u"]
-    assert script_interpreter("echo\n# interpreter: bash\n") == ["sh"]  # not in the header
-    with pytest.raises(ValueError, match="names no interpreter"):
-        script_interpreter("# interpreter:\n")
-    with pytest.raises(ValueError):
-        script_interpreter("# interpreter: 'python3\n")
-
-
-@given(st.text())
-def test_interpreter_header_never_fails_otherwise(script: str) -> None:
-    """Any text gives a non-empty command or a ValueError, nothing else."""
-    try:
-        command = script_interpreter(script)
-    except ValueError:
-        return
-    assert command and all(isinstance(part, str) and part for part in command)
-
-
-@given(
-    st.sampled_from(["sh", "bash", "python3", "perl -w"]), st.lists(st.text(alphabet="# abc:\n"))
-)
-def test_interpreter_header_is_found_among_other_header_lines(
-    interpreter: str, others: list[str]
-) -> None:
-    """The key is found wherever it sits in a block of comment lines."""
-    lines = ["# " + o.replace("\n", " ").replace("interpreter", "") for o in others]
-    script = "\n".join([*lines, f"# interpreter: {interpreter}", "echo body"])
-    assert script_interpreter(script) == interpreter.split()
-
-
-async def test_a_directory_is_reused_clean(h: types.SimpleNamespace, tmp_path: Path) -> None:
-    """A finished attempt's directory serves the next one: same inode, fresh script and
-    params, nothing the previous script left behind, and no spare left after close()."""
-    workdirs = Workdirs(tmp_path, keep=1)
-    first = Attempt(
-        h.make_dispatch('echo junk > junk\necho \'{"a": 1}\' > "$WFE_RESULT"\n', params={"n": 1}),
-        workdir=tmp_path,
-        workdirs=workdirs,
-    )
-    with trio.fail_after(GUARD):
-        assert (await first.run(Recorder())).result == {"a": 1}
-    [spare] = os.listdir(tmp_path)
-    inode = os.stat(tmp_path / spare).st_ino
-    script = "ls\nstat -c %i .\ncat params.json\n"
-    second = Attempt(
-        h.make_dispatch(script, job_id="job-2", params={"n": 2}),
-        workdir=tmp_path,
-        workdirs=workdirs,
-    )
-    recorder = Recorder()
-    with trio.fail_after(GUARD):
-        finished = await second.run(recorder)
-    assert finished.exit_code == 0 and finished.result is None
-    assert recorder.text(Stream.STDOUT) == f'params.json\nscript\n{inode}\n{{"n": 2}}'
-    [spare] = os.listdir(tmp_path)
-    assert os.stat(tmp_path / spare).st_ino == inode
-    workdirs.close()
-    assert os.listdir(tmp_path) == []
-
-
-@pytest.mark.parametrize("planted", ["symlink", "hardlink", "directory"])
-async def test_a_reused_directory_never_writes_through_what_a_script_planted(
-    h: types.SimpleNamespace, tmp_path: Path, planted: str
-) -> None:
-    """A script that replaces params.json with a link to another file, or with a directory,
-    does not get that file overwritten by the next attempt; the next attempt runs normally."""
-    outside = tmp_path / "outside"
-    outside.write_text("precious")
-    work = tmp_path / "work"
-    workdirs = Workdirs(work, keep=1)
-    plant = {
-        "symlink": f"rm params.json && ln -s {outside} params.json\n",
-        "hardlink": f"rm params.json && ln {outside} params.json\n",
-        "directory": "rm params.json && mkdir params.json && touch params.json/x\n",
-    }[planted]
-    with trio.fail_after(GUARD):
-        await Attempt(h.make_dispatch(plant), workdir=work, workdirs=workdirs).run(Recorder())
-        recorder = Recorder()
-        finished = await Attempt(
-            h.make_dispatch("cat params.json\n", job_id="job-2", params={"n": 2}),
-            workdir=work,
-            workdirs=workdirs,
-        ).run(recorder)
-    assert finished.exit_code == 0
-    assert recorder.text(Stream.STDOUT) == '{"n": 2}'
-    assert outside.read_text() == "precious"
-
-
 async def test_a_fifo_as_result_does_not_hang_the_agent(
     h: types.SimpleNamespace, tmp_path: Path
 ) -> None:
@@ -434,21 +340,3 @@ async def test_a_silent_short_script_is_never_announced(
     with trio.fail_after(GUARD):
         finished = await attempt.run(Recorder(), on_running=on_running, running_after=5.0)
     assert finished.exit_code == 0 and calls == [] and not attempt.announced
-
-
-def test_a_spare_replaces_a_directory_left_behind(tmp_path: Path) -> None:
-    """make() with a spare at hand removes a stale directory of the same name, empty or not,
-    and reuses the spare."""
-    workdirs = Workdirs(tmp_path, keep=2)
-    for stale_files in (0, 2):
-        spare, _ = workdirs.make("first")
-        assert workdirs.release(spare)
-        stale = tmp_path / "job-1-1"
-        stale.mkdir()
-        for n in range(stale_files):
-            (stale / f"f{n}").write_text("old")
-        target, reused = workdirs.make("job-1-1")
-        assert reused and os.listdir(target) == []
-        assert workdirs.release(target)
-    workdirs.close()
-    assert os.listdir(tmp_path) == []
