@@ -54,9 +54,8 @@ class AgentConfig:
     max_stanza: int = 256 * 1024  # the server's stanza size limit
 
 
-#: Heartbeat of an XMPP agent when none is given: well under the engine's default
-#: ``agents.heartbeat_deadline`` (10 s), like the engine's own ``agents.heartbeat``.
-XMPP_HEARTBEAT = 2.0
+#: Heartbeat of an XMPP agent when none is given: the same as any agent's.
+XMPP_HEARTBEAT = DEFAULT_HEARTBEAT
 
 #: Key -> (expected JSON-ish kind, description used in errors).
 _KEYS: dict[str, tuple[type[Any], str]] = {
@@ -225,7 +224,7 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
 def _check_xmpp(settings: dict[str, Any]) -> None:
     """XMPP mode needs an account, controllers to obey, a trusted key, and TLS off loopback.
 
-    Fills the defaults that depend on the mode: the name (the JID) and the heartbeat.
+    Fills the default that depends on the mode: the name (the JID).
     """
     jid = settings.get("jid")
     if not jid or not is_bare_jid(jid):
@@ -261,4 +260,3 @@ def _check_xmpp(settings: dict[str, Any]) -> None:
     if settings.get("max_dispatch_age", 0) < 0:
         raise ConfigError("xmpp: max_dispatch_age must not be negative")
     settings.setdefault("name", jid)
-    settings.setdefault("heartbeat", XMPP_HEARTBEAT)

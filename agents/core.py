@@ -68,7 +68,10 @@ from protocols.signing import SignatureRejected, script_sha256, verify
 
 log = logging.getLogger("wfe.agent")
 
-DEFAULT_HEARTBEAT = 10.0
+#: Seconds between ``AgentStatus`` reports when none is given: well under the engine's default
+#: ``[agents] heartbeat_deadline`` (10 s), and the heartbeat the engine gives its own local
+#: agents (``[agents] heartbeat``), so an agent started by hand with defaults is not lost.
+DEFAULT_HEARTBEAT = 2.0
 
 #: Seconds a script runs before its ``JobAccepted`` is sent and its output read: a trivial
 #: job's start and end then travel together, one write and one wake-up of the engine

@@ -47,21 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spool = Spool(config.spool)
         with spool.locked():
-            agent = Agent(
-                name=config.name,
-                capabilities=Capabilities(
-                    slots=config.slots,
-                    memory=config.memory,
-                    site=config.site,
-                    tags=config.tags,
-                    storage=config.storage,
-                ),
-                spool=spool,
-                workdir=config.workdir,
-                trusted_key=key,
-                heartbeat=config.heartbeat,
-                keep_workdirs=config.keep_workdirs,
-            )
+            agent = make_agent(config, spool, key)
             if key is None:
                 log.warning("no trusted key: dispatches are checked by sha256 only, not signature")
             outcome = trio.run(_run, agent, connect, config.give_up_after)
@@ -76,6 +62,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     log.info("agent stopped: %s", outcome.value)
     return EXIT_FAILED if outcome is AgentExit.GAVE_UP else EXIT_OK
+
+
+def make_agent(config: AgentConfig, spool: Spool, key: Ed25519PublicKey | None) -> Agent:
+    """The ``Agent`` a configuration describes, on ``spool`` (which the caller locks)."""
+    return Agent(
+        name=config.name,
+        capabilities=Capabilities(
+            slots=config.slots,
+            memory=config.memory,
+            site=config.site,
+            tags=config.tags,
+            storage=config.storage,
+        ),
+        spool=spool,
+        workdir=config.workdir,
+        trusted_key=key,
+        heartbeat=config.heartbeat,
+        keep_workdirs=config.keep_workdirs,
+    )
 
 
 def connector(config: AgentConfig) -> Callable[[], AbstractAsyncContextManager[Link]]:
