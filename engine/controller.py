@@ -310,9 +310,13 @@ class AgentController:
         entry.reserved += cpus  # no dispatch round gives the slot away meanwhile
         try:
             job, created = await self.repo.write(ops.job_created_and_dispatched(new, entry.name))
-        finally:
+        except BaseException:
             entry.reserved -= cpus
+            self._work.set()  # the slot is free again for what may have queued meanwhile
+            raise
+        entry.reserved -= cpus
         if not created:  # a replayed call: the job exists already
+            self._work.set()
             self._recorded(job)
             return job.id
         live = self._adopt(job)
