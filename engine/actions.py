@@ -67,7 +67,8 @@ class Run:
     killed: bool = False
     next_call: int = 0
     scripts: list[str] = attrs.Factory(list)  # RScript jobs this run started
-    children: list[str] = attrs.Factory(list)  # every child job, to forget their outcomes at the end
+    # every child job, to forget their outcomes at the end
+    children: list[str] = attrs.Factory(list)
 
     def kill_requested(self) -> bool:
         run: Run | None = self
