@@ -3,12 +3,15 @@
 The TOML file holds the flags' keys at top level, with underscores
 (``give_up_after = 30``, ``tags = ["gpu"]``). Relative paths in the file are taken relative
 to the file's directory; relative paths given as flags, relative to the current directory.
-Every problem is a ``ConfigError`` with one line naming the file or flag and the key.
+Every problem is a ``ConfigError`` of one line. A value that came from the file is named by
+the file and its key (``agent.toml: slots must be at least 1, not 0``); one from a flag, as
+the command line has it. Numbers of seconds must be finite (no ``nan`` or ``inf``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import tomllib
@@ -23,13 +26,17 @@ from agents.errors import ConfigError
 from protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
 
 
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
 @attrs.frozen(kw_only=True)
 class AgentConfig:
     """Everything ``wfe agent`` needs to start."""
 
     name: str
     socket: Path | None = None  # the engine's Unix socket (local transport)
-    slots: int = 1
+    slots: int = attrs.field(factory=_cpu_count)  # one attempt per CPU
     memory: int | None = None
     site: str = "local"
     tags: tuple[str, ...] = ()
@@ -184,79 +191,170 @@ def _state_dir() -> Path:
     return Path(base) / "wfe"
 
 
+class _Origin:
+    """Where each setting came from, so that an error names it as it was written.
+
+    A value from the file is named ``<file>: <key> ...``; a value from a flag (or a missing
+    one) gets the flag-side message, which the caller words.
+    """
+
+    def __init__(self, from_file: dict[str, str]) -> None:
+        self.from_file = from_file  # key -> the file that set it (and no flag overrode it)
+
+    def error(self, key: str, message: str, flag_message: str | None = None) -> ConfigError:
+        """``message`` (which names ``key``) after the file's name when the value came from
+        the file; otherwise ``flag_message`` (default: ``message``)."""
+        path = self.from_file.get(key)
+        if path is not None:
+            return ConfigError(f"{path}: {message}")
+        return ConfigError(message if flag_message is None else flag_message)
+
+
 def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
     """Parse flags, read ``--config`` if given, apply defaults and check the values.
 
-    Raises ``ConfigError``; argparse's own usage errors raise ``SystemExit(2)``.
+    Raises ``ConfigError`` naming the file and key for a value from the file; argparse's own
+    usage errors raise ``SystemExit(2)``.
     """
     args = vars(build_parser().parse_args(argv))
     settings: dict[str, Any] = {}
+    from_file: dict[str, str] = {}
     config_path = args.pop("config", None)
     if config_path is not None:
         settings.update(read_config_file(config_path))
+        from_file = {key: str(config_path) for key in settings if key not in args}
     settings.update(args)
+    origin = _Origin(from_file)
+    for key, (kind, _) in _KEYS.items():
+        value = settings.get(key)
+        if kind is float and value is not None and not math.isfinite(value):
+            raise origin.error(key, f"{key} must be a finite number, not {value}")
     if settings.get("xmpp"):
-        _check_xmpp(settings)
+        _check_xmpp(settings, origin)
     name = settings.setdefault("name", socket.gethostname().split(".")[0])
     if not name or any(c.isspace() for c in name):
-        raise ConfigError(f"agent name {name!r} must be non-empty and contain no spaces")
+        raise origin.error(
+            "name",
+            f"name {name!r} must be non-empty and contain no spaces",
+            f"agent name {name!r} must be non-empty and contain no spaces",
+        )
     home = _state_dir() / f"agent-{name}"
     settings.setdefault("spool", home / "spool")
     settings.setdefault("workdir", home / "work")
-    settings.setdefault("slots", os.cpu_count() or 1)
     settings["tags"] = tuple(settings.get("tags", ()))
     settings["storage"] = tuple(settings.get("storage", ()))
-    if settings["slots"] < 1:
-        raise ConfigError(f"slots must be at least 1, not {settings['slots']}")
+    if settings.get("slots", 1) < 1:
+        raise origin.error("slots", f"slots must be at least 1, not {settings['slots']}")
     if settings.get("memory") is not None and settings["memory"] < 1:
-        raise ConfigError(f"memory must be a positive number of bytes, not {settings['memory']}")
+        raise origin.error(
+            "memory", f"memory must be a positive number of bytes, not {settings['memory']}"
+        )
     if settings.get("heartbeat", DEFAULT_HEARTBEAT) <= 0:
-        raise ConfigError(f"heartbeat must be positive, not {settings['heartbeat']}")
+        raise origin.error("heartbeat", f"heartbeat must be positive, not {settings['heartbeat']}")
     if settings.get("give_up_after") is not None and settings["give_up_after"] < 0:
-        raise ConfigError(f"give_up_after must not be negative, not {settings['give_up_after']}")
-    level = settings.get("log_level", "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"log level {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+        raise origin.error(
+            "give_up_after",
+            f"give_up_after must not be negative, not {settings['give_up_after']}",
+        )
+    written = settings.get("log_level", "INFO")
+    level = written.upper()
+    if level not in _LOG_LEVELS:
+        raise origin.error(
+            "log_level",
+            f"log_level {written!r} is not one of {', '.join(_LOG_LEVELS)}",
+            f"log level {level!r} is not one of {', '.join(_LOG_LEVELS)}",
+        )
     settings["log_level"] = level
     return AgentConfig(**settings)
 
 
-def _check_xmpp(settings: dict[str, Any]) -> None:
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _check_xmpp(settings: dict[str, Any], origin: _Origin) -> None:
     """XMPP mode needs an account, controllers to obey, a trusted key, and TLS off loopback.
 
-    Fills the default that depends on the mode: the name (the JID).
+    A required setting that is missing is named as a key, after the file, when ``xmpp = true``
+    came from the file, and as a flag otherwise. Fills the default that depends on the mode:
+    the name (the JID).
     """
     jid = settings.get("jid")
-    if not jid or not is_bare_jid(jid):
-        raise ConfigError(
-            f"xmpp: --jid must be a bare JID like agent-1@wfe.example.org, not {jid!r}"
+    if jid is None:
+        raise origin.error(
+            "xmpp",
+            "jid is required (the agent's bare JID, like agent-1@wfe.example.org)",
+            "xmpp: --jid is required (the agent's bare JID, like agent-1@wfe.example.org)",
+        )
+    if not is_bare_jid(jid):
+        raise origin.error(
+            "jid",
+            f"jid must be a bare JID like agent-1@wfe.example.org, not {jid!r}",
+            f"xmpp: --jid must be a bare JID like agent-1@wfe.example.org, not {jid!r}",
         )
     settings["jid"] = jid = jid.lower()
     if settings.get("socket") is not None:
-        raise ConfigError("give either --socket (local transport) or --xmpp, not both")
+        socket_file, xmpp_file = (origin.from_file.get(k) for k in ("socket", "xmpp"))
+        raise ConfigError(
+            (f"{socket_file or xmpp_file}: " if socket_file or xmpp_file else "")
+            + f"give either {'socket' if socket_file else '--socket'} (local transport)"
+            + f" or {'xmpp = true' if xmpp_file else '--xmpp'}, not both"
+        )
     if settings.get("password_file") is None:
-        raise ConfigError("xmpp: --password-file is required (a file holding the JID's password)")
+        raise origin.error(
+            "xmpp",
+            "password_file is required (a file holding the JID's password)",
+            "xmpp: --password-file is required (a file holding the JID's password)",
+        )
     controllers = tuple(c.lower() for c in settings.get("controllers", ()))
     if not controllers:
-        raise ConfigError("xmpp: give at least one --controller JID (controllers = [...]) to obey")
+        raise origin.error(
+            "controllers" if "controllers" in settings else "xmpp",
+            "controllers must list at least one controller JID to obey",
+            "xmpp: give at least one --controller JID (controllers = [...]) to obey",
+        )
     for controller in controllers:
         if not is_bare_jid(controller):
-            raise ConfigError(f"xmpp: controller {controller!r} is not a bare JID")
+            raise origin.error(
+                "controllers",
+                f"controllers: {controller!r} is not a bare JID",
+                f"xmpp: controller {controller!r} is not a bare JID",
+            )
     settings["controllers"] = controllers
     if settings.get("trusted_key") is None:
-        raise ConfigError("xmpp: --trusted-key is required (the engine's public key, engine.pub)")
+        raise origin.error(
+            "xmpp",
+            "trusted_key is required (the engine's public key, engine.pub)",
+            "xmpp: --trusted-key is required (the engine's public key, engine.pub)",
+        )
     tls = settings.get("tls", "starttls")
     if tls not in ("starttls", "plain"):
-        raise ConfigError(f'xmpp: tls must be "starttls" or "plain", not {tls!r}')
+        raise origin.error("tls", f'tls must be "starttls" or "plain", not {tls!r}')
     host = settings.get("server") or jid.rpartition("@")[2]
     if tls == "plain" and not is_loopback(host):
-        raise ConfigError(
-            f"xmpp: tls plain is allowed only with a loopback server, not {host!r}: use starttls"
+        raise origin.error(
+            "tls",
+            f'tls = "plain" is allowed only with a loopback server, not {host!r}: use starttls',
+            f"xmpp: tls plain is allowed only with a loopback server, not {host!r}: use starttls",
         )
-    if not 0 < settings.get("port", 5222) <= 65535:
-        raise ConfigError(f"xmpp: port must be between 1 and 65535, not {settings['port']}")
-    if settings.get("max_stanza", MIN_MAX_STANZA) < MIN_MAX_STANZA:
-        raise ConfigError(f"xmpp: max_stanza must be at least {MIN_MAX_STANZA} bytes")
-    if settings.get("max_dispatch_age", 0) < 0:
-        raise ConfigError("xmpp: max_dispatch_age must not be negative")
+    port = settings.get("port", 5222)
+    if not 0 < port <= 65535:
+        raise origin.error(
+            "port",
+            f"port must be between 1 and 65535, not {port}",
+            f"xmpp: port must be between 1 and 65535, not {port}",
+        )
+    max_stanza = settings.get("max_stanza", MIN_MAX_STANZA)
+    if max_stanza < MIN_MAX_STANZA:
+        raise origin.error(
+            "max_stanza",
+            f"max_stanza must be at least {MIN_MAX_STANZA} bytes, not {max_stanza}",
+            f"xmpp: max_stanza must be at least {MIN_MAX_STANZA} bytes, not {max_stanza}",
+        )
+    age = settings.get("max_dispatch_age", 0)
+    if age < 0:
+        raise origin.error(
+            "max_dispatch_age",
+            f"max_dispatch_age must not be negative, not {age}",
+            f"xmpp: max_dispatch_age must not be negative, not {age}",
+        )
     settings.setdefault("name", jid)
