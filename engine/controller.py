@@ -115,6 +115,7 @@ class LiveJob:
     timeout: float  # per attempt
     seq: int
     parent_id: str | None
+    request_id: str | None = None  # the request it works for; a held request keeps it back
     backoff: float = 1.0  # seconds before the first retry, doubled each time
     wait_agent: float = 0.0  # seconds a queued job waits for an agent (0: forever)
     overall: float = 0.0  # seconds from submission to the end (0: no limit)
@@ -157,6 +158,7 @@ class AgentController:
         self.jobs: dict[str, LiveJob] = {}
         self._ending: dict[str, LiveJob] = {}  # no longer live, their end not yet committed
         self._ready: list[tuple[int, int, str, int]] = []  # (-priority, seq, job_id, token)
+        self._held: dict[str, set[str]] = {}  # held request id -> its jobs kept out of _ready
         self._seq = itertools.count()
         self._timers: list[tuple[float, int, str, Any]] = []
         self._work = trio.Event()
@@ -265,7 +267,8 @@ class AgentController:
             request_id=request_id,
             by=by,
         )
-        entry = self._idle_agent(requirements)
+        held = request_id is not None and request_id in self._held
+        entry = None if held else self._idle_agent(requirements)
         if entry is not None:
             return await self._submit_dispatched(new, entry, int(requirements.get("cpus", 1)))
         job = await self.repo.write(create_job(new))
@@ -347,6 +350,7 @@ class AgentController:
             timeout=timeout,
             seq=next(self._seq),
             parent_id=job.parent_id,
+            request_id=job.request_id,
         )
         self.jobs[job.id] = live
         if live.overall > 0:
@@ -355,6 +359,8 @@ class AgentController:
 
     def _enqueue(self, job: LiveJob) -> None:
         job.queued_token += 1
+        if self._keep_back(job):
+            return
         heapq.heappush(self._ready, (-job.priority, job.seq, job.job_id, job.queued_token))
         if job.wait_agent > 0:
             self._schedule(
@@ -363,6 +369,34 @@ class AgentController:
                 (job.job_id, job.queued_token),
             )
         self._work.set()
+
+    def hold_request(self, request_id: str) -> None:
+        """Dispatch no job of ``request_id`` until ``release_request``: a job of it that is
+        queued (new, or requeued for a retry, with or without a delay) is kept out of the
+        queue, still live, so a cancel ends it as an unattempted one would. Attempts out on
+        agents run on. Idempotent."""
+        self._held.setdefault(request_id, set())
+
+    def release_request(self, request_id: str) -> None:
+        """End ``hold_request``: queue the request's jobs kept back meanwhile. Idempotent."""
+        for job_id in sorted(self._held.pop(request_id, ())):
+            job = self.jobs.get(job_id)
+            if job is not None and not job.active:
+                self._enqueue(job)
+
+    def held_requests(self) -> dict[str, int]:
+        """Each held request's id and how many of its jobs are kept back."""
+        return {rid: sum(j in self.jobs for j in kept) for rid, kept in self._held.items()}
+
+    def _keep_back(self, job: LiveJob) -> bool:
+        """Keep ``job`` out of the queue if its request is held (its queue entries and
+        wait-for-agent timer go stale); return whether it was."""
+        kept = None if job.request_id is None else self._held.get(job.request_id)
+        if kept is None:
+            return False
+        job.queued_token += 1
+        kept.add(job.job_id)
+        return True
 
     async def cancel(self, job_id: str, *, reason: str = "cancelled by operator") -> None:
         """Cancel an RScript job: at once if queued, else by killing it on its agent."""
@@ -410,6 +444,8 @@ class AgentController:
             job = self.jobs.get(job_id)
             if job is None or job.queued_token != token or job.active:
                 continue  # stale entry
+            if self._keep_back(job):  # queued before its request was held
+                continue
             popped.append(item)
             yield Ready(
                 job_id=job_id,

@@ -16,7 +16,8 @@ request is poked). For a poked request it reads a ``Snapshot`` and takes the nex
   failed under the "fail" policy; ``check`` when every stage has ended; and, only while
   running, open batches of unallocated inputs and start their jobs. Paused: cancel the
   jobs no agent has now, queued or waiting to be retried (their inputs are withdrawn, not
-  counted; a job's requeue for a retry pokes its request);
+  counted; a job's requeue for a retry pokes its request). The controller holds a paused
+  request (``hold_request``), so none of its jobs is dispatched before they are cancelled;
 * checking: re-hash every product on worker threads, then ``complete`` or ``fail``;
 * failed or cancelled: stop every job still running.
 
@@ -246,6 +247,7 @@ class RequestService:
         request's state, ``UnknownRequest``; nothing changes on error."""
         change = await self.repo.write(store.transition(rid, verb, actor, by=by))
         assert change is not None
+        self._hold(rid, change.after)  # at once: a dispatch round may come before the step
         self.poke(rid)
         return change
 
@@ -283,6 +285,7 @@ class RequestService:
         definition = self._definition(snap)
         record = snap.request
         state = record.state
+        self._hold(rid, state, ended=not snap.batches)
         for batch in snap.batches:
             if batch.job is not None:
                 self._jobs[batch.job] = rid
@@ -338,6 +341,16 @@ class RequestService:
                 return
         if state is _S.RUNNING:
             await self._dispatch(snap, definition)
+
+    def _hold(self, rid: str, state: RequestState, *, ended: bool = False) -> None:
+        """Have the controller dispatch no job of a paused request, not even one it requeues
+        for a retry (a requeue with no delay would otherwise beat the step that cancels it).
+        A request that leaves ``paused`` for a final state stays held until its batches are
+        all settled (``ended``): its jobs are being stopped, not run."""
+        if state is _S.PAUSED:
+            self.controller.hold_request(rid)
+        elif ended or (state not in TERMINAL_STATES and state is not _S.ARCHIVED):
+            self.controller.release_request(rid)
 
     async def _settle(self, snap: Snapshot, definition: Definition) -> bool:
         """Settle ended batches, cancel jobs no batch names; True if anything changed."""

@@ -114,3 +114,19 @@ async def test_a_job_that_fails_while_paused_is_not_retried_until_resume(
         assert (await world.call("status", job=running["job"]))["state"] == "running"
         world.open_gate()  # the attempt fails (flaky), during the pause
         await held_then_resumed(world, rid, running["job"])
+
+
+async def test_a_job_that_fails_while_paused_with_no_backoff_is_not_retried(
+    tmp_path: Path,
+) -> None:
+    """With ``[jobs] backoff = 0`` the controller requeues a failed attempt at once; while the
+    request is paused the job is still not dispatched again, but cancelled."""
+    async with open_world(tmp_path, backoff=0.0) as world:
+        (world.root / "flaky").mkdir()
+        await world.catalog(["r1.dat"])
+        path = world.definition(FLAKY)
+        rid = (await world.submit(path, flaky=world.root / "flaky", gate=world.gate))["id"]
+        running = await world.job_running(rid)
+        await world.call("pause", request=rid)
+        world.open_gate()  # the attempt fails (flaky), during the pause
+        await held_then_resumed(world, rid, running["job"])
