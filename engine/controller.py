@@ -777,7 +777,9 @@ class AgentController:
             if isinstance(written, outcome.Error):
                 self._fail(written.error)
                 return
-            if job_state is None:
+            if job_state is None and self.jobs.get(job.job_id) is not job:
+                pass  # cancelled (or ended) since the retry was decided: its end is written
+            elif job_state is None:
                 self.repo.write_nowait(ops.job_requeued(job.job_id, machine.attempt, retry_delay))
                 if retry_delay > 0:
                     self._schedule(

@@ -1,4 +1,5 @@
-"""The controller holding a request's jobs back (a paused request)."""
+"""The controller holding a request's jobs back (a paused request), and a cancel that meets a
+retry being written."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from trio.testing import MockClock
 
 from protocols.messages import Dispatch
 
-from .conftest import AGENTS, Harness
+from .conftest import AGENTS, JOBS, Harness
 
 
 async def submit(h: Harness, **options: Any) -> str:
@@ -83,3 +84,21 @@ async def test_a_queued_job_of_a_request_held_later_is_not_dispatched(
     harness.controller.release_request("r1")
     dispatches = await agent.receive(Dispatch, 3)
     assert {d.job_id for d in dispatches[1:]} == {queued, new}
+
+
+async def test_a_cancel_before_the_retry_is_written_leaves_the_job_cancelled(
+    autojump_clock: MockClock, start_controller: Any
+) -> None:
+    """A cancel that reaches a job whose failed attempt's end is not committed yet ends it
+    cancelled for good: the retry's requeue does not overwrite it as queued."""
+    h = await start_controller(jobs={"retries": 2})
+    agent = h.agent("a", slots=1)
+    job_id = await submit(h)
+    [first] = await agent.receive(Dispatch)
+    agent.finish(first, exit_code=1)  # its end is being written; the retry is decided
+    await h.controller.cancel(job_id)  # no checkpoint in between
+    assert await state_of(h, job_id) == "cancelled"
+    await trio.sleep(10 * JOBS.backoff)
+    assert await state_of(h, job_id) == "cancelled"
+    assert len(agent.of_type(Dispatch)) == 1
+    assert job_id not in h.controller.jobs
