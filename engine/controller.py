@@ -213,7 +213,8 @@ class AgentController:
     ) -> str:
         """Record an RScript job and queue it; return its id (``by``: who asked, for the event).
 
-        ``timeout`` (per attempt), ``backoff`` (before the first retry, doubling),
+        ``timeout`` (per attempt) defaults to the script header's ``# timeout:`` when it has
+        one, else to ``[jobs]``; ``backoff`` (before the first retry, doubling),
         ``wait_agent`` and ``overall`` (seconds; 0 for none) default to ``[jobs]``.
 
         When nothing waits in the queue and a connected agent has a free slot the job fits,
@@ -252,7 +253,8 @@ class AgentController:
             priority=self.defaults.priority if priority is None else priority,
             requirements={
                 **requirements,
-                "timeout": timeout or script.header.timeout,
+                # the caller's, else the script header's own, else [jobs] timeout
+                "timeout": timeout or script.header.declared_timeout or self.defaults.timeout,
                 **{
                     k: v
                     for k, v in (

@@ -106,16 +106,26 @@ class Requirements:
 
 @attrs.frozen(kw_only=True)
 class ScriptHeader:
-    """What a script's header declares. ``timeout`` in seconds, ``memory`` in bytes."""
+    """What a script's header declares. ``timeout`` in seconds, ``memory`` in bytes.
+
+    ``timeout`` is ``DEFAULT_TIMEOUT`` when the header has no ``# timeout:`` line;
+    ``declared_timeout`` tells that apart (None), for a caller with a default of its own.
+    Construct with ``timeout=`` (or leave it out for "not declared").
+    """
 
     name: str
     version: str
     interpreter: str
     description: str = ""
-    timeout: float = DEFAULT_TIMEOUT
+    declared_timeout: float | None = attrs.field(default=None, alias="timeout")
     memory: int | None = None  # the limit the agent enforces, None for none
     params: tuple[ParamSpec, ...] = ()
     requires: Requirements = Requirements()
+
+    @property
+    def timeout(self) -> float:
+        """The per-attempt limit in seconds: the declared one, else ``DEFAULT_TIMEOUT``."""
+        return DEFAULT_TIMEOUT if self.declared_timeout is None else self.declared_timeout
 
     def param(self, name: str) -> ParamSpec | None:
         """The parameter called ``name``, or None."""
@@ -386,10 +396,11 @@ def format_header(header: ScriptHeader, *, shebang: bool = True) -> str:
     ]
     if header.description:
         out.append(f"# description: {header.description}")
-    timeout = header.timeout
-    out.append(
-        f"# timeout: {int(timeout) if timeout.is_integer() and timeout < 1e15 else timeout!r}"
-    )
+    timeout = header.declared_timeout
+    if timeout is not None:  # none declared: left out, so it parses back the same
+        out.append(
+            f"# timeout: {int(timeout) if timeout.is_integer() and timeout < 1e15 else timeout!r}"
+        )
     if header.memory is not None:
         out.append(f"# memory: {format_size(header.memory)}")
     for spec in header.params:

@@ -97,7 +97,7 @@ _header = st.builds(
     version=_ident(_ALNUM, _ALNUM + "._+-", 10),
     interpreter=st.sampled_from(sorted(INTERPRETERS)),
     description=_line_text,
-    timeout=st.floats(1e-3, 1e9) | st.integers(1, 10**9).map(float),
+    timeout=st.none() | st.floats(1e-3, 1e9) | st.integers(1, 10**9).map(float),
     memory=st.none() | st.integers(1, 2**50),
     params=st.lists(_param(), max_size=5, unique_by=lambda p: p.name).map(tuple),
     requires=_requirements,

@@ -69,8 +69,17 @@ def test_defaults_of_optional_keys() -> None:
     """Without optional keys: no description, a one-hour timeout, no memory limit, one cpu."""
     header = parse_header(HEAD, source="x.sh")
     assert (header.description, header.timeout, header.memory) == ("", 3600.0, None)
+    assert header.declared_timeout is None
     assert header.params == ()
     assert header.requires == Requirements(cpus=1, memory=None, tags=(), site=None)
+
+
+def test_a_declared_timeout_is_told_from_the_default() -> None:
+    """A ``# timeout:`` line is declared even when it equals the default; none is not."""
+    declared = parse_header(HEAD + "# timeout: 1h\n", source="x.sh")
+    assert (declared.timeout, declared.declared_timeout) == (3600.0, 3600.0)
+    assert "# timeout:" not in format_header(parse_header(HEAD, source="x.sh"))
+    assert ScriptHeader(name="n", version="1", interpreter="sh", timeout=5).timeout == 5
 
 
 def test_python_style_header_with_crlf_and_no_shebang() -> None:
