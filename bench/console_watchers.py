@@ -167,6 +167,9 @@ async def run_case(
         sent_kb_per_job=(after.get("bytes_sent", 0) - before.get("bytes_sent", 0)) / jobs / 1e3,
         events_per_s=after.get("events_per_second", 0.0),
         events_missed=after.get("events_missed", 0) - before.get("events_missed", 0),
+        ticks=after.get("ticks", 0) - before.get("ticks", 0),
+        frames_built=after.get("frames_built", 0) - before.get("frames_built", 0),
+        frames_sent=after.get("frames_sent", 0) - before.get("frames_sent", 0),
         stalled_closed=after.get("refused", {}).get("stalled", 0)
         - before.get("refused", {}).get("stalled", 0),
     )
@@ -281,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("engine_cpu_ms_per_job", "engine cpu ms/job", ".2f"),
                 ("watchers_cpu_ms_per_job", "watchers' process cpu ms/job", ".2f"),
                 ("sent_kb_per_job", "console kB sent/job", ".1f"),
+                ("ticks", "ticks", ""),
+                ("frames_sent", "frames sent", ""),
                 ("events_per_s", "events/s", ".0f"),
                 ("events_missed", "events missed (all watchers)", ""),
                 ("stalled_closed", "stalled closed", ""),

@@ -276,6 +276,7 @@ class ConsoleServer:
             **self.hub.statistics(trio.current_time()),
             "queued_frames": sum(len(s.outbox) for s in self.sessions),
             "bytes_sent": sum(s.bytes_sent for s in self.sessions),
+            "frames_sent": sum(s.frames_sent for s in self.sessions),
             "events_missed": sum(
                 st.missed_total for s in self.sessions for st in s.event_streams.values()
             ),
