@@ -44,7 +44,7 @@ from engine.actions import one_line
 from engine.config import ApprovalSection
 from engine.definitions import Definition, GitInfo, OnStageFailure, build_definition, resolve_params
 from engine.jobs import TERMINAL
-from engine.repository import Missed
+from engine.repository import Missed, Subscription
 from engine.requests import catalog, checking, plan, scripts, store
 from engine.requests.approval import decide_approval
 from engine.requests.batches import BatchRunner
@@ -133,22 +133,30 @@ class RequestService:
         self._dirty.add(rid)
         self._wake.set()
 
-    async def _listen(self, events: Any) -> None:
-        async for event in events:
-            if isinstance(event, Missed):
+    async def _listen(self, events: Subscription) -> None:
+        """Poke the requests whose jobs ended or were requeued: one wakeup per committed
+        batch of events, however many it holds."""
+        while items := await events.receive_batch():
+            missed = False
+            for event in items:
+                if isinstance(event, Missed):
+                    missed = True
+                elif event.kind == "job.state" and (
+                    event.data.get("state") in TERMINAL or "retry_after" in event.data
+                ):  # a job ended, or waits to be retried (a paused request holds it back)
+                    self._job_changed(event.subject)
+            if missed:
                 for rid in await self.repo.read(store.live_requests):
                     self.poke(rid)
-            elif event.kind == "job.state" and (
-                event.data.get("state") in TERMINAL or "retry_after" in event.data
-            ):  # a job ended, or waits to be retried (a paused request holds it back)
-                owner = self._jobs.get(event.subject)
-                if owner is not None:
-                    self.poke(owner)
-                deferred = self._deferred.pop(event.subject, None)
-                if deferred is not None:
-                    at = trio.current_time()
-                    heapq.heappush(self._timers, (at, next(self._seq), event.subject, *deferred))
-                    self._wake.set()
+
+    def _job_changed(self, job_id: str) -> None:
+        owner = self._jobs.get(job_id)
+        if owner is not None:
+            self.poke(owner)
+        deferred = self._deferred.pop(job_id, None)
+        if deferred is not None:
+            heapq.heappush(self._timers, (trio.current_time(), next(self._seq), job_id, *deferred))
+            self._wake.set()
 
     async def _loop(self) -> None:
         while True:
