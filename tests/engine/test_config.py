@@ -30,7 +30,10 @@ def test_the_init_template_parses(tmp_path: Path) -> None:
         ('[engine]\nrscripts = "scripts"', "wfe.toml: engine.rscripts: expected an array"),
         ('[xmpp]\nagents = "a@example.org"', "wfe.toml: xmpp.agents: expected an array"),
         ('engine = "wfe.db"', "wfe.toml: engine: expected a table"),
-        ("[engine]\nblocking_threshold = inf", "engine.blocking_threshold: expected a finite number"),
+        (
+            "[engine]\nblocking_threshold = inf",
+            "engine.blocking_threshold: expected a finite number",
+        ),
         ("[engine]\nblocking_threshold = 0.0", "engine.blocking_threshold must be positive"),
         ("[api]\nmax_message = 0", "api.max_message must be at least 1024 bytes"),
         ("[agents]\nmax_redispatch = -1", "agents.max_redispatch must be 0 or more"),
