@@ -262,6 +262,10 @@ class ProsodyServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        except BaseException:  # a second Ctrl-C: don't leave Prosody behind
+            process.kill()
+            process.wait()
+            raise
 
     def restart(self) -> None:
         """Stop and start again on the same port with the same data (accounts, offline messages)."""
@@ -470,7 +474,8 @@ async def open_prosody(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``wfe xmpp-dev-server``: run one Prosody in the foreground until Ctrl-C (or SIGTERM)."""
+    """``wfe xmpp-dev-server``: run one Prosody in the foreground until Ctrl-C (or SIGTERM,
+    SIGHUP), then stop it."""
     parser = argparse.ArgumentParser(
         prog="wfe xmpp-dev-server",
         description="Run a private Prosody on 127.0.0.1 for development. Stop it with Ctrl-C.",
@@ -514,7 +519,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(directory: Path, port: int, domain: str, tls: bool, users: dict[str, str]) -> int:
     server = ProsodyServer(directory, port=port, domain=domain, tls=tls, users=users)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # Prosody runs in its own session: nothing but us stops it. So Ctrl-C must stop us even
+    # when SIGINT came ignored from our parent (a command started with ``&`` by a
+    # non-interactive shell inherits SIG_IGN, and Python then installs no handler), and so
+    # must SIGTERM and SIGHUP (the terminal closed), which would end us without cleanup.
+    previous = {
+        signum: signal.signal(signum, handler)
+        for signum, handler in (
+            (signal.SIGINT, signal.default_int_handler),
+            (signal.SIGTERM, _raise_keyboard_interrupt),
+            (signal.SIGHUP, _raise_keyboard_interrupt),
+        )
+    }
     try:
         with server:
             print(f"prosody listening on {server.host}:{server.port}, domain {server.domain}")
@@ -538,7 +554,8 @@ def _serve(directory: Path, port: int, domain: str, tls: bool, users: dict[str, 
         print("stopped", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:

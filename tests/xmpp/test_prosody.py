@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -305,15 +307,41 @@ def test_missing_prosody_gives_the_install_hint(
     assert str(caught.value) == INSTALL_HINT == "prosody is not installed: apt-get install prosody"
 
 
-def test_dev_server_runs_until_ctrl_c(tmp_path: Path) -> None:
-    """`wfe xmpp-dev-server` prints where it listens and the accounts, and stops cleanly on Ctrl-C."""
+#: Seconds the dev-server tests give the server to start and to stop before they kill it
+#: (and its Prosody) and fail: a server that ignores Ctrl-C must fail the test, not hang it.
+DEV_SERVER_DEADLINE = 60.0
+
+
+@pytest.mark.parametrize(
+    ("stop", "sigint"),
+    [
+        (signal.SIGINT, "inherited"),
+        (signal.SIGINT, "ignored"),
+        (signal.SIGTERM, "inherited"),
+        (signal.SIGHUP, "inherited"),
+    ],
+)
+def test_dev_server_runs_until_ctrl_c(tmp_path: Path, stop: signal.Signals, sigint: str) -> None:
+    """`wfe xmpp-dev-server` prints where it listens and the accounts, and stops cleanly on
+    Ctrl-C, Prosody with it: also when it inherited SIGINT ignored, as a command started with
+    ``&`` by a non-interactive shell (a script, CI) does; and on SIGTERM and SIGHUP."""
+    ignore = "signal.signal(signal.SIGINT, signal.SIG_IGN); " if sigint == "ignored" else ""
     command = [
         sys.executable,
         "-c",
-        "import sys, engine.prosody as p; sys.exit(p.main(sys.argv[1:]))",
+        f"import signal, sys, engine.prosody as p; {ignore}sys.exit(p.main(sys.argv[1:]))",
     ]
     args = ["--dir", str(tmp_path), "--port", "0", "--user", "engine:secret"]
-    with subprocess.Popen(command + args, stdout=subprocess.PIPE, text=True) as process:
+    process = subprocess.Popen(command + args, stdout=subprocess.PIPE, text=True)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        process.kill()
+
+    watchdog = threading.Timer(DEV_SERVER_DEADLINE, expire)
+    watchdog.start()
+    try:
         assert process.stdout is not None
         lines = []
         for line in process.stdout:
@@ -323,14 +351,66 @@ def test_dev_server_runs_until_ctrl_c(tmp_path: Path) -> None:
         output = "".join(lines)
         assert "account engine@wfe.localhost password secret" in output, output
         port = int(output.split("127.0.0.1:")[1].split(",")[0])
+        prosody_pid = int((tmp_path / "prosody.pid").read_text())
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         rest = process.stdout.read()
-        assert process.wait(timeout=15) == 0
+        status = process.wait()
+        assert not expired.is_set(), f"killed after {DEV_SERVER_DEADLINE:g} s: {stop.name} ignored"
+        assert status == 0
+    finally:
+        watchdog.cancel()
+        process.kill()
+        process.communicate()
+        _stop_leftover_prosody(tmp_path)
     assert rest.strip() == "stopped"
+    assert not _alive(prosody_pid)
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _stop_leftover_prosody(directory: Path) -> None:
+    """Kill the Prosody a failed dev-server test left running from ``directory``."""
+    try:
+        pid = int((directory / "prosody.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ValueError):
+        return
+    if str(directory / "prosody.cfg.lua").encode() in cmdline:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_stop_interrupted_by_a_second_ctrl_c_still_ends_prosody(tmp_path: Path) -> None:
+    """A Ctrl-C while ``stop`` waits for Prosody to exit kills it rather than leaving it running."""
+    server = start_prosody(tmp_path)
+    process = server._process
+    assert process is not None
+    real_wait = process.wait
+
+    def interrupted_wait(timeout: float | None = None) -> int:
+        if timeout is not None:
+            raise KeyboardInterrupt
+        return real_wait()
+
+    process.wait = interrupted_wait  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.stop()
+        assert process.returncode is not None
+        assert not _alive(process.pid)
+    finally:
+        process.kill()
+        real_wait()
 
 
 def test_dev_server_without_prosody_prints_one_line(
