@@ -167,7 +167,8 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(controller.run)
-                await prepare_requests(repo, scripts)  # their scripts, before jobs are recovered
+                # their scripts, and holds on paused ones, before jobs are recovered
+                await prepare_requests(repo, scripts, controller)
                 counts = await controller.recover()
                 if any(counts.values()):
                     log.info("recovered unfinished RScript jobs: %s", counts)

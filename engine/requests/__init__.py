@@ -23,15 +23,23 @@ from engine.requests.model import BatchOutcome, RequestRecord, StageState
 from engine.requests.service import RequestService
 
 if TYPE_CHECKING:
+    from engine.controller import AgentController
     from engine.repository import Repository
     from rscripts.loader import ScriptLibrary
 
 
-async def prepare(repo: Repository, library: ScriptLibrary) -> int:
-    """Register the stored RScripts that live requests use in ``library``; call it before
-    ``AgentController.recover`` so their unfinished jobs are recovered, not failed."""
+async def prepare(
+    repo: Repository, library: ScriptLibrary, controller: AgentController | None = None
+) -> int:
+    """Register the stored RScripts that live requests use in ``library`` and have
+    ``controller`` hold the jobs of paused requests; call it before
+    ``AgentController.recover`` so their unfinished jobs are recovered, not failed, and none
+    of a paused request is dispatched before the requests service's first step."""
     from engine.requests import scripts, store
 
+    if controller is not None:
+        for rid in await repo.read(store.paused_requests):
+            controller.hold_request(rid)
     return scripts.register(library, await repo.read(store.scripts_in_use))
 
 

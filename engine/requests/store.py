@@ -547,6 +547,11 @@ def open_jobs(conn: Any) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
+def paused_requests(conn: Any) -> list[str]:
+    """Ids of the requests that are paused: the engine holds their jobs from its start."""
+    return [rid for (rid,) in conn.execute("SELECT id FROM requests WHERE state = 'paused'")]
+
+
 def scripts_in_use(conn: Any) -> list[tuple[str, str, str]]:
     """``(library key, sha256, text)`` of the stored scripts that live requests (or their
     open batches) use: the engine registers them before it recovers jobs."""

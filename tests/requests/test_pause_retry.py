@@ -11,6 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.repository import open_repository
+from engine.requests import prepare
+from rscripts.loader import ScriptLibrary
+
 from .conftest import HEAD, PATIENCE, World, open_world
 
 BACKOFF = PATIENCE * 2
@@ -130,3 +134,30 @@ async def test_a_job_that_fails_while_paused_with_no_backoff_is_not_retried(
         await world.call("pause", request=rid)
         world.open_gate()  # the attempt fails (flaky), during the pause
         await held_then_resumed(world, rid, running["job"])
+
+
+async def test_a_restarted_engine_holds_a_paused_request_before_it_recovers_jobs(
+    tmp_path: Path,
+) -> None:
+    """`prepare`, which runs before the controller recovers jobs and before any agent is
+    started, has the controller hold every paused request (and only those): none of their
+    jobs can be dispatched before the requests service's first step."""
+    async with open_world(tmp_path) as world:
+        await world.catalog(["r1.dat"])
+        paused = (await world.submit(world.definition(FLAKY), flaky=world.root / "none"))["id"]
+        await job_of(world, paused)  # running: it can be paused
+        await world.call("pause", request=paused)
+        assert (await world.detail(paused))["state"] == "paused"
+        repository = world.engine.config.repository_path
+
+    class Holds:
+        def __init__(self) -> None:
+            self.held: list[str] = []
+
+        def hold_request(self, rid: str) -> None:
+            self.held.append(rid)
+
+    holds = Holds()
+    async with open_repository(repository) as repo:
+        await prepare(repo, ScriptLibrary(), holds)  # type: ignore[arg-type]
+    assert holds.held == [paused]
