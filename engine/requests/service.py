@@ -54,6 +54,7 @@ from engine.requests.products import list_products
 from protocols.errors import ProtocolError
 from protocols.request import (
     TERMINAL_STATES,
+    TRANSITIONS,
     Actor,
     RequestLifecycle,
     RequestState,
@@ -266,19 +267,41 @@ class RequestService:
     async def wait(
         self, rid: str, states: Collection[RequestState] = TERMINAL_STATES
     ) -> RequestRecord:
-        """Return the request once it is in one of ``states`` (committed)."""
+        """Return the request once it enters one of ``states`` (committed), or at once if
+        it is in one.
+
+        Decided on the state each committed ``request.state`` event entered, not on a
+        re-read: a state the request only passed through (``approved`` on its way to
+        ``running`` or ``failed``) still answers, with the record as it is now. A request
+        that can no longer come to any of ``states`` answers at once if it was in one
+        before, else raises ``RequestError`` naming its state: no waiter is kept forever.
+        """
+        wanted = frozenset(states)
         async with self.repo.subscribe() as events:
             record = await self.get(rid)
-            if record.state in states:
+            if record.state in wanted:
                 return record
-            async for event in events:
-                if isinstance(event, Missed) or (
-                    event.subject == rid and event.kind == "request.state"
-                ):
+            state = record.state
+            while _reachable(state) & wanted:
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    raise RequestError(f"request {rid}: the engine stopped while waiting") from None
+                if isinstance(event, Missed):
                     record = await self.get(rid)
-                    if record.state in states:
+                    if record.state in wanted:
                         return record
-        raise RequestError(f"request {rid}: the engine stopped while waiting")
+                    state = record.state
+                elif event.subject == rid and event.kind == "request.state":
+                    state = RequestState(event.data["to"])
+                    if state in wanted:
+                        return await self.get(rid)
+            if await self.repo.read(store.states_entered(rid)) & wanted:
+                return await self.get(rid)
+            record = await self.get(rid)
+            why = f" ({record.error})" if record.error else ""
+            names = ", ".join(sorted(s.value for s in wanted))
+            raise RequestError(f"request {rid}: {state.value}{why}, it will never be {names}")
 
     # --- one step --------------------------------------------------------------------------
 
@@ -529,6 +552,18 @@ class RequestService:
                     )
                     if stopped or not between:
                         self._deferred.pop(job_id, None)
+
+
+def _reachable(state: RequestState) -> frozenset[RequestState]:
+    """The states a request in ``state`` can still come to, ``state`` included."""
+    seen = {state}
+    todo = [state]
+    while todo:
+        for after in TRANSITIONS[todo.pop()].values():
+            if after not in seen:
+                seen.add(after)
+                todo.append(after)
+    return frozenset(seen)
 
 
 def _action_known(runner: ActionRunner | None) -> Callable[[str], bool]:

@@ -527,6 +527,23 @@ def read_snapshot(rid: str) -> Callable[[Any], Snapshot]:
     return fn
 
 
+def states_entered(rid: str) -> Callable[[Any], frozenset[RequestState]]:
+    """Read: every state ``rid`` has been in, from its ``request.state`` events (its first
+    state too: the ``from`` of its first transition); empty before any transition."""
+
+    def fn(conn: Any) -> frozenset[RequestState]:
+        rows = conn.execute(
+            "SELECT data FROM events WHERE kind = 'request.state' AND subject = ?", (rid,)
+        ).fetchall()
+        found: set[RequestState] = set()
+        for (text,) in rows:
+            data = json.loads(text)
+            found.update(RequestState(data[key]) for key in ("from", "to") if key in data)
+        return frozenset(found)
+
+    return fn
+
+
 def live_requests(conn: Any) -> list[str]:
     """Ids of the requests the service has work for: live states, or open batches."""
     states = tuple(s.value for s in LIVE_STATES)
