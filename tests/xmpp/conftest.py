@@ -11,6 +11,10 @@
   when the test ends; ``h``: helpers that wait on the engine's committed events.
 
 A missing Prosody fails these fixtures with the install hint rather than skipping: CI installs it.
+
+When a test fails, its report carries what the engine logged (``wfe`` at INFO, as captured
+log), the tail of every agent's log and of every private Prosody's log: enough to tell what
+happened in a run that cannot be repeated.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import secrets
 import signal
@@ -52,6 +57,41 @@ def _start(directory: Path, **options: Any) -> ProsodyServer:
     return server
 
 
+#: Per test: callables that give (title, text) sections for the report of a failure.
+_DIAGNOSTICS = pytest.StashKey[list[Callable[[], list[tuple[str, str]]]]]()
+#: Lines of each log shown in the report of a failed test.
+REPORT_LINES = 60
+
+
+def _diagnose(
+    request: pytest.FixtureRequest, sections: Callable[[], list[tuple[str, str]]]
+) -> None:
+    """Add ``sections()`` to the report of the test being set up, should it fail."""
+    request.node.stash.setdefault(_DIAGNOSTICS, []).append(sections)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for sections in item.stash.get(_DIAGNOSTICS, []):
+            try:
+                report.sections.extend(sections())
+            except Exception as exc:  # a diagnostic must not hide the failure
+                report.sections.append(("diagnostics", f"could not collect: {exc!r}"))
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _engine_log_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture the engine's INFO lines: a failed test's report shows them."""
+    caplog.set_level(logging.INFO, logger="wfe")
+
+
+def _tail(text: str, lines: int = REPORT_LINES) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
 @pytest.fixture(scope="session")
 def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
     """A plaintext Prosody on 127.0.0.1 shared by the session; register accounts per test."""
@@ -69,9 +109,15 @@ def prosody_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodySer
 
 
 @pytest.fixture
-def prosody_factory(tmp_path: Path) -> Iterator[Callable[..., ProsodyServer]]:
+def prosody_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., ProsodyServer]]:
     """Start servers private to one test, with :class:`ProsodyServer` options; all stop after it."""
     servers: list[ProsodyServer] = []
+    _diagnose(
+        request,
+        lambda: [(f"prosody {s.port}", s.log_tail(REPORT_LINES)) for s in servers],
+    )
 
     def start(**options: Any) -> ProsodyServer:
         server = _start(tmp_path / f"prosody-{len(servers)}", **options)
@@ -268,10 +314,18 @@ def _toml(value: Any) -> str:
 
 @pytest.fixture
 async def cluster_factory(
-    tmp_path: Path, new_account: Callable[[ProsodyServer], Account]
+    tmp_path: Path, new_account: Callable[[ProsodyServer], Account], request: pytest.FixtureRequest
 ) -> AsyncIterator[Callable[[ProsodyServer], Cluster]]:
     """``cluster_factory(server)``: a ``Cluster`` on ``server``; its agents die with the test."""
     clusters: list[Cluster] = []
+    _diagnose(
+        request,
+        lambda: [
+            (f"agent {account.user}", _tail(cluster.log(account)))
+            for cluster in clusters
+            for account in cluster.accounts.values()
+        ],
+    )
 
     def make(server: ProsodyServer) -> Cluster:
         root = tmp_path / f"cluster-{len(clusters)}"

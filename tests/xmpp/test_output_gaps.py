@@ -91,12 +91,16 @@ async def test_output_of_an_attempt_that_finished_while_prosody_was_down_is_whol
             stop()
             await trio.to_thread.run_sync(server.stop)
             go.touch()
-            # the attempt ended during the outage (its result is spooled right after this line)
+            # The attempt ended during the outage: the agent logs this line once its result is
+            # spooled and sent (agents.core), so when Prosody is back the agent's hello lists
+            # the attempt as held, not running. (When the line came before the spool's fsync,
+            # a slow disk let the agent say hello first with the attempt still running: the
+            # engine's reconnect Resume then filled the output before the result came.)
             await wait_for_line(lambda: cluster.log(agent), f"attempt {job_id}#1 ended: exited")
             await trio.to_thread.run_sync(server.start)
             await h.run_all(engine, [job_id])
             (job,) = await h.succeeded_once(engine, [job_id])
             assert await engine.output(job_id) == expected(lines)
-            assert engine.controller.output_fill.filled == 1
+            assert engine.controller.output_fill.filled == 1, "no holes behind the result"
             assert engine.controller.output_fill.incomplete == 0
             assert job["attempts"] == 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -52,10 +55,12 @@ async def test_agents_and_engine_reconnect_after_prosody_restarts(
     )
 
 
-#: Runs an engine in its own process: submits 4 long and 20 short jobs, prints their ids,
-#: prints "ready" once ``argv[2]`` jobs have succeeded, and runs until killed.
+#: Runs an engine in its own process: submits 4 long and 20 short jobs and prints their ids;
+#: then, whenever at least ``argv[2]`` jobs have succeeded and a short one is running (as its
+#: committed events tell), prints "ready" and stops itself (SIGSTOP), frozen as it was, for the
+#: test to look at its repository and kill it, or let it go on (SIGCONT).
 ENGINE_PROCESS = """
-import sys, trio
+import os, signal, sys, trio
 from pathlib import Path
 from engine.config import load_config
 from engine.daemon import open_engine
@@ -63,16 +68,19 @@ from engine.daemon import open_engine
 async def main(path, ready_after):
     async with open_engine(load_config(Path(path))) as engine, engine.repo.subscribe() as events:
         ids = [await engine.run_rscript("sleep_echo", {"message": "long", "seconds": 6}) for _ in range(4)]
-        ids += [await engine.run_rscript("sleep_echo", {"message": f"short {n}", "seconds": 0.4}) for n in range(20)]
-        print(" ".join(ids), flush=True)
-        done = set()
+        short = [await engine.run_rscript("sleep_echo", {"message": f"short {n}", "seconds": 0.4}) for n in range(20)]
+        print(" ".join(ids + short), flush=True)
+        done, running = set(), set()
         async for event in events:
-            if getattr(event, "kind", "") == "job.state" and event.data.get("state") == "succeeded":
+            kind = getattr(event, "kind", "")
+            if kind == "job.state" and event.data.get("state") == "succeeded":
                 done.add(event.subject)
-            if len(done) >= ready_after:
-                break
-        print("ready", flush=True)
-        await trio.sleep_forever()
+            elif kind == "attempt.state":
+                key = (event.subject, event.data["attempt"])
+                (running.add if event.data["state"] == "running" else running.discard)(key)
+            if len(done) >= ready_after and any(job in short for job, _ in running):
+                print("ready", flush=True)
+                os.kill(os.getpid(), signal.SIGSTOP)
 
 trio.run(main, sys.argv[1], int(sys.argv[2]))
 """
@@ -106,15 +114,20 @@ async def test_an_engine_killed_mid_run_reconciles_with_its_agents(
             assert process.stdout is not None
             lines = Lines(process.stdout)
             job_ids = (await lines.next()).split()
-            assert await lines.next() == "ready"
+            long_ones = {(j, 1) for j in job_ids[:4]}
+            while True:  # until it is killed with long and short attempts out on agents
+                assert await lines.next() == "ready"
+                await stopped(process)
+                # The repository is ahead of the events the engine saw: look at what it holds.
+                running = in_flight(config.repository_path, "running")
+                sent = in_flight(config.repository_path, "dispatched")
+                if long_ones <= running and len(running) > len(long_ones):
+                    break
+                process.send_signal(signal.SIGCONT)
         finally:
             process.kill()
             await process.wait()
             await process.stdout.aclose()  # type: ignore[union-attr]
-        running = in_flight(config.repository_path, "running")
-        sent = in_flight(config.repository_path, "dispatched")
-        long_ones = {(j, 1) for j in job_ids[:4]}
-        assert long_ones <= running and len(running) > len(long_ones)  # long and short ones ran
         async with open_engine(config) as engine:
             await h.run_all(engine, job_ids)
             jobs = await h.succeeded_once(engine, job_ids)
@@ -124,10 +137,24 @@ async def test_an_engine_killed_mid_run_reconciles_with_its_agents(
     # not know it, so it is lost and retried once; one that reached an agent succeeded as it was.
     for job_id, attempt in sent:
         assert attempts[job_id, attempt] in {"succeeded", "lost"}, (job_id, attempts)
-    retried = {job_id for job_id, attempt in sent if attempts[job_id, attempt] == "lost"}
+    lost = {(job_id, attempt) for job_id, attempt in sent if attempts[job_id, attempt] == "lost"}
+    retried = {job_id for job_id, _ in lost}
     assert all(j["attempts"] == (2 if j["id"] in retried else 1) for j in jobs), [
         (j["id"], j["attempts"]) for j in jobs
     ]
+    # ... and no agent ran an attempt counted lost (an agent logs the end of each it ran).
+    logs = "".join(cluster.log(account) for account in cluster.accounts.values())
+    ran = {key for key in lost if re.search(rf"attempt {key[0]}#{key[1]} ended", logs)}
+    assert not ran, (ran, logs)
+
+
+async def stopped(process: trio.Process) -> None:
+    """Wait until ``process`` has stopped (SIGSTOP) or ended."""
+
+    def wait() -> None:
+        os.waitid(os.P_PID, process.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
+
+    await trio.to_thread.run_sync(wait, abandon_on_cancel=True)
 
 
 class Lines:
