@@ -74,7 +74,7 @@ def missing(count: int, *received: Callable[[int], bool]) -> list[int]:
 @attrs.define(eq=False)
 class _Fill:
     finished: JobFinished
-    missing: set[int]
+    missing: set[int] | None = None  # None while the stored seqs are being read
     done: trio.Event = attrs.Factory(trio.Event)
 
 
@@ -99,7 +99,7 @@ class OutputFill:
             seqs = self._seen[key] = SeqSet()
         seqs.add(chunk.seq)
         fill = self._fills.get(key)
-        if fill is not None:
+        if fill is not None and fill.missing is not None:
             fill.missing.discard(chunk.seq)
             if not fill.missing:
                 fill.done.set()
@@ -109,11 +109,13 @@ class OutputFill:
         self._seen.pop((job_id, attempt), None)
 
     def filling(self, job_id: str, attempt: int) -> bool:
-        """True while a finished attempt waits for missing output."""
+        """True while a finished attempt waits for missing output, or for the read that
+        tells whether it misses any."""
         return (job_id, attempt) in self._fills
 
     def relink(self, job_id: str, attempt: int, link: AgentLink | None) -> None:
-        """Ask again on ``link`` for what an attempt being filled still misses."""
+        """Ask again on ``link`` for what an attempt being filled still misses (nothing
+        while the stored seqs are read: ``complete`` asks on the current link after it)."""
         fill = self._fills.get((job_id, attempt))
         if fill is not None and fill.missing and link is not None:
             link.send_nowait(Resume(job_id=job_id, attempt=attempt, next_seq=min(fill.missing)))
@@ -129,11 +131,13 @@ class OutputFill:
         try:
             if seqs.whole(finished.chunks):
                 return
+            # Filling from here on: a result resent meanwhile must not be acknowledged.
+            fill = self._fills[key] = _Fill(finished=finished)
             stored = set(await self.repo.read(ops.output_seqs(*key)))
             holes = set(missing(finished.chunks, stored.__contains__, seqs.__contains__))
             if not holes:
                 return
-            fill = self._fills[key] = _Fill(finished=finished, missing=holes)
+            fill.missing = holes
             self.filled += 1
             log.info(
                 "output of %s#%d: %d of %d chunks missing after the result; asking the agent",

@@ -119,3 +119,44 @@ async def test_a_new_link_is_asked_again_and_a_lost_chunk_stops_waiting_after_wa
     assert trio.current_time() == pytest.approx(30.0)
     assert old.sent == [Resume(job_id="j", attempt=1, next_seq=1)]
     assert (fill.filled, fill.incomplete, fill.filling("j", 1)) == (1, 1, False)
+
+
+class GatedRepo(FakeRepo):
+    """A ``FakeRepo`` whose reads wait until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def read(self, fn: Callable[[Any], Any]) -> Any:
+        await self.gate.wait()
+        return await super().read(fn)
+
+
+async def test_an_attempt_is_filling_while_its_stored_output_is_read() -> None:
+    """From the moment ``complete`` must look for holes, a resent result for the attempt is
+    not to be acknowledged (``filling``), and ``relink`` asks nothing before the holes are
+    known; once they are, the current link is asked."""
+    repo, link, early = GatedRepo(), Link(), Link()
+    repo.store(0)
+    fill = OutputFill(repo)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fill.complete, finished(3), lambda: link)
+        await trio.testing.wait_all_tasks_blocked()
+        assert repo.reads == 0 and fill.filling("j", 1)
+        fill.relink("j", 1, early)  # the agent's result came again over a new link
+        fill.seen(chunk(1))  # seen during the read: no longer missing
+        repo.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert (early.sent, link.sent) == ([], [Resume(job_id="j", attempt=1, next_seq=2)])
+        fill.seen(chunk(2))
+    assert (fill.filled, fill.incomplete, fill.filling("j", 1)) == (1, 0, False)
+
+
+async def test_an_attempt_whose_output_is_stored_whole_stops_filling_after_the_read() -> None:
+    """A result whose missing chunks turn out to be stored asks nothing and stops filling."""
+    repo, link = FakeRepo(), Link()
+    repo.store(0, 1, 2)
+    fill = OutputFill(repo)
+    await fill.complete(finished(3), lambda: link)
+    assert (repo.reads, link.sent, fill.filled, fill.filling("j", 1)) == (1, [], 0, False)
