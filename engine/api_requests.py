@@ -143,7 +143,7 @@ async def _request(session: Session, args: dict[str, Any]) -> Any:
 @_register("request_wait")
 async def _request_wait(session: Session, args: dict[str, Any]) -> Any:
     """args: request, states (default: completed, failed, cancelled). Replies once the
-    request is in one of them."""
+    request is, or has been, in one of them; refused once it can never reach any."""
     names = arg(args, "states", list, ["completed", "failed", "cancelled"])
     try:
         states = {RequestState(n) for n in names}
