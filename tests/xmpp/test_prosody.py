@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -351,7 +352,7 @@ def test_dev_server_runs_until_ctrl_c(tmp_path: Path, stop: signal.Signals, sigi
         output = "".join(lines)
         assert "account engine@wfe.localhost password secret" in output, output
         port = int(output.split("127.0.0.1:")[1].split(",")[0])
-        prosody_pid = int((tmp_path / "prosody.pid").read_text())
+        (prosody_pid,) = _prosody_pids(tmp_path)
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
         process.send_signal(stop)
@@ -379,15 +380,24 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _prosody_pids(directory: Path) -> list[int]:
+    """The live processes running Prosody with the config in ``directory``."""
+    config = str(directory / "prosody.cfg.lua").encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and config in (proc / "cmdline").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return [pid for pid in pids if _alive(pid)]
+
+
 def _stop_leftover_prosody(directory: Path) -> None:
     """Kill the Prosody a failed dev-server test left running from ``directory``."""
-    try:
-        pid = int((directory / "prosody.pid").read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ValueError):
-        return
-    if str(directory / "prosody.cfg.lua").encode() in cmdline:
-        os.kill(pid, signal.SIGKILL)
+    for pid in _prosody_pids(directory):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_stop_interrupted_by_a_second_ctrl_c_still_ends_prosody(tmp_path: Path) -> None:
