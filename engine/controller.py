@@ -166,6 +166,9 @@ class AgentController:
         self._nursery: trio.Nursery | None = None
         self._output_watchers: dict[str, set[trio.MemorySendChannel[OutputChunk]]] = {}
         self.output_fill = OutputFill(repo)  # makes output whole before a result is committed
+        # (job, attempt) whose result arrived and whose end is not committed yet: a result
+        # resent meanwhile gets no Ack (the Ack after the commit answers it)
+        self._unacked: set[tuple[str, int]] = set()
         self.dispatched_total = 0
 
     # --- life ------------------------------------------------------------------------------
@@ -637,8 +640,9 @@ class AgentController:
 
     def _finished(self, entry: AgentEntry, message: JobFinished) -> None:
         job = self._current(entry, message.job_id, message.attempt)
-        if job is None and self.output_fill.filling(message.job_id, message.attempt):
-            # Resent after a reconnect while we wait for its output: ask again, no Ack yet.
+        if job is None and (message.job_id, message.attempt) in self._unacked:
+            # Resent while its end is being written (or its output filled): no Ack yet, or the
+            # agent would drop a result that is not committed. Ask again for missing output.
             self.output_fill.relink(message.job_id, message.attempt, entry.link)
             return
         if job is None:
@@ -741,6 +745,8 @@ class AgentController:
             self.jobs.pop(job.job_id, None)
             self._ending[job.job_id] = job
         end = (job, machine, finished, job_state, error, retry_delay)
+        if finished is not None:
+            self._unacked.add((job.job_id, machine.attempt))
         if finished is not None and finished.chunks:
             self._spawn(self._settle, *end)  # its output may have holes to fill first
         else:
@@ -774,6 +780,7 @@ class AgentController:
         once it is committed, requeue the job or resolve it, then acknowledge the result."""
 
         def committed(written: outcome.Outcome[None]) -> None:
+            self._unacked.discard((job.job_id, machine.attempt))
             if job_state is not None:
                 self._ending.pop(job.job_id, None)
             if isinstance(written, outcome.Error):

@@ -267,6 +267,26 @@ async def test_a_duplicate_result_is_acknowledged_and_ignored(
     assert len(job["attempt_list"]) == 1
 
 
+async def test_a_result_resent_before_its_end_is_committed_is_not_acknowledged_early(
+    autojump_clock: MockClock, harness: Harness
+) -> None:
+    """A result that arrives again while the first one's end is still being committed gets
+    no Ack of its own: an Ack then would let the agent drop a result that is not committed
+    yet. The one Ack comes after the commit."""
+    agent = harness.agent("a")
+    job_id = await submit(harness)
+    [dispatch] = await agent.receive(Dispatch)
+    agent.finish(dispatch, result={"n": 1})
+    agent.finish(dispatch, result={"n": 1})  # resent before the end can have been written
+    assert agent.of_type(Ack) == []
+    await outcome(harness, job_id)
+    await agent.receive(Ack)
+    await trio.sleep(1)
+    assert len(agent.of_type(Ack)) == 1
+    job = await harness.job(job_id)
+    assert (job["state"], job["result"]) == ("succeeded", {"n": 1})
+
+
 async def test_bad_parameters_are_refused_before_anything_is_recorded(
     autojump_clock: MockClock, harness: Harness
 ) -> None:
