@@ -7,7 +7,7 @@ import types
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rscripts import MISSING, ParamError, ParamType, parse_header, validate_params
@@ -111,6 +111,7 @@ def test_params_must_be_an_object() -> None:
         validate_params(HEADER, [])  # type: ignore[arg-type]
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])  # generation slows on a loaded CI host
 @given(data=st.data())
 def test_valid_values_pass_through(hdr: types.SimpleNamespace, data: st.DataObject) -> None:
     """For any header, values of the declared types come back unchanged (floats as floats),
