@@ -14,13 +14,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from engine.config import Config
 from engine.demo import make_workspace
+
+if TYPE_CHECKING:
+    from engine.daemon import Engine
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -381,3 +384,21 @@ def latencies(tracker: Tracker, submitted: dict[str, float]) -> dict[str, Any]:
         "stage_accepted_p50_ms": ms(to_running, 50),
         "stage_run_to_commit_p50_ms": ms(run_to_commit, 50),
     }
+
+
+def spool_agent_pids(engine: Engine) -> list[int]:
+    """The pids of the engine's local agents, from the lock files of their spools."""
+    pids = []
+    for lock in sorted(engine.config.agents_dir.glob("*/spool/agent.lock")):
+        text = lock.read_text().strip()
+        if text.isdigit():
+            pids.append(int(text))
+    return pids
+
+
+async def wait_for_agents(engine: Engine, count: int) -> None:
+    """Until ``count`` agents are connected (checked after every committed event; 30 s at most)."""
+    with trio.fail_after(30):
+        async with engine.repo.subscribe() as events:
+            while sum(1 for a in engine.agents() if a["state"] == "connected") < count:
+                await events.__anext__()

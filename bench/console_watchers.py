@@ -27,7 +27,16 @@ from typing import Any
 
 import trio
 
-from bench._common import Stopwatch, Tracker, cpu_seconds, machine, machine_line, table, workspace
+from bench._common import (
+    Stopwatch,
+    Tracker,
+    cpu_seconds,
+    machine,
+    machine_line,
+    table,
+    wait_for_agents,
+    workspace,
+)
 from engine.api import load_ops
 from engine.console.server import ConsoleServer
 from engine.console.session import Limits
@@ -83,12 +92,6 @@ async def watchers(url: str, token: str, count: int, stalled: int, compress: boo
 
 
 # --- the engine side -----------------------------------------------------------------------
-
-
-async def wait_for_agents(engine: Engine, count: int) -> None:
-    with trio.fail_after(30):
-        while sum(1 for a in engine.agents() if a["state"] == "connected") < count:  # noqa: ASYNC110
-            await trio.sleep(0.02)  # the engine has no "agent connected" notification
 
 
 async def burst(engine: Engine, tracker: Tracker, n: int) -> dict[str, Any]:

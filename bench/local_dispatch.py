@@ -42,8 +42,10 @@ from bench._common import (
     machine_line,
     missed,
     percentile,
+    spool_agent_pids,
     submit,
     table,
+    wait_for_agents,
     workspace,
 )
 from engine.daemon import Engine, open_engine
@@ -93,23 +95,6 @@ async def spawn_floor(count: int, concurrency: int) -> dict[str, float]:
 # --- one engine ---------------------------------------------------------------------------
 
 
-def agent_pids(engine: Engine) -> list[int]:
-    """The local agents' pids, from the lock files of their spools."""
-    pids = []
-    for lock in sorted(engine.config.agents_dir.glob("*/spool/agent.lock")):
-        text = lock.read_text().strip()
-        if text.isdigit():
-            pids.append(int(text))
-    return pids
-
-
-async def wait_for_agents(engine: Engine, count: int) -> None:
-    with trio.fail_after(30):
-        # the engine has no "agent connected" notification to wait for; poll its table
-        while sum(1 for a in engine.agents() if a["state"] == "connected") < count:  # noqa: ASYNC110
-            await trio.sleep(0.02)
-
-
 async def window(engine: Engine, tracker: Tracker, n: int, width: int) -> dict[str, Any]:
     """Keep ``width`` jobs in flight until ``n`` have finished (a closed loop)."""
     submitted: dict[str, float] = {}
@@ -143,7 +128,7 @@ async def run_config(
         await nursery.start(tracker.run, engine.repo)
         await wait_for_agents(engine, agents)
         figures["startup_s"] = time.perf_counter() - started
-        pids = agent_pids(engine)
+        pids = spool_agent_pids(engine)
         await burst(engine, tracker, 2 * agents * slots, script=SCRIPT, pids=pids)  # warm up
         if profiling is None:
             figures["burst"] = await burst(engine, tracker, jobs, script=SCRIPT, pids=pids)

@@ -42,7 +42,9 @@ from bench._common import (
     machine,
     machine_line,
     missed,
+    spool_agent_pids,
     table,
+    wait_for_agents,
 )
 from engine.config import Config, XmppSection
 from engine.daemon import Engine, open_engine
@@ -153,21 +155,7 @@ async def start_xmpp_agents(setup: Setup, config: Config) -> list[trio.Process]:
 
 
 def agent_pids(engine: Engine, processes: list[trio.Process]) -> list[int]:
-    if processes:
-        return [p.pid for p in processes]
-    pids = []
-    for lock in sorted(engine.config.agents_dir.glob("*/spool/agent.lock")):
-        text = lock.read_text().strip()
-        if text.isdigit():
-            pids.append(int(text))
-    return pids
-
-
-async def wait_for_agents(engine: Engine, count: int) -> None:
-    """Until ``count`` agents are connected (checked after every committed event)."""
-    async with engine.repo.subscribe() as events:
-        while sum(1 for a in engine.agents() if a["state"] == "connected") < count:
-            await events.__anext__()
+    return [p.pid for p in processes] if processes else spool_agent_pids(engine)
 
 
 # --- measurements -------------------------------------------------------------------------
