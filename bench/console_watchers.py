@@ -173,6 +173,7 @@ async def run_case(
         ticks=after.get("ticks", 0) - before.get("ticks", 0),
         frames_built=after.get("frames_built", 0) - before.get("frames_built", 0),
         frames_sent=after.get("frames_sent", 0) - before.get("frames_sent", 0),
+        frames_direct=after.get("frames_direct", 0) - before.get("frames_direct", 0),
         stalled_closed=after.get("refused", {}).get("stalled", 0)
         - before.get("refused", {}).get("stalled", 0),
     )
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("sent_kb_per_job", "console kB sent/job", ".1f"),
                 ("ticks", "ticks", ""),
                 ("frames_sent", "frames sent", ""),
+                ("frames_direct", "of them direct", ""),
                 ("events_per_s", "events/s", ".0f"),
                 ("events_missed", "events missed (all watchers)", ""),
                 ("stalled_closed", "stalled closed", ""),

@@ -21,7 +21,8 @@ from engine.console import protocol, web
 from engine.console.hub import ConsoleHub
 from engine.console.protocol import ApiError, BadFrame, Request
 from engine.console.registry import OPS
-from engine.console.session import ClientStalled, Limits, Session
+from engine.console.session import ClientGone, ClientStalled, Limits, Session
+from engine.console.wire import Wire
 from engine.errors import EngineError
 from engine.tokens import Authenticator, Principal
 
@@ -99,30 +100,30 @@ class ConsoleServer:
                     web.response(503, "Service Unavailable", b"too many console connections\n"),
                 )
                 return
-            await self._websocket(web.Replay(stream, data))
+            await self._websocket(Wire(stream, data))
         finally:
             self.connections -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _websocket(self, stream: trio.abc.Stream) -> None:
+    async def _websocket(self, wire: Wire) -> None:
         async with trio.open_nursery() as nursery:
             ws: WebSocketConnection | None = None
             with trio.move_on_after(web.HEAD_TIMEOUT):
-                request = await wrap_server_stream(nursery, stream, message_queue_size=1,
+                request = await wrap_server_stream(nursery, wire, message_queue_size=1,
                                                    max_message_size=self.limits.max_message)  # fmt: skip
                 ws = await request.accept()
             if ws is None:
                 nursery.cancel_scope.cancel()
                 return
             try:
-                await self._authenticated(ws)
+                await self._authenticated(ws, wire)
             except ConnectionClosed:
                 pass
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _authenticated(self, ws: WebSocketConnection) -> None:
+    async def _authenticated(self, ws: WebSocketConnection, wire: Wire) -> None:
         principal, request_id = await self._authenticate(ws)
         if principal is None:
             self.refused["unauthenticated"] += 1
@@ -132,9 +133,8 @@ class ConsoleServer:
         session: Session | None = None
         try:
             async with trio.open_nursery() as nursery:
-                session = Session(
-                    server=self, ws=ws, principal=principal, nursery=nursery, limits=self.limits
-                )
+                session = Session(server=self, ws=ws, wire=wire, principal=principal,
+                                  nursery=nursery, limits=self.limits)  # fmt: skip
                 self.sessions.add(session)
                 await session.send(protocol.ok(request_id, self._welcome(session)))
                 nursery.start_soon(self._writer, session)
@@ -143,7 +143,7 @@ class ConsoleServer:
             self.refused["stalled"] += 1
             close = (protocol.CLOSE_TOO_SLOW, str(group.exceptions[0]))
             log.warning("console: closing %s's connection: %s", principal.name, close[1])
-        except* ConnectionClosed:
+        except* (ConnectionClosed, ClientGone):
             close = None  # the client went away (or was closed on purpose): nothing to say
         finally:
             if session is not None:
@@ -277,6 +277,7 @@ class ConsoleServer:
             "queued_frames": sum(len(s.outbox) for s in self.sessions),
             "bytes_sent": sum(s.bytes_sent for s in self.sessions),
             "frames_sent": sum(s.frames_sent for s in self.sessions),
+            "frames_direct": sum(s.frames_direct for s in self.sessions),
             "events_missed": sum(
                 st.missed_total for s in self.sessions for st in s.event_streams.values()
             ),

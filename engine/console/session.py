@@ -3,7 +3,9 @@
 The writer (``pump``) is the only task that writes to the websocket. It sends replies and
 tailed output as they are queued, and the frames the hub's tick sealed for each event
 stream (see ``engine.console.hub``: one tick for all streams, at most every
-``flush_interval`` seconds, less often when many streams are open). When one write takes
+``flush_interval`` seconds, less often when many streams are open). While the writer has
+nothing in hand, the tick writes a stream's frame itself (``send_now``, through the
+``Wire``): no task wakes for it, which is what makes hundreds of watchers cheap. When one write takes
 longer than ``stall_timeout`` (the client has stopped reading and the socket buffers are
 full) it raises ``ClientStalled`` and the server closes the connection: a stalled client
 costs the engine nothing but memory bounded by the outbox and ``max_pending`` events per
@@ -12,7 +14,7 @@ stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
     from engine.console.server import ConsoleServer
+    from engine.console.streams import Frame
+    from engine.console.wire import Wire
     from engine.daemon import Engine
 
 
@@ -50,6 +54,10 @@ class ClientStalled(Exception):
     """A write to the client took longer than ``stall_timeout``."""
 
 
+class ClientGone(Exception):
+    """The client's socket broke while the writer sent the rest of a frame."""
+
+
 class Session:
     """An authenticated connection; ``name`` and ``role`` come from its token."""
 
@@ -58,12 +66,14 @@ class Session:
         *,
         server: ConsoleServer,
         ws: WebSocketConnection,
+        wire: Wire,
         principal: Principal,
         nursery: trio.Nursery,
         limits: Limits,
     ) -> None:
         self.server = server
         self.ws = ws
+        self.wire = wire
         self.principal = principal
         self.nursery = nursery
         self.limits = limits
@@ -75,7 +85,9 @@ class Session:
         self._opened_by: dict[Any, list[int]] = {}
         self._next_stream = 1
         self._wakeup = trio.Event()
+        self._writing = True  # the writer has frames in hand (False only while it waits idle)
         self.frames_sent = 0
+        self.frames_direct = 0  # of them written by the tick itself (``send_now``)
         self.bytes_sent = 0
 
     @property
@@ -108,6 +120,7 @@ class Session:
             max_pending=self.limits.max_pending,
             wake=self._poke,
             compress=compress,
+            send_now=self.send_now,
         )
         self.event_streams[stream.id] = stream
         self.server.hub.add(stream)
@@ -163,9 +176,31 @@ class Session:
     def _poke(self) -> None:
         self._wakeup.set()
 
+    def send_now(self, stream: EventStream, frame: Frame) -> bool:
+        """Write ``stream``'s ``frame`` at once if nothing else is being written to the client;
+        False leaves it to the writer (it is busy, the socket is full, or the link is broken)."""
+        if self._writing or stream.id in self._ready or self.ws.closed is not None:
+            return False
+        chunks = frame.chunks(stream.id, stream.compress)
+        if not self.wire.send_now(chunks):
+            return False
+        self.frames_sent += 1
+        self.frames_direct += 1
+        self.bytes_sent += sum(len(chunk) for chunk in chunks)
+        if self.wire.pending:
+            self._poke()  # the writer sends the rest of the frame before anything else
+        return True
+
     async def pump(self) -> None:
         """Write queued frames and sealed event frames to the client until cancelled."""
         while True:
+            self._writing = True
+            if self.wire.pending:
+                try:
+                    await self._timed(self.wire.flush())
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise ClientGone(str(exc)) from None
+                continue
             try:
                 frame = self.outbox.get_nowait()
             except trio.WouldBlock:
@@ -183,20 +218,24 @@ class Session:
 
     async def _idle(self) -> None:
         self._wakeup = trio.Event()
-        if len(self.outbox):
+        if len(self.outbox) or self.wire.pending:
             await trio.lowlevel.checkpoint()
             return
+        self._writing = False
         await self._wakeup.wait()
 
     async def _write(self, message: str | bytes) -> None:
+        await self._timed(self.ws.send_message(message))
+        self.frames_sent += 1
+        self.bytes_sent += len(message)
+
+    async def _timed(self, write: Awaitable[None]) -> None:
         with trio.move_on_after(self.limits.stall_timeout) as scope:
-            await self.ws.send_message(message)
+            await write
         if scope.cancelled_caught:
             raise ClientStalled(
                 f"client stalled: one write took over {self.limits.stall_timeout:g} s (not reading?)"
             )
-        self.frames_sent += 1
-        self.bytes_sent += len(message)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -205,6 +244,7 @@ class Session:
             "streams": len(self.event_streams) + len(self.task_streams),
             "queued_frames": len(self.outbox),
             "frames_sent": self.frames_sent,
+            "frames_direct": self.frames_direct,
             "bytes_sent": self.bytes_sent,
             "events_missed": sum(s.missed_total for s in self.event_streams.values()),
         }

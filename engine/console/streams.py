@@ -12,6 +12,11 @@ missed, and tells its client in a ``missed`` notice after what it kept.
 A stream opened with ``compress`` gets its events as binary messages
 (``protocols.console_frames``): event JSON shrinks about sevenfold, and the bytes each
 watcher costs the kernel shrink with it.
+
+A stream whose connection has nothing else to write takes its frame at once, from the tick:
+its session writes the whole websocket message with ``send_now`` (``Frame.chunks``: a small
+header and the shared body, no copy of it; see ``engine.console.wire``). Only a stream that
+already holds frames, or whose connection is busy, keeps the frame for its writer task.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from protocols.console_frames import binary_events, compress_events
+from protocols.ws_frames import BINARY, TEXT, frame_header
 
 if TYPE_CHECKING:
     from engine.console.filters import EventFilter
@@ -30,23 +36,39 @@ if TYPE_CHECKING:
 class Frame:
     """The events of one tick for the streams that held the same batches."""
 
-    __slots__ = ("body", "_zlib")
+    __slots__ = ("body", "_zlib", "_utf8")
 
     def __init__(self, body: str) -> None:
         self.body = body  # comma-joined event objects
         self._zlib: bytes | None = None
+        self._utf8: bytes | None = None
 
     def text(self, stream_id: int) -> str:
         return f'{{"stream":{stream_id},"events":[{self.body}]}}'
 
     def binary(self, stream_id: int) -> bytes:
+        return binary_events(stream_id, self._compressed())
+
+    def chunks(self, stream_id: int, compress: bool) -> tuple[bytes, ...]:
+        """The whole websocket message for ``stream_id``, header first; the body is shared."""
+        if compress:
+            body = self._compressed()
+            head = binary_events(stream_id, b"")
+            return frame_header(BINARY, len(head) + len(body)) + head, body
+        if self._utf8 is None:
+            self._utf8 = self.body.encode()
+        head = f'{{"stream":{stream_id},"events":['.encode()
+        return frame_header(TEXT, len(head) + len(self._utf8) + 2) + head, self._utf8, b"]}"
+
+    def _compressed(self) -> bytes:
         if self._zlib is None:
             self._zlib = compress_events(self.body)
-        return binary_events(stream_id, self._zlib)
+        return self._zlib
 
 
 class EventStream:
-    """One ``subscribe`` of one connection. ``wake`` is called when it has something to write."""
+    """One ``subscribe`` of one connection. ``wake`` is called when it has something to write;
+    ``send_now(stream, frame)``, if given, writes a frame at once or returns False."""
 
     def __init__(
         self,
@@ -56,12 +78,14 @@ class EventStream:
         max_pending: int,
         wake: Callable[[], None],
         compress: bool = False,
+        send_now: Callable[[EventStream, Frame], bool] | None = None,
     ) -> None:
         self.id = stream_id
         self.filter = where
         self.compress = compress
         self.max_pending = max_pending
         self._wake = wake
+        self._send_now = send_now
         self._frames: list[Frame] = []  # handed over at ticks, not yet taken by the writer
         self._held = 0  # events in them
         self._missed: list[int] | None = None  # [first_id, last_id, count]
@@ -75,6 +99,9 @@ class EventStream:
 
     def deliver(self, frame: Frame, batches: Sequence[Batch], count: int) -> None:
         """Take a tick's ``frame`` (the ``count`` events of ``batches``), or what fits of it."""
+        if not self.due and self._send_now is not None and self._send_now(self, frame):
+            self.sent += count
+            return
         if self._missed is None and self._held + count <= self.max_pending:
             self._frames.append(frame)
             self._held += count

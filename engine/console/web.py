@@ -2,11 +2,11 @@
 
 trio-websocket only speaks websocket, so the server reads the HTTP request head itself
 (at most ``MAX_HEAD`` bytes, within ``HEAD_TIMEOUT`` seconds). An upgrade request is handed,
-bytes and all, to trio-websocket through ``Replay``, a stream that returns what was already
-read before reading on. Any other request is answered here: ``GET /`` and the files of
-``engine/static/`` (the page is static and holds no data: everything it shows comes over the
-authenticated websocket), 404 for other paths, 405 for other methods, then the connection
-closes. An upgrade whose ``Origin`` names another host than the one it was sent to (a page
+bytes and all, to trio-websocket through ``engine.console.wire.Wire``, a stream that
+returns what was already read before reading on. Any other request is answered here: ``GET
+/`` and the files of ``engine/static/`` (the page is static and holds no data: everything it
+shows comes over the authenticated websocket), 404 for other paths, 405 for other methods,
+then the connection closes. An upgrade whose ``Origin`` names another host than the one it was sent to (a page
 of some other site in the operator's browser) is refused with 403 before any websocket exists.
 """
 
@@ -142,32 +142,3 @@ def answer(head: HttpHead) -> bytes:
         )
     body, content_type = found
     return response(200, "OK", body, content_type, head_only=head.method == "HEAD")
-
-
-class Replay(trio.abc.Stream):
-    """A stream that first returns ``prefix``, then reads from ``stream``."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        if isinstance(self._stream, trio.abc.HalfCloseableStream):
-            await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()

@@ -16,7 +16,8 @@ from engine.console import protocol, web
 from engine.console.filters import EventFilter, EventIndex
 from engine.console.hub import ConsoleHub, Rate
 from engine.console.outbox import Outbox
-from engine.console.streams import Batch, EventStream, StreamGroup
+from engine.console.streams import Batch, EventStream, Frame, StreamGroup
+from engine.console.wire import Wire
 from engine.repository import Event, Missed
 from engine.tokens import Role, TokenError, check_name, digest
 from protocols.console_frames import decode_binary
@@ -103,6 +104,51 @@ def test_a_full_stream_counts_misses_and_reports_them_after_what_it_kept() -> No
     assert stream.take_frames() == []  # not before the tick
     group.deliver()
     assert [json.loads(f) for f in stream.take_frames()] == [{"stream": 7, "events": [{"id": 6}]}]
+
+
+def test_a_stream_takes_a_frame_at_once_only_while_it_holds_nothing() -> None:
+    """A tick's frame goes out through send_now while the stream holds nothing; once send_now
+    refuses (the connection is busy or its socket full) the frame is held, and later frames
+    queue behind it, in order, even when send_now would take them; a missed notice waiting
+    holds them too, so the client always reads events and gaps in id order."""
+    direct: list[str] = []
+    accept = [True]
+
+    def send_now(stream: EventStream, frame: Frame) -> bool:
+        if accept[0]:
+            direct.append(frame.text(stream.id))
+        return accept[0]
+
+    group = StreamGroup(EventFilter())
+    stream = EventStream(5, EventFilter(), max_pending=3, wake=lambda: None, send_now=send_now)
+    group.join(stream)
+
+    def tick(*ids: int) -> None:
+        for i in ids:
+            group.add(Batch(i, i, 1, f'{{"id":{i}}}'))
+        group.deliver()
+
+    tick(1)
+    assert direct == ['{"stream":5,"events":[{"id":1}]}'] and not stream.due and stream.sent == 1
+    accept[0] = False
+    tick(2)
+    accept[0] = True
+    tick(3)  # behind 2: held, not sent at once
+    assert len(direct) == 1 and stream.due
+    assert [json.loads(f) for f in stream.take_frames()] == [
+        {"stream": 5, "events": [{"id": 2}, {"id": 3}]}
+    ]
+    accept[0] = False
+    tick(4, 5, 6, 7)  # the fourth is over max_pending: missed
+    accept[0] = True
+    tick(8)  # behind the gap: held for the notice
+    assert len(direct) == 1
+    assert [json.loads(f) for f in stream.take_frames()] == [
+        {"stream": 5, "events": [{"id": 4}, {"id": 5}, {"id": 6}]},
+        {"stream": 5, "missed": {"first_id": 7, "last_id": 8, "count": 2}},
+    ]
+    tick(9)
+    assert direct[-1] == '{"stream":5,"events":[{"id":9}]}' and not stream.due
 
 
 async def test_the_hub_fans_out_once_and_filters() -> None:
@@ -232,7 +278,7 @@ def test_the_http_side_serves_the_page_and_refuses_the_rest() -> None:
 
 async def test_a_replayed_stream_returns_what_was_read_first() -> None:
     left, right = trio.testing.memory_stream_pair()
-    replay = web.Replay(right, b"GET / HTTP/1.1\r\n\r\nrest")
+    replay = Wire(right, b"GET / HTTP/1.1\r\n\r\nrest")
     await left.send_all(b"+more")
     assert await replay.receive_some(5) == b"GET /"
     assert await replay.receive_some() == b" HTTP/1.1\r\n\r\nrest"

@@ -1,0 +1,100 @@
+"""A console connection's byte stream, and the event frames written to it at once.
+
+Theory of operation: every byte trio-websocket writes to a console client goes through a
+``Wire`` (its ``send_all``), which also replays the bytes read with the HTTP request head
+before reading on. A tick of the hub hands the same event frame to hundreds of streams; for
+a connection whose writer has nothing in hand, the session writes the frame here with
+``send_now``: one non-blocking ``writev`` of a prebuilt header and the shared body, from the
+tick itself, with no task woken (decision #29). It is refused, and the frame goes the usual
+way through the connection's writer, whenever anything else is being written (``busy``),
+when the socket is full, or on any socket error (the writer then meets the error and closes
+the connection properly). When only part of a frame fits, the rest waits in the wire and
+goes out before any later byte (``flush``, or the next ``send_all``): frames never interleave.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import trio
+
+
+class Wire(trio.abc.Stream):
+    """``stream`` with ``prefix`` read back first, and ``send_now`` for whole frames."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
+        self._stream = stream
+        self._prefix = prefix
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._rest = b""  # the end of a frame that ``send_now`` wrote in part
+        self._lock = trio.StrictFIFOLock()  # held while writing: send_all, flush
+        self._closed = False
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return bytes(await self._stream.receive_some(max_bytes))
+
+    # --- writing ---------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """Whether the end of a frame waits to be written (by ``flush`` or ``send_all``)."""
+        return bool(self._rest)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a write is under way or waiting: ``send_now`` refuses then."""
+        return self._lock.locked() or bool(self._rest)
+
+    def send_now(self, chunks: Sequence[bytes]) -> bool:
+        """Write the frame ``chunks`` join to without waiting; return whether it was taken.
+
+        Taken means written whole, or in part with the rest ``pending``. Refused (False): the
+        wire is busy or closed, is not a socket, the socket is full, or it failed.
+        """
+        if self._socket is None or self._closed or self.busy:
+            return False
+        fd = self._socket.fileno()
+        if fd < 0:
+            return False
+        try:
+            sent = os.writev(fd, chunks)
+        except OSError:  # full (BlockingIOError) or broken: the writer takes over
+            return False
+        total = sum(len(chunk) for chunk in chunks)
+        if sent < total:
+            self._rest = b"".join(chunks)[sent:]
+        return True
+
+    async def flush(self) -> None:
+        """Write what ``send_now`` left pending."""
+        async with self._lock:
+            await self._send_rest()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        async with self._lock:
+            await self._send_rest()
+            await self._stream.send_all(data)
+
+    async def _send_rest(self) -> None:
+        if self._rest:  # kept until written: ``pending`` stays true while the writer waits
+            await self._stream.send_all(self._rest)
+            self._rest = b""
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self._stream, trio.abc.HalfCloseableStream):
+            await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._stream.aclose()
