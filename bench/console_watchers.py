@@ -201,7 +201,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             await wait_for_agents(engine, 2)
             load_ops()
             server = ConsoleServer(
-                engine, bootstrap_token=token, limits=Limits(flush_interval=args.flush)
+                engine,
+                bootstrap_token=token,
+                limits=Limits(flush_interval=args.flush, event_frames_per_second=args.fps),
             )
             port = await nursery.start(server.serve, "127.0.0.1", 0)
             url = f"ws://127.0.0.1:{port}/"
@@ -245,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=Limits().flush_interval,
         help="the console's flush_interval (s)",
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        default=Limits().event_frames_per_second,
+        help="the console's event_frames_per_second, for all streams together",
     )
     parser.add_argument(
         "--frames",

@@ -39,7 +39,7 @@ async def watch_status(
     Without ``job`` it runs until cancelled; with ``job`` it returns that job's last status
     once the job has ended. Raises ``ClientError`` when the engine closes the connection.
     """
-    await client.call("subscribe", kinds=list(JOB_KINDS if job else OVERVIEW_KINDS))
+    await client.call("subscribe", kinds=list(JOB_KINDS if job else OVERVIEW_KINDS), compress=True)
     frames = client.frames()  # subscribed before the first read: no change falls in between
     while True:
         result: dict[str, Any] = await client.call("status", **({"job": job} if job else {}))
