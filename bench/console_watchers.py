@@ -42,6 +42,7 @@ from engine.console.server import ConsoleServer
 from engine.console.session import Limits
 from engine.daemon import Engine, open_engine
 from engine.keys import read_token
+from protocols.console_frames import decode_binary
 
 SCRIPT = "noop"
 CALLERS = 50
@@ -59,6 +60,7 @@ async def watchers(url: str, token: str, count: int, stalled: int, compress: boo
     ready = trio.Event()
     subscribed = 0
     received = [0]
+    latencies: list[float] = []
 
     async def one(k: int, nursery: trio.Nursery) -> None:
         nonlocal subscribed
@@ -77,7 +79,16 @@ async def watchers(url: str, token: str, count: int, stalled: int, compress: boo
             await trio.sleep_forever()  # never read again: the socket fills up
         try:
             while True:
-                received[0] += len(await ws.get_message())
+                message = await ws.get_message()
+                received[0] += len(message)
+                if k == stalled:  # one reader measures commit -> arrival of every event
+                    arrived = time.time()  # wall-clock, as the events' `at`
+                    frame = (
+                        decode_binary(message)
+                        if isinstance(message, bytes)
+                        else json.loads(message)
+                    )
+                    latencies.extend(arrived - e["at"] for e in frame.get("events", ()))
         except ConnectionClosed:
             pass
 
@@ -87,7 +98,14 @@ async def watchers(url: str, token: str, count: int, stalled: int, compress: boo
         await ready.wait()
         print("ready", flush=True)
         await trio.wrap_file(sys.stdin).read()  # until the parent closes our stdin
-        print(json.dumps({"bytes_received": received[0]}), flush=True)
+        latencies.sort()
+        report = {"bytes_received": received[0], "latency_ms": {}}
+        if latencies:
+            report["latency_ms"] = {
+                name: round(latencies[int(q * (len(latencies) - 1))] * 1e3, 1)
+                for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+            }
+        print(json.dumps(report), flush=True)
         nursery.cancel_scope.cancel()
 
 
@@ -181,7 +199,13 @@ async def run_case(
         assert child.stdin is not None
         await child.stdin.aclose()
         with trio.move_on_after(10):
+            while chunk := await child.stdout.receive_some():
+                line += chunk
             await child.wait()
+        report = json.loads(line.splitlines()[-1]) if line.strip().endswith(b"}") else {}
+        figures["latency_ms"] = report.get("latency_ms", {})
+        for q in ("p50", "p99"):
+            figures[f"latency_{q}_ms"] = figures["latency_ms"].get(q)
         if child.returncode is None:
             child.kill()
             await child.wait()
@@ -299,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("ticks", "ticks", ""),
                 ("frames_sent", "frames sent", ""),
                 ("frames_direct", "of them direct", ""),
+                ("latency_p50_ms", "commit->watcher p50 ms", ""),
+                ("latency_p99_ms", "p99 ms", ""),
                 ("events_per_s", "events/s", ".0f"),
                 ("events_missed", "events missed (all watchers)", ""),
                 ("stalled_closed", "stalled closed", ""),
