@@ -80,6 +80,7 @@ async def _submit(session: Session, args: dict[str, Any]) -> Any:
         params=arg(args, "params", dict, {}),
         namespace=arg(args, "namespace", str, None),
         priority=arg(args, "priority", int, 0),
+        by=session.name,
     )
     return views.record_dict(record)
 
@@ -161,7 +162,7 @@ async def _catalog_add(session: Session, args: dict[str, Any]) -> Any:
     if not paths or not all(isinstance(p, str) for p in paths):
         raise ApiError("bad_request", "args.paths: expected a non-empty array of paths")
     entries = await catalog.describe_files(paths, arg(args, "metadata", dict, {}))
-    return await session.engine.repo.write(catalog.add_entries(entries))
+    return await session.engine.repo.write(catalog.add_entries(entries, by=session.name))
 
 
 @_register("catalog_ls")

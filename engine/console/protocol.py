@@ -71,8 +71,11 @@ class Request:
 
 def parse_request(text: str | bytes, *, max_size: int) -> Request:
     """Parse one request frame. Raises ``BadFrame`` (never anything else) with one line."""
-    if len(text) > max_size:
-        raise BadFrame(TOO_LARGE, f"request of {len(text)} bytes is over the limit of {max_size}")
+    size = len(text)
+    if isinstance(text, str) and 4 * size > max_size:  # a character is one to four bytes
+        size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_size:
+        raise BadFrame(TOO_LARGE, f"request of {size} bytes is over the limit of {max_size}")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

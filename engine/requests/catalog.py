@@ -83,9 +83,9 @@ async def describe_files(
 
 
 def add_entries(
-    entries: Sequence[tuple[str, int, str, Mapping[str, Any]]],
+    entries: Sequence[tuple[str, int, str, Mapping[str, Any]]], *, by: str | None = None
 ) -> Callable[[Any], list[dict[str, Any]]]:
-    """Write op: insert or refresh catalog entries, one event each."""
+    """Write op: insert or refresh catalog entries, one event each (with ``by``, who added them)."""
 
     def op(tx: Any) -> list[dict[str, Any]]:
         result = []
@@ -99,9 +99,10 @@ def add_entries(
                 " metadata = excluded.metadata, added_at = excluded.added_at",
                 (path, size, sha, json.dumps(dict(meta)), tx.at),
             )
-            tx.emit(
-                "catalog.updated" if known else "catalog.added", path, {"size": size, "sha256": sha}
-            )
+            data: dict[str, Any] = {"size": size, "sha256": sha}
+            if by:
+                data["by"] = by
+            tx.emit("catalog.updated" if known else "catalog.added", path, data)
             result.append(
                 {
                     "path": path,

@@ -196,8 +196,12 @@ class RequestService:
         params: Mapping[str, Any] | None = None,
         namespace: str | None = None,
         priority: int = 0,
+        by: str | None = None,
     ) -> RequestRecord:
         """Check and store a request of the expanded definition; return it (submitted).
+
+        ``by`` is who submits (a console token's name), recorded on the submit event; without
+        it, the request's ``user``.
 
         Raises ``DefinitionError`` / ``SubmitError`` with one line before anything is
         stored. The engine approves at once when no person's approval is needed: what
@@ -241,6 +245,7 @@ class RequestService:
                     params=resolved,
                     priority=priority,
                     approval=decide_approval(self.approval, namespace, definition),
+                    by=by or user,
                 )
             )
         )

@@ -108,6 +108,7 @@ class Submission:
     params: Mapping[str, Any]
     priority: int
     approval: ApprovalDecision  # whether a person must approve, and why
+    by: str  # who submitted it (a console token's name), recorded on the submit event
 
 
 def store_submission(sub: Submission) -> Callable[[Any], RequestRecord]:
@@ -147,7 +148,7 @@ def store_submission(sub: Submission) -> Callable[[Any], RequestRecord]:
              "definition": d.sha256, "params": dict(sub.params), "priority": sub.priority,
              "approval": sub.approval.as_data()},
         )  # fmt: skip
-        _transition(tx, rid, RequestVerb.SUBMIT, Actor.USER, by=sub.user)
+        _transition(tx, rid, RequestVerb.SUBMIT, Actor.USER, by=sub.by)
         return get_request(tx, rid)
 
     return op

@@ -245,12 +245,6 @@ async def test_requests_at_the_two_size_limits(tmp_path: Path) -> None:
                 assert (await other.call("wait", job=job))["state"] == "succeeded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/console/protocol.py:74 parse_request compares len(text) of the decoded str "
-    "(characters) with max_request (bytes): a non-ASCII request up to 4x the limit is run, "
-    "and the too_large message reports characters as bytes",
-)
 async def test_the_request_limit_counts_bytes_not_characters(tmp_path: Path) -> None:
     """A request of 700 characters but over 1024 bytes of UTF-8 is over the 1024-byte limit."""
     with trio.fail_after(GUARD):
@@ -379,12 +373,6 @@ async def test_every_verb_and_token_change_records_the_token_name(console: Conso
         assert operator_verbs == [(v, "operator-1") for v in verbs]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="submit records the client-supplied `user` as `by`, not the token name: "
-    "engine/api_requests.py _submit passes no session.name and engine/requests/store.py:150 "
-    "writes by=sub.user (an operator can name anyone; submit_toml goes through the same path)",
-)
 async def test_a_submission_records_the_token_that_made_it(console: Console) -> None:
     """submit and submit_toml by operator-1 on behalf of user alice record `by` operator-1."""
     with trio.fail_after(GUARD):
@@ -399,12 +387,6 @@ async def test_a_submission_records_the_token_that_made_it(console: Console) -> 
         assert submits == {first: "operator-1", second: "operator-1"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="catalog_add records no `by`: engine/api_requests.py _catalog_add passes no "
-    "session.name and engine/requests/catalog.py add_entries emits catalog.added/updated "
-    "with size and sha256 only",
-)
 async def test_a_catalog_change_records_the_token_that_made_it(console: Console) -> None:
     """catalog_add by operator-1 records `by` operator-1 in each catalog event."""
     with trio.fail_after(GUARD):
