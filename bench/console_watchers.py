@@ -139,6 +139,27 @@ async def _end(tracker: Tracker, job: str, ends: list[str]) -> None:
     ends.append(await tracker.wait(job))
 
 
+CONSOLE_CPU = {"publish": 0.0, "tick": 0.0}  # CPU seconds of the trio thread in the hub's work
+
+
+def measure_console(server: ConsoleServer) -> None:
+    """Count the trio thread's CPU time in the hub's two synchronous parts: ``publish`` (each
+    committed batch, encoded once and joined per filter) and ``tick`` (a frame per group,
+    handed to every stream: written at once, or queued for its writer)."""
+    hub = server.hub
+    for part in ("publish", "tick"):
+        inner = getattr(hub, part)
+
+        def timed(*args: Any, _inner: Any = inner, _part: str = part) -> Any:
+            start = time.thread_time()
+            try:
+                return _inner(*args)
+            finally:
+                CONSOLE_CPU[_part] += time.thread_time() - start
+
+        setattr(hub, part, timed)
+
+
 async def run_case(
     engine: Engine,
     server: ConsoleServer,
@@ -149,6 +170,7 @@ async def run_case(
     stalled: int,
     jobs: int,
     frames: str,
+    idle: bool = False,
 ) -> dict[str, Any]:
     child = None
     if count:
@@ -163,6 +185,7 @@ async def run_case(
                 str(count),
                 str(stalled),
                 frames,
+                "idle" if idle else "normal",
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -174,11 +197,15 @@ async def run_case(
                 line += await child.stdout.receive_some(1)
         assert line.strip() == b"ready", line
     before = server.statistics()
+    console_cpu = CONSOLE_CPU.copy()
     child_cpu = cpu_seconds(child.pid) if child is not None else 0.0
     figures = await burst(engine, tracker, jobs)
+    for part in ("publish", "tick"):
+        figures[f"console_{part}_ms_per_job"] = (CONSOLE_CPU[part] - console_cpu[part]) / jobs * 1e3
     if child is not None:
         figures["watchers_cpu_ms_per_job"] = (cpu_seconds(child.pid) - child_cpu) / jobs * 1e3
-    await trio.sleep(0.5)  # let the writers flush what is due, for the statistics below
+    # let the last tick go out and the writers flush what is due, for the figures below
+    await trio.sleep(0.5 + server.hub.tick_interval())
     after = server.statistics()
     figures.update(
         watchers=count,
@@ -209,6 +236,9 @@ async def run_case(
         if child.returncode is None:
             child.kill()
             await child.wait()
+        with trio.move_on_after(30):  # the next case starts with this one's sessions gone
+            while server.statistics()["connections"]:  # noqa: ASYNC110
+                await trio.sleep(0.05)
     return figures
 
 
@@ -229,6 +259,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 bootstrap_token=token,
                 limits=Limits(flush_interval=args.flush, event_frames_per_second=args.fps),
             )
+            measure_console(server)
             port = await nursery.start(server.serve, "127.0.0.1", 0)
             url = f"ws://127.0.0.1:{port}/"
             tracker = Tracker(times=False)
@@ -238,8 +269,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             for count, frames in cases:
                 stalled = int(count * args.stalled)
                 row = await run_case(
-                    engine, server, tracker, url, token, count, stalled, args.jobs, frames
-                )
+                    engine, server, tracker, url, token, count, stalled, args.jobs, frames,
+                    args.watchers_idle,
+                )  # fmt: skip
                 print(
                     f"  {count} watchers ({stalled} stalled, {frames}): {row['jobs_per_s']:.1f} jobs/s",
                     file=sys.stderr,
@@ -253,7 +285,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
-        url, token, count, stalled, frames = argv[1:6]
+        url, token, count, stalled, frames, idle = argv[1:7]
+        if idle == "idle":  # run only on CPU time the engine and its agents leave over
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         trio.run(watchers, url, token, int(count), int(stalled), frames == "zlib")
         return 0
     parser = argparse.ArgumentParser(
@@ -287,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=2, help="times each case runs, interleaved (default 2)"
     )
+    parser.add_argument(
+        "--watchers-idle",
+        action="store_true",
+        help="run the watchers' process as SCHED_IDLE: only on CPU the engine and agents leave,"
+        " as if the watchers were on other machines (they read late when the CPUs are busy)",
+    )
     parser.add_argument("--quick", action="store_true", help="300 jobs, 200 watchers, one round")
     args = parser.parse_args(argv)
     args.watchers = [int(w) for w in args.watchers.split(",") if w]
@@ -308,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"\nBurst of {args.jobs} noop jobs through 2 local agents x 4 slots, with N console watchers subscribed to every event"
+        + (" (watchers' process SCHED_IDLE)" if args.watchers_idle else "")
     )
     print(
         table(
@@ -318,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("frames", "frames", ""),
                 ("jobs_per_s", "jobs/s", ".1f"),
                 ("engine_cpu_ms_per_job", "engine cpu ms/job", ".2f"),
+                ("console_publish_ms_per_job", "of it hub publish", ".3f"),
+                ("console_tick_ms_per_job", "hub tick", ".3f"),
                 ("watchers_cpu_ms_per_job", "watchers' process cpu ms/job", ".2f"),
                 ("sent_kb_per_job", "console kB sent/job", ".1f"),
                 ("ticks", "ticks", ""),

@@ -85,7 +85,7 @@ class ConsoleHub:
         *,
         max_buffer: int = 20_000,
         flush_interval: float = 0.1,
-        frames_per_second: float = 400.0,
+        frames_per_second: float = 1000.0,
     ) -> None:
         self.repo = repo
         self.max_buffer = max_buffer

@@ -43,7 +43,7 @@ class Limits:
     auth_timeout: float = 10.0  # seconds to send ``auth`` after connecting
     stall_timeout: float = 30.0  # seconds one write may take before the client counts as stalled
     flush_interval: float = 0.1  # least seconds between two ticks (event frames of a stream)
-    event_frames_per_second: float = 400.0  # for all streams together: more, longer ticks
+    event_frames_per_second: float = 1000.0  # for all streams together: more, longer ticks
     max_pending: int = 5000  # events one stream holds for its client before it counts misses
     outbox_frames: int = 256  # replies and output frames waiting for one client
     max_inflight: int = 16  # requests of one connection handled at once (then reading waits)
