@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
+from trio_websocket import ConnectionClosed
 
 from engine.console.filters import EventFilter
 from engine.console.outbox import Outbox
@@ -196,10 +197,7 @@ class Session:
         while True:
             self._writing = True
             if self.wire.pending:
-                try:
-                    await self._timed(self.wire.flush())
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise ClientGone(str(exc)) from None
+                await self._write_chunks([])  # the rest of a frame the tick wrote in part
                 continue
             try:
                 frame = self.outbox.get_nowait()
@@ -209,10 +207,11 @@ class Session:
                 await self._write(frame)
                 continue
             due = [s for s in self.event_streams.values() if s.due and s.id not in self._ready]
-            if due:
-                for stream in due:
-                    for message in stream.take_frames():
-                        await self._write(message)
+            if due:  # what the tick could not write at once (the socket was full, or we busy)
+                taken = [s.take_chunks() for s in due]
+                await self._write_chunks(
+                    [c for chunks, _ in taken for c in chunks], sum(n for _, n in taken)
+                )
                 continue
             await self._idle()
 
@@ -224,10 +223,21 @@ class Session:
         self._writing = False
         await self._wakeup.wait()
 
-    async def _write(self, message: str | bytes) -> None:
+    async def _write(self, message: str) -> None:
         await self._timed(self.ws.send_message(message))
         self.frames_sent += 1
         self.bytes_sent += len(message)
+
+    async def _write_chunks(self, chunks: list[bytes], messages: int = 0) -> None:
+        """Write whole event messages (``Frame.chunks``) through the wire, waiting for room."""
+        if self.ws.closed is not None:  # no data frame may follow a close frame
+            raise ConnectionClosed(self.ws.closed)
+        try:
+            await self._timed(self.wire.send_chunks(chunks))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(str(exc)) from None
+        self.frames_sent += messages
+        self.bytes_sent += sum(len(chunk) for chunk in chunks)
 
     async def _timed(self, write: Awaitable[None]) -> None:
         with trio.move_on_after(self.limits.stall_timeout) as scope:

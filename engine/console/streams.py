@@ -46,9 +46,6 @@ class Frame:
     def text(self, stream_id: int) -> str:
         return f'{{"stream":{stream_id},"events":[{self.body}]}}'
 
-    def binary(self, stream_id: int) -> bytes:
-        return binary_events(stream_id, self._compressed())
-
     def chunks(self, stream_id: int, compress: bool) -> tuple[bytes, ...]:
         """The whole websocket message for ``stream_id``, header first; the body is shared."""
         if compress:
@@ -127,25 +124,24 @@ class EventStream:
             self._missed[2] += count
         self.missed_total += count
 
-    def take_frames(self) -> list[str | bytes]:
-        """The messages to write now: the events it holds, then the missed notice (if any)."""
-        messages: list[str | bytes] = []
-        if self._frames:
-            if self.compress:
-                messages += [frame.binary(self.id) for frame in self._frames]
-            elif len(self._frames) == 1:
-                messages.append(self._frames[0].text(self.id))
-            else:  # a writer that fell behind: one frame for all it holds
-                messages.append(Frame(",".join(f.body for f in self._frames)).text(self.id))
-            self.sent += self._held
-            self._frames, self._held = [], 0
+    def take_chunks(self) -> tuple[list[bytes], int]:
+        """The websocket messages to write now, as chunks for one ``writev``, and how many
+        messages: one for each frame it holds (bodies shared, not copied), then the missed
+        notice (if any)."""
+        chunks: list[bytes] = []
+        messages = len(self._frames) + (self._missed is not None)
+        for frame in self._frames:
+            chunks += frame.chunks(self.id, self.compress)
+        self.sent += self._held
+        self._frames, self._held = [], 0
         if self._missed is not None:
             first, last, count = self._missed
-            messages.append(
+            notice = (
                 f'{{"stream":{self.id},"missed":{{"first_id":{first},"last_id":{last},"count":{count}}}}}'
-            )
+            ).encode()
+            chunks += (frame_header(TEXT, len(notice)), notice)
             self._missed = None
-        return messages
+        return chunks, messages
 
 
 @attrs.frozen

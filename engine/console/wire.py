@@ -9,7 +9,9 @@ tick itself, with no task woken (decision #29). It is refused, and the frame goe
 way through the connection's writer, whenever anything else is being written (``busy``),
 when the socket is full, or on any socket error (the writer then meets the error and closes
 the connection properly). When only part of a frame fits, the rest waits in the wire and
-goes out before any later byte (``flush``, or the next ``send_all``): frames never interleave.
+goes out before any later byte (``send_chunks``, or the next ``send_all``): frames never
+interleave. The connection's writer sends what the tick could not with ``send_chunks``: the
+same prebuilt messages, waiting for room.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import os
 from collections.abc import Sequence
 
 import trio
+
+_MAX_CHUNKS = 512  # well under IOV_MAX (1024 on Linux): more are joined into one
 
 
 class Wire(trio.abc.Stream):
@@ -45,7 +49,7 @@ class Wire(trio.abc.Stream):
 
     @property
     def pending(self) -> bool:
-        """Whether the end of a frame waits to be written (by ``flush`` or ``send_all``)."""
+        """Whether the end of a frame waits to be written (by ``send_chunks`` or ``send_all``)."""
         return bool(self._rest)
 
     @property
@@ -59,24 +63,37 @@ class Wire(trio.abc.Stream):
         Taken means written whole, or in part with the rest ``pending``. Refused (False): the
         wire is busy or closed, is not a socket, the socket is full, or it failed.
         """
-        if self._socket is None or self._closed or self.busy:
+        if self.busy:
+            return False
+        return self._write(chunks)
+
+    async def send_chunks(self, chunks: Sequence[bytes]) -> None:
+        """Write what ``send_now`` left pending, then the whole messages ``chunks`` join to,
+        waiting for room (the rest of the writer's path: it is the only one that waits)."""
+        async with self._lock:
+            await self._send_rest()
+            if not chunks:
+                return
+            if len(chunks) > _MAX_CHUNKS:
+                chunks = [b"".join(chunks)]
+            if not self._write(chunks):  # full, or failing: trio waits, or says what failed
+                await self._stream.send_all(b"".join(chunks))
+            await self._send_rest()
+
+    def _write(self, chunks: Sequence[bytes]) -> bool:
+        """One non-blocking ``writev``; keep what did not fit in ``_rest``; False if nothing went."""
+        if self._socket is None or self._closed:
             return False
         fd = self._socket.fileno()
         if fd < 0:
             return False
         try:
             sent = os.writev(fd, chunks)
-        except OSError:  # full (BlockingIOError) or broken: the writer takes over
+        except OSError:  # full (BlockingIOError) or broken: nothing was written
             return False
-        total = sum(len(chunk) for chunk in chunks)
-        if sent < total:
+        if sent < sum(len(chunk) for chunk in chunks):
             self._rest = b"".join(chunks)[sent:]
         return True
-
-    async def flush(self) -> None:
-        """Write what ``send_now`` left pending."""
-        async with self._lock:
-            await self._send_rest()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         async with self._lock:

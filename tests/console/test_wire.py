@@ -89,7 +89,7 @@ async def test_a_frame_written_at_once_is_the_message_the_writer_would_send(
         data = await read_exactly(client, sum(map(len, plain + packed)))
     text, binary = messages(data)
     assert text == frame.text(7)
-    assert isinstance(binary, bytes) and binary == frame.binary(300)
+    assert isinstance(binary, bytes) and decode_binary(binary)["stream"] == 300
     assert decode_binary(binary) == {
         "stream": 300,
         "events": [{"id": 1, "kind": "job.created"}, {"id": 2, "kind": "job.state"}],
@@ -175,7 +175,7 @@ async def test_flushing_to_a_peer_that_went_away_raises_broken(
         client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await client.aclose()  # linger 0: a reset
         with pytest.raises(trio.BrokenResourceError):
-            await wire.flush()
+            await wire.send_chunks([])
 
 
 async def test_a_reset_while_a_frame_is_half_written_ends_only_that_session(
@@ -225,3 +225,30 @@ async def test_a_reset_while_a_frame_is_half_written_ends_only_that_session(
                 watcher.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
     assert finished, "the test was cancelled: the server crashed (see its exception above)"
+
+
+async def test_the_writer_sends_held_frames_after_the_rest_waiting_for_room(
+    tcp_pair: tuple[trio.SocketStream, trio.SocketStream],
+) -> None:
+    """send_chunks (the writer's path) writes the rest of a half-written frame first, then
+    whole messages, waiting while the socket is full: the peer reads them all, in order."""
+    server, client = tcp_pair
+    wire = Wire(server)
+    big = Frame(",".join(f'{{"id":{i}}}' for i in range(BIG // 10)))
+    held = [Frame('{"id":-1}'), Frame('{"id":-2}')]
+    first = big.chunks(1, True)
+    rest = [c for f in held for c in f.chunks(1, True)]
+    with trio.fail_after(GUARD):
+        assert wire.send_now(first) and wire.pending
+        received = bytearray()
+
+        async def read_all() -> None:
+            size = sum(map(len, first)) + sum(map(len, rest))
+            received.extend(await read_exactly(client, size))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await wire.send_chunks(rest)
+        assert not wire.pending and not wire.busy
+    got = [decode_binary(m)["events"] for m in messages(bytes(received))]  # type: ignore[arg-type]
+    assert got == [json.loads(f"[{f.body}]") for f in (big, *held)]
