@@ -39,18 +39,17 @@ __all__ = ["ConsoleHub", "EventFilter", "EventIndex", "EventStream", "Rate", "en
 
 
 def encode_event(event: Event) -> str:
-    """An event as the JSON object clients get."""
-    return json.dumps(
-        {
-            "id": event.id,
-            "at": event.at,
-            "kind": event.kind,
-            "subject": event.subject,
-            "data": event.data,
-        },
-        separators=(",", ":"),
-        default=str,
+    """An event as the JSON object clients get (its data as stored, when the event has it)."""
+    data = event.raw
+    if data is None:
+        data = json.dumps(event.data, separators=(",", ":"), default=str)
+    return (
+        f'{{"id":{event.id},"at":{event.at!r},"kind":{_string(event.kind)},'
+        f'"subject":{_string(event.subject)},"data":{data}}}'
     )
+
+
+_string = json.encoder.encode_basestring_ascii  # a str as a JSON string, as json.dumps writes it
 
 
 class Rate:

@@ -32,13 +32,15 @@ class Event:
     kind: str  # what happened, e.g. "job.state"
     subject: str  # what it happened to, e.g. a job id
     data: dict[str, Any] = attrs.field(factory=dict, hash=False)
+    #: ``data`` as the JSON text stored, when the event came from a row (the console sends it on)
+    raw: str | None = attrs.field(default=None, eq=False, hash=False, repr=False)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Event:
         """Build an event from an ``events`` row ``(id, at, kind, subject, data)``."""
         text = row[4]
         data = {} if text == "{}" else json.loads(text)
-        return cls(id=row[0], at=row[1], kind=row[2], subject=row[3], data=data)
+        return cls(id=row[0], at=row[1], kind=row[2], subject=row[3], data=data, raw=text)
 
 
 @attrs.frozen(kw_only=True)

@@ -16,11 +16,12 @@ from wsproto.events import BytesMessage, TextMessage
 
 from engine.console import protocol, web
 from engine.console.filters import EventFilter, EventIndex
-from engine.console.hub import ConsoleHub, Rate
+from engine.console.hub import ConsoleHub, Rate, encode_event
 from engine.console.outbox import Outbox
 from engine.console.streams import Batch, EventStream, Frame, StreamGroup
 from engine.console.wire import Wire
 from engine.repository import Event, Missed
+from engine.repository.writer import _dumps
 from engine.tokens import Role, TokenError, check_name, digest
 from protocols.console_frames import decode_binary
 
@@ -85,6 +86,24 @@ def test_replies_and_pushes_are_compact_json() -> None:
 
 def event(n: int, kind: str = "job.state", subject: str = "j1", **data: Any) -> Event:
     return Event(id=n, at=0.0, kind=kind, subject=subject, data=data)
+
+
+@given(
+    kind=st.text(max_size=20),
+    subject=st.text(max_size=20),
+    data=st.dictionaries(st.text(max_size=8), JSON, max_size=4),
+    at=st.floats(min_value=0, max_value=4e9),
+)
+def test_an_event_is_sent_as_the_object_it_was_stored_as(
+    kind: str, subject: str, data: dict[str, Any], at: float
+) -> None:
+    """Built from a committed row (its data as stored JSON text) or from a dict, an event
+    encodes to the JSON object of its id, time, kind, subject and data."""
+    expected = {"id": 7, "at": at, "kind": kind, "subject": subject, "data": data}
+    stored = Event.from_row((7, at, kind, subject, _dumps(data) if data else "{}"))
+    assert stored.raw is not None
+    for event in (stored, Event(id=7, at=at, kind=kind, subject=subject, data=data)):
+        assert json.loads(encode_event(event)) == expected
 
 
 def test_a_full_stream_counts_misses_and_reports_them_after_what_it_kept() -> None:
