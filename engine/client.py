@@ -18,7 +18,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
 
 from engine.config import Config
 from engine.errors import EngineError
@@ -152,6 +158,12 @@ async def connect(url: str, token: str) -> AsyncIterator[Client]:
                 nursery.cancel_scope.cancel()
     except BaseException as exc:
         inner = _single(exc)
+        if isinstance(inner, ConnectionRejected):  # an HTTP answer, not a websocket
+            body = (inner.body or b"").decode("utf-8", "replace").strip()
+            raise ClientError(
+                f"the engine at {url} refused the connection: HTTP {inner.status_code}"
+                + (f": {body}" if body else "")
+            ) from None
         if isinstance(inner, OSError | HandshakeError):
             raise ClientError(
                 f"cannot reach the engine at {url}: {inner} (is `wfe engine` running?)"

@@ -431,3 +431,42 @@ def test_the_protocol_doc_lists_exactly_the_ops_codes_and_close_codes() -> None:
         )
     }
     assert closes == {v for k, v in vars(protocol).items() if k.startswith("CLOSE_")}
+
+
+async def test_a_connection_over_max_connections_gets_503_and_the_others_go_on(
+    tmp_path: Path,
+) -> None:
+    """With max_connections=1, a second websocket upgrade is answered HTTP 503 with the
+    reason before any websocket exists; the first connection still works, and once it has
+    gone a new one is accepted."""
+    limits = Limits(max_connections=1, max_request=65536)
+    with trio.fail_after(GUARD):
+        async with open_console(tmp_path, limits) as console:
+            port = port_of(console)
+            async with console.connect() as first:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(
+                    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n\r\n"
+                )
+                answer = b""
+                while chunk := await stream.receive_some():
+                    answer += chunk
+                await stream.aclose()
+                assert answer.startswith(b"HTTP/1.1 503 Service Unavailable")
+                assert answer.endswith(b"too many console connections\n")
+                assert (await first.call("stats"))["console"]["refused"]["too_many"] == 1
+                with pytest.raises(
+                    ClientError, match=r"refused the connection: HTTP 503: too many"
+                ):
+                    async with console.connect():
+                        pass
+            while True:  # the first session ends just after its client has closed
+                try:
+                    async with console.connect() as again:
+                        assert (await again.call("stats"))["console"]["connections"] == 1
+                        break
+                except ClientError as exc:
+                    assert str(exc).endswith("HTTP 503: too many console connections"), exc
+                    await trio.sleep(0.05)
