@@ -167,7 +167,7 @@ async def test_a_closed_wire_or_one_over_no_socket_refuses(
 async def test_flushing_to_a_peer_that_went_away_raises_broken(
     tcp_pair: tuple[trio.SocketStream, trio.SocketStream],
 ) -> None:
-    """The rest of a frame cannot reach a client that reset the connection: flush says so."""
+    """The rest of a frame cannot reach a client that reset the connection: send_chunks raises."""
     server, client = tcp_pair
     wire = Wire(server)
     with trio.fail_after(GUARD):
