@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -101,58 +102,74 @@ async def test_subscribe_filters_by_kind_subject_request_and_namespace(console: 
 
 async def test_a_slow_stream_is_told_what_it_missed_and_can_catch_up(tmp_path: Path) -> None:
     """A client that stops reading (its socket filled by a big tail) while jobs run gets,
-    once it reads again, the events that were sent or held (at most 3 held), then a `missed`
-    frame with the id range; `events` after the last id seen returns the rest."""
+    once it reads again, the events that were sent or held (at most 3 held), in id order,
+    then a `missed` frame with the id range; `events` after the last id seen returns the rest."""
     limits = Limits(max_pending=3, max_request=65536)
     with trio.fail_after(GUARD):
         async with open_console(tmp_path, limits) as console, console.connect() as good:
             port = int(console.url.rsplit(":", 1)[1].strip("/"))
-            async with trio.open_nursery() as nursery:
-                tcp = await trio.open_tcp_stream("127.0.0.1", port)
-                ws = await wrap_client_stream(
-                    nursery, tcp, f"127.0.0.1:{port}", "/", message_queue_size=1
-                )
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills sooner
+            await sock.connect(("127.0.0.1", port))
+            tcp = trio.SocketStream(sock)
+            try:
+                async with trio.open_nursery() as nursery:
+                    ws = await wrap_client_stream(
+                        nursery, tcp, f"127.0.0.1:{port}", "/", message_queue_size=1
+                    )
 
-                async def call(request_id: int, op: str, **args: Any) -> Any:
-                    await ws.send_message(json.dumps({"id": request_id, "op": op, "args": args}))
+                    async def call(request_id: int, op: str, **args: Any) -> Any:
+                        await ws.send_message(
+                            json.dumps({"id": request_id, "op": op, "args": args})
+                        )
+                        while True:
+                            reply = json.loads(await ws.get_message())
+                            if reply.get("id") == request_id:
+                                assert reply["ok"], reply
+                                return reply["result"]
+
+                    await call(1, "auth", token=console.token)
+                    stream = (await call(2, "subscribe", kinds=["job."]))["stream"]
+                    size = 8 * 1024 * 1024
+                    big = (await good.call("run", rscript="bigoutput", params={"size": size}))[
+                        "job"
+                    ]
+                    await ws.send_message(json.dumps({"id": 3, "op": "tail", "args": {"job": big}}))
+                    # ... and read nothing: the tail fills the socket, its writer waits, and
+                    # frames queue behind it; then five more jobs run.
+                    await good.call("wait", job=big)
+                    while not (await good.call("stats"))["console"]["queued_frames"]:  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                    jobs = [(await good.call("run", rscript="noop"))["job"] for _ in range(5)]
+                    for job in jobs:
+                        await good.call("wait", job=job)
+                    while (await good.call("stats"))["console"]["events_missed"] < 1:  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                    got: list[dict[str, Any]] = []
                     while True:
-                        reply = json.loads(await ws.get_message())
-                        if reply.get("id") == request_id:
-                            assert reply["ok"], reply
-                            return reply["result"]
-
-                await call(1, "auth", token=console.token)
-                stream = (await call(2, "subscribe", kinds=["job."]))["stream"]
-                big = (
-                    await good.call("run", rscript="bigoutput", params={"size": 16 * 1024 * 1024})
-                )["job"]
-                await ws.send_message(json.dumps({"id": 3, "op": "tail", "args": {"job": big}}))
-                # ... and read nothing while five more jobs run and the socket fills.
-                jobs = [(await good.call("run", rscript="noop"))["job"] for _ in range(5)]
-                for job in [big, *jobs]:
-                    await good.call("wait", job=job)
-                while (await good.call("stats"))["console"]["events_missed"] < 1:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-                got: list[dict[str, Any]] = []
-                while True:
-                    message = json.loads(await ws.get_message())
-                    if message.get("stream") != stream:
-                        continue
-                    if "missed" in message:
-                        missed = message["missed"]
-                        break
-                    got.extend(message["events"])
-                assert got and missed["first_id"] > got[-1]["id"] and missed["count"] >= 1
-                caught_up = await call(4, "events", after=got[-1]["id"], kind="job.", limit=5000)
-                assert caught_up[0]["id"] == missed["first_id"]
-                finished = {
-                    e["subject"]
-                    for e in got + caught_up
-                    if e["kind"] == "job.state" and e["data"]["state"] == "succeeded"
-                }
-                assert finished == {big, *jobs}
-                await ws.aclose()
-                nursery.cancel_scope.cancel()
+                        message = json.loads(await ws.get_message())
+                        if message.get("stream") != stream:
+                            continue
+                        if "missed" in message:
+                            missed = message["missed"]
+                            break
+                        got.extend(message["events"])
+                    ids = [e["id"] for e in got]
+                    assert ids == sorted(set(ids))
+                    assert got and missed["first_id"] > ids[-1] and missed["count"] >= 1
+                    caught_up = await call(4, "events", after=ids[-1], kind="job.", limit=5000)
+                    assert caught_up[0]["id"] == missed["first_id"]
+                    finished = {
+                        e["subject"]
+                        for e in got + caught_up
+                        if e["kind"] == "job.state" and e["data"]["state"] == "succeeded"
+                    }
+                    assert finished == {big, *jobs}
+                    await ws.aclose()
+                    nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await tcp.aclose()
 
 
 async def test_tail_shows_output_while_the_job_runs(console: Console) -> None:
