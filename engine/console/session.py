@@ -175,6 +175,7 @@ class Session:
         await self.outbox.put(frame)
 
     def _poke(self) -> None:
+        self._writing = True  # it has something in hand from now on: the tick must not overtake
         self._wakeup.set()
 
     def send_now(self, stream: EventStream, frame: Frame) -> bool:

@@ -31,7 +31,7 @@ class Wire(trio.abc.Stream):
         self._stream = stream
         self._prefix = prefix
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
-        self._rest = b""  # the end of a frame that ``send_now`` wrote in part
+        self._rest: bytes | memoryview = b""  # the end of a frame not written yet
         self._lock = trio.StrictFIFOLock()  # held while writing: send_all, flush
         self._closed = False
 
@@ -76,8 +76,11 @@ class Wire(trio.abc.Stream):
                 return
             if len(chunks) > _MAX_CHUNKS:
                 chunks = [b"".join(chunks)]
-            if not self._write(chunks):  # full, or failing: trio waits, or says what failed
+            if self._socket is None:
                 await self._stream.send_all(b"".join(chunks))
+                return
+            if not self._write(chunks):  # full, or failing: _send_rest waits, or says what failed
+                self._rest = memoryview(b"".join(chunks))
             await self._send_rest()
 
     def _write(self, chunks: Sequence[bytes]) -> bool:
@@ -92,7 +95,7 @@ class Wire(trio.abc.Stream):
         except OSError:  # full (BlockingIOError) or broken: nothing was written
             return False
         if sent < sum(len(chunk) for chunk in chunks):
-            self._rest = b"".join(chunks)[sent:]
+            self._rest = memoryview(b"".join(chunks))[sent:]
         return True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -101,9 +104,20 @@ class Wire(trio.abc.Stream):
             await self._stream.send_all(data)
 
     async def _send_rest(self) -> None:
-        if self._rest:  # kept until written: ``pending`` stays true while the writer waits
-            await self._stream.send_all(self._rest)
-            self._rest = b""
+        """Write ``_rest``, trimming it as bytes go: ``pending`` stays true while the writer
+        waits, and a cancelled write leaves exactly the bytes not sent (never sent twice)."""
+        while self._rest:
+            fd = -1 if self._socket is None or self._closed else self._socket.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the console connection is closed")
+            try:
+                sent = os.write(fd, self._rest)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            self._rest = self._rest[sent:]
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()

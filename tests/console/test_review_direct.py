@@ -1,6 +1,8 @@
 """Review of decision #29 (the tick writes event frames itself): a session over a real
 trio-websocket server connection on a socket pair, read by a raw wsproto client, so that the
-order of bytes on the wire is what is checked. Strict xfails are bugs found by the review."""
+order of bytes on the wire is what is checked. The review found two bugs, since fixed: a
+stream's events overtaking the reply that names it, and the rest of a frame sent twice after
+a cancelled write."""
 
 from __future__ import annotations
 
@@ -147,12 +149,6 @@ def fill(stream: trio.SocketStream) -> None:
 # --- bugs --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.py:183 send_now checks only _writing, which stays False from the moment a "
-    "reply is queued (Outbox._append -> _poke) until the woken writer runs: a tick in between "
-    "writes a stream's events before the queued reply that names the stream",
-)
 async def test_a_direct_frame_never_precedes_the_reply_that_names_its_stream() -> None:
     """The reply to subscribe reaches the client before any event of the stream it opens.
 
@@ -212,11 +208,6 @@ async def subscribe_race() -> list[Any]:
     return order
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.py:183 (as above), reached with real tasks: the hub's _tick_loop, "
-    "Outbox.put and the steps of ConsoleServer._handle, in trio's own scheduling order",
-)
 async def test_with_real_tasks_a_subscribe_reply_is_never_overtaken_by_its_events() -> None:
     """In one scheduling batch another reply wakes the idle writer, the hub publishes a commit
     (waking the tick task) and a subscribe handler queues its reply. Whatever order trio picks
@@ -240,12 +231,6 @@ def drain(peer: Peer) -> int:
         total += len(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wire.py:103-106 _send_rest keeps the whole rest until send_all returns; when that "
-    "send_all is cancelled (stall_timeout, shutdown) part of it has gone already, and the close "
-    "frame's send_all (wire.py:100) sends the whole rest again",
-)
 async def test_a_stalled_slow_client_is_never_sent_the_same_bytes_twice(mock_clock: Any) -> None:
     """A client that reads, but too slowly, while the writer sends the rest of a frame the
     tick wrote in part: once the writer gives up (ClientStalled) and the server closes the
