@@ -9,6 +9,7 @@ wait guarded by ``trio.fail_after``.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -170,3 +171,12 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
     with trio.fail_after(GUARD):
         async with open_console(tmp_path) as c:
             yield c
+
+
+def fill(stream: trio.SocketStream) -> None:
+    """Write to ``stream``'s socket until it takes no more (nobody reads the other end)."""
+    while True:
+        try:
+            os.write(stream.socket.fileno(), b"f" * 65536)
+        except BlockingIOError:
+            return

@@ -32,6 +32,8 @@ from engine.console.wire import Wire
 from engine.repository import Event
 from engine.tokens import Principal, Role
 
+from .conftest import fill
+
 GUARD = 10  # seconds: everything here is local and small
 
 
@@ -137,13 +139,15 @@ def wsproto_frame(event: Any) -> bytes:
     return Connection(ConnectionType.SERVER).send(event)
 
 
-def fill(stream: trio.SocketStream) -> None:
-    """Write to ``stream``'s socket until it takes no more (the peer does not read)."""
-    while True:
-        try:
-            os.write(stream.socket.fileno(), b"f" * 65536)
-        except BlockingIOError:
-            return
+async def tick_one_big_event(session: Session, size: int) -> None:
+    """Subscribe ``session`` to every event, then commit and tick one event of ``size`` bytes."""
+    await trio.testing.wait_all_tasks_blocked()
+    session.open_event_stream(EventFilter())
+    session.streams_opened_here()
+    await trio.testing.wait_all_tasks_blocked()
+    big = Event(id=1, at=0.0, kind="job.state", subject="j1", data={"pad": "x" * size})
+    session.server.hub.publish([big])
+    session.server.hub.tick()
 
 
 # --- bugs --------------------------------------------------------------------------------
@@ -240,13 +244,7 @@ async def test_a_stalled_slow_client_is_never_sent_the_same_bytes_twice(mock_clo
         async with trio.open_nursery() as nursery, websocket_pair(nursery) as (ws, wire, peer):
             session = new_session(ws, wire, nursery, stall_timeout=30.0)
             ended = start_writer(session, nursery)
-            await trio.testing.wait_all_tasks_blocked()
-            session.open_event_stream(EventFilter())
-            session.streams_opened_here()
-            await trio.testing.wait_all_tasks_blocked()
-            big = Event(id=1, at=0.0, kind="job.state", subject="j1", data={"pad": "x" * 2_000_000})
-            session.server.hub.publish([big])
-            session.server.hub.tick()
+            await tick_one_big_event(session, 2_000_000)
             assert wire.pending
             received = 0
             for _ in range(4):  # the client reads some; the writer sends more of the rest
@@ -348,13 +346,7 @@ async def test_no_data_frame_follows_the_close_frame_and_a_half_frame_is_finishe
         async with trio.open_nursery() as nursery, websocket_pair(nursery) as (ws, wire, peer):
             session = new_session(ws, wire, nursery)
             ended = start_writer(session, nursery)
-            await trio.testing.wait_all_tasks_blocked()
-            session.open_event_stream(EventFilter())
-            session.streams_opened_here()
-            await trio.testing.wait_all_tasks_blocked()
-            big = Event(id=1, at=0.0, kind="job.state", subject="j1", data={"pad": "x" * 4_000_000})
-            session.server.hub.publish([big])
-            session.server.hub.tick()
+            await tick_one_big_event(session, 4_000_000)
             assert session.frames_direct == 1 and wire.pending, "4 MB should not fit at once"
             nursery.start_soon(ws.aclose, 4403, "revoked")
             await trio.testing.wait_all_tasks_blocked()

@@ -4,10 +4,9 @@ interleaved with what trio-websocket writes, and handed back when the socket is 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from engine.daemon import open_engine
 from engine.keys import read_token
 from protocols.console_frames import decode_binary
 
-from .conftest import GUARD, Console, workspace
+from .conftest import GUARD, Console, fill, workspace
 
 BIG = 4 * 1024 * 1024  # more than loopback buffers hold when the reader is small and idle
 
@@ -55,13 +54,19 @@ async def read_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
     return data
 
 
-def fill(stream: trio.SocketStream) -> None:
-    """Write to ``stream``'s socket until it takes no more (nobody reads the other end)."""
-    while True:
-        try:
-            os.write(stream.socket.fileno(), b"f" * 65536)
-        except BlockingIOError:
-            return
+async def written_and_read(
+    write: Awaitable[None], client: trio.SocketStream, *parts: Sequence[bytes]
+) -> bytes:
+    """Await ``write`` while the client reads every byte of ``parts``; return what it read."""
+    received = bytearray()
+
+    async def read_all() -> None:
+        received.extend(await read_exactly(client, sum(len(c) for part in parts for c in part)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all)
+        await write
+    return bytes(received)
 
 
 def messages(data: bytes) -> list[str | bytes]:
@@ -110,17 +115,9 @@ async def test_partial_frames_are_completed_in_order(
         assert wire.send_now(first)
         assert wire.pending and wire.busy, "4 MiB should not fit in the loopback buffers"
         assert not wire.send_now(second), "a frame must not start inside another"
-        received = bytearray()
-
-        async def read_all() -> None:
-            size = sum(map(len, first)) + sum(map(len, second))
-            received.extend(await read_exactly(client, size))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_all)
-            await wire.send_all(b"".join(second))
+        received = await written_and_read(wire.send_all(b"".join(second)), client, first, second)
         assert not wire.pending
-    assert messages(bytes(received)) == [Frame(body).text(1), Frame('{"id":-1}').text(2)]
+    assert messages(received) == [Frame(body).text(1), Frame('{"id":-1}').text(2)]
 
 
 async def test_a_full_socket_refuses_and_keeps_nothing(
@@ -240,15 +237,7 @@ async def test_the_writer_sends_held_frames_after_the_rest_waiting_for_room(
     rest = [c for f in held for c in f.chunks(1, True)]
     with trio.fail_after(GUARD):
         assert wire.send_now(first) and wire.pending
-        received = bytearray()
-
-        async def read_all() -> None:
-            size = sum(map(len, first)) + sum(map(len, rest))
-            received.extend(await read_exactly(client, size))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_all)
-            await wire.send_chunks(rest)
+        received = await written_and_read(wire.send_chunks(rest), client, first, rest)
         assert not wire.pending and not wire.busy
-    got = [decode_binary(m)["events"] for m in messages(bytes(received))]  # type: ignore[arg-type]
+    got = [decode_binary(m)["events"] for m in messages(received)]  # type: ignore[arg-type]
     assert got == [json.loads(f"[{f.body}]") for f in (big, *held)]
