@@ -5,11 +5,11 @@ tailed output as they are queued, and the frames the hub's tick sealed for each 
 stream (see ``engine.console.hub``: one tick for all streams, at most every
 ``flush_interval`` seconds, less often when many streams are open). While the writer has
 nothing in hand, the tick writes a stream's frame itself (``send_now``, through the
-``Wire``): no task wakes for it, which is what makes hundreds of watchers cheap. When one write takes
-longer than ``stall_timeout`` (the client has stopped reading and the socket buffers are
-full) it raises ``ClientStalled`` and the server closes the connection: a stalled client
-costs the engine nothing but memory bounded by the outbox and ``max_pending`` events per
-stream.
+``Wire``): no task wakes for it, which is what makes hundreds of watchers cheap. When one
+write takes longer than ``stall_timeout`` (the client has stopped reading and the socket
+buffers are full) it raises ``ClientStalled`` and the server closes the connection: a
+stalled client costs the engine nothing but memory bounded by the outbox and
+``max_pending`` events per stream.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class ClientStalled(Exception):
 
 
 class ClientGone(Exception):
-    """The client's socket broke while the writer sent the rest of a frame."""
+    """The client's socket broke under one of the writer's own writes (event frames)."""
 
 
 class Session:

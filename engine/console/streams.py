@@ -43,9 +43,6 @@ class Frame:
         self._zlib: bytes | None = None
         self._utf8: bytes | None = None
 
-    def text(self, stream_id: int) -> str:
-        return f'{{"stream":{stream_id},"events":[{self.body}]}}'
-
     def chunks(self, stream_id: int, compress: bool) -> tuple[bytes, ...]:
         """The whole websocket message for ``stream_id``, header first; the body is shared."""
         if compress:

@@ -32,7 +32,7 @@ class Wire(trio.abc.Stream):
         self._prefix = prefix
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._rest: bytes | memoryview = b""  # the end of a frame not written yet
-        self._lock = trio.StrictFIFOLock()  # held while writing: send_all, flush
+        self._lock = trio.StrictFIFOLock()  # held while writing: send_all, send_chunks
         self._closed = False
 
     # --- reading ---------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_a_stream_takes_a_frame_at_once_only_while_it_holds_nothing() -> None:
 
     def send_now(stream: EventStream, frame: Frame) -> bool:
         if accept[0]:
-            direct.append(frame.text(stream.id))
+            direct.append(f'{{"stream":{stream.id},"events":[{frame.body}]}}')
         return accept[0]
 
     group = StreamGroup(EventFilter())

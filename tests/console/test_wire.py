@@ -93,7 +93,7 @@ async def test_a_frame_written_at_once_is_the_message_the_writer_would_send(
         assert not wire.pending
         data = await read_exactly(client, sum(map(len, plain + packed)))
     text, binary = messages(data)
-    assert text == frame.text(7)
+    assert text == f'{{"stream":7,"events":[{frame.body}]}}'
     assert isinstance(binary, bytes) and decode_binary(binary)["stream"] == 300
     assert decode_binary(binary) == {
         "stream": 300,
@@ -117,7 +117,10 @@ async def test_partial_frames_are_completed_in_order(
         assert not wire.send_now(second), "a frame must not start inside another"
         received = await written_and_read(wire.send_all(b"".join(second)), client, first, second)
         assert not wire.pending
-    assert messages(received) == [Frame(body).text(1), Frame('{"id":-1}').text(2)]
+    assert messages(received) == [
+        f'{{"stream":1,"events":[{body}]}}',
+        '{"stream":2,"events":[{"id":-1}]}',
+    ]
 
 
 async def test_a_full_socket_refuses_and_keeps_nothing(
