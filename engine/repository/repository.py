@@ -28,6 +28,13 @@ T = TypeVar("T")
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+#: Queued writes past which ``room`` makes a producer wait. 256 output chunks of at most 64 KiB
+#: are 16 MiB queued (and as much again in the batch being committed): about 50 ms of the
+#: writer's work at the ~300 MB/s it stores such chunks on the 2-core dev machine, batches big
+#: enough to amortise a commit, and above the queue a burst of small writes reaches in the
+#: dispatch benchmarks, so only a flood of output is held back (bench/output_flood.py).
+ROOM_LIMIT = 256
+
 
 @attrs.frozen(kw_only=True)
 class RepositoryStatistics:
@@ -98,6 +105,18 @@ class Repository:
     async def flush(self) -> None:
         """Return when everything written before this call is committed (or has failed)."""
         await self.write(_nothing)
+
+    async def room(self, limit: int = ROOM_LIMIT) -> None:
+        """Return once at most ``limit`` writes wait for the writer; at once if they do already.
+
+        For a producer that calls ``write_nowait`` as fast as its input comes (an agent link's
+        read loop: one queued write per output chunk): awaiting this after each input stops it
+        reading while the repository is behind, so the queue and the memory it holds stay
+        bounded and the sender is pushed back instead. It waits until the writer takes its next
+        batch and the queue is back at or under ``limit``; when there is room it returns
+        without a checkpoint, so it costs a comparison. After close it returns.
+        """
+        await self._writer.wait_room(limit)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on a read-only connection on a worker thread, in one snapshot.

@@ -24,6 +24,13 @@ passed back and forth while both threads run Python); bigger batches still go to
 the loop keeps serving while they run. The repository sets ``inline_max`` to 0 (always the
 thread) when commits fsync (``synchronous`` FULL or EXTRA).
 
+Backpressure. The channel is unbounded so that ``write_nowait`` never blocks, but a producer
+that queues as fast as its input arrives (an agent's output chunks) must not outrun the
+writer for long: it calls ``wait_room(limit)`` between inputs, which returns at once while at
+most ``limit`` commands are queued and otherwise waits until the writer takes a batch and the
+queue is back under the limit. The queue then refills while that batch commits, so the writer
+stays busy and at most about twice ``limit`` commands are held in memory (queued + in flight).
+
 A command is QUEUED until the writer takes it. A caller cancelled while its command is QUEUED gets
 ``Cancelled`` and the op never runs; once TAKEN the op runs and commits (or not) regardless, and the
 caller is told the outcome before the cancellation is delivered, as trio's rules require.
@@ -201,6 +208,8 @@ class Writer:
         self._send, self._receive = trio.open_memory_channel[Command[Any]](math.inf)
         self._limiter = trio.CapacityLimiter(1)
         self._stopped = trio.Event()
+        self._depth = 0  # commands in the channel (taken ones not counted), read by wait_room
+        self._room: trio.Event | None = None  # set when the writer takes commands, if awaited
         self.failure: Exception | None = None
         self._commits = self._ops = self._failed = self._last = self._largest = 0
 
@@ -213,6 +222,25 @@ class Writer:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             cause = f" (writer failed: {self.failure})" if self.failure else ""
             raise RepositoryClosed(f"repository is closed{cause}") from self.failure
+        self._depth += 1
+
+    async def wait_room(self, limit: int) -> None:
+        """Return once at most ``limit`` commands are queued; see the module's Backpressure.
+
+        Returns at once, without a checkpoint, when there is room already. After the writer
+        has stopped the queue is empty, so this returns.
+        """
+        while self._depth > limit:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def _taken(self, count: int) -> None:
+        """The writer took ``count`` commands off the channel: wake those waiting for room."""
+        self._depth -= count
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
 
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(
@@ -272,6 +300,7 @@ class Writer:
             batch.append(first)
         receive = self._receive.receive_nowait
         limit = self._max_batch
+        taken = 1  # first
         while len(batch) < limit:
             try:
                 command = receive()
@@ -280,6 +309,8 @@ class Writer:
             if command.state == _QUEUED:
                 command.state = _TAKEN
                 batch.append(command)
+            taken += 1
+        self._taken(taken)
         return batch
 
     def _finish(self, batch: list[Command[Any]], rows: list[EventRow]) -> None:
@@ -325,6 +356,7 @@ class Writer:
             if command.state == _QUEUED:
                 command.state = _TAKEN
                 pending.append(command)
+        self._taken(self._depth)  # the queue is empty for good: no one waits for room
         for command in pending:
             task, command.task = command.task, None
             if task is None and command.then is None:
