@@ -87,6 +87,7 @@ class AgentEntry:
     transport: str
     link: AgentLink | None = None
     last_heard: float = 0.0
+    held_back: bool = False  # not read while the repository catches up: its silence is ours
     lost: bool = False
     attempts: dict[tuple[str, int], LiveJob] = attrs.Factory(dict)
     reserved: int = 0  # slots held for new jobs whose dispatch is being committed with them
@@ -586,6 +587,22 @@ class AgentController:
         self.repo.write_nowait(ops.agent_state(name, "disconnected"))
         log.info("agent %s disconnected", name)
 
+    async def read_room(self, name: str) -> None:
+        """Return when the repository can take more of agent ``name``'s messages (at once,
+        unless an output flood has it behind: ``Repository.room``). While a transport waits
+        here it does not read the agent, so that silence does not count against its
+        heartbeat deadline; the agent is heard again when reading resumes."""
+        entry = self.agents.get(name)
+        if entry is None:
+            await self.repo.room()
+            return
+        entry.held_back = True
+        try:
+            await self.repo.room()
+        finally:
+            entry.held_back = False
+        entry.last_heard = trio.current_time()
+
     def agent_message(self, name: str, message: Message) -> None:
         """Handle one message from a connected agent. Never blocks."""
         entry = self.agents.get(name)
@@ -890,6 +907,9 @@ class AgentController:
     def _check_agent(self, name: str, now: float) -> None:
         entry = self.agents.get(name)
         if entry is None or entry.lost:
+            return
+        if entry.held_back:  # we are not reading it: its heartbeats wait in the socket
+            self._schedule(now + self.settings.heartbeat_deadline, "agent", name)
             return
         deadline = entry.last_heard + self.settings.heartbeat_deadline
         if now < deadline:

@@ -178,7 +178,7 @@ async def _serve_one(controller: AgentController, stream: trio.abc.Stream) -> No
                 controller.agent_message(hello.name, message)
                 # The repository is behind (a flood of output): read no more from this agent
                 # until it catches up; the socket pushes back and the agent's spool holds it.
-                await controller.repo.room()
+                await controller.read_room(hello.name)
             nursery.cancel_scope.cancel()
     finally:
         controller.agent_disconnected(hello.name, outbox)

@@ -184,12 +184,13 @@ async def test_a_flood_of_output_keeps_the_queue_bounded_and_stores_every_byte(
     stops reading from it once more than ``ROOM_LIMIT`` writes are queued (the socket pushes
     back and the script waits), so the queue stays at the limit instead of growing to every
     chunk; once the writer moves again every byte is stored, with the sha256 the script
-    reported for what it wrote."""
+    reported for what it wrote. Held back for longer than its heartbeat deadline, the agent
+    is not declared lost: its silence is the engine's doing, and its one attempt succeeds."""
     size = 32 * MB  # at least 512 chunks of at most 64 KiB: twice the limit
     socket_path = short_dir / "agents.sock"
     config = load_config(
         ["--name", "flood", "--socket", str(socket_path), "--spool", str(tmp_path / "spool"),
-         "--workdir", str(tmp_path / "work"), "--slots", "1"]
+         "--workdir", str(tmp_path / "work"), "--slots", "1", "--heartbeat", "0.2"]
     )  # fmt: skip
     agent = make_agent(config, Spool(config.spool), None)
     hold = Hold()
@@ -198,7 +199,7 @@ async def test_a_flood_of_output_keeps_the_queue_bounded_and_stores_every_byte(
             repo=repo,
             scripts=ScriptLibrary.scan(),
             completions=Completions(),
-            agents=AgentsSection(),
+            agents=AgentsSection(heartbeat=0.2, heartbeat_deadline=1.0),
             jobs=JobsSection(),
         )
         try:
@@ -224,6 +225,8 @@ async def test_a_flood_of_output_keeps_the_queue_bounded_and_stores_every_byte(
                     # Were the engine still reading, the queue would grow towards every chunk.
                     await trio.testing.wait_all_tasks_blocked(cushion=0.3)
                     assert ROOM_LIMIT < repo.statistics().queue_depth <= ROOM_LIMIT + 1
+                    await trio.sleep(1.5)  # held back past the 1 s deadline: real time must pass
+                    assert not controller.agents["flood"].lost
                     hold.release()
                     async for event in committed:
                         assert isinstance(event, Event), event
@@ -239,14 +242,15 @@ async def test_a_flood_of_output_keeps_the_queue_bounded_and_stores_every_byte(
     assert len(stored) == size
     assert hashlib.sha256(stored).hexdigest() == result["results"]["sha256"]
     assert result["results"]["bytes"] == size
+    assert result["attempt"] == 1 and not controller.agents["flood"].lost
 
 
 def _result_of(job_id: str) -> Any:
     def fn(conn: Any) -> Any:
-        (text,) = conn.execute(
-            "SELECT result FROM attempts WHERE job_id = ? ORDER BY attempt DESC LIMIT 1",
+        attempt, text = conn.execute(
+            "SELECT attempt, result FROM attempts WHERE job_id = ? ORDER BY attempt DESC LIMIT 1",
             (job_id,),
         ).fetchone()
-        return json.loads(text)
+        return {"attempt": attempt, **json.loads(text)}
 
     return fn
