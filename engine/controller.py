@@ -690,7 +690,8 @@ class AgentController:
                 self._attempt_over(job, AgentLost(at=now), None)
 
     def _output(self, chunk: OutputChunk) -> None:
-        self.repo.write_nowait(ops.output_stored(chunk))
+        # a big chunk's commit goes to the writer's thread, not the loop (one weight per 4 KiB)
+        self.repo.write_nowait(ops.output_stored(chunk), weight=1 + len(chunk.data) // 4096)
         self.output_fill.seen(chunk)
         for channel in list(self._output_watchers.get(chunk.job_id, ())):
             try:

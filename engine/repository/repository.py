@@ -90,7 +90,11 @@ class Repository:
         return result
 
     def write_nowait(
-        self, op: Callable[[Tx], T], *, then: Callable[[outcome.Outcome[T]], object] | None = None
+        self,
+        op: Callable[[Tx], T],
+        *,
+        then: Callable[[outcome.Outcome[T]], object] | None = None,
+        weight: int = 1,
     ) -> None:
         """Queue ``op`` without waiting (output chunks...); ordered with ``write``.
 
@@ -98,9 +102,10 @@ class Repository:
         on the trio thread once the batch's outcome is known (``outcome.Value`` after COMMIT,
         or the error, also ``RepositoryClosed`` when the writer stops first), like ``write``
         returning but without a task waiting; it must not block or await, and an exception
-        it raises is logged.
+        it raises is logged. ``weight`` is how many small ops ``op`` counts as when the writer
+        decides whether a batch is small enough for the trio thread (big output chunks are not).
         """
-        self._writer.submit(Command(op, None, then))
+        self._writer.submit(Command(op, None, then, weight))
 
     async def flush(self) -> None:
         """Return when everything written before this call is committed (or has failed)."""

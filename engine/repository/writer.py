@@ -18,7 +18,8 @@ WAL) covers the batch, so the cost per op is the op's own SQL plus a few microse
 the hot path awaits except the one thread hop per batch; the writer never awaits a subscriber.
 
 Small batches skip the thread: a batch of at most ``inline_max`` ops runs on the trio thread
-itself. Without an fsync a small commit costs ~0.1-0.3 ms of SQLite work, less than the two
+itself (an op may weigh more than one: an output chunk counts one per 4 KiB, so a batch of
+big chunks goes to the thread). Without an fsync a small commit costs ~0.1-0.3 ms of SQLite work, less than the two
 thread hops around it (~0.1 ms of CPU and ~0.25 ms of latency on this machine, plus the GIL
 passed back and forth while both threads run Python); bigger batches still go to the thread so
 the loop keeps serving while they run. The repository sets ``inline_max`` to 0 (always the
@@ -159,17 +160,19 @@ class Command(Generic[T]):
     """One op on its way to the writer; ``task`` is the parked caller (None: fire-and-forget),
     ``then`` a function to call with the outcome instead (on the trio thread)."""
 
-    __slots__ = ("op", "task", "then", "state", "result")
+    __slots__ = ("op", "task", "then", "state", "result", "weight")
 
     def __init__(
         self,
         op: Callable[[Tx], T],
         task: trio.lowlevel.Task | None,
         then: Callable[[outcome.Outcome[T]], object] | None = None,
+        weight: int = 1,
     ) -> None:
         self.op = op
         self.task = task
         self.then = then
+        self.weight = weight  # how many small ops it counts as against ``inline_max``
         self.state = _QUEUED
         self.result: outcome.Outcome[T] | None = None
 
@@ -274,7 +277,9 @@ class Writer:
                         if self._inline:
                             await trio.lowlevel.checkpoint()
                             rows = self._apply(batch)
-                        elif len(batch) <= self._inline_max:
+                        elif len(batch) <= self._inline_max and (
+                            sum(c.weight for c in batch) <= self._inline_max
+                        ):
                             rows = self._apply(batch)
                         else:
                             rows = await trio.to_thread.run_sync(

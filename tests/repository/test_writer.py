@@ -472,3 +472,24 @@ async def test_disk_full_keeps_outcomes_truthful(repo: Repository, gate: Any) ->
     assert "database or disk is full" in str(outcomes["huge"])
     returned = {job for job, result in outcomes.items() if result == job}
     assert stored == returned == events  # SQLite 3.40 rolls back the whole batch: all empty
+
+
+async def test_a_heavy_op_commits_on_the_worker_thread_a_light_one_on_the_loop(
+    repo_path: Path,
+) -> None:
+    """A small batch commits on the trio thread, but an op that weighs more than inline_max
+    (a big output chunk) goes to the writer's worker thread, so it never holds the loop."""
+    threads: list[int] = []
+
+    def op(tx: Tx) -> None:
+        threads.append(threading.get_ident())
+
+    async with open_repository(repo_path, inline_max=16) as repo:
+        repo.write_nowait(op)
+        await repo.flush()
+        repo.write_nowait(op, weight=17)
+        await repo.flush()
+        repo.write_nowait(op, weight=8)
+        await repo.flush()
+    loop = threading.get_ident()
+    assert threads[0] == loop and threads[1] != loop and threads[2] == loop
