@@ -19,10 +19,10 @@ the hot path awaits except the one thread hop per batch; the writer never awaits
 
 Small batches skip the thread: a batch of at most ``inline_max`` ops runs on the trio thread
 itself (an op may weigh more than one: an output chunk counts one per 4 KiB, so a batch of
-big chunks goes to the thread). Without an fsync a small commit costs ~0.1-0.3 ms of SQLite work, less than the two
-thread hops around it (~0.1 ms of CPU and ~0.25 ms of latency on this machine, plus the GIL
-passed back and forth while both threads run Python); bigger batches still go to the thread so
-the loop keeps serving while they run. The repository sets ``inline_max`` to 0 (always the
+big chunks goes to the thread). Without an fsync a small commit costs ~0.1-0.3 ms of SQLite
+work, less than the two thread hops around it (~0.1 ms of CPU and ~0.25 ms of latency on
+this machine, plus the GIL passed back and forth while both threads run Python); bigger
+batches still go to the thread so the loop keeps serving while they run. The repository sets ``inline_max`` to 0 (always the
 thread) when commits fsync (``synchronous`` FULL or EXTRA).
 
 Backpressure. The channel is unbounded so that ``write_nowait`` never blocks, but a producer
