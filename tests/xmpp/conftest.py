@@ -277,17 +277,7 @@ class Cluster:
 
     def settings(self, account: Account, **options: Any) -> Any:
         """``XmppSettings`` for a test-side client logged in as ``account``."""
-        from agents.xmpp_link import XmppSettings
-
-        return XmppSettings(
-            jid=account.jid,
-            password=account.password,
-            host=self.server.host,
-            port=self.server.port,
-            tls=self.tls,
-            ca_file=self.server.ca_path,
-            **options,
-        )
+        return client_settings(self.server, account, tls=self.tls, **options)
 
     def kill(self, jid: str) -> None:
         """SIGKILL an agent's whole process group (the agent and the scripts it runs)."""
@@ -410,4 +400,19 @@ def h() -> Any:
 
     return types.SimpleNamespace(
         until=until, connected=connected, run_all=run_all, succeeded_once=succeeded_once
+    )
+
+
+def client_settings(server: ProsodyServer, account: Account, **options: Any) -> Any:
+    """``XmppSettings`` for a test-side client of ``server`` logged in as ``account``."""
+    from agents.xmpp_link import XmppSettings
+
+    options.setdefault("tls", "starttls" if server.tls else "plain")
+    return XmppSettings(
+        jid=account.jid,
+        password=account.password,
+        host=server.host,
+        port=server.port,
+        ca_file=server.ca_path,
+        **options,
     )

@@ -21,7 +21,6 @@ from agents.xmpp_link import (
     PresenceReceived,
     UploadReceived,
     XmppClient,
-    XmppSettings,
     open_xmpp_client,
 )
 from engine.prosody import ProsodyServer
@@ -40,6 +39,8 @@ from protocols.messages import (
 from protocols.signing import script_sha256
 from protocols.xmpp import PresenceInfo
 
+from .conftest import client_settings
+
 if TYPE_CHECKING:
     from conftest import Account
 
@@ -47,17 +48,6 @@ pytestmark = pytest.mark.xmpp
 
 #: Guard for anything that waits on Prosody or real processes.
 GUARD = 15.0
-
-
-def settings(server: ProsodyServer, account: Account) -> XmppSettings:
-    return XmppSettings(
-        jid=account.jid,
-        password=account.password,
-        host=server.host,
-        port=server.port,
-        tls="starttls" if server.tls else "plain",
-        ca_file=server.ca_path,
-    )
 
 
 class Pair:
@@ -93,12 +83,12 @@ async def paired(
     agent's presence (so ``pair.connector()`` opens a session at once)."""
     controller_account, agent_account = new_account(server), new_account(server)
     connector = XmppConnector(
-        settings(server, agent_account),
+        client_settings(server, agent_account),
         controllers=[controller_account.jid],
         max_dispatch_age=None,
         wait_limit=GUARD,
     )
-    async with open_xmpp_client(settings(server, controller_account)) as controller:
+    async with open_xmpp_client(client_settings(server, controller_account)) as controller:
         pair = Pair(controller, connector)
         discover = connector._discover
 

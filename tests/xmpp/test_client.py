@@ -20,11 +20,12 @@ from agents.xmpp_link import (
     Online,
     XmppClient,
     XmppRefused,
-    XmppSettings,
     open_xmpp_client,
 )
 from engine.prosody import ProsodyServer
 from protocols.messages import Ack, OutputChunk, Stream
+
+from .conftest import client_settings
 
 if TYPE_CHECKING:
     from conftest import Account
@@ -32,23 +33,11 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.xmpp
 
 
-def settings(server: ProsodyServer, account: Account, **options: Any) -> XmppSettings:
-    return XmppSettings(
-        jid=account.jid,
-        password=account.password,
-        host=server.host,
-        port=server.port,
-        tls="starttls" if server.tls else "plain",
-        ca_file=server.ca_path,
-        **options,
-    )
-
-
 @asynccontextmanager
 async def online(
     server: ProsodyServer, account: Account, **options: Any
 ) -> AsyncIterator[XmppClient]:
-    async with open_xmpp_client(settings(server, account, **options)) as client:
+    async with open_xmpp_client(client_settings(server, account, **options)) as client:
         assert isinstance(await client.events.receive(), Online)
         yield client
 
@@ -114,7 +103,7 @@ async def test_a_wrong_password_is_refused_for_good(
 ) -> None:
     """Failing to authenticate before any session raises XmppRefused with one line saying so."""
     account = new_account(prosody)
-    bad = attrs.evolve(settings(prosody, account), password="wrong")
+    bad = attrs.evolve(client_settings(prosody, account), password="wrong")
     with (
         trio.fail_after(20),
         pytest.RaisesGroup(pytest.RaisesExc(XmppRefused), flatten_subgroups=True) as caught,
@@ -137,7 +126,9 @@ async def test_starttls_is_required_when_asked(
         trio.fail_after(20),
         pytest.RaisesGroup(pytest.RaisesExc(XmppRefused), flatten_subgroups=True) as caught,
     ):
-        async with open_xmpp_client(attrs.evolve(settings(prosody, account), tls="starttls")):
+        async with open_xmpp_client(
+            attrs.evolve(client_settings(prosody, account), tls="starttls")
+        ):
             await trio.sleep_forever()
     (error,) = leaves(caught.value)
     assert (
