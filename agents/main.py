@@ -7,6 +7,7 @@ command line or configuration, 3 when another agent process holds the same spool
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import logging
@@ -14,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -23,6 +25,7 @@ from agents.core import Agent, AgentExit
 from agents.errors import AgentError, ConfigError, SpoolLocked
 from agents.link import Link
 from agents.local_link import open_local_link
+from agents.log_setup import FORMATS, configure_logging
 from agents.spool import Spool
 from protocols.messages import Capabilities
 from protocols.signing import InvalidKey, load_public_key
@@ -34,16 +37,23 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent until it is told to stop; return the process exit code."""
+    logs, argv = _log_flags(argv)
     try:
         config = load_config(argv)
         connect = connector(config)
         key = trusted_key(config)
     except SystemExit as exc:  # argparse: --help, or a usage error already printed
+        if exc.code == 0:
+            print(LOG_HELP)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except ConfigError as exc:
         print(f"wfe agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _configure_logging(config)
+    try:
+        _configure_logging(config, logs)
+    except OSError as exc:
+        print(f"wfe agent: --log-file {logs.log_file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         spool = Spool(config.spool)
         with spool.locked():
@@ -108,19 +118,35 @@ def trusted_key(config: AgentConfig) -> Ed25519PublicKey | None:
         raise ConfigError(f"trusted key {config.trusted_key}: {exc}") from None
 
 
-def _configure_logging(config: AgentConfig) -> None:
+LOG_HELP = """
+logging:
+  --log-format {text,json}  one line of text (default) or one JSON object per record
+  --log-file PATH           append the log to PATH instead of stderr"""
+
+
+def _log_flags(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Take ``--log-format`` and ``--log-file`` out of ``argv``; return them and the rest."""
+    p = argparse.ArgumentParser(prog="wfe agent", add_help=False, allow_abbrev=False)
+    p.add_argument("--log-format", choices=FORMATS, default="text")
+    p.add_argument("--log-file", type=Path)
+    return p.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+
+
+def _configure_logging(config: AgentConfig, logs: argparse.Namespace) -> None:
     # The agent logs a line per attempt; records need no caller, thread or process details
     # (the format shows none), and gathering them cost a third of each line's time.
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # the documented switch for "no caller lookup"
-    handler = logging.StreamHandler(sys.stderr)
     name = config.name.replace("%", "%%")
-    handler.setFormatter(logging.Formatter(f"%(asctime)s agent {name} %(levelname)s %(message)s"))
-    root = logging.getLogger("wfe")
-    root.handlers[:] = [handler]
-    root.setLevel(config.log_level)
+    configure_logging(
+        level=config.log_level,
+        log_format=logs.log_format,
+        log_file=logs.log_file,
+        text_format=f"%(asctime)s agent {name} %(levelname)s %(message)s",
+        static={"agent": config.name},
+    )
 
 
 async def _run(
