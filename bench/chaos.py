@@ -1,0 +1,528 @@
+"""Chaos run: real engine, agents and Prosody SIGKILLed at random while jobs run; then the books.
+
+    python -m bench.chaos --minutes 10 --seed 1 [--faults engine,local,xmpp,prosody,disk]
+
+A Prosody, a ``wfe engine`` with two local agents it starts itself, and two ``wfe agent
+--xmpp`` processes run a workload submitted through the console: each job is one run of the
+``chaos_work`` RScript (written here), which appends a START and an END line (job, attempt,
+pid, monotonic time) to an executions log outside the engine's books and prints known lines.
+While jobs arrive (about one a second), a driver follows a fault schedule drawn from the seed:
+SIGKILL the engine (down 0-60 s), a local agent (the engine should restart it), an XMPP agent
+(back after 0-60 s, or never), Prosody (down 0-15 s), or fill the workspace's disk (a tmpfs
+mounted here; ``disk`` only when asked). Then every fault is undone, the jobs drain, and
+``bench.chaos_checks`` judges: every job ended, no event lost, ids contiguous, integrity_check
+ok, no two executions of a job at once, a second execution only after its agent was cut off
+longer than the lease, no job failed whose script exited 0, output whole, no orphan.
+
+It prints faults by kind, jobs, executions, duplicates, each violation, and a JSON last line;
+the exit status is 1 when anything was violated. docs/reliability.md has figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import secrets
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+import engine
+from bench._common import machine
+from bench.chaos_checks import (
+    SCRIPT,
+    TERMINAL,
+    Verdict,
+    events_kept,
+    judge_books,
+    judge_executions,
+    judge_orphans,
+    read_books,
+)
+from bench.chaos_cluster import (
+    ENGINE_USER,
+    Cluster,
+    Watcher,
+    free_port,
+    kill,
+    mount_tmpfs,
+    unmount,
+    write_workspace,
+)
+from engine.client import ClientError, connect
+from engine.prosody import ProsodyServer
+
+KINDS = ("engine", "local", "xmpp", "prosody", "disk")
+
+WORKLOAD = """\
+#!/usr/bin/env python3
+# wfe-rscript: 1
+# name: chaos_work
+# version: 1.0
+# interpreter: python3
+# description: chaos workload: notes its start and end outside the engine, prints known lines
+# timeout: 600
+# param n: int (required) the submission number
+# param seconds: float = 1.0 how long it runs
+# param lines: int = 4 lines printed, spread over the run
+# param code: int = 0 its exit status
+# param log: path (required) the executions log
+# requires: cpus=1
+
+import json, os, sys, time
+
+with open(os.environ["WFE_PARAMS"], encoding="utf-8") as f:
+    p = json.load(f)
+
+
+def note(what, extra=""):
+    line = "%s %s %s %d %.6f %d%s\\n" % (
+        what, os.environ["WFE_JOB_ID"], os.environ["WFE_ATTEMPT"], os.getpid(),
+        time.monotonic(), p["n"], extra,
+    )
+    fd = os.open(p["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+note("START")
+for k in range(p["lines"]):
+    print("chaos %d line %d" % (p["n"], k), flush=True)
+    time.sleep(p["seconds"] / p["lines"])
+note("END", " %d" % p["code"])
+sys.exit(p["code"])
+"""
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    minutes: float = 5.0  # how long faults are injected and jobs submitted
+    seed: int = 1
+    faults: tuple[str, ...] = ("engine", "local", "xmpp", "prosody")
+    lease: float = 60.0  # [agents] lease written to wfe.toml (when the engine knows it)
+    slack: float = 3.0  # a cut-off of lease - slack or more may justify a second execution
+    local: int = 2
+    xmpp: int = 2
+    rate: float = 1.0  # jobs submitted per second
+    job_seconds: float = 6.0  # longest job
+    gap: tuple[float, float] = (4.0, 16.0)  # seconds between two faults
+    engine_down: float = 60.0
+    xmpp_down: float = 60.0
+    never: float = 0.2  # chance an XMPP agent killed does not come back
+    prosody_down: float = 15.0
+    disk_hold: float = 20.0
+    disk_mb: int = 64
+    drain: float = 240.0  # seconds the jobs have to end once every fault is undone
+    root: str = ""  # keep the run here (default: a temporary directory, removed if all held)
+
+
+@attrs.frozen
+class Fault:
+    at: float  # seconds after the start of the fault phase
+    kind: str
+    target: str
+    down: float | None  # seconds until it is undone; None: never (an XMPP agent)
+
+
+@attrs.frozen
+class Job:
+    at: float
+    n: int
+    seconds: float
+    lines: int
+    code: int
+
+
+def plan_faults(options: Options) -> list[Fault]:
+    """The fault schedule: a pure function of the options (the seed above all)."""
+    rng = random.Random(f"faults-{options.seed}")
+    faults: list[Fault] = []
+    nevers = 0
+    t = rng.uniform(*options.gap) / 2
+    while t < options.minutes * 60 and options.faults:
+        kind = rng.choice(sorted(options.faults))
+        down: float | None
+        if kind == "engine":
+            target, down = "engine", rng.uniform(0, options.engine_down)
+        elif kind == "local":
+            target, down = f"local-{rng.randint(1, options.local)}", 0.0
+        elif kind == "xmpp":
+            target = f"agent{rng.randint(1, options.xmpp)}"
+            down = rng.uniform(0, options.xmpp_down)
+            if rng.random() < options.never and nevers < options.xmpp - 1:
+                down, nevers = None, nevers + 1
+        elif kind == "prosody":
+            target, down = "prosody", rng.uniform(0, options.prosody_down)
+        else:
+            target, down = "disk", rng.uniform(2, options.disk_hold)
+        faults.append(Fault(round(t, 3), kind, target, None if down is None else round(down, 3)))
+        t += rng.uniform(*options.gap)
+    return faults
+
+
+def plan_jobs(options: Options) -> list[Job]:
+    """The workload: when each job is submitted, how long it runs, what it prints and exits with."""
+    rng = random.Random(f"jobs-{options.seed}")
+    jobs, t, n = [], 0.0, 0
+    while t < options.minutes * 60:
+        n += 1
+        code = 3 if rng.random() < 0.05 else 0
+        jobs.append(
+            Job(
+                round(t, 3),
+                n,
+                round(rng.uniform(0.3, options.job_seconds), 3),
+                rng.randint(1, 8),
+                code,
+            )
+        )
+        t += rng.expovariate(options.rate)
+    return jobs
+
+
+# --- the console ---------------------------------------------------------------------------------
+
+
+@attrs.define
+class Console:
+    """One fresh connection per call, so that an engine restart costs nothing to handle."""
+
+    url: str
+    token: str
+
+    async def call(self, op: str, **args: Any) -> Any:
+        with trio.fail_after(15):
+            async with connect(self.url, self.token) as client:
+                return await client.call(op, **args)
+
+
+async def submit_jobs(console: Console, jobs: list[Job], log: Path, out: dict[str, Any]) -> None:
+    """Submit each planned job at its time; note which the engine confirmed."""
+    start = time.monotonic()
+    for job in jobs:
+        await trio.sleep_until(_trio_at(start + job.at))
+        params = {"n": job.n, "seconds": job.seconds, "lines": job.lines, "code": job.code}
+        try:
+            reply = await console.call("run", rscript=SCRIPT, params={**params, "log": str(log)})
+        except (ClientError, trio.TooSlowError) as exc:
+            out["refused"][job.n] = str(exc).splitlines()[0][:160]
+        else:
+            out["confirmed"][job.n] = reply["job"]
+
+
+def _trio_at(monotonic: float) -> float:
+    return trio.current_time() + (monotonic - time.monotonic())
+
+
+async def record_events(console: Console, seen: dict[int, tuple[str, str, Any]]) -> None:
+    """Every 2 s, fetch the events committed since the last one seen (what the console served)."""
+    while True:
+        await read_new_events(console, seen)
+        await trio.sleep(2.0)
+
+
+async def read_new_events(console: Console, seen: dict[int, tuple[str, str, Any]]) -> None:
+    with _quiet():
+        while True:
+            after = max(seen, default=0)
+            events = await console.call("events", after=after, limit=5000)
+            for e in events:
+                seen[e["id"]] = (e["kind"], e["subject"], e["data"])
+            if len(events) < 5000:
+                return
+
+
+class _quiet:
+    """Swallow a failed console call (the engine may be down): the next try goes on."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
+        return kind is not None and issubclass(kind, ClientError | trio.TooSlowError)
+
+
+async def wait_for_agents(console: Console, names: list[str], seconds: float) -> None:
+    """Until every agent in ``names`` is connected; raise ``RuntimeError`` after ``seconds``."""
+    connected: set[str] = set()
+    with trio.move_on_after(seconds):
+        while not set(names) <= connected:
+            with _quiet():
+                rows = await console.call("agents")
+                connected = {r["name"] for r in rows if r["state"] == "connected"}
+            await trio.sleep(0.5)
+        return
+    raise RuntimeError(
+        f"agents not connected after {seconds:g} s: {sorted(set(names) - connected)}"
+    )
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+async def drive_faults(
+    cluster: Cluster, faults: list[Fault], done: Counter[str], skipped: Counter[str]
+) -> None:
+    """Inject each fault at its time (skipped when its target is already down)."""
+    start = time.monotonic()
+    busy: set[str] = set()
+    async with trio.open_nursery() as nursery:
+        for fault in faults:
+            await trio.sleep_until(_trio_at(start + fault.at))
+            if fault.target in busy or fault.target in cluster.never:
+                skipped[fault.kind] += 1
+                continue
+            nursery.start_soon(_inject, cluster, fault, busy, done, skipped)
+
+
+async def _inject(
+    cluster: Cluster, fault: Fault, busy: set[str], done: Counter[str], skipped: Counter[str]
+) -> None:
+    busy.add(fault.target)
+    try:
+        if fault.kind == "engine":
+            hit = await cluster.kill_engine()
+        elif fault.kind == "local":
+            hit = cluster.kill_local(fault.target)
+        elif fault.kind == "xmpp":
+            hit = await cluster.kill_xmpp(fault.target)
+            if hit and fault.down is None:
+                cluster.never.add(fault.target)
+        elif fault.kind == "prosody":
+            hit = await cluster.kill_prosody()
+        else:
+            hit = await cluster.fill_disk() >= 0
+        (done if hit else skipped)[fault.kind] += 1
+        if hit and fault.down:
+            await trio.sleep(fault.down)
+    finally:
+        with trio.CancelScope(shield=True):
+            await _undo(cluster, fault)
+            busy.discard(fault.target)
+
+
+async def _undo(cluster: Cluster, fault: Fault) -> None:
+    if fault.kind == "engine":
+        await cluster.start_engine()
+    elif fault.kind == "xmpp" and fault.target not in cluster.never:
+        if not cluster.xmpp_alive(fault.target):
+            await cluster.start_xmpp(fault.target)
+    elif fault.kind == "prosody":
+        await cluster.start_prosody()
+    elif fault.kind == "disk":
+        cluster.free_disk()
+
+
+async def drain(cluster: Cluster, seconds: float) -> float:
+    """Wait until every workload job has ended (read from the repository); return the seconds."""
+    start = time.monotonic()
+    db = cluster.workspace / "wfe.db"
+    with trio.move_on_after(seconds):
+        while _unended(db) != 0:  # noqa: ASYNC110 - another process writes the file
+            await trio.sleep(1.0)
+    return time.monotonic() - start
+
+
+def _unended(db: Path) -> int | None:
+    """Workload jobs not yet ended, read from the repository file (None: could not read)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM jobs WHERE name = ? AND state NOT IN (?, ?, ?)",
+                (SCRIPT, *sorted(TERMINAL)),
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return int(count)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+async def run_chaos(options: Options) -> dict[str, Any]:
+    """Run the whole chaos campaign and return the figures (``violations`` lists what broke)."""
+    root = Path(options.root) if options.root else Path(tempfile.mkdtemp(prefix="wfe-chaos-"))
+    root.mkdir(parents=True, exist_ok=True)
+    faults, jobs = plan_faults(options), plan_jobs(options)
+    figures: dict[str, Any] = {"seed": options.seed, "minutes": options.minutes, "root": str(root)}
+    figures["machine"] = machine()
+    figures["code"] = str(Path(engine.__file__ or ".").parent.parent)  # the tree under test
+    workspace = root / "ws"
+    if "disk" in options.faults:
+        mount_tmpfs(workspace, options.disk_mb)
+    workspace.mkdir(exist_ok=True)
+    users = [f"agent{k}" for k in range(1, options.xmpp + 1)]
+    server = ProsodyServer(
+        root / "prosody", users={u: secrets.token_urlsafe(12) for u in [ENGINE_USER, *users]}
+    )
+    scripts = root / "scripts"
+    scripts.mkdir(exist_ok=True)
+    (scripts / f"{SCRIPT}.py").write_text(WORKLOAD)
+    log = root / "executions.log"
+    log.touch()
+    cluster = Cluster(
+        root=root, server=server, xmpp_users=users, local=options.local,
+        api_port=free_port(), workspace=workspace, log=log,
+    )  # fmt: skip
+    watcher = Watcher(cluster)
+    seen: dict[int, tuple[str, str, Any]] = {}
+    submitted: dict[str, Any] = {"confirmed": {}, "refused": {}}
+    done: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    verdict = Verdict()
+    try:
+        await trio.to_thread.run_sync(server.start)
+        write_workspace(cluster, lease=options.lease, scripts=scripts)
+        console = Console(
+            f"ws://127.0.0.1:{cluster.api_port}/", (workspace / "token").read_text().strip()
+        )
+        async with trio.open_nursery() as nursery:
+            cluster._nursery = nursery
+            await cluster.start_engine()
+            for user in users:
+                await cluster.start_xmpp(user)
+            await wait_for_agents(console, cluster.agent_names(), 90)
+            nursery.start_soon(watcher.run)
+            nursery.start_soon(record_events, console, seen)
+            began = time.monotonic()
+            with trio.move_on_after(options.minutes * 60):
+                async with trio.open_nursery() as phase:
+                    phase.start_soon(drive_faults, cluster, faults, done, skipped)
+                    phase.start_soon(submit_jobs, console, jobs, log, submitted)
+            figures["fault_phase_s"] = round(time.monotonic() - began, 1)
+            cluster.free_disk()
+            await cluster.start_prosody()
+            await cluster.start_engine()
+            figures["drain_s"] = round(await drain(cluster, options.drain), 1)
+            watcher.sample()
+            await read_new_events(console, seen)
+            judge_orphans(verdict, watcher.alive_scripts(), "once every job had ended")
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            figures["forced_stops"] = await cluster.stop()
+            if server.running:
+                await trio.to_thread.run_sync(server.stop)
+    watcher.close()
+    leftovers = cluster.leftovers()
+    for pid in leftovers:
+        kill(pid)
+    figures["leftover_processes"] = list(leftovers.values())
+    executions = sorted(watcher.executions.values(), key=lambda r: r.start)
+    books = read_books(workspace / "wfe.db")
+    agents = {key: row["agent"] for key, row in books["attempts"].items()}
+    judge_executions(
+        verdict, executions, agents, watcher.cutoffs, lease=options.lease, slack=options.slack
+    )
+    judge_books(verdict, books, executions, submitted["confirmed"])
+    for event_id in events_kept(workspace / "wfe.db", seen):
+        verdict.add(
+            "event_lost", f"event {event_id}", "served by the console, not in the repository"
+        )
+    for line in cluster.engine_exits:
+        verdict.add("engine_exit", "engine", line)
+    figures.update(verdict.figures)
+    figures.update(
+        lease=options.lease,
+        lease_in_engine=cluster.lease_supported,
+        faults_planned=dict(Counter(f.kind for f in faults)),
+        faults=dict(done),
+        faults_skipped=dict(skipped),
+        submitted=len(jobs),
+        confirmed=len(submitted["confirmed"]),
+        refused=len(submitted["refused"]),
+        events_seen=len(seen),
+        violations=verdict.counts(),
+        examples=[v.line() for v in verdict.violations[:40]],
+    )
+    figures["machine"]["loadavg_after"] = round(os.getloadavg()[0], 2)
+    if "disk" in options.faults:
+        shutil.copy2(workspace / "wfe.db", root / "wfe.db")
+        unmount(workspace)
+    if not options.root and not verdict.violations:
+        shutil.rmtree(root, ignore_errors=True)
+    return figures
+
+
+def report(figures: dict[str, Any]) -> list[str]:
+    m = figures["machine"]
+    lines = [
+        f"chaos seed {figures['seed']}: {figures['fault_phase_s']} s of faults, drain {figures['drain_s']} s;"
+        f" {m['nproc']} cpus, load {m['loadavg_before']} -> {m['loadavg_after']}",
+        f"lease {figures['lease']:g} s ({'in' if figures['lease_in_engine'] else 'NOT known to'} the engine)",
+        "faults injected: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(figures["faults"].items()))
+        + (f" (skipped: {figures['faults_skipped']})" if figures["faults_skipped"] else ""),
+        f"submitted {figures['submitted']}, confirmed {figures['confirmed']}, refused {figures['refused']};"
+        f" jobs {figures.get('jobs', 0)} {figures.get('states', {})}",
+        f"executions {figures.get('executions', 0)}, duplicates {figures.get('duplicates', 0)}"
+        f" ({figures.get('duplicates_after_lease', 0)} after a cut-off longer than the lease),"
+        f" extra executions {figures.get('extra_executions', 0)}",
+        f"events seen {figures['events_seen']}; leftover processes {len(figures['leftover_processes'])}",
+        "violations: "
+        + (", ".join(f"{k} {v}" for k, v in figures["violations"].items()) or "none"),
+    ]
+    lines += [f"  {line}" for line in figures["examples"]]
+    lines += [f"  forced stop: {line}" for line in figures["forced_stops"]]
+    lines += [f"  leftover: {line}" for line in figures["leftover_processes"][:10]]
+    if figures["violations"]:
+        lines.append(f"kept for inspection: {figures['root']}")
+    return lines
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chaos", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--minutes", type=float, default=5.0, help="fault phase length (default 5)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--faults",
+        default="engine,local,xmpp,prosody",
+        help=f"comma-separated, of {','.join(KINDS)}",
+    )
+    parser.add_argument("--lease", type=float, default=60.0, help="[agents] lease in seconds")
+    parser.add_argument("--rate", type=float, default=1.0, help="jobs submitted per second")
+    parser.add_argument("--drain", type=float, default=240.0, help="seconds for jobs to end after")
+    parser.add_argument("--root", default="", help="keep the run's files here")
+    args = parser.parse_args(argv)
+    faults = tuple(k for k in args.faults.split(",") if k)
+    bad = [k for k in faults if k not in KINDS]
+    if bad:
+        parser.error(f"unknown fault kind(s) {', '.join(bad)}: choose from {', '.join(KINDS)}")
+    for name in ("minutes", "lease", "rate", "drain"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value <= 0:
+            parser.error(f"--{name} must be a positive number, got {value}")
+    return Options(
+        minutes=args.minutes, seed=args.seed, faults=faults, lease=args.lease,
+        rate=args.rate, drain=args.drain, root=args.root,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    figures = trio.run(run_chaos, options)
+    print("\n".join(report(figures)))
+    print(json.dumps({k: v for k, v in figures.items() if k != "examples"}, sort_keys=True))
+    return 1 if figures["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
