@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from engine.errors import ActionFailed, EngineError, JobCancelled, RScriptFailed, UnknownJob
+from engine.job_log import JobLog
 from engine.jobs import (
     TERMINAL,
     Completions,
@@ -122,7 +123,7 @@ class Context:
         self._runner = runner
         self._run = run
         self._children = children
-        self.log = logging.LoggerAdapter(log, {"job": run.job.id})
+        self.log = JobLog(log, run.job.id, runner.repo)  # stored with the job too
 
     @property
     def job_id(self) -> str:
@@ -266,6 +267,12 @@ class ActionRunner:
         run = Run(job=job, parent=parent)
         self._runs[job.id] = run
         nursery.start_soon(self._run_action, action, run, name=f"action {action.name} ({job.id})")
+
+    def resume(self, job: JobRow) -> None:
+        """Run again a root action job just reset to ``running`` (``engine.retry``): its calls
+        replay. Raises ``UnknownAction`` when its action is gone; a job running here is left."""
+        if job.id not in self._runs:
+            self._spawn(self.library.get(job.name), job, None, self._nursery)
 
     async def resume_unfinished(self) -> int:
         """After a restart: run again every unfinished root action (children replay). Returns

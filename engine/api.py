@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from engine.daemon import Engine
 
 #: Modules that add operations with ``@op(...)``; imported when the server starts.
-OP_MODULES: tuple[str, ...] = ("engine.console.ops", "engine.api_requests")
+OP_MODULES: tuple[str, ...] = ("engine.console.ops", "engine.api_requests", "engine.api_jobs")
 
 
 def load_ops() -> dict[str, Op]:

@@ -22,7 +22,7 @@ import trio
 from engine import __version__
 from engine.config import CONFIG_NAME, DEFAULT_TOML, Config, load_config
 from engine.errors import EngineError
-from engine.render import print_table, seconds
+from engine.render import print_json, print_table, seconds
 
 log = logging.getLogger("wfe")
 
@@ -30,7 +30,7 @@ Command = Callable[[argparse.Namespace], int]
 
 #: Modules that add subcommands: each has ``register(add)``, where ``add(name, fn, help,
 #: config=True)`` returns the subparser to fill (see ``build_parser``).
-COMMAND_MODULES: tuple[str, ...] = ("engine.cli_requests", "engine.cli_console")
+COMMAND_MODULES: tuple[str, ...] = ("engine.cli_requests", "engine.cli_console", "engine.cli_jobs")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -52,12 +52,46 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
+def setup_logging(
+    verbose: bool, *, log_format: str = "text", log_file: str | os.PathLike[str] | None = None
+) -> None:
+    """The engine's log: every logger's records (wfe's and its libraries') to ``log_file``
+    (stderr by default) as text or JSON lines (``agents.log_setup``)."""
+    from agents.log_setup import configure_logging
+
+    configure_logging(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        log_format=log_format,
+        log_file=None if log_file is None else Path(log_file),
+        logger="",
     )
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse, before anything starts, a console address another process listens on.
+
+    Binds and closes a socket as the console will (``SO_REUSEADDR``, so a port in TIME_WAIT
+    passes). Raises ``EngineError`` naming the address and ``[api] port``. Port 0 passes.
+    """
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise EngineError(f"[api] host {host!r}: {exc.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                probe.listen(1)
+            except OSError as exc:
+                raise EngineError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                    " (another engine? set another [api] port in wfe.toml, or 0 for any free port)"
+                ) from None
 
 
 # --- wfe init / engine ---------------------------------------------------------------------
@@ -82,8 +116,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
     config = _config(args)
+    check_listen(config.api.host, config.api.port)
+    setup_logging(args.verbose, log_format=args.log_format, log_file=args.log_file)
     trio.run(run_engine_process, config)
     return 0
 
@@ -138,7 +173,9 @@ def _call(args: argparse.Namespace, op: str, **call_args: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    params = parse_params(args.param)
+    from engine.cli_params import split_pairs, typed_params
+
+    split_pairs(args.param)  # a malformed pair fails before connecting
     target = {"rscript": args.target} if args.rscript else {"action": args.target}
     from engine.client import connect_config
 
@@ -146,6 +183,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def go() -> tuple[str, dict[str, Any] | None]:
         async with connect_config(config) as client:
+            params: dict[str, Any] = {}
+            if args.param:  # converted to the declared types, as `wfe submit -p` does
+                listed = await client.call(
+                    "rscripts" if args.rscript else "actions", name=args.target
+                )
+                declared = listed[0]["params"] if listed else []
+                params = typed_params(args.param, declared, target=args.target)
             started = await client.call("run", params=params, **target)
             if not args.wait:
                 return started["job"], None
@@ -170,13 +214,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from engine.cli_watch import print_status
+    from engine.cli_watch import print_status, status_filters
 
     if args.watch:
         return _watch_status(args)
-    result = _call(args, "status", **({"job": args.job} if args.job else {}))
+    from engine.client import connect_config
+
+    config = _config(args)
+    filters = status_filters(args)
+
+    async def go() -> dict[str, Any]:
+        async with connect_config(config) as client:
+            if args.job:
+                detail: dict[str, Any] = await client.call("job", job=args.job)
+                detail["tree"] = await client.call("tree", job=args.job)
+                return detail
+            return {
+                "statistics": await client.call("stats"),
+                "jobs": await client.call("find_jobs", **filters),
+            }
+
+    result = trio.run(go)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         print_status(result, job=args.job)
     return 0
@@ -233,7 +293,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_agents(args: argparse.Namespace) -> int:
     agents = _call(args, "agents")
     if args.json:
-        print(json.dumps(agents, indent=2))
+        print_json(agents)
     else:
         print_table(
             [
@@ -275,17 +335,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if unknown:
         raise EngineError(unknown[0])
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "name": definition.name,
-                    "namespace": definition.namespace,
-                    "sha256": definition.sha256,
-                    "sources": [str(s) for s in definition.sources],
-                    "expanded": definition.expanded,
-                },
-                indent=2,
-            )
+        print_json(
+            {
+                "name": definition.name,
+                "namespace": definition.namespace,
+                "sha256": definition.sha256,
+                "sources": [str(s) for s in definition.sources],
+                "expanded": definition.expanded,
+            }
         )
     else:
         print(f"# {definition.name} ({definition.namespace}) sha256 {definition.sha256}")
@@ -333,7 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing wfe.toml")
 
     p = add("engine", cmd_engine, "run the engine daemon (Ctrl-C or SIGTERM stops it)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log DEBUG lines too")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="one line of text (default) or one JSON object per record",
+    )
+    p.add_argument("--log-file", metavar="PATH", help="append the log to PATH instead of stderr")
 
     p = add("agent", cmd_agent, "run an agent (see `wfe agent --help`)", config=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -365,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a parameter (JSON or text)",
+        help="a parameter, converted to its declared type (see `wfe actions`, `wfe rscripts`)",
     )
     p.add_argument("--rscript", action="store_true", help="run an RScript directly")
     p.add_argument(
@@ -373,9 +437,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
-    p = add("status", cmd_status, "show the engine's state, or one job")
-    p.add_argument("job", nargs="?")
+    p = add(
+        "status", cmd_status, "show the engine's state and the newest root jobs, or one job's tree"
+    )
+    p.add_argument("job", nargs="?", help="a job: its detail and its tree of children")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=20, help="at most this many jobs (default: 20)")
+    p.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=("queued", "running", "succeeded", "failed", "cancelled"),
+        help="only jobs in this state (repeat for several)",
+    )
+    p.add_argument("--name", help="only jobs whose name matches this glob, e.g. 'demo.*'")
+    p.add_argument(
+        "--since",
+        help="only jobs created since: an ISO date or time (2026-05-01, 2026-05-01T12:00)"
+        " or an age (30m, 2h, 7d)",
+    )
+    p.add_argument("--all", action="store_true", help="child jobs too, not only roots")
     p.add_argument(
         "--watch",
         action="store_true",
@@ -424,9 +505,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # a closed pipe shows here, not as a message at exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _pipe_closed()
     except (EngineError, ValueError, LookupError, OSError) as exc:
         from engine.actions import one_line
 
@@ -435,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExceptionGroup as group:  # from a nursery: report our own error in one line
         from engine.actions import one_line
 
+        if group.subgroup(BrokenPipeError) is not None:
+            return _pipe_closed()
         ours = group.subgroup(
             lambda e: isinstance(e, EngineError | ValueError | LookupError | OSError)
         )
@@ -442,6 +529,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"wfe: error: {one_line(ours)}", file=sys.stderr)
         return 1
+
+
+def _pipe_closed() -> int:
+    """The reader of our output went away (``wfe status --json | head``): stop quietly, as
+    a command killed by SIGPIPE would (exit 141), and write nothing more to the pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ address of the web page instead.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from engine.render import print_table
+from engine.render import print_json, print_table
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -32,7 +31,7 @@ def _call(args: argparse.Namespace, op: str, **call_args: Any) -> Any:
 def cmd_token_create(args: argparse.Namespace) -> int:
     made = _call(args, "token.create", name=args.name, role=args.role)
     if args.json:
-        print(json.dumps(made, indent=2))
+        print_json(made)
     else:
         print(made["token"])
         print(
@@ -46,7 +45,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     done = _call(args, "token.revoke", name=args.name)
     if args.json:
-        print(json.dumps(done, indent=2))
+        print_json(done)
     else:
         print(
             f"revoked {done['name']!r} ({done['role']}); closed {done['closed_connections']} connection(s)"
@@ -57,7 +56,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     listed = _call(args, "token.list", revoked=args.all)
     if args.json:
-        print(json.dumps(listed, indent=2))
+        print_json(listed)
     else:
         print_table(
             [

@@ -22,7 +22,7 @@ import trio
 
 from engine.config import CONFIG_NAME, load_config
 from engine.errors import EngineError
-from engine.render import format_table, print_table
+from engine.render import format_table, print_json, print_table
 
 Add = Callable[..., argparse.ArgumentParser]
 
@@ -55,7 +55,7 @@ def _kv(pairs: list[str]) -> dict[str, Any]:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
+    print_json(data)  # times as ISO 8601 strings
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -106,6 +106,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         record = _call(args, "request_wait", request=record["id"])
     if args.json:
         _print_json(record)
+    elif not args.wait:
+        print(record["id"])  # alone, so that R=$(wfe submit ...) holds just the id
     else:
         print(
             f"{record['id']} {record['state']}"

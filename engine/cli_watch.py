@@ -9,22 +9,28 @@ op, ``offset``/``next_offset``), so the first page shows before the last one is 
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import trio
 
 from engine.client import Client, ClientError
+from engine.errors import EngineError
+from engine.job_log import EVENT_KIND
 from engine.jobs import TERMINAL
-from engine.render import print_job, print_table
+from engine.render import local_time, print_job, print_table
 
 REDRAW_INTERVAL = 0.25  # seconds: at most four redraws a second
 JOB_KINDS = ("job.", "attempt.")
 OVERVIEW_KINDS = (*JOB_KINDS, "agent.")
 CLEAR = "\x1b[H\x1b[2J"
+LOG_PAGE = 1000  # ctx.log lines per events call
 
 
 async def watch_status(
@@ -78,7 +84,7 @@ def status_drawer(*, job: str | None, tty: bool) -> Callable[[dict[str, Any]], N
 
 
 def print_status(result: dict[str, Any], *, job: str | None) -> None:
-    """A ``status`` result as text: the job's detail, or statistics and the latest jobs."""
+    """A ``status`` result for people: the job's detail and tree, or statistics and jobs."""
     if job is not None:
         print_job(result)
         return
@@ -93,11 +99,50 @@ def print_status(result: dict[str, Any], *, job: str | None) -> None:
                 "job": j["id"],
                 "name": j["name"],
                 "state": j["state"],
+                "created": local_time(j.get("created_at")),
                 "error": (j["error"] or "")[:60],
             }
             for j in result["jobs"]
         ]
     )
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """``--since`` as seconds since the epoch: an age (``30m``, ``2h``, ``7d``) back from
+    ``now``, or an ISO 8601 date or time (local time unless it names its zone). Raises
+    ``EngineError`` naming the value."""
+    text = text.strip()
+    age = _AGE.match(text)
+    if age:
+        return (time.time() if now is None else now) - float(age.group(1)) * _UNIT[age.group(2)]
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise EngineError(
+            f"--since {text!r}: expected an ISO date or time (2026-05-01, 2026-05-01T12:00)"
+            " or an age (30m, 2h, 7d)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time
+    return when.timestamp()
+
+
+def status_filters(args: Any) -> dict[str, Any]:
+    """The ``find_jobs`` arguments of ``wfe status``'s filter flags."""
+    if not 1 <= args.limit <= 10_000:
+        raise EngineError(f"--limit {args.limit}: expected 1 to 10000")
+    filters: dict[str, Any] = {"limit": args.limit, "all": args.all}
+    if args.state:
+        filters["state"] = list(args.state)
+    if args.name:
+        filters["name"] = args.name
+    if args.since:
+        filters["since"] = parse_since(args.since)
+    return filters
 
 
 async def print_logs(
@@ -106,7 +151,10 @@ async def print_logs(
     """Write an attempt's stored output (the last attempt by default) page by page; return
     the number of pages. Raises ``ClientError`` for an unknown job or attempt."""
     if attempt is None:  # pin the attempt, so that a retry starting meanwhile is not mixed in
-        attempt = int((await client.call("job", job=job))["attempts"])
+        detail = await client.call("job", job=job)
+        attempt = int(detail["attempts"])
+        if detail["kind"] == "action":  # an action's output is its ctx.log lines
+            return await print_job_log(client, job, write=write)
         if attempt == 0:
             return 0
     offset, pages = 0, 0
@@ -117,6 +165,26 @@ async def print_logs(
         if not page["more"]:
             return pages
         offset = page["next_offset"]
+
+
+async def print_job_log(client: Client, job: str, *, write: Callable[[str], object]) -> int:
+    """Write the ``ctx.log`` lines stored for an action job (``job.log`` events), oldest
+    first, one ``TIME LEVEL message`` line each; return the number of pages read."""
+    after, pages = 0, 0
+    while True:
+        events = await client.call(
+            "events", after=after, kind=EVENT_KIND, subject=job, limit=LOG_PAGE
+        )
+        pages += 1
+        write(
+            "".join(
+                f"{local_time(e['at'])} {e['data'].get('level', '-')} {e['data'].get('message', '')}\n"
+                for e in events
+            )
+        )
+        if len(events) < LOG_PAGE:
+            return pages
+        after = events[-1]["id"]
 
 
 def until_interrupted(view: Callable[[], Awaitable[object]]) -> None:

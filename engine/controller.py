@@ -411,6 +411,16 @@ class AgentController:
             raise UnknownJob(f"job {job_id} is not running")
         self._cancel(job, reason)
 
+    def retry(self, job: JobRow, *, failures: int, lost: int) -> None:
+        """Queue again an RScript job just reset to ``queued`` (``engine.retry``) with the
+        failed and lost attempts it has had (as ``recover`` counts them); a job live here
+        already is left as it is."""
+        if job.id in self.jobs or job.id in self._ending:
+            return
+        live = self._adopt(job)
+        live.attempts_made, live.failures, live.lost = job.attempts, failures, lost
+        self._enqueue(live)
+
     def _cancel(self, job: LiveJob, reason: str) -> None:
         if job.machine is None or job.machine.terminal:
             job.queued_token += 1  # drops it from the ready heap

@@ -97,9 +97,9 @@ def test_run_status_logs_agents_and_errors(running_engine: Path) -> None:
         (("run", "no.such"), "unknown action 'no.such'"),
         (
             ("run", "sleep_echo", "--rscript", "-p", "seconds=soon"),
-            "parameter 'seconds' must be float",
+            "parameter 'seconds': 'soon' is not a number",
         ),
-        (("run", "demo.survey", "-p", "files=many"), "parameter 'files' must be int, got str"),
+        (("run", "demo.survey", "-p", "files=many"), "parameter 'files': 'many' is not an integer"),
         (("status", "j999999"), "no job j999999"),
     ]:
         bad = wfe(config, *args)

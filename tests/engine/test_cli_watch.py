@@ -192,14 +192,19 @@ async def test_logs_prints_big_output_whole_in_pages(running: Running) -> None:
 
 
 async def test_logs_of_a_job_that_never_ran_and_of_no_job(running: Running) -> None:
-    """A job with no attempt prints nothing; an unknown job is a one-line error."""
+    """An action job (no attempt of its own) prints its stored ``ctx.log`` lines; an
+    unknown job is a one-line error."""
+    data = running.config.root / "data"
     async with running.connect() as client, trio.open_nursery() as nursery:
         with trio.fail_after(GUARD):
             job = await running.engine.run_action(
-                "demo.survey", {"files": 0, "data_dir": str(running.config.root / "data")}
+                "demo.survey", {"files": 0, "data_dir": str(data)}
             )
+            await running.engine.wait(job)
             pages: list[str] = []
-            assert await print_logs(client, job, attempt=None, write=pages.append) == 0
+            assert await print_logs(client, job, attempt=None, write=pages.append) == 1
+            [line] = "".join(pages).splitlines()
+            assert line.endswith(f" INFO prepared 0 files in {data}")
             process, out, err = await wfe(running, "logs", "j999999", nursery=nursery)
             assert await process.wait() == 1
     assert err.text == "wfe: error: no job j999999\n"
