@@ -5,12 +5,21 @@ sends a request and returns its result (calls may run concurrently); pushed fram
 streams that ``subscribe`` and ``tail`` open arrive, in order, on ``Client.frames()``. A
 background task reads the socket; when nobody takes pushed frames, it stops reading after
 ``PUSH_BUFFER`` of them and the server starts counting what this client misses.
+
+No call waits for ever. Arguments JSON can't carry (``NaN``, ``Infinity``) are refused
+before anything is sent. A reply must come within ``Client.reply_timeout`` (60 s), except
+for the long polls ``wait`` and ``request_wait``, which may take as long as the job or
+request does: while one is pending the client pings the engine every ``KEEPALIVE`` seconds
+and gives up on every call when a ping goes unanswered for ``reply_timeout``. A reply with
+``"id": null`` (the engine could not read which request it answers) fails the calls in
+flight with the engine's error instead of leaving them waiting for a reply that will not come.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +43,9 @@ from protocols.console_frames import decode_binary
 PROTOCOL = "wfe.console.v1"
 PUSH_BUFFER = 10_000
 MAX_MESSAGE = 64 * 1024 * 1024
+REPLY_TIMEOUT = 60.0  # seconds a reply may take (the long polls excepted)
+KEEPALIVE = 15.0  # seconds between pings while a long poll is pending
+LONG_POLLS = frozenset({"wait", "request_wait"})  # ops that reply when something ends
 
 
 class ClientError(EngineError):
@@ -53,13 +65,17 @@ class _Pending:
 class Client:
     """One authenticated connection. Get one from ``connect``."""
 
-    def __init__(self, ws: WebSocketConnection) -> None:
+    def __init__(self, ws: WebSocketConnection, *, reply_timeout: float = REPLY_TIMEOUT) -> None:
         self.ws = ws
         self.welcome: dict[str, Any] = {}
+        self.reply_timeout = reply_timeout
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        self._long_polls = 0
+        self._long_poll_started = trio.Event()
         self._push_send, self._push_receive = trio.open_memory_channel[dict[str, Any]](PUSH_BUFFER)
         self.closed: str | None = None
+        self._gave_up: ClientError | None = None
 
     @property
     def name(self) -> str:
@@ -71,21 +87,47 @@ class Client:
 
     async def call(self, op: str, **args: Any) -> Any:
         """Send a request and return its result; raise ``ClientError`` (with ``code``) on an
-        error reply or when the connection closes first."""
+        error reply, when the connection closes first, when ``args`` hold a number JSON can't
+        carry (code ``bad_request``, nothing sent) or when no reply comes in time (``timeout``)."""
+        if self._gave_up is not None:
+            raise self._gave_up
         request_id = next(self._ids)
+        try:
+            text = json.dumps({"id": request_id, "op": op, "args": args}, allow_nan=False)
+        except ValueError:
+            where = _non_finite(args) or ("args", math.nan)
+            raise ClientError(
+                f"{op}: {where[0]} is {where[1]}, which JSON cannot carry: give a finite number",
+                "bad_request",
+            ) from None
         pending = self._pending[request_id] = _Pending()
+        long_poll = op in LONG_POLLS
+        if long_poll:
+            self._long_polls += 1
+            self._long_poll_started.set()
         try:
             try:
-                await self.ws.send_message(json.dumps({"id": request_id, "op": op, "args": args}))
+                await self.ws.send_message(text)
             except ConnectionClosed:
                 raise ClientError(
                     f"the engine closed the connection: {self.closed or 'closed'}", "closed"
                 ) from None
-            await pending.done.wait()
+            with trio.move_on_after(math.inf if long_poll else self.reply_timeout):
+                await pending.done.wait()
         finally:
             self._pending.pop(request_id, None)
+            if long_poll:
+                self._long_polls -= 1
         frame = pending.frame
         if frame is None:
+            if self._gave_up is not None:
+                raise self._gave_up
+            if not pending.done.is_set():
+                raise ClientError(
+                    f"no reply to {op} within {self.reply_timeout:g} s: the engine is busy or"
+                    " stuck (see its log)",
+                    "timeout",
+                )
             raise ClientError(
                 f"the engine closed the connection: {self.closed or 'closed'}", "closed"
             )
@@ -93,6 +135,50 @@ class Client:
             return frame.get("result")
         error = frame.get("error") or {}
         raise ClientError(str(error.get("message", "refused")), str(error.get("code", "")))
+
+    async def _keepalive(self) -> None:
+        """While a long poll is pending, ping every ``KEEPALIVE`` s; an engine that does not
+        answer one within ``reply_timeout`` fails every call (and later ones)."""
+        while True:
+            if not self._long_polls:
+                self._long_poll_started = trio.Event()
+                await self._long_poll_started.wait()
+            await trio.sleep(KEEPALIVE)
+            if not self._long_polls:
+                continue
+            with trio.move_on_after(self.reply_timeout) as waiting:
+                try:
+                    await self.ws.ping()
+                except ConnectionClosed:
+                    return  # the reader tells the calls
+            if waiting.cancelled_caught:
+                self._fail_all(
+                    ClientError(
+                        f"the engine stopped answering: no pong within {self.reply_timeout:g} s",
+                        "timeout",
+                    )
+                )
+                return
+
+    def _fail_all(self, error: ClientError) -> None:
+        self._gave_up = error
+        for pending in list(self._pending.values()):
+            pending.done.set()
+
+    def _unmatched(self, frame: dict[str, Any]) -> None:
+        """An error reply the engine could not address: it answers one of the calls in
+        flight, and we can't tell which, so each of them gets it."""
+        error = frame.get("error") or {}
+        message = str(error.get("message", "refused"))
+        for pending in list(self._pending.values()):
+            pending.frame = {
+                "ok": False,
+                "error": {
+                    "code": str(error.get("code", "")),
+                    "message": f"the engine could not tell which request it refused: {message}",
+                },
+            }
+            pending.done.set()
 
     def _close_reason(self) -> str:
         reason = self.ws.closed
@@ -116,7 +202,11 @@ class Client:
                 if "stream" in frame and "ok" not in frame:
                     await self._push_send.send(frame)
                     continue
-                pending = self._pending.get(frame.get("id", 0))
+                request_id = frame.get("id")
+                if request_id is None and self._pending:
+                    self._unmatched(frame)
+                    continue
+                pending = self._pending.get(request_id)  # type: ignore[arg-type]
                 if pending is not None:
                     pending.frame = frame
                     pending.done.set()
@@ -138,24 +228,15 @@ async def connect(url: str, token: str) -> AsyncIterator[Client]:
     if parts.scheme != "ws" or not parts.hostname:
         raise ClientError(f"bad console URL {url!r}: expected ws://HOST:PORT/")
     try:
-        async with trio.open_nursery() as nursery:
-            # Our own TCP stream, closed by us: trio-websocket's client leaves its socket
-            # open when the server closes first.
-            stream = await trio.open_tcp_stream(parts.hostname, parts.port or 80)
-            try:
-                ws = await wrap_client_stream(
-                    nursery, stream, parts.netloc, parts.path or "/", max_message_size=MAX_MESSAGE
-                )
-                client = Client(ws)
-                nursery.start_soon(client._read)
-                client.welcome = await client.call("auth", token=token, protocol=PROTOCOL)
-                yield client
-                with trio.move_on_after(5):
-                    await ws.aclose()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                nursery.cancel_scope.cancel()
+        # Our own TCP stream, closed by us: trio-websocket's client leaves its socket open
+        # when the server closes first.
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port or 80)
+        try:
+            async with open_client(stream, token, host=parts.netloc, path=parts.path or "/") as c:
+                yield c
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
     except BaseException as exc:
         inner = _single(exc)
         if isinstance(inner, ConnectionRejected):  # an HTTP answer, not a websocket
@@ -175,6 +256,54 @@ async def connect(url: str, token: str) -> AsyncIterator[Client]:
         if inner is not exc:
             raise inner from None
         raise
+
+
+@asynccontextmanager
+async def open_client(
+    stream: trio.abc.Stream,
+    token: str,
+    *,
+    host: str = "localhost",
+    path: str = "/",
+    reply_timeout: float = REPLY_TIMEOUT,
+) -> AsyncIterator[Client]:
+    """Speak the console protocol over ``stream`` (already connected; the caller closes it):
+    open the websocket, authenticate, yield the ``Client``. Errors come as they are (``connect``
+    turns them into ``ClientError``)."""
+    async with trio.open_nursery() as nursery:
+        try:
+            with trio.move_on_after(reply_timeout) as upgrading:
+                ws = await wrap_client_stream(nursery, stream, host, path,  # type: ignore[arg-type]
+                                              max_message_size=MAX_MESSAGE)  # any Stream  # fmt: skip
+            if upgrading.cancelled_caught:
+                raise ClientError(
+                    f"no answer to the websocket upgrade within {reply_timeout:g} s", "timeout"
+                )
+            client = Client(ws, reply_timeout=reply_timeout)
+            nursery.start_soon(client._read)
+            nursery.start_soon(client._keepalive)
+            client.welcome = await client.call("auth", token=token, protocol=PROTOCOL)
+            yield client
+            with trio.move_on_after(5):
+                await ws.aclose()
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _non_finite(value: Any, path: str = "args") -> tuple[str, float] | None:
+    """The path and value of the first NaN or infinity inside ``value``, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    for where, item in items:
+        found = _non_finite(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 def _single(exc: BaseException) -> BaseException:
@@ -207,4 +336,12 @@ def connect_config(config: Config) -> Any:
     return connect(engine_url(config), client_token(config))
 
 
-__all__ = ["Client", "ClientError", "client_token", "connect", "connect_config", "engine_url"]
+__all__ = [
+    "Client",
+    "ClientError",
+    "client_token",
+    "connect",
+    "connect_config",
+    "engine_url",
+    "open_client",
+]
