@@ -50,8 +50,14 @@ async def serve_api(
     """
     load_ops()
     if limits is None:
+        api = engine.config.api
         limits = Limits(
-            max_request=max_message, max_message=max(16 * max_message, 16 * 1024 * 1024)
+            max_request=max_message,
+            max_message=max(16 * max_message, 16 * 1024 * 1024),
+            max_connections=api.max_connections,
+            max_unauthenticated=api.max_unauthenticated,
+            admin_reserve=api.admin_reserve,
+            auth_timeout=api.auth_timeout,
         )
     server = ConsoleServer(engine, bootstrap_token=token, limits=limits)
     await server.serve(host, port, task_status=task_status)

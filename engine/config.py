@@ -39,6 +39,10 @@ class ApiSection:
     port: int = 8765
     token_file: str = "token"
     max_message: int = 1024 * 1024
+    max_connections: int = 1000  # sockets on the console port, authenticated or not
+    max_unauthenticated: int = 64  # of them, not yet authenticated
+    admin_reserve: int = 8  # kept for admin tokens
+    auth_timeout: float = 5.0  # seconds from connecting to a good auth
 
 
 @attrs.frozen(kw_only=True)
@@ -246,6 +250,16 @@ def _check_values(config: Config, source: str) -> None:
         (config.agents.reconcile_grace >= 0, "agents.reconcile_grace must be 0 or more"),
         (0 <= config.api.port <= 65535, "api.port must be between 0 and 65535"),
         (config.api.max_message >= 1024, "api.max_message must be at least 1024 bytes"),
+        (config.api.max_unauthenticated >= 1, "api.max_unauthenticated must be at least 1"),
+        (config.api.admin_reserve >= 0, "api.admin_reserve must be 0 or more"),
+        (
+            config.api.max_connections > config.api.max_unauthenticated + config.api.admin_reserve,
+            "api.max_connections must be more than api.max_unauthenticated + api.admin_reserve",
+        ),
+        (
+            config.api.auth_timeout > 0,
+            "api.auth_timeout must be positive",
+        ),
         (config.engine.blocking_threshold > 0, "engine.blocking_threshold must be positive"),
         (config.jobs.timeout > 0, "jobs.timeout must be positive"),
         (config.jobs.retries >= 0, "jobs.retries must be 0 or more"),

@@ -11,6 +11,7 @@ malformed or oversized request is answered with an error and the connection stay
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -19,12 +20,13 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 from engine.actions import one_line
 from engine.console import protocol, web
 from engine.console.hub import ConsoleHub
+from engine.console.metrics import ConsoleMetrics
 from engine.console.protocol import ApiError, BadFrame, Request
 from engine.console.registry import OPS
 from engine.console.session import ClientGone, ClientStalled, Limits, Session
 from engine.console.wire import Wire
 from engine.errors import EngineError
-from engine.tokens import Authenticator, Principal
+from engine.tokens import Authenticator, Principal, Role
 
 if TYPE_CHECKING:
     from engine.daemon import Engine
@@ -47,7 +49,10 @@ class ConsoleServer:
         )
         self.auth = Authenticator(engine.repo, bootstrap_token)
         self.sessions: set[Session] = set()
-        self.connections = 0
+        self.connections = 0  # open sockets on the port, whatever they are doing
+        self.unauthenticated = 0  # of them, those not authenticated (yet)
+        self._refusing = 0  # sockets being refused at once (not counted above)
+        self.metrics = ConsoleMetrics(self)
         self.refused = {"unauthenticated": 0, "stalled": 0, "forbidden": 0, "too_many": 0}
         self.port = 0
 
@@ -57,6 +62,7 @@ class ConsoleServer:
         """Listen on ``host:port`` (0: any free port); ``task_status.started`` gets the port."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.hub.run)
+            nursery.start_soon(self.metrics.run)
             listeners = await trio.open_tcp_listeners(port, host=host)
             self.port = listeners[0].socket.getsockname()[1]
             await nursery.start(trio.serve_listeners, self._connection, listeners)
@@ -71,9 +77,30 @@ class ConsoleServer:
     # --- one TCP connection ----------------------------------------------------------------
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        # Admission is decided here, before the first await: counting a connection only once
+        # it had authenticated let every connection that raced through its handshake in
+        # (1,006 open under a cap of 1,000).
+        limits = self.limits
+        if self.connections >= limits.max_connections or (
+            self.unauthenticated >= limits.max_unauthenticated
+        ):
+            await self._refuse_at_once(stream)
+            return
         self.connections += 1
+        self.unauthenticated += 1
+        authenticated = False
+
+        def now_authenticated() -> None:
+            nonlocal authenticated
+            authenticated = True
+            self.unauthenticated -= 1
+
         try:
-            with trio.move_on_after(web.HEAD_TIMEOUT) as reading:
+            # One deadline for everything before authentication: head, upgrade and auth.
+            deadline = trio.current_time() + limits.auth_timeout
+            with trio.CancelScope(
+                deadline=min(deadline, trio.current_time() + web.HEAD_TIMEOUT)
+            ) as reading:
                 try:
                     data = await web.read_head(stream)
                     head = web.parse_head(data)
@@ -86,30 +113,49 @@ class ConsoleServer:
                 )
                 return
             if not head.wants_websocket:
-                await _try_send(stream, web.answer(head))
+                page = await self.metrics.answer(head) if self.metrics.serves(head) else None
+                await _try_send(stream, page if page is not None else web.answer(head))
                 return
             if not head.same_origin():
                 await _try_send(
                     stream, web.response(403, "Forbidden", b"cross-origin websocket refused\n")
                 )
                 return
-            if len(self.sessions) >= self.limits.max_connections:
-                self.refused["too_many"] += 1
-                await _try_send(
-                    stream,
-                    web.response(503, "Service Unavailable", b"too many console connections\n"),
-                )
-                return
-            await self._websocket(Wire(stream, data))
+            await self._websocket(Wire(stream, data), deadline, now_authenticated)
         finally:
             self.connections -= 1
+            if not authenticated:
+                self.unauthenticated -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _websocket(self, wire: Wire) -> None:
+    async def _refuse_at_once(self, stream: trio.SocketStream) -> None:
+        """Answer 503 without reading the request, then close once the peer has sent its
+        head (or within ``REFUSE_LINGER``): closing with its head unread would reset the
+        connection, and the answer could be lost. At most ``max_unauthenticated`` sockets
+        linger like this at once; beyond that the answer is sent and the socket closed."""
+        self.refused["too_many"] += 1
+        linger = self._refusing < self.limits.max_unauthenticated
+        self._refusing += linger
+        try:
+            with trio.move_on_after(REFUSE_LINGER if linger else 0.1):
+                await stream.send_all(_TOO_MANY)
+                await stream.send_eof()
+                while linger and await stream.receive_some(web.MAX_HEAD):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._refusing -= linger
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _websocket(
+        self, wire: Wire, deadline: float, now_authenticated: Callable[[], None]
+    ) -> None:
         async with trio.open_nursery() as nursery:
             ws: WebSocketConnection | None = None
-            with trio.move_on_after(web.HEAD_TIMEOUT):
+            with trio.CancelScope(deadline=deadline):
                 request = await wrap_server_stream(nursery, wire, message_queue_size=1,
                                                    max_message_size=self.limits.max_message)  # fmt: skip
                 ws = await request.accept()
@@ -117,18 +163,31 @@ class ConsoleServer:
                 nursery.cancel_scope.cancel()
                 return
             try:
-                await self._authenticated(ws, wire)
+                await self._authenticated(ws, wire, deadline, now_authenticated)
             except ConnectionClosed:
                 pass
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _authenticated(self, ws: WebSocketConnection, wire: Wire) -> None:
-        principal, request_id = await self._authenticate(ws)
+    async def _authenticated(
+        self,
+        ws: WebSocketConnection,
+        wire: Wire,
+        deadline: float,
+        now_authenticated: Callable[[], None],
+    ) -> None:
+        principal, request_id = await self._authenticate(ws, deadline)
         if principal is None:
             self.refused["unauthenticated"] += 1
             await _close(ws, protocol.CLOSE_UNAUTHENTICATED, "unauthenticated")
             return
+        full = self._full_for(principal)
+        if full:
+            self.refused["too_many"] += 1
+            await ws.send_message(protocol.error(request_id, protocol.UNAVAILABLE, full))
+            await _close(ws, protocol.CLOSE_TRY_LATER, "too many console connections")
+            return
+        now_authenticated()  # from here on it counts as authenticated (no await in between)
         close: tuple[int, str] | None = (protocol.CLOSE_GOING_AWAY, "the engine is stopping")
         session: Session | None = None
         try:
@@ -156,9 +215,31 @@ class ConsoleServer:
     async def _writer(self, session: Session) -> None:
         await session.pump()  # ConnectionClosed or ClientStalled end the session
 
-    async def _authenticate(self, ws: WebSocketConnection) -> tuple[Principal | None, Any]:
+    def _full_for(self, principal: Principal) -> str:
+        """Why ``principal`` may not have one more connection now ("" if it may).
+
+        Admins always may: their socket was admitted under ``max_connections`` already. The
+        others stop at ``max_connections - max_unauthenticated - admin_reserve`` authenticated
+        connections, so that whatever they open, an admin still finds a free socket.
+        """
+        limits = self.limits
+        if principal.role >= Role.ADMIN:
+            return ""
+        room = limits.max_connections - limits.max_unauthenticated - limits.admin_reserve
+        authenticated = self.connections - self.unauthenticated
+        if authenticated < room:
+            return ""
+        return (
+            f"too many console connections: {authenticated} open; the last"
+            f" {limits.admin_reserve} of {limits.max_connections - limits.max_unauthenticated}"
+            " are kept for admin tokens (try again later)"
+        )
+
+    async def _authenticate(
+        self, ws: WebSocketConnection, deadline: float
+    ) -> tuple[Principal | None, Any]:
         """Read the first request; return who it authenticates (None: refused, already said why)."""
-        with trio.move_on_after(self.limits.auth_timeout):
+        with trio.CancelScope(deadline=deadline):
             text = await ws.get_message()
             try:
                 request = protocol.parse_request(text, max_size=self.limits.max_request)
@@ -272,6 +353,7 @@ class ConsoleServer:
         return {
             "connections": len(self.sessions),
             "sockets": self.connections,
+            "unauthenticated": self.unauthenticated,
             "refused": dict(self.refused),
             **self.hub.statistics(trio.current_time()),
             "queued_frames": sum(len(s.outbox) for s in self.sessions),
@@ -284,6 +366,8 @@ class ConsoleServer:
         }
 
 
+REFUSE_LINGER = 1.0  # seconds a refused socket may take to send its head before it is closed
+_TOO_MANY = web.response(503, "Service Unavailable", b"too many console connections\n")
 _AUTH_FIRST = 'authenticate first: send {"id": 1, "op": "auth", "args": {"token": "..."}}'
 
 

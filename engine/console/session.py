@@ -41,14 +41,25 @@ class Limits:
 
     max_request: int = 1024 * 1024  # longer requests get a too_large error; the connection stays
     max_message: int = 16 * 1024 * 1024  # longer messages close the connection (1009)
-    auth_timeout: float = 10.0  # seconds to send ``auth`` after connecting
+    auth_timeout: float = 5.0  # seconds from connecting to a good ``auth`` (head, upgrade, auth)
     stall_timeout: float = 30.0  # seconds one write may take before the client counts as stalled
     flush_interval: float = 0.1  # least seconds between two ticks (event frames of a stream)
     event_frames_per_second: float = 1000.0  # for all streams together: more, longer ticks
     max_pending: int = 5000  # events one stream holds for its client before it counts misses
     outbox_frames: int = 256  # replies and output frames waiting for one client
     max_inflight: int = 16  # requests of one connection handled at once (then reading waits)
-    max_connections: int = 1000
+    max_connections: int = 1000  # sockets on the console port, authenticated or not
+    max_unauthenticated: int = 64  # of them, not authenticated yet (more: 503 at once)
+    admin_reserve: int = 8  # kept for admin tokens: the others stop 8 + 64 short of 1000
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_connections <= self.max_unauthenticated + self.admin_reserve:
+            raise ValueError(
+                f"max_connections ({self.max_connections}) must be more than max_unauthenticated"
+                f" + admin_reserve ({self.max_unauthenticated} + {self.admin_reserve})"
+            )
+        if self.max_unauthenticated < 1 or self.admin_reserve < 0:
+            raise ValueError("max_unauthenticated must be at least 1, admin_reserve 0 or more")
 
 
 class ClientStalled(Exception):

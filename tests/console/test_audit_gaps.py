@@ -436,14 +436,14 @@ def test_the_protocol_doc_lists_exactly_the_ops_codes_and_close_codes() -> None:
 async def test_a_connection_over_max_connections_gets_503_and_the_others_go_on(
     tmp_path: Path,
 ) -> None:
-    """With max_connections=1, a second websocket upgrade is answered HTTP 503 with the
-    reason before any websocket exists; the first connection still works, and once it has
-    gone a new one is accepted."""
-    limits = Limits(max_connections=1, max_request=65536)
+    """With every socket of max_connections taken, one more websocket upgrade is answered
+    HTTP 503 with the reason before any websocket exists; the open connections still work,
+    and once one has gone a new one is accepted."""
+    limits = Limits(max_connections=3, max_unauthenticated=1, admin_reserve=1, max_request=65536)
     with trio.fail_after(GUARD):
         async with open_console(tmp_path, limits) as console:
             port = port_of(console)
-            async with console.connect() as first:
+            async with console.connect() as first, console.connect(), console.connect():
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
                 await stream.send_all(
                     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -462,10 +462,10 @@ async def test_a_connection_over_max_connections_gets_503_and_the_others_go_on(
                 ):
                     async with console.connect():
                         pass
-            while True:  # the first session ends just after its client has closed
+            while True:  # the sessions end just after their clients have closed
                 try:
                     async with console.connect() as again:
-                        assert (await again.call("stats"))["console"]["connections"] == 1
+                        assert (await again.call("stats"))["console"]["connections"] >= 1
                         break
                 except ClientError as exc:
                     assert str(exc).endswith("HTTP 503: too many console connections"), exc
