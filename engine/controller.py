@@ -30,6 +30,7 @@ import outcome
 import trio
 
 from engine import attempts as ops
+from engine import metrics
 from engine.config import AgentsSection, JobsSection
 from engine.errors import UnknownJob
 from engine.jobs import Completions, JobOutcome, JobRow, NewJob, create_job
@@ -835,6 +836,7 @@ class AgentController:
                 if entry is not None and entry.link is not None:
                     entry.link.send_nowait(Ack(job_id=job.job_id, attempt=machine.attempt))
 
+        metrics.attempt_ended(self, machine)  # /metrics: dispatch→result latency
         op = ops.attempt_ended(machine, finished, job_state=job_state, job_error=error)
         self.repo.write_nowait(op, then=committed)
 
