@@ -87,7 +87,7 @@ async def client_with(peer: Peer) -> AsyncIterator[Client]:
     async with trio.open_nursery() as nursery:
 
         async def serve() -> None:
-            request = await wrap_server_stream(nursery, server_end)  # type: ignore[arg-type]
+            request = await wrap_server_stream(nursery, server_end)
             ws = await request.accept()
             auth = json.loads(await ws.get_message())
             await ws.send_message(protocol.ok(auth["id"], {"name": "t", "role": "admin"}))

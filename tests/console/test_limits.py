@@ -20,6 +20,7 @@ from engine.client import ClientError, connect
 from engine.console.session import Limits
 from engine.daemon import open_engine
 from engine.keys import read_token
+
 from .conftest import GUARD, workspace
 
 #: 10 sockets: at most 3 not authenticated, 2 kept for admins, so 5 for the other tokens.
@@ -74,26 +75,31 @@ async def test_connections_racing_through_their_handshakes_stay_under_the_cap(
             admitted: list[int] = []
             refused: list[str] = []
             release = trio.Event()
+            settled = trio.Event()
+
+            def outcome(done: list[Any], what: Any) -> None:
+                done.append(what)
+                if len(admitted) + len(refused) == 20:
+                    settled.set()
 
             async def one(i: int) -> None:
                 while True:
                     try:
                         async with connect(bare.url, token) as client:
                             await client.call("ping")
-                            admitted.append(i)
+                            outcome(admitted, i)
                             await release.wait()
                             return
                     except ClientError as exc:
                         if "HTTP 503" not in str(exc):
                             assert exc.code == "unavailable"
-                            refused.append(str(exc))
+                            outcome(refused, str(exc))
                             return
 
             async with trio.open_nursery() as nursery:
                 for i in range(20):
                     nursery.start_soon(one, i)
-                while len(admitted) + len(refused) < 20:
-                    await trio.sleep(0.01)
+                await settled.wait()
                 stats = await bare.stats()
                 release.set()
             assert len(admitted) == 5
@@ -123,8 +129,8 @@ async def test_a_token_holder_cannot_lock_an_admin_out(tmp_path: Path) -> None:
                     " admin tokens (try again later)"
                 )
                 admins = [await stack.enter_async_context(connect(bare.url, bare.token))]
-                while (await admins[0].call("stats"))["console"]["sockets"] != 6:
-                    await trio.sleep(0.01)  # the refused viewer's socket is closing
+                while (await admins[0].call("stats"))["console"]["sockets"] != 6:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # the refused viewer's socket is closing: poll the API
                 for _ in range(4):
                     admins.append(await stack.enter_async_context(connect(bare.url, bare.token)))
                 assert (await admins[0].call("stats"))["console"]["sockets"] == 10

@@ -1,0 +1,87 @@
+"""``/metrics``, ``/healthz`` and ``/readyz`` of a real engine's console, scraped over TCP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import GUARD, Console
+
+
+async def get(console: Console, path: str) -> tuple[int, bytes]:
+    """Status and body of a plain GET on the console's port, without a token."""
+    port = int(console.url.rsplit(":", 1)[1].strip("/"))
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def scrape(console: Console) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics by name and labels."""
+    status, body = await get(console, "/metrics")
+    assert status == 200
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_move_as_jobs_run(console: Console) -> None:
+    """A job run through the console shows in the scrape that follows: one more succeeded
+    RScript job and ended attempt, one more dispatch->result observation, more events and
+    commits; the connected agent and this scrape's own socket are counted."""
+    with trio.fail_after(GUARD):
+        before = await scrape(console)
+        async with console.connect() as client:
+            job = (await client.call("run", rscript="noop"))["job"]
+            assert (await client.call("wait", job=job))["state"] == "succeeded"
+            after = await scrape(console)
+    succeeded = {"kind": "rscript", "state": "succeeded"}
+    assert value(after, "wfe_jobs", **succeeded) == value(before, "wfe_jobs", **succeeded) + 1
+    ended = "wfe_attempts_ended_total"
+    assert value(after, ended, outcome="succeeded") == value(before, ended, outcome="succeeded") + 1
+    latency = "wfe_attempt_dispatch_to_result_seconds_count"
+    assert value(after, latency) == value(before, latency) + 1
+    assert value(after, "wfe_attempt_dispatch_to_result_seconds_sum") > 0
+    events = "wfe_events_committed_total"
+    assert value(after, events) > value(before, events) > 0
+    commits = "wfe_repository_commits_total"
+    assert value(after, commits) > value(before, commits)
+    assert value(after, "wfe_repository_commit_seconds_count") > 0
+    assert value(after, "wfe_agents", state="connected") == 1
+    assert value(after, "wfe_console_connections", state="authenticated") == 1
+    assert value(after, "wfe_console_connections", state="unauthenticated") >= 1  # the scrape
+    assert value(after, "wfe_queue_depth") == 0
+    assert value(after, "wfe_repository_write_queue_depth") >= 0
+
+
+async def test_health_and_readiness_answer_as_documented(console: Console) -> None:
+    """/healthz says ok; /readyz says ready, and 503 with the reason while the local agents'
+    socket is gone, then ready again; no token is asked for and nothing else is given."""
+    with trio.fail_after(GUARD):
+        assert await get(console, "/healthz") == (200, b"ok\n")
+        assert await get(console, "/readyz") == (200, b"ready\n")
+        sock = console.engine.config.run_dir / "agents.sock"
+        moved = sock.with_name("agents.sock.moved")
+        sock.rename(moved)
+        try:
+            assert await get(console, "/readyz") == (
+                503,
+                b"local agents: their socket is not being served\n",
+            )
+        finally:
+            moved.rename(sock)
+        assert await get(console, "/readyz") == (200, b"ready\n")
+        assert (await get(console, "/metrics/x"))[0] == 404
