@@ -189,3 +189,38 @@ def test_agent_unit_serves_over_xmpp_and_keeps_its_cgroup_on_stop(
     host.wait_for(lambda: name in agent_names(host), "the agent to say hello again")
     assert run_job(host)["attempt_list"][0]["agent"] == name
     assert host.alive(beside)
+
+
+@pytest.mark.xfail(
+    reason="issue 12 item 1: on SIGTERM the engine itself sends its local agents Shutdown, which "
+    "ends their attempts, whatever the unit's KillMode (the KillMode part passes above)",
+    strict=True,
+)
+def test_a_script_running_when_the_engine_unit_stops_runs_on_and_its_job_succeeds(
+    systemd_host: SystemdHost,
+) -> None:
+    """`systemctl stop wfe-engine` while a local agent runs a script: the script runs on
+    (its agent's supervisor is in the unit's cgroup), and after `systemctl start` the job
+    ends succeeded as its first attempt, reconciled with the agent."""
+    host = systemd_host
+    install_engine(host, local=1)
+    start_unit(host, ENGINE)
+    started = wfe(host, "run", "sleep_echo", "--rscript", "-p", "seconds=30", "-p", "message=m")
+    job = started["job"]
+    host.wait_for(lambda: wfe(host, "status", job)["state"] == "running", "the job to run")
+    host.wait_for(lambda: scripts(host) != [], "the script to start")
+    script = scripts(host)
+
+    stop(host, ENGINE)
+    assert scripts(host) == script, "the script died with the engine's unit"
+
+    start_unit(host, ENGINE)
+    host.wait_for(lambda: wfe(host, "status", job)["state"] != "running", "the job to end", 90)
+    status = wfe(host, "status", job)
+    assert status["state"] == "succeeded", status
+    assert [a["attempt"] for a in status["attempt_list"]] == [1]
+
+
+def scripts(host: SystemdHost) -> list[str]:
+    """The pids of sleep_echo's `sleep 30` on the host."""
+    return host.run("pgrep", "-f", "^sleep 30", check=False).stdout.split()
