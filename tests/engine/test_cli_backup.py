@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def wfe(tmp_path: Path) -> Iterator[Wfe]:
         stop_engine(process)
 
 
-def _read(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+def _read(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return conn.execute(sql, args).fetchall()
