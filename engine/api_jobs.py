@@ -101,11 +101,5 @@ async def _purge(session: Session, args: dict[str, Any]) -> Any:
     if arg(args, "dry_run", bool, False):
         count = await repo.read(retention.count_purge(float(before)))
         return count.as_dict()
-    total, after = retention.PurgeCount(), ""
-    while True:
-        count, last = await repo.write(
-            retention.purge_batch(float(before), after_id=after, by=session.name)
-        )
-        if last is None:
-            return total.as_dict()
-        total, after = total + count, last
+    count = await retention.purge_before(repo, float(before), by=session.name)
+    return count.as_dict()

@@ -128,6 +128,7 @@ async def run_engine_process(config: Config, *, ready: Callable[[int], None] | N
     from engine.api import serve_api
     from engine.daemon import open_engine
     from engine.keys import read_token
+    from engine.retention import keep_trimmed
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_engine(config) as engine, trio.open_nursery() as nursery:
@@ -141,6 +142,7 @@ async def run_engine_process(config: Config, *, ready: Callable[[int], None] | N
                     task_status=task_status,
                 )
             )
+            nursery.start_soon(keep_trimmed, engine.repo, config.retention)  # [retention]
             (config.run_dir / "api.port").write_text(f"{port}\n")
             (config.run_dir / "engine.pid").write_text(f"{os.getpid()}\n")
             log.info(

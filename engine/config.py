@@ -80,6 +80,14 @@ class XmppSection:
     max_stanza: int = 256 * 1024  # the server's stanza size limit (Prosody's default)
 
 
+@attrs.frozen(kw_only=True)
+class RetentionSection:
+    """``[retention]``: how long finished jobs keep their output and events (engine.retention)."""
+
+    keep_days: float = 0.0  # purge what ended longer ago than this; 0: keep everything
+    interval: float = 3600.0  # seconds between the engine's purges (when keep_days > 0)
+
+
 class ApprovalMode(enum.Enum):
     """Who approves a submitted request, as ``[approval]`` says for its namespace."""
 
@@ -131,6 +139,7 @@ class Config:
     jobs: JobsSection = JobsSection()
     xmpp: XmppSection = XmppSection()
     approval: ApprovalSection = ApprovalSection()
+    retention: RetentionSection = RetentionSection()
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the file against the configuration's directory."""
@@ -176,6 +185,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         jobs=config.jobs,
         xmpp=config.xmpp,
         approval=approval,
+        retention=config.retention,
     )
     _check_values(result, source)
     return result
@@ -189,6 +199,7 @@ class _RawConfig:
     agents: AgentsSection = AgentsSection()
     jobs: JobsSection = JobsSection()
     xmpp: XmppSection = XmppSection()
+    retention: RetentionSection = RetentionSection()
 
 
 _NAMESPACE_PATTERN_CHARS = frozenset("_.-*?")
@@ -249,6 +260,11 @@ def _check_values(config: Config, source: str) -> None:
         (config.agents.max_redispatch >= 0, "agents.max_redispatch must be 0 or more"),
         (config.agents.reconcile_grace >= 0, "agents.reconcile_grace must be 0 or more"),
         (0 <= config.api.port <= 65535, "api.port must be between 0 and 65535"),
+        (
+            config.retention.keep_days >= 0,
+            "retention.keep_days must be 0 (keep everything) or more",
+        ),
+        (config.retention.interval > 0, "retention.interval must be positive"),
         (config.api.max_message >= 1024, "api.max_message must be at least 1024 bytes"),
         (config.api.max_unauthenticated >= 1, "api.max_unauthenticated must be at least 1"),
         (config.api.admin_reserve >= 0, "api.admin_reserve must be 0 or more"),

@@ -21,10 +21,20 @@ recorded, and the writer is held for one batch at a time. ``dry_run`` only count
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
+
+from engine.clock import wall_now
+
+if TYPE_CHECKING:
+    from engine.config import RetentionSection
+    from engine.repository import Repository
+
+log = logging.getLogger("wfe.retention")
 
 #: Root jobs per write op: small enough that one commit stays short.
 BATCH = 200
@@ -125,3 +135,28 @@ def purge_batch(
         return count, roots[-1]
 
     return op
+
+
+async def purge_before(repo: Repository, before: float, *, by: str | None) -> PurgeCount:
+    """Purge every tree that ended before ``before``, batch by batch; return the total."""
+    total, after = PurgeCount(), ""
+    while True:
+        count, last = await repo.write(purge_batch(before, after_id=after, by=by))
+        if last is None:
+            return total
+        total, after = total + count, last
+
+
+async def keep_trimmed(
+    repo: Repository, section: RetentionSection, *, now: Callable[[], float] = wall_now
+) -> None:
+    """``[retention]`` in ``wfe engine``: with ``keep_days`` set, purge what ended longer
+    ago at once and then every ``interval`` seconds (trio's clock), as ``retention``; with
+    ``keep_days = 0`` return at once (keep everything)."""
+    if section.keep_days <= 0:
+        return
+    while True:
+        count = await purge_before(repo, now() - section.keep_days * 86400, by="retention")
+        if count.roots:
+            log.info("retention: purged %s", count.as_dict())
+        await trio.sleep(section.interval)

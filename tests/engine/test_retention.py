@@ -6,8 +6,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import trio
+
+from engine.config import RetentionSection
 from engine.repository import Repository
-from engine.retention import BATCH, PURGE_EVENT, PurgeCount, count_purge, purge_batch
+from engine.retention import (
+    BATCH,
+    PURGE_EVENT,
+    PurgeCount,
+    count_purge,
+    keep_trimmed,
+    purge_batch,
+)
 
 OLD, CUTOFF, NEW = 1000.0, 2000.0, 3000.0
 
@@ -119,3 +129,39 @@ async def test_purge_goes_in_batches(repo: Repository) -> None:
     assert (second.roots, last) == (5, f"j{BATCH + 4:05d}")
     output, _, _ = await repo.read(_left)
     assert output == []
+
+
+async def test_retention_purges_at_start_then_every_interval(
+    repo: Repository, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With ``keep_days`` the engine purges at once and then every ``interval`` seconds,
+    each time what ended ``keep_days`` before the wall clock; by default it keeps all."""
+    day = 86400.0
+    wall = {"now": 10 * day}
+    await repo.write(lambda tx: _job(tx, "old", ended=8 * day))  # 2 days old at the start
+    await repo.write(lambda tx: _job(tx, "young", ended=9.5 * day))
+    await keep_trimmed(repo, RetentionSection(), now=lambda: wall["now"])  # returns: keep all
+    assert (await repo.read(_left))[0] == ["old", "young"]
+
+    passes: list[float] = []
+
+    def now() -> float:
+        passes.append(trio.current_time())
+        return wall["now"]
+
+    section = RetentionSection(keep_days=1.0, interval=3600.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: keep_trimmed(repo, section, now=now))
+        await trio.sleep(1)
+        assert (await repo.read(_left))[0] == ["young"]  # purged at the start
+        wall["now"] = 11 * day  # a day later on the wall clock
+        await trio.sleep(3600)
+        assert (await repo.read(_left))[0] == []
+        nursery.cancel_scope.cancel()
+    assert passes == [0.0, 3600.0]
+    events = await repo.read(
+        lambda conn: [
+            r[0] for r in conn.execute("SELECT data FROM events WHERE kind = ?", (PURGE_EVENT,))
+        ]
+    )
+    assert [json.loads(e)["by"] for e in events] == ["retention", "retention"]
