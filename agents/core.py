@@ -33,10 +33,14 @@ import contextlib
 import enum
 import functools
 import logging
+import math
 import os
+import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -44,9 +48,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agents import __version__
 from agents.errors import MessageTooLarge, SpoolError
+from agents.keeper_link import KeeperLink, open_keeper
 from agents.link import Link
 from agents.runner import KILL_GRACE, Attempt, describe
-from agents.spool import Spool
+from agents.spool import Progress, Spool, parse_name
 from agents.workdirs import Workdirs
 from protocols.messages import (
     Ack,
@@ -58,6 +63,7 @@ from protocols.messages import (
     Dispatch,
     JobAccepted,
     JobRefused,
+    Lease,
     Message,
     OutputChunk,
     Resume,
@@ -78,6 +84,14 @@ DEFAULT_HEARTBEAT = 2.0
 #: instead of two, and its output is read once, after it ended.
 ACCEPT_AFTER = 0.005
 
+#: Seconds between reconnection attempts at most (the delay doubles from ``reconnect_delay``).
+#: Bounded so that an engine that restarts hears from its agents within this much plus its
+#: ``reconcile_grace`` margin (docs/decisions.md #31).
+MAX_RECONNECT_DELAY = 5.0
+
+#: How many unanswered ``seq`` send times an agent remembers (an engine that grants no lease).
+_MAX_UNANSWERED = 64
+
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -85,7 +99,8 @@ class AgentExit(enum.Enum):
     """Why ``Agent.run`` returned."""
 
     SHUTDOWN = "shutdown"  # the engine sent Shutdown
-    STOPPED = "stopped"  # Agent.stop() was called (a signal, usually)
+    STOPPED = "stopped"  # Agent.stop() was called (a signal, usually): running attempts are
+    # left to the keeper, for the next start to adopt (or for the lease to end)
     GAVE_UP = "gave_up"  # no engine could be reached for give_up_after seconds
 
 
@@ -131,6 +146,11 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._stop_scope: trio.CancelScope | None = None
         self._stop_requested = False
+        self._detach = False  # on exit, leave running attempts to the keeper
+        self._keeper: KeeperLink | None = None
+        self._seq = 0  # of the last AgentHello / AgentStatus sent
+        self._sent_at: dict[int, float] = {}  # seq -> when it was sent, until a Lease answers
+        self.lease_until = -math.inf  # trio time until which the engine lets attempts run
 
     # --- life --------------------------------------------------------------------------
 
@@ -138,40 +158,107 @@ class Agent:
     async def open(self) -> AsyncIterator[Agent]:
         """Host attempts for the duration; ``serve`` may be called inside.
 
-        On entry, attempts the spool shows were running when the agent last stopped are
-        closed with an ``ERROR`` result (``Spool.recover``). On a normal exit, attempts still
-        running are cancelled and their results spooled (and sent, if a link is up) before it
-        returns. If the caller is cancelled instead, their process groups are killed and the
-        next start reports them as lost.
+        On entry the agent connects to its keeper (``agents.keeper``, started if none runs),
+        adopts the attempts a previous agent left running under it, and closes the books on
+        those nothing supervises any more (``Spool.recover``: reported ``FENCED``). On a
+        normal exit, attempts still running are cancelled and their results spooled (and
+        sent, if a link is up) before it returns, unless ``stop()`` asked to leave them to
+        the keeper. If the caller is cancelled instead, their process groups are killed and
+        the next start reports them.
         """
-        for lost in await self.spool.recover():
+        async with open_keeper(self.spool.path) as keeper:
+            self._keeper = keeper
+            try:
+                adopted = await self._recover(keeper)
+                await trio.to_thread.run_sync(
+                    functools.partial(self.workdir.mkdir, parents=True, exist_ok=True)
+                )
+                self._workdirs.close()  # spare directories of a past run (two small files each)
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for entry in adopted:
+                        nursery.start_soon(self._run_attempt, entry, True)
+                    try:
+                        yield self
+                    finally:
+                        with trio.CancelScope(shield=True) as cleanup:
+                            cleanup.deadline = trio.current_time() + 2 * self.kill_grace + 10
+                            if self._detach:
+                                self._detach_all()
+                            else:
+                                await self._finish_all("the agent is stopping")
+                        if not self._detach:
+                            self._workdirs.close()
+                        self._nursery = None
+                        nursery.cancel_scope.cancel()  # nothing may keep the agent from stopping
+            finally:
+                self._keeper = None
+
+    async def _recover(self, keeper: KeeperLink) -> list[_Running]:
+        """Match what the keeper holds with what the spool says ran; the attempts to adopt."""
+        held = {}
+        for h in keeper.held:
+            ref = parse_name(h.key)
+            if ref is not None:
+                held[ref] = h
+        closed, progress = await self.spool.recover(held.keys())
+        for lost in closed:
             log.warning(
-                "attempt %s#%d was running when the agent stopped: reporting it as lost",
+                "attempt %s#%d was running when the agent stopped and nothing supervises it"
+                " any more: reporting it fenced",
                 lost.job_id,
                 lost.attempt,
             )
-        await trio.to_thread.run_sync(
-            functools.partial(self.workdir.mkdir, parents=True, exist_ok=True)
+        adopted: list[_Running] = []
+        for ref, h in held.items():
+            if ref not in progress:  # its result is spooled already, or it is not ours
+                if h.status is None:
+                    keeper.kill(h.pid, signal.SIGKILL)
+                else:
+                    await keeper.release(h.key)
+                continue
+            adopted.append(self._adopt(ref, h, progress[ref], keeper))
+        return adopted
+
+    def _adopt(
+        self, ref: AttemptRef, held: Any, progress: Progress, keeper: KeeperLink
+    ) -> _Running:
+        attempt = Attempt.adopted(
+            held,
+            ref=ref,
+            workdir=self.workdir,
+            keeper=keeper,
+            chunks=progress.chunks,
+            offsets=progress.sizes,
+            kill_grace=self.kill_grace,
+            workdirs=self._workdirs,
         )
-        self._workdirs.close()  # spare directories of a past run (two small files each)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            try:
-                yield self
-            finally:
-                with trio.CancelScope(shield=True) as cleanup:
-                    cleanup.deadline = trio.current_time() + 2 * self.kill_grace + 10
-                    await self._finish_all("the agent is stopping")
-                self._workdirs.close()
-                self._nursery = None
-                nursery.cancel_scope.cancel()  # nothing may keep the agent from stopping
+        log.info(
+            "adopted attempt %s#%d (pid %d) from the keeper: %s",
+            ref.job_id,
+            ref.attempt,
+            held.pid,
+            "still running" if held.status is None else "ended while no agent ran",
+        )
+        entry = _Running(attempt)
+        self._running[ref] = entry
+        return entry
+
+    def _detach_all(self) -> None:
+        for entry in self._running.values():
+            entry.attempt.detach()
+        if self._running:
+            log.info(
+                "leaving %d running attempt(s) to the keeper for the next start",
+                len(self._running),
+            )
 
     async def run(
         self,
         connect: Callable[[], AbstractAsyncContextManager[Link]],
         *,
         reconnect_delay: float = 0.5,
-        max_reconnect_delay: float = 30.0,
+        max_reconnect_delay: float = MAX_RECONNECT_DELAY,
         give_up_after: float | None = None,
     ) -> AgentExit:
         """Connect, serve, and reconnect with exponential backoff until told to stop.
@@ -179,7 +266,8 @@ class Agent:
         ``connect()`` must give an async context manager yielding a ``Link``, and raise
         ``OSError`` when the engine cannot be reached. With ``give_up_after``, the agent
         returns ``GAVE_UP`` after that many seconds without a connection (its running
-        attempts are cancelled first), so an agent the engine started does not outlive it.
+        attempts are left to the keeper, which ends them when their lease runs out), so an
+        agent the engine started does not outlive it.
         """
         async with self.open():
             with trio.CancelScope() as self._stop_scope:
@@ -191,22 +279,18 @@ class Agent:
             return AgentExit.STOPPED
 
     def stop(self) -> None:
-        """Make ``run`` return ``STOPPED``: cancel what runs, report it, then disconnect.
+        """Make ``run`` return ``STOPPED`` at once, leaving running attempts to the keeper.
 
-        New dispatches are refused from now on. The cancelled attempts' results are spooled
-        and, while the link is up, sent before ``run`` returns.
+        New dispatches are refused from now on. The scripts run on under the keeper; the
+        agent that starts next on this spool adopts them and reports them running (or their
+        results), exactly as after a crash; if none starts before their lease runs out, the
+        keeper kills them and the engine runs them again. (The engine's ``Shutdown`` is the
+        way to cancel what an agent runs.)
         """
         if self._stop_requested:
             return
         self._stop_requested = True
-        if self._nursery is not None:
-            self._nursery.start_soon(self._stop_after_attempts)
-        elif self._stop_scope is not None:
-            self._stop_scope.cancel()
-
-    async def _stop_after_attempts(self) -> None:
-        with trio.move_on_after(2 * self.kill_grace + 10):
-            await self._finish_all("the agent is stopping")
+        self._detach = True
         if self._stop_scope is not None:
             self._stop_scope.cancel()
 
@@ -237,6 +321,7 @@ class Agent:
             if give_up_after is not None:
                 if offline >= give_up_after:
                     log.warning("no engine for %.1f s: giving up", offline)
+                    self._detach = True
                     return AgentExit.GAVE_UP
                 pause = min(delay, give_up_after - offline)  # one last try at the deadline
             await trio.sleep(pause)
@@ -268,6 +353,7 @@ class Agent:
                 capabilities=self.capabilities,
                 running=tuple(self._running),
                 held=self._held(),
+                seq=self._next_seq(),
             )
             await self._send_locked(hello)
             for ref in hello.held:
@@ -305,13 +391,39 @@ class Agent:
             await self._send(self.status())
 
     def status(self) -> AgentStatus:
-        """The agent's load now, as an ``AgentStatus``."""
+        """The agent's load now, as an ``AgentStatus`` (numbered: the engine's ``Lease``
+        answers it)."""
         return AgentStatus(
             name=self.name,
             free_slots=max(0, self.capabilities.slots - len(self._running)),
             running=tuple(self._running),
             held=self._held(),
+            seq=self._next_seq(),
         )
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        self._sent_at[self._seq] = trio.current_time()
+        if len(self._sent_at) > _MAX_UNANSWERED:
+            del self._sent_at[min(self._sent_at)]
+        return self._seq
+
+    async def _granted(self, lease: Lease) -> None:
+        """The engine heard our message ``lease.seq``: attempts may run until ``ttl`` seconds
+        after we sent it. Forward the new end to the keeper, which enforces it."""
+        sent = self._sent_at.get(lease.seq)
+        if sent is None:
+            return
+        for seq in [s for s in self._sent_at if s <= lease.seq]:
+            del self._sent_at[seq]
+        until = sent + lease.ttl
+        if until <= self.lease_until:
+            return
+        self.lease_until = until
+        if self._keeper is not None:
+            monotonic_until = time.monotonic() + (until - trio.current_time())
+            with contextlib.suppress(OSError):
+                await self._keeper.lease(monotonic_until)
 
     def _held(self) -> tuple[AttemptRef, ...]:
         return tuple(ref for ref in self.spool.held() if ref not in self._dropping)
@@ -359,6 +471,8 @@ class Agent:
                     entry.attempt.cancel(reason)
             case Ack(job_id=job_id, attempt=attempt):
                 self._drop_soon(AttemptRef(job_id=job_id, attempt=attempt))
+            case Lease():
+                await self._granted(message)
             case StatusRequest():
                 await self._drops_done.wait()
                 await self._send(self.status())
@@ -435,9 +549,11 @@ class Agent:
             return
         assert self._nursery is not None
         # The agent removes the directory itself, once the result is sent.
+        assert self._keeper is not None
         attempt = Attempt(
             d,
             workdir=self.workdir,
+            keeper=self._keeper,
             keep_workdir=True,
             kill_grace=self.kill_grace,
             workdirs=self._workdirs,
@@ -457,17 +573,19 @@ class Agent:
             return f"needs {memory} bytes of memory; this agent offers {offered}"
         return ""
 
-    async def _run_attempt(self, entry: _Running) -> None:
+    async def _run_attempt(self, entry: _Running, adopted: bool = False) -> None:
         """Begin the output of a reserved attempt, run it, spool its result and send it.
 
         ``JobAccepted`` goes out once the script has run ``accept_after`` seconds; a script
         that ends sooner has its ``JobAccepted`` and ``JobFinished`` sent together, in one
-        write where the link allows it.
+        write where the link allows it. An ``adopted`` attempt (a previous agent began it)
+        goes on from where the spool has its output.
         """
         ref = entry.attempt.ref
         try:
             try:
-                await self.spool.begin_output(ref.job_id, ref.attempt)
+                if not adopted:
+                    await self.spool.begin_output(ref.job_id, ref.attempt)
             except OSError as exc:
                 self._running.pop(ref, None)
                 reason = f"cannot write the spool: {exc}"
@@ -501,7 +619,7 @@ class Agent:
         finally:
             self._running.pop(ref, None)
             try:
-                if not self.keep_workdirs:
+                if not self.keep_workdirs and not entry.attempt.detached:
                     with trio.CancelScope(shield=True):
                         await entry.attempt.remove_directory()
             finally:

@@ -1,4 +1,4 @@
-"""Run one attempt of a job: an RScript as a child process in its own process group.
+"""Run one attempt of a job: an RScript as a process in its own process group, through the keeper.
 
 The script text goes to ``<workdir>/<job>-<attempt>/script``, which is also the child's
 working directory; the parameters go to ``params.json`` there and to the child's stdin, and
@@ -6,17 +6,21 @@ never into code. The interpreter is named by the script's ``# interpreter:`` hea
 (default ``sh``). The child sees ``WFE_PARAMS``, ``WFE_RESULT``, ``WFE_JOB_ID`` and
 ``WFE_ATTEMPT`` in its environment, and may write a JSON object to ``$WFE_RESULT``.
 
-stdout and stderr are read concurrently in pieces of at most ``MAX_CHUNK_BYTES``; each
-becomes an ``OutputChunk`` numbered by one ``seq`` counter across both streams and is handed
-to the caller's callback, which may block (back-pressure reaches the child through its
-pipes). At the timeout or on ``cancel()`` the whole group gets SIGTERM, then SIGKILL after
-``kill_grace`` seconds. When the main process has exited, whatever is left of its group is
-killed too: an attempt is over when its script is, and leaves nothing running behind.
+The script is started by the agent's keeper (``agents.keeper``), which is its parent and
+outlives the agent: stdout and stderr go to files in the attempt's directory
+(``.wfe-stdout``, ``.wfe-stderr``), read from here in pieces of at most ``MAX_CHUNK_BYTES``
+as they grow; each becomes an ``OutputChunk`` numbered by one ``seq`` counter across both
+streams and is handed to the caller's callback, which may block (the files then grow ahead
+of it; nothing is lost). At the timeout or on ``cancel()`` the whole group gets SIGTERM,
+then SIGKILL after ``kill_grace`` seconds. When the main process has exited, the keeper kills
+whatever is left of its group: an attempt is over when its script is, and leaves nothing
+running behind. An attempt whose agent died is *adopted* by the next one
+(``Attempt.adopted``): it reads the files on from where the spool says the dead agent got
+to, and waits for the same process. ``detach()`` lets the agent stop without killing it.
 
 Cost per attempt matters (a trivial job is a few milliseconds in all): the directory is
 prepared (reused from an earlier attempt when a ``Workdirs`` keeps spares,
-``agents.workdirs``), the child spawned (``agents.spawn``: ``subprocess.Popen``, which waits
-only for the ``exec``, and a pidfd to await its exit), its result read
+``agents.workdirs``), the child spawned by the keeper (one request on a Unix socket), its result read
 (``agents.results``) and its directory emptied on the event loop itself, without a
 worker-thread hop each. These are small operations on local files.
 """
@@ -29,15 +33,15 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from agents.interpreters import find_program, forget_programs, interpreter_of
+from agents.keeper_link import Ended, Held, KeeperGone, KeeperLink
 from agents.results import read_result, travel_problem
-from agents.spawn import Child, killpg, memory_limiter, spawn
 from agents.spool import attempt_name
 from agents.workdirs import Workdirs
 from protocols.messages import (
@@ -46,6 +50,7 @@ from protocols.messages import (
     Dispatch,
     FinishReason,
     JobFinished,
+    Limits,
     OutputChunk,
     Stream,
 )
@@ -54,6 +59,13 @@ log = logging.getLogger("wfe.agent.runner")
 
 #: Seconds between SIGTERM and SIGKILL, and how long output is awaited once the group is gone.
 KILL_GRACE = 2.0
+
+#: Seconds between looks at a running script's output files, at most (less while it writes).
+MAX_POLL = 0.1
+
+#: The output files in an attempt's directory.
+STDOUT_FILE = ".wfe-stdout"
+STDERR_FILE = ".wfe-stderr"
 
 ChunkCallback = Callable[[OutputChunk], Awaitable[None]]
 RunningCallback = Callable[[int], Awaitable[None]]
@@ -67,14 +79,18 @@ class Attempt:
         dispatch: Dispatch,
         *,
         workdir: str | os.PathLike[str],
+        keeper: KeeperLink,
         keep_workdir: bool = False,
         kill_grace: float = KILL_GRACE,
         workdirs: Workdirs | None = None,
     ) -> None:
-        self.dispatch = dispatch
+        self.dispatch: Dispatch | None = dispatch
         self.ref = AttemptRef(job_id=dispatch.job_id, attempt=dispatch.attempt)
+        self.timeout = dispatch.limits.timeout
+        self._keeper = keeper
         self._workdirs = workdirs if workdirs is not None else Workdirs(workdir)
-        self.directory = self._workdirs.root / attempt_name(dispatch.job_id, dispatch.attempt)
+        self.key = attempt_name(self.ref.job_id, self.ref.attempt)
+        self.directory = self._workdirs.root / self.key
         self._dir = os.fspath(self.directory)
         self.pid: int | None = None
         self._keep_workdir = keep_workdir
@@ -82,12 +98,56 @@ class Attempt:
         self._cancel_scope = trio.CancelScope()
         self._cancel_reason = ""
         self._chunks = 0
+        self._offsets = {Stream.STDOUT: 0, Stream.STDERR: 0}
+        self._ran_before = 0.0  # seconds it ran under an agent before this one adopted it
         self._emit_lock = trio.Lock()  # one chunk handed on at a time, in seq order
         self._on_running: RunningCallback | None = None
         self._running_after = 0.0
         self.announced = False  # on_running was called
+        self.detached = False  # left running to the keeper when the agent stops
         self._exited = False
-        self._read_scopes: set[trio.CancelScope] = set()
+
+    @classmethod
+    def adopted(
+        cls,
+        held: Held,
+        *,
+        ref: AttemptRef,
+        workdir: str | os.PathLike[str],
+        keeper: KeeperLink,
+        chunks: int,
+        offsets: dict[Stream, int],
+        kill_grace: float = KILL_GRACE,
+        workdirs: Workdirs | None = None,
+    ) -> Attempt:
+        """An attempt a previous agent started, which the keeper still holds: ``run`` reads
+        its output on from ``offsets`` (numbering chunks from ``chunks``) and waits for it."""
+        timeout = float(held.meta.get("timeout", 0.0)) or 1e9
+        placeholder = Dispatch(
+            job_id=ref.job_id,
+            attempt=ref.attempt,
+            script_name="",
+            script="",
+            sha256="",
+            params={},
+            limits=Limits(timeout=timeout),
+        )
+        attempt = cls(
+            placeholder,
+            workdir=workdir,
+            keeper=keeper,
+            keep_workdir=True,
+            kill_grace=kill_grace,
+            workdirs=workdirs,
+        )
+        attempt.dispatch = None
+        attempt.pid = held.pid
+        attempt._chunks = chunks
+        attempt._offsets = dict(offsets)
+        attempt.announced = True
+        started = float(held.meta.get("started", time.monotonic()))
+        attempt._ran_before = max(0.0, time.monotonic() - started)
+        return attempt
 
     def cancel(self, reason: str = "") -> None:
         """Kill the attempt's process group; ``run`` then reports ``CANCELLED``.
@@ -97,6 +157,11 @@ class Attempt:
         if not self._cancel_scope.cancel_called:
             self._cancel_reason = reason
         self._cancel_scope.cancel()
+
+    def detach(self) -> None:
+        """Leave the script to the keeper when ``run`` is cancelled (the agent stops): it is
+        neither killed nor its directory removed, and the next agent adopts it."""
+        self.detached = True
 
     async def run(
         self,
@@ -115,14 +180,15 @@ class Attempt:
         ``on_running`` is called before its first chunk or not at all (``announced`` tells
         which), so a caller can report a short attempt's start and end together. Without
         ``on_running`` output is read from the start. If the caller is cancelled, the group
-        is killed before ``Cancelled`` propagates. The working directory is removed (or kept
-        as a spare by the ``Workdirs``) at the end unless ``keep_workdir``.
+        is killed before ``Cancelled`` propagates, unless ``detach()`` was called. The working
+        directory is removed (or kept as a spare by the ``Workdirs``) at the end unless
+        ``keep_workdir``.
         """
         self._on_running, self._running_after = on_running, running_after
         try:
             return await self._run(on_chunk, task_status)
         finally:
-            if not self._keep_workdir:
+            if not self._keep_workdir and not self.detached:
                 with trio.CancelScope(shield=True):
                     await self.remove_directory()
 
@@ -150,52 +216,42 @@ class Attempt:
     async def _run(
         self, on_chunk: ChunkCallback, task_status: trio.TaskStatus[int | None]
     ) -> JobFinished:
+        if self.pid is None:
+            pid_or_error = await self._start_script()
+            if isinstance(pid_or_error, JobFinished):
+                task_status.started(None)
+                return pid_or_error
+            self.pid = pid_or_error
+            log.debug("attempt %s#%d started: pid %d", self.ref.job_id, self.ref.attempt, self.pid)
+        pid = self.pid
+        started = trio.current_time() - self._ran_before
+        task_status.started(pid)
         try:
-            command = interpreter_of(self.dispatch)
-        except ValueError as exc:
-            task_status.started(None)
-            return self._finished(FinishReason.ERROR, detail=f"bad interpreter header: {exc}")
-        program = find_program(command[0])
-        if program is None:
-            task_status.started(None)
-            return self._finished(
-                FinishReason.ERROR, detail=f"interpreter {command[0]!r} not found on PATH"
-            )
-        if self._cancel_scope.cancel_called:
-            task_status.started(None)
-            return self._finished(FinishReason.CANCELLED, detail=self._cancel_detail())
-        try:
-            child = self._start([program, *command[1:], "script"])
-        except (OSError, subprocess.SubprocessError) as exc:
-            forget_programs()  # the interpreter may have moved: look it up afresh next time
-            task_status.started(None)
-            return self._finished(FinishReason.ERROR, detail=f"could not start {command[0]}: {exc}")
-        started = trio.current_time()
-        self.pid = child.pid
-        log.debug("attempt %s#%d started: pid %d", self.ref.job_id, self.ref.attempt, child.pid)
-        task_status.started(child.pid)
-        try:
-            reason, ended = await self._supervise(child, on_chunk)
+            reason, ended = await self._supervise(pid, on_chunk)
         finally:
             with trio.CancelScope(shield=True):
-                if not self._exited:  # we were cancelled from outside: the group dies too
-                    killpg(child.pid, signal.SIGKILL)
-                    # End of file on both pipes proves their holders are dead; wait for it a little.
+                if not self._exited and not self.detached:
+                    # we were cancelled from outside: the group dies too
+                    self._keeper.kill(pid, signal.SIGKILL)
                     with trio.move_on_after(self._kill_grace):
-                        for pipe in (child.stdout, child.stderr):
-                            while await pipe.receive_some(MAX_CHUNK_BYTES):
-                                pass
-                child.stdout.close()
-                child.stderr.close()
-                await child.wait()
-        code = child.returncode
+                        await self._wait_exit()
+                        await self._keeper.release(self.key)
+        end = self._keeper.ended(self.key)
+        await self._keeper.release(self.key)
         fields: dict[str, Any] = {"duration": ended - started}
+        code = end.status if end is not None else None
         if code is not None and code < 0:
             fields["signal"] = -code
         else:
             fields["exit_code"] = code
-        if reason is FinishReason.TIMED_OUT:
-            fields["detail"] = f"killed at the timeout of {self.dispatch.limits.timeout:g} s"
+        if end is not None and end.fenced and reason is FinishReason.EXITED:
+            reason = FinishReason.FENCED
+            fields["detail"] = "killed by the agent side: the engine's lease ran out"
+        elif end is None:
+            reason = FinishReason.FENCED
+            fields["detail"] = "the agent's keeper went away: the script was killed"
+        elif reason is FinishReason.TIMED_OUT:
+            fields["detail"] = f"killed at the timeout of {self.timeout:g} s"
         elif reason is FinishReason.CANCELLED:
             fields["detail"] = self._cancel_detail()
         else:
@@ -210,27 +266,50 @@ class Attempt:
                 fields["result"] = result
         return self._finished(reason, **fields)
 
+    async def _start_script(self) -> int | JobFinished:
+        """Start the script through the keeper: its pid, or the result saying why not."""
+        assert self.dispatch is not None
+        try:
+            command = interpreter_of(self.dispatch)
+        except ValueError as exc:
+            return self._finished(FinishReason.ERROR, detail=f"bad interpreter header: {exc}")
+        program = find_program(command[0])
+        if program is None:
+            return self._finished(
+                FinishReason.ERROR, detail=f"interpreter {command[0]!r} not found on PATH"
+            )
+        if self._cancel_scope.cancel_called:
+            return self._finished(FinishReason.CANCELLED, detail=self._cancel_detail())
+        try:
+            return await self._start([program, *command[1:], "script"])
+        except KeeperGone as exc:
+            return self._finished(FinishReason.ERROR, detail=f"could not start: {exc}")
+        except OSError as exc:
+            forget_programs()  # the interpreter may have moved: look it up afresh next time
+            return self._finished(FinishReason.ERROR, detail=f"could not start {command[0]}: {exc}")
+
     def _cancel_detail(self) -> str:
         return f"cancelled: {self._cancel_reason}" if self._cancel_reason else "cancelled"
 
-    def _start(self, argv: list[str]) -> Child:
-        """Prepare the directory and start the child (blocking, but only briefly)."""
+    async def _start(self, argv: list[str]) -> int:
+        """Prepare the directory and have the keeper start the script; its pid."""
+        assert self.dispatch is not None
         workdirs = self._workdirs
         _, reuse = workdirs.make(self.directory.name)
         workdirs.write(f"{self._dir}/script", self.dispatch.script.encode(), reuse=reuse)
         params_path = f"{self._dir}/params.json"
         workdirs.write(params_path, json.dumps(self.dispatch.params).encode(), reuse=reuse)
-        stdin = os.open(params_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return spawn(
-                argv,
-                stdin=stdin,
-                cwd=self._dir,
-                env=self._environment(params_path),
-                preexec=self._preexec(),
-            )
-        finally:
-            os.close(stdin)
+        return await self._keeper.spawn(
+            self.key,
+            argv,
+            cwd=self._dir,
+            env=self._environment(params_path),
+            stdin=params_path,
+            stdout=f"{self._dir}/{STDOUT_FILE}",
+            stderr=f"{self._dir}/{STDERR_FILE}",
+            memory=self.dispatch.limits.memory,
+            meta={"timeout": self.timeout},
+        )
 
     def _environment(self, params_path: str) -> dict[str, str]:
         env = os.environ.copy()
@@ -240,94 +319,103 @@ class Attempt:
         env["WFE_ATTEMPT"] = str(self.ref.attempt)
         return env
 
-    def _preexec(self) -> Callable[[], None] | None:
-        memory = self.dispatch.limits.memory
-        return None if memory is None else memory_limiter(memory)
+    async def _wait_exit(self) -> Ended:
+        return await self._keeper.exited(self.key)
 
-    async def _supervise(self, child: Child, on_chunk: ChunkCallback) -> tuple[FinishReason, float]:
-        """Wait for the child to end (or be killed) while its output is handed on.
+    async def _supervise(self, pid: int, on_chunk: ChunkCallback) -> tuple[FinishReason, float]:
+        """Wait for the script to end (or be killed) while its output is handed on.
 
         With ``on_running``, the first ``running_after`` seconds are waited out on the
-        child's exit alone: a script that ends that soon has its output read afterwards,
-        from the pipes, without a reading task per pipe.
+        script's exit alone: a script that ends that soon has its output read afterwards,
+        without a reading task per stream.
         """
         reason = FinishReason.EXITED
         pumping = False
+        remaining = max(0.0, self.timeout - self._ran_before)
         async with trio.open_nursery() as nursery:
             with self._cancel_scope:
-                with trio.move_on_after(self.dispatch.limits.timeout) as deadline:
-                    if self._on_running is not None:
+                with trio.move_on_after(remaining) as deadline:
+                    if self._on_running is not None and not self.announced:
                         with trio.move_on_after(self._running_after):
-                            await child.wait()
-                    if child.returncode is None:
+                            await self._wait_exit()
+                    if self._keeper.ended(self.key) is None:
                         pumping = True
-                        nursery.start_soon(self._pump, child.stdout, Stream.STDOUT, on_chunk)
-                        nursery.start_soon(self._pump, child.stderr, Stream.STDERR, on_chunk)
+                        nursery.start_soon(self._tail, Stream.STDOUT, on_chunk)
+                        nursery.start_soon(self._tail, Stream.STDERR, on_chunk)
                         async with self._emit_lock:
-                            await self._announce(child.pid)
-                        await child.wait()
+                            await self._announce(pid)
+                        await self._wait_exit()
             if deadline.cancelled_caught:
                 reason = FinishReason.TIMED_OUT
             elif self._cancel_scope.cancelled_caught:
                 reason = FinishReason.CANCELLED
-            if child.returncode is None:
-                await self._terminate(child)
+            if self._keeper.ended(self.key) is None:
+                await self._terminate(pid)
             ended = trio.current_time()
-            killpg(child.pid, signal.SIGKILL)  # what the script left running in its group
+            await self._wait_group_gone(pid)
             self._exited = True
-            for scope in self._read_scopes:
-                scope.deadline = ended + self._kill_grace
             if not pumping:
-                await self._drain(child, nursery, on_chunk)
+                for which in (Stream.STDOUT, Stream.STDERR):
+                    await self._read_to_end(which, on_chunk)
         return reason, ended
 
-    async def _drain(self, child: Child, nursery: trio.Nursery, on_chunk: ChunkCallback) -> None:
-        """Hand on what the ended child left in its pipes; a pipe that some process outside
-        the group still holds open goes to a reading task (which waits a little for it)."""
-        for pipe, which in ((child.stdout, Stream.STDOUT), (child.stderr, Stream.STDERR)):
-            while True:
-                try:
-                    data = os.read(pipe.fileno(), MAX_CHUNK_BYTES)
-                except BlockingIOError:
-                    nursery.start_soon(self._pump, pipe, which, on_chunk)
-                    break
-                if not data:
-                    break
-                await self._emit(which, data, on_chunk)
-
-    async def _terminate(self, child: Child) -> None:
-        killpg(child.pid, signal.SIGTERM)
+    async def _wait_group_gone(self, pid: int) -> None:
+        """The keeper killed what the script left in its group: wait (a little) until all of
+        it is gone, so an attempt that is over leaves nothing running."""
         with trio.move_on_after(self._kill_grace):
-            await child.wait()
-            return
-        killpg(child.pid, signal.SIGKILL)
-        await child.wait()
+            while _group_alive(pid):  # noqa: ASYNC110 - a process group has no event to await
+                await trio.sleep(0.005)
 
-    async def _pump(
-        self, stream: trio.abc.ReceiveStream, which: Stream, on_chunk: ChunkCallback
-    ) -> None:
-        while True:
-            with trio.CancelScope() as scope:
-                if self._exited:
-                    # The group is gone: more output can only come from a process that
-                    # left the group. Wait for it a little, not forever.
-                    scope.deadline = trio.current_time() + self._kill_grace
-                self._read_scopes.add(scope)
-                try:
-                    data = await stream.receive_some(MAX_CHUNK_BYTES)
-                finally:
-                    self._read_scopes.discard(scope)
-            if scope.cancelled_caught:
-                log.warning(
-                    "attempt %s#%s: %s still open after the process group ended; stopped reading",
-                    self.ref.job_id,
-                    self.ref.attempt,
-                    which.value,
-                )
-                return
-            if not data:
-                return
-            await self._emit(which, bytes(data), on_chunk)
+    async def _terminate(self, pid: int) -> None:
+        self._keeper.kill(pid, signal.SIGTERM)
+        with trio.move_on_after(self._kill_grace):
+            await self._wait_exit()
+            return
+        self._keeper.kill(pid, signal.SIGKILL)
+        with trio.move_on_after(self._kill_grace):
+            await self._wait_exit()
+
+    def _open(self, which: Stream) -> int | None:
+        name = STDOUT_FILE if which is Stream.STDOUT else STDERR_FILE
+        try:
+            fd = os.open(f"{self._dir}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        os.lseek(fd, self._offsets[which], os.SEEK_SET)
+        return fd
+
+    async def _read_to_end(self, which: Stream, on_chunk: ChunkCallback) -> None:
+        fd = self._open(which)
+        if fd is None:
+            return
+        try:
+            while data := os.read(fd, MAX_CHUNK_BYTES):
+                self._offsets[which] += len(data)
+                await self._emit(which, data, on_chunk)
+        finally:
+            os.close(fd)
+
+    async def _tail(self, which: Stream, on_chunk: ChunkCallback) -> None:
+        """Hand on a running script's output file as it grows, to its end once it exited."""
+        fd = self._open(which)
+        if fd is None:
+            return
+        pause = 0.005
+        try:
+            while True:
+                exited = self._exited
+                data = os.read(fd, MAX_CHUNK_BYTES)
+                if data:
+                    self._offsets[which] += len(data)
+                    await self._emit(which, data, on_chunk)
+                    pause = 0.005
+                    continue
+                if exited:
+                    return
+                await trio.sleep(pause)
+                pause = min(2 * pause, MAX_POLL)
+        finally:
+            os.close(fd)
 
     async def _emit(self, which: Stream, data: bytes, on_chunk: ChunkCallback) -> None:
         """Hand on one chunk, after ``on_running``; chunks are numbered in the order handed on."""
@@ -349,6 +437,16 @@ class Attempt:
         if not self.announced and self._on_running is not None:
             self.announced = True
             await self._on_running(pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def describe(finished: JobFinished) -> str:

@@ -38,7 +38,7 @@ import os
 import struct
 import urllib.parse
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -76,7 +76,7 @@ def attempt_name(job_id: str, attempt: int) -> str:
     return f"{urllib.parse.quote(job_id, safe='')}-{attempt}"
 
 
-def _parse_name(stem: str) -> AttemptRef | None:
+def parse_name(stem: str) -> AttemptRef | None:
     job, sep, attempt = stem.rpartition("-")
     if not sep or not attempt.isdigit() or not job:
         return None
@@ -129,6 +129,14 @@ def read_journal(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
         entries.append((body[:1], body[1:]))
         offset = start + length
     return entries, offset
+
+
+@attrs.define
+class Progress:
+    """How much of a running attempt's output the spool holds."""
+
+    chunks: int = 0
+    sizes: dict[Stream, int] = attrs.Factory(lambda: {Stream.STDOUT: 0, Stream.STDERR: 0})
 
 
 @attrs.define
@@ -313,18 +321,25 @@ class Spool:
 
     # --- after a restart -----------------------------------------------------------------
 
-    async def recover(self) -> list[JobFinished]:
+    async def recover(
+        self, adoptable: Collection[AttemptRef] = ()
+    ) -> tuple[list[JobFinished], dict[AttemptRef, Progress]]:
         """Close the books on attempts that were running when the agent last stopped.
 
         Call once at start-up, before anything runs. An attempt that began (or has output)
-        but has no result is one the agent lost (it died or was killed); it gets a stored
-        ``JobFinished`` with reason ``ERROR`` so the engine learns at once instead of waiting
-        for a timeout. Its processes, if any survive, are not touched. The journal is then
-        rewritten with only what is held, and leftover temporary files are removed.
+        but has no result either still runs under the agent's keeper (it is in
+        ``adoptable``): it stays begun, its output file is cut back to its last whole record,
+        and its ``Progress`` (chunks and bytes per stream stored so far) is returned for the
+        agent to read on from there. Or nothing supervises it any more: it gets a stored
+        ``JobFinished`` with reason ``FENCED`` (it will not run on; the engine may run it
+        again) so the engine learns at once instead of waiting for a timeout. The journal is
+        then rewritten with only what is live, and leftover temporary files are removed.
         """
-        return await trio.to_thread.run_sync(self._recover_sync)
+        return await trio.to_thread.run_sync(self._recover_sync, frozenset(adoptable))
 
-    def _recover_sync(self) -> list[JobFinished]:
+    def _recover_sync(
+        self, adoptable: frozenset[AttemptRef]
+    ) -> tuple[list[JobFinished], dict[AttemptRef, Progress]]:
         self._close()
         state = self._load()
         if state.ignored:
@@ -336,27 +351,42 @@ class Spool:
         for tmp in self.path.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
         closed: list[JobFinished] = []
+        adopted: dict[AttemptRef, Progress] = {}
         lost = (state.begun | state.outputs) - state.held.keys() - state.damaged.keys()
         for ref in sorted(lost, key=lambda r: (r.job_id, r.attempt)):
-            chunks = 0
-            if ref in state.outputs:
-                with self._out(ref.job_id, ref.attempt).open("rb") as f:
-                    chunks = sum(1 for _ in read_records(f, ref))
-                _fsync_path(self._out(ref.job_id, ref.attempt))
+            progress = self._progress(ref) if ref in state.outputs else Progress()
+            if ref in adoptable:
+                adopted[ref] = progress
+                continue
             finished = JobFinished(
                 job_id=ref.job_id,
                 attempt=ref.attempt,
-                reason=FinishReason.ERROR,
-                detail="the agent stopped while the attempt ran; its outcome is unknown",
-                chunks=chunks,
+                reason=FinishReason.FENCED,
+                detail="the agent stopped while the attempt ran, and nothing supervises it any"
+                " more: it does not run on",
+                chunks=progress.chunks,
             )
             state.held[ref] = finished
             closed.append(finished)
-        state.begun.clear()
+        state.begun = {ref for ref in state.begun if ref in adopted}
         self._held, self._begun, self._damaged = state.held, state.begun, state.damaged
         self._legacy, self._outputs = state.legacy, state.outputs
         self._rewrite()
-        return closed
+        return closed, adopted
+
+    def _progress(self, ref: AttemptRef) -> Progress:
+        """Count an attempt's stored output, cut a torn last record off, and fsync it."""
+        path = self._out(ref.job_id, ref.attempt)
+        progress = Progress()
+        with path.open("rb+") as f:
+            whole = 0
+            for chunk in read_records(f, ref):
+                progress.chunks += 1
+                progress.sizes[chunk.stream] += len(chunk.data)
+                whole = f.tell()
+            f.truncate(whole)
+        _fsync_path(path)
+        return progress
 
     # --- the journal ---------------------------------------------------------------------
 
@@ -372,7 +402,7 @@ class Spool:
         for kind, payload in entries:
             self._replay(state, kind, payload)
         for path in self.path.iterdir():
-            ref = _parse_name(path.stem)
+            ref = parse_name(path.stem)
             if ref is None:
                 continue
             if path.suffix == ".out":
@@ -402,7 +432,7 @@ class Spool:
                 state.held[ref] = message
                 state.begun.discard(ref)
             return
-        named = _parse_name(payload.decode("utf-8", "replace"))
+        named = parse_name(payload.decode("utf-8", "replace"))
         if named is None:
             return
         if kind == _BEGUN:

@@ -21,7 +21,7 @@ from pathlib import Path
 _INLINE_REMOVE_ENTRIES = 16
 
 #: The files a reused directory keeps, to be overwritten by the next attempt.
-_KEPT = ("script", "params.json")
+_KEPT = ("script", "params.json", ".wfe-stdout", ".wfe-stderr")
 
 _FREE_PREFIX = ".free-"
 

@@ -150,6 +150,8 @@ def finished_state(event: Finished) -> AttemptState:
         return AttemptState.TIMED_OUT
     if event.reason is FinishReason.CANCELLED:
         return AttemptState.CANCELLED
+    if event.reason is FinishReason.FENCED:
+        return AttemptState.LOST  # killed for want of a lease: not the job's fault
     return AttemptState.FAILED  # FinishReason.ERROR: the agent could not start it
 
 

@@ -4,8 +4,15 @@ Every message is a frozen, keyword-only attrs class. The same messages travel ov
 transport (local Unix socket, XMPP); only the framing differs. ``codec`` turns them into
 bytes and back. A job attempt is identified everywhere by ``(job_id, attempt)``.
 
-Direction: ``Dispatch``, ``Cancel``, ``Ack``, ``StatusRequest``, ``Resume`` and
+Direction: ``Dispatch``, ``Cancel``, ``Ack``, ``StatusRequest``, ``Resume``, ``Lease`` and
 ``Shutdown`` go from the engine to an agent; the others from an agent to the engine.
+
+Leases (docs/decisions.md #31): every ``AgentHello`` and ``AgentStatus`` carries a ``seq``;
+the engine answers each with ``Lease(seq, ttl)``. The agent's attempts may run until ``ttl``
+seconds after it *sent* the message numbered ``seq`` (so a slow trip only shortens the
+lease); past that, the agent side kills them and reports them ``FENCED``. The engine, which
+received that message later than it was sent, knows the agent's work is dead ``ttl`` seconds
+(plus a kill grace) after it received it, and only then dispatches that work again.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class FinishReason(enum.Enum):
     TIMED_OUT = "timed_out"  # the agent killed it at the attempt timeout
     CANCELLED = "cancelled"  # the agent killed it on a Cancel from the engine
     ERROR = "error"  # the agent could not start it (detail says why)
+    FENCED = "fenced"  # killed by the agent side because its lease ran out, or found dead
+    # after the agent restarted with no supervisor to tell its end: nothing more will run
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +127,15 @@ class Resume:
 
 
 @attrs.frozen(kw_only=True)
+class Lease:
+    """The engine heard the agent's message ``seq``: its attempts may run until ``ttl``
+    seconds after that message was sent."""
+
+    seq: int
+    ttl: float
+
+
+@attrs.frozen(kw_only=True)
 class Shutdown:
     """Stop the agent after killing what it runs (used for agents the engine started)."""
 
@@ -136,6 +154,7 @@ class AgentHello:
     capabilities: Capabilities
     running: tuple[AttemptRef, ...] = ()
     held: tuple[AttemptRef, ...] = ()  # finished, result spooled, not yet acknowledged
+    seq: int = 0  # answered by a Lease; counts up over the agent's life
 
 
 @attrs.frozen(kw_only=True)
@@ -146,6 +165,7 @@ class AgentStatus:
     free_slots: int
     running: tuple[AttemptRef, ...] = ()
     held: tuple[AttemptRef, ...] = ()
+    seq: int = 0  # answered by a Lease; counts up over the agent's life
 
 
 @attrs.frozen(kw_only=True)
@@ -198,6 +218,7 @@ Message = (
     | Ack
     | StatusRequest
     | Resume
+    | Lease
     | Shutdown
     | AgentHello
     | AgentStatus
@@ -214,6 +235,7 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
     "ack": Ack,
     "status_request": StatusRequest,
     "resume": Resume,
+    "lease": Lease,
     "shutdown": Shutdown,
     "hello": AgentHello,
     "status": AgentStatus,

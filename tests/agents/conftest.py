@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from agents.core import Agent, AgentExit
+from agents.keeper_link import KeeperLink, open_keeper
 from agents.local_link import StreamLink, open_local_link
 from agents.spool import Spool
 from protocols.messages import (
@@ -230,3 +231,10 @@ def h() -> types.SimpleNamespace:
         receive_until_finished=receive_until_finished,
         output_of=output_of,
     )
+
+
+@pytest.fixture
+async def keeper(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KeeperLink]:
+    """A real keeper process for attempts run directly (no agent), on its own spool dir."""
+    async with open_keeper(tmp_path_factory.mktemp("keeper-spool")) as link:
+        yield link

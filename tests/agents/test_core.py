@@ -55,6 +55,7 @@ async def test_hello_announces_name_capabilities_and_nothing_held(agents, engine
         name="test-agent",
         software=__version__,
         capabilities=Capabilities(slots=2, memory=1 << 30, site="here", tags=("t",)),
+        seq=1,
     )
 
 
@@ -281,9 +282,9 @@ async def test_status_is_sent_every_heartbeat(agents, engine, h) -> None:
     agents.start(agents.build(heartbeat=0.05))
     link, _ = await connect(engine, h)
     start = trio.current_time()
-    for _ in range(3):
+    for seq in range(2, 5):  # numbered on from the hello's 1, for the engine's Lease
         status = await h.receive(link, skip=())
-        assert status == AgentStatus(name="test-agent", free_slots=2)
+        assert status == AgentStatus(name="test-agent", free_slots=2, seq=seq)
     assert trio.current_time() - start >= 2 * 0.05
 
 
@@ -317,35 +318,38 @@ async def test_shutdown_cancels_reports_and_stops(agents, engine, h, tmp_path: P
     assert agents.outcome is AgentExit.SHUTDOWN
 
 
-async def test_stop_spools_what_was_running(agents, engine, h, tmp_path: Path) -> None:
-    """Agent.stop(): the attempt is cancelled, reported and spooled; new work is refused."""
+async def test_stop_refuses_new_work_and_leaves_what_runs_to_the_keeper(
+    agents, engine, h, tmp_path: Path
+) -> None:
+    """Agent.stop(): new work is refused and run() returns STOPPED without killing the
+    running script, which the keeper holds for the next agent; its slot's result is not
+    spooled as cancelled."""
     agent = agents.build()
     agents.start(agent)
     link, _ = await connect(engine, h)
     await link.send(h.make_dispatch(gated(tmp_path / "gate", tmp_path / "runs")))
-    assert isinstance(await h.receive(link), JobAccepted)
+    accepted = await h.receive(link)
+    assert isinstance(accepted, JobAccepted)
     agent.stop()
     await link.send(h.make_dispatch("true\n", job_id="late"))
-    refused = await h.receive(link)
-    assert isinstance(refused, JobRefused) and refused.reason == "the agent is stopping"
-    _, finished = await h.receive_until_finished(link)
-    assert finished.reason is FinishReason.CANCELLED
-    assert finished.detail == "cancelled: the agent is stopping"
     with trio.fail_after(h.GUARD):
         await agents.done.wait()
     assert agents.outcome is AgentExit.STOPPED
-    assert agent.spool.get("job-1", 1) == finished
+    assert agent.spool.get("job-1", 1) is None
+    assert not h.is_dead(accepted.pid)
+    (tmp_path / "gate").touch()
 
 
 async def test_an_attempt_lost_with_the_agent_is_reported_after_restart(agents, engine, h) -> None:
-    """Output begun but no result in the spool: the restarted agent reports it as ERROR."""
+    """Output begun, no result in the spool and no keeper holding it: the restarted agent
+    reports it FENCED (it cannot run on; the engine may run it again)."""
     spool = Spool(agents.spool_path)
     await spool.begin_output("lost-job", 4)
     agents.start(agents.build(spool=spool))
     link, hello = await connect(engine, h)
     assert hello.held == (AttemptRef(job_id="lost-job", attempt=4),)
     finished = await h.receive(link)
-    assert isinstance(finished, JobFinished) and finished.reason is FinishReason.ERROR
+    assert isinstance(finished, JobFinished) and finished.reason is FinishReason.FENCED
 
 
 async def test_messages_meant_for_the_engine_are_ignored(agents, engine, h) -> None:

@@ -10,6 +10,7 @@ from trio.testing import MockClock
 
 from agents.config import load_config
 from agents.core import DEFAULT_HEARTBEAT
+from agents.keeper_link import open_keeper
 from agents.local_link import open_local_link
 from agents.main import make_agent
 from agents.spool import Spool
@@ -52,6 +53,8 @@ async def test_a_hand_started_agent_with_defaults_stays_connected_past_the_deadl
         ]
     )
     agent = make_agent(config, Spool(config.spool), None)
+    async with open_keeper(config.spool):  # started now, in real time; it waits for the agent
+        pass
     async with open_repository(tmp_path / "wfe.db", inline=True) as repo:
         controller = AgentController(
             repo=repo,

@@ -18,6 +18,7 @@ from agents.main import main
 from agents.spool import Spool
 from protocols.messages import (
     AgentHello,
+    AttemptRef,
     FinishReason,
     JobAccepted,
     OutputChunk,
@@ -158,11 +159,15 @@ async def test_an_agent_process_runs_a_signed_script_and_shuts_down(
     assert "agent e2e INFO" in log_text and "shut down" in log_text
 
 
-async def test_sigterm_stops_the_agent_and_keeps_the_result(
+async def test_sigterm_leaves_the_script_to_the_keeper_and_the_next_agent_adopts_it(
     engine, h: types.SimpleNamespace, tmp_path: Path
 ) -> None:
-    """SIGTERM: the running script's group is killed, its result spooled, and the agent exits 0."""
-    process = await trio.lowlevel.open_process(
+    """SIGTERM: the agent exits 0 at once and its running script runs on under the keeper;
+    the agent started next on the same spool lists it running in its hello, reads the rest
+    of its output, and reports its result: one execution, nothing lost."""
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    script = f"echo started >> {runs}\necho before\nwhile [ ! -e {gate} ]; do sleep 0.01; done\necho after\n"
+    first = await trio.lowlevel.open_process(
         agent_command("term", tmp_path, engine.path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -170,20 +175,36 @@ async def test_sigterm_stops_the_agent_and_keeps_the_result(
     try:
         link = await engine.accept()
         await h.receive(link)
-        await link.send(h.make_dispatch("sleep 60 &\necho $!\nwait\n"))
+        await link.send(h.make_dispatch(script))
         accepted = await h.receive(link)
         assert isinstance(accepted, JobAccepted)
         chunk = await h.receive(link)
-        assert isinstance(chunk, OutputChunk)
-        process.send_signal(signal.SIGTERM)
+        assert isinstance(chunk, OutputChunk) and chunk.data == b"before\n"
+        first.send_signal(signal.SIGTERM)
         with trio.fail_after(h.GUARD):
-            assert await process.wait() == 0
+            assert await first.wait() == 0
     finally:
-        process.kill()
-        await process.wait()
-    stored = Spool(tmp_path / "spool").get("job-1", 1)
-    assert stored is not None and stored.reason is FinishReason.CANCELLED
-    assert h.is_dead(accepted.pid) and h.is_dead(int(chunk.data))
+        first.kill()
+        await first.wait()
+    assert not h.is_dead(accepted.pid)  # the script runs on
+    second = await trio.lowlevel.open_process(
+        agent_command("term", tmp_path, engine.path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        link = await engine.accept()
+        hello = await h.receive(link)
+        assert isinstance(hello, AgentHello)
+        assert hello.running == (AttemptRef(job_id="job-1", attempt=1),)
+        gate.touch()
+        messages, finished = await h.receive_until_finished(link)
+        assert finished.reason is FinishReason.EXITED and finished.exit_code == 0
+        assert h.output_of(messages) == b"after\n" and finished.chunks == 2
+        assert runs.read_text() == "started\n"
+    finally:
+        second.kill()
+        await second.wait()
 
 
 async def test_an_agent_without_an_engine_gives_up_with_exit_1(

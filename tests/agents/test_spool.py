@@ -97,7 +97,7 @@ async def test_a_damaged_record_ends_the_replay(tmp_path: Path) -> None:
     (tmp_path / "journal").write_bytes(bytes(data))
     spool = Spool(tmp_path)
     assert spool.held() == []
-    assert await spool.recover() == []
+    assert await spool.recover() == ([], {})
     assert (tmp_path / "journal").read_bytes() == b""
 
 
@@ -180,8 +180,8 @@ async def test_the_journal_is_compacted_and_keeps_what_is_live(
     assert (tmp_path / "journal").stat().st_size < 2000 + 500
     again = Spool(tmp_path)
     assert again.held() == [AttemptRef(job_id="kept", attempt=1)]
-    [lost] = await again.recover()
-    assert lost.job_id == "running" and lost.reason is FinishReason.ERROR
+    [lost], _ = await again.recover()
+    assert lost.job_id == "running" and lost.reason is FinishReason.FENCED
 
 
 async def test_results_of_an_earlier_version_are_held_and_dropped(tmp_path: Path) -> None:
@@ -189,7 +189,7 @@ async def test_results_of_an_earlier_version_are_held_and_dropped(tmp_path: Path
     dropping it removes the file; it is not reported lost."""
     (tmp_path / "old-2.json").write_bytes(codec.encode(finished("old", 2)))
     spool = Spool(tmp_path)
-    assert await spool.recover() == []
+    assert await spool.recover() == ([], {})
     assert spool.held() == [AttemptRef(job_id="old", attempt=2)]
     assert spool.get("old", 2) == finished("old", 2)
     assert await spool.drop("old", 2)
@@ -262,7 +262,8 @@ def test_a_truncated_output_file_reads_as_a_prefix(
 
 
 async def test_recover_reports_attempts_lost_with_the_agent(tmp_path: Path) -> None:
-    """An attempt that was running when the agent died gets an ERROR result with its chunk count."""
+    """An attempt that was running when the agent died, and that no keeper holds, gets a
+    FENCED result with its chunk count (it does not run on: the engine may run it again)."""
     spool = Spool(tmp_path)
     await spool.begin_output("lost", 3)
     for seq in range(2):
@@ -276,16 +277,40 @@ async def test_recover_reports_attempts_lost_with_the_agent(tmp_path: Path) -> N
     await spool.begin_output("quiet", 1)  # began, no output yet
 
     restarted = Spool(tmp_path)
-    lost, quiet = await restarted.recover()
+    (lost, quiet), adopted = await restarted.recover()
+    assert adopted == {}
     assert lost.job_id == "lost" and lost.attempt == 3
-    assert lost.reason is FinishReason.ERROR and lost.chunks == 2
+    assert lost.reason is FinishReason.FENCED and lost.chunks == 2
     assert "stopped while the attempt ran" in lost.detail
     assert quiet.job_id == "quiet" and quiet.chunks == 0
     assert restarted.get("lost", 3) == lost
     assert restarted.get("job-1", 1) == finished()
     assert not (tmp_path / "junk.json.tmp").exists()
-    assert await Spool(tmp_path).recover() == []
+    assert await Spool(tmp_path).recover() == ([], {})
     assert Spool(tmp_path).get("quiet", 1) == quiet
+
+
+async def test_recover_keeps_an_adoptable_attempt_and_cuts_its_torn_tail(tmp_path: Path) -> None:
+    """An attempt the keeper still holds stays begun: its stored output is counted per
+    stream, a record cut short by the crash is cut off, and no result is made for it."""
+    spool = Spool(tmp_path)
+    await spool.begin_output("run", 1)
+    await spool.append_output(
+        OutputChunk(job_id="run", attempt=1, stream=Stream.STDOUT, seq=0, data=b"abc")
+    )
+    await spool.append_output(
+        OutputChunk(job_id="run", attempt=1, stream=Stream.STDERR, seq=1, data=b"de")
+    )
+    out = tmp_path / "run-1.out"
+    whole = out.stat().st_size
+    with out.open("ab") as f:
+        f.write(b"\x00\x00\x00")  # a torn header
+    ref = AttemptRef(job_id="run", attempt=1)
+    closed, adopted = await Spool(tmp_path).recover([ref])
+    assert closed == []
+    assert adopted[ref].chunks == 2
+    assert adopted[ref].sizes == {Stream.STDOUT: 3, Stream.STDERR: 2}
+    assert out.stat().st_size == whole
 
 
 def test_the_lock_refuses_a_second_owner(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from agents.keeper_link import KeeperLink
 from agents.runner import Attempt
 from agents.workdirs import Workdirs
 from protocols.messages import OutputChunk, Stream
@@ -29,12 +30,15 @@ class Recorder:
         return b"".join(c.data for c in self.chunks if c.stream is stream).decode()
 
 
-async def test_a_directory_is_reused_clean(h: types.SimpleNamespace, tmp_path: Path) -> None:
+async def test_a_directory_is_reused_clean(
+    keeper: KeeperLink, h: types.SimpleNamespace, tmp_path: Path
+) -> None:
     """A finished attempt's directory serves the next one: same inode, fresh script and
     params, nothing the previous script left behind, and no spare left after close()."""
     workdirs = Workdirs(tmp_path, keep=1)
     first = Attempt(
         h.make_dispatch('echo junk > junk\necho \'{"a": 1}\' > "$WFE_RESULT"\n', params={"n": 1}),
+        keeper=keeper,
         workdir=tmp_path,
         workdirs=workdirs,
     )
@@ -45,6 +49,7 @@ async def test_a_directory_is_reused_clean(h: types.SimpleNamespace, tmp_path: P
     script = "ls\nstat -c %i .\ncat params.json\n"
     second = Attempt(
         h.make_dispatch(script, job_id="job-2", params={"n": 2}),
+        keeper=keeper,
         workdir=tmp_path,
         workdirs=workdirs,
     )
@@ -61,7 +66,7 @@ async def test_a_directory_is_reused_clean(h: types.SimpleNamespace, tmp_path: P
 
 @pytest.mark.parametrize("planted", ["symlink", "hardlink", "directory"])
 async def test_a_reused_directory_never_writes_through_what_a_script_planted(
-    h: types.SimpleNamespace, tmp_path: Path, planted: str
+    keeper: KeeperLink, h: types.SimpleNamespace, tmp_path: Path, planted: str
 ) -> None:
     """A script that replaces params.json with a link to another file, or with a directory,
     does not get that file overwritten by the next attempt; the next attempt runs normally."""
@@ -75,10 +80,13 @@ async def test_a_reused_directory_never_writes_through_what_a_script_planted(
         "directory": "rm params.json && mkdir params.json && touch params.json/x\n",
     }[planted]
     with trio.fail_after(GUARD):
-        await Attempt(h.make_dispatch(plant), workdir=work, workdirs=workdirs).run(Recorder())
+        await Attempt(h.make_dispatch(plant), keeper=keeper, workdir=work, workdirs=workdirs).run(
+            Recorder()
+        )
         recorder = Recorder()
         finished = await Attempt(
             h.make_dispatch("cat params.json\n", job_id="job-2", params={"n": 2}),
+            keeper=keeper,
             workdir=work,
             workdirs=workdirs,
         ).run(recorder)

@@ -21,6 +21,7 @@ from protocols.messages import (
     JobAccepted,
     JobFinished,
     JobRefused,
+    Lease,
     Limits,
     OutputChunk,
     Resume,
@@ -73,6 +74,7 @@ BY_TYPE: dict[type[Any], st.SearchStrategy[Any]] = {
     Ack: st.builds(Ack, job_id=texts, attempt=ints),
     StatusRequest: st.builds(StatusRequest),
     Resume: st.builds(Resume, job_id=texts, attempt=ints, next_seq=ints),
+    Lease: st.builds(Lease, seq=ints, ttl=finite),
     Shutdown: st.builds(Shutdown, reason=texts),
     AgentHello: st.builds(
         AgentHello,
@@ -81,9 +83,10 @@ BY_TYPE: dict[type[Any], st.SearchStrategy[Any]] = {
         capabilities=capabilities,
         running=ref_tuples,
         held=ref_tuples,
+        seq=ints,
     ),
     AgentStatus: st.builds(
-        AgentStatus, name=texts, free_slots=ints, running=ref_tuples, held=ref_tuples
+        AgentStatus, name=texts, free_slots=ints, running=ref_tuples, held=ref_tuples, seq=ints
     ),
     JobAccepted: st.builds(JobAccepted, job_id=texts, attempt=ints, pid=opt_ints),
     JobRefused: st.builds(JobRefused, job_id=texts, attempt=ints, reason=texts),

@@ -77,6 +77,7 @@ FINISHES = [
     (FinishReason.TIMED_OUT, None, 9, S.TIMED_OUT, S.CANCELLED),
     (FinishReason.CANCELLED, None, 9, S.CANCELLED, S.CANCELLED),
     (FinishReason.ERROR, None, None, S.FAILED, S.CANCELLED),
+    (FinishReason.FENCED, None, 15, S.LOST, S.CANCELLED),
 ]
 
 #: A way to reach every state from QUEUED, starting at t=0.
@@ -286,9 +287,11 @@ def model_next(state: AttemptState, event: Event) -> AttemptState | None:
         return S.SUCCEEDED if success else S.CANCELLED
     if event.reason is FinishReason.EXITED:
         return S.SUCCEEDED if success else S.FAILED
-    return {FinishReason.TIMED_OUT: S.TIMED_OUT, FinishReason.CANCELLED: S.CANCELLED}.get(
-        event.reason, S.FAILED
-    )
+    return {
+        FinishReason.TIMED_OUT: S.TIMED_OUT,
+        FinishReason.CANCELLED: S.CANCELLED,
+        FinishReason.FENCED: S.LOST,
+    }.get(event.reason, S.FAILED)
 
 
 class AttemptMachineRules(RuleBasedStateMachine):

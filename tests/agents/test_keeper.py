@@ -1,0 +1,209 @@
+"""The keeper: scripts outlive a killed agent, the next agent adopts them, and a lease that
+runs out kills them (fenced). Real agent processes, a real keeper, real scripts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import trio
+
+from protocols.messages import (
+    AgentHello,
+    AgentStatus,
+    AttemptRef,
+    FinishReason,
+    JobAccepted,
+    JobFinished,
+    Lease,
+    OutputChunk,
+)
+
+REF = AttemptRef(job_id="job-1", attempt=1)
+
+
+def agent_command(home: Path, socket_path: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "agents",
+        "--name",
+        "kept",
+        "--socket",
+        str(socket_path),
+        "--spool",
+        str(home / "spool"),
+        "--workdir",
+        str(home / "work"),
+        "--heartbeat",
+        "0.2",
+    ]
+
+
+def gated(tmp_path: Path) -> str:
+    """Records each start in ``runs``, prints ``before``, waits for ``gate``, prints ``after``."""
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    return (
+        f"echo $$ >> {runs}\necho before\n"
+        f"while [ ! -e {gate} ]; do sleep 0.01; done\necho after\n"
+    )
+
+
+async def start_agent(home: Path, engine) -> trio.Process:
+    return await trio.lowlevel.open_process(
+        agent_command(home, engine.path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def kill(process: trio.Process) -> None:
+    process.send_signal(signal.SIGKILL)
+    await process.wait()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_a_killed_agents_script_runs_on_and_the_next_agent_adopts_it(
+    engine, h: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """SIGKILL of the agent mid-script: the script runs on; the restarted agent lists it
+    running, sends the output it had not sent yet and then the result: one execution,
+    every byte once, chunks numbered on without a gap."""
+    first = await start_agent(tmp_path, engine)
+    link = await engine.accept()
+    await h.receive(link)
+    await link.send(h.make_dispatch(gated(tmp_path)))
+    accepted = await h.receive(link)
+    assert isinstance(accepted, JobAccepted)
+    chunk = await h.receive(link)
+    assert isinstance(chunk, OutputChunk) and chunk.data == b"before\n" and chunk.seq == 0
+    await kill(first)
+    assert alive(accepted.pid)
+    second = await start_agent(tmp_path, engine)
+    try:
+        link = await engine.accept()
+        hello = await h.receive(link)
+        assert isinstance(hello, AgentHello) and hello.running == (REF,)
+        (tmp_path / "gate").touch()
+        messages, finished = await h.receive_until_finished(link)
+        assert [m.seq for m in messages if isinstance(m, OutputChunk)] == [1]
+        assert h.output_of(messages) == b"after\n"
+        assert finished.reason is FinishReason.EXITED and finished.exit_code == 0
+        assert finished.chunks == 2
+        assert (tmp_path / "runs").read_text() == f"{accepted.pid}\n"
+    finally:
+        await kill(second)
+
+
+async def test_a_script_that_ends_while_no_agent_runs_is_reported_by_the_next(
+    engine, h: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """The script ends while its agent is dead: the keeper keeps its exit status, and the
+    next agent reports the real result (exit 0 and all of its output), not a loss."""
+    first = await start_agent(tmp_path, engine)
+    link = await engine.accept()
+    await h.receive(link)
+    await link.send(h.make_dispatch(gated(tmp_path)))
+    accepted = await h.receive(link)
+    assert isinstance(accepted, JobAccepted)
+    await kill(first)
+    (tmp_path / "gate").touch()
+    with trio.fail_after(h.GUARD):
+        while alive(accepted.pid):
+            await trio.sleep(0.02)
+    second = await start_agent(tmp_path, engine)
+    try:
+        link = await engine.accept()
+        hello = await h.receive(link)
+        assert isinstance(hello, AgentHello)
+        messages, finished = await h.receive_until_finished(link)
+        assert finished.reason is FinishReason.EXITED and finished.exit_code == 0
+        assert b"after\n" in h.output_of(messages) or finished.chunks == 2
+        assert (tmp_path / "runs").read_text() == f"{accepted.pid}\n"
+    finally:
+        await kill(second)
+
+
+async def test_a_lease_that_runs_out_kills_the_script_and_it_is_reported_fenced(
+    engine, h: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """The engine grants a 1 s lease on the hello and never renews it: about a second later
+    the keeper kills the script's group, and the agent reports the attempt FENCED (the
+    engine may then run it again: nothing of this attempt runs any more)."""
+    agent = await start_agent(tmp_path, engine)
+    try:
+        link = await engine.accept()
+        hello = await h.receive(link)
+        assert isinstance(hello, AgentHello)
+        await link.send(Lease(seq=hello.seq, ttl=1.0))
+        await link.send(h.make_dispatch(gated(tmp_path), timeout=60))
+        accepted = await h.receive(link)
+        assert isinstance(accepted, JobAccepted)
+        start = trio.current_time()
+        _, finished = await h.receive_until_finished(link, skip=(AgentStatus, OutputChunk))
+        assert isinstance(finished, JobFinished)
+        assert finished.reason is FinishReason.FENCED
+        assert finished.signal == signal.SIGTERM
+        assert "lease ran out" in finished.detail
+        assert trio.current_time() - start < 5
+        assert not alive(accepted.pid)
+    finally:
+        await kill(agent)
+
+
+async def test_a_renewed_lease_keeps_the_script_alive(
+    engine, h: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """Leases of 1 s renewed on every heartbeat: the script runs past many of them to its end."""
+    agent = await start_agent(tmp_path, engine)
+    try:
+        link = await engine.accept()
+        hello = await h.receive(link)
+        await link.send(Lease(seq=hello.seq, ttl=1.0))
+        await link.send(h.make_dispatch("sleep 2.5\necho done\n", timeout=60))
+        with trio.fail_after(h.GUARD):
+            async for message in link.receive():
+                if isinstance(message, AgentStatus):
+                    await link.send(Lease(seq=message.seq, ttl=1.0))
+                elif isinstance(message, JobFinished):
+                    break
+        assert message.reason is FinishReason.EXITED and message.exit_code == 0
+    finally:
+        await kill(agent)
+
+
+async def test_an_agent_dead_past_its_lease_comes_back_to_report_the_attempt_fenced(
+    engine, h: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """Agent killed, lease of 1 s: the keeper kills the orphaned script when it runs out;
+    the agent started later reports the attempt FENCED, and no script process is left."""
+    first = await start_agent(tmp_path, engine)
+    link = await engine.accept()
+    hello = await h.receive(link)
+    await link.send(Lease(seq=hello.seq, ttl=1.0))
+    await link.send(h.make_dispatch(gated(tmp_path), timeout=60))
+    accepted = await h.receive(link)
+    assert isinstance(accepted, JobAccepted)
+    await kill(first)
+    with trio.fail_after(h.GUARD):
+        while alive(accepted.pid):
+            await trio.sleep(0.05)
+    second = await start_agent(tmp_path, engine)
+    try:
+        link = await engine.accept()
+        hello = await h.receive(link)
+        assert isinstance(hello, AgentHello)
+        assert REF in (*hello.running, *hello.held)
+        _, finished = await h.receive_until_finished(link, skip=(AgentStatus, OutputChunk))
+        assert finished.reason is FinishReason.FENCED
+    finally:
+        await kill(second)
