@@ -9,7 +9,6 @@ shows progress while it runs, and prints a summary table. Exits 0 when every job
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -21,7 +20,7 @@ from engine import queries
 from engine.config import CONFIG_NAME, DEFAULT_TOML, Config, load_config
 from engine.daemon import open_engine
 from engine.keys import create_secrets
-from engine.render import format_table, seconds
+from engine.render import is_terminal, print_table, seconds, show
 
 
 def make_workspace(directory: Path, *, agents: int, slots: int = 2) -> Config:
@@ -64,7 +63,7 @@ async def _demo(config: Config, files: int, seconds_per_job: float) -> bool:
         )
         print(f"started {job_id} (demo.survey)")
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_progress, engine, job_id)
+            nursery.start_soon(_progress, engine, job_id, 2 * files + 1)
             outcome = await engine.wait(job_id)
             nursery.cancel_scope.cancel()
         rows = await engine.repo.read(queries.tree_summary(job_id))
@@ -74,45 +73,61 @@ async def _demo(config: Config, files: int, seconds_per_job: float) -> bool:
     return outcome.state == "succeeded" and all(r["state"] == "succeeded" for r in rows)
 
 
-async def _progress(engine: Any, job_id: str) -> None:
-    tty = sys.stdout.isatty()
-    while True:
-        rows = await engine.repo.read(queries.tree_summary(job_id))
-        states = Counter(r["state"] for r in rows)
-        per_agent = Counter(r["agent"] for r in rows if r["state"] == "running" and r["agent"])
-        line = (
-            f"  rscripts: {states['succeeded']} succeeded, {states['running']} running, {states['queued']} queued,"
-            f" {states['failed']} failed"
-            + (
-                f"  [{', '.join(f'{a}: {n}' for a, n in sorted(per_agent.items()))}]"
-                if per_agent
-                else ""
-            )
+def progress_line(rows: list[dict[str, Any]]) -> str:
+    """How far the RScripts of the demo have got, with what each agent runs."""
+    states = Counter(r["state"] for r in rows)
+    per_agent = Counter(r["agent"] for r in rows if r["state"] == "running" and r["agent"])
+    return (
+        f"rscripts: {states['succeeded']} succeeded, {states['running']} running,"
+        f" {states['queued']} queued, {states['failed']} failed"
+        + (
+            f"  [{', '.join(f'{a}: {n}' for a, n in sorted(per_agent.items()))}]"
+            if per_agent
+            else ""
         )
-        print(("\r" + line.ljust(100)) if tty else line, end="" if tty else "\n", flush=True)
-        await trio.sleep(0.2 if tty else 1.0)
+    )
+
+
+async def _progress(engine: Any, job_id: str, total: int) -> None:
+    """A rich progress bar on a terminal; a plain line a second otherwise."""
+    if not is_terminal():
+        while True:
+            rows = await engine.repo.read(queries.tree_summary(job_id))
+            print(f"  {progress_line(rows)}", flush=True)
+            await trio.sleep(1.0)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("rscripts", total=total)
+        while True:
+            rows = await engine.repo.read(queries.tree_summary(job_id))
+            ended = sum(1 for r in rows if r["state"] in ("succeeded", "failed", "cancelled"))
+            bar.update(task, completed=ended, description=progress_line(rows))
+            await trio.sleep(0.2)
 
 
 def _summary(
     config: Config, rows: list[dict[str, Any]], detail: dict[str, Any], elapsed: float
 ) -> None:
-    if sys.stdout.isatty():
-        print("\r" + " " * 100 + "\r", end="")
-    print(
-        format_table(
-            [
-                {
-                    "job": r["id"],
-                    "rscript": r["name"],
-                    "state": r["state"],
-                    "exit": r["exit_code"],
-                    "attempt": r["attempt"],
-                    "agent": r["agent"],
-                    "duration": seconds(r["duration"]),
-                }
-                for r in rows
-            ]
-        )
+    print_table(
+        [
+            {
+                "job": r["id"],
+                "rscript": r["name"],
+                "state": r["state"],
+                "exit": r["exit_code"],
+                "attempt": r["attempt"],
+                "agent": r["agent"],
+                "duration": seconds(r["duration"]),
+            }
+            for r in rows
+        ]
     )
     states = Counter(r["state"] for r in rows)
     agents = Counter(r["agent"] for r in rows)
@@ -122,7 +137,7 @@ def _summary(
         + (f" ({detail['error']})" if detail["error"] else "")
     )
     if detail.get("result"):
-        print(f"result: {detail['result']}")
+        print(f"result: {show(detail['result'])}")
     print(f"rscript jobs: {len(rows)} ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})")
     print(f"per agent: {', '.join(f'{a}: {n}' for a, n in sorted(agents.items(), key=str))}")
     print(f"wall time: {elapsed:.1f} s")

@@ -311,3 +311,19 @@ complete_words wfe status --st
         check=True,
     ).stdout
     assert zsh.startswith("#compdef wfe") and "retry" in zsh and "--since" in zsh
+
+
+def test_demo_prints_plain_tables_without_reprs() -> None:
+    """``wfe demo`` piped: progress lines, an aligned table and ``key=value`` results, no
+    Python reprs and no escape codes."""
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "demo", "--files", "1", "--agents", "1", "--clean"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.split()[:4] == ["JOB", "RSCRIPT", "STATE", "EXIT"] for line in lines)
+    assert "result: files=1 bytes=" in done.stdout
+    assert "{'" not in done.stdout and "\x1b" not in done.stdout
