@@ -8,6 +8,7 @@ Registered with ``@op`` when the API server starts (``OP_MODULES`` in ``engine.a
   ``name`` (a glob such as ``demo.*``), ``since`` (epoch seconds), ``all`` (false: roots only).
 - ``tree`` (viewer): ``job`` and its descendants, nested.
 - ``retry`` (operator): run a failed or cancelled root job again (``engine.retry``).
+- ``rerun`` (operator): a request's failed inputs again, as a new request (``engine.rerun``).
 - ``purge`` (admin): delete old finished jobs' output and events (``engine.retention``).
 """
 
@@ -19,9 +20,10 @@ import trio
 
 from engine import listing, retention
 from engine.clock import wall_now
-from engine.console.protocol import BAD_REQUEST, ApiError
+from engine.console.protocol import BAD_REQUEST, UNAVAILABLE, ApiError
 from engine.console.registry import arg, bounded, op, string_list
 from engine.jobs import TERMINAL
+from engine.rerun import rerun_request
 from engine.retry import retry_job
 
 if TYPE_CHECKING:
@@ -103,3 +105,13 @@ async def _purge(session: Session, args: dict[str, Any]) -> Any:
         return count.as_dict()
     count = await retention.purge_before(repo, float(before), by=session.name)
     return count.as_dict()
+
+
+@op("rerun", role="operator")
+async def _rerun(session: Session, args: dict[str, Any]) -> Any:
+    """Run a request's failed inputs again as a new request: request. Result: request (the
+    new id), of, state, inputs (engine.rerun)."""
+    service = session.engine.requests
+    if service is None:
+        raise ApiError(UNAVAILABLE, "this engine does not run requests")
+    return await rerun_request(service, arg(args, "request", str), by=session.name)

@@ -2,7 +2,8 @@
 ``COMMAND_MODULES`` in ``engine.cli``):
 
     wfe actions [--json]            wfe rscripts [--json]
-    wfe retry JOB [--json]          wfe completion bash|zsh
+    wfe retry JOB [--json]          wfe rerun REQUEST [--json]
+    wfe completion bash|zsh
     wfe backup DEST [--force] [--full-check] [--json]
     wfe purge --before DATE [--dry-run] [--json]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +90,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerun(args: argparse.Namespace) -> int:
+    done = _call(args, "rerun", request=args.request)
+    if args.json:
+        print_json(done)
+    else:
+        print(done["request"])  # alone, like `wfe submit`
+        print(f"{len(done['inputs'])} failed input(s) of {done['of']} run again", file=sys.stderr)
+    return 0
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     import shtab
 
@@ -151,6 +163,14 @@ def register(add: Add) -> None:
 
     p = add("retry", cmd_retry, "run a failed or cancelled root job again (recorded as an event)")
     p.add_argument("job")
+    p.add_argument("--json", action="store_true")
+
+    p = add(
+        "rerun",
+        cmd_rerun,
+        "run a request's failed inputs again as a new request (recorded on both)",
+    )
+    p.add_argument("request", metavar="REQUEST")
     p.add_argument("--json", action="store_true")
 
     p = add(
