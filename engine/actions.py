@@ -123,7 +123,7 @@ class Context:
         self._runner = runner
         self._run = run
         self._children = children
-        self.log = JobLog(log, run.job.id, runner.repo)  # stored with the job too
+        self.log = JobLog(log, run.job.id, runner.repo, request=run.job.request_id)  # stored too
 
     @property
     def job_id(self) -> str:

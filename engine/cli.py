@@ -245,15 +245,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _watch_status(args: argparse.Namespace) -> int:
-    from engine.cli_watch import status_drawer, until_interrupted, watch_status
+    from engine.cli_watch import status_drawer, status_filters, until_interrupted, watch_status
     from engine.client import connect_config
 
     config = _config(args)
+    filters = status_filters(args)
     draw = status_drawer(job=args.job, tty=sys.stdout.isatty())
 
     async def view() -> None:
         async with connect_config(config) as client:
-            await watch_status(client, job=args.job, draw=draw)
+            await watch_status(client, job=args.job, draw=draw, filters=filters)
 
     until_interrupted(view)
     return 0

@@ -39,16 +39,24 @@ async def watch_status(
     job: str | None,
     draw: Callable[[dict[str, Any]], None],
     interval: float = REDRAW_INTERVAL,
+    filters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Draw ``status`` now and again after each committed change, at most once per ``interval``.
 
-    Without ``job`` it runs until cancelled; with ``job`` it returns that job's last status
-    once the job has ended. Raises ``ClientError`` when the engine closes the connection.
+    Without ``job`` it runs until cancelled, showing the jobs ``filters`` (``find_jobs``
+    arguments) select when given; with ``job`` it returns that job's last status once the
+    job has ended. Raises ``ClientError`` when the engine closes the connection.
     """
     await client.call("subscribe", kinds=list(JOB_KINDS if job else OVERVIEW_KINDS), compress=True)
     frames = client.frames()  # subscribed before the first read: no change falls in between
     while True:
-        result: dict[str, Any] = await client.call("status", **({"job": job} if job else {}))
+        if job is None and filters is not None:
+            result: dict[str, Any] = {
+                "statistics": await client.call("stats"),
+                "jobs": await client.call("find_jobs", **filters),
+            }
+        else:
+            result = await client.call("status", **({"job": job} if job else {}))
         drawn_at = trio.current_time()
         draw(result)
         if job is not None and result["state"] in TERMINAL:

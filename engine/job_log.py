@@ -1,7 +1,7 @@
 """``ctx.log``: an action's log lines, stored with its job as ``job.log`` events.
 
 A tasklet's ``ctx.log.info(...)`` goes to the engine's log as before (logger ``wfe.actions``,
-with the job id in ``extra``) and, from INFO up, into the repository as an event whose
+with the job id, and the request's when it has one, in ``extra``) and, from INFO up, into the repository as an event whose
 subject is the job: ``{"level": "INFO", "message": "..."}``. ``wfe logs JOB`` shows them for
 an action job (an action has no output of its own). The line is queued with
 ``write_nowait``, so logging never waits for a commit; a replay after a restart logs again.
@@ -36,8 +36,10 @@ def log_event(job_id: str, level: int, message: str) -> Callable[[Any], None]:
 class JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger adapter for one job that also stores its lines (see the module doc)."""
 
-    def __init__(self, logger: logging.Logger, job_id: str, repo: Repository) -> None:
-        super().__init__(logger, {"job": job_id})
+    def __init__(
+        self, logger: logging.Logger, job_id: str, repo: Repository, *, request: str | None = None
+    ) -> None:
+        super().__init__(logger, {"job": job_id, **({"request": request} if request else {})})
         self.job_id = job_id
         self._repo = repo
 

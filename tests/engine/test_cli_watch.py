@@ -170,6 +170,33 @@ async def test_redraws_follow_changes_at_most_every_interval(running: Running) -
     assert {j["id"] for j in draws[-1][1]["jobs"]} >= set(jobs)
 
 
+async def test_status_watch_keeps_its_filters(running: Running) -> None:
+    """``wfe status --watch --state failed`` redraws with the filters it was given: a failed
+    job appears, a succeeded one never does."""
+    shown: list[set[str]] = []
+    seen = trio.Event()
+    failed: list[str] = []
+
+    def draw(result: dict[str, Any]) -> None:
+        shown.append({j["id"] for j in result["jobs"]})
+        if failed and failed[0] in shown[-1]:
+            seen.set()
+
+    async with running.connect() as client, running.connect() as driver:
+        with trio.fail_after(GUARD):
+            async with trio.open_nursery() as nursery:
+                filters = {"limit": 20, "all": False, "state": ["failed"]}
+                nursery.start_soon(
+                    lambda: watch_status(client, job=None, draw=draw, filters=filters)
+                )
+                ok = await running.run(driver, "noop")
+                await driver.call("wait", job=ok)
+                failed.append(await running.run(driver, "sleep_echo", exit_code=3))
+                await seen.wait()
+                nursery.cancel_scope.cancel()
+    assert all(ok not in ids for ids in shown)
+
+
 async def test_logs_prints_big_output_whole_in_pages(running: Running) -> None:
     """Output larger than one page (1 MiB) is printed whole, page by page, by `wfe logs`."""
     size = 2 * 1024 * 1024 + 12345
