@@ -31,6 +31,9 @@ CHANGES = {  # every op that changes something, with arguments that would work
     "token.create": {"name": "x", "role": "viewer"},
     "token.revoke": {"name": "x"},
     "token.list": {},
+    "retry": {"job": "j000001"},
+    "rerun": {"request": "echo-alice-0001"},
+    "purge": {"before": 0, "dry_run": True},
 }
 
 
@@ -101,6 +104,16 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                 "submit_toml": ({"toml": "not = [toml", "user": "alice"}, "bad_request"),
                 "kill": ({"job": job}, lambda r: r["state"] == "succeeded"),
                 "run": ({"action": "no.such_action"}, "not_found"),
+                "actions": ({}, lambda r: r and all("name" in x and "params" in x for x in r)),
+                "rscripts": (
+                    {"name": "sleep_echo"},
+                    lambda r: [x["name"] for x in r] == ["sleep_echo"],
+                ),
+                "find_jobs": ({"limit": 5}, lambda r: job in [j["id"] for j in r]),
+                "tree": ({"job": job}, lambda r: r["id"] == job),
+                "retry": ({"job": job}, "refused"),  # it succeeded: nothing to retry
+                "rerun": ({"request": "no-such-request"}, "not_found"),
+                "purge": ({"before": 0, "dry_run": True}, lambda r: r["jobs"] == 0),
                 "token.create": (
                     {"name": "ci", "role": "viewer"},
                     lambda r: r["token"].startswith("wfe_"),

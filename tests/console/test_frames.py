@@ -77,7 +77,8 @@ BAD = [
         "bad_request",
         "request is not JSON: NaN is not JSON",
     ),
-    ('{"id": 5, "op": "fly"}', "unknown_op", "unknown op 'fly' (known: agents, approve,"),
+    ('{"id": 5, "op": "fly"}', "unknown_op", "unknown op 'fly' (known: "),
+    ('{"id": 10, "op": "ping", "id": 11}', "bad_request", "repeated key 'id' in request"),
     (
         '{"id": 6, "op": "auth", "args": {"token": "x"}}',
         "bad_request",
@@ -203,8 +204,8 @@ async def test_a_silent_connection_is_closed_after_the_auth_timeout(tmp_path: Pa
     """A connection that sends nothing is told so and closed after auth_timeout."""
     with trio.fail_after(GUARD):
         async with open_console(tmp_path, Limits(auth_timeout=0.3, max_request=65536)) as console:
+            started = trio.current_time()  # the deadline runs from the connection
             async with raw(console, auth=False) as ws:
-                started = trio.current_time()
                 reply = json.loads(await ws.get_message())
                 assert reply["error"] == {
                     "code": "unauthenticated",
