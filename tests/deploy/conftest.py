@@ -213,8 +213,10 @@ exec /lib/systemd/systemd --system --unit=wfe-test.target --log-target=console
         return self.run("kill", "-0", str(pid), check=False).returncode == 0
 
     def journal(self) -> str:
-        """What systemd has logged so far (its console)."""
-        return (self.dir / "systemd.log").read_text(errors="replace")
+        """What the host printed while it booted, and its units' state now."""
+        boot = (self.dir / "systemd.log").read_text(errors="replace")
+        units = self.run("systemctl", "status", "--no-pager", "--full", check=False)
+        return boot + units.stdout
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
         """Poll ``condition()`` until it is true; fail naming ``what`` after ``timeout`` seconds."""

@@ -110,6 +110,7 @@ def test_engine_unit_runs_hardened_keeps_its_cgroup_on_stop_and_restarts_after_a
     start_unit(host, ENGINE)
     assert wfe(host, "status", job["id"])["state"] == "succeeded"
     crashed = main_pid(host, ENGINE)
+    host.path("/var/lib/wfe/run/api.port").unlink()
     host.run("systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", ENGINE)
     host.wait_for(lambda: main_pid(host, ENGINE) not in (0, crashed), "a restart")
     assert host.show(ENGINE, "NRestarts")["NRestarts"] == "1"
