@@ -175,3 +175,34 @@ def test_agent_logs_json_lines_to_a_file(tmp_path: Path) -> None:
     assert all(datetime.fromisoformat(r["time"]).tzinfo is not None for r in records)
     assert records[-1]["message"] == "agent stopped: gave_up"
     assert {r["level"] for r in records} <= {"INFO", "WARNING"}
+
+
+def test_a_restored_backup_starts_with_the_books_as_they_were(tmp_path: Path) -> None:
+    """Restoring as docs/deploy.md says (stop, replace wfe.db, remove its -wal and -shm,
+    start): the engine starts on the books of the backup: a job from before it is there
+    with its output, one from after it is not, and new work runs."""
+    config = make_workspace(tmp_path / "ws", agents=1).root / "wfe.toml"
+    log = tmp_path / "engine.log"
+    wfe = Wfe(config, log)
+    process = start_engine(config, log)
+    try:
+        before = wfe.ok("run", "sleep_echo", "--rscript", "-p", "message=kept", "--wait").split()[0]
+        wfe.ok("backup", str(tmp_path / "copy.db"))
+        after = wfe.ok("run", "sleep_echo", "--rscript", "-p", "message=gone", "--wait").split()[0]
+    finally:
+        stop_engine(process)
+    db = config.parent / "wfe.db"
+    db.rename(tmp_path / "wfe.db.before-restore")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    (tmp_path / "copy.db").rename(db)
+    (config.parent / "run" / "api.port").unlink()
+    process = start_engine(config, log)
+    try:
+        assert wfe.ok("logs", before) == "kept\n"
+        missing = wfe("status", after)
+        assert missing.stderr == f"wfe: error: no job {after}\n"
+        again = wfe.ok("run", "noop", "--rscript", "--wait").split()
+        assert again == [after, "succeeded"]  # the id is given out again
+    finally:
+        stop_engine(process)
