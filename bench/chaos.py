@@ -447,6 +447,7 @@ async def run_chaos(options: Options) -> dict[str, Any]:
         submitted=len(jobs),
         confirmed=len(submitted["confirmed"]),
         refused=len(submitted["refused"]),
+        refused_why=dict(Counter(why.split(":")[0] for why in submitted["refused"].values())),
         events_seen=len(seen),
         violations=verdict.counts(),
         examples=[v.line() for v in verdict.violations[:40]],
