@@ -152,6 +152,20 @@ def install_agent(host: SystemdHost, server: Any) -> None:
     host.path("/etc/wfe/agent.env").write_text(env)
 
 
+def install_xmpp_engine(host: SystemdHost, prosody: Any) -> None:
+    """An engine with no local agents serving XMPP agents, started, and the agent installed."""
+    xmpp = (
+        f'\n[xmpp]\nenabled = true\njid = "{prosody.jid("engine")}"\n'
+        f'host = "{prosody.host}"\nport = {prosody.port}\ntls = "plain"\n'
+    )
+    install_engine(host, local=0, toml=xmpp)
+    host.path("/var/lib/wfe/xmpp.password").write_text("engine-secret\n")
+    host.run("chown", "wfe:wfe", "/var/lib/wfe/xmpp.password")
+    host.run("chmod", "0600", "/var/lib/wfe/xmpp.password")
+    start_unit(host, ENGINE)
+    install_agent(host, prosody)
+
+
 def agent_names(host: SystemdHost) -> list[str]:
     """The agents the engine has connected now."""
     return [a["name"] for a in wfe(host, "agents") if a["state"] == "connected"]
@@ -164,17 +178,7 @@ def test_agent_unit_serves_over_xmpp_and_keeps_its_cgroup_on_stop(
     job for an engine with no local agents; `systemctl stop` stops the agent cleanly and
     leaves the rest of its cgroup running (KillMode=process); started again, it runs jobs."""
     host = systemd_host
-    xmpp = (
-        f'\n[xmpp]\nenabled = true\njid = "{prosody.jid("engine")}"\n'
-        f'host = "{prosody.host}"\nport = {prosody.port}\ntls = "plain"\n'
-    )
-    install_engine(host, local=0, toml=xmpp)
-    host.path("/var/lib/wfe/xmpp.password").write_text("engine-secret\n")
-    host.run("chown", "wfe:wfe", "/var/lib/wfe/xmpp.password")
-    host.run("chmod", "0600", "/var/lib/wfe/xmpp.password")
-    start_unit(host, ENGINE)
-    install_agent(host, prosody)
-
+    install_xmpp_engine(host, prosody)
     start_unit(host, AGENT)
     assert user_of(host, AGENT) == "wfe"
     name = prosody.jid("node1")
@@ -225,3 +229,29 @@ def test_a_script_running_when_the_engine_unit_stops_runs_on_and_its_job_succeed
 def scripts(host: SystemdHost) -> list[str]:
     """The pids of sleep_echo's `sleep 30` on the host."""
     return host.run("pgrep", "-f", "^sleep 30", check=False).stdout.split()
+
+
+def test_a_script_running_when_the_agent_unit_stops_runs_on_and_its_job_succeeds(
+    systemd_host: SystemdHost, prosody: Any
+) -> None:
+    """`systemctl stop wfe-agent` while the agent runs a script: the script runs on under the
+    agent's supervisor (in the unit's cgroup), and once `systemctl start` brings the agent
+    back the job ends succeeded as its first attempt."""
+    host = systemd_host
+    install_xmpp_engine(host, prosody)
+    start_unit(host, AGENT)
+    name = prosody.jid("node1")
+    host.wait_for(lambda: name in agent_names(host), "the agent to say hello")
+    started = wfe(host, "run", "sleep_echo", "--rscript", "-p", "seconds=30", "-p", "message=m")
+    job = started["job"]
+    host.wait_for(lambda: scripts(host) != [], "the script to start")
+    script = scripts(host)
+
+    stop(host, AGENT)
+    assert scripts(host) == script, "the script died with the agent's unit"
+
+    start_unit(host, AGENT)
+    host.wait_for(lambda: wfe(host, "status", job)["state"] != "running", "the job to end", 90)
+    status = wfe(host, "status", job)
+    assert status["state"] == "succeeded", status
+    assert [a["attempt"] for a in status["attempt_list"]] == [1]
