@@ -17,6 +17,7 @@ PID 1 of the namespace ends every process of the host at once.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import re
@@ -137,11 +138,12 @@ class SystemdHost:
         script.write_text(self._boot_script())
         self._log = open(self.dir / "systemd.log", "wb")  # noqa: SIM115 - closed in stop()
         self._unshare = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "--mount-proc"]
-            + ["/bin/sh", str(script)],
+            ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private"]
+            + ["--mount-proc", "/bin/sh", str(script)],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
+            preexec_fn=_die_with_parent,  # and --kill-child: the host dies with the tests
         )
         self.wait_for(lambda: self._find_pid(), "systemd to start")
         self.wait_for(
@@ -275,6 +277,10 @@ exec /lib/systemd/systemd --system --unit=wfe-test.target --log-target=console
         for hierarchy in HIERARCHIES.values():
             root = Path(hierarchy, self.cgroup)
             self.wait_for(functools.partial(_remove_cgroups, root), f"{root} to empty", timeout=10)
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _remove_cgroups(root: Path) -> bool:
