@@ -108,6 +108,21 @@ async def test_bad_requests_get_an_error_and_the_connection_goes_on(console: Con
                 assert pong == {"id": 9, "ok": True, "result": {"pong": True}}
 
 
+async def test_a_refused_request_carries_its_id_as_sent(console: Console) -> None:
+    """Ids the engine refuses (over 64 characters, a float, an object) come back in the
+    refusal exactly as sent, so the client can match it; ``"id": null`` only when the id
+    can't be known (text that is not JSON, the id given twice)."""
+    with trio.fail_after(GUARD):
+        async with raw(console) as ws:
+            for request_id in ["x" * 65, 1.5, {"a": [1]}, 2**53]:
+                reply = await ask(ws, json.dumps({"id": request_id, "op": "ping"}))
+                assert reply["id"] == request_id
+                assert reply["error"]["code"] == "bad_request"
+            assert (await ask(ws, '{"id": 1, "op": "ping", "id": 2}'))["id"] is None
+            assert (await ask(ws, '{"id": 1, "op": "ping"'))["id"] is None
+            assert (await ask(ws, '{"id": 3, "op": "ping"}'))["ok"] is True
+
+
 async def test_binary_frames_are_read_as_utf8_text(console: Console) -> None:
     """A request in a binary frame is accepted if it is UTF-8 JSON, refused if not."""
     with trio.fail_after(GUARD):
