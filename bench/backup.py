@@ -27,6 +27,7 @@ import trio
 
 from bench._common import machine, machine_line, percentile
 from engine.repository import Repository, Tx, open_repository
+from engine.repository.repository import WAL_MAX_MB
 
 OUTPUT = b"x" * 4096
 COPY = """
@@ -106,11 +107,16 @@ def summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
-async def main(jobs: int, rounds: int) -> dict[str, Any]:
-    figures: dict[str, Any] = {"machine": machine(), "jobs": jobs, "rounds": rounds}
+async def main(jobs: int, rounds: int, wal_max_mb: float | None) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "machine": machine(),
+        "jobs": jobs,
+        "rounds": rounds,
+        "wal_max_mb": wal_max_mb,
+    }
     with tempfile.TemporaryDirectory(prefix="wfe-bench-backup-") as tmp:
         db, dest = Path(tmp) / "wfe.db", Path(tmp) / "copy.db"
-        async with open_repository(db) as repo:
+        async with open_repository(db, wal_max_mb=wal_max_mb) as repo:
             for start in range(0, jobs, 1000):
                 await repo.write(
                     functools.partial(fill, start=start, count=min(1000, jobs - start))
@@ -141,8 +147,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--wal-max-mb",
+        type=float,
+        default=WAL_MAX_MB,
+        help=f"the repository's WAL limit (default {WAL_MAX_MB}); 0: none (PASSIVE only)",
+    )
     args = parser.parse_args()
-    figures = trio.run(main, args.jobs, args.rounds)
+    figures = trio.run(main, args.jobs, args.rounds, args.wal_max_mb or None)
     print(machine_line(figures["machine"]))
     print(
         f"repository {figures['db_mb']} MB ({args.jobs} jobs): backup {figures['backup_s']} s"
