@@ -59,12 +59,15 @@ def setup_logging(
     (stderr by default) as text or JSON lines (``agents.log_setup``)."""
     from agents.log_setup import configure_logging
 
-    configure_logging(
-        level=logging.DEBUG if verbose else logging.INFO,
-        log_format=log_format,
-        log_file=None if log_file is None else Path(log_file),
-        logger="",
-    )
+    try:
+        configure_logging(
+            level=logging.DEBUG if verbose else logging.INFO,
+            log_format=log_format,
+            log_file=None if log_file is None else Path(log_file),
+            logger="",
+        )
+    except OSError as exc:
+        raise EngineError(f"--log-file {log_file}: {exc.strerror or exc}") from None
 
 
 def check_listen(host: str, port: int) -> None:

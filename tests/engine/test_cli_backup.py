@@ -206,3 +206,30 @@ def test_a_restored_backup_starts_with_the_books_as_they_were(tmp_path: Path) ->
         assert again == [after, "succeeded"]  # the id is given out again
     finally:
         stop_engine(process)
+
+
+def test_a_log_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    """``wfe engine --log-file`` in a missing directory fails at once, naming the file, and
+    starts nothing."""
+    config = make_workspace(tmp_path / "ws", agents=1).root / "wfe.toml"
+    bad = tmp_path / "missing" / "engine.log"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "engine",
+            "--config",
+            str(config),
+            "--log-file",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"wfe: error: --log-file {bad}: No such file or directory\n",
+    )
+    assert not (config.parent / "wfe.db").exists()
