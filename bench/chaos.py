@@ -118,7 +118,7 @@ class Options:
     xmpp: int = 2
     rate: float = 1.0  # jobs submitted per second
     job_seconds: float = 6.0  # longest job
-    gap: tuple[float, float] = (4.0, 16.0)  # seconds between two faults
+    gap: tuple[float, float] = (4.0, 16.0)  # seconds between two faults (shortest, longest)
     engine_down: float = 60.0
     xmpp_down: float = 60.0
     never: float = 0.2  # chance an XMPP agent killed does not come back
@@ -502,18 +502,36 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--rate", type=float, default=1.0, help="jobs submitted per second")
     parser.add_argument("--drain", type=float, default=240.0, help="seconds for jobs to end after")
     parser.add_argument("--root", default="", help="keep the run's files here")
+    defaults = Options()
+    for name, default, what in (
+        ("engine-down", defaults.engine_down, "longest engine outage"),
+        ("xmpp-down", defaults.xmpp_down, "longest XMPP agent outage"),
+        ("prosody-down", defaults.prosody_down, "longest Prosody outage"),
+        ("gap", defaults.gap[1], "longest pause between two faults (the shortest is a quarter)"),
+    ):
+        parser.add_argument(f"--{name}", type=float, default=default, help=f"{what} (s)")
     args = parser.parse_args(argv)
     faults = tuple(k for k in args.faults.split(",") if k)
     bad = [k for k in faults if k not in KINDS]
     if bad:
         parser.error(f"unknown fault kind(s) {', '.join(bad)}: choose from {', '.join(KINDS)}")
-    for name in ("minutes", "lease", "rate", "drain"):
+    for name in (
+        "minutes",
+        "lease",
+        "rate",
+        "drain",
+        "engine_down",
+        "xmpp_down",
+        "prosody_down",
+        "gap",
+    ):
         value = getattr(args, name)
         if not math.isfinite(value) or value <= 0:
-            parser.error(f"--{name} must be a positive number, got {value}")
+            parser.error(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     return Options(
         minutes=args.minutes, seed=args.seed, faults=faults, lease=args.lease,
-        rate=args.rate, drain=args.drain, root=args.root,
+        rate=args.rate, drain=args.drain, root=args.root, engine_down=args.engine_down,
+        xmpp_down=args.xmpp_down, prosody_down=args.prosody_down, gap=(args.gap / 4, args.gap),
     )  # fmt: skip
 
 

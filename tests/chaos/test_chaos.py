@@ -38,6 +38,7 @@ async def test_short_chaos_run_breaks_nothing(tmp_path: Path) -> None:
     thrown away, output is whole, and no script outlives its job."""
     figures = await run_chaos(attrs.evolve(SHORT, root=str(tmp_path / "chaos")))
     text = "\n".join(report(figures))
+    print(text)  # shown with -s or -rP: the figures of a run that held
     assert sum(figures["faults"].values()) >= 5, text  # the schedule did hit the cluster
     assert figures["jobs"] >= 50 and figures["executions"] >= figures["jobs"], text
     if figures["violations"] and not figures["lease_in_engine"]:
