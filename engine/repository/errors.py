@@ -15,3 +15,10 @@ class SchemaTooNew(RepositoryError):
 
 class RepositoryClosed(RepositoryError):
     """The repository is closed (or its writer stopped); nothing more can be written."""
+
+
+class RepositoryFull(RepositoryError):
+    """The repository cannot commit (its disk is full): new work is refused until it can.
+
+    Writes already queued are not lost: they wait and commit once space returns.
+    """

@@ -8,6 +8,7 @@ reads run on read-only connections on worker threads; ``subscribe`` streams comm
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,11 +18,12 @@ import attrs
 import outcome
 import trio
 
-from engine.repository.checkpoint import Checkpointer
+from engine.repository.checkpoint import Checkpointer, WalLimit
 from engine.repository.errors import RepositoryError
 from engine.repository.events import Event, EventHub, Subscription
 from engine.repository.reader import BUSY_TIMEOUT_MS, ReaderPool, events_since
 from engine.repository.schema import migrate
+from engine.repository.space import MB, DiskTrouble
 from engine.repository.writer import Command, Tx, Writer
 
 T = TypeVar("T")
@@ -34,6 +36,9 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: enough to amortise a commit, and above the queue a burst of small writes reaches in the
 #: dispatch benchmarks, so only a flood of output is held back (bench/output_flood.py).
 ROOM_LIMIT = 256
+
+#: The WAL file's default limit in MB (``[repository] wal_max_mb``): see ``checkpoint.WalLimit``.
+WAL_MAX_MB = 64
 
 
 @attrs.frozen(kw_only=True)
@@ -50,6 +55,11 @@ class RepositoryStatistics:
     subscribers: int
     checkpoints: int  # WAL checkpoints run by the background checkpointer
     wal_frames: int  # WAL size in pages at the last checkpoint
+    wal_bytes: int  # WAL file size after the last commit (0: no WAL limit, inline mode)
+    wal_peak_bytes: int  # the largest WAL file size seen after a commit
+    wal_truncations: int  # TRUNCATE checkpoints run because the WAL passed half its limit
+    disk_full: bool  # writes are held because the disk refused them; new work is refused
+    held_retries: int  # tries of batches the disk refused
 
 
 class Repository:
@@ -59,9 +69,11 @@ class Repository:
     SAVEPOINT: if ``op`` raises, only its changes are rolled back and the exception is re-raised
     to this caller; the other ops of the batch commit. It returns ``op``'s result after COMMIT.
     Ops must be quick, must not block or await, and must not touch ``tx`` after returning.
-    If the whole transaction fails (disk full, I/O error), every op of the batch gets a
-    ``RepositoryError`` and nothing of it is committed. After close, writes raise
-    ``RepositoryClosed``.
+    If the disk refuses the transaction (full, or an I/O error), nothing is failed: the batch
+    is kept and tried again until it commits, and the writes queued behind it wait (``write``
+    just takes longer); meanwhile ``trouble`` says so and ``admit_new_work`` refuses. If the
+    transaction fails for another reason, every op of the batch gets a ``RepositoryError`` and
+    nothing of it is committed. After close, writes raise ``RepositoryClosed``.
     """
 
     def __init__(
@@ -77,6 +89,31 @@ class Repository:
         self._writer = writer
         self._readers = readers
         self._hub = hub
+
+    @property
+    def trouble(self) -> DiskTrouble | None:
+        """Why writes are held right now (the disk refused them), or None when they commit."""
+        return self._writer.trouble
+
+    @property
+    def writable(self) -> bool:
+        """Whether writes commit now (False while they are held for a full disk)."""
+        return self._writer.trouble is None and self._writer.failure is None
+
+    def admit_new_work(self) -> None:
+        """Raise ``RepositoryFull`` while the disk refuses writes; else return at once.
+
+        Call it before accepting new work (run, submit, catalog entries): new work would only
+        queue more writes behind the held ones. Work already accepted is not refused: its
+        writes wait and commit once space returns.
+        """
+        trouble = self._writer.trouble
+        if trouble is not None:
+            raise trouble.refusal()
+
+    async def wait_trouble(self, *, present: bool) -> None:
+        """Return once writes are held for the disk (``present=True``) or commit again."""
+        await self._writer.wait_trouble(present=present)
 
     async def write(self, op: Callable[[Tx], T]) -> T:
         """Run ``op`` in the group transaction; return its result once committed.
@@ -164,6 +201,11 @@ class Repository:
             subscribers=len(self._hub),
             checkpoints=self._checkpointer.checkpoints,
             wal_frames=self._checkpointer.wal_frames,
+            wal_bytes=stats.wal_bytes,
+            wal_peak_bytes=stats.wal_peak_bytes,
+            wal_truncations=stats.wal_truncations,
+            disk_full=self._writer.trouble is not None,
+            held_retries=stats.held_retries,
         )
 
 
@@ -171,8 +213,12 @@ def _nothing(tx: Tx) -> None:
     return None
 
 
-def connect_writer(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
+def connect_writer(
+    path: Path, synchronous: str = "NORMAL", *, journal_size_limit: int = WAL_MAX_MB * MB
+) -> sqlite3.Connection:
     """Open (or create) the database for writing, set its PRAGMAs and migrate its schema.
+
+    ``journal_size_limit`` (bytes) is what SQLite cuts the WAL file back to when it restarts it.
 
     Raises ``RepositoryError`` for a file that is not a database or a directory that does not
     exist, and ``SchemaTooNew`` for a database newer than this code.
@@ -195,7 +241,7 @@ def connect_writer(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connectio
             raise RepositoryError(f"{path}: cannot switch to WAL journal mode (got {journal})")
         conn.execute(f"PRAGMA synchronous = {mode}")
         conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate a big WAL after checkpoint
+        conn.execute(f"PRAGMA journal_size_limit = {int(journal_size_limit):d}")
         migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -206,8 +252,10 @@ def connect_writer(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connectio
     return conn
 
 
-def _connect(path: Path, synchronous: str, background_checkpoints: bool) -> sqlite3.Connection:
-    conn = connect_writer(path, synchronous)
+def _connect(
+    path: Path, synchronous: str, background_checkpoints: bool, wal_max: int
+) -> sqlite3.Connection:
+    conn = connect_writer(path, synchronous, journal_size_limit=wal_max)
     if background_checkpoints:
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer does it, off this thread
     return conn
@@ -223,6 +271,7 @@ async def open_repository(
     checkpoint_interval: float | None = 0.5,
     inline: bool = False,
     inline_max: int = 16,
+    wal_max_mb: float | None = WAL_MAX_MB,
 ) -> AsyncIterator[Repository]:
     """Open or create the repository at ``path`` and run its writer until the block exits.
 
@@ -239,19 +288,27 @@ async def open_repository(
     batch of at most ``inline_max`` ops runs on the trio thread (cheaper than the thread hops
     for a small commit that does not fsync) unless ``synchronous`` is FULL or EXTRA; larger
     batches run on the worker thread. ``inline_max=0`` sends every batch to the thread.
+    ``wal_max_mb`` bounds the WAL file: past half of it the writer truncates it between two
+    batches, on its worker thread (``None``: no bound; inline mode leaves it to SQLite's own
+    checkpoints and ``journal_size_limit``).
     """
     if inline_max < 0:
         raise ValueError(f"inline_max must be at least 0, not {inline_max}")
+    if wal_max_mb is not None and not wal_max_mb >= 1:
+        raise ValueError(f"wal_max_mb must be at least 1, not {wal_max_mb}")
     path = Path(path)
     background = not inline and checkpoint_interval is not None
+    wal_max = int((WAL_MAX_MB if wal_max_mb is None else wal_max_mb) * MB)
     if inline:
-        conn = _connect(path, synchronous, background)
+        conn = _connect(path, synchronous, background, wal_max)
     else:
-        conn = await trio.to_thread.run_sync(_connect, path, synchronous, background)
+        conn = await trio.to_thread.run_sync(_connect, path, synchronous, background, wal_max)
     hub = EventHub()
+    lock = threading.Lock()  # one checkpoint at a time: the background one or the writer's
     checkpointer = Checkpointer(
-        path, synchronous=synchronous.upper(), interval=checkpoint_interval or 0.0
+        path, synchronous=synchronous.upper(), interval=checkpoint_interval or 0.0, lock=lock
     )
+    bounded = not inline and wal_max_mb is not None
     on_commit = checkpointer.committed if background else _no_checkpoint
     fsyncs = synchronous.upper() in ("FULL", "EXTRA")  # a commit waits for the disk
     writer = Writer(
@@ -261,6 +318,8 @@ async def open_repository(
         inline=inline,
         inline_max=0 if fsyncs else inline_max,
         on_commit=on_commit,
+        directory=path.resolve().parent,
+        wal_limit=WalLimit(path, wal_max, lock) if bounded else None,
     )
     pool = ReaderPool(path, size=readers, inline=inline)
     repository = Repository(path, writer, pool, hub, checkpointer)

@@ -84,11 +84,25 @@ CREATE TABLE tokens (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
 CREATE UNIQUE INDEX tokens_live_name ON tokens(name) WHERE revoked_at IS NULL;
 """
 
+# Event ids without AUTOINCREMENT: it made every commit that emitted an event rewrite the
+# sqlite_sequence row (one more page in the WAL per commit). The writer numbers events itself,
+# after the last committed one, and events are never deleted, so ids stay contiguous and are
+# never reused. The table is copied as it is (the same ids), then its index is made again.
+_EVENTS_WITHOUT_AUTOINCREMENT = """
+CREATE TABLE events_new (id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL,
+  subject TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
+INSERT INTO events_new (id, at, kind, subject, data) SELECT id, at, kind, subject, data FROM events;
+DROP TABLE events;
+ALTER TABLE events_new RENAME TO events;
+CREATE INDEX events_subject ON events(subject, id);
+"""
+
 #: Every migration ever, in order. Append only: the position is the schema version.
 MIGRATIONS: list[str] = [
     _CORE,  # 1: events, counters, jobs, attempts, output, agents
     _REQUESTS,  # 2: definitions, requests, stages, inputs, batches, catalog, products
     _TOKENS,  # 3: console tokens (sha256 of each; engine/tokens.py)
+    _EVENTS_WITHOUT_AUTOINCREMENT,  # 4: events numbered by the writer alone
 ]
 
 

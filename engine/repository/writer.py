@@ -32,6 +32,19 @@ most ``limit`` commands are queued and otherwise waits until the writer takes a 
 queue is back under the limit. The queue then refills while that batch commits, so the writer
 stays busy and at most about twice ``limit`` commands are held in memory (queued + in flight).
 
+A full disk. A batch that fails because the disk refused a write (``SQLITE_FULL``, or an
+``SQLITE_IOERR``; see ``space.py``), whether in an op or at COMMIT, is not failed: nothing of it
+committed, so the writer keeps the whole batch, tells no caller anything, and tries it again on
+its worker thread after a backoff (0.05 s doubling to 2 s) until it commits. Everything queued
+meanwhile waits behind it, so no op is lost or reordered; the callers of ``write`` simply wait.
+While it waits ``trouble`` says so (the repository refuses new work with it) and the first
+commit that succeeds clears it. Closing while held tries once more, then fails what is left
+with ``RepositoryFull`` (like a crash: nothing committed is lost).
+
+A bounded WAL. After a commit the writer looks at the WAL file's size; past half its limit it
+runs a TRUNCATE checkpoint on its own worker thread before taking the next batch (see
+``checkpoint.WalLimit``): it is the only writer, so the checkpoint never races a commit.
+
 A command is QUEUED until the writer takes it. A caller cancelled while its command is QUEUED gets
 ``Cancelled`` and the op never runs; once TAKEN the op runs and commits (or not) regardless, and the
 caller is told the outcome before the cancellation is delivered, as trio's rules require.
@@ -46,14 +59,17 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import attrs
 import outcome
 import trio
 
+from engine.repository.checkpoint import WalLimit
 from engine.repository.errors import RepositoryClosed, RepositoryError
 from engine.repository.events import EventHub, EventRow
+from engine.repository.space import SQLITE_FULL, DiskTrouble, free_bytes, storage_error
 
 T = TypeVar("T")
 
@@ -61,10 +77,13 @@ logger = logging.getLogger("engine.repository")
 
 _QUEUED, _TAKEN, _CANCELLED = 0, 1, 2
 
-_LAST_EVENT_ID = (
-    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
-    " coalesce((SELECT max(id) FROM events), 0))"
-)
+#: The last event id at open. Ids are contiguous: the writer numbers each batch's events after
+#: the last one committed, keeps the count in memory, and never deletes an event.
+_LAST_EVENT_ID = "SELECT coalesce(max(id), 0) FROM events"
+
+#: Seconds between tries of a batch the disk refused: the first wait, and the longest.
+RETRY_FIRST = 0.05
+RETRY_MAX = 2.0
 _INSERT_EVENT = "INSERT INTO events (id, at, kind, subject, data) VALUES (?, ?, ?, ?, ?)"
 _ALLOCATE = (
     "INSERT INTO counters (name, value) VALUES (?, 1)"
@@ -154,6 +173,10 @@ class WriterStatistics:
     max_batch: int  # ops in the largest batch so far
     ops_per_commit: float  # average batch size
     queue_depth: int  # commands waiting for the writer right now
+    held_retries: int  # tries of batches the disk refused (each kept, and tried again)
+    wal_bytes: int  # WAL file size after the last commit (0 without a WAL limit)
+    wal_peak_bytes: int  # the largest WAL file size seen after a commit
+    wal_truncations: int  # TRUNCATE checkpoints that emptied the WAL
 
 
 class Command(Generic[T]):
@@ -196,6 +219,8 @@ class Writer:
         inline: bool = False,
         inline_max: int = 0,
         on_commit: Callable[[], None] = lambda: None,
+        directory: Path | None = None,
+        wal_limit: WalLimit | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -215,6 +240,14 @@ class Writer:
         self._room: trio.Event | None = None  # set when the writer takes commands, if awaited
         self.failure: Exception | None = None
         self._commits = self._ops = self._failed = self._last = self._largest = 0
+        self._directory = directory  # where free space is measured when the disk is full
+        self._wal_limit = wal_limit
+        self._last_event: int | None = None  # id of the last committed event (read at first use)
+        self.trouble: DiskTrouble | None = None  # set while a batch waits for the disk
+        self._trouble_changed = trio.Event()  # set (and replaced) when trouble comes or goes
+        self._refused: sqlite3.Error | None = None  # the storage error of the last try
+        self._closing = trio.Event()  # aclose was called: a held batch gets one more try
+        self._retries = 0
 
     # --- the callers' side -----------------------------------------------------------------
 
@@ -254,11 +287,20 @@ class Writer:
             max_batch=self._largest,
             ops_per_commit=self._ops / self._commits if self._commits else 0.0,
             queue_depth=self._receive.statistics().current_buffer_used,
+            held_retries=self._retries,
+            wal_bytes=0 if self._wal_limit is None else self._wal_limit.size,
+            wal_peak_bytes=0 if self._wal_limit is None else self._wal_limit.peak,
+            wal_truncations=0 if self._wal_limit is None else self._wal_limit.truncations,
         )
 
     async def aclose(self) -> None:
-        """Stop taking commands, commit everything already queued, and wait for the writer."""
+        """Stop taking commands, commit everything already queued, and wait for the writer.
+
+        If the disk is full, what cannot be committed after one more try is failed with
+        ``RepositoryFull`` (nothing committed is lost).
+        """
         self._send.close()
+        self._closing.set()
         await self._stopped.wait()
 
     # --- the writer task -------------------------------------------------------------------
@@ -274,18 +316,17 @@ class Writer:
                 async for first in self._receive:
                     batch = self._take(first)
                     if batch:
-                        if self._inline:
-                            await trio.lowlevel.checkpoint()
-                            rows = self._apply(batch)
-                        elif len(batch) <= self._inline_max and (
-                            sum(c.weight for c in batch) <= self._inline_max
-                        ):
-                            rows = self._apply(batch)
-                        else:
-                            rows = await trio.to_thread.run_sync(
-                                self._apply, batch, limiter=self._limiter
-                            )
+                        rows = await self._commit(batch)
                         self._finish(batch, rows)
+                        wal = self._wal_limit
+                        if wal is not None and rows is not _NOT_COMMITTED:
+                            if wal.due(trio.current_time()):
+                                await trio.to_thread.run_sync(
+                                    wal.truncate,
+                                    self._conn,
+                                    trio.current_time(),
+                                    limiter=self._limiter,
+                                )
                     batch = []
             except Exception as exc:
                 logger.exception("repository writer failed; no more writes are possible")
@@ -297,6 +338,78 @@ class Writer:
                 self._send.close()
                 self._abandon(batch, stopped_by)
                 self._stopped.set()
+
+    async def _commit(self, batch: list[Command[Any]]) -> list[EventRow]:
+        """Run ``batch`` until it commits or fails for its own reasons; see "A full disk"."""
+        delay = RETRY_FIRST
+        while True:
+            if self._inline:
+                await trio.lowlevel.checkpoint()
+                rows = self._apply(batch)
+            elif (
+                self.trouble is None
+                and len(batch) <= self._inline_max
+                and sum(c.weight for c in batch) <= self._inline_max
+            ):
+                rows = self._apply(batch)
+            else:
+                rows = await trio.to_thread.run_sync(self._apply, batch, limiter=self._limiter)
+            if rows is not _HELD:
+                if self.trouble is not None:
+                    logger.warning(
+                        "repository writes again after %.1f s: %d held writes committed",
+                        trio.current_time() - self.trouble.since,
+                        len(batch),
+                    )
+                    self._set_trouble(None)
+                return rows
+            self._held(batch)
+            if self._closing.is_set():  # closing: this was the last try
+                refusal = self.trouble.refusal() if self.trouble else RepositoryError("held")
+                for command in batch:
+                    command.result = outcome.Error(refusal)
+                return _NOT_COMMITTED
+            with trio.move_on_after(delay):
+                await self._closing.wait()
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _held(self, batch: list[Command[Any]]) -> None:
+        """The disk refused ``batch``: note it (it is tried again, nothing is failed)."""
+        error = self._refused
+        assert error is not None, "a held batch has its storage error"
+        self._retries += 1
+        directory = self._directory
+        free = None if directory is None else free_bytes(directory)
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+        before = self.trouble
+        trouble = DiskTrouble(
+            directory=directory or Path("."),
+            free=free,
+            full=code == SQLITE_FULL,
+            error=str(error),
+            held_ops=len(batch) + self._depth,
+            since=trio.current_time() if before is None else before.since,
+        )
+        self._set_trouble(trouble)
+        if before is None:
+            logger.error(
+                "%s (%d writes held, tried again until they commit): %s",
+                trouble.message,
+                trouble.held_ops,
+                error,
+            )
+
+    def _set_trouble(self, trouble: DiskTrouble | None) -> None:
+        changed = (trouble is None) != (self.trouble is None)
+        self.trouble = trouble
+        if changed:
+            self._trouble_changed.set()
+            self._trouble_changed = trio.Event()
+
+    async def wait_trouble(self, *, present: bool) -> None:
+        """Return once writes are held for the disk (``present``) or commit again (not)."""
+        while (self.trouble is not None) != present:
+            await self._trouble_changed.wait()
 
     def _take(self, first: Command[Any]) -> list[Command[Any]]:
         batch: list[Command[Any]] = []
@@ -382,7 +495,9 @@ class Writer:
         """Run one batch as one transaction; set each command's result; return committed events.
 
         Returns ``_NOT_COMMITTED`` when the transaction was rolled back (every result is then
-        an error). If it raises, nothing was committed and every result is cleared to None.
+        an error), and ``_HELD`` when the disk refused it (nothing committed, every result
+        None, the error in ``_refused``: the batch is to be tried again). If it raises,
+        nothing was committed and every result is cleared to None.
         """
         try:
             return self._transaction(batch)
@@ -407,6 +522,8 @@ class Writer:
                     command.result = outcome.Value(command.op(tx))
                 except Exception as exc:
                     command.result = outcome.Error(exc)
+                    if storage_error(exc) is not None:  # not the op's fault: hold the batch
+                        raise
                 tx._conn = None
                 if not conn.in_transaction:
                     # SQLite rolled the whole transaction back (disk full, I/O error...), or the
@@ -425,14 +542,24 @@ class Writer:
                     control.execute("RELEASE op")
             rows: list[EventRow] = []
             if emitted:
-                (last,) = conn.execute(_LAST_EVENT_ID).fetchone()
+                last = self._last_event
+                if last is None:
+                    (last,) = conn.execute(_LAST_EVENT_ID).fetchone()
                 rows = [(last + n, at, k, s, d) for n, (k, s, d) in enumerate(emitted, 1)]
                 conn.executemany(_INSERT_EVENT, rows)
             control.execute("COMMIT")
+            if rows:
+                self._last_event = rows[-1][0]
             return rows
         except Exception as exc:
             if conn.in_transaction:
                 control.execute("ROLLBACK")
+            refused = storage_error(exc)
+            if refused is not None:
+                self._refused = refused
+                for command in batch:
+                    command.result = None
+                return _HELD
             for command in batch:
                 error = RepositoryError(f"group transaction failed, nothing committed: {exc}")
                 error.__cause__ = exc
@@ -466,3 +593,5 @@ def _ended_transaction(command: Command[Any]) -> RepositoryError:
 
 #: Returned by ``_apply`` when the batch committed nothing (identity-compared).
 _NOT_COMMITTED: list[EventRow] = []
+#: Returned by ``_apply`` when the disk refused the batch: it is to be tried again.
+_HELD: list[EventRow] = []

@@ -1,9 +1,12 @@
-"""Fixtures for the repository tests: a real SQLite file per test, and a gate to hold the writer."""
+"""Fixtures for the repository tests: a real SQLite file per test, a gate to hold the writer,
+and a small real filesystem to fill."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +70,67 @@ def make_gate() -> type[WriterGate]:
 @pytest.fixture
 def gate(repo: Repository) -> WriterGate:
     return WriterGate(repo)
+
+
+#: Size of the filesystem ``small_fs`` mounts: room for a repository, little more.
+SMALL_FS_MB = 8
+
+
+def mount_small_fs(directory: Path, megabytes: int = SMALL_FS_MB) -> None:
+    """Mount a tmpfs of ``megabytes`` on ``directory``; skip the test where that is refused.
+
+    A tmpfs is a real filesystem: a write past its size fails with ENOSPC exactly as on a
+    full disk. Mounting needs root (CAP_SYS_ADMIN); without it the test is skipped with the
+    reason rather than faked.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0700", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a {megabytes} MB tmpfs here: {done.stderr.strip()}")
+
+
+def unmount(directory: Path) -> None:
+    subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+class SmallFs:
+    """A directory on its own small filesystem, and a way to fill it and free it again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler"
+
+    def free(self) -> int:
+        """Bytes still free for an unprivileged writer."""
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, leave: int = 0) -> None:
+        """Grow one filler file until at most ``leave`` bytes are free."""
+        chunk = b"\0" * (64 * 1024)
+        with open(self.filler, "ab") as f:
+            while (free := self.free()) > leave:
+                try:
+                    f.write(chunk[: min(len(chunk), free - leave)])
+                    f.flush()
+                except OSError:  # ENOSPC: full
+                    break
+
+    def release(self) -> None:
+        """Delete the filler: the space is back."""
+        self.filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[SmallFs]:
+    """A directory on its own 8 MB filesystem (a tmpfs), unmounted after the test."""
+    directory = tmp_path / "small"
+    mount_small_fs(directory)
+    try:
+        yield SmallFs(directory)
+    finally:
+        unmount(directory)

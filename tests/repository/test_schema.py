@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.repository import MIGRATIONS, RepositoryError, SchemaTooNew, migrate, open_repository
+from engine.repository import (
+    MIGRATIONS,
+    RepositoryError,
+    SchemaTooNew,
+    Tx,
+    migrate,
+    open_repository,
+)
 from engine.repository.schema import schema_version, split_statements
 
 TABLES = {"events", "counters", "jobs", "attempts", "output", "agents"}
@@ -97,3 +104,56 @@ def test_split_statements_keeps_triggers_whole() -> None:
     assert len(statements) == 3
     assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
     assert statements[2] == "CREATE INDEX i ON a (x)"
+
+
+async def test_events_from_before_the_autoincrement_migration_keep_their_ids(
+    repo_path: Path,
+) -> None:
+    """Migration 4 rebuilds events without AUTOINCREMENT: every old event keeps its id and
+    data, no sqlite_sequence row is kept for it, and new events go on from the last id."""
+    conn = connect(repo_path)
+    migrate(conn, MIGRATIONS[:3])
+    conn.executemany(
+        "INSERT INTO events (at, kind, subject, data) VALUES (?, 'k', ?, '{}')",
+        [(float(n), f"old-{n}") for n in range(1, 6)],
+    )
+    assert (
+        "AUTOINCREMENT"
+        in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    )
+    conn.close()
+    async with open_repository(repo_path) as repo:
+
+        def two(tx: Tx) -> None:
+            tx.emit("k", "new-1")
+            tx.emit("k", "new-2")
+
+        await repo.write(two)
+        events = await repo.events_since(0)
+    assert [(e.id, e.subject) for e in events] == [
+        *[(n, f"old-{n}") for n in range(1, 6)],
+        (6, "new-1"),
+        (7, "new-2"),
+    ]
+    conn = connect(repo_path)
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    assert "AUTOINCREMENT" not in sql
+    assert conn.execute(
+        "SELECT count(*) FROM sqlite_sequence WHERE name = 'events'"
+    ).fetchone() == (0,)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(events)")}
+    assert "events_subject" in indexes
+
+
+async def test_a_commit_with_events_no_longer_writes_sqlite_sequence(repo_path: Path) -> None:
+    """Committing events leaves sqlite_sequence alone (one page less in the WAL per commit)."""
+    async with open_repository(repo_path) as repo:
+        for n in range(3):
+
+            def one(tx: Tx, n: int = n) -> None:
+                tx.emit("k", f"s-{n}")
+
+            await repo.write(one)
+    conn = connect(repo_path)
+    assert conn.execute("SELECT name FROM sqlite_sequence").fetchall() == []

@@ -431,49 +431,6 @@ async def test_writer_stopped_by_a_base_exception_fails_every_waiting_caller(
         assert await job_ids(repo) == []
 
 
-async def test_disk_full_keeps_outcomes_truthful(repo: Repository, gate: Any) -> None:
-    """When the database fills up mid-batch, every write that returned is stored, no failed one is."""
-    pages = await repo.read(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
-    await repo.write(lambda tx: tx.execute(f"PRAGMA max_page_count = {pages + 8}"))
-
-    def blob(job: str, size: int) -> Any:
-        def op(tx: Tx) -> str:
-            tx.execute(
-                "INSERT INTO output (job_id, attempt, seq, stream, data)"
-                " VALUES (?, 1, 0, 'stdout', zeroblob(?))",
-                (job, size),
-            )
-            tx.emit("output.stored", job)
-            return job
-
-        return op
-
-    outcomes: dict[str, object] = {}
-
-    async def run(job: str, size: int) -> None:
-        try:
-            outcomes[job] = await repo.write(blob(job, size))
-        except Exception as exc:
-            outcomes[job] = exc
-
-    with trio.fail_after(GUARD):
-        await gate.hold()
-        async with trio.open_nursery() as nursery:
-            for job, size in (("small-1", 100), ("huge", 1 << 20), ("small-2", 100)):
-                nursery.start_soon(run, job, size)
-                await gate.settle()
-            gate.release()
-        stored = set(
-            await repo.read(lambda c: [r[0] for r in c.execute("SELECT job_id FROM output")])
-        )
-        events = {e.subject for e in await repo.events_since(0)}
-        assert await repo.write(blob("after", 100)) == "after"  # the writer goes on
-    assert isinstance(outcomes["huge"], sqlite3.OperationalError | RepositoryError)
-    assert "database or disk is full" in str(outcomes["huge"])
-    returned = {job for job, result in outcomes.items() if result == job}
-    assert stored == returned == events  # SQLite 3.40 rolls back the whole batch: all empty
-
-
 async def test_a_heavy_op_commits_on_the_worker_thread_a_light_one_on_the_loop(
     repo_path: Path,
 ) -> None:
