@@ -270,13 +270,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not args.follow:
         from engine.cli_watch import print_logs
 
-        def write(text: str) -> None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-
         async def pages() -> None:
             async with connect_config(config) as client:
-                await print_logs(client, args.job, attempt=args.attempt, write=write)
+                await print_logs(client, args.job, attempt=args.attempt, write=write_out)
 
         trio.run(pages)
         return 0
@@ -286,8 +282,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             await client.call("tail", job=args.job)
             async for frame in client.frames():
                 if "output" in frame:
-                    sys.stdout.write(frame["output"])
-                    sys.stdout.flush()
+                    write_out(frame["output"])
                 if frame.get("end"):
                     return str(frame.get("state"))
         return "unknown"
@@ -516,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except (BrokenPipeError, PipeClosed):
         return _pipe_closed()
     except (EngineError, ValueError, LookupError, OSError) as exc:
         from engine.actions import one_line
@@ -526,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExceptionGroup as group:  # from a nursery: report our own error in one line
         from engine.actions import one_line
 
-        if group.subgroup(BrokenPipeError) is not None:
+        if group.subgroup((BrokenPipeError, PipeClosed)) is not None:
             return _pipe_closed()
         ours = group.subgroup(
             lambda e: isinstance(e, EngineError | ValueError | LookupError | OSError)
@@ -535,6 +530,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"wfe: error: {one_line(ours)}", file=sys.stderr)
         return 1
+
+
+class PipeClosed(Exception):  # noqa: N818 - not an error of ours: the reader went away
+    """Standard output was closed by its reader, raised from inside a connection (where an
+    ``OSError`` would read as the engine's)."""
+
+
+def write_out(text: str) -> None:
+    """Write ``text`` to standard output at once. Raises ``PipeClosed`` when its reader has
+    gone."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise PipeClosed from None
 
 
 def _pipe_closed() -> int:
