@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,6 +220,37 @@ def test_retry_runs_a_failed_job_again_as_an_event(wfe: Wfe, tmp_path: Path) -> 
     assert child.stderr == (
         f"wfe: error: job {checksum['id']} is a child of {job}: retry the root job {job}\n"
     )
+
+
+def wait_ended(wfe: Wfe, job: str) -> dict[str, Any]:
+    for _ in range(300):
+        detail: dict[str, Any] = json.loads(wfe.ok("status", job, "--json"))
+        if detail["state"] in ("succeeded", "failed", "cancelled"):
+            return detail
+        subprocess.run(["sleep", "0.05"], check=True)
+    raise AssertionError(f"{job} did not end")
+
+
+def test_retry_of_a_failed_or_cancelled_rscript(wfe: Wfe) -> None:
+    """A failed RScript job retried gets one more attempt under the same id; a cancelled one
+    runs again (and can be killed again)."""
+    failed = wfe("run", "fail", "--rscript", "-p", "exit_code=2", "--wait").stdout.split()[0]
+    assert wfe.ok("retry", failed) == f"{failed}\n"
+    detail = wait_ended(wfe, failed)
+    assert detail["state"] == "failed"
+    assert [a["exit_code"] for a in detail["attempt_list"]] == [2, 2]
+
+    slow = wfe.ok("run", "sleep_echo", "--rscript", "-p", "seconds=60").strip()
+    wfe.ok("kill", slow)
+    assert wait_ended(wfe, slow)["state"] == "cancelled"
+    retried = json.loads(wfe.ok("retry", slow, "--json"))
+    assert retried == {"job": slow, "state": "queued", "reset": [slow]}
+    for _ in range(300):
+        if json.loads(wfe.ok("status", slow, "--json"))["state"] == "running":
+            break
+        subprocess.run(["sleep", "0.05"], check=True)
+    wfe.ok("kill", slow)
+    assert wait_ended(wfe, slow)["state"] == "cancelled"
 
 
 _EVENTS = """
