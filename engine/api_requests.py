@@ -71,6 +71,7 @@ def _service(session: Session) -> RequestService:
 async def _submit(session: Session, args: dict[str, Any]) -> Any:
     """args: expanded (object, the expanded definition), user, and optionally sources
     (array), git (object), scripts ({name: text}), params (object), namespace, priority."""
+    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
     record = await _service(session).submit(
         expanded=arg(args, "expanded", dict),
         user=arg(args, "user", str),
@@ -158,6 +159,7 @@ async def _request_wait(session: Session, args: dict[str, Any]) -> Any:
 @_register("catalog_add")
 async def _catalog_add(session: Session, args: dict[str, Any]) -> Any:
     """args: paths (absolute), metadata (object, applied to each over its sidecar)."""
+    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
     paths = arg(args, "paths", list)
     if not paths or not all(isinstance(p, str) for p in paths):
         raise ApiError("bad_request", "args.paths: expected a non-empty array of paths")

@@ -118,6 +118,7 @@ async def wait_job(session: Session, job_id: str) -> dict[str, Any]:
 @op("run", role="operator")
 async def _run(session: Session, args: dict[str, Any]) -> Any:
     """Start an action (action, params) or one RScript (rscript, params, priority, retries)."""
+    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
     params = arg(args, "params", dict, {})
     action, rscript = arg(args, "action", str, None), arg(args, "rscript", str, None)
     if (action is None) == (rscript is None):

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import outcome
 import pytest
@@ -25,6 +25,9 @@ from engine.repository import (
     Tx,
     open_repository,
 )
+
+if TYPE_CHECKING:
+    from tests.repository.conftest import SmallFs
 
 GUARD = 20
 
@@ -226,3 +229,46 @@ async def test_closing_while_the_disk_is_full_fails_only_what_was_never_committe
     async with open_repository(repo_path) as repo:  # and it opens and writes again
         assert await repo.write(blob("again", 100)) == "again"
     assert [s for _, s, _ in committed(repo_path)] == ["kept", "again"]
+
+
+async def test_a_full_filesystem_holds_writes_until_space_returns(small_fs: SmallFs) -> None:
+    """On a real 8 MB filesystem that another file fills, output written without waiting is
+    held (ENOSPC), never dropped; new work is refused naming the free space and the directory;
+    reads go on; once the filler is deleted every held write commits by itself."""
+    path = small_fs.path / "wfe.db"
+    told: list[outcome.Outcome[Any]] = []
+    with trio.fail_after(GUARD):
+        async with open_repository(path) as repo:
+            await repo.write(blob("before", 1000))
+            small_fs.fill(leave=64 * 1024)
+            for seq in range(40):
+                repo.write_nowait(blob("job-1", 32 * 1024, seq), then=told.append)
+            await repo.wait_trouble(present=True)
+            with pytest.raises(RepositoryFull) as refused:
+                repo.admit_new_work()
+            before = await repo.read(
+                lambda c: c.execute(
+                    "SELECT count(*) FROM output WHERE job_id = 'before'"
+                ).fetchone()
+            )
+            heard_while_full = len(told)
+            small_fs.release()
+            await repo.wait_trouble(present=False)
+            await repo.flush()
+            stored = await repo.read(
+                lambda c: [
+                    r[0]
+                    for r in c.execute("SELECT seq FROM output WHERE job_id = 'job-1' ORDER BY seq")
+                ]
+            )
+    assert before == (1,)  # reads worked while full
+    assert heard_while_full < 40
+    message = str(refused.value)
+    assert message.startswith("repository disk is full (0.")  # under 1 MB left
+    assert f"MB free at {small_fs.path}): new work refused until space returns" in message
+    assert len(told) == 40 and all(isinstance(o, outcome.Value) for o in told)
+    assert stored == list(range(40))
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    ids = [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")]
+    assert ids == list(range(1, 42))
