@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from engine.cli_params import ParamValueError, convert, guess, typed_params
+from engine.cli_watch import parse_since
+from engine.errors import EngineError
 
 SLEEP_ECHO = [
     {"name": "message", "type": "str"},
@@ -110,3 +113,32 @@ def test_guess_never_yields_a_non_finite_number(value: str) -> None:
     json.dumps(guessed, allow_nan=False)  # raises on a non-finite number anywhere
     if not isinstance(guessed, str):
         assert json.loads(value) == guessed
+
+
+@given(
+    st.integers(min_value=0, max_value=10**6),
+    st.sampled_from([("s", 1), ("m", 60), ("h", 3600), ("d", 86400), ("w", 604800)]),
+)
+def test_since_an_age_counts_back_from_now(amount: int, unit: tuple[str, int]) -> None:
+    """``--since 30m`` is thirty minutes before now, for every unit."""
+    now = 2_000_000_000.0
+    assert parse_since(f"{amount}{unit[0]}", now=now) == now - amount * unit[1]
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1971, 1, 1), max_value=datetime(2999, 1, 1), timezones=st.just(UTC)
+    )
+)
+def test_since_an_iso_time_with_a_zone_is_that_instant(when: datetime) -> None:
+    """An ISO 8601 time with its zone means that instant, whatever the local zone."""
+    assert parse_since(when.isoformat()) == when.timestamp()
+
+
+@pytest.mark.parametrize("text", ["soon", "5 parsecs", "-3h", "2026-13-01", ""])
+def test_since_refuses_what_is_neither(text: str) -> None:
+    """Anything else is one line naming the value and both forms."""
+    with pytest.raises(
+        EngineError, match=r"^--since .*: expected an ISO date or time .* or an age"
+    ):
+        parse_since(text)
