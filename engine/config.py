@@ -129,6 +129,13 @@ def _approval_key(pattern: str) -> str:
 
 
 @attrs.frozen(kw_only=True)
+class RepositorySection:
+    """``[repository]``: limits of the SQLite repository (engine/repository)."""
+
+    wal_max_mb: int = 64  # the WAL file is checkpointed and truncated before it passes this
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """The whole configuration; ``root`` is the directory of ``wfe.toml``."""
 
@@ -140,6 +147,7 @@ class Config:
     xmpp: XmppSection = XmppSection()
     approval: ApprovalSection = ApprovalSection()
     retention: RetentionSection = RetentionSection()
+    repository: RepositorySection = RepositorySection()
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the file against the configuration's directory."""
@@ -186,6 +194,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         xmpp=config.xmpp,
         approval=approval,
         retention=config.retention,
+        repository=config.repository,
     )
     _check_values(result, source)
     return result
@@ -200,6 +209,7 @@ class _RawConfig:
     jobs: JobsSection = JobsSection()
     xmpp: XmppSection = XmppSection()
     retention: RetentionSection = RetentionSection()
+    repository: RepositorySection = RepositorySection()
 
 
 _NAMESPACE_PATTERN_CHARS = frozenset("_.-*?")
@@ -265,6 +275,7 @@ def _check_values(config: Config, source: str) -> None:
             "retention.keep_days must be 0 (keep everything) or more",
         ),
         (config.retention.interval > 0, "retention.interval must be positive"),
+        (config.repository.wal_max_mb >= 1, "repository.wal_max_mb must be at least 1"),
         (config.api.max_message >= 1024, "api.max_message must be at least 1024 bytes"),
         (config.api.max_unauthenticated >= 1, "api.max_unauthenticated must be at least 1"),
         (config.api.admin_reserve >= 0, "api.admin_reserve must be 0 or more"),
