@@ -63,3 +63,75 @@ async def test_inline_mode_runs_on_a_mock_clock(repo_path: Path, autojump_clock:
         assert isinstance(event, Event) and event.subject == "job-1"
         assert await repo.events_since(0) == [event]
         assert repo.statistics().checkpoints == 0  # SQLite's own autocheckpoint does it inline
+
+
+def chunk_row(n: int, size: int = 64 * 1024) -> object:
+    def op(tx: Tx) -> None:
+        tx.execute(
+            "INSERT INTO output (job_id, attempt, seq, stream, data)"
+            " VALUES ('job', 1, ?, 'stdout', zeroblob(?))",
+            (n, size),
+        )
+        tx.emit("output.stored", "job", {"seq": n})
+
+    return op
+
+
+async def test_the_wal_stays_under_its_limit_while_readers_read(repo_path: Path) -> None:
+    """20 MB written through a repository whose WAL limit is 1 MB: the WAL file is cut back
+    each time it passes half the limit, never grows past the limit, although a reader reads
+    all the while; every row is stored."""
+    wal = trio.Path(f"{repo_path}-wal")
+    largest = 0
+    reads = 0
+    with trio.fail_after(GUARD * 3):
+        async with open_repository(repo_path, wal_max_mb=1) as repo:
+
+            async def reader() -> None:
+                nonlocal reads
+                while True:
+                    await repo.read(lambda c: c.execute("SELECT count(*) FROM output").fetchone())
+                    reads += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                for n in range(320):
+                    await repo.write(chunk_row(n))  # type: ignore[arg-type]
+                    if await wal.exists():
+                        largest = max(largest, (await wal.stat()).st_size)
+                nursery.cancel_scope.cancel()
+            stats = repo.statistics()
+            rows = await repo.read(lambda c: c.execute("SELECT count(*) FROM output").fetchone()[0])
+    assert rows == 320 and reads > 0
+    assert stats.wal_truncations >= 10  # about one per half MB
+    assert stats.wal_peak_bytes <= 1024 * 1024
+    assert 0 < largest <= 1024 * 1024
+    assert stats.wal_peak_bytes >= largest  # the writer saw every size this test saw
+
+
+async def test_a_reader_that_stays_delays_the_cut_but_never_the_writes(repo_path: Path) -> None:
+    """A reader holding one snapshot open keeps the WAL from being cut (SQLite must keep the
+    frames it reads), yet writes go on committing; once it ends, the next cut empties the WAL."""
+    with trio.fail_after(GUARD * 3):
+        async with open_repository(repo_path, wal_max_mb=1) as repo:
+            await repo.write(chunk_row(0))  # type: ignore[arg-type]
+            reader = sqlite3.connect(
+                f"{repo_path.as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT count(*) FROM output").fetchone() == (1,)
+            for n in range(1, 40):  # 2.5 MB: past the limit, with the reader holding on
+                await repo.write(chunk_row(n))  # type: ignore[arg-type]
+            held = repo.statistics()
+            assert reader.execute("SELECT count(*) FROM output").fetchone() == (1,)  # its snapshot
+            reader.execute("ROLLBACK")
+            reader.close()
+            n = 40
+            while repo.statistics().wal_truncations == held.wal_truncations:
+                await repo.write(chunk_row(n))  # type: ignore[arg-type]
+                n += 1
+            after = repo.statistics()
+            rows = await repo.read(lambda c: c.execute("SELECT count(*) FROM output").fetchone()[0])
+    assert held.wal_bytes > 1024 * 1024  # the reader kept it from being cut
+    assert rows == n
+    assert after.wal_bytes < 1024 * 1024
