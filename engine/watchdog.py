@@ -38,6 +38,7 @@ class Watchdog(trio.abc.Instrument):
     ) -> None:
         self.threshold = threshold
         self.reports: list[BlockedReport] = []
+        self.max_held = 0.0  # the longest step so far, in seconds (garbage collection excluded)
         self._on_report = on_report
         self._labels: dict[Task, str] = {}
         self._started: float | None = None
@@ -70,6 +71,8 @@ class Watchdog(trio.abc.Instrument):
             return
         held = time.perf_counter() - self._started - self._gc_seconds  # wall-clock
         self._started = None
+        if held > self.max_held:
+            self.max_held = held
         if held < self.threshold:
             return
         label = self._labels.get(task, task.name)
