@@ -87,6 +87,7 @@ async def _tree(session: Session, args: dict[str, Any]) -> Any:
 @op("retry", role="operator")
 async def _retry(session: Session, args: dict[str, Any]) -> Any:
     """Run a failed or cancelled root job again: job. Result: job, state, reset (job ids)."""
+    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
     return await retry_job(session.engine, arg(args, "job", str), by=session.name)
 
 
@@ -111,6 +112,7 @@ async def _purge(session: Session, args: dict[str, Any]) -> Any:
 async def _rerun(session: Session, args: dict[str, Any]) -> Any:
     """Run a request's failed inputs again as a new request: request. Result: request (the
     new id), of, state, inputs (engine.rerun)."""
+    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
     service = session.engine.requests
     if service is None:
         raise ApiError(UNAVAILABLE, "this engine does not run requests")
