@@ -4,8 +4,9 @@ No token is needed and nothing is given away but the figures below: names, ids, 
 and output never appear. They are served where the console listens (loopback by default).
 
 * ``/healthz``: 200 ``ok`` while the process answers.
-* ``/readyz``: 200 ``ready`` when the repository takes a write within ``READY_WRITE_TIMEOUT``
-  seconds and the local agents' socket is there; else 503 with one line per failed check.
+* ``/readyz``: 200 ``ready`` when the repository is writable (``Repository.writable``: its
+  disk is not refusing writes) and takes a write within ``READY_WRITE_TIMEOUT`` seconds, and
+  the local agents' socket is there; else 503 with one line per failed check.
 * ``/metrics``: the Prometheus text format, made by ``prometheus_client`` (its registry and
   ``generate_latest``). Each scrape reads what the engine keeps anyway (controller,
   repository and console statistics), runs two grouped counts on the repository (jobs by kind
@@ -69,13 +70,22 @@ class ConsoleMetrics:
         """What keeps the engine from being ready: one line per failed check, none if ready."""
         engine = self.server.engine
         problems = []
-        with trio.move_on_after(READY_WRITE_TIMEOUT) as waiting:
-            try:
-                await engine.repo.flush()
-            except Exception as exc:  # RepositoryError, RepositoryClosed: said, not raised
-                problems.append(f"repository: not writable: {type(exc).__name__}")
-        if waiting.cancelled_caught:
-            problems.append(f"repository: not writable: no commit within {READY_WRITE_TIMEOUT:g} s")
+        trouble = engine.repo.trouble
+        if trouble is not None:  # said without the path: this page needs no token
+            why = "the disk is full" if trouble.full else "the disk refuses writes"
+            problems.append(f"repository: not writable: {why}; new work is refused")
+        elif not engine.repo.writable:
+            problems.append("repository: not writable: the writer has stopped")
+        else:
+            with trio.move_on_after(READY_WRITE_TIMEOUT) as waiting:
+                try:
+                    await engine.repo.flush()
+                except Exception as exc:  # RepositoryError, RepositoryClosed: said, not raised
+                    problems.append(f"repository: not writable: {type(exc).__name__}")
+            if waiting.cancelled_caught:
+                problems.append(
+                    f"repository: not writable: no commit within {READY_WRITE_TIMEOUT:g} s"
+                )
         sock = engine.config.run_dir / "agents.sock"
         try:
             is_socket = stat.S_ISSOCK(sock.stat().st_mode)

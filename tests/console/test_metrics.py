@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import GUARD, Console
+from engine.api import serve_api
+from engine.daemon import open_engine
+from engine.keys import read_token
+
+from .conftest import GUARD, Console, workspace
 
 
 async def get(console: Console, path: str) -> tuple[int, bytes]:
@@ -85,3 +91,49 @@ async def test_health_and_readiness_answer_as_documented(console: Console) -> No
             moved.rename(sock)
         assert await get(console, "/readyz") == (200, b"ready\n")
         assert (await get(console, "/metrics/x"))[0] == 404
+
+
+async def readyz_until(console: Console, status: int) -> bytes:
+    """/readyz's body once it answers ``status`` (the writer notices the disk on its own)."""
+    while True:
+        got, body = await get(console, "/readyz")
+        if got == status:
+            return body
+        await trio.sleep(0.05)
+
+
+async def test_readyz_fails_while_the_repository_disk_is_full(tmp_path: Path) -> None:
+    """With the repository on its own small filesystem filled up, a write is held and
+    /readyz answers 503 naming the full disk (not its path); /healthz still says ok; once
+    space returns the held write commits and /readyz is ready again."""
+    from tests.repository.conftest import SmallFs, mount_small_fs, unmount
+
+    directory = tmp_path / "small"
+    mount_small_fs(directory)
+    try:
+        disk = SmallFs(directory)
+        config = workspace(tmp_path / "ws")
+        config = attrs.evolve(
+            config, engine=attrs.evolve(config.engine, repository=str(directory / "wfe.db"))
+        )
+        with trio.fail_after(GUARD):
+            async with open_engine(config, start_local_agents=False) as engine:
+                async with trio.open_nursery() as nursery:
+                    port = await nursery.start(lambda task_status: serve_api(
+                        engine, host="127.0.0.1", port=0, token=read_token(config),
+                        task_status=task_status))  # fmt: skip
+                    console = Console(engine, f"ws://127.0.0.1:{port}/", "", config.root)
+                    assert await get(console, "/readyz") == (200, b"ready\n")
+                    disk.fill()
+                    blob = "x" * (1024 * 1024)
+                    engine.repo.write_nowait(lambda tx: tx.emit("test.blob", "t", {"b": blob}))
+                    body = await readyz_until(console, 503)
+                    assert body == (
+                        b"repository: not writable: the disk is full; new work is refused\n"
+                    )
+                    assert await get(console, "/healthz") == (200, b"ok\n")
+                    disk.release()
+                    assert await readyz_until(console, 200) == b"ready\n"
+                    nursery.cancel_scope.cancel()
+    finally:
+        unmount(directory)
