@@ -189,7 +189,7 @@ mount -t tmpfs tmpfs /lib/systemd/system
 mkdir -p {d}/python
 mount --bind {sys.prefix} {d}/python
 mount -t tmpfs tmpfs /opt
-mkdir -p {PYTHON_HOME} /opt/wfe/bin /etc/wfe
+mkdir -p {PYTHON_HOME} /opt/wfe/bin
 mount --move {d}/python {PYTHON_HOME}
 mkdir -p /opt/wfe/libexec
 printf 'import sys\\nfrom engine.cli import main\\nsys.exit(main())\\n' > /opt/wfe/libexec/wfe

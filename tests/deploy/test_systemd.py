@@ -37,8 +37,8 @@ def install_engine(host: SystemdHost, *, local: int, toml: str = "") -> None:
     host.run("systemd-sysusers")
     for name in ("wfe-engine.service", "wfe-agent.service"):
         shutil.copy(DEPLOY / name, host.path(f"/etc/systemd/system/{name}"))
-    env = (DEPLOY / "engine.env").read_text()
-    host.path("/etc/wfe/engine.env").write_text(env)
+    host.run("install", "-D", "-m", "0644", "/dev/null", "/etc/wfe/engine.env")
+    shutil.copy(DEPLOY / "engine.env", host.path("/etc/wfe/engine.env"))
     host.run("install", "-d", "-o", "wfe", "-g", "wfe", "-m", "0750", "/var/lib/wfe")
     host.run(host.wfe, "init", "/var/lib/wfe", "--port", "0", "--local", str(local), user="wfe")
     with host.path(CONFIG).open("a") as config:
