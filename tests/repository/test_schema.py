@@ -157,3 +157,21 @@ async def test_a_commit_with_events_no_longer_writes_sqlite_sequence(repo_path: 
             await repo.write(one)
     conn = connect(repo_path)
     assert conn.execute("SELECT name FROM sqlite_sequence").fetchall() == []
+
+
+async def test_queries_by_parent_use_the_unique_index_once_jobs_parent_is_gone(
+    repo_path: Path,
+) -> None:
+    """Migration 5 drops jobs_parent: looking children up by parent (in call order) still
+    searches an index, the UNIQUE (parent_id, call_seq) one, instead of scanning jobs."""
+    async with open_repository(repo_path):
+        pass
+    conn = connect(repo_path)
+    names = {r[1] for r in conn.execute("PRAGMA index_list(jobs)")}
+    assert "jobs_parent" not in names
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE parent_id = ? ORDER BY call_seq", ("j1",)
+    ).fetchall()
+    assert [row[3] for row in plan] == [
+        "SEARCH jobs USING INDEX sqlite_autoindex_jobs_2 (parent_id=?)"
+    ]
