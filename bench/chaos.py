@@ -77,6 +77,7 @@ WORKLOAD = """\
 # param seconds: float = 1.0 how long it runs
 # param lines: int = 4 lines printed, spread over the run
 # param code: int = 0 its exit status
+# param quiet: bool = false print every line at the start, then only sleep
 # param log: path (required) the executions log
 # requires: cpus=1
 
@@ -101,7 +102,10 @@ def note(what, extra=""):
 note("START")
 for k in range(p["lines"]):
     print("chaos %d line %d" % (p["n"], k), flush=True)
-    time.sleep(p["seconds"] / p["lines"])
+    if not p["quiet"]:
+        time.sleep(p["seconds"] / p["lines"])
+if p["quiet"]:  # like most real jobs: a script that writes nothing more lives on without its agent
+    time.sleep(p["seconds"])
 note("END", " %d" % p["code"])
 sys.exit(p["code"])
 """
@@ -144,6 +148,7 @@ class Job:
     seconds: float
     lines: int
     code: int
+    quiet: bool
 
 
 def plan_faults(options: Options) -> list[Fault]:
@@ -180,15 +185,8 @@ def plan_jobs(options: Options) -> list[Job]:
     while t < options.minutes * 60:
         n += 1
         code = 3 if rng.random() < 0.05 else 0
-        jobs.append(
-            Job(
-                round(t, 3),
-                n,
-                round(rng.uniform(0.3, options.job_seconds), 3),
-                rng.randint(1, 8),
-                code,
-            )
-        )
+        seconds = round(rng.uniform(0.3, options.job_seconds), 3)
+        jobs.append(Job(round(t, 3), n, seconds, rng.randint(1, 8), code, rng.random() < 0.5))
         t += rng.expovariate(options.rate)
     return jobs
 
@@ -215,6 +213,7 @@ async def submit_jobs(console: Console, jobs: list[Job], log: Path, out: dict[st
     for job in jobs:
         await trio.sleep_until(_trio_at(start + job.at))
         params = {"n": job.n, "seconds": job.seconds, "lines": job.lines, "code": job.code}
+        params["quiet"] = job.quiet
         try:
             reply = await console.call("run", rscript=SCRIPT, params={**params, "log": str(log)})
         except (ClientError, trio.TooSlowError) as exc:

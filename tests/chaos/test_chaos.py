@@ -1,8 +1,8 @@
 """A short chaos run (bench.chaos) against real processes: exactly once under real faults.
 
 A real ``wfe engine`` with two local agents, two ``wfe agent --xmpp`` processes and a real
-Prosody run a workload for about 100 s while the engine (down up to 30 s), the agents and
-Prosody are SIGKILLed on a fixed seed's schedule; then every fault is undone, the jobs drain,
+Prosody run a workload for about 100 s while the engine (down up to 8 s), the agents (XMPP ones
+down up to 20 s) and Prosody (up to 8 s) are SIGKILLed on a fixed seed's schedule; then every fault is undone, the jobs drain,
 and the run fails on any violation of issue 10's invariants (see docs/reliability.md).
 
 The lease is short (12 s) so that re-dispatch after a lease fence happens within the run.
@@ -24,10 +24,11 @@ SHORT = Options(
     seed=20261207,
     faults=("engine", "local", "xmpp", "prosody"),
     lease=12.0,
-    engine_down=30.0,
-    xmpp_down=30.0,
-    prosody_down=15.0,
-    gap=(6.0, 14.0),
+    rate=2.0,  # about six jobs running at any time, so that each fault hits some
+    engine_down=8.0,  # shorter than the lease: a job that runs again after one is a violation
+    xmpp_down=20.0,  # some longer than the lease: their attempts are fenced and run again
+    prosody_down=8.0,
+    gap=(3.0, 10.0),
     drain=120.0,
 )
 
