@@ -138,6 +138,7 @@ async def run(root: Path, args: argparse.Namespace, figures: dict[str, Any]) -> 
             wal_peak_mb=max(sampler.wal_peak, stats.wal_peak_bytes) / MB,
             wal_end_mb=_size(sampler.wal) / MB,
             wal_truncations=stats.wal_truncations,
+            wal_pause_max_ms=stats.wal_pause_max * 1e3,
             checkpoints=stats.checkpoints,
             db_mb=_size(sampler.db) / MB,
             rss_start_mb=rss_start / MB,
@@ -162,7 +163,8 @@ def report(figures: dict[str, Any]) -> list[str]:
     )
     print(
         f"WAL peak {figures['wal_peak_mb']:.1f} MB (limit {figures['wal_limit_mb']} MB,"
-        f" {figures['wal_truncations']} truncations), database {figures['db_mb']:.1f} MB,"
+        f" {figures['wal_truncations']} truncations, the longest pausing the writer"
+        f" {figures['wal_pause_max_ms']:.0f} ms), database {figures['db_mb']:.1f} MB,"
         f" RSS {figures['rss_start_mb']:.0f} -> peak {figures['rss_peak_mb']:.0f} MB,"
         f" longest loop hold {figures['loop_max_hold_ms']:.1f} ms,"
         f" engine CPU {figures['engine_cpu_ms']:.2f} ms/job"

@@ -26,6 +26,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import trio
@@ -136,6 +137,7 @@ class WalLimit:
         self.peak = 0  # the largest size seen after a commit
         self.truncations = 0  # TRUNCATE checkpoints that emptied the WAL
         self.incomplete = 0  # those that could not (readers stayed, or the disk was full)
+        self.pause_max = 0.0  # seconds: the longest a truncation kept the writer from committing
 
     def due(self, now: float) -> bool:
         """Whether the WAL has passed half the limit and it is time to try (``now``: trio time)."""
@@ -155,6 +157,7 @@ class WalLimit:
         it was called at. A checkpoint that cannot finish is logged and tried again
         ``TRUNCATE_RETRY`` seconds later; it never raises.
         """
+        started = time.perf_counter()  # measures the writer's real pause, not workflow time
         with self._lock:
             (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
             conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_MS:d}")
@@ -165,6 +168,7 @@ class WalLimit:
                 logger.warning("WAL checkpoint (TRUNCATE) failed, will retry: %s", exc)
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(timeout):d}")
+        self.pause_max = max(self.pause_max, time.perf_counter() - started)
         if busy:
             self.incomplete += 1
             self._not_before = now + TRUNCATE_RETRY

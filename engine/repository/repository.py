@@ -58,6 +58,7 @@ class RepositoryStatistics:
     wal_bytes: int  # WAL file size after the last commit (0: no WAL limit, inline mode)
     wal_peak_bytes: int  # the largest WAL file size seen after a commit
     wal_truncations: int  # TRUNCATE checkpoints run because the WAL passed half its limit
+    wal_pause_max: float  # seconds: the longest of them (a pause of the writer, not the loop)
     disk_full: bool  # writes are held because the disk refused them; new work is refused
     held_retries: int  # tries of batches the disk refused
 
@@ -204,6 +205,7 @@ class Repository:
             wal_bytes=stats.wal_bytes,
             wal_peak_bytes=stats.wal_peak_bytes,
             wal_truncations=stats.wal_truncations,
+            wal_pause_max=stats.wal_pause_max,
             disk_full=self._writer.trouble is not None,
             held_retries=stats.held_retries,
         )

@@ -177,6 +177,7 @@ class WriterStatistics:
     wal_bytes: int  # WAL file size after the last commit (0 without a WAL limit)
     wal_peak_bytes: int  # the largest WAL file size seen after a commit
     wal_truncations: int  # TRUNCATE checkpoints that emptied the WAL
+    wal_pause_max: float  # seconds: the longest such checkpoint (the writer waits, not the loop)
 
 
 class Command(Generic[T]):
@@ -291,6 +292,7 @@ class Writer:
             wal_bytes=0 if self._wal_limit is None else self._wal_limit.size,
             wal_peak_bytes=0 if self._wal_limit is None else self._wal_limit.peak,
             wal_truncations=0 if self._wal_limit is None else self._wal_limit.truncations,
+            wal_pause_max=0.0 if self._wal_limit is None else self._wal_limit.pause_max,
         )
 
     async def aclose(self) -> None:
