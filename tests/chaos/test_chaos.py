@@ -15,7 +15,8 @@ from pathlib import Path
 import attrs
 import pytest
 
-from bench.chaos import Options, report, run_chaos
+from bench.chaos import report, run_chaos
+from bench.chaos_plan import Options
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.xmpp]
 

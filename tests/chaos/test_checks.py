@@ -14,7 +14,6 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.chaos import Options, plan_faults, plan_jobs
 from bench.chaos_checks import (
     Execution,
     Verdict,
@@ -26,6 +25,7 @@ from bench.chaos_checks import (
     parse_log,
     read_books,
 )
+from bench.chaos_plan import Options, plan_faults, plan_jobs
 
 
 def run(job: str, attempt: int, start: float, end: float | None, *, pid: int = 100) -> Execution:
