@@ -196,11 +196,6 @@ def test_agent_unit_serves_over_xmpp_and_keeps_its_cgroup_on_stop(
     assert host.alive(beside)
 
 
-@pytest.mark.xfail(
-    reason="issue 12 item 1: on SIGTERM the engine itself sends its local agents Shutdown, which "
-    "ends their attempts, whatever the unit's KillMode (the KillMode part passes above)",
-    strict=True,
-)
 def test_a_script_running_when_the_engine_unit_stops_runs_on_and_its_job_succeeds(
     systemd_host: SystemdHost,
 ) -> None:
@@ -217,11 +212,18 @@ def test_a_script_running_when_the_engine_unit_stops_runs_on_and_its_job_succeed
     script = scripts(host)
 
     stop(host, ENGINE)
-    assert scripts(host) == script, "the script died with the engine's unit"
+    survived = scripts(host) == script
 
     start_unit(host, ENGINE)
     host.wait_for(lambda: wfe(host, "status", job)["state"] != "running", "the job to end", 90)
     status = wfe(host, "status", job)
+    if not survived and status["state"] == "cancelled" and "shutdown" in json.dumps(status):
+        pytest.xfail(
+            "issue 12 item 1 is not in this tree: on SIGTERM the engine itself told its local "
+            "agents to shut down, and they cancelled the attempt (the unit's part, KillMode, "
+            "is checked above)"
+        )
+    assert survived, f"the script died with the engine's unit: {status}"
     assert status["state"] == "succeeded", status
     assert [a["attempt"] for a in status["attempt_list"]] == [1]
 
