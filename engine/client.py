@@ -222,17 +222,20 @@ class Client:
 async def connect(url: str, token: str) -> AsyncIterator[Client]:
     """Open an authenticated connection. Raises ``ClientError`` if refused or unreachable.
 
-    An exception raised in the block comes out as itself (not inside an exception group).
+    An exception raised in the block comes out as itself (not inside an exception group);
+    an ``OSError`` of the block's own (a closed pipe) is not taken for an unreachable engine.
     """
     parts = urlsplit(url)
     if parts.scheme != "ws" or not parts.hostname:
         raise ClientError(f"bad console URL {url!r}: expected ws://HOST:PORT/")
+    inside = False  # the caller's block runs: its own errors come out as they are
     try:
         # Our own TCP stream, closed by us: trio-websocket's client leaves its socket open
         # when the server closes first.
         stream = await trio.open_tcp_stream(parts.hostname, parts.port or 80)
         try:
             async with open_client(stream, token, host=parts.netloc, path=parts.path or "/") as c:
+                inside = True
                 yield c
         finally:
             with trio.CancelScope(shield=True):
@@ -245,6 +248,8 @@ async def connect(url: str, token: str) -> AsyncIterator[Client]:
                 f"the engine at {url} refused the connection: HTTP {inner.status_code}"
                 + (f": {body}" if body else "")
             ) from None
+        if inside and isinstance(inner, OSError):  # e.g. BrokenPipeError writing the output
+            raise inner from None
         if isinstance(inner, OSError | HandshakeError):
             raise ClientError(
                 f"cannot reach the engine at {url}: {inner} (is `wfe engine` running?)"

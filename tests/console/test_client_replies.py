@@ -2,7 +2,8 @@
 
 The parser's side runs on text; the client's side runs against a scripted peer speaking
 websocket over an in-memory stream (the misbehaving engine these tests need: one that never
-answers, or answers ``"id": null``), on the virtual clock, so give-up times are exact.
+answers, or answers ``"id": null``), on the virtual clock, so give-up times are exact; the
+last test uses a real engine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 
 from engine.client import KEEPALIVE, REPLY_TIMEOUT, Client, ClientError, open_client
 from engine.console import protocol
+
+from .conftest import GUARD, Console
 
 Peer = Callable[[WebSocketConnection, dict[str, Any]], Awaitable[None]]
 
@@ -203,3 +206,12 @@ async def test_nan_and_infinity_never_leave_the_client(
         )
         assert await client.call("ping") == {"pong": True}
         assert seen == ["ping"]
+
+
+async def test_an_os_error_of_the_callers_block_comes_out_as_itself(console: Console) -> None:
+    """An OSError raised inside ``connect``'s block (a closed stdout pipe) is the caller's,
+    not taken for an engine that cannot be reached."""
+    with trio.fail_after(GUARD), pytest.raises(BrokenPipeError, match="^stdout closed$"):
+        async with console.connect() as client:
+            await client.call("ping")
+            raise BrokenPipeError("stdout closed")
