@@ -43,10 +43,12 @@ from bench.chaos_checks import (
     SCRIPT,
     TERMINAL,
     Verdict,
+    agent_changes,
     events_kept,
     judge_books,
     judge_executions,
     judge_orphans,
+    merge_cutoffs,
     read_books,
 )
 from bench.chaos_cluster import (
@@ -257,6 +259,7 @@ async def run_chaos(options: Options) -> dict[str, Any]:
     done: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
     verdict = Verdict()
+    offset = time.time() - time.monotonic()  # events are stamped with the wall clock
     try:
         await trio.to_thread.run_sync(server.start)
         write_workspace(cluster, lease=options.lease, scripts=scripts)
@@ -298,9 +301,15 @@ async def run_chaos(options: Options) -> dict[str, Any]:
     executions = sorted(watcher.executions.values(), key=lambda r: r.start)
     books = read_books(workspace / "wfe.db")
     agents = {key: row["agent"] for key, row in books["attempts"].items()}
-    judge_executions(
-        verdict, executions, agents, watcher.cutoffs, lease=options.lease, slack=options.slack
+    changes = agent_changes(workspace / "wfe.db", offset)
+    cutoffs = {
+        name: merge_cutoffs(watcher.cutoffs.get(name, []), changes.get(name, []))
+        for name in cluster.agent_names()
+    }
+    figures["cutoffs_over_lease"] = sum(
+        1 for spans in cutoffs.values() for s, e in spans if e - s >= options.lease
     )
+    judge_executions(verdict, executions, agents, cutoffs, lease=options.lease, slack=options.slack)
     judge_books(verdict, books, executions, submitted["confirmed"])
     for event_id in events_kept(workspace / "wfe.db", seen):
         verdict.add(
@@ -345,7 +354,8 @@ def report(figures: dict[str, Any]) -> list[str]:
         f" jobs {figures.get('jobs', 0)} {figures.get('states', {})}",
         f"executions {figures.get('executions', 0)}, duplicates {figures.get('duplicates', 0)}"
         f" ({figures.get('duplicates_after_lease', 0)} after a cut-off longer than the lease),"
-        f" extra executions {figures.get('extra_executions', 0)}",
+        f" extra executions {figures.get('extra_executions', 0)};"
+        f" cut-offs longer than the lease {figures.get('cutoffs_over_lease', 0)}",
         f"events seen {figures['events_seen']}; leftover processes {len(figures['leftover_processes'])}",
         "violations: "
         + (", ".join(f"{k} {v}" for k, v in figures["violations"].items()) or "none"),

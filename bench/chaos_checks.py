@@ -117,6 +117,58 @@ def longest_cutoff(intervals: Iterable[tuple[float, float]], start: float, until
     return max((e - s for s, e in intervals if s <= until and e >= start), default=0.0)
 
 
+def merge_cutoffs(
+    seen: Sequence[tuple[float, float]],
+    changes: Sequence[tuple[float, str]],
+    *,
+    reconnect: float = 60.0,
+) -> list[tuple[float, float]]:
+    """One agent's cut-offs: what the harness saw, stretched by what the engine recorded.
+
+    ``seen``: intervals the agent could not reach the engine (engine down, agent dead, Prosody
+    down). ``changes``: the agent's ``agent.state`` events, (time, state), in order. An interval
+    lasts until the engine next recorded the agent connected (if within ``reconnect`` s: its
+    reconnect backoff counts too); a disconnected or lost record opens one until the next
+    connected. Overlapping intervals are merged.
+    """
+    connects = [t for t, state in changes if state == "connected"]
+    stretched = []
+    for start, end in seen:
+        back = next((t for t in connects if t >= end), math.inf)
+        stretched.append((start, back if back - end <= reconnect else end))
+    opened: float | None = None
+    for t, state in changes:
+        if state == "connected" and opened is not None:
+            stretched.append((opened, t))
+            opened = None
+        elif state != "connected" and opened is None:
+            opened = t
+    if opened is not None:
+        stretched.append((opened, math.inf))
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(stretched):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def agent_changes(db: Path, offset: float) -> dict[str, list[tuple[float, str]]]:
+    """Each agent's recorded states, (time, state), with ``offset`` (wall - monotonic) taken off."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT at, subject, data FROM events WHERE kind = 'agent.state' ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+    changes: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for at, subject, data in rows:
+        changes[subject].append((at - offset, str(json.loads(data).get("state"))))
+    return dict(changes)
+
+
 def judge_executions(
     verdict: Verdict,
     executions: Sequence[Execution],

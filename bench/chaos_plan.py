@@ -65,7 +65,7 @@ class Options:
     seed: int = 1
     faults: tuple[str, ...] = ("engine", "local", "xmpp", "prosody")
     lease: float = 60.0  # [agents] lease written to wfe.toml (when the engine knows it)
-    slack: float = 3.0  # a cut-off of lease - slack or more may justify a second execution
+    slack: float = 1.0  # a cut-off of lease - slack or more justifies a second execution
     local: int = 2
     xmpp: int = 2
     rate: float = 1.0  # jobs submitted per second

@@ -22,6 +22,7 @@ from bench.chaos_checks import (
     judge_books,
     judge_executions,
     judge_orphans,
+    merge_cutoffs,
     parse_log,
     read_books,
 )
@@ -134,6 +135,17 @@ def test_never_back_is_an_endless_cutoff() -> None:
     cut = {"a1": [(0.5, math.inf)]}
     judge_executions(verdict, [first, second], {("j1", 1): "a1"}, cut, lease=60, slack=0)
     assert verdict.violations == []
+
+
+def test_cutoffs_last_until_the_engine_records_the_agent_back() -> None:
+    """A cut-off the harness saw lasts until the engine next recorded the agent connected (its
+    reconnect backoff counts); a recorded disconnection opens one; overlaps are merged."""
+    seen = [(10.0, 14.0), (100.0, 103.0)]
+    changes = [(9.0, "connected"), (13.0, "disconnected"), (20.0, "connected")]
+    changes += [(50.0, "lost"), (58.0, "connected")]
+    assert merge_cutoffs(seen, changes) == [(10.0, 20.0), (50.0, 58.0), (100.0, 103.0)]
+    assert merge_cutoffs([(0.0, 5.0)], [(500.0, "connected")], reconnect=60) == [(0.0, 5.0)]
+    assert merge_cutoffs([], [(1.0, "lost")]) == [(1.0, math.inf)]
 
 
 def test_orphans_are_named() -> None:
