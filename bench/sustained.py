@@ -1,7 +1,8 @@
 """A long run of trivial jobs through real local agents: is the disk bounded, is the loop free?
 
 Run from the repository root: ``python -m bench.sustained [--jobs 50000] [--agents 2]
-[--slots 8] [--window 256] [--wal-max-mb 64]``. One engine (``open_engine`` on a temporary
+[--slots 8] [--window 256] [--wal-max-mb 64]``, or ``--pages`` for how many bytes of WAL a job's
+commits append on the schema before and after migrations 4 and 5 (no engine; no checkpoint). One engine (``open_engine`` on a temporary
 workspace) with its local agents as real processes; ``--window`` jobs of the shipped ``noop``
 RScript are kept in flight until ``--jobs`` have ended, which keeps the agents saturated: the
 engine's highest sustained throughput, for as long as it takes.
@@ -21,6 +22,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from bench._common import (
 )
 from engine.config import RepositorySection
 from engine.daemon import open_engine
+from engine.repository import Tx, open_repository, schema
 
 SCRIPT = "noop"
 TARGET_LOOP_HOLD_MS = 100.0
@@ -153,6 +156,85 @@ async def run(root: Path, args: argparse.Namespace, figures: dict[str, Any]) -> 
         nursery.cancel_scope.cancel()
 
 
+# --- WAL pages per job: the schema before and after migrations 4 and 5 ------------------------
+
+
+def _noop_job_commits(job: str) -> list[Callable[[Tx], None]]:
+    """The SQL of a noop job's three commits as engine/attempts.py writes them: created and
+    dispatched; running; ended (attempt and job), each with its events."""
+
+    def dispatched(tx: Tx) -> None:
+        tx.execute(
+            "INSERT INTO jobs (id, kind, name, root_id, params, state, requirements, created_at)"
+            " VALUES (?, 'rscript', 'noop', ?, '{}', 'dispatched', '{}', ?)",
+            (job, job, tx.at),
+        )
+        tx.execute(
+            "INSERT INTO attempts (job_id, attempt, state, agent, dispatched_at)"
+            " VALUES (?, 1, 'dispatched', 'local-1', ?)",
+            (job, tx.at),
+        )
+        tx.emit("job.created", job, {"name": "noop", "kind": "rscript"})
+        tx.emit("attempt.state", job, {"attempt": 1, "state": "dispatched", "agent": "local-1"})
+
+    def running(tx: Tx) -> None:
+        tx.execute(
+            "UPDATE attempts SET state = 'running', started_at = ? WHERE job_id = ? AND attempt = 1",
+            (tx.at, job),
+        )
+        tx.emit("attempt.state", job, {"attempt": 1, "state": "running", "agent": "local-1"})
+
+    def ended(tx: Tx) -> None:
+        tx.execute(
+            "UPDATE attempts SET state = 'succeeded', exit_code = 0, ended_at = ?, duration = 0.001,"
+            " chunks = 0 WHERE job_id = ? AND attempt = 1",
+            (tx.at, job),
+        )
+        tx.emit("attempt.state", job, {"attempt": 1, "state": "succeeded", "exit_code": 0})
+        tx.execute("UPDATE jobs SET state = 'succeeded', ended_at = ? WHERE id = ?", (tx.at, job))
+        tx.emit("job.state", job, {"state": "succeeded"})
+
+    return [dispatched, running, ended]
+
+
+async def wal_per_job(root: Path, migrations: int, jobs: int, per_commit: int) -> float:
+    """Bytes appended to the WAL per job (no checkpoint runs at all) on the schema of the
+    first ``migrations`` migrations, with ``per_commit`` jobs' steps in each commit."""
+    all_migrations = list(schema.MIGRATIONS)
+    schema.MIGRATIONS[:] = all_migrations[:migrations]
+    try:
+        path = root / f"pages-{migrations}-{per_commit}.db"
+        async with open_repository(
+            path, checkpoint_interval=None, wal_max_mb=None, inline_max=10**6
+        ) as repo:
+            await repo.write(lambda tx: tx.execute("PRAGMA wal_autocheckpoint = 0"))
+            for k in range(200):  # a database that already holds jobs
+                for step in _noop_job_commits(f"w{k:06d}"):
+                    await repo.write(step)
+            before = _size(Path(f"{path}-wal"))
+            for start in range(0, jobs, per_commit):
+                steps = [_noop_job_commits(f"j{k:06d}") for k in range(start, start + per_commit)]
+                for n in range(3):
+                    for job_steps in steps:
+                        repo.write_nowait(job_steps[n])
+                    await repo.flush()
+            return (_size(Path(f"{path}-wal")) - before) / jobs
+    finally:
+        schema.MIGRATIONS[:] = all_migrations
+
+
+async def pages(root: Path, figures: dict[str, Any]) -> None:
+    jobs = 2000
+    for per_commit in (1, 8):
+        for label, migrations in (("before", 3), ("after", len(schema.MIGRATIONS))):
+            wal = await wal_per_job(root, migrations, jobs, per_commit)
+            figures[f"wal_kb_per_job_{per_commit}_per_commit_{label}"] = wal / 1024
+            print(
+                f"{per_commit} job(s) per commit, schema {label} (migrations 1-{migrations}):"
+                f" {wal / 1024:.1f} KB of WAL per job ({wal / (4096 + 24):.2f} pages)"
+            )
+
+
 def report(figures: dict[str, Any]) -> list[str]:
     print(machine_line(figures))
     print(
@@ -192,11 +274,20 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=256, help="jobs in flight (default 256)")
     parser.add_argument("--wal-max-mb", type=int, default=64,
                         help="[repository] wal_max_mb of the engine (default 64)")  # fmt: skip
+    parser.add_argument("--pages", action="store_true",
+                        help="instead: WAL bytes per job of a noop job's commits, on the schema"
+                        " before and after migrations 4-5 (no engine, no checkpoints)")  # fmt: skip
     args = parser.parse_args()
+    if args.pages:
+        figures: dict[str, Any] = machine()
+        with tempfile.TemporaryDirectory(prefix="wfe-bench-") as tmp:
+            trio.run(pages, Path(tmp), figures)
+        print(json.dumps(figures, sort_keys=True))
+        return
     for name in ("jobs", "agents", "slots", "window", "wal_max_mb"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    figures: dict[str, Any] = {**machine(), "agents": args.agents, "slots": args.slots,
+    figures = {**machine(), "agents": args.agents, "slots": args.slots,
                                "window": args.window, "script": SCRIPT}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="wfe-bench-") as tmp:
         trio.run(run, Path(tmp), args, figures)
