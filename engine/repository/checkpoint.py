@@ -14,9 +14,9 @@ only once a checkpoint has copied every frame, and under a steady stream of comm
 arrive while it copies, so that moment never comes (measured: 519 MB of WAL after 10,000 jobs).
 ``WalLimit`` closes the gap: the writer, between two batches, runs a TRUNCATE checkpoint on its
 own connection and worker thread when the WAL file passes half the limit. No commit can come in
-while it runs (the writer is the only one), readers that started before it are waited for at most
-``TRUNCATE_BUSY_MS`` (new readers read the database file, not the WAL), and the file is cut to
-zero bytes. Both kinds of checkpoint take ``lock``: SQLite refuses a second checkpointer at once
+while it runs (the writer is the only one), readers that started before it are waited for a
+little (``TRUNCATE_BUSY_MS``; new readers read the database file, not the WAL), and the file is
+cut to zero bytes. Both kinds of checkpoint take ``lock``: SQLite refuses a second checkpointer at once
 (SQLITE_BUSY, without calling the busy handler), so the writer waits for a PASSIVE run to end.
 """
 
@@ -109,11 +109,14 @@ class Checkpointer:
         await self._stopped.wait()
 
 
-#: How long a TRUNCATE checkpoint waits for readers that began before it (then it tries later).
-TRUNCATE_BUSY_MS = 250
+#: How long (ms) a TRUNCATE checkpoint waits for readers that began before it, then gives up
+#: until ``TRUNCATE_RETRY``: briefly while the WAL is under three quarters of its limit (a long
+#: reader, a backup's snapshot, then costs the writer 10 ms a try instead of holding every
+#: commit back), and up to 250 ms past that, where the limit matters more than a commit's wait.
+TRUNCATE_BUSY_MS = (10, 250)
 #: After a TRUNCATE checkpoint that could not finish (readers, full disk), the least wait in
 #: seconds before the writer tries again.
-TRUNCATE_RETRY = 1.0
+TRUNCATE_RETRY = 0.5
 
 
 class WalLimit:
@@ -131,6 +134,7 @@ class WalLimit:
         self._wal = f"{path}-wal"
         self.max_bytes = max_bytes
         self._trigger = max_bytes // 2
+        self._urgent = max_bytes * 3 // 4  # past this, wait longer for old readers
         self._lock = lock
         self._not_before = -float("inf")  # trio time before which no new attempt is made
         self.size = 0  # bytes, at the last look
@@ -160,7 +164,9 @@ class WalLimit:
         started = time.perf_counter()  # measures the writer's real pause, not workflow time
         with self._lock:
             (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
-            conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_MS:d}")
+            short, long = TRUNCATE_BUSY_MS
+            patience = long if self.size > self._urgent else short
+            conn.execute(f"PRAGMA busy_timeout = {patience:d}")
             try:
                 busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as exc:
