@@ -261,9 +261,15 @@ class Cluster:
                 forced.append(f"{name} (pid {process.pid}) ignored SIGTERM for 30 s")
                 kill(process.pid)
                 await process.wait()
-        for name, pid in self.local_pids().items():
-            if alive(pid) and "agents" in _cmdline(pid):
-                forced.append(f"local agent {name} (pid {pid}) still ran after the engine stopped")
+        agents = {n: p for n, p in self.local_pids().items() if "agents" in _cmdline(p)}
+        with trio.move_on_after(10):  # the engine stops its local agents as it stops
+            while any(alive(pid) for pid in agents.values()):  # noqa: ASYNC110 - other processes
+                await trio.sleep(0.1)
+        for name, pid in agents.items():
+            if alive(pid):
+                forced.append(
+                    f"local agent {name} (pid {pid}) ran on 10 s after the engine stopped"
+                )
                 kill(pid, signal.SIGTERM)
         return forced
 
