@@ -8,7 +8,10 @@ fills (ENOSPC from the kernel). Real time with ``fail_after`` guards: real threa
 
 from __future__ import annotations
 
+import functools
+import json
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 import outcome
 import pytest
 import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.repository import (
     Repository,
@@ -272,3 +278,57 @@ async def test_a_full_filesystem_holds_writes_until_space_returns(small_fs: Smal
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     ids = [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")]
     assert ids == list(range(1, 42))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=48 * 1024), min_size=1, max_size=24),
+    room_pages=st.integers(min_value=0, max_value=40),
+    full_for=st.integers(min_value=1, max_value=5),
+    max_batch=st.integers(min_value=1, max_value=8),
+)
+def test_whatever_the_disk_refuses_every_write_commits_once_in_order(
+    sizes: list[int], room_pages: int, full_for: int, max_batch: int
+) -> None:
+    """For any writes, any room left and any number of refused tries before space returns:
+    every write is answered once, with its own value, every chunk is stored, and the events
+    are in the order written with contiguous ids. (Inline writer on a MockClock: the waits
+    between tries take no real time.)"""
+
+    class Disk(PageLimit):
+        def limited(self, name: str, op: Callable[[Tx], Any]) -> Callable[[Tx], Any]:
+            inner = super().limited(name, op)
+
+            def run(tx: Tx) -> Any:
+                if max(self.tries.values(), default=0) >= full_for:
+                    self.grow()  # space returns after `full_for` tries of some write
+                return inner(tx)
+
+            return run
+
+    told: list[tuple[int, outcome.Outcome[Any]]] = []
+
+    def tell(seq: int, result: outcome.Outcome[Any]) -> None:
+        told.append((seq, result))
+
+    async def main(path: Path) -> tuple[list[int], list[tuple[int, str, str]]]:
+        async with open_repository(path, inline=True, max_batch=max_batch) as repo:
+            disk = Disk(await page_count(repo) + room_pages)
+            for seq, size in enumerate(sizes):
+                op = disk.limited(f"chunk-{seq}", blob("job", size, seq))
+                repo.write_nowait(op, then=functools.partial(tell, seq))
+            await repo.flush()
+            stored = await repo.read(
+                lambda c: [r[0] for r in c.execute("SELECT seq FROM output ORDER BY seq")]
+            )
+        return stored, committed(path)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stored, events = trio.run(
+            main, Path(tmp) / "wfe.db", clock=trio.testing.MockClock(autojump_threshold=0)
+        )
+    assert [seq for seq, _ in told] == list(range(len(sizes)))
+    assert all(o == outcome.Value("job") for _, o in told)
+    assert stored == list(range(len(sizes)))
+    assert [json.loads(data)["seq"] for _, _, data in events] == list(range(len(sizes)))
+    assert [i for i, _, _ in events] == list(range(1, len(sizes) + 1))

@@ -111,6 +111,7 @@ async def test_receive_batch_returns_everything_waiting(repo: Repository) -> Non
             third = await subscription.receive_batch()
     assert [e.subject for e in batches[0] if isinstance(e, Event)] == ["job-1"]
     assert [e.subject for e in second if isinstance(e, Event)] == ["job-2", "job-3"]
+    assert isinstance(third[0], Event)
     assert third[0] == Event(id=4, at=third[0].at, kind="test.happened", subject="job-4", data={})
     assert third[1:] == [Missed(first_id=5, last_id=6)]
 
