@@ -90,8 +90,9 @@ async def submit_jobs(console: Console, jobs: list[Job], log: Path, out: dict[st
         params["quiet"] = job.quiet
         try:
             reply = await console.call("run", rscript=SCRIPT, params={**params, "log": str(log)})
-        except (ClientError, trio.TooSlowError) as exc:
-            out["refused"][job.n] = str(exc).splitlines()[0][:160]
+        except (ClientError, trio.TooSlowError, OSError) as exc:
+            why = str(exc).splitlines() or ["no answer within 15 s"]  # TooSlowError says nothing
+            out["refused"][job.n] = why[0][:160]
         else:
             out["confirmed"][job.n] = reply["job"]
 
@@ -125,7 +126,7 @@ class _quiet:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
-        return kind is not None and issubclass(kind, ClientError | trio.TooSlowError)
+        return kind is not None and issubclass(kind, ClientError | trio.TooSlowError | OSError)
 
 
 async def wait_for_agents(console: Console, names: list[str], seconds: float) -> None:
@@ -288,6 +289,15 @@ async def run_chaos(options: Options) -> dict[str, Any]:
             await read_new_events(console, seen)
             judge_orphans(verdict, watcher.alive_scripts(), "once every job had ended")
             nursery.cancel_scope.cancel()
+    except BaseException:  # the harness itself failed: leave no process or mount behind
+        with trio.CancelScope(shield=True):
+            await cluster.stop()
+            for pid in cluster.leftovers():
+                kill(pid)
+            server.stop()
+            if "disk" in options.faults:
+                unmount(workspace)
+        raise
     finally:
         with trio.CancelScope(shield=True):
             figures["forced_stops"] = await cluster.stop()
