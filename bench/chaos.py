@@ -344,8 +344,10 @@ async def run_chaos(options: Options) -> dict[str, Any]:
     )
     figures["machine"]["loadavg_after"] = round(os.getloadavg()[0], 2)
     if "disk" in options.faults:
-        shutil.copy2(workspace / "wfe.db", root / "wfe.db")
-        unmount(workspace)
+        shutil.copytree(
+            workspace, root / "ws-kept", ignore=shutil.ignore_patterns(".chaos-fill", "*.sock")
+        )
+        unmount(workspace)  # what was on the small disk stays readable in ws-kept/
     if not options.root and not verdict.violations:
         shutil.rmtree(root, ignore_errors=True)
     return figures
