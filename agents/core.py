@@ -86,7 +86,7 @@ ACCEPT_AFTER = 0.005
 
 #: Seconds between reconnection attempts at most (the delay doubles from ``reconnect_delay``).
 #: Bounded so that an engine that restarts hears from its agents within this much plus its
-#: ``reconcile_grace`` margin (docs/decisions.md #31).
+#: ``reconcile_grace`` margin (docs/decisions.md #41).
 MAX_RECONNECT_DELAY = 5.0
 
 #: How many unanswered ``seq`` send times an agent remembers (an engine that grants no lease).
@@ -478,9 +478,12 @@ class Agent:
                 await self._send(self.status())
             case Resume():
                 session.start_soon(self._replay, message)
-            case Shutdown(reason=reason):
+            case Shutdown(reason=reason, leave_running=leave_running):
                 log.info("the engine asked to shut down: %s", reason or "no reason given")
-                await self._finish_all(f"shutdown: {reason}" if reason else "shutdown")
+                if leave_running:  # the engine stops; its work does not
+                    self._stop_requested = self._detach = True
+                else:
+                    await self._finish_all(f"shutdown: {reason}" if reason else "shutdown")
                 return True
             case _:
                 log.warning(

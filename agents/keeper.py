@@ -10,7 +10,7 @@ starts next asks the keeper what it holds, adopts what still runs and reports wh
 (containerd's shim, one per agent rather than one per script: a script costs no extra
 process).
 
-The keeper also enforces the agent's **lease** (docs/decisions.md #31): the agent forwards
+The keeper also enforces the agent's **lease** (docs/decisions.md #41): the agent forwards
 the time until which the engine lets its attempts run (``CLOCK_MONOTONIC``, the same clock
 in every process of the host). Once that time passes with no renewal — the agent is cut off
 from the engine, or dead and not back — the keeper kills every script it holds (SIGTERM,

@@ -128,6 +128,46 @@ def attempt_ended(
     return op
 
 
+def late_result(
+    finished: JobFinished, state: str, *, job_state: str | None
+) -> Callable[[Any], None]:
+    """Record the report of an attempt the engine had already ended (lost): the attempt's
+    row gets what really happened, with an ``attempt.late_result`` event; with ``job_state``
+    (a success that can still be the job's outcome) the job ends with it too."""
+
+    def op(tx: Any) -> None:
+        now = wall_now()
+        result = None if finished.result is None else json.dumps(finished.result)
+        tx.execute(
+            "UPDATE attempts SET state = ?, exit_code = ?, signal = ?, reason = ?, detail = ?,"
+            " duration = ?, result = ?, chunks = ? WHERE job_id = ? AND attempt = ?",
+            (
+                state,
+                finished.exit_code,
+                finished.signal,
+                finished.reason.value,
+                finished.detail or None,
+                finished.duration,
+                result,
+                finished.chunks,
+                finished.job_id,
+                finished.attempt,
+            ),
+        )
+        data: dict[str, Any] = {"attempt": finished.attempt, "state": state}
+        if finished.exit_code is not None:
+            data["exit_code"] = finished.exit_code
+        tx.emit("attempt.late_result", finished.job_id, data)
+        if job_state is not None:
+            tx.execute(
+                "UPDATE jobs SET state = ?, ended_at = ?, result = ?, error = NULL WHERE id = ?",
+                (job_state, now, result, finished.job_id),
+            )
+            tx.emit("job.state", finished.job_id, {"state": job_state})
+
+    return op
+
+
 def job_ended_without_attempt(job_id: str, state: str, error: str) -> Callable[[Any], None]:
     """A queued job that never ran: cancelled, or given up waiting for an agent."""
 
@@ -212,6 +252,18 @@ def last_attempt(job_id: str) -> Callable[[Any], dict[str, Any] | None]:
         record = dict(zip(keys, row, strict=True))
         record["result"] = None if record["result"] is None else json.loads(record["result"])
         return record
+
+    return fn
+
+
+def attempt_state(job_id: str, attempt: int) -> Callable[[Any], str | None]:
+    """The recorded state of one attempt, or None when there is no such attempt."""
+
+    def fn(conn: Any) -> str | None:
+        row = conn.execute(
+            "SELECT state FROM attempts WHERE job_id = ? AND attempt = ?", (job_id, attempt)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     return fn
 

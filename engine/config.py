@@ -53,6 +53,8 @@ class AgentsSection:
     heartbeat_deadline: float = 10.0  # silence after which an agent is declared lost
     max_redispatch: int = 3  # times a job is re-dispatched after losing its agent
     reconcile_grace: float = 10.0  # after a restart, how long to wait for agents to report back
+    lease: float = 60.0  # how long an agent's attempts run on without word from the engine
+    restart_backoff: float = 1.0  # first delay before a dead local agent is started again
 
 
 @attrs.frozen(kw_only=True)
@@ -269,6 +271,11 @@ def _check_values(config: Config, source: str) -> None:
         ),
         (config.agents.max_redispatch >= 0, "agents.max_redispatch must be 0 or more"),
         (config.agents.reconcile_grace >= 0, "agents.reconcile_grace must be 0 or more"),
+        (
+            config.agents.lease > 3 * config.agents.heartbeat,
+            "agents.lease must be more than three heartbeats, or renewals would race it",
+        ),
+        (config.agents.restart_backoff > 0, "agents.restart_backoff must be positive"),
         (0 <= config.api.port <= 65535, "api.port must be between 0 and 65535"),
         (
             config.retention.keep_days >= 0,
@@ -367,6 +374,7 @@ local = {local}          # local agents started by the engine
 slots = {slots}
 heartbeat = 2.0
 heartbeat_deadline = 10.0
+lease = 60.0             # an agent cut off this long kills its scripts; lost work waits this long
 
 [jobs]
 timeout = 3600.0

@@ -11,6 +11,15 @@ at any point leaves the repository saying what was promised, and ``recover`` pic
 there: attempts that were out on agents wait for those agents to report back
 (``reconcile_grace``) and are recorded, reattached, or declared lost and retried.
 
+Leases and fencing (docs/decisions.md #41): every hello and
+status an agent sends is answered with ``Lease(seq, ttl=[agents] lease)``; the agent side
+kills its scripts once a lease runs out unrenewed. An agent that goes silent is declared
+lost at its heartbeat deadline (fast, so no new work goes to it), but its attempts are
+ended and dispatched again only once they are *fenced*: the agent came back and said they
+are dead, or ``lease`` plus a kill grace has passed since the last message we granted a
+lease for (``fence_at``). Time during which a transport was down (the engine offline from
+the XMPP server) never counts against that transport's agents.
+
 Timeouts: waiting for an agent (job), per attempt (the agent kills at the timeout, the
 machine gives up a grace later), overall (job), and the heartbeat (agent). All deadlines
 use ``trio.current_time()`` and live in one timer heap.
@@ -35,7 +44,7 @@ from engine.config import AgentsSection, JobsSection
 from engine.errors import UnknownJob
 from engine.jobs import Completions, JobOutcome, JobRow, NewJob, create_job
 from engine.output_fill import OutputFill
-from engine.scheduler import Offer, Ready, assign
+from engine.scheduler import Offer, Ready, assign, fits
 from protocols.attempt import (
     AgentLost,
     AttemptMachine,
@@ -43,8 +52,10 @@ from protocols.attempt import (
     CancelRequested,
     DeadlinePassed,
     Dispatched,
+    Finished,
     Started,
     event_from_message,
+    finished_state,
     should_retry,
 )
 from protocols.errors import IllegalTransition
@@ -59,6 +70,7 @@ from protocols.messages import (
     JobAccepted,
     JobFinished,
     JobRefused,
+    Lease,
     Limits,
     Message,
     OutputChunk,
@@ -71,6 +83,10 @@ if TYPE_CHECKING:
     from rscripts.loader import ScriptLibrary
 
 log = logging.getLogger("wfe.controller")
+
+#: Seconds added to an agent's lease before its attempts count as fenced: the keeper's
+#: SIGTERM-to-SIGKILL grace and the moment it takes to see the lease run out, with room.
+FENCE_MARGIN = 5.0
 
 
 class AgentLink(Protocol):
@@ -90,6 +106,7 @@ class AgentEntry:
     last_heard: float = 0.0
     held_back: bool = False  # not read while the repository catches up: its silence is ours
     lost: bool = False
+    lease_heard: float = -math.inf  # when we received the last message we granted a lease for
     attempts: dict[tuple[str, int], LiveJob] = attrs.Factory(dict)
     reserved: int = 0  # slots held for new jobs whose dispatch is being committed with them
 
@@ -171,6 +188,11 @@ class AgentController:
         # (job, attempt) whose result arrived and whose end is not committed yet: a result
         # resent meanwhile gets no Ack (the Ack after the commit answers it)
         self._unacked: set[tuple[str, int]] = set()
+        self._offline: set[str] = set()  # transports that are down: their agents' silence is ours
+        # (job, attempt) an agent's hello says it holds a result for, of a job that waits to
+        # run again: kept out of the queue until that result is read (it may be the outcome)
+        self._late_expected: dict[tuple[str, int], tuple[str, LiveJob]] = {}
+        self.started_at = trio.current_time()
         self.dispatched_total = 0
 
     # --- life ------------------------------------------------------------------------------
@@ -194,7 +216,31 @@ class AgentController:
             "running": running,
             "agents": sum(1 for a in self.agents.values() if a.link is not None and not a.lost),
             "dispatched_total": self.dispatched_total,
+            "unplaceable": len(self.unplaceable()),
         }
+
+    def unplaceable(self) -> list[str]:
+        """Queued jobs that no connected agent could ever take (none offers what they need,
+        however busy it is); with no agent connected at all, every queued job."""
+        offers = [
+            Offer(name=a.name, free_slots=a.capabilities.slots, capabilities=a.capabilities)
+            for a in self.agents.values()
+            if a.link is not None and not a.lost
+        ]
+        stuck = []
+        for job in self.jobs.values():
+            if job.active:
+                continue
+            ready = Ready(
+                job_id=job.job_id,
+                priority=job.priority,
+                seq=job.seq,
+                requirements=job.requirements,
+                on=job.on,
+            )
+            if not any(fits(ready, offer) for offer in offers):
+                stuck.append(job.job_id)
+        return stuck
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -486,6 +532,8 @@ class AgentController:
         for item in popped:
             if item[2] not in chosen:
                 heapq.heappush(self._ready, item)
+        if not pairs:  # nothing that waits fits a free slot: wait for a change
+            return
         now = trio.current_time()
         machines: list[tuple[LiveJob, AgentEntry]] = []
         for ready, agent_name in pairs:
@@ -502,9 +550,10 @@ class AgentController:
         # Write ahead: the dispatch is committed before any agent hears of it.
         await self.repo.write(ops.attempts_dispatched([job.machine for job, _ in machines]))  # type: ignore[misc]
         self._send_dispatches(machines)
-        self._work.set() if self._ready and any(
-            a.free_slots for a in self.agents.values()
-        ) else None
+        if self._ready and any(
+            a.free_slots for a in self.agents.values() if a.link is not None and not a.lost
+        ):
+            self._work.set()  # more may fit: another round
 
     def _send_dispatches(self, machines: list[tuple[LiveJob, AgentEntry]]) -> None:
         """Send the dispatches just committed, unless their attempt ended meanwhile."""
@@ -561,6 +610,7 @@ class AgentController:
         entry.link = link
         entry.last_heard = now
         entry.lost = False
+        self._grant(entry, hello.seq, now)
         running = {(r.job_id, r.attempt) for r in hello.running}
         held = {(r.job_id, r.attempt) for r in hello.held}
         for key, job in list(entry.attempts.items()):
@@ -573,8 +623,14 @@ class AgentController:
                 job.sent = True
                 self._schedule_attempt(job)
                 self._spawn(self._resume_output, entry, job.job_id, machine.attempt)
-            elif key not in held:  # the agent never got it, or lost it with a restart
-                self._attempt_over(job, AgentLost(at=now), None)
+            elif key not in held:  # the agent never got it, or lost it with a restart: it says
+                self._attempt_over(job, AgentLost(at=now), None)  # so, which fences it
+        for ref in hello.held:
+            waiting = self.jobs.get(ref.job_id)
+            key = (ref.job_id, ref.attempt)
+            if waiting is not None and not waiting.active and key not in entry.attempts:
+                waiting.queued_token += 1  # out of the ready heap until the result is read
+                self._late_expected[key] = (hello.name, waiting)
         caps = attrs.asdict(hello.capabilities)
         self.repo.write_nowait(ops.agent_seen(hello.name, transport, caps, "connected"))
         self._schedule(now + self.settings.heartbeat_deadline, "agent", hello.name)
@@ -588,6 +644,36 @@ class AgentController:
         if entry.link is not None:
             entry.link.send_nowait(Resume(job_id=job_id, attempt=attempt, next_seq=next_seq))
 
+    def _grant(self, entry: AgentEntry, seq: int, now: float) -> None:
+        """Answer an agent's numbered message with a lease, and remember when we heard it."""
+        if entry.link is None:
+            return
+        entry.lease_heard = now
+        entry.link.send_nowait(Lease(seq=seq, ttl=self.settings.lease))
+
+    def fence_at(self, name: str) -> float:
+        """When the attempts of agent ``name`` are dead for sure if it never comes back: its
+        last lease, counted from when we heard the message it answered, plus a margin. An
+        agent we never granted a lease (known from the books after a restart) counts from
+        the engine's start, since any lease it had was granted before that."""
+        entry = self.agents.get(name)
+        heard = entry.lease_heard if entry is not None else -math.inf
+        return max(heard, self.started_at) + self.settings.lease + FENCE_MARGIN
+
+    def transport_down(self, transport: str) -> None:
+        """The engine lost its own connection for ``transport`` (e.g. the XMPP server went
+        away): its agents' silence from now on is not theirs."""
+        self._offline.add(transport)
+
+    def transport_up(self, transport: str) -> None:
+        """``transport`` is up again: its agents' heartbeat clocks start afresh from now."""
+        self._offline.discard(transport)
+        now = trio.current_time()
+        for entry in self.agents.values():
+            if entry.transport == transport and not entry.lost:
+                entry.last_heard = max(entry.last_heard, now)
+                self._schedule(now + self.settings.heartbeat_deadline, "agent", entry.name)
+
     def agent_disconnected(self, name: str, link: AgentLink) -> None:
         """The agent's connection closed; it has until the heartbeat deadline to come back."""
         entry = self.agents.get(name)
@@ -595,6 +681,10 @@ class AgentController:
             return
         entry.link = None
         self._schedule(trio.current_time() + self.settings.heartbeat_deadline, "agent", name)
+        for key, (agent, waiting) in list(self._late_expected.items()):
+            if agent == name:  # the result it announced will not come on this link
+                del self._late_expected[key]
+                self._requeue_if_live(waiting)
         self.repo.write_nowait(ops.agent_state(name, "disconnected"))
         log.info("agent %s disconnected", name)
 
@@ -674,22 +764,82 @@ class AgentController:
             self.output_fill.relink(message.job_id, message.attempt, entry.link)
             return
         if job is None:
-            # A report for an attempt already settled (a duplicate, or one we gave up on as
-            # lost): acknowledge it so the agent drops it, and change nothing.
-            log.info(
-                "stale result for %s#%d from %s acknowledged",
-                message.job_id,
-                message.attempt,
-                entry.name,
-            )
-            if entry.link is not None:
-                entry.link.send_nowait(Ack(job_id=message.job_id, attempt=message.attempt))
+            # A report for an attempt already settled: a duplicate, or one we had given up on
+            # as lost (its agent was cut off past its lease). Never thrown away: recorded on
+            # the attempt, and the job's outcome if it can still be (docs/decisions.md).
+            key = (message.job_id, message.attempt)
+            self._unacked.add(key)
+            self._spawn(self._late, entry.name, message)
             return
         self._attempt_over(job, event_from_message(message, at=trio.current_time()), message)
+
+    async def _late(self, agent: str, message: JobFinished) -> None:
+        """Record a report for an attempt no longer current, then acknowledge it. A success
+        ends its job when the job is still waiting to run again (not dispatched anew, nor
+        ended); anything else is kept on the attempt only."""
+        key = (message.job_id, message.attempt)
+        try:
+            known = await self.repo.read(ops.attempt_state(message.job_id, message.attempt))
+            if known != "lost":
+                log.info("duplicate result for %s#%d from %s acknowledged", *key, agent)
+                return
+            state = finished_state(
+                Finished(
+                    reason=message.reason,
+                    at=trio.current_time(),
+                    exit_code=message.exit_code,
+                    signal=message.signal,
+                )
+            )
+            job = self.jobs.get(message.job_id)
+            adopt = (
+                state is AttemptState.SUCCEEDED
+                and job is not None
+                and not job.active
+                and job.job_id not in self._ending
+            )
+            if adopt:
+                assert job is not None
+                job.queued_token += 1  # out of the ready heap
+                self.jobs.pop(job.job_id, None)
+                self._ending[job.job_id] = job
+            if message.chunks:
+                await self.output_fill.complete(message, lambda: self._link(agent))
+            log.warning(
+                "late result for %s#%d from %s: %s%s",
+                *key,
+                agent,
+                state.value,
+                " (the job's outcome)" if adopt else " (recorded on the attempt)",
+            )
+            await self.repo.write(
+                ops.late_result(message, state.value, job_state="succeeded" if adopt else None)
+            )
+            if adopt:
+                assert job is not None
+                self._ending.pop(job.job_id, None)
+                self.completions.resolve(
+                    JobOutcome(job_id=job.job_id, state="succeeded", result=message.result),
+                    keep=job.parent_id is not None,
+                )
+        finally:
+            self._unacked.discard(key)
+            expected = self._late_expected.pop(key, None)
+            if expected is not None:
+                self._requeue_if_live(expected[1])
+            link = self._link(agent)
+            if link is not None:
+                link.send_nowait(Ack(job_id=message.job_id, attempt=message.attempt))
+
+    def _requeue_if_live(self, job: LiveJob) -> None:
+        """Queue ``job`` again if it still waits to run (not ended, not dispatched)."""
+        if self.jobs.get(job.job_id) is job and not job.active:
+            self._enqueue(job)
 
     def _status(self, entry: AgentEntry, status: AgentStatus) -> None:
         known = {(r.job_id, r.attempt) for r in (*status.running, *status.held)}
         now = trio.current_time()
+        self._grant(entry, status.seq, now)
         for key, job in list(entry.attempts.items()):
             # Messages on a link keep their order, so an attempt the agent accepted and that is
             # in neither list has vanished from it (e.g. the agent restarted).
@@ -879,10 +1029,15 @@ class AgentController:
     def _fire(self, kind: str, key: Any, now: float) -> None:
         if kind == "agent":
             self._check_agent(key, now)
+        elif kind == "fence":
+            self._fence(key, now)
         elif kind == "attempt":
             job_id, attempt = key
             job = self.jobs.get(job_id)
             if job is not None and job.machine is not None and job.machine.attempt == attempt:
+                owner = self.agents.get(job.machine.agent or "")
+                if owner is not None and owner.lost:
+                    return  # its agent is silent: the fence ends it, not a deadline
                 event = job.machine.on_deadline(now)
                 if event is not None:
                     entry = self.agents.get(job.machine.agent or "")
@@ -921,7 +1076,8 @@ class AgentController:
         entry = self.agents.get(name)
         if entry is None or entry.lost:
             return
-        if entry.held_back:  # we are not reading it: its heartbeats wait in the socket
+        if entry.held_back or entry.transport in self._offline:
+            # we are not reading it, or cannot hear anyone on its transport: not its fault
             self._schedule(now + self.settings.heartbeat_deadline, "agent", name)
             return
         deadline = entry.last_heard + self.settings.heartbeat_deadline
@@ -930,13 +1086,36 @@ class AgentController:
             return
         entry.lost = True
         why = "disconnected" if entry.link is None else "missed its heartbeat deadline"
+        fence = self.fence_at(name)
+        if entry.attempts:
+            why += f"; its {len(entry.attempts)} attempt(s) are run again once fenced,"
+            why += f" in {max(0.0, fence - now):.0f} s unless it comes back first"
         log.warning("agent %s lost: %s", name, why)
         self.repo.write_nowait(ops.agent_state(name, "lost", why))
-        for job in list(entry.attempts.values()):
-            if job.machine is not None and not job.machine.terminal:
-                self._attempt_over(job, AgentLost(at=now), None)
+        if entry.attempts:
+            self._schedule(fence, "fence", name)
         if entry.link is not None:
             entry.link.send_nowait(StatusRequest())
+
+    def _fence(self, name: str, now: float) -> None:
+        """The lease of a lost agent has run out: whatever it still holds is dead by now (its
+        keeper killed it), so those attempts end as lost and their jobs may run again."""
+        entry = self.agents.get(name)
+        if entry is None or not entry.lost:
+            return  # it came back and reported what it holds
+        fence = self.fence_at(name)
+        if now < fence:  # a lease granted since: wait for that one
+            self._schedule(fence, "fence", name)
+            return
+        for job in list(entry.attempts.values()):
+            if job.machine is not None and not job.machine.terminal:
+                log.info(
+                    "attempt %s#%d fenced: agent %s's lease ran out",
+                    job.job_id,
+                    job.machine.attempt,
+                    name,
+                )
+                self._attempt_over(job, AgentLost(at=now), None)
 
     # --- after a restart -------------------------------------------------------------------
 
@@ -946,14 +1125,21 @@ class AgentController:
         Attempts that were out on agents wait ``reconcile_grace`` for their agent to report;
         the rest are queued again. Returns counts for the log.
         """
-        from engine.recovery import load_unfinished
+        from engine.recovery import agent_transports, load_unfinished
 
         jobs, agents = await self.repo.read(load_unfinished)
+        transports = await self.repo.read(agent_transports)
         now = trio.current_time()
         counts = {"queued": 0, "awaiting_agent": 0, "failed": 0}
         for name, caps in agents.items():
             self.agents.setdefault(
-                name, AgentEntry(name=name, capabilities=caps, transport="unknown", last_heard=now)
+                name,
+                AgentEntry(
+                    name=name,
+                    capabilities=caps,
+                    transport=transports.get(name, "unknown"),
+                    last_heard=now,
+                ),
             )
         for row, attempt in jobs:
             try:
@@ -985,7 +1171,7 @@ class AgentController:
                     AgentEntry(
                         name=attempt["agent"],
                         capabilities=Capabilities(slots=1),
-                        transport="unknown",
+                        transport=transports.get(attempt["agent"], "unknown"),
                     ),
                 )
                 entry.last_heard = (

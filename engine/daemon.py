@@ -3,9 +3,10 @@
 ``open_engine`` starts, in order: the repository writer, the agent controller (dispatcher
 and timers), recovery of unfinished jobs, the local agent socket and the local agents, and
 the resumption of unfinished actions. It yields an ``Engine``, the facade the console API,
-the CLI and the demo use. Leaving the context stops the local agents (they are asked to
-shut down and finish nothing more) and cancels the services; unfinished jobs stay
-unfinished in the repository, and the next start picks them up.
+the CLI and the demo use. Leaving the context stops the local agents (they exit and leave
+what they run to their keepers: a stop cancels nothing) and cancels the services;
+unfinished jobs stay unfinished in the repository, and the next start picks them up exactly
+as after a crash.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                     directory=config.agents_dir,
                     public_key=config.path(config.engine.public_key),
                     heartbeat=config.agents.heartbeat,
+                    restart_backoff=config.agents.restart_backoff,
                 )
                 await local.start()
                 # an agent that cannot start stops the engine here (LocalAgentFailed)

@@ -54,3 +54,10 @@ def load_unfinished(
         except (TypeError, ValueError):
             continue
     return jobs, agents
+
+
+def agent_transports(conn: Any) -> dict[str, str]:
+    """The transport each known agent last connected over (``local``, ``xmpp``)."""
+    return {
+        name: transport for name, transport in conn.execute("SELECT name, transport FROM agents")
+    }

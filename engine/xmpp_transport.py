@@ -143,12 +143,14 @@ class XmppTransport:
     def handle(self, event: object) -> None:
         match event:
             case Online():
+                self.controller.transport_up("xmpp")
                 self._announce()
                 if self.fetcher is not None and self._nursery is not None:
                     self._nursery.start_soon(self.fetcher.find_service)
             case UploadReceived(sender=sender, ref=ref):
                 self._upload(sender, ref)
             case Offline():
+                self.controller.transport_down("xmpp")  # our outage, not the agents'
                 self._drop_all()
             case PresenceReceived():
                 self._presence(event)
@@ -319,6 +321,7 @@ async def serve_xmpp_agents(
             assert client.ssl_context is not None  # made before the client is handed out
             http = http_client(client.ssl_context)
             fetcher = UploadFetcher(client, http)
+            controller.transport_down("xmpp")  # until the first session is up
             transport = XmppTransport(controller, client, agents=agents, fetcher=fetcher)
             task_status.started(transport)
             async with http:

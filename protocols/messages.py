@@ -7,7 +7,7 @@ bytes and back. A job attempt is identified everywhere by ``(job_id, attempt)``.
 Direction: ``Dispatch``, ``Cancel``, ``Ack``, ``StatusRequest``, ``Resume``, ``Lease`` and
 ``Shutdown`` go from the engine to an agent; the others from an agent to the engine.
 
-Leases (docs/decisions.md #31): every ``AgentHello`` and ``AgentStatus`` carries a ``seq``;
+Leases (docs/decisions.md #41): every ``AgentHello`` and ``AgentStatus`` carries a ``seq``;
 the engine answers each with ``Lease(seq, ttl)``. The agent's attempts may run until ``ttl``
 seconds after it *sent* the message numbered ``seq`` (so a slow trip only shortens the
 lease); past that, the agent side kills them and reports them ``FENCED``. The engine, which
@@ -137,9 +137,12 @@ class Lease:
 
 @attrs.frozen(kw_only=True)
 class Shutdown:
-    """Stop the agent after killing what it runs (used for agents the engine started)."""
+    """Stop the agent (used for agents the engine started): after killing what it runs, or,
+    with ``leave_running``, leaving it to the agent's keeper for the next agent to adopt (an
+    engine that stops is not cancelling anything)."""
 
     reason: str = ""
+    leave_running: bool = False
 
 
 # --- agent -> engine ---------------------------------------------------------------------

@@ -31,7 +31,9 @@ from protocols.messages import (
 )
 from rscripts.loader import ScriptLibrary
 
-AGENTS = AgentsSection(heartbeat=1.0, heartbeat_deadline=5.0, max_redispatch=2, reconcile_grace=4.0)
+AGENTS = AgentsSection(
+    heartbeat=1.0, heartbeat_deadline=5.0, max_redispatch=2, reconcile_grace=4.0, lease=10.0
+)
 JOBS = JobsSection(timeout=60.0, retries=0, backoff=2.0)
 
 
@@ -52,6 +54,7 @@ class FakeAgent:
         self._arrived = trio.Event()
         self.connected = False
         self.running: set[tuple[str, int]] = set()
+        self.transport = "fake"
 
     # the controller's side of the link
     def send_nowait(self, message: Message) -> None:
@@ -69,7 +72,7 @@ class FakeAgent:
             running=tuple(AttemptRef(job_id=j, attempt=a) for j, a in running),
             held=tuple(AttemptRef(job_id=j, attempt=a) for j, a in held),
         )
-        self.controller.agent_connected(hello, self, transport="fake")
+        self.controller.agent_connected(hello, self, transport=self.transport)
         self.connected = True
 
     def disconnect(self) -> None:

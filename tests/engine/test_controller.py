@@ -9,6 +9,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
+from engine.controller import FENCE_MARGIN
 from protocols.messages import Ack, Cancel, Dispatch, FinishReason, JobRefused
 
 from .conftest import AGENTS, JOBS, FakeAgent, Harness
@@ -67,10 +68,11 @@ async def test_higher_priority_is_dispatched_first(
     assert second.job_id == low
 
 
-async def test_a_silent_agent_is_lost_at_its_heartbeat_deadline(
+async def test_a_silent_agent_is_lost_and_its_job_goes_elsewhere_once_fenced(
     autojump_clock: MockClock, harness: Harness
 ) -> None:
-    """No heartbeat for heartbeat_deadline: the agent is lost and its job goes elsewhere."""
+    """No heartbeat: the agent is lost at heartbeat_deadline, and its job goes elsewhere once
+    its lease (granted on its hello) has run out, plus the fence margin."""
     quiet = harness.agent("quiet", slots=1, silent=True)
     job_id = await submit(harness)
     [dispatch] = await quiet.receive(Dispatch)
@@ -81,7 +83,7 @@ async def test_a_silent_agent_is_lost_at_its_heartbeat_deadline(
     )  # other joins later, so it is not silent as long
     other = harness.agent("other", slots=1)
     [again] = await other.receive(Dispatch)
-    assert trio.current_time() - start == pytest.approx(AGENTS.heartbeat_deadline)
+    assert trio.current_time() - start == pytest.approx(AGENTS.lease + FENCE_MARGIN)
     assert (again.job_id, again.attempt) == (job_id, 2)
     other.finish(again)
     assert (await outcome(harness, job_id)).state == "succeeded"
@@ -112,8 +114,8 @@ async def test_a_job_that_kills_every_agent_fails_after_max_redispatch(
         agent = harness.agent(f"victim-{n}", slots=1)
         [dispatch] = await agent.receive(Dispatch)
         assert dispatch.attempt == n + 1
-        agent.disconnect()  # and never comes back: lost once its deadline passes
-        await trio.sleep(AGENTS.heartbeat_deadline + 0.5)
+        agent.disconnect()  # and never comes back: lost, then fenced when its lease is out
+        await trio.sleep(AGENTS.lease + FENCE_MARGIN + 0.5)
     done = await outcome(harness, job_id)
     assert done.state == "failed"
     assert done.error == f"lost its agent 3 times (max_redispatch {AGENTS.max_redispatch})"
@@ -305,8 +307,9 @@ async def test_restart_reconciles_with_what_agents_report(
     autojump_clock: MockClock, repo: Any, nursery: trio.Nursery
 ) -> None:
     """After a restart: a result held in a spool is recorded, a running attempt is
-    reattached, an attempt the agent does not know is lost and retried, and an agent
-    that never comes back loses its attempts after reconcile_grace."""
+    reattached, an attempt the agent does not know is lost and retried at once, and an
+    agent that never comes back is lost after reconcile_grace and its attempts run again
+    once fenced."""
     from .conftest import make_controller
 
     first = make_controller(repo)
@@ -332,6 +335,7 @@ async def test_restart_reconciles_with_what_agents_report(
     start = trio.current_time()
     a2 = FakeAgent(second.controller, "a", slots=3)
     a2.connect(running=((running.job_id, 1),), held=((held.job_id, 1),))
+    nursery.start_soon(a2.beat)
     a2.finish(held)  # the agent resends what it holds
     assert (await outcome(second, held.job_id)).state == "succeeded"
     [resume] = await a2.receive(__import__("protocols.messages").messages.Resume)
@@ -346,9 +350,10 @@ async def test_restart_reconciles_with_what_agents_report(
         "lost",
         "succeeded",
     ]
-    # b never returns: its attempt is lost at reconcile_grace and dispatched to a2
+    # b never returns: lost at reconcile_grace, its attempt is dispatched to a2 once fenced:
+    # a lease it may have had was granted before the restart, so it is out lease + margin on
     [_, moved] = await a2.receive(Dispatch, 2)
-    assert trio.current_time() - start == pytest.approx(AGENTS.reconcile_grace)
+    assert trio.current_time() - start == pytest.approx(AGENTS.lease + FENCE_MARGIN)
     assert (moved.job_id, moved.attempt) == (on_b.job_id, 2)
     assert set(jobs) == {held.job_id, running.job_id, unknown.job_id, on_b.job_id}
 

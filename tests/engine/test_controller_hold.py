@@ -9,6 +9,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
+from engine.controller import FENCE_MARGIN
 from protocols.messages import Dispatch
 
 from .conftest import AGENTS, JOBS, Harness
@@ -26,8 +27,8 @@ async def state_of(h: Harness, job_id: str) -> str:
 async def test_a_held_requests_job_requeued_after_a_lost_agent_waits_for_release(
     autojump_clock: MockClock, harness: Harness
 ) -> None:
-    """A job of a held request whose agent is lost is requeued (no delay) but not dispatched
-    while the request is held, though an agent is free; release dispatches it."""
+    """A job of a held request whose agent is lost is requeued once fenced (no delay) but not
+    dispatched while the request is held, though an agent is free; release dispatches it."""
     lost = harness.agent("lost", slots=1, silent=True)
     job_id = await submit(harness, request_id="r1")
     [first] = await lost.receive(Dispatch)
@@ -37,6 +38,8 @@ async def test_a_held_requests_job_requeued_after_a_lost_agent_waits_for_release
     lost.disconnect()
     await trio.sleep(AGENTS.heartbeat_deadline + 1)
     assert harness.controller.agents["lost"].lost
+    assert await state_of(harness, job_id) == "running"  # lost, not yet fenced
+    await trio.sleep(AGENTS.lease + FENCE_MARGIN)
     assert await state_of(harness, job_id) == "queued"
     await trio.sleep(10 * AGENTS.heartbeat)
     assert other.of_type(Dispatch) == []

@@ -75,7 +75,7 @@ BY_TYPE: dict[type[Any], st.SearchStrategy[Any]] = {
     StatusRequest: st.builds(StatusRequest),
     Resume: st.builds(Resume, job_id=texts, attempt=ints, next_seq=ints),
     Lease: st.builds(Lease, seq=ints, ttl=finite),
-    Shutdown: st.builds(Shutdown, reason=texts),
+    Shutdown: st.builds(Shutdown, reason=texts, leave_running=st.booleans()),
     AgentHello: st.builds(
         AgentHello,
         name=texts,
