@@ -157,9 +157,22 @@ async def run_engine_process(config: Config, *, ready: Callable[[int], None] | N
             if ready is not None:
                 ready(port)
             async for signum in signals:
-                log.info("%s received: stopping", signal.Signals(signum).name)
+                log.info(
+                    "%s received: stopping (running scripts go on; send it again to stop at once)",
+                    signal.Signals(signum).name,
+                )
                 break
+            trio.lowlevel.spawn_system_task(_stop_at_once_on, signals)
             nursery.cancel_scope.cancel()
+
+
+async def _stop_at_once_on(signals: Any) -> None:
+    """A second SIGINT/SIGTERM while the engine stops ends the process at once: as safe as a
+    crash (everything is committed before it is acted on), just without the tidy-up."""
+    async for signum in signals:
+        log.warning("%s received again: stopping at once", signal.Signals(signum).name)
+        logging.shutdown()
+        os._exit(128 + signum)
 
 
 # --- client commands -----------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""Stopping `wfe engine` politely cancels nothing (issue 12, item 1; decision #42).
+
+A real `wfe engine` with a real local agent runs an RScript that records each of its
+executions in a file outside the engine's books. The engine is stopped with SIGTERM (or
+SIGINT, as Ctrl-C sends) while the script runs and started again: the job ends succeeded as
+the same attempt, its script ran once, and nothing was recorded cancelled. A second signal
+during a stop ends the process at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from engine.client import connect_config
+from engine.config import load_config
+from engine.demo import make_workspace
+
+from .test_restart import kill_local_agents, read_db, start_engine, wait_ready
+
+pytestmark = pytest.mark.slow
+
+COUNTING = """#!/bin/sh
+# wfe-rscript: 1
+# name: counted
+# version: 1.0
+# interpreter: sh
+# description: append a line to a file outside the books, sleep, print and succeed
+# param runs: str the file that counts executions
+# param seconds: float = 2 how long to sleep
+runs=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"])' "$WFE_PARAMS")
+seconds=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$WFE_PARAMS")
+echo "$WFE_JOB_ID $WFE_ATTEMPT $$" >> "$runs"
+echo before
+sleep "$seconds"
+echo after
+"""
+
+
+def workspace(tmp_path: Path) -> Any:
+    config = make_workspace(tmp_path / "ws", agents=1)
+    scripts = config.root / "rscripts"
+    scripts.mkdir(exist_ok=True)
+    (scripts / "counted.sh").write_text(COUNTING)
+    toml = config.root / "wfe.toml"
+    text = toml.read_text().replace("[engine]\n", '[engine]\nrscripts = ["rscripts"]\n', 1)
+    toml.write_text(text)
+    return load_config(toml)
+
+
+async def stop_while_running(tmp_path: Path, signum: int) -> None:
+    config = workspace(tmp_path)
+    config_path = config.root / "wfe.toml"
+    log, runs = tmp_path / "engine.log", tmp_path / "runs"
+    first = start_engine(config_path, log)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_ready(config, first)
+        async with connect_config(config) as client:
+            started = await client.call(
+                "run", rscript="counted", params={"runs": str(runs), "seconds": 3.0}
+            )
+            job_id = started["job"]
+            with trio.fail_after(30):
+                while not runs.exists():  # noqa: ASYNC110 - another process's file
+                    await trio.sleep(0.05)
+        first.send_signal(signum)
+        assert first.wait(timeout=30) == 0
+        assert read_db(
+            config.repository_path, "SELECT state FROM attempts WHERE job_id = ?", (job_id,)
+        ) == [("running",)]
+        (config.run_dir / "api.port").unlink()
+        second = start_engine(config_path, log)
+        await wait_ready(config, second)
+        with trio.fail_after(60):
+            async with connect_config(config) as client:
+                done = await client.call("wait", job=job_id)
+        assert done["state"] == "succeeded", done
+        rows = read_db(
+            config.repository_path,
+            "SELECT attempt, state FROM attempts WHERE job_id = ?",
+            (job_id,),
+        )
+        assert rows == [(1, "succeeded")]
+        assert len(runs.read_text().splitlines()) == 1  # it ran once
+        output = read_db(
+            config.repository_path,
+            "SELECT data FROM output WHERE job_id = ? ORDER BY seq",
+            (job_id,),
+        )
+        assert b"".join(r[0] for r in output) == b"before\nafter\n"
+        cancelled = read_db(
+            config.repository_path,
+            "SELECT COUNT(*) FROM events WHERE data LIKE '%cancel%'",
+        )
+        assert cancelled == [(0,)]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+        kill_local_agents(config)
+
+
+async def test_sigterm_while_a_script_runs_cancels_nothing(tmp_path: Path) -> None:
+    """SIGTERM, then a start: the job succeeds as the same attempt, run once."""
+    await stop_while_running(tmp_path, signal.SIGTERM)
+
+
+async def test_ctrl_c_while_a_script_runs_cancels_nothing(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C), then a start: the same."""
+    await stop_while_running(tmp_path, signal.SIGINT)
+
+
+async def test_a_second_signal_during_a_slow_stop_stops_at_once(tmp_path: Path) -> None:
+    """The local agent is frozen (SIGSTOP), so the stop waits for it; a second SIGTERM ends
+    the engine at once (exit 128 + 15), as safe as a crash."""
+    config = workspace(tmp_path)
+    log = tmp_path / "engine.log"
+    engine = start_engine(config.root / "wfe.toml", log)
+    agent_pid: int | None = None
+    try:
+        await wait_ready(config, engine)
+        lock = config.agents_dir / "local-1" / "spool" / "agent.lock"
+        with trio.fail_after(30):
+            while not lock.exists() or not lock.read_text().strip():  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        agent_pid = int(lock.read_text().split()[0])
+        os.kill(agent_pid, signal.SIGSTOP)
+        engine.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            while b"send it again to stop at once" not in log.read_bytes():  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=30) == 128 + signal.SIGTERM
+        assert b"SIGTERM received again: stopping at once" in log.read_bytes()
+    finally:
+        if agent_pid is not None:
+            os.kill(agent_pid, signal.SIGCONT)
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+        kill_local_agents(config)
