@@ -101,6 +101,12 @@ def print_status(result: dict[str, Any], *, job: str | None) -> None:
         f"agents {stats['agents']}  queued {stats['queued']}  running {stats['running']}"
         f"  actions {stats['running_actions']}  dispatched {stats['dispatched_total']}"
     )
+    stuck = stats.get("unplaceable", 0)
+    if stuck:
+        print(
+            f"warning: {stuck} queued job(s) that no connected agent can ever take"
+            + (" (no agent is connected)" if not stats["agents"] else "")
+        )
     print_table(
         [
             {

@@ -660,6 +660,11 @@ class AgentController:
         heard = entry.lease_heard if entry is not None else -math.inf
         return max(heard, self.started_at) + self.settings.lease + FENCE_MARGIN
 
+    @property
+    def transports_down(self) -> frozenset[str]:
+        """The transports whose connection the engine has lost (``xmpp`` while offline)."""
+        return frozenset(self._offline)
+
     def transport_down(self, transport: str) -> None:
         """The engine lost its own connection for ``transport`` (e.g. the XMPP server went
         away): its agents' silence from now on is not theirs."""

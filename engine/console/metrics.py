@@ -93,6 +93,8 @@ class ConsoleMetrics:
             is_socket = False
         if not is_socket:
             problems.append("local agents: their socket is not being served")
+        for transport in sorted(engine.controller.transports_down):
+            problems.append(f"{transport}: the engine is not connected to its server")
         return problems
 
     async def _read_repository(self) -> dict[str, Any]:
@@ -151,6 +153,9 @@ class _Snapshot(Collector):
         yield from metrics.recorded(engine.controller).dispatch_to_result.collect()
         yield GaugeMetricFamily("wfe_queue_depth", "RScript jobs waiting for an agent",
                                 value=controller["queued"])  # fmt: skip
+        yield GaugeMetricFamily("wfe_unplaceable_jobs",
+                                "Queued RScript jobs that no connected agent can ever take",
+                                value=controller["unplaceable"])  # fmt: skip
         yield GaugeMetricFamily("wfe_attempts_running", "RScript jobs on an agent",
                                 value=controller["running"])  # fmt: skip
         yield CounterMetricFamily("wfe_dispatched", "Attempts dispatched since the engine started",

@@ -26,8 +26,10 @@ def wfe(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedPr
 
 
 @pytest.fixture
-def running_engine(tmp_path: Path) -> Any:
-    config = make_workspace(tmp_path / "ws", agents=1)
+def running_engine(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """A `wfe engine` process on a new workspace with one local agent (or as many as an
+    indirect parameter says)."""
+    config = make_workspace(tmp_path / "ws", agents=getattr(request, "param", 1))
     path = config.root / "wfe.toml"
     log = open(tmp_path / "engine.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
@@ -134,3 +136,28 @@ def test_a_bad_config_is_one_line(tmp_path: Path) -> None:
     bad = wfe(path, "status")
     assert bad.returncode == 1
     assert bad.stderr == f"wfe: error: {path}: agents.slots: expected an integer\n"
+
+
+@pytest.mark.parametrize("running_engine", [0], indirect=True)
+def test_status_says_when_queued_work_has_no_agent_that_could_take_it(
+    running_engine: Path,
+) -> None:
+    """With no agent at all, a job stays queued, and `wfe status` and /metrics say that no
+    agent can take it (issue 10, finding 8)."""
+    import urllib.request
+
+    from engine.config import load_config
+
+    ran = wfe(running_engine, "run", "--rscript", "noop")
+    assert ran.returncode == 0, ran.stderr
+    status = wfe(running_engine, "status")
+    assert status.returncode == 0, status.stderr
+    assert (
+        "warning: 1 queued job(s) that no connected agent can ever take (no agent is connected)"
+        in status.stdout
+    )
+    config = load_config(running_engine)
+    port = int((config.run_dir / "api.port").read_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    assert "wfe_unplaceable_jobs 1.0" in text
