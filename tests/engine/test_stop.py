@@ -1,4 +1,5 @@
-"""Stopping `wfe engine` politely cancels nothing (issue 12, item 1; decision #42).
+"""Stopping `wfe engine` politely cancels nothing (issue 12, item 1; decision #42), and a
+long outage runs nothing twice (issue 10, finding 1; decision #41).
 
 A real `wfe engine` with a real local agent runs an RScript that records each of its
 executions in a file outside the engine's books. The engine is stopped with SIGTERM (or
@@ -146,4 +147,62 @@ async def test_a_second_signal_during_a_slow_stop_stops_at_once(tmp_path: Path) 
         if engine.poll() is None:
             engine.kill()
             engine.wait()
+        kill_local_agents(config)
+
+
+async def test_an_engine_down_past_reconcile_grace_runs_nothing_twice(tmp_path: Path) -> None:
+    """SIGKILL of the engine while two scripts run; the next start comes after more than
+    `reconcile_grace` (1 s here), so the agents, reconnecting with their backoff, may be
+    declared lost first: their attempts are not fenced (the lease is 60 s), so they are
+    reattached when the agents are back, and every script runs exactly once (issue 10,
+    finding 1: 6 of 6 ran twice)."""
+    config = workspace(tmp_path)
+    toml = config.root / "wfe.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            "heartbeat_deadline = 10.0\n", "heartbeat_deadline = 3.0\nreconcile_grace = 1.0\n"
+        )
+    )
+    config = load_config(toml)
+    log, runs = tmp_path / "engine.log", tmp_path / "runs"
+    first = start_engine(toml, log)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_ready(config, first)
+        async with connect_config(config) as client:
+            jobs = [
+                (
+                    await client.call(
+                        "run", rscript="counted", params={"runs": str(runs), "seconds": 6.0}
+                    )
+                )["job"]
+                for _ in range(2)
+            ]
+            with trio.fail_after(30):
+                while not runs.exists() or len(runs.read_text().splitlines()) < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        await trio.sleep(4)  # longer than reconcile_grace + heartbeat_deadline
+        (config.run_dir / "api.port").unlink()
+        second = start_engine(toml, log)
+        await wait_ready(config, second)
+        with trio.fail_after(60):
+            async with connect_config(config) as client:
+                for job_id in jobs:
+                    done = await client.call("wait", job=job_id)
+                    assert done["state"] == "succeeded", done
+        for job_id in jobs:
+            rows = read_db(
+                config.repository_path,
+                "SELECT attempt, state FROM attempts WHERE job_id = ?",
+                (job_id,),
+            )
+            assert rows == [(1, "succeeded")], rows
+        assert sorted(line.split()[0] for line in runs.read_text().splitlines()) == sorted(jobs)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
         kill_local_agents(config)
