@@ -50,7 +50,7 @@ from agents import __version__
 from agents.errors import MessageTooLarge, SpoolError
 from agents.keeper_link import KeeperLink, open_keeper
 from agents.link import Link
-from agents.runner import KILL_GRACE, Attempt, describe
+from agents.runner import KILL_GRACE, Attempt, AttemptNotStarted, describe
 from agents.spool import Progress, Spool, parse_name
 from agents.workdirs import Workdirs
 from protocols.messages import (
@@ -596,11 +596,21 @@ class Agent:
                 await self._send(JobRefused(job_id=ref.job_id, attempt=ref.attempt, reason=reason))
                 return
             attempt = entry.attempt
-            finished = await attempt.run(
-                functools.partial(self._on_chunk, entry),
-                on_running=functools.partial(self._accepted, entry),
-                running_after=self.accept_after,
-            )
+            try:
+                finished = await attempt.run(
+                    functools.partial(self._on_chunk, entry),
+                    on_running=functools.partial(self._accepted, entry),
+                    running_after=self.accept_after,
+                )
+            except AttemptNotStarted as exc:  # a full disk, say: a refusal, not a failure
+                self._running.pop(ref, None)
+                log.warning("refused %s#%d: %s", ref.job_id, ref.attempt, exc)
+                with contextlib.suppress(OSError):
+                    await self.spool.drop(ref.job_id, ref.attempt)
+                await self._send(
+                    JobRefused(job_id=ref.job_id, attempt=ref.attempt, reason=str(exc))
+                )
+                return
             try:
                 await self.spool.store(finished, alone=len(self._running) == 1)
             except OSError as exc:

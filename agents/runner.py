@@ -71,6 +71,11 @@ ChunkCallback = Callable[[OutputChunk], Awaitable[None]]
 RunningCallback = Callable[[int], Awaitable[None]]
 
 
+class AttemptNotStarted(OSError):
+    """The attempt could not even be prepared (its directory cannot be written): nothing ran,
+    so it is no failure of the job; the agent refuses it."""
+
+
 class Attempt:
     """One attempt of a job, run once with ``run``; ``cancel`` may be called at any time."""
 
@@ -174,7 +179,8 @@ class Attempt:
         """Run the attempt to its end and return how it ended; never raises for the script's sake.
 
         ``task_status.started`` gets the child's pid, or None if it could not be started (the
-        result then has reason ``ERROR`` and says why). ``on_running(pid)``, if given, is
+        result then has reason ``ERROR`` and says why; ``AttemptNotStarted`` is raised instead
+        when its directory cannot be written). ``on_running(pid)``, if given, is
         awaited once the child has run for ``running_after`` seconds, and its output is read
         from then on; a child that ends sooner has its output read after its end, and
         ``on_running`` is called before its first chunk or not at all (``announced`` tells
@@ -282,6 +288,8 @@ class Attempt:
             return self._finished(FinishReason.CANCELLED, detail=self._cancel_detail())
         try:
             return await self._start([program, *command[1:], "script"])
+        except AttemptNotStarted:
+            raise
         except KeeperGone as exc:
             return self._finished(FinishReason.ERROR, detail=f"could not start: {exc}")
         except OSError as exc:
@@ -292,13 +300,17 @@ class Attempt:
         return f"cancelled: {self._cancel_reason}" if self._cancel_reason else "cancelled"
 
     async def _start(self, argv: list[str]) -> int:
-        """Prepare the directory and have the keeper start the script; its pid."""
+        """Prepare the directory and have the keeper start the script; its pid. Raises
+        ``AttemptNotStarted`` when the directory cannot be written (a full disk): nothing ran."""
         assert self.dispatch is not None
         workdirs = self._workdirs
-        _, reuse = workdirs.make(self.directory.name)
-        workdirs.write(f"{self._dir}/script", self.dispatch.script.encode(), reuse=reuse)
         params_path = f"{self._dir}/params.json"
-        workdirs.write(params_path, json.dumps(self.dispatch.params).encode(), reuse=reuse)
+        try:
+            _, reuse = workdirs.make(self.directory.name)
+            workdirs.write(f"{self._dir}/script", self.dispatch.script.encode(), reuse=reuse)
+            workdirs.write(params_path, json.dumps(self.dispatch.params).encode(), reuse=reuse)
+        except OSError as exc:
+            raise AttemptNotStarted(f"cannot prepare its directory: {exc}") from exc
         return await self._keeper.spawn(
             self.key,
             argv,

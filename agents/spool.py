@@ -32,6 +32,7 @@ directory sees what was on disk when it was made, not what the first writes late
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -283,8 +284,10 @@ class Spool:
             self._json(job_id, attempt).unlink(missing_ok=True)
             self._legacy.discard(ref)
             self._damaged.pop(ref, None)
-        elif found:
-            self._append(_DROPPED, attempt_name(job_id, attempt).encode())
+        elif found or ref in self._begun:  # a begun attempt that never ran is forgotten too
+            with contextlib.suppress(OSError):  # a full disk: recover reports it, harmlessly
+                self._append(_DROPPED, attempt_name(job_id, attempt).encode())
+        self._begun.discard(ref)
         self._held.pop(ref, None)
         self._compact_if_big()
         return found
