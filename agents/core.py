@@ -94,6 +94,23 @@ _MAX_UNANSWERED = 64
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
+#: An agent refuses new work while its work directory's or spool's filesystem has less free
+#: than this: a script there would fail writing its output, which is no fault of the job.
+MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+def _disk_problem(*paths: Path) -> str:
+    """Why the agent's disk cannot take an attempt now, or ""."""
+    for path in paths:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue  # not made yet: preparing the attempt will say what is wrong
+        free = st.f_bavail * st.f_frsize
+        if free < MIN_FREE_BYTES:
+            return f"the agent's disk is full ({free // 1024} KiB free at {path})"
+    return ""
+
 
 class AgentExit(enum.Enum):
     """Why ``Agent.run`` returned."""
@@ -568,6 +585,9 @@ class Agent:
     def _capacity_problem(self, d: Dispatch) -> str:
         if self._stop_requested:
             return "the agent is stopping"
+        full = _disk_problem(self.workdir, self.spool.path)
+        if full:
+            return full
         slots = self.capabilities.slots
         if len(self._running) >= slots:
             return f"no free slot: all {slots} busy"

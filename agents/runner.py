@@ -111,6 +111,7 @@ class Attempt:
         self.announced = False  # on_running was called
         self.detached = False  # left running to the keeper when the agent stops
         self._exited = False
+        self._exit_seen = trio.Event()  # wakes the output tails at once when the script ends
 
     @classmethod
     def adopted(
@@ -366,6 +367,7 @@ class Attempt:
             ended = trio.current_time()
             await self._wait_group_gone(pid)
             self._exited = True
+            self._exit_seen.set()
             if not pumping:
                 for which in (Stream.STDOUT, Stream.STDERR):
                     await self._read_to_end(which, on_chunk)
@@ -424,7 +426,8 @@ class Attempt:
                     continue
                 if exited:
                     return
-                await trio.sleep(pause)
+                with trio.move_on_after(pause):
+                    await self._exit_seen.wait()
                 pause = min(2 * pause, MAX_POLL)
         finally:
             os.close(fd)

@@ -48,8 +48,7 @@ def gated(tmp_path: Path) -> str:
     """Records each start in ``runs``, prints ``before``, waits for ``gate``, prints ``after``."""
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     return (
-        f"echo $$ >> {runs}\necho before\n"
-        f"while [ ! -e {gate} ]; do sleep 0.01; done\necho after\n"
+        f"echo $$ >> {runs}\necho before\nwhile [ ! -e {gate} ]; do sleep 0.01; done\necho after\n"
     )
 
 
@@ -118,7 +117,7 @@ async def test_a_script_that_ends_while_no_agent_runs_is_reported_by_the_next(
     await kill(first)
     (tmp_path / "gate").touch()
     with trio.fail_after(h.GUARD):
-        while alive(accepted.pid):
+        while alive(accepted.pid):  # noqa: ASYNC110 - another process, polled
             await trio.sleep(0.02)
     second = await start_agent(tmp_path, engine)
     try:
@@ -195,7 +194,7 @@ async def test_an_agent_dead_past_its_lease_comes_back_to_report_the_attempt_fen
     assert isinstance(accepted, JobAccepted)
     await kill(first)
     with trio.fail_after(h.GUARD):
-        while alive(accepted.pid):
+        while alive(accepted.pid):  # noqa: ASYNC110 - another process, polled
             await trio.sleep(0.05)
     second = await start_agent(tmp_path, engine)
     try:

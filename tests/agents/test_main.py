@@ -15,7 +15,6 @@ import trio
 from agents.config import load_config
 from agents.errors import ConfigError
 from agents.main import main
-from agents.spool import Spool
 from protocols.messages import (
     AgentHello,
     AttemptRef,
