@@ -114,9 +114,12 @@ def find_jobs(
     name: str | None = None,
     since: float | None = None,
     root_only: bool = True,
+    shape: Callable[[Any], dict[str, Any]] | None = None,
 ) -> Callable[[Any], list[dict[str, Any]]]:
     """Jobs newest first: at most ``limit``, in one of ``states`` (any when empty), whose
-    name matches the glob ``name`` (``demo.*``), created at or after ``since`` (epoch s)."""
+    name matches the glob ``name`` (``demo.*``), created at or after ``since`` (epoch s);
+    each row as ``shape`` makes it (default: the listing's columns)."""
+    make = shape or _row
 
     def fn(conn: Any) -> list[dict[str, Any]]:
         where: list[str] = []
@@ -136,7 +139,7 @@ def find_jobs(
         rows = conn.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", (*args, limit)
         ).fetchall()
-        return [_row(r) for r in rows]
+        return [make(r) for r in rows]
 
     return fn
 

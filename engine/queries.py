@@ -75,20 +75,11 @@ def job_detail(job_id: str) -> Callable[[Any], dict[str, Any]]:
 def job_list(
     *, limit: int, state: str | None, root_only: bool
 ) -> Callable[[Any], list[dict[str, Any]]]:
-    def fn(conn: Any) -> list[dict[str, Any]]:
-        where, args = [], []
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        if root_only:
-            where.append("parent_id IS NULL")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = conn.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?", (*args, limit)
-        ).fetchall()
-        return [_job_dict(r) for r in rows]
+    """Jobs newest first, in full (``_job_dict``): at most ``limit``, in ``state`` if given."""
+    from engine.listing import find_jobs
 
-    return fn
+    states = (state,) if state is not None else ()
+    return find_jobs(limit=limit, states=states, root_only=root_only, shape=_job_dict)
 
 
 def job_output(job_id: str, attempt: int | None) -> Callable[[Any], bytes]:

@@ -55,40 +55,70 @@ def workspace(tmp_path: Path) -> Any:
     return load_config(toml)
 
 
-async def stop_while_running(tmp_path: Path, signum: int) -> None:
-    config = workspace(tmp_path)
-    config_path = config.root / "wfe.toml"
-    log, runs = tmp_path / "engine.log", tmp_path / "runs"
-    first = start_engine(config_path, log)
-    second: subprocess.Popen[bytes] | None = None
-    try:
-        await wait_ready(config, first)
+def executions(runs: Path) -> int:
+    """How many executions of the counted script have started so far."""
+    return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+async def run_counted(config: Any, runs: Path, *, jobs: int, seconds: float) -> list[str]:
+    """Start ``jobs`` counted scripts; return their job ids once every one has started."""
+    async with connect_config(config) as client:
+        ids = [
+            (
+                await client.call(
+                    "run", rscript="counted", params={"runs": str(runs), "seconds": seconds}
+                )
+            )["job"]
+            for _ in range(jobs)
+        ]
+    with trio.fail_after(30):
+        while executions(runs) < jobs:  # noqa: ASYNC110 - another process's file
+            await trio.sleep(0.05)
+    return ids
+
+
+async def start_again_and_wait(config: Any, log: Path, jobs: list[str]) -> subprocess.Popen[bytes]:
+    """Start the engine again; every job must end succeeded as its first and only attempt."""
+    (config.run_dir / "api.port").unlink()
+    process = start_engine(config.root / "wfe.toml", log)
+    await wait_ready(config, process)
+    with trio.fail_after(60):
         async with connect_config(config) as client:
-            started = await client.call(
-                "run", rscript="counted", params={"runs": str(runs), "seconds": 3.0}
-            )
-            job_id = started["job"]
-            with trio.fail_after(30):
-                while not runs.exists():  # noqa: ASYNC110 - another process's file
-                    await trio.sleep(0.05)
-        first.send_signal(signum)
-        assert first.wait(timeout=30) == 0
-        assert read_db(
-            config.repository_path, "SELECT state FROM attempts WHERE job_id = ?", (job_id,)
-        ) == [("running",)]
-        (config.run_dir / "api.port").unlink()
-        second = start_engine(config_path, log)
-        await wait_ready(config, second)
-        with trio.fail_after(60):
-            async with connect_config(config) as client:
+            for job_id in jobs:
                 done = await client.call("wait", job=job_id)
-        assert done["state"] == "succeeded", done
+                assert done["state"] == "succeeded", done
+    for job_id in jobs:
         rows = read_db(
             config.repository_path,
             "SELECT attempt, state FROM attempts WHERE job_id = ?",
             (job_id,),
         )
-        assert rows == [(1, "succeeded")]
+        assert rows == [(1, "succeeded")], rows
+    return process
+
+
+def stop_everything(config: Any, *processes: subprocess.Popen[bytes] | None) -> None:
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    kill_local_agents(config)
+
+
+async def stop_while_running(tmp_path: Path, signum: int) -> None:
+    config = workspace(tmp_path)
+    log, runs = tmp_path / "engine.log", tmp_path / "runs"
+    first = start_engine(config.root / "wfe.toml", log)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_ready(config, first)
+        [job_id] = await run_counted(config, runs, jobs=1, seconds=3.0)
+        first.send_signal(signum)
+        assert first.wait(timeout=30) == 0
+        assert read_db(
+            config.repository_path, "SELECT state FROM attempts WHERE job_id = ?", (job_id,)
+        ) == [("running",)]
+        second = await start_again_and_wait(config, log, [job_id])
         assert len(runs.read_text().splitlines()) == 1  # it ran once
         output = read_db(
             config.repository_path,
@@ -102,11 +132,7 @@ async def stop_while_running(tmp_path: Path, signum: int) -> None:
         )
         assert cancelled == [(0,)]
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-        kill_local_agents(config)
+        stop_everything(config, first, second)
 
 
 async def test_sigterm_while_a_script_runs_cancels_nothing(tmp_path: Path) -> None:
@@ -169,40 +195,11 @@ async def test_an_engine_down_past_reconcile_grace_runs_nothing_twice(tmp_path: 
     second: subprocess.Popen[bytes] | None = None
     try:
         await wait_ready(config, first)
-        async with connect_config(config) as client:
-            jobs = [
-                (
-                    await client.call(
-                        "run", rscript="counted", params={"runs": str(runs), "seconds": 6.0}
-                    )
-                )["job"]
-                for _ in range(2)
-            ]
-            with trio.fail_after(30):
-                while not runs.exists() or len(runs.read_text().splitlines()) < 2:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
+        jobs = await run_counted(config, runs, jobs=2, seconds=6.0)
         first.send_signal(signal.SIGKILL)
         first.wait()
         await trio.sleep(4)  # longer than reconcile_grace + heartbeat_deadline
-        (config.run_dir / "api.port").unlink()
-        second = start_engine(toml, log)
-        await wait_ready(config, second)
-        with trio.fail_after(60):
-            async with connect_config(config) as client:
-                for job_id in jobs:
-                    done = await client.call("wait", job=job_id)
-                    assert done["state"] == "succeeded", done
-        for job_id in jobs:
-            rows = read_db(
-                config.repository_path,
-                "SELECT attempt, state FROM attempts WHERE job_id = ?",
-                (job_id,),
-            )
-            assert rows == [(1, "succeeded")], rows
+        second = await start_again_and_wait(config, log, jobs)
         assert sorted(line.split()[0] for line in runs.read_text().splitlines()) == sorted(jobs)
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-        kill_local_agents(config)
+        stop_everything(config, first, second)
