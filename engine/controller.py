@@ -221,12 +221,10 @@ class AgentController:
 
     def unplaceable(self) -> list[str]:
         """Queued jobs that no connected agent could ever take (none offers what they need,
-        however busy it is); with no agent connected at all, every queued job."""
-        offers = [
-            Offer(name=a.name, free_slots=a.capabilities.slots, capabilities=a.capabilities)
-            for a in self.agents.values()
-            if a.link is not None and not a.lost
-        ]
+        however busy it is); with no agent connected at all, every queued job. Agents alike
+        are looked at once: the cost is in distinct offers, not agents."""
+        live = {a.name: a for a in self.agents.values() if a.link is not None and not a.lost}
+        distinct = {a.capabilities for a in live.values()}
         stuck = []
         for job in self.jobs.values():
             if job.active:
@@ -236,9 +234,16 @@ class AgentController:
                 priority=job.priority,
                 seq=job.seq,
                 requirements=job.requirements,
-                on=job.on,
             )
-            if not any(fits(ready, offer) for offer in offers):
+            if job.on is not None:
+                pinned = live.get(job.on)
+                candidates = [pinned.capabilities] if pinned is not None else []
+            else:
+                candidates = list(distinct)
+            if not any(
+                fits(ready, Offer(name="", free_slots=caps.slots, capabilities=caps))
+                for caps in candidates
+            ):
                 stuck.append(job.job_id)
         return stuck
 
@@ -1041,7 +1046,11 @@ class AgentController:
             job = self.jobs.get(job_id)
             if job is not None and job.machine is not None and job.machine.attempt == attempt:
                 owner = self.agents.get(job.machine.agent or "")
-                if owner is not None and owner.lost:
+                if (
+                    owner is not None
+                    and owner.lost
+                    and job.machine.state is not AttemptState.CANCELLING
+                ):
                     return  # its agent is silent: the fence ends it, not a deadline
                 event = job.machine.on_deadline(now)
                 if event is not None:

@@ -201,3 +201,21 @@ async def test_queued_work_no_agent_can_take_is_counted(
     tagged = await submit(harness, requires={"tags": ["gpu"]})
     await trio.sleep(0.1)
     assert harness.controller.unplaceable() == [tagged]
+
+
+async def test_a_cancel_of_a_job_on_a_lost_agent_ends_at_its_grace(
+    autojump_clock: MockClock, harness: Harness
+) -> None:
+    """Cancelling runs nothing again, so it need not wait for the fence: a job on a lost agent
+    is cancelled once the cancel's grace has passed."""
+    agent = harness.agent("a", slots=1, silent=True)
+    job_id = await submit(harness)
+    [dispatch] = await agent.receive(Dispatch)
+    agent.accept(dispatch)
+    agent.disconnect()
+    await trio.sleep(AGENTS.heartbeat_deadline + 1)
+    asked = trio.current_time()
+    await harness.controller.cancel(job_id)
+    assert (await outcome(harness, job_id)).state == "cancelled"
+    assert trio.current_time() - asked == pytest.approx(5.0)  # the harness's grace
+    assert trio.current_time() - asked < FENCE
