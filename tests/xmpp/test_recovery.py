@@ -171,3 +171,36 @@ class Lines:
             self.buffer += data
         line, self.buffer = self.buffer.split(b"\n", 1)
         return line.decode()
+
+
+async def test_a_prosody_outage_longer_than_the_heartbeat_deadline_runs_nothing_twice(
+    prosody_factory: Callable[..., ProsodyServer],
+    cluster_factory: Callable[[ProsodyServer], Cluster],
+    h: Any,
+) -> None:
+    """Prosody is down for 6 s, twice the engine's heartbeat deadline, while six jobs run: the
+    engine was offline too, so that time does not count against its agents, and whatever
+    the agents' reconnect order, their attempts are not fenced (the lease is 60 s): every job
+    succeeds as its first and only attempt (issue 10, finding 2: 9 of 72 ran more than once)."""
+    server = prosody_factory()
+    cluster = cluster_factory(server)
+    config = cluster.config(agents={"heartbeat_deadline": 3.0})
+    with trio.fail_after(120):
+        async with open_engine(config) as engine:
+            for _ in range(2):
+                await cluster.start_agent()
+            await h.until(engine, lambda: len(h.connected(engine)) == 2)
+            job_ids = [
+                await engine.run_rscript("sleep_echo", {"message": f"{n}", "seconds": 9.0})
+                for n in range(6)
+            ]
+            await h.until(engine, lambda: engine.controller.statistics()["running"] == 6)
+            await trio.to_thread.run_sync(server.stop)
+            await h.until(engine, lambda: "xmpp" in engine.controller.transports_down)
+            await trio.sleep(6.0)  # the outage itself: real time, two deadlines long
+            await trio.to_thread.run_sync(server.start)
+            await h.run_all(engine, job_ids)
+            details = await h.succeeded_once(engine, job_ids)
+            assert all(len(job["attempt_list"]) == 1 for job in details), [
+                [a["state"] for a in job["attempt_list"]] for job in details
+            ]
