@@ -438,7 +438,8 @@ class Agent:
             return
         self.lease_until = until
         if self._keeper is not None:
-            monotonic_until = time.monotonic() + (until - trio.current_time())
+            # wall-clock: the keeper is another process; CLOCK_MONOTONIC is the one both read
+            monotonic_until = time.monotonic() + (until - trio.current_time())  # wall-clock
             with contextlib.suppress(OSError):
                 await self._keeper.lease(monotonic_until)
 

@@ -93,7 +93,7 @@ class Keeper:
         self.agent: socket.socket | None = None
         self.buffer = b""
         self.selector = selectors.DefaultSelector()
-        self.idle_since = time.monotonic()
+        self.idle_since = time.monotonic()  # wall-clock: a plain process, no trio here
 
     def serve(self, listener: socket.socket) -> None:
         listener.setblocking(False)
@@ -108,7 +108,7 @@ class Keeper:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
         while True:
-            now = time.monotonic()
+            now = time.monotonic()  # wall-clock: leases are CLOCK_MONOTONIC, shared with the agent
             self._enforce_lease(now)
             running = any(c.status is None for c in self.children.values())
             if self.agent is None and not running:
@@ -227,7 +227,7 @@ class Keeper:
             for fd in fds:
                 os.close(fd)
         meta = dict(request.get("meta") or {})
-        meta.setdefault("started", time.monotonic())
+        meta.setdefault("started", time.monotonic())  # wall-clock: read by the next agent
         child = _Child(key, popen, meta)
         self.children[key] = child
         self.by_fd[child.pidfd] = child

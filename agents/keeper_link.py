@@ -165,7 +165,7 @@ class KeeperLink:
             "stdout": stdout,
             "stderr": stderr,
             "memory": memory,
-            "meta": {**meta, "started": time.monotonic()},
+            "meta": {**meta, "started": time.monotonic()},  # wall-clock: for the next agent
         }
         await self._send(request)
         try:
@@ -197,7 +197,7 @@ class KeeperLink:
             await self._send({"op": "release", "key": key})
 
     async def lease(self, until: float) -> None:
-        """Forward the agent's lease: scripts may run until ``until`` (``time.monotonic()``)."""
+        """Forward the agent's lease: scripts may run until ``until`` (CLOCK_MONOTONIC)."""
         await self._send({"op": "lease", "until": until})
 
     def kill(self, pid: int, sig: int) -> None:
@@ -233,16 +233,16 @@ def _start_keeper(spool: str, name: bytes) -> None:
             cwd=spool,
             check=False,
         )
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + START_TIMEOUT  # wall-clock: a blocking wait in a thread
     while True:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             try:
                 probe.connect(name)
                 return
             except OSError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline:  # wall-clock
                     raise
-        time.sleep(0.005)
+        time.sleep(0.005)  # wall-clock: in a worker thread, not the loop
 
 
 @contextlib.asynccontextmanager

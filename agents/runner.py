@@ -151,8 +151,9 @@ class Attempt:
         attempt._chunks = chunks
         attempt._offsets = dict(offsets)
         attempt.announced = True
-        started = float(held.meta.get("started", time.monotonic()))
-        attempt._ran_before = max(0.0, time.monotonic() - started)
+        # wall-clock: the start was noted by another process (the keeper, for an earlier agent)
+        started = float(held.meta.get("started", time.monotonic()))  # wall-clock
+        attempt._ran_before = max(0.0, time.monotonic() - started)  # wall-clock
         return attempt
 
     def cancel(self, reason: str = "") -> None:

@@ -139,7 +139,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     from engine.cli_watch import parse_since
 
     before = parse_since(args.before)
-    if before > time.time():
+    if before > time.time():  # wall-clock: a date the operator gave
         raise EngineError(f"--before {args.before!r} is in the future")
     done = _call(args, "purge", before=before, dry_run=args.dry_run)
     if args.json:

@@ -132,7 +132,9 @@ def parse_since(text: str, *, now: float | None = None) -> float:
     text = text.strip()
     age = _AGE.match(text)
     if age:
-        return (time.time() if now is None else now) - float(age.group(1)) * _UNIT[age.group(2)]
+        # wall-clock: --since is a date on the operator's clock
+        back = float(age.group(1)) * _UNIT[age.group(2)]
+        return (time.time() if now is None else now) - back  # wall-clock
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

@@ -139,9 +139,7 @@ def _engine_lock(path: Path) -> Iterator[None]:
 
 @asynccontextmanager
 async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator[Engine]:
-    repo_ctx = open_repository(
-        config.repository_path, wal_max_mb=config.repository.wal_max_mb
-    )
+    repo_ctx = open_repository(config.repository_path, wal_max_mb=config.repository.wal_max_mb)
     async with repo_ctx as repo:
 
         def report(blocked: BlockedReport) -> None:

@@ -112,7 +112,8 @@ class ConsoleMetrics:
                 if isinstance(event, Missed) or event.at == last_at:
                     continue  # a gap, or the same transaction as the event before
                 last_at = event.at
-                commit.observe(max(0.0, time.time() - event.at))
+                # wall-clock: events carry wall time
+                commit.observe(max(0.0, time.time() - event.at))  # wall-clock
 
 
 def _counts(conn: sqlite3.Connection) -> dict[str, Any]:
