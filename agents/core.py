@@ -33,7 +33,6 @@ import contextlib
 import enum
 import functools
 import logging
-import math
 import os
 import signal
 import time
@@ -53,6 +52,7 @@ from agents.link import Link
 from agents.runner import KILL_GRACE, Attempt, AttemptNotStarted, describe
 from agents.spool import Progress, Spool, parse_name
 from agents.workdirs import Workdirs
+from protocols.lease import LeaseTracker
 from protocols.messages import (
     Ack,
     AgentHello,
@@ -89,8 +89,6 @@ ACCEPT_AFTER = 0.005
 #: ``reconcile_grace`` margin (docs/decisions.md #41).
 MAX_RECONNECT_DELAY = 5.0
 
-#: How many unanswered ``seq`` send times an agent remembers (an engine that grants no lease).
-_MAX_UNANSWERED = 64
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -165,9 +163,7 @@ class Agent:
         self._stop_requested = False
         self._detach = False  # on exit, leave running attempts to the keeper
         self._keeper: KeeperLink | None = None
-        self._seq = 0  # of the last AgentHello / AgentStatus sent
-        self._sent_at: dict[int, float] = {}  # seq -> when it was sent, until a Lease answers
-        self.lease_until = -math.inf  # trio time until which the engine lets attempts run
+        self.lease = LeaseTracker()  # numbers hellos and statuses; the engine's Lease answers
 
     # --- life --------------------------------------------------------------------------
 
@@ -370,7 +366,7 @@ class Agent:
                 capabilities=self.capabilities,
                 running=tuple(self._running),
                 held=self._held(),
-                seq=self._next_seq(),
+                seq=self.lease.sent(trio.current_time()),
             )
             await self._send_locked(hello)
             for ref in hello.held:
@@ -415,28 +411,15 @@ class Agent:
             free_slots=max(0, self.capabilities.slots - len(self._running)),
             running=tuple(self._running),
             held=self._held(),
-            seq=self._next_seq(),
+            seq=self.lease.sent(trio.current_time()),
         )
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        self._sent_at[self._seq] = trio.current_time()
-        if len(self._sent_at) > _MAX_UNANSWERED:
-            del self._sent_at[min(self._sent_at)]
-        return self._seq
 
     async def _granted(self, lease: Lease) -> None:
         """The engine heard our message ``lease.seq``: attempts may run until ``ttl`` seconds
         after we sent it. Forward the new end to the keeper, which enforces it."""
-        sent = self._sent_at.get(lease.seq)
-        if sent is None:
+        until = self.lease.granted(lease)
+        if until is None:
             return
-        for seq in [s for s in self._sent_at if s <= lease.seq]:
-            del self._sent_at[seq]
-        until = sent + lease.ttl
-        if until <= self.lease_until:
-            return
-        self.lease_until = until
         if self._keeper is not None:
             # wall-clock: the keeper is another process; CLOCK_MONOTONIC is the one both read
             monotonic_until = time.monotonic() + (until - trio.current_time())  # wall-clock
