@@ -56,8 +56,13 @@ KEEP_ENDED = 600.0
 
 
 def socket_name(spool: str | os.PathLike[str]) -> bytes:
-    """The abstract socket address of the keeper of ``spool``."""
-    digest = hashlib.sha256(os.fsencode(os.path.realpath(spool))).hexdigest()[:32]
+    """The abstract socket address of the keeper of ``spool``: named by the spool directory
+    itself (its device and inode), its path and the user, so that the same directory seen
+    from another mount namespace (a service started again) finds the same keeper, and
+    another directory that happens to have the same path there (a container's) never does."""
+    st = os.stat(spool)
+    key = f"{os.path.realpath(spool)}\0{os.getuid()}\0{st.st_dev}:{st.st_ino}"
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
     return b"\0wfe-keeper-" + digest.encode()
 
 

@@ -188,3 +188,15 @@ async def test_an_agent_dead_past_its_lease_comes_back_to_report_the_attempt_fen
         assert finished.reason is FinishReason.FENCED
     finally:
         await kill(second)
+
+
+def test_the_keepers_name_is_the_spool_directory_itself(tmp_path: Path) -> None:
+    """The same directory by another path finds the same keeper; another directory never."""
+    from agents.keeper import socket_name
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (tmp_path / "link").symlink_to(a)
+    assert socket_name(tmp_path / "link") == socket_name(a)
+    assert socket_name(a) != socket_name(b)

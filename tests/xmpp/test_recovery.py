@@ -173,6 +173,15 @@ class Lines:
         return line.decode()
 
 
+async def all_running(engine: Any, job_ids: list[str]) -> bool:
+    """Whether every job's attempt has been started by its agent (as the books say)."""
+    for job_id in job_ids:
+        attempts = (await engine.job(job_id))["attempt_list"]
+        if [a["state"] for a in attempts] != ["running"]:
+            return False
+    return True
+
+
 async def test_a_prosody_outage_longer_than_the_heartbeat_deadline_runs_nothing_twice(
     prosody_factory: Callable[..., ProsodyServer],
     cluster_factory: Callable[[ProsodyServer], Cluster],
@@ -194,7 +203,10 @@ async def test_a_prosody_outage_longer_than_the_heartbeat_deadline_runs_nothing_
                 await engine.run_rscript("sleep_echo", {"message": f"{n}", "seconds": 9.0})
                 for n in range(6)
             ]
-            await h.until(engine, lambda: engine.controller.statistics()["running"] == 6)
+            # every script started: no dispatch still in flight, which the outage could drop
+            with trio.fail_after(30):
+                while not await all_running(engine, job_ids):  # noqa: ASYNC110 - books, polled
+                    await trio.sleep(0.05)
             await trio.to_thread.run_sync(server.stop)
             await h.until(engine, lambda: "xmpp" in engine.controller.transports_down)
             await trio.sleep(6.0)  # the outage itself: real time, two deadlines long
