@@ -1,7 +1,7 @@
-"""``python -m agents``: the same as ``wfe agent``."""
+"""``python -m wfe.agents``: the same as ``wfe agent``."""
 
 from __future__ import annotations
 
-from agents.main import main
+from wfe.agents.main import main
 
 raise SystemExit(main())

@@ -21,9 +21,9 @@ from typing import Any
 
 import attrs
 
-from agents.core import DEFAULT_HEARTBEAT
-from agents.errors import ConfigError
-from protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
+from wfe.agents.core import DEFAULT_HEARTBEAT
+from wfe.agents.errors import ConfigError
+from wfe.protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
 
 
 def _cpu_count() -> int:

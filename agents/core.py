@@ -45,15 +45,15 @@ import attrs
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agents import __version__
-from agents.errors import MessageTooLarge, SpoolError
-from agents.keeper_link import KeeperLink, open_keeper
-from agents.link import Link
-from agents.runner import KILL_GRACE, Attempt, AttemptNotStarted, describe
-from agents.spool import Progress, Spool, parse_name
-from agents.workdirs import Workdirs
-from protocols.lease import LeaseTracker
-from protocols.messages import (
+from wfe.agents import __version__
+from wfe.agents.errors import MessageTooLarge, SpoolError
+from wfe.agents.keeper_link import KeeperLink, open_keeper
+from wfe.agents.link import Link
+from wfe.agents.runner import KILL_GRACE, Attempt, AttemptNotStarted, describe
+from wfe.agents.spool import Progress, Spool, parse_name
+from wfe.agents.workdirs import Workdirs
+from wfe.protocols.lease import LeaseTracker
+from wfe.protocols.messages import (
     Ack,
     AgentHello,
     AgentStatus,
@@ -70,7 +70,7 @@ from protocols.messages import (
     Shutdown,
     StatusRequest,
 )
-from protocols.signing import SignatureRejected, script_sha256, verify
+from wfe.protocols.signing import SignatureRejected, script_sha256, verify
 
 log = logging.getLogger("wfe.agent")
 
@@ -171,7 +171,7 @@ class Agent:
     async def open(self) -> AsyncIterator[Agent]:
         """Host attempts for the duration; ``serve`` may be called inside.
 
-        On entry the agent connects to its keeper (``agents.keeper``, started if none runs),
+        On entry the agent connects to its keeper (``wfe.agents.keeper``, started if none runs),
         adopts the attempts a previous agent left running under it, and closes the books on
         those nothing supervises any more (``Spool.recover``: reported ``FENCED``). On a
         normal exit, attempts still running are cancelled and their results spooled (and

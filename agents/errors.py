@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from wfe.links.errors import LinkConfigError, LinkError, MessageTooLarge
+
 
 class AgentError(Exception):
     """Base class of every error raised by ``agents``."""
 
 
-class MessageTooLarge(AgentError, ValueError):
-    """A message whose encoding exceeds what the transport may carry."""
+# The transports the agent uses raise these: they are shared with the engine (wfe.links).
+__all__ = ["AgentError", "ConfigError", "LinkConfigError", "LinkError", "MessageTooLarge"]
 
 
 class SpoolError(AgentError, OSError):

@@ -11,7 +11,7 @@ import re
 import shlex
 import shutil
 
-from protocols.messages import Dispatch
+from wfe.protocols.messages import Dispatch
 
 DEFAULT_INTERPRETER = "sh"
 

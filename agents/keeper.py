@@ -1,7 +1,7 @@
-"""The keeper: a small per-agent supervisor that outlives its agent (``python -m agents.keeper``).
+"""The keeper: a small per-agent supervisor that outlives its agent (``python -m wfe.agents.keeper``).
 
 An agent starts its scripts through its keeper: one process per spool, in a session of its
-own, started by the agent when none runs (``agents.keeper_link``). The keeper is the
+own, started by the agent when none runs (``wfe.agents.keeper_link``). The keeper is the
 scripts' parent. It starts each in a new session (its own process group) with stdout and
 stderr going to files in the attempt's directory, reaps it, kills what the script left in
 its group, and keeps the exit status until the agent says it has it. So when the agent dies
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon = "--daemon" in args
     args = [a for a in args if a != "--daemon"]
     if len(args) != 1:
-        print("usage: python -m agents.keeper [--daemon] SPOOL_DIR", file=sys.stderr)
+        print("usage: python -m wfe.agents.keeper [--daemon] SPOOL_DIR", file=sys.stderr)
         return 2
     spool = args[0]
     if daemon and os.fork() > 0:  # the agent waits for this parent; init adopts the keeper

@@ -1,4 +1,4 @@
-"""The agent's side of its keeper (``agents.keeper``): start it if none runs, and talk to it.
+"""The agent's side of its keeper (``wfe.agents.keeper``): start it if none runs, and talk to it.
 
 ``open_keeper(spool)`` connects to the keeper of ``spool`` (starting one, in a session of its
 own, when none answers) and yields a ``KeeperLink``: ``spawn`` a script, ``exited`` to await
@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import trio
 
-from agents.keeper import socket_name
+from wfe.agents.keeper import socket_name
 
 log = logging.getLogger("wfe.agent.keeper")
 
@@ -225,7 +225,7 @@ def _start_keeper(spool: str, name: bytes) -> None:
     log_path = os.path.join(spool, "keeper.log")
     with open(log_path, "ab") as log_file:
         subprocess.run(
-            [sys.executable, "-P", "-m", "agents.keeper", "--daemon", spool],
+            [sys.executable, "-P", "-m", "wfe.agents.keeper", "--daemon", spool],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,

@@ -1,7 +1,7 @@
 """The transport-neutral connection the agent core talks through.
 
 A ``Link`` carries protocol messages both ways between one agent and the engine. The local
-transport (``agents.local_link``) and the XMPP transport implement it; the agent core sees
+transport (``wfe.links.stream``) and the XMPP transport implement it; the agent core sees
 nothing else of the transport. A link is single-use: once ``receive`` ends, the
 connection is gone and the agent opens a new link.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from protocols.messages import Message
+from wfe.protocols.messages import Message
 
 
 class Link(Protocol):
@@ -24,7 +24,7 @@ class Link(Protocol):
 
     async def send(self, message: Message) -> None:
         """Send one message. Raises ``trio.BrokenResourceError`` or ``trio.ClosedResourceError``
-        when the connection is gone, ``agents.errors.MessageTooLarge`` when it cannot travel."""
+        when the connection is gone, ``wfe.agents.errors.MessageTooLarge`` when it cannot travel."""
         ...
 
     def receive(self) -> AsyncIterator[Message]:

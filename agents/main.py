@@ -20,15 +20,15 @@ from pathlib import Path
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agents.config import AgentConfig, load_config
-from agents.core import Agent, AgentExit
-from agents.errors import AgentError, ConfigError, SpoolLocked
-from agents.link import Link
-from agents.local_link import open_local_link
-from agents.log_setup import FORMATS, configure_logging
-from agents.spool import Spool
-from protocols.messages import Capabilities
-from protocols.signing import InvalidKey, load_public_key
+from wfe.agents.config import AgentConfig, load_config
+from wfe.agents.core import Agent, AgentExit
+from wfe.agents.errors import AgentError, ConfigError, LinkConfigError, LinkError, SpoolLocked
+from wfe.agents.link import Link
+from wfe.agents.log_setup import FORMATS, configure_logging
+from wfe.agents.spool import Spool
+from wfe.links.stream import open_local_link
+from wfe.protocols.messages import Capabilities
+from wfe.protocols.signing import InvalidKey, load_public_key
 
 log = logging.getLogger("wfe.agent")
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.code == 0:
             print(LOG_HELP)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    except ConfigError as exc:
+    except (ConfigError, LinkConfigError) as exc:
         print(f"wfe agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpoolLocked as exc:
         print(f"agent {config.name} is already running (spool locked: {exc.path})", file=sys.stderr)
         return EXIT_LOCKED
-    except AgentError as exc:  # e.g. the XMPP server refused our account
+    except (AgentError, LinkError) as exc:  # e.g. the XMPP server refused our account
         print(f"agent {config.name}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:
@@ -98,7 +98,7 @@ def connector(config: AgentConfig) -> Callable[[], AbstractAsyncContextManager[L
     if config.socket is not None:
         return functools.partial(open_local_link, config.socket)
     if config.xmpp:
-        from agents.xmpp_link import xmpp_connector  # slixmpp only loads in XMPP mode
+        from wfe.agents.xmpp_connector import xmpp_connector  # slixmpp only loads in XMPP mode
 
         return xmpp_connector(config)
     raise ConfigError(
@@ -160,7 +160,7 @@ async def _run(
             async with _hosting(connect, agent):
                 outcome = await agent.run(connect, give_up_after=give_up_after)
             nursery.cancel_scope.cancel()
-    except* AgentError as group:
+    except* (AgentError, LinkError) as group:
         raise _first(group) from None
     return outcome
 
@@ -178,11 +178,11 @@ def _hosting(
     return context
 
 
-def _first(group: BaseExceptionGroup[AgentError]) -> AgentError:
+def _first(group: BaseExceptionGroup[AgentError | LinkError]) -> AgentError | LinkError:
     leaf: BaseException = group
     while isinstance(leaf, BaseExceptionGroup):
         leaf = leaf.exceptions[0]
-    assert isinstance(leaf, AgentError)
+    assert isinstance(leaf, AgentError | LinkError)
     return leaf
 
 

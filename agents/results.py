@@ -12,9 +12,9 @@ import os
 import stat
 from typing import Any
 
-from protocols import codec
-from protocols.errors import DecodeError
-from protocols.messages import JobFinished
+from wfe.protocols import codec
+from wfe.protocols.errors import DecodeError
+from wfe.protocols.messages import JobFinished
 
 #: Upper bound for the size of ``$WFE_RESULT``; the result must travel in one message,
 #: and XMPP servers cap a stanza at 256 KiB by default.

@@ -6,7 +6,7 @@ never into code. The interpreter is named by the script's ``# interpreter:`` hea
 (default ``sh``). The child sees ``WFE_PARAMS``, ``WFE_RESULT``, ``WFE_JOB_ID`` and
 ``WFE_ATTEMPT`` in its environment, and may write a JSON object to ``$WFE_RESULT``.
 
-The script is started by the agent's keeper (``agents.keeper``), which is its parent and
+The script is started by the agent's keeper (``wfe.agents.keeper``), which is its parent and
 outlives the agent: stdout and stderr go to files in the attempt's directory
 (``.wfe-stdout``, ``.wfe-stderr``), read from here in pieces of at most ``MAX_CHUNK_BYTES``
 as they grow; each becomes an ``OutputChunk`` numbered by one ``seq`` counter across both
@@ -20,8 +20,8 @@ to, and waits for the same process. ``detach()`` lets the agent stop without kil
 
 Cost per attempt matters (a trivial job is a few milliseconds in all): the directory is
 prepared (reused from an earlier attempt when a ``Workdirs`` keeps spares,
-``agents.workdirs``), the child spawned by the keeper (one request on a Unix socket), its result read
-(``agents.results``) and its directory emptied on the event loop itself, without a
+``wfe.agents.workdirs``), the child spawned by the keeper (one request on a Unix socket), its result read
+(``wfe.agents.results``) and its directory emptied on the event loop itself, without a
 worker-thread hop each. These are small operations on local files.
 """
 
@@ -39,12 +39,12 @@ from typing import Any
 
 import trio
 
-from agents.interpreters import find_program, forget_programs, interpreter_of
-from agents.keeper_link import Ended, Held, KeeperGone, KeeperLink
-from agents.results import read_result, travel_problem
-from agents.spool import attempt_name
-from agents.workdirs import Workdirs
-from protocols.messages import (
+from wfe.agents.interpreters import find_program, forget_programs, interpreter_of
+from wfe.agents.keeper_link import Ended, Held, KeeperGone, KeeperLink
+from wfe.agents.results import read_result, travel_problem
+from wfe.agents.spool import attempt_name
+from wfe.agents.workdirs import Workdirs
+from wfe.protocols.messages import (
     MAX_CHUNK_BYTES,
     AttemptRef,
     Dispatch,

@@ -47,10 +47,10 @@ from typing import BinaryIO
 import attrs
 import trio
 
-from agents.errors import SpoolError, SpoolLocked
-from protocols import codec
-from protocols.errors import DecodeError
-from protocols.messages import AttemptRef, FinishReason, JobFinished, OutputChunk, Stream
+from wfe.agents.errors import SpoolError, SpoolLocked
+from wfe.protocols import codec
+from wfe.protocols.errors import DecodeError
+from wfe.protocols.messages import AttemptRef, FinishReason, JobFinished, OutputChunk, Stream
 
 log = logging.getLogger("wfe.agent.spool")
 

@@ -1,7 +1,7 @@
 """Runs of big incompressible output chunks, uploaded over HTTP and sent as one reference.
 
 ``OutputBatch`` belongs to one agent session with one controller. The link hands it the chunks
-``agents.xmpp_upload.worth_uploading`` picks; it keeps those of one attempt until they reach
+``wfe.links.xmpp_upload.worth_uploading`` picks; it keeps those of one attempt until they reach
 ``max_bytes``, another message must go out (the link calls ``flush`` first, so order holds),
 or ``flush_after`` seconds passed since the first of them; then it asks the upload service for
 a slot, PUTs the packed run, and sends the ``<upload>`` reference in place of the chunks. Up
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from agents.errors import AgentError
-from agents.xmpp_upload import (
+from wfe.agents.errors import AgentError, LinkError
+from wfe.links.xmpp_upload import (
     UploadRef,
     UploadService,
     file_name,
@@ -35,12 +35,12 @@ from agents.xmpp_upload import (
     request_slot,
     worth_uploading,
 )
-from protocols.messages import OutputChunk
+from wfe.protocols.messages import OutputChunk
 
 if TYPE_CHECKING:
     import httpx
 
-    from agents.xmpp_link import XmppClient
+    from wfe.links.xmpp import XmppClient
 
 log = logging.getLogger("wfe.xmpp")
 
@@ -190,7 +190,7 @@ class OutputBatch:
                         sha256=hashlib.sha256(data).hexdigest(),
                         url=slot.get,
                     )
-            except AgentError as exc:
+            except (AgentError, LinkError) as exc:
                 self.broken = True
                 log.warning(
                     "xmpp: upload of %d output chunks failed (%s); output goes inline this session",

@@ -11,7 +11,7 @@ presence to everyone we sent directed presence to when our session ends, and the
 round.
 
 Output: after every login the connector looks for the server's XEP-0363 upload service; while
-there is one, big incompressible output chunks go by HTTP (``agents.xmpp_batch``) and only a
+there is one, big incompressible output chunks go by HTTP (``wfe.agents.xmpp_batch``) and only a
 reference goes in a stanza. Without one, everything goes in stanzas.
 
 Security at this layer: payloads only from the configured controller JIDs (bare JID compare)
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from agents.errors import AgentError, ConfigError, MessageTooLarge
-from agents.xmpp_batch import OutputBatch
-from agents.xmpp_link import (
+from wfe.agents.errors import AgentError, ConfigError, LinkError, MessageTooLarge
+from wfe.agents.xmpp_batch import OutputBatch
+from wfe.links.xmpp import (
     MessageReceived,
     Offline,
     Online,
@@ -47,8 +47,8 @@ from agents.xmpp_link import (
     open_xmpp_client,
     read_password,
 )
-from agents.xmpp_upload import UploadService, discover, http_client
-from protocols.messages import (
+from wfe.links.xmpp_upload import UploadService, discover, http_client
+from wfe.protocols.messages import (
     Ack,
     AgentStatus,
     Capabilities,
@@ -57,12 +57,12 @@ from protocols.messages import (
     Message,
     OutputChunk,
 )
-from protocols.xmpp import PayloadTooLarge, PresenceInfo, bare_jid
+from wfe.protocols.xmpp import PayloadTooLarge, PresenceInfo, bare_jid
 
 if TYPE_CHECKING:
     import httpx
 
-    from agents.config import AgentConfig
+    from wfe.agents.config import AgentConfig
 
 log = logging.getLogger("wfe.xmpp")
 
@@ -296,7 +296,7 @@ class XmppConnector:
         domain = bare_jid(self.settings.jid).rpartition("@")[2]
         try:
             service = await discover(client, domain)
-        except (AgentError, trio.BrokenResourceError) as exc:
+        except (AgentError, LinkError, trio.BrokenResourceError) as exc:
             log.warning("xmpp: could not look for an upload service on %s: %s", domain, exc)
             return
         except Exception:  # a surprise here must not stop the agent: output goes inline

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from engine.config import Config
-from engine.demo import make_workspace
+from wfe.engine.cli.demo import make_workspace
+from wfe.engine.config import Config
 
 if TYPE_CHECKING:
-    from engine.daemon import Engine
+    from wfe.engine.runtime.daemon import Engine
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -83,7 +83,7 @@ def percentile(values: Sequence[float], p: float) -> float:
 def workspace(
     directory: Path, *, agents: int, slots: int = 2, actions: Path | None = None
 ) -> Config:
-    """A fresh engine workspace (``engine.demo.make_workspace``), optionally with extra actions."""
+    """A fresh engine workspace (``wfe.engine.cli.demo.make_workspace``), optionally with extra actions."""
     config = make_workspace(directory, agents=agents, slots=slots)
     if actions is not None:
         config = attrs.evolve(config, engine=attrs.evolve(config.engine, actions=(str(actions),)))
@@ -264,7 +264,7 @@ class Tracker:
     async def run(
         self, repo: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        from engine.repository import Missed
+        from wfe.engine.repository import Missed
 
         async with repo.subscribe(max_buffer=10_000_000) as subscription:
             task_status.started()

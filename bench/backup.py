@@ -4,7 +4,7 @@ beside the writer does to its commit latency.
 Run from the repository root: ``python -m bench.backup [--jobs N] [--rounds R]``. It builds a
 repository of N finished jobs, each with 4 KiB of output and three events (the size a real
 workload leaves), then alternates rounds: the writer commits one small state change after
-another for as long as a backup takes, once alone and once while ``engine.backup.backup``
+another for as long as a backup takes, once alone and once while ``wfe.engine.repository.backup.backup``
 copies the file in a process of its own (as the CLI does). It prints, per case,
 the median over rounds of the backup's duration and MB/s and the commit latency p50 / p99 /
 max, with the load average. The last line is one JSON object with every figure.
@@ -26,14 +26,14 @@ from typing import Any
 import trio
 
 from bench._common import machine, machine_line, percentile
-from engine.repository import Repository, Tx, open_repository
-from engine.repository.repository import WAL_MAX_MB
+from wfe.engine.repository import Repository, Tx, open_repository
+from wfe.engine.repository.repository import WAL_MAX_MB
 
 OUTPUT = b"x" * 4096
 COPY = """
 import json, sys
 from pathlib import Path
-from engine.backup import backup
+from wfe.engine.repository.backup import backup
 dest = Path(sys.argv[2])
 dest.unlink(missing_ok=True)
 report = backup(Path(sys.argv[1]), dest)

@@ -37,7 +37,6 @@ from typing import Any
 import attrs
 import trio
 
-import engine
 from bench._common import machine
 from bench.chaos_checks import (
     SCRIPT,
@@ -62,10 +61,13 @@ from bench.chaos_cluster import (
     write_workspace,
 )
 from bench.chaos_plan import KINDS, WORKLOAD, Fault, Job, Options, plan_faults, plan_jobs
-from engine.client import ClientError, connect
-from engine.prosody import ProsodyServer
+from wfe import engine
+from wfe.engine.cli.client import ClientError, connect
+from wfe.engine.devtools.prosody import ProsodyServer
 
 # --- the console ---------------------------------------------------------------------------------
+
+CODE = str(Path(engine.__file__ or ".").resolve().parent.parent)
 
 
 @attrs.define
@@ -236,7 +238,7 @@ async def run_chaos(options: Options) -> dict[str, Any]:
     faults, jobs = plan_faults(options), plan_jobs(options)
     figures: dict[str, Any] = {"seed": options.seed, "minutes": options.minutes, "root": str(root)}
     figures["machine"] = machine()
-    figures["code"] = str(Path(engine.__file__ or ".").parent.parent)  # the tree under test
+    figures["code"] = CODE  # the tree under test
     workspace = root / "ws"
     if "disk" in options.faults:
         mount_tmpfs(workspace, options.disk_mb)

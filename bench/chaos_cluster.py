@@ -1,6 +1,6 @@
 """The real processes of a chaos run, and the faults done to them (``python -m bench.chaos``).
 
-A :class:`Cluster` owns: a Prosody (``engine.prosody.ProsodyServer``), a ``wfe engine``
+A :class:`Cluster` owns: a Prosody (``wfe.engine.devtools.prosody.ProsodyServer``), a ``wfe engine``
 subprocess with local agents it starts itself, ``wfe agent --xmpp`` subprocesses, and
 optionally a small tmpfs holding the workspace (repository, local spools) that can be filled.
 Every process is started here, in its own session, and killed here by its pid: the engine
@@ -28,10 +28,10 @@ import attrs
 import trio
 
 from bench.chaos_checks import Execution, parse_log
-from engine.config import load_config
-from engine.errors import EngineError
-from engine.keys import create_secrets
-from engine.prosody import ProsodyServer
+from wfe.engine.config import load_config
+from wfe.engine.devtools.prosody import ProsodyServer
+from wfe.engine.errors import EngineError
+from wfe.engine.keys import create_secrets
 
 SAMPLE = 0.25  # seconds between two looks at the processes
 ENGINE_USER = "engine"
@@ -105,8 +105,8 @@ class Cluster:
     async def start_engine(self) -> None:
         if self.engine is not None and self.engine.returncode is None:
             return
-        # `wfe engine` is engine.cli:main; -m keeps to the interpreter (and PYTHONPATH) we run on
-        command = [sys.executable, "-m", "engine.cli"]
+        # `wfe engine` is wfe.engine.cli.main:main; -m keeps to the interpreter (and PYTHONPATH) we run on
+        command = [sys.executable, "-m", "wfe"]
         with (self.root / "engine.log").open("ab") as log:
             self.engine = await trio.lowlevel.open_process(
                 [*command, "engine", "--config", str(self.config_path)],
@@ -167,7 +167,7 @@ class Cluster:
         home = self.root / "xmpp" / user
         password = home / "password"
         return [
-            sys.executable, "-m", "agents", "--xmpp", "--jid", self.jid(user),
+            sys.executable, "-m", "wfe.agents", "--xmpp", "--jid", self.jid(user),
             "--password-file", str(password), "--server", self.server.host,
             "--port", str(self.server.port), "--tls", "plain",
             "--controller", self.jid(ENGINE_USER),

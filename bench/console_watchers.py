@@ -37,12 +37,12 @@ from bench._common import (
     wait_for_agents,
     workspace,
 )
-from engine.api import load_ops
-from engine.console.server import ConsoleServer
-from engine.console.session import Limits
-from engine.daemon import Engine, open_engine
-from engine.keys import read_token
-from protocols.console_frames import decode_binary
+from wfe.engine.console.api import load_ops
+from wfe.engine.console.server import ConsoleServer
+from wfe.engine.console.session import Limits
+from wfe.engine.keys import read_token
+from wfe.engine.runtime.daemon import Engine, open_engine
+from wfe.protocols.console_frames import decode_binary
 
 SCRIPT = "noop"
 CALLERS = 50

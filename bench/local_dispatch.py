@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python -m bench.local_dispatch [--quick] [--jobs N]
 [--configs 1x2,2x2,...] [--latency-jobs N]``. Each configuration (agents x slots per agent) gets
-its own engine (``open_engine`` on a temporary workspace from ``engine.demo.make_workspace``),
+its own engine (``open_engine`` on a temporary workspace from ``wfe.engine.cli.demo.make_workspace``),
 which starts its agents as real processes on the Unix socket; every job is the shipped
 ``noop`` RScript: queued, committed, signed, dispatched, verified, spooled, run as a child
 process, spooled again, reported, committed, acknowledged.
@@ -48,7 +48,7 @@ from bench._common import (
     wait_for_agents,
     workspace,
 )
-from engine.daemon import Engine, open_engine
+from wfe.engine.runtime.daemon import Engine, open_engine
 
 TARGET_PER_S = 500.0  # trivial jobs per second end to end through two local agents
 TARGET_P50_MS = 5.0

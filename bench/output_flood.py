@@ -52,11 +52,11 @@ from bench._common import (
     wait_for_agents,
     workspace,
 )
-from engine import attempts as attempts_module
-from engine import daemon as daemon_module
-from engine.daemon import Engine, open_engine
-from engine.repository import open_repository
-from engine.repository import writer as writer_module
+from wfe.engine.dispatch import attempts as attempts_module
+from wfe.engine.repository import open_repository
+from wfe.engine.repository import writer as writer_module
+from wfe.engine.runtime import daemon as daemon_module
+from wfe.engine.runtime.daemon import Engine, open_engine
 
 MB = 1024 * 1024
 AGENTS = 2

@@ -22,9 +22,9 @@ from typing import Any
 
 import trio
 
-from engine.repository import Event, Repository, Tx, open_repository
-from engine.repository.repository import connect_writer
-from engine.repository.writer import Writer
+from wfe.engine.repository import Event, Repository, Tx, open_repository
+from wfe.engine.repository.repository import connect_writer
+from wfe.engine.repository.writer import Writer
 
 TARGET = 100_000  # committed state changes per second under group commit, on 2 cores
 GROUP_CASES = ("repo_concurrent_200", "repo_concurrent_1000", "repo_batched_8x100")

@@ -40,9 +40,9 @@ from bench._common import (
     wait_for_agents,
     workspace,
 )
-from engine.config import RepositorySection
-from engine.daemon import open_engine
-from engine.repository import Tx, open_repository, schema
+from wfe.engine.config import RepositorySection
+from wfe.engine.repository import Tx, open_repository, schema
+from wfe.engine.runtime.daemon import open_engine
 
 SCRIPT = "noop"
 TARGET_LOOP_HOLD_MS = 100.0

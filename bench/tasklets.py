@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python -m bench.tasklets [--quick] [--actions N] [--waiting N]``.
 Everything goes through a real engine (``open_engine`` on a temporary workspace from
-``engine.demo.make_workspace``, no agents): each action is a recorded job, so it costs the
+``wfe.engine.cli.demo.make_workspace``, no agents): each action is a recorded job, so it costs the
 repository writes of its record (created, running, ended) and a trio task. The benchmark's
 own tasklets are written into the workspace as an action folder.
 
@@ -31,8 +31,8 @@ import trio
 
 from bench import _common
 from bench._common import Stopwatch, machine, machine_line, missed, percentile, rss_bytes, table
-from engine.daemon import Engine, open_engine
-from engine.jobs import NewJob, create_job, set_job_state
+from wfe.engine.runtime.daemon import Engine, open_engine
+from wfe.engine.runtime.jobs import NewJob, create_job, set_job_state
 
 TARGET_MB = 100.0  # resident memory for 10,000 waiting tasklets
 WAITING_UNIT = 10_000

@@ -2,11 +2,11 @@
 
 Run from the repository root: ``python -m bench.xmpp_dispatch [--quick] [--agents 1,2,4]
 [--slots N] [--jobs N] [--latency-jobs N] [--output-mb N] [--no-upload]``. It starts a private
-Prosody on loopback (``engine.prosody``, plaintext, with its XEP-0363 upload service unless
+Prosody on loopback (``wfe.engine.devtools.prosody``, plaintext, with its XEP-0363 upload service unless
 ``--no-upload``, as ``wfe xmpp-dev-server`` does) and, for each
 transport and agent count, an engine (``open_engine`` on a temporary workspace): the local
 transport with its own agent processes on the Unix socket, or ``[xmpp]`` with that many
-``python -m agents --xmpp`` processes logged in to Prosody. Every job is the shipped ``noop``
+``python -m wfe.agents --xmpp`` processes logged in to Prosody. Every job is the shipped ``noop``
 RScript, signed, dispatched, verified, spooled, run, reported, committed and acknowledged.
 
 Per engine: a burst of N jobs submitted at once (jobs/s, from first submit to last committed
@@ -46,10 +46,10 @@ from bench._common import (
     table,
     wait_for_agents,
 )
-from engine.config import Config, XmppSection
-from engine.daemon import Engine, open_engine
-from engine.demo import make_workspace
-from engine.prosody import ProsodyServer
+from wfe.engine.cli.demo import make_workspace
+from wfe.engine.config import Config, XmppSection
+from wfe.engine.devtools.prosody import ProsodyServer
+from wfe.engine.runtime.daemon import Engine, open_engine
 
 TARGET_PER_S = 300.0  # trivial jobs per second with two agents
 TARGET_P50_MS = 5.0  # dispatch -> committed result, one job at a time
@@ -120,7 +120,7 @@ def engine_config(setup: Setup, scripts: Path) -> Config:
 
 
 async def start_xmpp_agents(setup: Setup, config: Config) -> list[trio.Process]:
-    """``python -m agents --xmpp`` processes, one per agent account, logging to files."""
+    """``python -m wfe.agents --xmpp`` processes, one per agent account, logging to files."""
     processes = []
     for n in range(1, setup.agents + 1):
         user = f"agent{n}"
@@ -130,7 +130,7 @@ async def start_xmpp_agents(setup: Setup, config: Config) -> list[trio.Process]:
         password.write_text(setup.server.users[user] + "\n")
         password.chmod(0o600)
         command = [
-            sys.executable, "-m", "agents", "--xmpp", "--jid", setup.server.jid(user),
+            sys.executable, "-m", "wfe.agents", "--xmpp", "--jid", setup.server.jid(user),
             "--password-file", str(password), "--server", setup.server.host,
             "--port", str(setup.server.port), "--tls", "plain",
             "--controller", setup.server.jid(ENGINE_USER),

@@ -16,9 +16,9 @@ from typing import Any
 import attrs
 import cattrs
 
-from engine.errors import ConfigError
-from protocols.codec import explain, strict_hooks
-from protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
+from wfe.engine.errors import ConfigError
+from wfe.protocols.codec import explain, strict_hooks
+from wfe.protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
 
 CONFIG_NAME = "wfe.toml"
 
@@ -84,7 +84,7 @@ class XmppSection:
 
 @attrs.frozen(kw_only=True)
 class RetentionSection:
-    """``[retention]``: how long finished jobs keep their output and events (engine.retention)."""
+    """``[retention]``: how long finished jobs keep their output and events (wfe.engine.repository.retention)."""
 
     keep_days: float = 0.0  # purge what ended longer ago than this; 0: keep everything
     interval: float = 3600.0  # seconds between the engine's purges (when keep_days > 0)

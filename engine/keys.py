@@ -13,11 +13,11 @@ from pathlib import Path
 
 import attrs
 
-from engine.clock import wall_now
-from engine.config import Config
-from engine.errors import ConfigError
-from protocols import signing
-from protocols.messages import Dispatch
+from wfe.engine.config import Config
+from wfe.engine.errors import ConfigError
+from wfe.engine.runtime.clock import wall_now
+from wfe.protocols import signing
+from wfe.protocols.messages import Dispatch
 
 
 def write_private(path: Path, data: bytes) -> None:

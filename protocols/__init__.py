@@ -7,6 +7,6 @@ as an argument. See ``docs/architecture.md``.
 
 from __future__ import annotations
 
-from protocols.errors import DecodeError, IllegalTransition, ProtocolError
+from wfe.protocols.errors import DecodeError, IllegalTransition, ProtocolError
 
 __all__ = ["DecodeError", "IllegalTransition", "ProtocolError"]

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 An action run executes an action's tasklets inside the engine; it is the in-process
-sibling of ``protocols.attempt``. The engine feeds it events as the run's task starts
+sibling of ``wfe.protocols.attempt``. The engine feeds it events as the run's task starts
 and ends, and ``ActionRunMachine.handle`` moves it along the ``TRANSITIONS`` table or
 raises ``IllegalTransition`` and changes nothing. No I/O, no clock: each event carries
 ``at``.
@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from protocols.errors import IllegalTransition
+from wfe.protocols.errors import IllegalTransition
 
 
 class ActionRunState(enum.Enum):

@@ -42,8 +42,8 @@ from typing import Any
 
 import attrs
 
-from protocols.errors import IllegalTransition
-from protocols.messages import FinishReason, JobAccepted, JobFinished, JobRefused
+from wfe.protocols.errors import IllegalTransition
+from wfe.protocols.messages import FinishReason, JobAccepted, JobFinished, JobRefused
 
 #: Seconds allowed beyond an attempt's timeout for the agent's report to arrive, and for
 #: an agent to confirm a cancel.

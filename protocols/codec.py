@@ -24,8 +24,8 @@ import cattrs
 from cattrs.cols import homogenous_tuple_structure_factory
 from cattrs.gen import make_dict_structure_fn
 
-from protocols.errors import DecodeError
-from protocols.messages import (
+from wfe.protocols.errors import DecodeError
+from wfe.protocols.messages import (
     MAX_MESSAGE_BYTES,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 
-from protocols.errors import DecodeError
-from protocols.messages import MAX_MESSAGE_BYTES
+from wfe.protocols.errors import DecodeError
+from wfe.protocols.messages import MAX_MESSAGE_BYTES
 
 _HEADER = struct.Struct(">I")
 

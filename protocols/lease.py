@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from protocols.messages import Lease
+from wfe.protocols.messages import Lease
 
 #: How many unanswered send times are remembered (an engine that grants no lease at all).
 MAX_UNANSWERED = 64

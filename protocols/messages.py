@@ -91,7 +91,7 @@ class Dispatch:
     sha256: str  # hex digest of ``script`` encoded as UTF-8
     params: dict[str, Any]
     limits: Limits
-    signature: str | None = None  # base64 Ed25519 signature, see protocols.signing
+    signature: str | None = None  # base64 Ed25519 signature, see wfe.protocols.signing
     issued: float | None = None  # the engine's wall time at signing, for replay checks
 
 

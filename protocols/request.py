@@ -52,7 +52,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from protocols.errors import IllegalTransition, ProtocolError
+from wfe.protocols.errors import IllegalTransition, ProtocolError
 
 
 class NotPermitted(ProtocolError, PermissionError):

@@ -20,9 +20,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from protocols.codec import unstructure
-from protocols.errors import ProtocolError
-from protocols.messages import Dispatch
+from wfe.protocols.codec import unstructure
+from wfe.protocols.errors import ProtocolError
+from wfe.protocols.messages import Dispatch
 
 
 class SignatureRejected(ProtocolError):

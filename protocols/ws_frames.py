@@ -1,7 +1,7 @@
 """The header of a server-to-client websocket frame (RFC 6455, section 5.2).
 
 The console writes event frames to idle connections itself, past trio-websocket
-(``engine.console.wire``, decision #29), so that a tick costs one system call per watcher.
+(``wfe.engine.console.wire``, decision #29), so that a tick costs one system call per watcher.
 A server's frames are never masked, and this server negotiates no extensions, so a whole
 message is this header and its payload.
 """

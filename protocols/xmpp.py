@@ -7,7 +7,7 @@ child element, never in ``<body>``::
       <wfe xmlns="urn:wfe:agent:1">{"v":1,"type":"ack",...}</wfe>
     </message>
 
-The text is the message's wire form (``protocols.codec``: ASCII JSON), XML-escaped. When that
+The text is the message's wire form (``wfe.protocols.codec``: ASCII JSON), XML-escaped. When that
 is big and compresses well, or does not fit one stanza, it is sent ``enc="zlib"`` instead:
 base64 of the zlib-compressed JSON. A compressed text still too big for one stanza is cut into
 fragments, each its own stanza, marked ``id`` (unique per sender), ``part`` (from 1) and
@@ -39,9 +39,9 @@ from typing import Any, Protocol
 
 import attrs
 
-from protocols import codec
-from protocols.errors import DecodeError, ProtocolError
-from protocols.messages import MAX_MESSAGE_BYTES, Capabilities, Message
+from wfe.protocols import codec
+from wfe.protocols.errors import DecodeError, ProtocolError
+from wfe.protocols.messages import MAX_MESSAGE_BYTES, Capabilities, Message
 
 NAMESPACE = "urn:wfe:agent:1"
 ELEMENT = "wfe"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rscripts.errors import (
+from wfe.rscripts.errors import (
     HeaderError,
     LibraryError,
     ParamError,
@@ -10,7 +10,7 @@ from rscripts.errors import (
     RScriptError,
     UnknownRScript,
 )
-from rscripts.header import (
+from wfe.rscripts.header import (
     INTERPRETERS,
     MISSING,
     Interpreter,
@@ -24,8 +24,8 @@ from rscripts.header import (
     parse_size,
     validate_params,
 )
-from rscripts.loader import MAX_SCRIPT_BYTES, SHIPPED_DIR, RScript, ScriptLibrary, read_script
-from rscripts.results import PRODUCT_TYPES, Product, ScriptResult, check_result, load_result
+from wfe.rscripts.loader import MAX_SCRIPT_BYTES, SHIPPED_DIR, RScript, ScriptLibrary, read_script
+from wfe.rscripts.results import PRODUCT_TYPES, Product, ScriptResult, check_result, load_result
 
 __all__ = [
     "INTERPRETERS",

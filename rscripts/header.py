@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import attrs
 
-from rscripts.errors import HeaderError, ParamError
+from wfe.rscripts.errors import HeaderError, ParamError
 
 FORMAT_VERSION: Final = 1
 MARKER: Final = "wfe-rscript"

@@ -17,8 +17,8 @@ from typing import Final
 
 import attrs
 
-from rscripts.errors import HeaderError, LibraryError, RScriptError, UnknownRScript
-from rscripts.header import INTERPRETERS, ScriptHeader, parse_header
+from wfe.rscripts.errors import HeaderError, LibraryError, RScriptError, UnknownRScript
+from wfe.rscripts.header import INTERPRETERS, ScriptHeader, parse_header
 
 #: The directory of the RScripts that ship with wfe.
 SHIPPED_DIR: Final = Path(__file__).resolve().with_name("scripts")

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import attrs
 
-from rscripts.errors import ResultError
+from wfe.rscripts.errors import ResultError
 
 PRODUCT_TYPES: Final = ("science", "qa", "plot", "log")
 _SHA256: Final = re.compile(r"[0-9a-f]{64}", re.ASCII)

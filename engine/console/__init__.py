@@ -8,9 +8,9 @@ dispatch), ``session`` (one connection's buffers and writer), ``hub`` (event fan
 
 from __future__ import annotations
 
-from engine.console.protocol import PROTOCOL, ApiError
-from engine.console.registry import OPS, Op, arg, op
-from engine.console.server import ConsoleServer
-from engine.console.session import Limits, Session
+from wfe.engine.console.protocol import PROTOCOL, ApiError
+from wfe.engine.console.registry import OPS, Op, arg, op
+from wfe.engine.console.server import ConsoleServer
+from wfe.engine.console.session import Limits, Session
 
 __all__ = ["OPS", "PROTOCOL", "ApiError", "ConsoleServer", "Limits", "Op", "Session", "arg", "op"]

@@ -6,8 +6,8 @@ from typing import Any
 
 import attrs
 
-from engine.jobs import TERMINAL
-from engine.repository import Event
+from wfe.engine.repository import Event
+from wfe.engine.runtime.jobs import TERMINAL
 
 
 @attrs.frozen(kw_only=True)

@@ -2,7 +2,7 @@
 
 Theory of operation: the hub takes committed events from the repository in batches,
 encodes each event to JSON once, and hands each batch once to each group of streams that
-share a filter (``engine.console.streams``), whatever the number of streams. One tick for
+share a filter (``wfe.engine.console.streams``), whatever the number of streams. One tick for
 all groups, at most every ``flush_interval`` seconds and less often when many streams are
 open (a write costs the engine about the same whatever it holds), turns what each group
 collected into one frame that its streams share (joined and compressed once), so a hundred
@@ -13,7 +13,7 @@ Nothing here awaits a client, so the engine never waits for one; a connection wh
 stops reading altogether is closed by its writer (``stall_timeout``).
 
 The hub also learns which request (and namespace) each job belongs to from ``job.created``
-and ``request.created`` events (``engine.console.filters``), so that streams can be
+and ``request.created`` events (``wfe.engine.console.filters``), so that streams can be
 filtered by request or namespace, and wakes the ``wait`` operations when a job's terminal
 ``job.state`` is committed.
 """
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from engine.console.filters import EventFilter, EventIndex
-from engine.console.streams import Batch, EventStream, StreamGroup
-from engine.jobs import TERMINAL
-from engine.repository import Event, Missed
+from wfe.engine.console.filters import EventFilter, EventIndex
+from wfe.engine.console.streams import Batch, EventStream, StreamGroup
+from wfe.engine.repository import Event, Missed
+from wfe.engine.runtime.jobs import TERMINAL
 
 if TYPE_CHECKING:
-    from engine.repository import Repository
+    from wfe.engine.repository import Repository
 
 __all__ = ["ConsoleHub", "EventFilter", "EventIndex", "EventStream", "Rate", "encode_event"]
 

@@ -11,7 +11,7 @@ and output never appear. They are served where the console listens (loopback by 
   ``generate_latest``). Each scrape reads what the engine keeps anyway (controller,
   repository and console statistics), runs two grouped counts on the repository (jobs by kind
   and state, ended attempts by outcome) and the newest event id, and yields the histograms
-  recorded as things happen (``engine.metrics``).
+  recorded as things happen (``wfe.engine.runtime.metrics``).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine import metrics, queries
-from engine.console import web
-from engine.repository import Missed
+from wfe.engine.console import web
+from wfe.engine.repository import Missed, queries
+from wfe.engine.runtime import metrics
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from engine.console.server import ConsoleServer
+    from wfe.engine.console.server import ConsoleServer
 
 READY_WRITE_TIMEOUT = 2.0  # seconds a write may take before the repository counts as not ready
 PATHS = ("/metrics", "/healthz", "/readyz")

@@ -1,6 +1,6 @@
 """The console's own operations: jobs, agents, events, statistics, streams and tokens.
 
-Requests, products and the catalog add theirs in ``engine.api_requests``. Every operation
+Requests, products and the catalog add theirs in ``wfe.engine.console.ops_requests``. Every operation
 that changes something passes the session's token name as ``by``, which the engine writes
 into the events of the change. See docs/console-protocol.md for arguments and results.
 """
@@ -12,17 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from engine import queries, tokens
-from engine.console import protocol
-from engine.console.filters import EventFilter
-from engine.console.protocol import ApiError
-from engine.console.registry import OPS, arg, bounded, op, string_list
-from engine.console.tail import start_tail
-from engine.jobs import TERMINAL
-from engine.repository import Event
+from wfe.engine.console import protocol, tokens
+from wfe.engine.console.filters import EventFilter
+from wfe.engine.console.protocol import ApiError
+from wfe.engine.console.registry import OPS, arg, bounded, op, string_list
+from wfe.engine.console.tail import start_tail
+from wfe.engine.repository import Event, queries
+from wfe.engine.runtime.jobs import TERMINAL
 
 if TYPE_CHECKING:
-    from engine.console.session import Session
+    from wfe.engine.console.session import Session
 
 # --- session ---------------------------------------------------------------------------------
 
@@ -36,7 +35,7 @@ async def _whoami(session: Session, args: dict[str, Any]) -> Any:
 @op("ops", role="viewer")
 async def _ops(session: Session, args: dict[str, Any]) -> Any:
     """Every operation with the least role it needs and whether this token may use it."""
-    from engine.console.server import ops_table
+    from wfe.engine.console.server import ops_table
 
     return ops_table(session)
 

@@ -4,7 +4,7 @@ Replies and tailed output go in with ``await put``, which waits for room: only t
 connection's own tasks (its request handlers and tails) ever wait there, never the engine's,
 and a connection that waits too long is closed by its writer. ``put_nowait`` never waits and
 says whether the frame fitted. Events do not pass through here: they wait in their
-``EventStream`` (see ``engine.console.hub``), which counts what did not fit.
+``EventStream`` (see ``wfe.engine.console.hub``), which counts what did not fit.
 """
 
 from __future__ import annotations

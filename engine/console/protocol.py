@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from engine.errors import EngineError
+from wfe.engine.errors import EngineError
 
 PROTOCOL = "wfe.console.v1"
 

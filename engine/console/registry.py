@@ -1,7 +1,7 @@
 """The table of console operations: each has a name, the least role it needs, and a handler.
 
 Add one with ``@op("name", role="viewer"|"operator"|"admin")`` in any module listed in
-``engine.api.OP_MODULES``. A handler is ``async def handler(session, args) -> result``: it
+``wfe.engine.console.api``, which imports every module that has operations. A handler is ``async def handler(session, args) -> result``: it
 gets the authenticated ``Session`` (``session.name``, ``session.role``, ``session.engine``)
 and the request's ``args`` object, returns JSON-ready data, and raises ``ApiError(code,
 message)`` to refuse; ``EngineError``/``ValueError``/``LookupError`` become ``refused`` /
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from engine.console.protocol import BAD_REQUEST, ApiError
-from engine.tokens import Role
+from wfe.engine.console.protocol import BAD_REQUEST, ApiError
+from wfe.engine.console.tokens import Role
 
 if TYPE_CHECKING:
-    from engine.console.session import Session
+    from wfe.engine.console.session import Session
 
 Handler = Callable[["Session", dict[str, Any]], Awaitable[Any]]
 

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from engine.actions import one_line
-from engine.console import protocol, web
-from engine.console.hub import ConsoleHub
-from engine.console.metrics import ConsoleMetrics
-from engine.console.protocol import ApiError, BadFrame, Request
-from engine.console.registry import OPS
-from engine.console.session import ClientGone, ClientStalled, Limits, Session
-from engine.console.wire import Wire
-from engine.errors import EngineError
-from engine.tokens import Authenticator, Principal, Role
+from wfe.engine.console import protocol, web
+from wfe.engine.console.hub import ConsoleHub
+from wfe.engine.console.metrics import ConsoleMetrics
+from wfe.engine.console.protocol import ApiError, BadFrame, Request
+from wfe.engine.console.registry import OPS
+from wfe.engine.console.session import ClientGone, ClientStalled, Limits, Session
+from wfe.engine.console.tokens import Authenticator, Principal, Role
+from wfe.engine.console.wire import Wire
+from wfe.engine.errors import EngineError
+from wfe.engine.runtime.actions import one_line
 
 if TYPE_CHECKING:
-    from engine.daemon import Engine
+    from wfe.engine.runtime.daemon import Engine
 
 log = logging.getLogger("wfe.console")
 
@@ -269,7 +269,7 @@ class ConsoleServer:
         return None, None
 
     def _welcome(self, session: Session) -> dict[str, Any]:
-        from engine import __version__
+        from wfe.engine import __version__
 
         return {
             "protocol": protocol.PROTOCOL,

@@ -2,7 +2,7 @@
 
 The writer (``pump``) is the only task that writes to the websocket. It sends replies and
 tailed output as they are queued, and the frames the hub's tick sealed for each event
-stream (see ``engine.console.hub``: one tick for all streams, at most every
+stream (see ``wfe.engine.console.hub``: one tick for all streams, at most every
 ``flush_interval`` seconds, less often when many streams are open). While the writer has
 nothing in hand, the tick writes a stream's frame itself (``send_now``, through the
 ``Wire``): no task wakes for it, which is what makes hundreds of watchers cheap. When one
@@ -21,18 +21,18 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed
 
-from engine.console.filters import EventFilter
-from engine.console.outbox import Outbox
-from engine.console.streams import EventStream
-from engine.tokens import Principal, Role
+from wfe.engine.console.filters import EventFilter
+from wfe.engine.console.outbox import Outbox
+from wfe.engine.console.streams import EventStream
+from wfe.engine.console.tokens import Principal, Role
 
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection
 
-    from engine.console.server import ConsoleServer
-    from engine.console.streams import Frame
-    from engine.console.wire import Wire
-    from engine.daemon import Engine
+    from wfe.engine.console.server import ConsoleServer
+    from wfe.engine.console.streams import Frame
+    from wfe.engine.console.wire import Wire
+    from wfe.engine.runtime.daemon import Engine
 
 
 @attrs.frozen(kw_only=True)

@@ -10,12 +10,12 @@ a stream that has no room for the whole tick takes the batches that fit, counts 
 missed, and tells its client in a ``missed`` notice after what it kept.
 
 A stream opened with ``compress`` gets its events as binary messages
-(``protocols.console_frames``): event JSON shrinks about sevenfold, and the bytes each
+(``wfe.protocols.console_frames``): event JSON shrinks about sevenfold, and the bytes each
 watcher costs the kernel shrink with it.
 
 A stream whose connection has nothing else to write takes its frame at once, from the tick:
 its session writes the whole websocket message with ``send_now`` (``Frame.chunks``: a small
-header and the shared body, no copy of it; see ``engine.console.wire``). Only a stream that
+header and the shared body, no copy of it; see ``wfe.engine.console.wire``). Only a stream that
 already holds frames, or whose connection is busy, keeps the frame for its writer task.
 """
 
@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from protocols.console_frames import binary_events, compress_events
-from protocols.ws_frames import BINARY, TEXT, frame_header
+from wfe.protocols.console_frames import binary_events, compress_events
+from wfe.protocols.ws_frames import BINARY, TEXT, frame_header
 
 if TYPE_CHECKING:
-    from engine.console.filters import EventFilter
+    from wfe.engine.console.filters import EventFilter
 
 
 class Frame:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from engine.console import protocol
-from engine.jobs import TERMINAL
+from wfe.engine.console import protocol
+from wfe.engine.runtime.jobs import TERMINAL
 
 if TYPE_CHECKING:
-    from engine.console.session import Session
-    from protocols.messages import OutputChunk
+    from wfe.engine.console.session import Session
+    from wfe.protocols.messages import OutputChunk
 
 FRAME_BYTES = 256 * 1024  # stored output is sent in frames of at most this much
 LIVE_BUFFER = 256  # live chunks held for one tail before the controller drops them

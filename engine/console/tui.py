@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import trio
 
-from engine.client import Client, ClientError, connect
+from wfe.engine.cli.client import Client, ClientError, connect
 
 REFRESH = 0.3  # least seconds between two table refreshes
 TABS = ("jobs", "requests", "agents")

@@ -2,7 +2,7 @@
 
 trio-websocket only speaks websocket, so the server reads the HTTP request head itself
 (at most ``MAX_HEAD`` bytes, within ``HEAD_TIMEOUT`` seconds). An upgrade request is handed,
-bytes and all, to trio-websocket through ``engine.console.wire.Wire``, a stream that
+bytes and all, to trio-websocket through ``wfe.engine.console.wire.Wire``, a stream that
 returns what was already read before reading on. Any other request is answered here: ``GET
 /`` and the files of ``engine/static/`` (the page is static and holds no data: everything it
 shows comes over the authenticated websocket), 404 for other paths, 405 for other methods,
@@ -120,7 +120,7 @@ def static_file(target: str) -> tuple[bytes, str] | None:
     if suffix not in _TYPES:
         return None
     try:
-        body = resources.files("engine").joinpath("static", name).read_bytes()
+        body = resources.files("wfe.engine.console").joinpath("static", name).read_bytes()
     except (FileNotFoundError, IsADirectoryError, OSError):
         return None
     return body, _TYPES[suffix]

@@ -13,8 +13,8 @@ See ``docs/definitions.md`` for the format.
 
 from __future__ import annotations
 
-from engine.definitions.dump import dump_toml
-from engine.definitions.errors import (
+from wfe.engine.definitions.dump import dump_toml
+from wfe.engine.definitions.errors import (
     DagError,
     DefinitionError,
     DefinitionSyntaxError,
@@ -24,15 +24,15 @@ from engine.definitions.errors import (
     QueryError,
     UnknownRScript,
 )
-from engine.definitions.loader import (
+from wfe.engine.definitions.loader import (
     NAMESPACE_REQUIRED,
     build_definition,
     canonical_json,
     git_info,
     load_definition,
 )
-from engine.definitions.merge import deep_merge, expand_includes
-from engine.definitions.model import (
+from wfe.engine.definitions.merge import deep_merge, expand_includes
+from wfe.engine.definitions.model import (
     INPUTS_PARAM,
     PRODUCT_TYPES,
     QUERY_SOURCE,
@@ -50,9 +50,9 @@ from engine.definitions.model import (
     Timeouts,
     Workflow,
 )
-from engine.definitions.params import parse_assignments, resolve_params, stage_params
-from engine.definitions.query import Op, Query, Rule, compile_query
-from engine.definitions.validate import (
+from wfe.engine.definitions.params import parse_assignments, resolve_params, stage_params
+from wfe.engine.definitions.query import Op, Query, Rule, compile_query
+from wfe.engine.definitions.validate import (
     check_actions,
     check_rscripts,
     downstream,

@@ -18,8 +18,8 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
-from engine.definitions.errors import InvalidDefinition
-from engine.definitions.model import (
+from wfe.engine.definitions.errors import InvalidDefinition
+from wfe.engine.definitions.model import (
     PRODUCT_TYPES,
     QUERY_SOURCE,
     Backoff,
@@ -31,7 +31,7 @@ from engine.definitions.model import (
     Timeouts,
     Workflow,
 )
-from protocols.request import BadIdentifier, check_workflow_name
+from wfe.protocols.request import BadIdentifier, check_workflow_name
 
 
 class _Bad(ValueError):

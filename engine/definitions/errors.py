@@ -7,7 +7,7 @@ integer``), and where it helps, the fix.
 
 from __future__ import annotations
 
-from engine.errors import EngineError
+from wfe.engine.errors import EngineError
 
 
 class DefinitionError(EngineError, ValueError):

@@ -23,12 +23,12 @@ from typing import Any
 
 import attrs
 
-from engine.definitions.convert import structure_document, structure_stage_defaults
-from engine.definitions.errors import DefinitionError, InvalidDefinition
-from engine.definitions.merge import deep_merge, expand_includes, plain
-from engine.definitions.model import Definition, GitInfo
-from engine.definitions.query import compile_query
-from engine.definitions.validate import check_document
+from wfe.engine.definitions.convert import structure_document, structure_stage_defaults
+from wfe.engine.definitions.errors import DefinitionError, InvalidDefinition
+from wfe.engine.definitions.merge import deep_merge, expand_includes, plain
+from wfe.engine.definitions.model import Definition, GitInfo
+from wfe.engine.definitions.query import compile_query
+from wfe.engine.definitions.validate import check_document
 
 NAMESPACE_REQUIRED = 'namespace is required: add `namespace = "..."` under [workflow]'
 

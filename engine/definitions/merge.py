@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.definitions.errors import (
+from wfe.engine.definitions.errors import (
     DagError,
     DefinitionSyntaxError,
     IncludeError,

@@ -3,7 +3,7 @@
 ``Definition`` is what the loader returns and what a request refers to: typed fields for
 the engine to use, plus ``expanded`` (the merged TOML as plain JSON-ready data, the
 stored form) and its ``sha256``. Everything here is built and checked by
-``engine.definitions.loader``; constructing models by hand skips those checks.
+``wfe.engine.definitions.loader``; constructing models by hand skips those checks.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from engine.definitions.query import Query
+from wfe.engine.definitions.query import Query
 
 #: The ``consumes`` source of a stage whose inputs come from the definition's query.
 QUERY_SOURCE = "query"

@@ -21,9 +21,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from engine.definitions.errors import ParamError
-from engine.definitions.model import Definition, ParamType
-from engine.definitions.validate import PARAM_REF
+from wfe.engine.definitions.errors import ParamError
+from wfe.engine.definitions.model import Definition, ParamType
+from wfe.engine.definitions.validate import PARAM_REF
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

@@ -41,7 +41,7 @@ from typing import Any
 
 import attrs
 
-from engine.definitions.errors import QueryError
+from wfe.engine.definitions.errors import QueryError
 
 
 class Op(enum.Enum):

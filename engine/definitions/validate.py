@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from engine.definitions.errors import DagError, InvalidDefinition, UnknownRScript
-from engine.definitions.model import INPUTS_PARAM, Definition, ParamSpec, ParamType, Stage
+from wfe.engine.definitions.errors import DagError, InvalidDefinition, UnknownRScript
+from wfe.engine.definitions.model import INPUTS_PARAM, Definition, ParamSpec, ParamType, Stage
 
 #: A stage parameter whose whole value is ``"${NAME}"`` takes request parameter NAME.
 PARAM_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from engine.repository.errors import (
+from wfe.engine.repository.errors import (
     RepositoryClosed,
     RepositoryError,
     RepositoryFull,
     SchemaTooNew,
 )
-from engine.repository.events import Event, Missed, Subscription
-from engine.repository.repository import Repository, RepositoryStatistics, open_repository
-from engine.repository.schema import MIGRATIONS, migrate, schema_version
-from engine.repository.space import DiskTrouble
-from engine.repository.writer import Tx
+from wfe.engine.repository.events import Event, Missed, Subscription
+from wfe.engine.repository.repository import Repository, RepositoryStatistics, open_repository
+from wfe.engine.repository.schema import MIGRATIONS, migrate, schema_version
+from wfe.engine.repository.space import DiskTrouble
+from wfe.engine.repository.writer import Tx
 
 __all__ = [
     "MIGRATIONS",

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import trio
 
-from engine.repository.reader import BUSY_TIMEOUT_MS
+from wfe.engine.repository.reader import BUSY_TIMEOUT_MS
 
-logger = logging.getLogger("engine.repository")
+logger = logging.getLogger("wfe.engine.repository")
 
 
 class Checkpointer:

@@ -15,8 +15,8 @@ from typing import TypeVar
 
 import trio
 
-from engine.repository.errors import RepositoryClosed
-from engine.repository.events import Event
+from wfe.engine.repository.errors import RepositoryClosed
+from wfe.engine.repository.events import Event
 
 T = TypeVar("T")
 

@@ -18,13 +18,13 @@ import attrs
 import outcome
 import trio
 
-from engine.repository.checkpoint import Checkpointer, WalLimit
-from engine.repository.errors import RepositoryError
-from engine.repository.events import Event, EventHub, Subscription
-from engine.repository.reader import BUSY_TIMEOUT_MS, ReaderPool, events_since
-from engine.repository.schema import migrate
-from engine.repository.space import MB, DiskTrouble
-from engine.repository.writer import Command, Tx, Writer
+from wfe.engine.repository.checkpoint import Checkpointer, WalLimit
+from wfe.engine.repository.errors import RepositoryError
+from wfe.engine.repository.events import Event, EventHub, Subscription
+from wfe.engine.repository.reader import BUSY_TIMEOUT_MS, ReaderPool, events_since
+from wfe.engine.repository.schema import migrate
+from wfe.engine.repository.space import MB, DiskTrouble
+from wfe.engine.repository.writer import Command, Tx, Writer
 
 T = TypeVar("T")
 

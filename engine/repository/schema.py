@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from engine.repository.errors import RepositoryError, SchemaTooNew
+from wfe.engine.repository.errors import RepositoryError, SchemaTooNew
 
 _CORE = """
 CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,

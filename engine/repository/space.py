@@ -15,7 +15,7 @@ from pathlib import Path
 
 import attrs
 
-from engine.repository.errors import RepositoryFull
+from wfe.engine.repository.errors import RepositoryFull
 
 #: SQLite's primary result codes for "no room" and "the OS refused an I/O" (sqlite3.h).
 SQLITE_IOERR = 10

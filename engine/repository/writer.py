@@ -66,14 +66,14 @@ import attrs
 import outcome
 import trio
 
-from engine.repository.checkpoint import WalLimit
-from engine.repository.errors import RepositoryClosed, RepositoryError
-from engine.repository.events import EventHub, EventRow
-from engine.repository.space import SQLITE_FULL, DiskTrouble, free_bytes, storage_error
+from wfe.engine.repository.checkpoint import WalLimit
+from wfe.engine.repository.errors import RepositoryClosed, RepositoryError
+from wfe.engine.repository.events import EventHub, EventRow
+from wfe.engine.repository.space import SQLITE_FULL, DiskTrouble, free_bytes, storage_error
 
 T = TypeVar("T")
 
-logger = logging.getLogger("engine.repository")
+logger = logging.getLogger("wfe.engine.repository")
 
 _QUEUED, _TAKEN, _CANCELLED = 0, 1, 2
 

@@ -1,7 +1,7 @@
 """Workflow requests run by the engine: submission, lifecycle, stages, inputs, catalog,
 products, provenance and checking.
 
-``RequestService`` is the long-lived task the engine runs (``engine.requests.service``);
+``RequestService`` is the long-lived task the engine runs (``wfe.engine.requests.service``);
 ``prepare`` registers the RScripts of live requests before the controller recovers jobs.
 The pure decisions are in ``plan`` and ``checking``; the SQL in ``store``, ``catalog``,
 ``products`` and ``views``. See docs/definitions.md, "Running requests".
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine.requests.errors import (
+from wfe.engine.requests.errors import (
     CatalogError,
     RefusedTransition,
     RequestError,
@@ -19,13 +19,13 @@ from engine.requests.errors import (
     UnknownProduct,
     UnknownRequest,
 )
-from engine.requests.model import BatchOutcome, RequestRecord, StageState
-from engine.requests.service import RequestService
+from wfe.engine.requests.model import BatchOutcome, RequestRecord, StageState
+from wfe.engine.requests.service import RequestService
 
 if TYPE_CHECKING:
-    from engine.controller import AgentController
-    from engine.repository import Repository
-    from rscripts.loader import ScriptLibrary
+    from wfe.engine.dispatch.controller import AgentController
+    from wfe.engine.repository import Repository
+    from wfe.rscripts.loader import ScriptLibrary
 
 
 async def prepare(
@@ -35,7 +35,7 @@ async def prepare(
     ``controller`` hold the jobs of paused requests; call it before
     ``AgentController.recover`` so their unfinished jobs are recovered, not failed, and none
     of a paused request is dispatched before the requests service's first step."""
-    from engine.requests import scripts, store
+    from wfe.engine.requests import scripts, store
 
     if controller is not None:
         for rid in await repo.read(store.paused_requests):

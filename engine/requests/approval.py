@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import attrs
 
-from engine.config import ApprovalMode, ApprovalSection
-from engine.definitions import Definition
+from wfe.engine.config import ApprovalMode, ApprovalSection
+from wfe.engine.definitions import Definition
 
 
 @attrs.frozen(kw_only=True)

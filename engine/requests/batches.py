@@ -20,21 +20,21 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from engine.actions import one_line
-from engine.definitions import INPUTS_PARAM, Definition, Stage, stage_params
-from engine.errors import UnknownJob
-from engine.jobs import TERMINAL
-from engine.requests import store
-from engine.requests.model import Batch, BatchOutcome, JobEnd, RequestRecord, StageInput
-from engine.requests.products import from_result
-from engine.requests.scripts import OUTPUT_DIR_PARAM
-from protocols.attempt import AttemptState
-from rscripts.errors import RScriptError
+from wfe.engine.definitions import INPUTS_PARAM, Definition, Stage, stage_params
+from wfe.engine.errors import UnknownJob
+from wfe.engine.requests import store
+from wfe.engine.requests.model import Batch, BatchOutcome, JobEnd, RequestRecord, StageInput
+from wfe.engine.requests.products import from_result
+from wfe.engine.requests.scripts import OUTPUT_DIR_PARAM
+from wfe.engine.runtime.actions import one_line
+from wfe.engine.runtime.jobs import TERMINAL
+from wfe.protocols.attempt import AttemptState
+from wfe.rscripts.errors import RScriptError
 
 if TYPE_CHECKING:
-    from engine.actions import ActionRunner
-    from engine.controller import AgentController
-    from engine.repository import Repository
+    from wfe.engine.dispatch.controller import AgentController
+    from wfe.engine.repository import Repository
+    from wfe.engine.runtime.actions import ActionRunner
 
 log = logging.getLogger("wfe.requests")
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import trio
 
-from engine.definitions import Query
-from engine.requests.errors import CatalogError
-from engine.requests.model import catalog_key
+from wfe.engine.definitions import Query
+from wfe.engine.requests.errors import CatalogError
+from wfe.engine.requests.model import catalog_key
 
 CHUNK = 1 << 20
 SIDECAR_SUFFIX = ".meta.json"

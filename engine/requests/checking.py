@@ -18,10 +18,10 @@ from typing import Any
 
 import trio
 
-from engine.definitions import Definition, OnStageFailure
-from engine.requests.catalog import hash_file
-from engine.requests.model import STAGE_TERMINAL, StageInput, StageRecord, StageState
-from protocols.request import InputState
+from wfe.engine.definitions import Definition, OnStageFailure
+from wfe.engine.requests.catalog import hash_file
+from wfe.engine.requests.model import STAGE_TERMINAL, StageInput, StageRecord, StageState
+from wfe.protocols.request import InputState
 
 #: Product files hashed at once while checking.
 PARALLEL_HASHES = 4

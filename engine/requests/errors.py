@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.errors import EngineError
+from wfe.engine.errors import EngineError
 
 
 class RequestError(EngineError):

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from protocols.request import InputAllocation, RequestState
+from wfe.protocols.request import InputAllocation, RequestState
 
 #: The key of the one input of a stage that consumes nothing (it runs once).
 ONCE = "once"

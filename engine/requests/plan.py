@@ -1,7 +1,7 @@
 """Pure decisions about a running request: which stages start, end or are skipped, how
 inputs are batched and settled, and what the request does next.
 
-Nothing here awaits or touches the repository; the service (``engine.requests.service``)
+Nothing here awaits or touches the repository; the service (``wfe.engine.requests.service``)
 reads a ``Snapshot``, asks these functions, and writes what they decide. The rules:
 
 * A stage starts when every stage it depends on (``after`` and ``consumes``) is DONE; it is
@@ -23,9 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from engine.definitions import Definition, OnStageFailure, topological_order
-from engine.requests.model import STAGE_TERMINAL, BatchOutcome, StageInput, StageState
-from protocols.request import InputAllocation, InputState, RequestVerb, take_inputs
+from wfe.engine.definitions import Definition, OnStageFailure, topological_order
+from wfe.engine.requests.model import STAGE_TERMINAL, BatchOutcome, StageInput, StageState
+from wfe.protocols.request import InputAllocation, InputState, RequestVerb, take_inputs
 
 _OPEN_INPUT = frozenset({InputState.UNALLOCATED, InputState.ALLOCATED})
 

@@ -1,7 +1,7 @@
 """Products: what a job's result reports becomes product records; and their provenance.
 
 A product is a file a stage's job made, as its RScript reported it in the result
-(``rscripts.results``: path, type, size, sha256, metadata). The record links it to the job
+(``wfe.rscripts.results``: path, type, size, sha256, metadata). The record links it to the job
 and batch that made it, the inputs the batch held (catalog entries or upstream products)
 and the sha256 of the expanded definition the request ran. ``provenance`` follows those
 links back to the raw catalog entries.
@@ -16,8 +16,8 @@ from typing import Any
 
 import attrs
 
-from engine.requests.errors import UnknownProduct
-from rscripts.results import Product, check_result
+from wfe.engine.requests.errors import UnknownProduct
+from wfe.rscripts.results import Product, check_result
 
 PRODUCT_COLUMNS = "id, request, stage, batch, job, path, type, size, sha256, metadata, inputs, definition, created_at"
 _KEYS = tuple(c.strip() for c in PRODUCT_COLUMNS.split(","))

@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.definitions import INPUTS_PARAM, Definition, stage_params
-from engine.requests.errors import SubmitError
-from rscripts.errors import RScriptError
-from rscripts.header import validate_params
-from rscripts.loader import RScript, ScriptLibrary
+from wfe.engine.definitions import INPUTS_PARAM, Definition, stage_params
+from wfe.engine.requests.errors import SubmitError
+from wfe.rscripts.errors import RScriptError
+from wfe.rscripts.header import validate_params
+from wfe.rscripts.loader import RScript, ScriptLibrary
 
 #: The folder beside a definition file that holds its RScripts.
 SCRIPTS_FOLDER = "rscripts"

@@ -40,19 +40,25 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from engine.actions import one_line
-from engine.config import ApprovalSection
-from engine.definitions import Definition, GitInfo, OnStageFailure, build_definition, resolve_params
-from engine.jobs import TERMINAL
-from engine.repository import Missed, Subscription
-from engine.requests import catalog, checking, plan, scripts, store
-from engine.requests.approval import decide_approval
-from engine.requests.batches import BatchRunner
-from engine.requests.errors import RefusedTransition, RequestError, SubmitError
-from engine.requests.model import ONCE, Batch, RequestRecord, Snapshot, StageState, product_key
-from engine.requests.products import list_products
-from protocols.errors import ProtocolError
-from protocols.request import (
+from wfe.engine.config import ApprovalSection
+from wfe.engine.definitions import (
+    Definition,
+    GitInfo,
+    OnStageFailure,
+    build_definition,
+    resolve_params,
+)
+from wfe.engine.repository import Missed, Subscription
+from wfe.engine.requests import catalog, checking, plan, scripts, store
+from wfe.engine.requests.approval import decide_approval
+from wfe.engine.requests.batches import BatchRunner
+from wfe.engine.requests.errors import RefusedTransition, RequestError, SubmitError
+from wfe.engine.requests.model import ONCE, Batch, RequestRecord, Snapshot, StageState, product_key
+from wfe.engine.requests.products import list_products
+from wfe.engine.runtime.actions import one_line
+from wfe.engine.runtime.jobs import TERMINAL
+from wfe.protocols.errors import ProtocolError
+from wfe.protocols.request import (
     TERMINAL_STATES,
     TRANSITIONS,
     Actor,
@@ -64,10 +70,10 @@ from protocols.request import (
 )
 
 if TYPE_CHECKING:
-    from engine.actions import ActionRunner
-    from engine.controller import AgentController
-    from engine.repository import Repository
-    from rscripts.loader import ScriptLibrary
+    from wfe.engine.dispatch.controller import AgentController
+    from wfe.engine.repository import Repository
+    from wfe.engine.runtime.actions import ActionRunner
+    from wfe.rscripts.loader import ScriptLibrary
 
 log = logging.getLogger("wfe.requests")
 
@@ -206,7 +212,7 @@ class RequestService:
         Raises ``DefinitionError`` / ``SubmitError`` with one line before anything is
         stored. The engine approves at once when no person's approval is needed: what
         ``[approval]`` of wfe.toml says for the namespace, else the definition's policy
-        (``engine.requests.approval``).
+        (``wfe.engine.requests.approval``).
         """
         try:
             check_user_name(user)

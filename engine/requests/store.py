@@ -1,7 +1,7 @@
 """The repository side of requests: write ops (run by the writer, each emitting its events
 in the same transaction) and read functions (run on read-only connections).
 
-Every state change of a request is checked against ``protocols.request`` inside the op
+Every state change of a request is checked against ``wfe.protocols.request`` inside the op
 that writes it, so two operators acting at once are serialised by the writer and the
 second one is refused naming the state the first one left. Nothing here awaits.
 """
@@ -14,11 +14,11 @@ from typing import Any
 
 import attrs
 
-from engine.definitions import Definition
-from engine.requests import plan
-from engine.requests.approval import ApprovalDecision
-from engine.requests.errors import RefusedTransition, UnknownRequest
-from engine.requests.model import (
+from wfe.engine.definitions import Definition
+from wfe.engine.requests import plan
+from wfe.engine.requests.approval import ApprovalDecision
+from wfe.engine.requests.errors import RefusedTransition, UnknownRequest
+from wfe.engine.requests.model import (
     Batch,
     BatchOutcome,
     JobEnd,
@@ -28,8 +28,8 @@ from engine.requests.model import (
     StageRecord,
     StageState,
 )
-from protocols.errors import IllegalTransition
-from protocols.request import (
+from wfe.protocols.errors import IllegalTransition
+from wfe.protocols.request import (
     ACTIVE_STATES,
     Actor,
     InputAllocation,
@@ -41,7 +41,7 @@ from protocols.request import (
     Transition,
     request_id,
 )
-from rscripts.results import Product
+from wfe.rscripts.results import Product
 
 Op = Callable[[Any], Any]
 

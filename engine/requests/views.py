@@ -6,8 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from engine.requests.model import RequestRecord
-from engine.requests.store import get_request
+from wfe.engine.requests.model import RequestRecord
+from wfe.engine.requests.store import get_request
 
 
 def record_dict(record: RequestRecord) -> dict[str, Any]:

@@ -21,11 +21,11 @@ sys.path.insert(0, str(HERE.parents[1]))  # run from a fresh clone without insta
 
 import trio  # noqa: E402
 
-from engine.cli_requests import render_request, submission  # noqa: E402
-from engine.daemon import open_engine  # noqa: E402
-from engine.demo import make_workspace  # noqa: E402
-from engine.render import print_table  # noqa: E402
-from engine.requests import catalog, products, views  # noqa: E402
+from wfe.engine.cli.demo import make_workspace  # noqa: E402
+from wfe.engine.cli.render import print_table  # noqa: E402
+from wfe.engine.cli.requests import render_request, submission  # noqa: E402
+from wfe.engine.requests import catalog, products, views  # noqa: E402
+from wfe.engine.runtime.daemon import open_engine  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 import make_data  # noqa: E402

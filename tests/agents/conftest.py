@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import trio
 
-from agents.core import Agent, AgentExit
-from agents.keeper_link import KeeperLink, open_keeper
-from agents.local_link import StreamLink, open_local_link
-from agents.spool import Spool
-from protocols.messages import (
+from wfe.agents.core import Agent, AgentExit
+from wfe.agents.keeper_link import KeeperLink, open_keeper
+from wfe.agents.spool import Spool
+from wfe.links.stream import StreamLink, open_local_link
+from wfe.protocols.messages import (
     AgentStatus,
     Capabilities,
     Dispatch,
@@ -29,7 +29,7 @@ from protocols.messages import (
     OutputChunk,
     Stream,
 )
-from protocols.signing import script_sha256
+from wfe.protocols.signing import script_sha256
 
 #: Guard for anything that waits on real processes or sockets.
 GUARD = 10.0

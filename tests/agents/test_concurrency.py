@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from agents.spool import Spool
-from protocols.messages import (
+from wfe.agents.spool import Spool
+from wfe.protocols.messages import (
     Ack,
     AgentStatus,
     AttemptRef,

@@ -10,8 +10,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from agents.config import AgentConfig, load_config
-from agents.errors import ConfigError
+from wfe.agents.config import AgentConfig, load_config
+from wfe.agents.errors import ConfigError
 
 #: What an XMPP agent needs, as flags and as the file's lines.
 XMPP_FLAGS = [

@@ -9,11 +9,11 @@ import attrs
 import pytest
 import trio
 
-from agents import __version__
-from agents.core import Agent, AgentExit
-from agents.local_link import open_local_link
-from agents.spool import Spool
-from protocols.messages import (
+from wfe.agents import __version__
+from wfe.agents.core import Agent, AgentExit
+from wfe.agents.spool import Spool
+from wfe.links.stream import open_local_link
+from wfe.protocols.messages import (
     Ack,
     AgentHello,
     AgentStatus,
@@ -30,7 +30,7 @@ from protocols.messages import (
     StatusRequest,
     Stream,
 )
-from protocols.signing import generate_keypair, load_private_key, load_public_key, sign
+from wfe.protocols.signing import generate_keypair, load_private_key, load_public_key, sign
 
 REF = AttemptRef(job_id="job-1", attempt=1)
 

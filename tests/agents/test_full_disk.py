@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from protocols.messages import FinishReason, JobRefused
+from wfe.protocols.messages import FinishReason, JobRefused
 
 from ..repository.conftest import SmallFs, mount_small_fs, unmount
 

@@ -8,19 +8,18 @@ from pathlib import Path
 import trio
 from trio.testing import MockClock
 
-from agents.config import load_config
-from agents.core import DEFAULT_HEARTBEAT
-from agents.keeper_link import open_keeper
-from agents.local_link import open_local_link
-from agents.main import make_agent
-from agents.spool import Spool
-from engine import queries
-from engine.config import AgentsSection, JobsSection
-from engine.controller import AgentController
-from engine.jobs import Completions
-from engine.local_transport import serve_local_agents
-from engine.repository import open_repository
-from rscripts.loader import ScriptLibrary
+from wfe.agents.config import load_config
+from wfe.agents.core import DEFAULT_HEARTBEAT
+from wfe.agents.keeper_link import open_keeper
+from wfe.agents.main import make_agent
+from wfe.agents.spool import Spool
+from wfe.engine.config import AgentsSection, JobsSection
+from wfe.engine.dispatch.controller import AgentController
+from wfe.engine.repository import open_repository, queries
+from wfe.engine.runtime.jobs import Completions
+from wfe.engine.transports.local import serve_local_agents
+from wfe.links.stream import open_local_link
+from wfe.rscripts.loader import ScriptLibrary
 
 
 def test_the_default_heartbeat_is_well_under_the_engines_default_deadline() -> None:

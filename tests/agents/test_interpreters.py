@@ -8,9 +8,14 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from agents.interpreters import find_program, forget_programs, interpreter_of, script_interpreter
-from protocols.messages import Dispatch, Limits
-from protocols.signing import script_sha256
+from wfe.agents.interpreters import (
+    find_program,
+    forget_programs,
+    interpreter_of,
+    script_interpreter,
+)
+from wfe.protocols.messages import Dispatch, Limits
+from wfe.protocols.signing import script_sha256
 
 
 def test_interpreter_header_examples() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from protocols.messages import (
+from wfe.protocols.messages import (
     AgentHello,
     AgentStatus,
     AttemptRef,
@@ -192,7 +192,7 @@ async def test_an_agent_dead_past_its_lease_comes_back_to_report_the_attempt_fen
 
 def test_the_keepers_name_is_the_spool_directory_itself(tmp_path: Path) -> None:
     """The same directory by another path finds the same keeper; another directory never."""
-    from agents.keeper import socket_name
+    from wfe.agents.keeper import socket_name
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

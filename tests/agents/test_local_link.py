@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from agents.errors import MessageTooLarge
-from agents.local_link import StreamLink, open_local_link
-from protocols import codec
-from protocols.framing import frame
-from protocols.messages import (
+from wfe.agents.errors import MessageTooLarge
+from wfe.links.stream import StreamLink, open_local_link
+from wfe.protocols import codec
+from wfe.protocols.framing import frame
+from wfe.protocols.messages import (
     MAX_MESSAGE_BYTES,
     Ack,
     OutputChunk,

@@ -1,4 +1,4 @@
-"""`wfe agent` (`python -m agents`): configuration, exit codes, and a real agent process."""
+"""`wfe agent` (`python -m wfe.agents`): configuration, exit codes, and a real agent process."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from agents.config import load_config
-from agents.errors import ConfigError
-from agents.main import main
-from protocols.messages import (
+from wfe.agents.config import load_config
+from wfe.agents.errors import ConfigError
+from wfe.agents.main import main
+from wfe.protocols.messages import (
     AgentHello,
     AttemptRef,
     FinishReason,
@@ -24,7 +24,7 @@ from protocols.messages import (
     Shutdown,
     Stream,
 )
-from protocols.signing import generate_keypair, load_private_key, sign
+from wfe.protocols.signing import generate_keypair, load_private_key, sign
 
 
 def test_flags_override_the_file_and_file_paths_are_relative_to_it(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def agent_command(name: str, home: Path, socket_path: Path, *extra: str) -> list
     return [
         sys.executable,
         "-m",
-        "agents",
+        "wfe.agents",
         "--name",
         name,
         "--socket",
@@ -221,9 +221,9 @@ async def test_an_agent_without_an_engine_gives_up_with_exit_1(
 
 
 def test_python_dash_m_agents_shows_help() -> None:
-    """`python -m agents --help` works and names the flags."""
+    """`python -m wfe.agents --help` works and names the flags."""
     done = subprocess.run(
-        [sys.executable, "-m", "agents", "--help"],
+        [sys.executable, "-m", "wfe.agents", "--help"],
         capture_output=True,
         check=False,
         env={**os.environ},

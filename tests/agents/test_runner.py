@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import trio
 
-from agents.keeper_link import KeeperLink
-from agents.results import MAX_RESULT_BYTES
-from agents.runner import Attempt
-from protocols.messages import (
+from wfe.agents.keeper_link import KeeperLink
+from wfe.agents.results import MAX_RESULT_BYTES
+from wfe.agents.runner import Attempt
+from wfe.protocols.messages import (
     MAX_CHUNK_BYTES,
     Dispatch,
     FinishReason,

@@ -14,11 +14,11 @@ import trio
 import trio.testing
 from hypothesis import given
 
-import agents.spool as spool_module
-from agents.errors import SpoolError, SpoolLocked
-from agents.spool import Spool, encode_record, read_records
-from protocols import codec
-from protocols.messages import AttemptRef, FinishReason, JobFinished, OutputChunk, Stream
+import wfe.agents.spool as spool_module
+from wfe.agents.errors import SpoolError, SpoolLocked
+from wfe.agents.spool import Spool, encode_record, read_records
+from wfe.protocols import codec
+from wfe.protocols.messages import AttemptRef, FinishReason, JobFinished, OutputChunk, Stream
 
 
 def finished(job_id: str = "job-1", attempt: int = 1, **fields: object) -> JobFinished:
@@ -329,7 +329,15 @@ async def test_a_second_agent_process_on_the_same_spool_exits_3(tmp_path: Path) 
     with Spool(spool).locked():
         with trio.fail_after(30):
             done = await trio.run_process(
-                [sys.executable, "-m", "agents", "--name", "twin", "--socket", str(tmp_path / "s")]
+                [
+                    sys.executable,
+                    "-m",
+                    "wfe.agents",
+                    "--name",
+                    "twin",
+                    "--socket",
+                    str(tmp_path / "s"),
+                ]
                 + ["--spool", str(spool), "--workdir", str(tmp_path / "w")],
                 capture_stdout=True,
                 capture_stderr=True,

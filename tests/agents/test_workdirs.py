@@ -1,4 +1,4 @@
-"""Attempt directories reused from one attempt to the next (agents.workdirs)."""
+"""Attempt directories reused from one attempt to the next (wfe.agents.workdirs)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from agents.keeper_link import KeeperLink
-from agents.runner import Attempt
-from agents.workdirs import Workdirs
-from protocols.messages import OutputChunk, Stream
+from wfe.agents.keeper_link import KeeperLink
+from wfe.agents.runner import Attempt
+from wfe.agents.workdirs import Workdirs
+from wfe.protocols.messages import OutputChunk, Stream
 
 GUARD = 10.0
 

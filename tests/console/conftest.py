@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import trio
 
-from engine.api import serve_api
-from engine.client import Client, connect
-from engine.config import Config, load_config
-from engine.console.session import Limits
-from engine.daemon import Engine, open_engine
-from engine.keys import create_secrets, read_token
+from wfe.engine.cli.client import Client, connect
+from wfe.engine.config import Config, load_config
+from wfe.engine.console.api import serve_api
+from wfe.engine.console.session import Limits
+from wfe.engine.keys import create_secrets, read_token
+from wfe.engine.runtime.daemon import Engine, open_engine
 
 SCRIPTS = Path(__file__).with_name("scripts")
 GUARD = 60  # seconds any one test may take with a real engine and agent on a busy machine
@@ -141,7 +141,7 @@ class Console:
     async def submit(
         self, client: Client, *, name: str = "echo", namespace: str = "tests", **params: Any
     ) -> dict[str, Any]:
-        from engine.cli_requests import submission
+        from wfe.engine.cli.requests import submission
 
         payload = submission(
             self.definition(name, namespace),

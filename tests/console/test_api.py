@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import trio
 
-from engine.api import OPS, load_ops
-from engine.client import Client, ClientError
+from wfe.engine.cli.client import Client, ClientError
+from wfe.engine.console.api import OPS, load_ops
 
 from .conftest import GUARD, Console
 
@@ -269,7 +269,7 @@ async def test_the_token_commands_work_through_the_engine(
 ) -> None:
     """`wfe token create|list|revoke` and `wfe console --url` talk to the running engine
     with the bootstrap token; a refusal is one line and exit status 1."""
-    from engine.cli import main
+    from wfe.engine.cli.main import main
 
     port = console.url.rsplit(":", 1)[1].strip("/")
     (console.root / "run").mkdir(exist_ok=True)

@@ -22,12 +22,12 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from engine.api import OPS, load_ops
-from engine.client import Client, ClientError
-from engine.console import protocol
-from engine.console.registry import Op
-from engine.console.session import Limits
-from engine.tokens import Role
+from wfe.engine.cli.client import Client, ClientError
+from wfe.engine.console import protocol
+from wfe.engine.console.api import OPS, load_ops
+from wfe.engine.console.registry import Op
+from wfe.engine.console.session import Limits
+from wfe.engine.console.tokens import Role
 
 from .conftest import DEFINITION, GUARD, Console, open_console
 

@@ -22,8 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from engine.client import KEEPALIVE, REPLY_TIMEOUT, Client, ClientError, open_client
-from engine.console import protocol
+from wfe.engine.cli.client import KEEPALIVE, REPLY_TIMEOUT, Client, ClientError, open_client
+from wfe.engine.console import protocol
 
 from .conftest import GUARD, Console
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
-from engine.console.session import Limits
+from wfe.engine.console.session import Limits
 
 from .conftest import GUARD, Console, open_console
 
@@ -244,7 +244,7 @@ async def test_plain_http_gets_the_page_or_a_clear_status(
 ) -> None:
     """On the console's port: GET / is the page, garbage is 400, a head that never ends is
     408 after the head timeout; the engine serves websockets all along."""
-    from engine.console import web
+    from wfe.engine.console import web
 
     monkeypatch.setattr(web, "HEAD_TIMEOUT", 0.3)
     port = int(console.url.rsplit(":", 1)[1].strip("/"))

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import trio
 
-from engine.api import serve_api
-from engine.client import ClientError, connect
-from engine.console.session import Limits
-from engine.daemon import open_engine
-from engine.keys import read_token
+from wfe.engine.cli.client import ClientError, connect
+from wfe.engine.console.api import serve_api
+from wfe.engine.console.session import Limits
+from wfe.engine.keys import read_token
+from wfe.engine.runtime.daemon import open_engine
 
 from .conftest import GUARD, workspace
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import UnknownJob
-from engine.queries import output_page
+from wfe.engine.errors import UnknownJob
+from wfe.engine.repository.queries import output_page
 
 
 def database(chunks: list[bytes]) -> sqlite3.Connection:

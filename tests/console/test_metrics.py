@@ -9,9 +9,9 @@ import attrs
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.api import serve_api
-from engine.daemon import open_engine
-from engine.keys import read_token
+from wfe.engine.console.api import serve_api
+from wfe.engine.keys import read_token
+from wfe.engine.runtime.daemon import open_engine
 
 from .conftest import GUARD, Console, workspace
 

@@ -23,14 +23,14 @@ from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
-from engine.console import protocol
-from engine.console.filters import EventFilter
-from engine.console.hub import ConsoleHub
-from engine.console.session import ClientStalled, Limits, Session
-from engine.console.streams import Frame
-from engine.console.wire import Wire
-from engine.repository import Event
-from engine.tokens import Principal, Role
+from wfe.engine.console import protocol
+from wfe.engine.console.filters import EventFilter
+from wfe.engine.console.hub import ConsoleHub
+from wfe.engine.console.session import ClientStalled, Limits, Session
+from wfe.engine.console.streams import Frame
+from wfe.engine.console.tokens import Principal, Role
+from wfe.engine.console.wire import Wire
+from wfe.engine.repository import Event
 
 from .conftest import fill
 

@@ -12,9 +12,9 @@ from typing import Any
 import trio
 from trio_websocket import wrap_client_stream
 
-from engine.client import Client
-from engine.console.session import Limits
-from protocols.console_frames import decode_binary
+from wfe.engine.cli.client import Client
+from wfe.engine.console.session import Limits
+from wfe.protocols.console_frames import decode_binary
 
 from .conftest import GUARD, Console, open_console
 

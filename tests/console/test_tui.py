@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from engine.console.tui import Model, handle_key, parse_run, render
+from wfe.engine.console.tui import Model, handle_key, parse_run, render
 
 from .conftest import GUARD, Console
 
@@ -104,7 +104,7 @@ async def test_the_terminal_console_shows_output_live_and_acts(console: Console)
     (console.root / "run").mkdir(exist_ok=True)
     (console.root / "run" / "api.port").write_text(console.url.rsplit(":", 1)[1].strip("/") + "\n")
     gate = console.root / "gate"
-    command = f"{sys.executable} -m engine.cli console --config {console.root / 'wfe.toml'}"
+    command = f"{sys.executable} -m wfe console --config {console.root / 'wfe.toml'}"
     env_cwd = os.getcwd()
     with trio.fail_after(GUARD):
         await tmux(

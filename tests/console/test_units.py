@@ -14,16 +14,16 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, TextMessage
 
-from engine.console import protocol, web
-from engine.console.filters import EventFilter, EventIndex
-from engine.console.hub import ConsoleHub, Rate, encode_event
-from engine.console.outbox import Outbox
-from engine.console.streams import Batch, EventStream, Frame, StreamGroup
-from engine.console.wire import Wire
-from engine.repository import Event, Missed
-from engine.repository.writer import _dumps
-from engine.tokens import Role, TokenError, check_name, digest
-from protocols.console_frames import decode_binary
+from wfe.engine.console import protocol, web
+from wfe.engine.console.filters import EventFilter, EventIndex
+from wfe.engine.console.hub import ConsoleHub, Rate, encode_event
+from wfe.engine.console.outbox import Outbox
+from wfe.engine.console.streams import Batch, EventStream, Frame, StreamGroup
+from wfe.engine.console.tokens import Role, TokenError, check_name, digest
+from wfe.engine.console.wire import Wire
+from wfe.engine.repository import Event, Missed
+from wfe.engine.repository.writer import _dumps
+from wfe.protocols.console_frames import decode_binary
 
 JSON = st.recursive(
     st.none()

@@ -15,14 +15,14 @@ from trio_websocket import wrap_client_stream
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, TextMessage
 
-from engine.api import load_ops
-from engine.console.server import ConsoleServer
-from engine.console.session import Limits
-from engine.console.streams import Frame
-from engine.console.wire import Wire
-from engine.daemon import open_engine
-from engine.keys import read_token
-from protocols.console_frames import decode_binary
+from wfe.engine.console.api import load_ops
+from wfe.engine.console.server import ConsoleServer
+from wfe.engine.console.session import Limits
+from wfe.engine.console.streams import Frame
+from wfe.engine.console.wire import Wire
+from wfe.engine.keys import read_token
+from wfe.engine.runtime.daemon import open_engine
+from wfe.protocols.console_frames import decode_binary
 
 from .conftest import GUARD, Console, fill, workspace
 

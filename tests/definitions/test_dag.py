@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.definitions import (
+from wfe.engine.definitions import (
     DagError,
     Definition,
     UnknownRScript,

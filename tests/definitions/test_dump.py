@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.definitions import build_definition, dump_toml, load_definition
+from wfe.engine.definitions import build_definition, dump_toml, load_definition
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pipeline" / "pipeline.toml"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine.definitions import (
+from wfe.engine.definitions import (
     INPUTS_PARAM,
     check_rscripts,
     load_definition,
@@ -23,7 +23,7 @@ from engine.definitions import (
     stage_params,
     topological_order,
 )
-from rscripts import ScriptLibrary, check_result, read_script, validate_params
+from wfe.rscripts import ScriptLibrary, check_result, read_script, validate_params
 
 PIPELINE = Path(__file__).resolve().parents[2] / "examples" / "pipeline"
 

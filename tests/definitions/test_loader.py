@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine.definitions import (
+from wfe.engine.definitions import (
     NAMESPACE_REQUIRED,
     Approval,
     DefinitionError,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.definitions import (
+from wfe.engine.definitions import (
     Definition,
     ParamError,
     build_definition,

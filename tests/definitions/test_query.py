@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.definitions import Op, Query, QueryError, compile_query
+from wfe.engine.definitions import Op, Query, QueryError, compile_query
 
 
 def rule(field: str, op: str, value: Any) -> Query:

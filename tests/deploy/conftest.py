@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-import engine
+from wfe import engine
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SOURCE = Path(engine.__file__).resolve().parents[1]
@@ -192,7 +192,7 @@ mount -t tmpfs tmpfs /opt
 mkdir -p {PYTHON_HOME} /opt/wfe/bin
 mount --move {d}/python {PYTHON_HOME}
 mkdir -p /opt/wfe/libexec
-printf 'import sys\\nfrom engine.cli import main\\nsys.exit(main())\\n' > /opt/wfe/libexec/wfe
+printf 'import sys\\nfrom wfe.engine.cli.main import main\\nsys.exit(main())\\n' > /opt/wfe/libexec/wfe
 printf '#!/bin/sh\\nLD_LIBRARY_PATH={PYTHON_HOME}/lib exec {PYTHON_HOME}/{relative} /opt/wfe/libexec/wfe "$@"\\n' > {WFE}
 chmod 755 {WFE}
 for h in {" ".join(HIERARCHIES.values())}; do

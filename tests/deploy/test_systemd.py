@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from engine.prosody import start_prosody
+from wfe.engine.devtools.prosody import start_prosody
 
 if TYPE_CHECKING:
     from conftest import SystemdHost

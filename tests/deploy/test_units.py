@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from engine.prosody import start_prosody
+from wfe.engine.devtools.prosody import start_prosody
 
 if TYPE_CHECKING:
     from conftest import Unit
@@ -30,7 +30,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = ("wfe-engine.service", "wfe-agent.service")
 #: where the units expect wfe (a venv in /opt/wfe); here it is the wfe that runs these tests
 INSTALLED = "/opt/wfe/bin/wfe"
-HERE = [sys.executable, "-m", "engine.cli"]
+HERE = [sys.executable, "-m", "wfe"]
 
 
 @pytest.mark.parametrize("name", UNITS)

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import trio
 
-from engine.config import AgentsSection, JobsSection
-from engine.controller import AgentController
-from engine.jobs import Completions
-from engine.repository import Repository, open_repository
-from protocols.messages import (
+from wfe.engine.config import AgentsSection, JobsSection
+from wfe.engine.dispatch.controller import AgentController
+from wfe.engine.repository import Repository, open_repository
+from wfe.engine.runtime.jobs import Completions
+from wfe.protocols.messages import (
     AgentHello,
     AgentStatus,
     AttemptRef,
@@ -29,7 +29,7 @@ from protocols.messages import (
     JobFinished,
     Message,
 )
-from rscripts.loader import ScriptLibrary
+from wfe.rscripts.loader import ScriptLibrary
 
 AGENTS = AgentsSection(
     heartbeat=1.0, heartbeat_deadline=5.0, max_redispatch=2, reconcile_grace=4.0, lease=10.0
@@ -141,7 +141,7 @@ class Harness:
         return agent
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        from engine import queries
+        from wfe.engine.repository import queries
 
         return await self.repo.read(queries.job_detail(job_id))
 

@@ -10,11 +10,11 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from engine.actions import ActionRunner
-from engine.errors import UnknownAction
-from engine.tasklets import ActionLibrary, ParamTypeError
-from engine.watchdog import Watchdog
-from protocols.messages import Cancel, Dispatch, FinishReason
+from wfe.engine.errors import UnknownAction
+from wfe.engine.runtime.actions import ActionRunner
+from wfe.engine.runtime.tasklets import ActionLibrary, ParamTypeError
+from wfe.engine.runtime.watchdog import Watchdog
+from wfe.protocols.messages import Cancel, Dispatch, FinishReason
 
 from .conftest import FakeAgent, Harness, make_controller
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from engine.demo import make_workspace
+from wfe.engine.cli.demo import make_workspace
 
 pytestmark = pytest.mark.slow
 
 
 def wfe(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args, "--config", str(config)],
+        [sys.executable, "-m", "wfe", *args, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -33,7 +33,7 @@ def running_engine(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     path = config.root / "wfe.toml"
     log = open(tmp_path / "engine.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "engine", "--config", str(path)],
+        [sys.executable, "-m", "wfe", "engine", "--config", str(path)],
         stdout=log,
         stderr=log,
         start_new_session=True,
@@ -146,7 +146,7 @@ def test_status_says_when_queued_work_has_no_agent_that_could_take_it(
     agent can take it (issue 10, finding 8)."""
     import urllib.request
 
-    from engine.config import load_config
+    from wfe.engine.config import load_config
 
     ran = wfe(running_engine, "run", "--rscript", "noop")
     assert ran.returncode == 0, ran.stderr

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from engine.demo import make_workspace
 from tests.engine.test_cli_jobs import Wfe, start_engine, stop_engine
+from wfe.engine.cli.demo import make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None
         taken.listen(1)
         port = taken.getsockname()[1]
         init = subprocess.run(
-            [sys.executable, "-m", "engine.cli", "init", str(tmp_path / "ws"), "--port", str(port)],
+            [sys.executable, "-m", "wfe", "init", str(tmp_path / "ws"), "--port", str(port)],
             capture_output=True,
             text=True,
             check=True,
@@ -141,7 +141,7 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None
         assert init.returncode == 0
         config = tmp_path / "ws" / "wfe.toml"
         done = subprocess.run(
-            [sys.executable, "-m", "engine.cli", "engine", "--config", str(config)],
+            [sys.executable, "-m", "wfe", "engine", "--config", str(config)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -160,7 +160,7 @@ def test_agent_logs_json_lines_to_a_file(tmp_path: Path) -> None:
     log = tmp_path / "agent.jsonl"
     done = subprocess.run(
         [
-            sys.executable, "-m", "engine.cli", "agent", "--name", "a1",
+            sys.executable, "-m", "wfe", "agent", "--name", "a1",
             "--socket", str(tmp_path / "none.sock"), "--spool", str(tmp_path / "spool"),
             "--workdir", str(tmp_path / "work"), "--give-up-after", "0.5",
             "--log-format", "json", "--log-file", str(log),
@@ -217,7 +217,7 @@ def test_a_log_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "engine.cli",
+            "wfe",
             "engine",
             "--config",
             str(config),

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from engine.demo import make_workspace
+from wfe.engine.cli.demo import make_workspace
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ class Wfe:
 
     def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "engine.cli", *args, "--config", str(self.config)],
+            [sys.executable, "-m", "wfe", *args, "--config", str(self.config)],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -49,7 +49,7 @@ def start_engine(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes
     run_dir = config.parent / "run"
     with open(log.with_suffix(".out"), "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "engine", "--config", str(config), *extra],
+            [sys.executable, "-m", "wfe", "engine", "--config", str(config), *extra],
             stdout=out,
             stderr=out,
             start_new_session=True,
@@ -308,7 +308,7 @@ def test_a_closed_pipe_ends_quietly(wfe: Wfe) -> None:
         os.close(read)  # the reader is gone before anything is written
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "engine.cli", *args, "--config", str(wfe.config)],
+                [sys.executable, "-m", "wfe", *args, "--config", str(wfe.config)],
                 stdout=write,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -323,7 +323,7 @@ def test_completion_for_bash_and_zsh(tmp_path: Path) -> None:
     """The generated bash completion completes subcommands and their options; the zsh one
     is a compdef script for wfe."""
     script = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "completion", "bash"],
+        [sys.executable, "-m", "wfe", "completion", "bash"],
         capture_output=True,
         text=True,
         check=True,
@@ -340,7 +340,7 @@ complete_words wfe status --st
     out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == ["status", "--state"]
     zsh = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "completion", "zsh"],
+        [sys.executable, "-m", "wfe", "completion", "zsh"],
         capture_output=True,
         text=True,
         check=True,
@@ -352,7 +352,7 @@ def test_demo_prints_plain_tables_without_reprs() -> None:
     """``wfe demo`` piped: progress lines, an aligned table and ``key=value`` results, no
     Python reprs and no escape codes."""
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "demo", "--files", "1", "--agents", "1", "--clean"],
+        [sys.executable, "-m", "wfe", "demo", "--files", "1", "--agents", "1", "--clean"],
         capture_output=True,
         text=True,
         timeout=120,

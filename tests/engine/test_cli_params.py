@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from engine.cli_params import ParamValueError, convert, guess, typed_params
-from engine.cli_watch import parse_since
-from engine.errors import EngineError
+from wfe.engine.cli.params import ParamValueError, convert, guess, typed_params
+from wfe.engine.cli.watch import parse_since
+from wfe.engine.errors import EngineError
 
 SLEEP_ECHO = [
     {"name": "message", "type": "str"},

@@ -10,8 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import render
-from engine.render import format_table, iso_time, print_table, show, tree_lines, with_iso_times
+from wfe.engine.cli import render
+from wfe.engine.cli.render import (
+    format_table,
+    iso_time,
+    print_table,
+    show,
+    tree_lines,
+    with_iso_times,
+)
 
 
 def test_values_are_shown_without_python_reprs() -> None:

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import trio
 
-from engine.api import serve_api
-from engine.cli_watch import REDRAW_INTERVAL, print_logs, watch_status
-from engine.client import Client, connect
-from engine.config import Config
-from engine.daemon import Engine, open_engine
-from engine.demo import make_workspace
-from engine.keys import read_token
+from wfe.engine.cli.client import Client, connect
+from wfe.engine.cli.demo import make_workspace
+from wfe.engine.cli.watch import REDRAW_INTERVAL, print_logs, watch_status
+from wfe.engine.config import Config
+from wfe.engine.console.api import serve_api
+from wfe.engine.keys import read_token
+from wfe.engine.runtime.daemon import Engine, open_engine
 
 GUARD = 60.0
 
@@ -95,7 +95,7 @@ async def wfe(
 ) -> tuple[trio.Process, Output, Output]:
     """Start ``wfe ARGS --config ...`` with its stdout and stderr collected."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "engine.cli", *args, "--config", str(running.toml)],
+        [sys.executable, "-m", "wfe", *args, "--config", str(running.toml)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

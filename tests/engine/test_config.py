@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import DEFAULT_TOML, ConfigError, load_config, parse_config
+from wfe.engine.config import DEFAULT_TOML, ConfigError, load_config, parse_config
 
 
 def test_defaults_work_on_one_machine(tmp_path: Path) -> None:

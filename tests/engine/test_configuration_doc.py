@@ -17,10 +17,10 @@ from typing import Any
 import attrs
 import pytest
 
-from agents import config as agent_config
-from agents.errors import ConfigError as AgentConfigError
-from engine.config import Config, parse_config
-from engine.errors import ConfigError
+from wfe.agents import config as agent_config
+from wfe.agents.errors import ConfigError as AgentConfigError
+from wfe.engine.config import Config, parse_config
+from wfe.engine.errors import ConfigError
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -361,7 +361,7 @@ def test_the_command_line_example_says_what_the_xmpp_file_says(
 
 def test_the_init_template_points_here() -> None:
     """What ``wfe init`` writes names this page, and the page exists."""
-    from engine.config import DEFAULT_TOML
+    from wfe.engine.config import DEFAULT_TOML
 
     assert "docs/configuration.md" in DEFAULT_TOML
     assert DOC.rows and DOC.refusals and DOC.examples

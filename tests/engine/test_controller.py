@@ -9,8 +9,8 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from engine.controller import FENCE_MARGIN
-from protocols.messages import Ack, Cancel, Dispatch, FinishReason, JobRefused
+from wfe.engine.dispatch.controller import FENCE_MARGIN
+from wfe.protocols.messages import Ack, Cancel, Dispatch, FinishReason, JobRefused
 
 from .conftest import AGENTS, JOBS, FakeAgent, Harness
 
@@ -22,7 +22,7 @@ async def submit(
 
 
 async def outcome(h: Harness, job_id: str) -> Any:
-    from engine.jobs import JobOutcome
+    from wfe.engine.runtime.jobs import JobOutcome
 
     async def lookup() -> JobOutcome | None:
         job = await h.job(job_id)
@@ -293,7 +293,7 @@ async def test_bad_parameters_are_refused_before_anything_is_recorded(
     autojump_clock: MockClock, harness: Harness
 ) -> None:
     """A wrong type or an unknown RScript raises; no job is written."""
-    from rscripts.errors import ParamError, UnknownRScript
+    from wfe.rscripts.errors import ParamError, UnknownRScript
 
     with pytest.raises(ParamError, match="sleep_echo: parameter 'seconds' must be float"):
         await submit(harness, "sleep_echo", {"seconds": "soon"})
@@ -338,7 +338,7 @@ async def test_restart_reconciles_with_what_agents_report(
     nursery.start_soon(a2.beat)
     a2.finish(held)  # the agent resends what it holds
     assert (await outcome(second, held.job_id)).state == "succeeded"
-    [resume] = await a2.receive(__import__("protocols.messages").messages.Resume)
+    [resume] = await a2.receive(__import__("wfe.protocols.messages").messages.Resume)
     assert (resume.job_id, resume.next_seq) == (running.job_id, 0)
     [retry] = await a2.receive(Dispatch)
     assert (retry.job_id, retry.attempt) == (unknown.job_id, 2)
@@ -384,7 +384,7 @@ async def test_a_cancel_while_the_end_is_written_changes_nothing(
     autojump_clock: MockClock, harness: Harness
 ) -> None:
     """The final result wins over a cancel that arrives before it is committed."""
-    from engine.errors import UnknownJob
+    from wfe.engine.errors import UnknownJob
 
     agent = harness.agent("a")
     job_id = await submit(harness)
@@ -449,7 +449,7 @@ async def test_a_replayed_call_with_a_free_slot_returns_its_job_and_dispatches_n
     autojump_clock: MockClock, harness: Harness
 ) -> None:
     """A parent's call made again (after a restart) finds its job; no second attempt is sent."""
-    from engine.jobs import NewJob, create_job
+    from wfe.engine.runtime.jobs import NewJob, create_job
 
     parent = await harness.repo.write(
         create_job(NewJob(kind="action", name="demo.parent", params={}, state="running"))
@@ -471,8 +471,8 @@ async def test_an_end_that_cannot_be_committed_is_not_acknowledged_and_stops_the
 ) -> None:
     """If an attempt's end fails to commit, the agent gets no Ack (it keeps the result for
     the next start) and the controller stops with the error instead of going on."""
-    from engine import attempts
-    from engine.errors import EngineError
+    from wfe.engine.dispatch import attempts
+    from wfe.engine.errors import EngineError
 
     from .conftest import make_controller
 
@@ -509,8 +509,8 @@ async def test_a_call_replayed_while_its_end_is_written_is_not_run_again(
 ) -> None:
     """A parent's call made again while the job's end waits to be committed (its output is
     still coming) finds the job: no new attempt, and the end is committed once."""
-    from engine.jobs import NewJob, create_job
-    from protocols.messages import OutputChunk, Stream
+    from wfe.engine.runtime.jobs import NewJob, create_job
+    from wfe.protocols.messages import OutputChunk, Stream
 
     parent = await harness.repo.write(
         create_job(NewJob(kind="action", name="demo.parent", params={}, state="running"))

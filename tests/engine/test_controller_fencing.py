@@ -8,8 +8,8 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from engine.controller import FENCE_MARGIN
-from protocols.messages import Ack, Dispatch, FinishReason, JobFinished, Lease
+from wfe.engine.dispatch.controller import FENCE_MARGIN
+from wfe.protocols.messages import Ack, Dispatch, FinishReason, JobFinished, Lease
 
 from .conftest import AGENTS, Harness
 from .test_controller import outcome, submit

@@ -9,8 +9,8 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from engine.controller import FENCE_MARGIN
-from protocols.messages import Dispatch
+from wfe.engine.dispatch.controller import FENCE_MARGIN
+from wfe.protocols.messages import Dispatch
 
 from .conftest import AGENTS, JOBS, Harness
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from trio.testing import MockClock
 
-from protocols.messages import Dispatch
-from rscripts.loader import RScript
+from wfe.protocols.messages import Dispatch
+from wfe.rscripts.loader import RScript
 
 from .conftest import Harness
 

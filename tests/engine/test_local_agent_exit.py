@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine.daemon import Engine, open_engine
-from engine.demo import make_workspace
-from engine.local_transport import LocalAgentFailed, LocalAgents, watch_local_agents
+from wfe.engine.cli.demo import make_workspace
+from wfe.engine.runtime.daemon import Engine, open_engine
+from wfe.engine.transports.local import LocalAgentFailed, LocalAgents, watch_local_agents
 
 GUARD = 30.0
 
@@ -82,7 +82,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[LocalAgents]:
             made.append(self)
             await super().start()
 
-    monkeypatch.setattr("engine.daemon.LocalAgents", Recorded)
+    monkeypatch.setattr("wfe.engine.runtime.daemon.LocalAgents", Recorded)
     return made
 
 
@@ -111,7 +111,7 @@ async def test_an_agent_that_cannot_start_stops_the_engine(
 
 def test_wfe_demo_fails_fast_with_that_line(uninstalled: None) -> None:
     """`wfe demo` exits 1 with the agent's line instead of waiting for agents that never come."""
-    from engine.cli import main
+    from wfe.engine.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -206,7 +206,7 @@ async def test_a_duplicate_is_quiet_and_watches_the_agent_from_before(
 
 def test_the_duplicate_exit_code_is_the_agents() -> None:
     """The engine's idea of a duplicate's exit code is the one the agent uses."""
-    from agents.main import EXIT_LOCKED as AGENT_EXIT_LOCKED
-    from engine.local_transport import EXIT_LOCKED
+    from wfe.agents.main import EXIT_LOCKED as AGENT_EXIT_LOCKED
+    from wfe.engine.transports.local import EXIT_LOCKED
 
     assert EXIT_LOCKED == AGENT_EXIT_LOCKED

@@ -7,10 +7,10 @@ import logging
 import pytest
 import trio
 
-from engine.local_transport import LocalAgentLink
-from protocols import codec
-from protocols.framing import FrameDecoder
-from protocols.messages import Ack, Cancel, Message, StatusRequest
+from wfe.engine.transports.local import LocalAgentLink
+from wfe.protocols import codec
+from wfe.protocols.framing import FrameDecoder
+from wfe.protocols.messages import Ack, Cancel, Message, StatusRequest
 
 
 class RecordingStream(trio.abc.SendStream):

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import trio
 
-from engine.client import connect_config
-from engine.demo import make_workspace
+from wfe.engine.cli.client import connect_config
+from wfe.engine.cli.demo import make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def start_engine(config_path: Path, log: Path) -> subprocess.Popen[bytes]:
     has an agents/ folder, which must not shadow the agents package)."""
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "engine", "--config", "wfe.toml"],
+            [sys.executable, "-m", "wfe", "engine", "--config", "wfe.toml"],
             stdout=out,
             stderr=out,
             cwd=config_path.parent,
@@ -167,8 +167,8 @@ async def test_sigkill_mid_workload_then_restart_reconciles(tmp_path: Path) -> N
 
 async def test_two_engines_cannot_share_a_workspace(tmp_path: Path) -> None:
     """The second engine on one workspace is refused with one line naming the lock."""
-    from engine.daemon import open_engine
-    from engine.errors import EngineError
+    from wfe.engine.errors import EngineError
+    from wfe.engine.runtime.daemon import open_engine
 
     config = make_workspace(tmp_path / "ws", agents=0)
     async with open_engine(config):

@@ -1,5 +1,5 @@
 """Purging old finished jobs' output and events: what goes, what is never touched, and the
-purge recorded as an event (``engine.retention`` on a real repository file)."""
+purge recorded as an event (``wfe.engine.repository.retention`` on a real repository file)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import trio
 
-from engine.config import RetentionSection
-from engine.repository import Repository
-from engine.retention import (
+from wfe.engine.config import RetentionSection
+from wfe.engine.repository import Repository
+from wfe.engine.repository.retention import (
     BATCH,
     PURGE_EVENT,
     PurgeCount,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.scheduler import Offer, Ready, assign, never_fits
-from protocols.messages import Capabilities
+from wfe.engine.dispatch.scheduler import Offer, Ready, assign, never_fits
+from wfe.protocols.messages import Capabilities
 
 
 def offer(name: str, free: int, **caps: object) -> Offer:

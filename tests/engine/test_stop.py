@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import trio
 
-from engine.client import connect_config
-from engine.config import load_config
-from engine.demo import make_workspace
+from wfe.engine.cli.client import connect_config
+from wfe.engine.cli.demo import make_workspace
+from wfe.engine.config import load_config
 
 from .test_restart import kill_local_agents, read_db, start_engine, wait_ready
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import TaskletError, UnknownAction
-from engine.tasklets import ActionLibrary, ParamTypeError
+from wfe.engine.errors import TaskletError, UnknownAction
+from wfe.engine.runtime.tasklets import ActionLibrary, ParamTypeError
 
 
 def write(root: Path, action: str, name: str, text: str) -> None:

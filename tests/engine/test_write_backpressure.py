@@ -22,18 +22,17 @@ import pytest
 import trio
 import trio.testing
 
-from agents.config import load_config
-from agents.local_link import open_local_link
-from agents.main import make_agent
-from agents.spool import Spool
-from engine import queries
-from engine.config import AgentsSection, JobsSection
-from engine.controller import AgentController
-from engine.jobs import Completions
-from engine.local_transport import serve_local_agents
-from engine.repository import Event, Repository, Tx, open_repository
-from engine.repository.repository import ROOM_LIMIT
-from rscripts.loader import ScriptLibrary
+from wfe.agents.config import load_config
+from wfe.agents.main import make_agent
+from wfe.agents.spool import Spool
+from wfe.engine.config import AgentsSection, JobsSection
+from wfe.engine.dispatch.controller import AgentController
+from wfe.engine.repository import Event, Repository, Tx, open_repository, queries
+from wfe.engine.repository.repository import ROOM_LIMIT
+from wfe.engine.runtime.jobs import Completions
+from wfe.engine.transports.local import serve_local_agents
+from wfe.links.stream import open_local_link
+from wfe.rscripts.loader import ScriptLibrary
 
 MB = 1024 * 1024
 

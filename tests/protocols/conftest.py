@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 
-from protocols.messages import (
+from wfe.protocols.messages import (
     MAX_CHUNK_BYTES,
     Ack,
     AgentHello,

@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from protocols.action_run import (
+from wfe.protocols.action_run import (
     TERMINAL_STATES,
     TRANSITIONS,
     ActionRunMachine,
@@ -22,7 +22,7 @@ from protocols.action_run import (
     RunStarted,
     RunSucceeded,
 )
-from protocols.errors import IllegalTransition
+from wfe.protocols.errors import IllegalTransition
 
 S = ActionRunState
 

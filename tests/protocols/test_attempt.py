@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from protocols.attempt import (
+from wfe.protocols.attempt import (
     TERMINAL_STATES,
     TRANSITIONS,
     AgentLost,
@@ -27,8 +27,8 @@ from protocols.attempt import (
     event_from_message,
     should_retry,
 )
-from protocols.errors import IllegalTransition
-from protocols.messages import FinishReason, JobAccepted, JobFinished, JobRefused
+from wfe.protocols.errors import IllegalTransition
+from wfe.protocols.messages import FinishReason, JobAccepted, JobFinished, JobRefused
 
 S = AttemptState
 TIMEOUT = 100.0

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.codec import decode, encode, structure, unstructure
-from protocols.errors import DecodeError
-from protocols.messages import (
+from wfe.protocols.codec import decode, encode, structure, unstructure
+from wfe.protocols.errors import DecodeError
+from wfe.protocols.messages import (
     MAX_MESSAGE_BYTES,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,

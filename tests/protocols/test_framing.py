@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.errors import DecodeError
-from protocols.framing import FrameDecoder, frame
+from wfe.protocols.errors import DecodeError
+from wfe.protocols.framing import FrameDecoder, frame
 
 
 @given(

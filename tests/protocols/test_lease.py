@@ -7,8 +7,8 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.lease import MAX_UNANSWERED, LeaseTracker
-from protocols.messages import Lease
+from wfe.protocols.lease import MAX_UNANSWERED, LeaseTracker
+from wfe.protocols.messages import Lease
 
 
 def test_a_lease_counts_from_when_its_message_was_sent() -> None:

@@ -17,8 +17,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from protocols.errors import IllegalTransition
-from protocols.request import (
+from wfe.protocols.errors import IllegalTransition
+from wfe.protocols.request import (
     ACTORS,
     ALLOCATION_TRANSITIONS,
     ENGINE_VERBS,
@@ -537,7 +537,7 @@ def test_request_ids_are_unambiguous(w1: str, u1: str, n1: int, w2: str, u2: str
 def test_protocols_request_stays_sans_io() -> None:
     """Importing the module in a fresh interpreter loads no I/O or engine modules."""
     code = (
-        "import sys, protocols.request\n"
+        "import sys, wfe.protocols.request\n"
         "bad = [m for m in ('trio', 'asyncio', 'socket', 'sqlite3', 'subprocess', 'slixmpp',"
         " 'trio_asyncio', 'engine') if m in sys.modules]\n"
         "print(','.join(bad))"

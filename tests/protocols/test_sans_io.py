@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 CHECK = (
-    "import protocols, protocols.codec, protocols.framing, protocols.attempt,"
-    " protocols.action_run, protocols.signing, protocols.messages; import sys;"
+    "import protocols, wfe.protocols.codec, wfe.protocols.framing, wfe.protocols.attempt,"
+    " wfe.protocols.action_run, wfe.protocols.signing, wfe.protocols.messages; import sys;"
     " print(sorted(m for m in sys.modules if m.split('.')[0] in {'trio','asyncio','socket',"
     "'sqlite3','slixmpp','subprocess','trio_asyncio','trio_websocket'}))"
 )

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.codec import decode, encode
-from protocols.errors import ProtocolError
-from protocols.messages import Dispatch, Limits
-from protocols.signing import (
+from wfe.protocols.codec import decode, encode
+from wfe.protocols.errors import ProtocolError
+from wfe.protocols.messages import Dispatch, Limits
+from wfe.protocols.signing import (
     InvalidKey,
     SignatureRejected,
     canonical_bytes,

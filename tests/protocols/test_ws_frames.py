@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, TextMessage
 
-from protocols.ws_frames import BINARY, TEXT, frame_header
+from wfe.protocols.ws_frames import BINARY, TEXT, frame_header
 
 # lengths on both sides of the 7-bit, 16-bit and 64-bit length forms
 LENGTHS = st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 70000]) | st.integers(0, 3000)

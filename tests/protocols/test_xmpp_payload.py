@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols import codec
-from protocols.errors import DecodeError
-from protocols.messages import (
+from wfe.protocols import codec
+from wfe.protocols.errors import DecodeError
+from wfe.protocols.messages import (
     MAX_CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
     Ack,
@@ -28,8 +28,8 @@ from protocols.messages import (
     OutputChunk,
     Stream,
 )
-from protocols.signing import script_sha256
-from protocols.xmpp import (
+from wfe.protocols.signing import script_sha256
+from wfe.protocols.xmpp import (
     DEFAULT_MAX_STANZA,
     MAX_PARTS,
     MIN_MAX_STANZA,
@@ -48,7 +48,7 @@ from protocols.xmpp import (
 )
 
 TO = "engine@wfe.example.org/wfe & co"  # a resource may hold characters XML must escape
-SCRIPT_MAX = 128 * 1024  # rscripts.loader.MAX_SCRIPT_BYTES
+SCRIPT_MAX = 128 * 1024  # wfe.rscripts.loader.MAX_SCRIPT_BYTES
 
 
 def payloads(stanzas: list[str]) -> list[ET.Element]:
@@ -376,9 +376,9 @@ def test_fragment_element_escapes_attributes() -> None:
 
 
 def test_protocols_xmpp_stays_sans_io() -> None:
-    """Importing protocols.xmpp loads no I/O library (trio, asyncio, slixmpp, socket)."""
+    """Importing wfe.protocols.xmpp loads no I/O library (trio, asyncio, slixmpp, socket)."""
     code = (
-        "import sys, protocols.xmpp; "
+        "import sys, wfe.protocols.xmpp; "
         "print(json.dumps(sorted(m for m in ('trio','asyncio','slixmpp','socket','sqlite3','trio_asyncio') "
         "if m in sys.modules)))"
     )

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from engine.repository import Repository, Tx, open_repository
+from wfe.engine.repository import Repository, Tx, open_repository
 
 
 @pytest.fixture

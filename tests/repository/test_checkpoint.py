@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from engine.repository import Event, Tx, open_repository
+from wfe.engine.repository import Event, Tx, open_repository
 
 GUARD = 10
 

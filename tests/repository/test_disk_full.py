@@ -24,7 +24,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.repository import (
+from wfe.engine.repository import (
     Repository,
     RepositoryError,
     RepositoryFull,

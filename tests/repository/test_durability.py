@@ -9,14 +9,14 @@ from pathlib import Path
 
 import trio
 
-from engine.repository import open_repository
+from wfe.engine.repository import open_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import sys
 import trio
-from engine.repository import open_repository
+from wfe.engine.repository import open_repository
 
 async def main(path):
     async with open_repository(path) as repo:

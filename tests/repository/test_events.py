@@ -10,8 +10,8 @@ import trio.testing
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from engine.repository import Event, Missed, Repository, Tx
-from engine.repository.events import Subscription
+from wfe.engine.repository import Event, Missed, Repository, Tx
+from wfe.engine.repository.events import Subscription
 
 GUARD = 10
 
@@ -210,7 +210,7 @@ async def test_slow_subscriber_does_not_stop_writes_and_learns_what_it_missed(
 
 async def test_subscriptions_end_when_the_repository_closes(repo_path: Any) -> None:
     """After close, a subscription yields what it had buffered, then stops iterating."""
-    from engine.repository import open_repository
+    from wfe.engine.repository import open_repository
 
     with trio.fail_after(GUARD):
         async with open_repository(repo_path) as repo:

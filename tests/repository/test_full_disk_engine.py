@@ -19,11 +19,11 @@ import attrs
 import pytest
 import trio
 
-from engine.api import serve_api
-from engine.config import Config
-from engine.daemon import Engine, open_engine
-from engine.demo import make_workspace
-from engine.keys import read_token
+from wfe.engine.cli.demo import make_workspace
+from wfe.engine.config import Config
+from wfe.engine.console.api import serve_api
+from wfe.engine.keys import read_token
+from wfe.engine.runtime.daemon import Engine, open_engine
 
 if TYPE_CHECKING:
     from tests.repository.conftest import SmallFs
@@ -70,7 +70,7 @@ async def running(tmp_path: Path, small_fs: SmallFs) -> AsyncIterator[Running]:
 
 async def wfe(config: Config, *args: str) -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(
-        [sys.executable, "-m", "engine.cli", *args, "--config", str(config.root / "wfe.toml")],
+        [sys.executable, "-m", "wfe", *args, "--config", str(config.root / "wfe.toml")],
         capture_stdout=True,
         capture_stderr=True,
         check=False,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from engine.repository import Repository, Tx
+from wfe.engine.repository import Repository, Tx
 
 GUARD = 10
 

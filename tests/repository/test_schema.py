@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.repository import (
+from wfe.engine.repository import (
     MIGRATIONS,
     RepositoryError,
     SchemaTooNew,
@@ -15,7 +15,7 @@ from engine.repository import (
     migrate,
     open_repository,
 )
-from engine.repository.schema import schema_version, split_statements
+from wfe.engine.repository.schema import schema_version, split_statements
 
 TABLES = {"events", "counters", "jobs", "attempts", "output", "agents"}
 

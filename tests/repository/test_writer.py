@@ -12,7 +12,7 @@ import outcome
 import pytest
 import trio
 
-from engine.repository import (
+from wfe.engine.repository import (
     Repository,
     RepositoryClosed,
     RepositoryError,
@@ -143,7 +143,7 @@ async def test_write_nowait_failure_is_logged_not_raised(
     def broken(tx: Tx) -> None:
         raise KeyError("no such job")
 
-    with trio.fail_after(GUARD), caplog.at_level(logging.ERROR, logger="engine.repository"):
+    with trio.fail_after(GUARD), caplog.at_level(logging.ERROR, logger="wfe.engine.repository"):
         repo.write_nowait(insert_job("job-1"))
         repo.write_nowait(broken)
         repo.write_nowait(insert_job("job-2"))
@@ -171,7 +171,7 @@ async def test_write_nowait_then_hears_the_outcome_after_commit(
     def raises(result: outcome.Outcome[Any]) -> None:
         raise RuntimeError("then blew up")
 
-    with trio.fail_after(GUARD), caplog.at_level(logging.ERROR, logger="engine.repository"):
+    with trio.fail_after(GUARD), caplog.at_level(logging.ERROR, logger="wfe.engine.repository"):
         await repo.flush()
         before = repo.statistics().commits
         repo.write_nowait(insert_job("job-1"), then=then("ok"))

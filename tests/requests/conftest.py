@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import trio
 
-from engine.api import serve_api
-from engine.cli_requests import submission
-from engine.client import Client, connect
-from engine.config import Config, load_config
-from engine.daemon import Engine, open_engine
-from engine.keys import create_secrets, read_token
+from wfe.engine.cli.client import Client, connect
+from wfe.engine.cli.requests import submission
+from wfe.engine.config import Config, load_config
+from wfe.engine.console.api import serve_api
+from wfe.engine.keys import create_secrets, read_token
+from wfe.engine.runtime.daemon import Engine, open_engine
 
 SCRIPTS = Path(__file__).with_name("scripts")
 ACTIONS = Path(__file__).with_name("actions")  # t.count
@@ -103,7 +103,7 @@ class World:
         import contextlib
         import io
 
-        from engine.cli import main
+        from wfe.engine.cli.main import main
 
         out, err = io.StringIO(), io.StringIO()
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.config import DEFAULT_TOML, ApprovalMode, ApprovalSection, parse_config
-from engine.definitions import Definition, build_definition
-from engine.errors import ConfigError
-from engine.requests.approval import decide_approval
+from wfe.engine.config import DEFAULT_TOML, ApprovalMode, ApprovalSection, parse_config
+from wfe.engine.definitions import Definition, build_definition
+from wfe.engine.errors import ConfigError
+from wfe.engine.requests.approval import decide_approval
 
 from .conftest import HEAD, open_world
 

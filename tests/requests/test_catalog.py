@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine.definitions import compile_query
-from engine.repository import Repository, open_repository
-from engine.requests import catalog
-from engine.requests.errors import CatalogError
+from wfe.engine.definitions import compile_query
+from wfe.engine.repository import Repository, open_repository
+from wfe.engine.requests import catalog
+from wfe.engine.requests.errors import CatalogError
 
 
 @pytest.fixture

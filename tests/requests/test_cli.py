@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import trio
 
-from engine import cli, cli_requests
+from wfe.engine.cli import main as cli
+from wfe.engine.cli import requests as cli_requests
 
 from .conftest import HEAD, SCRIPTS
 
@@ -86,7 +87,7 @@ def test_a_refusal_is_one_line_and_exit_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An engine refusal is printed as ``wfe: error: <line>`` with exit code 1."""
-    from engine.client import ClientError
+    from wfe.engine.cli.client import ClientError
 
     def refuse(args: Any, op: str, **call_args: Any) -> Any:
         raise ClientError("request t-alice-0001: can't resume in state RUNNING", "refused")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.client import ClientError
+from wfe.engine.cli.client import ClientError
 
 from .conftest import HEAD, World, open_world
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.repository import Event, Missed, open_repository
-from engine.requests import RequestService
+from wfe.engine.repository import Event, Missed, open_repository
+from wfe.engine.requests import RequestService
 
 
 class Batches:

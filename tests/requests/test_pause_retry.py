@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.repository import open_repository
-from engine.requests import prepare
-from rscripts.loader import ScriptLibrary
+from wfe.engine.repository import open_repository
+from wfe.engine.requests import prepare
+from wfe.rscripts.loader import ScriptLibrary
 
 from .conftest import HEAD, PATIENCE, World, open_world
 

@@ -1,4 +1,4 @@
-"""The pure decisions of a running request (engine.requests.plan, checking), without an
+"""The pure decisions of a running request (wfe.engine.requests.plan, checking), without an
 engine: stage ordering, batching, settling inputs, and what the request does next."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine.definitions import build_definition
-from engine.requests import checking, plan
-from engine.requests.model import BatchOutcome, StageInput, StageRecord, StageState
-from protocols.errors import IllegalTransition
-from protocols.request import InputAllocation, InputState, RequestVerb
+from wfe.engine.definitions import build_definition
+from wfe.engine.requests import checking, plan
+from wfe.engine.requests.model import BatchOutcome, StageInput, StageRecord, StageState
+from wfe.protocols.errors import IllegalTransition
+from wfe.protocols.request import InputAllocation, InputState, RequestVerb
 
 W, R, D, F, S = (
     StageState.WAITING,

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import trio
 
-from engine.client import ClientError
-from engine.requests import store
-from engine.requests.errors import RequestError
-from protocols.request import Actor, RequestState, RequestVerb
+from wfe.engine.cli.client import ClientError
+from wfe.engine.requests import store
+from wfe.engine.requests.errors import RequestError
+from wfe.protocols.request import Actor, RequestState, RequestVerb
 
 from .conftest import HEAD, World, open_world
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from engine.client import ClientError
-from engine.requests.errors import SubmitError
+from wfe.engine.cli.client import ClientError
+from wfe.engine.requests.errors import SubmitError
 
 from .conftest import HEAD, World
 
@@ -76,7 +76,7 @@ async def test_a_bad_submission_is_refused_and_stores_nothing(world: World) -> N
 
 async def test_a_script_whose_header_name_differs_is_refused(world: World) -> None:
     """A bundled script must carry the name its stage uses."""
-    from engine.cli_requests import submission
+    from wfe.engine.cli.requests import submission
 
     payload = submission(world.definition(GOOD), user="alice")
     payload["scripts"] = {
@@ -99,7 +99,7 @@ async def test_a_query_that_matches_nothing_fails_the_request(world: World) -> N
 
 def test_bundle_refuses_a_named_script_that_does_not_parse(tmp_path: Any) -> None:
     """``wfe submit`` reports a broken script of the definition's own before sending."""
-    from engine.cli_requests import submission
+    from wfe.engine.cli.requests import submission
 
     (tmp_path / "rscripts").mkdir()
     (tmp_path / "rscripts" / "work.py").write_text(

@@ -16,7 +16,7 @@ import attrs
 import pytest
 from hypothesis import strategies as st
 
-from rscripts import (
+from wfe.rscripts import (
     INTERPRETERS,
     MISSING,
     ParamSpec,

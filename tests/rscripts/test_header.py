@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from rscripts import (
+from wfe.rscripts import (
     MISSING,
     HeaderError,
     ParamSpec,
@@ -18,7 +18,7 @@ from rscripts import (
     format_header,
     parse_header,
 )
-from rscripts.header import format_size, parse_size
+from wfe.rscripts.header import format_size, parse_size
 
 CHECKSUM = """\
 #!/bin/sh

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rscripts import (
+from wfe.rscripts import (
     MAX_SCRIPT_BYTES,
     SHIPPED_DIR,
     HeaderError,

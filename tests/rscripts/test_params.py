@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rscripts import MISSING, ParamError, ParamType, parse_header, validate_params
+from wfe.rscripts import MISSING, ParamError, ParamType, parse_header, validate_params
 
 HEADER = parse_header(
     """\

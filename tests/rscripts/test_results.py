@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rscripts import Product, ResultError, ScriptResult, check_result, load_result
+from wfe.rscripts import Product, ResultError, ScriptResult, check_result, load_result
 
 SHA = "ab" * 32
 PRODUCT = {"path": "out.dat", "type": "science", "size": 5, "sha256": SHA}

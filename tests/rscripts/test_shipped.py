@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rscripts import ParamError, RScript, ScriptLibrary, validate_params
+from wfe.rscripts import ParamError, RScript, ScriptLibrary, validate_params
 
 LIBRARY = ScriptLibrary.load()
 TESTED = {"noop", "sleep_echo", "hostinfo", "checksum", "fail", "bigoutput", "write_product"}

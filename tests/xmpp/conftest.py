@@ -7,7 +7,7 @@
 - ``prosody_factory(**options)``: a server of the test's own (its own port, data and options,
   e.g. ``stanza_size_limit``), stopped when the test ends; use it to restart or to break things.
 - ``cluster`` / ``cluster_factory(server)``: a workspace whose engine serves agents over XMPP
-  (``Cluster.config()``), real ``python -m agents --xmpp`` processes (``start_agent``), killed
+  (``Cluster.config()``), real ``python -m wfe.agents --xmpp`` processes (``start_agent``), killed
   when the test ends; ``h``: helpers that wait on the engine's committed events.
 
 A missing Prosody fails these fixtures with the install hint rather than skipping: CI installs it.
@@ -36,7 +36,7 @@ import attrs
 import pytest
 import trio
 
-from engine.prosody import ProsodyNotInstalled, ProsodyServer
+from wfe.engine.devtools.prosody import ProsodyNotInstalled, ProsodyServer
 
 
 @attrs.frozen(kw_only=True)
@@ -152,7 +152,7 @@ class Cluster:
     """A workspace whose engine serves agents over a test Prosody, and real agent processes.
 
     ``config()`` writes ``wfe.toml`` (no local agents, ``[xmpp]`` enabled) and the secrets;
-    ``start_agent(account)`` runs ``python -m agents --xmpp ...`` in its own session. Every
+    ``start_agent(account)`` runs ``python -m wfe.agents --xmpp ...`` in its own session. Every
     agent process is killed when the test ends; ``log(name)`` shows what one wrote.
     """
 
@@ -175,8 +175,8 @@ class Cluster:
         return path
 
     def config(self, *, xmpp_agents: list[str] | None = None, **sections: dict[str, Any]) -> Any:
-        from engine.config import load_config
-        from engine.keys import create_secrets
+        from wfe.engine.config import load_config
+        from wfe.engine.keys import create_secrets
 
         tables: dict[str, dict[str, Any]] = {
             "agents": {
@@ -217,7 +217,7 @@ class Cluster:
         command = [
             sys.executable,
             "-m",
-            "agents",
+            "wfe.agents",
             "--xmpp",
             "--jid",
             account.jid,
@@ -361,7 +361,7 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 async def run_all(engine: Any, job_ids: list[str]) -> None:
     """Wait until the end of every job is committed (read from the event stream, which
     cannot miss an end the way waiting on a root job's completion can)."""
-    from engine.repository import Missed
+    from wfe.engine.repository import Missed
 
     pending = set(job_ids)
     async with engine.repo.subscribe(max_buffer=1_000_000) as events:
@@ -405,7 +405,7 @@ def h() -> Any:
 
 def client_settings(server: ProsodyServer, account: Account, **options: Any) -> Any:
     """``XmppSettings`` for a test-side client of ``server`` logged in as ``account``."""
-    from agents.xmpp_link import XmppSettings
+    from wfe.links.xmpp import XmppSettings
 
     options.setdefault("tls", "starttls" if server.tls else "plain")
     return XmppSettings(

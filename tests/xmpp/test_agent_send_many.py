@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from agents.core import Agent
-from agents.spool import Spool
-from agents.xmpp_connector import XmppConnector, XmppLink
-from agents.xmpp_link import (
+from wfe.agents.core import Agent
+from wfe.agents.spool import Spool
+from wfe.agents.xmpp_connector import XmppConnector, XmppLink
+from wfe.engine.devtools.prosody import ProsodyServer
+from wfe.links.xmpp import (
     Event,
     MessageReceived,
     PresenceReceived,
@@ -23,8 +24,7 @@ from agents.xmpp_link import (
     XmppClient,
     open_xmpp_client,
 )
-from engine.prosody import ProsodyServer
-from protocols.messages import (
+from wfe.protocols.messages import (
     AgentHello,
     Capabilities,
     Dispatch,
@@ -36,8 +36,8 @@ from protocols.messages import (
     OutputChunk,
     Stream,
 )
-from protocols.signing import script_sha256
-from protocols.xmpp import PresenceInfo
+from wfe.protocols.signing import script_sha256
+from wfe.protocols.xmpp import PresenceInfo
 
 from .conftest import client_settings
 

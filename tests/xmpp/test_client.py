@@ -1,4 +1,4 @@
-"""The XMPP client both sides use (agents.xmpp_link.XmppClient), against a real Prosody."""
+"""The XMPP client both sides use (wfe.links.xmpp.XmppClient), against a real Prosody."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import attrs
 import pytest
 import trio
 
-from agents.xmpp_link import (
+from wfe.engine.devtools.prosody import ProsodyServer
+from wfe.links.xmpp import (
     Event,
     MessageReceived,
     Offline,
@@ -22,8 +23,7 @@ from agents.xmpp_link import (
     XmppRefused,
     open_xmpp_client,
 )
-from engine.prosody import ProsodyServer
-from protocols.messages import Ack, OutputChunk, Stream
+from wfe.protocols.messages import Ack, OutputChunk, Stream
 
 from .conftest import client_settings
 

@@ -10,9 +10,9 @@ import attrs
 import pytest
 import trio
 
-from engine.daemon import open_engine
-from engine.prosody import ProsodyServer
-from engine.xmpp_transport import XmppLoginRefused
+from wfe.engine.devtools.prosody import ProsodyServer
+from wfe.engine.runtime.daemon import open_engine
+from wfe.engine.transports.xmpp import XmppLoginRefused
 
 if TYPE_CHECKING:
     from conftest import Cluster

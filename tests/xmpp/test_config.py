@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import XMPP_HEARTBEAT
-from agents.config import load_config as load_agent_config
-from agents.errors import ConfigError as AgentConfigError
-from agents.main import main as agent_main
-from agents.xmpp_connector import XmppConnector, xmpp_connector
-from engine.config import parse_config
-from engine.errors import ConfigError
-from engine.xmpp_link import ENGINE_RESOURCE, xmpp_settings
-from protocols.xmpp import is_loopback
+from wfe.agents.config import XMPP_HEARTBEAT
+from wfe.agents.config import load_config as load_agent_config
+from wfe.agents.errors import ConfigError as AgentConfigError
+from wfe.agents.main import main as agent_main
+from wfe.agents.xmpp_connector import XmppConnector, xmpp_connector
+from wfe.engine.config import parse_config
+from wfe.engine.errors import ConfigError
+from wfe.engine.transports.xmpp_link import ENGINE_RESOURCE, xmpp_settings
+from wfe.protocols.xmpp import is_loopback
 
 ENGINE = '[xmpp]\nenabled = true\njid = "engine@wfe.example.org"\n'
 

@@ -1,4 +1,4 @@
-"""``engine.output_fill``: which output chunks a finished attempt misses, and fetching them."""
+"""``wfe.engine.dispatch.output_fill``: which output chunks a finished attempt misses, and fetching them."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.output_fill import OutputFill, SeqSet, missing
-from protocols.messages import FinishReason, JobFinished, Message, OutputChunk, Resume, Stream
+from wfe.engine.dispatch.output_fill import OutputFill, SeqSet, missing
+from wfe.protocols.messages import FinishReason, JobFinished, Message, OutputChunk, Resume, Stream
 
 
 @given(st.lists(st.integers(min_value=0, max_value=40)), st.integers(min_value=0, max_value=45))

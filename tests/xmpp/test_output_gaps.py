@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from engine.daemon import open_engine
-from engine.prosody import ProsodyServer
+from wfe.engine.devtools.prosody import ProsodyServer
+from wfe.engine.runtime.daemon import open_engine
 
 if TYPE_CHECKING:
     from conftest import Cluster
@@ -92,7 +92,7 @@ async def test_output_of_an_attempt_that_finished_while_prosody_was_down_is_whol
             await trio.to_thread.run_sync(server.stop)
             go.touch()
             # The attempt ended during the outage: the agent logs this line once its result is
-            # spooled and sent (agents.core), so when Prosody is back the agent's hello lists
+            # spooled and sent (wfe.agents.core), so when Prosody is back the agent's hello lists
             # the attempt as held, not running. (When the line came before the spool's fsync,
             # a slow disk let the agent say hello first with the attempt still running: the
             # engine's reconnect Resume then filled the output before the result came.)

@@ -21,7 +21,7 @@ import slixmpp
 import trio
 import trio_asyncio
 
-from engine.prosody import (
+from wfe.engine.devtools.prosody import (
     DEFAULT_STANZA_SIZE_LIMIT,
     INSTALL_HINT,
     ProsodyError,
@@ -330,7 +330,7 @@ def test_dev_server_runs_until_ctrl_c(tmp_path: Path, stop: signal.Signals, sigi
     command = [
         sys.executable,
         "-c",
-        f"import signal, sys, engine.prosody as p; {ignore}sys.exit(p.main(sys.argv[1:]))",
+        f"import signal, sys, wfe.engine.devtools.prosody as p; {ignore}sys.exit(p.main(sys.argv[1:]))",
     ]
     args = ["--dir", str(tmp_path), "--port", "0", "--user", "engine:secret"]
     process = subprocess.Popen(command + args, stdout=subprocess.PIPE, text=True)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from engine.daemon import open_engine
-from engine.prosody import ProsodyServer
+from wfe.engine.devtools.prosody import ProsodyServer
+from wfe.engine.runtime.daemon import open_engine
 
 if TYPE_CHECKING:
     from conftest import Cluster
@@ -62,8 +62,8 @@ async def test_agents_and_engine_reconnect_after_prosody_restarts(
 ENGINE_PROCESS = """
 import os, signal, sys, trio
 from pathlib import Path
-from engine.config import load_config
-from engine.daemon import open_engine
+from wfe.engine.config import load_config
+from wfe.engine.runtime.daemon import open_engine
 
 async def main(path, ready_after):
     async with open_engine(load_config(Path(path))) as engine, engine.repo.subscribe() as events:

@@ -13,9 +13,9 @@ import attrs
 import pytest
 import trio
 
-from agents.xmpp_link import MessageReceived, Online, PresenceReceived, XmppClient, open_xmpp_client
-from engine.daemon import open_engine
-from protocols.messages import (
+from wfe.engine.runtime.daemon import open_engine
+from wfe.links.xmpp import MessageReceived, Online, PresenceReceived, XmppClient, open_xmpp_client
+from wfe.protocols.messages import (
     Ack,
     AgentHello,
     Capabilities,
@@ -27,9 +27,9 @@ from protocols.messages import (
     Limits,
     Message,
 )
-from protocols.signing import generate_keypair, load_private_key, sign
-from protocols.xmpp import PresenceInfo
-from rscripts.loader import ScriptLibrary
+from wfe.protocols.signing import generate_keypair, load_private_key, sign
+from wfe.protocols.xmpp import PresenceInfo
+from wfe.rscripts.loader import ScriptLibrary
 
 if TYPE_CHECKING:
     from conftest import Account, Cluster
@@ -205,7 +205,7 @@ async def test_the_engine_accepts_only_its_configured_agents(cluster: Cluster) -
 )
 def test_which_jids_the_engine_accepts(agents: tuple[str, ...], jid: str, accepted: bool) -> None:
     """Configured agents only; with none configured, any JID of the engine's domain but its own."""
-    from engine.xmpp_transport import XmppTransport
+    from wfe.engine.transports.xmpp import XmppTransport
 
     client: Any = types.SimpleNamespace(
         settings=types.SimpleNamespace(jid="engine@wfe.example.org")

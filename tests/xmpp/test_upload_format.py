@@ -1,4 +1,4 @@
-"""The upload reference and file format (``agents.xmpp_upload``) and the engine's fetch policy:
+"""The upload reference and file format (``wfe.links.xmpp_upload``) and the engine's fetch policy:
 only files of the server's own upload service, checked for size and sha256."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.xmpp_upload import (
+from wfe.engine.transports.xmpp_link import UploadFetcher
+from wfe.links.xmpp_upload import (
     UploadError,
     UploadRef,
     allowed_url,
@@ -25,8 +26,7 @@ from agents.xmpp_upload import (
     unpack,
     worth_uploading,
 )
-from engine.xmpp_link import UploadFetcher
-from protocols.messages import OutputChunk, Stream
+from wfe.protocols.messages import OutputChunk, Stream
 
 BASE = "http://127.0.0.1:5280/file_share/"
 

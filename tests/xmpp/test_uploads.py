@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from engine.daemon import open_engine
-from engine.prosody import ProsodyServer
+from wfe.engine.devtools.prosody import ProsodyServer
+from wfe.engine.runtime.daemon import open_engine
 
 if TYPE_CHECKING:
     from conftest import Cluster
@@ -119,7 +119,7 @@ async def test_output_the_engine_cannot_fetch_comes_again_inline(
     """When the engine cannot fetch uploaded output (here: every fetch fails), the result
     shows the holes, the engine asks the agent again, and the agent replays those chunks in
     stanzas, not by upload: the job's output ends up whole."""
-    from engine.xmpp_link import UploadError, UploadFetcher, UploadRef
+    from wfe.engine.transports.xmpp_link import UploadError, UploadFetcher, UploadRef
 
     async def fail(self: UploadFetcher, ref: UploadRef) -> list[Any]:
         raise UploadError(f"upload {ref.url}: the test refuses every fetch")

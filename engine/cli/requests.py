@@ -1,0 +1,351 @@
+"""``wfe`` commands for workflow requests, the catalog and products (registered through
+``build_parser`` in ``wfe.engine.cli.main``). They talk to a running engine over its API.
+
+    wfe submit FILE [--param k=v ...] [--namespace NS] [--priority P] [--user U] [--wait]
+    wfe approve|pause|resume|cancel|archive ID
+    wfe requests [--state S] [--json]          wfe request ID [--wait] [--json]
+    wfe catalog add PATH... [--meta k=v ...]   wfe catalog ls [--json]
+    wfe products REQUEST [--json]              wfe provenance PRODUCT [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from wfe.engine.cli.render import format_table, print_json, print_table
+from wfe.engine.config import CONFIG_NAME, load_config
+from wfe.engine.errors import EngineError
+
+Add = Callable[..., argparse.ArgumentParser]
+
+VERBS = {
+    "approve": "approve a submitted request (when a person must: [approval] in wfe.toml, else the definition's policy)",
+    "pause": "pause a running request: no new jobs are dispatched, running ones finish",
+    "resume": "resume a paused request",
+    "cancel": "cancel a request and kill its running jobs",
+    "archive": "archive a completed, failed or cancelled request",
+}
+FINAL = ("completed", "failed", "cancelled", "archived")
+
+
+def _call(args: argparse.Namespace, op: str, **call_args: Any) -> Any:
+    from wfe.engine.cli.client import connect_config
+
+    config = load_config(Path(args.config or os.environ.get("WFE_CONFIG") or CONFIG_NAME))
+
+    async def go() -> Any:
+        async with connect_config(config) as client:
+            return await client.call(op, **call_args)
+
+    return trio.run(go)
+
+
+def _kv(pairs: list[str]) -> dict[str, Any]:
+    from wfe.engine.cli.main import parse_params
+
+    return parse_params(pairs)
+
+
+def _print_json(data: Any) -> None:
+    print_json(data)  # times as ISO 8601 strings
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def submission(
+    file: str | os.PathLike[str],
+    *,
+    params: list[str] | None = None,
+    user: str | None = None,
+    namespace: str | None = None,
+    priority: int = 0,
+) -> dict[str, Any]:
+    """The ``submit`` op's arguments for the definition in ``file``: the expanded
+    definition, its sources and git state, and the RScripts from ``rscripts/`` beside it.
+    Blocking (file reads, git). Raises ``DefinitionError`` / ``SubmitError``."""
+    from wfe.engine.definitions import load_definition, parse_assignments
+    from wfe.engine.requests.scripts import bundle
+
+    definition = load_definition(Path(file))
+    git = definition.git
+    payload: dict[str, Any] = {
+        "expanded": definition.expanded,
+        "sources": list(definition.sources),
+        "git": None
+        if git is None
+        else {"commit": git.commit, "path": git.path, "dirty": git.dirty},
+        "scripts": bundle(definition, file),
+        "params": parse_assignments(params or []),
+        "user": user or os.environ.get("USER") or getpass.getuser(),
+        "priority": priority,
+    }
+    if namespace:
+        payload["namespace"] = namespace
+    return payload
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    payload = submission(
+        args.file,
+        params=args.param,
+        user=args.user,
+        namespace=args.namespace,
+        priority=args.priority,
+    )
+    record = _call(args, "submit", **payload)
+    if args.wait:
+        record = _call(args, "request_wait", request=record["id"])
+    if args.json:
+        _print_json(record)
+    elif not args.wait:
+        print(record["id"])  # alone, so that R=$(wfe submit ...) holds just the id
+    else:
+        print(
+            f"{record['id']} {record['state']}"
+            + (f": {record['error']}" if record.get("error") else "")
+        )
+        for line in record.get("failures") or ():
+            print(f"  {line}")
+    return 0 if not args.wait or record["state"] == "completed" else 1
+
+
+def _verb_command(verb: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        result = _call(args, verb, request=args.request)
+        print(f"{result['request']}: {result['from']} -> {result['state']}")
+        return 0
+
+    return command
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    rows = _call(
+        args, "requests", limit=args.limit, **({"state": args.state} if args.state else {})
+    )
+    if args.json:
+        _print_json(rows)
+        return 0
+    print_table(
+        [
+            {
+                "request": r["id"],
+                "state": r["state"],
+                "namespace": r["namespace"],
+                "inputs": f"{r['inputs_done']}/{r['inputs']}",
+                "error": (r["error"] or "")[:60],
+            }  # fmt: skip
+            for r in rows
+        ]
+    )
+    return 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    if args.wait:
+        _call(args, "request_wait", request=args.request)
+    detail = _call(args, "request", request=args.request)
+    if args.json:
+        _print_json(detail)
+    else:
+        print(render_request(detail))
+    return 0 if not args.wait or detail["state"] == "completed" else 1
+
+
+def _approval(d: dict[str, Any]) -> list[str]:
+    """Who approves the request, and the rule that decided it (when the history has it)."""
+    if "approval_required" not in d:
+        return []
+    who = "by an operator" if d["approval_required"] else "by the engine"
+    created: dict[str, Any] = next(
+        (h for h in d.get("history") or () if h.get("kind") == "request.created"), {}
+    )
+    rule = (created.get("approval") or {}).get("rule")
+    return [f"  approval {who}: {rule}" if rule else f"  approval {who}"]
+
+
+def render_request(d: dict[str, Any]) -> str:
+    """A request's detail for the terminal."""
+    lines = [
+        f"{d['id']}  {d['state']}  (workflow {d['workflow']}, user {d['user']}, namespace {d['namespace']},"
+        f" priority {d['priority']})",
+        f"  definition sha256 {d['definition']}",
+        *_approval(d),
+    ]
+    if d.get("params"):
+        lines.append("  params " + ", ".join(f"{k}={v!r}" for k, v in d["params"].items()))
+    if d.get("error"):
+        lines.append(f"  error: {d['error']}")
+    lines += [f"  {f}" for f in d.get("failures") or ()]
+    if d.get("stages"):
+        lines.append(
+            format_table(
+                [
+                    {
+                        "stage": s["name"],
+                        "state": s["state"],
+                        "inputs": ", ".join(f"{n} {k}" for k, n in sorted(s["inputs"].items()))
+                        or "-",
+                        "error": (s["error"] or "")[:70],
+                    }  # fmt: skip
+                    for s in d["stages"]
+                ]
+            )
+        )
+    if d.get("jobs"):
+        lines.append(
+            format_table(
+                [
+                    {
+                        "job": j["job"],
+                        "stage": j["stage"],
+                        "batch": j["batch"],
+                        "inputs": j["inputs"],
+                        "state": j["state"] or j["batch_state"],
+                        "outcome": j["outcome"],
+                        "note": (j["stop"] or j["error"] or "")[:60],
+                    }  # fmt: skip
+                    for j in d["jobs"]
+                ]
+            )
+        )
+    lines.append(f"  products: {d.get('products', 0)} (wfe products {d['id']})")
+    return "\n".join(lines)
+
+
+# --- catalog and products -------------------------------------------------------------------------
+
+
+def cmd_catalog_add(args: argparse.Namespace) -> int:
+    paths = [str(Path(p).resolve()) for p in args.paths]
+    entries = _call(args, "catalog_add", paths=paths, metadata=_kv(args.meta))
+    if args.json:
+        _print_json(entries)
+    else:
+        added = sum(1 for e in entries if e["new"])
+        print(f"catalogued {len(entries)} file(s): {added} new, {len(entries) - added} refreshed")
+    return 0
+
+
+def cmd_catalog_ls(args: argparse.Namespace) -> int:
+    entries = _call(args, "catalog_ls")
+    if args.json:
+        _print_json(entries)
+    else:
+        print_table(
+            [
+                {
+                    "path": e["path"],
+                    "size": e["size"],
+                    "sha256": e["sha256"][:12],
+                    "metadata": json.dumps(e["metadata"], sort_keys=True)[:70],
+                }  # fmt: skip
+                for e in entries
+            ]
+        )
+    return 0
+
+
+def cmd_products(args: argparse.Namespace) -> int:
+    rows = _call(args, "products", request=args.request)
+    if args.json:
+        _print_json(rows)
+    else:
+        print_table(
+            [
+                {
+                    "product": p["id"],
+                    "stage": p["stage"],
+                    "type": p["type"],
+                    "job": p["job"],
+                    "size": p["size"],
+                    "path": p["path"],
+                }  # fmt: skip
+                for p in rows
+            ]
+        )
+    return 0
+
+
+def cmd_provenance(args: argparse.Namespace) -> int:
+    from wfe.engine.requests.products import render_provenance
+
+    chain = _call(args, "provenance", product=args.product)
+    if args.json:
+        _print_json(chain)
+    else:
+        print("\n".join(render_provenance(chain)))
+    return 0
+
+
+def register(add: Add) -> None:
+    """Add the request, catalog and product commands to the ``wfe`` parser."""
+    p = add("submit", cmd_submit, "submit a workflow definition as a new request")
+    p.add_argument("file", help="the definition (its RScripts are taken from rscripts/ beside it)")
+    p.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a request parameter",
+    )
+    p.add_argument("--namespace", help="run in this namespace instead of the definition's")
+    p.add_argument("--priority", type=int, default=0, help="added to every stage's priority")
+    p.add_argument("--user", help="submit as this user (default: $USER); part of the request id")
+    p.add_argument(
+        "--wait", action="store_true", help="wait until it ends; exit 1 unless completed"
+    )
+    p.add_argument("--json", action="store_true")
+
+    for verb, text in VERBS.items():
+        p = add(verb, _verb_command(verb), text)
+        p.add_argument("request", metavar="ID")
+
+    p = add("requests", cmd_requests, "list requests, newest first")
+    p.add_argument("--state", help="only requests in this state")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+
+    p = add("request", cmd_request, "show one request: state, stages, jobs, products")
+    p.add_argument("request", metavar="ID")
+    p.add_argument(
+        "--wait", action="store_true", help="wait until it ends; exit 1 unless completed"
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = add("catalog", lambda args: _no_subcommand(p), "register input files, or list them")
+    sub = p.add_subparsers(dest="catalog_command", metavar="add|ls", required=True)
+    q = sub.add_parser("add", help="register files with their size, sha256 and metadata")
+    q.add_argument(
+        "paths", nargs="+", metavar="PATH", help="files (a PATH.meta.json sidecar gives metadata)"
+    )
+    q.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (JSON or text)"
+    )
+    q.set_defaults(fn=cmd_catalog_add)
+    q = sub.add_parser("ls", help="list the catalog")
+    q.set_defaults(fn=cmd_catalog_ls)
+    for q in (sub.choices["add"], sub.choices["ls"]):
+        q.add_argument("--json", action="store_true")
+        q.add_argument("--config", default=argparse.SUPPRESS, help=f"path of {CONFIG_NAME}")
+
+    p = add("products", cmd_products, "list the products of a request")
+    p.add_argument("request", metavar="REQUEST")
+    p.add_argument("--json", action="store_true")
+
+    p = add("provenance", cmd_provenance, "show how a product was made, back to the raw inputs")
+    p.add_argument("product", metavar="PRODUCT")
+    p.add_argument("--json", action="store_true")
+
+
+def _no_subcommand(parser: argparse.ArgumentParser) -> int:
+    raise EngineError(parser.format_usage().strip())

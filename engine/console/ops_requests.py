@@ -1,0 +1,188 @@
+"""Console API operations for workflow requests, the catalog and products.
+
+Registered with ``@op`` when ``wfe.engine.console.api`` imports this module.
+Every op replies with JSON-ready data; a refused verb replies ``refused`` with the line
+that names the request's state, an unknown request or product ``not_found``. Each op
+declares the least role it needs (``ROLES``): viewers read, operators change things.
+
+Ops: ``submit``, ``approve``, ``pause``, ``resume``, ``cancel``, ``archive``, ``requests``,
+``request``, ``request_wait``, ``catalog_add``, ``catalog_ls``, ``products``,
+``provenance``. The arguments of each are in its docstring and in docs/definitions.md.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from wfe.engine.console.protocol import ApiError
+from wfe.engine.console.registry import Handler, arg, op
+from wfe.engine.requests import catalog, products, views
+from wfe.protocols.errors import ProtocolError
+from wfe.protocols.request import Actor, RequestState, RequestVerb
+
+if TYPE_CHECKING:
+    from wfe.engine.console.api import Session
+    from wfe.engine.requests import RequestService
+
+#: The role each op needs. Viewers read; operators change things.
+ROLES: dict[str, str] = {
+    "submit": "operator",
+    "approve": "operator",
+    "pause": "operator",
+    "resume": "operator",
+    "cancel": "operator",
+    "archive": "operator",
+    "catalog_add": "operator",
+    "requests": "viewer",
+    "request": "viewer",
+    "request_wait": "viewer",
+    "catalog_ls": "viewer",
+    "products": "viewer",
+    "provenance": "viewer",
+}
+
+
+def _register(name: str) -> Callable[[Handler], Handler]:
+    """``@op(name, role=ROLES[name])``; a lifecycle refusal from ``protocols`` (not an
+    ``EngineError``) is answered ``refused`` with its line."""
+
+    def decorate(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        async def handler(session: Session, args: dict[str, Any]) -> Any:
+            try:
+                return await fn(session, args)
+            except ProtocolError as exc:
+                raise ApiError("refused", str(exc)) from None
+
+        return op(name, role=ROLES[name])(handler)
+
+    return decorate
+
+
+def _service(session: Session) -> RequestService:
+    service: RequestService | None = getattr(session.engine, "requests", None)
+    if service is None:
+        raise ApiError("unavailable", "this engine does not run requests")
+    return service
+
+
+@_register("submit")
+async def _submit(session: Session, args: dict[str, Any]) -> Any:
+    """args: expanded (object, the expanded definition), user, and optionally sources
+    (array), git (object), scripts ({name: text}), params (object), namespace, priority."""
+    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
+    record = await _service(session).submit(
+        expanded=arg(args, "expanded", dict),
+        user=arg(args, "user", str),
+        sources=arg(args, "sources", list, []),
+        git=arg(args, "git", dict, None),
+        scripts_text=arg(args, "scripts", dict, {}),
+        params=arg(args, "params", dict, {}),
+        namespace=arg(args, "namespace", str, None),
+        priority=arg(args, "priority", int, 0),
+        by=session.name,
+    )
+    return views.record_dict(record)
+
+
+async def _verb(session: Session, args: dict[str, Any], verb: RequestVerb) -> Any:
+    rid = arg(args, "request", str)
+    change = await _service(session).act(rid, verb, actor=Actor.OPERATOR, by=session.name)
+    return {
+        "request": rid,
+        "verb": verb.value,
+        "from": change.before.value,
+        "state": change.after.value,
+    }
+
+
+@_register("approve")
+async def _approve(session: Session, args: dict[str, Any]) -> Any:
+    """args: request."""
+    return await _verb(session, args, RequestVerb.APPROVE)
+
+
+@_register("pause")
+async def _pause(session: Session, args: dict[str, Any]) -> Any:
+    """args: request. Stops new dispatches; running jobs finish."""
+    return await _verb(session, args, RequestVerb.PAUSE)
+
+
+@_register("resume")
+async def _resume(session: Session, args: dict[str, Any]) -> Any:
+    """args: request."""
+    return await _verb(session, args, RequestVerb.RESUME)
+
+
+@_register("cancel")
+async def _cancel(session: Session, args: dict[str, Any]) -> Any:
+    """args: request. Kills the request's running jobs on their agents."""
+    return await _verb(session, args, RequestVerb.CANCEL)
+
+
+@_register("archive")
+async def _archive(session: Session, args: dict[str, Any]) -> Any:
+    """args: request."""
+    return await _verb(session, args, RequestVerb.ARCHIVE)
+
+
+@_register("requests")
+async def _requests(session: Session, args: dict[str, Any]) -> Any:
+    """args: limit (50), state."""
+    read = views.request_list(
+        limit=arg(args, "limit", int, 50), state=arg(args, "state", str, None)
+    )
+    return await session.engine.repo.read(read)
+
+
+@_register("request")
+async def _request(session: Session, args: dict[str, Any]) -> Any:
+    """args: request. The record, stages with input counts, jobs and history."""
+    return await session.engine.repo.read(views.request_detail(arg(args, "request", str)))
+
+
+@_register("request_wait")
+async def _request_wait(session: Session, args: dict[str, Any]) -> Any:
+    """args: request, states (default: completed, failed, cancelled). Replies once the
+    request is, or has been, in one of them; refused once it can never reach any."""
+    names = arg(args, "states", list, ["completed", "failed", "cancelled"])
+    try:
+        states = {RequestState(n) for n in names}
+    except ValueError:
+        known = ", ".join(s.value for s in RequestState)
+        raise ApiError("bad_request", f"args.states: expected request states ({known})") from None
+    record = await _service(session).wait(arg(args, "request", str), states)
+    return views.record_dict(record)
+
+
+@_register("catalog_add")
+async def _catalog_add(session: Session, args: dict[str, Any]) -> Any:
+    """args: paths (absolute), metadata (object, applied to each over its sidecar)."""
+    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
+    paths = arg(args, "paths", list)
+    if not paths or not all(isinstance(p, str) for p in paths):
+        raise ApiError("bad_request", "args.paths: expected a non-empty array of paths")
+    entries = await catalog.describe_files(paths, arg(args, "metadata", dict, {}))
+    return await session.engine.repo.write(catalog.add_entries(entries, by=session.name))
+
+
+@_register("catalog_ls")
+async def _catalog_ls(session: Session, args: dict[str, Any]) -> Any:
+    """args: limit (none)."""
+    return await session.engine.repo.read(catalog.list_entries(limit=arg(args, "limit", int, None)))
+
+
+@_register("products")
+async def _products(session: Session, args: dict[str, Any]) -> Any:
+    """args: request."""
+    rid = arg(args, "request", str)
+    await _service(session).get(rid)  # not_found for an unknown request
+    return await session.engine.repo.read(products.list_products(rid))
+
+
+@_register("provenance")
+async def _provenance(session: Session, args: dict[str, Any]) -> Any:
+    """args: product. The chain back to the raw catalog entries."""
+    return await session.engine.repo.read(products.provenance(arg(args, "product", str)))

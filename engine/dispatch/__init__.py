@@ -1,0 +1,3 @@
+"""Dispatch: the agent controller, its scheduler, attempts and restart recovery."""
+
+from __future__ import annotations
