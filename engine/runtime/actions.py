@@ -26,11 +26,13 @@ import trio
 
 from wfe.engine.errors import ActionFailed, EngineError, JobCancelled, RScriptFailed, UnknownJob
 from wfe.engine.repository.job_log import JobLog
+from wfe.engine.repository.jobs import unfinished_root_actions
 from wfe.engine.runtime.jobs import (
     TERMINAL,
     Completions,
     JobOutcome,
     JobRow,
+    JobState,
     NewJob,
     create_job,
     read_job,
@@ -85,7 +87,7 @@ class ScriptResult:
     """What a tasklet gets back from ``ctx.rscript``."""
 
     job_id: str
-    state: str
+    state: JobState
     exit_code: int | None
     result: dict[str, Any] | None
     agent: str | None
@@ -109,9 +111,9 @@ class Handle:
 
 
 def _action_result(outcome: JobOutcome) -> Any:
-    if outcome.state == "succeeded":
+    if outcome.state is JobState.SUCCEEDED:
         return outcome.result
-    if outcome.state == "cancelled":
+    if outcome.state is JobState.CANCELLED:
         raise JobCancelled(f"job {outcome.job_id} was cancelled")
     raise ActionFailed(f"job {outcome.job_id} failed: {outcome.error}")
 
@@ -278,22 +280,13 @@ class ActionRunner:
         """After a restart: run again every unfinished root action (children replay). Returns
         how many were resumed."""
 
-        def fn(conn: Any) -> list[JobRow]:
-            from wfe.engine.runtime.jobs import JOB_COLUMNS, job_from_row
-
-            rows = conn.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE kind = 'action' AND parent_id IS NULL"
-                " AND state NOT IN ('succeeded', 'failed', 'cancelled') ORDER BY id"
-            ).fetchall()
-            return [job_from_row(r) for r in rows]
-
-        jobs = await self.repo.read(fn)
+        jobs = await self.repo.read(unfinished_root_actions)
         for job in jobs:
             try:
                 action = self.library.get(job.name)
             except EngineError as exc:
                 await self._finish(
-                    job, "failed", error=f"cannot resume after restart: {one_line(exc)}"
+                    job, JobState.FAILED, error=f"cannot resume after restart: {one_line(exc)}"
                 )
                 continue
             self._spawn(action, job, None, self._nursery)
@@ -324,8 +317,8 @@ class ActionRunner:
             agent=attempt.get("agent") if attempt else None,
             error=outcome.error,
         )
-        if check and outcome.state != "succeeded":
-            if outcome.state == "cancelled":
+        if check and outcome.state is not JobState.SUCCEEDED:
+            if outcome.state is JobState.CANCELLED:
                 raise JobCancelled(f"job {outcome.job_id} was cancelled")
             raise RScriptFailed(f"job {outcome.job_id} failed: {outcome.error}")
         return result
@@ -342,7 +335,7 @@ class ActionRunner:
             return job.state
         run = self._runs.get(job_id)
         if run is None:
-            await self._finish(job, "cancelled", error=reason)
+            await self._finish(job, JobState.CANCELLED, error=reason)
         else:
             run.killed = True
             run.scope.cancel()
@@ -352,8 +345,8 @@ class ActionRunner:
         job = run.job
         try:
             with run.scope:
-                if job.state != "running":
-                    await self.repo.write(set_job_state(job.id, "running", started=True))
+                if job.state is not JobState.RUNNING:
+                    await self.repo.write(set_job_state(job.id, JobState.RUNNING, started=True))
                 result = None
                 async with trio.open_nursery() as children:
                     ctx = Context(self, run, children)
@@ -381,9 +374,9 @@ class ActionRunner:
             # a tasklet raised: the job fails, the engine goes on
             log.warning("job %s (%s) failed: %s", job.id, action.name, one_line(exc))
             with trio.CancelScope(shield=True):
-                await self._finish(job, "failed", error=one_line(exc))
+                await self._finish(job, JobState.FAILED, error=one_line(exc))
         else:
-            await self._finish(job, "succeeded", result=result)
+            await self._finish(job, JobState.SUCCEEDED, result=result)
         finally:
             self._runs.pop(job.id, None)
             for child in run.children:  # outcomes nobody joined would otherwise stay forever
@@ -394,15 +387,15 @@ class ActionRunner:
         for job_id in run.scripts:
             if job_id in self.controller.jobs:
                 await self.controller.cancel(job_id, reason="killed with its parent")
-        await self._finish(run.job, "cancelled", error="killed")
+        await self._finish(run.job, JobState.CANCELLED, error="killed")
 
     async def _finish(
-        self, job: JobRow, state: str, *, result: Any = None, error: str | None = None
+        self, job: JobRow, state: JobState, *, result: Any = None, error: str | None = None
     ) -> None:
         try:
             await self.repo.write(set_job_state(job.id, state, result=result, error=error))
         except TypeError as exc:  # a result that is not JSON
-            state, error, result = "failed", f"result is not JSON: {exc}", None
+            state, error, result = JobState.FAILED, f"result is not JSON: {exc}", None
             await self.repo.write(set_job_state(job.id, state, error=error))
         self.completions.resolve(
             JobOutcome(job_id=job.id, state=state, result=result, error=error),

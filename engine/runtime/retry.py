@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from wfe.engine.errors import EngineError, UnknownJob
-from wfe.engine.runtime.jobs import JOB_COLUMNS, JobRow, job_from_row
+from wfe.engine.repository import jobs
+from wfe.engine.repository.jobs import JobRow, JobState, attempt_ends
+from wfe.engine.repository.writer import Tx
 
 if TYPE_CHECKING:
     from wfe.engine.runtime.daemon import Engine
 
-RETRYABLE = ("failed", "cancelled")
+RETRYABLE = (JobState.FAILED, JobState.CANCELLED)
 
 
 class RetryRefused(EngineError):
@@ -41,15 +43,14 @@ class Reset:
     lost: int
 
 
-def reset_for_retry(job_id: str, *, by: str | None) -> Callable[[Any], list[Reset]]:
+def reset_for_retry(job_id: str, *, by: str | None) -> Callable[[Tx], list[Reset]]:
     """A write op: reset ``job_id`` and its failed or cancelled descendants; return the rows
     as reset, the root first. Raises ``UnknownJob`` or ``RetryRefused`` (nothing written)."""
 
-    def op(tx: Any) -> list[Reset]:
-        row = tx.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+    def op(tx: Tx) -> list[Reset]:
+        root = jobs.get_job(tx, job_id)
+        if root is None:
             raise UnknownJob(f"no job {job_id}")
-        root = job_from_row(row)
         if root.parent_id is not None:
             raise RetryRefused(
                 f"job {job_id} is a child of {root.parent_id}: retry the root job {root.root_id}"
@@ -62,30 +63,15 @@ def reset_for_retry(job_id: str, *, by: str | None) -> Callable[[Any], list[Rese
             raise RetryRefused(
                 f"job {job_id} is {root.state}: only a failed or cancelled job can be retried"
             )
-        marks = ", ".join("?" * len(RETRYABLE))
-        rows = tx.execute(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE root_id = ? AND state IN ({marks}) ORDER BY id",
-            (job_id, *RETRYABLE),
-        ).fetchall()
         reset: list[Reset] = []
-        for job in map(job_from_row, rows):
-            failures, lost = tx.execute(
-                "SELECT COALESCE(SUM(state IN ('failed', 'timed_out')), 0),"
-                " COALESCE(SUM(state = 'lost'), 0) FROM attempts WHERE job_id = ?",
-                (job.id,),
-            ).fetchone()
+        for job in jobs.tree_jobs_in(tx, job_id, RETRYABLE):
+            ends = attempt_ends(tx, job.id)
             if job.kind == "rscript":
-                state, budget = "queued", failures + 1
+                state, budget = JobState.QUEUED, ends.failures + 1
             else:
-                state, budget = "running", job.max_attempts
-            tx.execute(
-                "UPDATE jobs SET state = ?, max_attempts = ?, ended_at = NULL, result = NULL,"
-                " error = NULL WHERE id = ?",
-                (state, budget, job.id),
-            )
-            tx.emit("job.state", job.id, {"state": state, "retry": True})
-            again = tx.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job.id,))
-            reset.append(Reset(job=job_from_row(again.fetchone()), failures=failures, lost=lost))
+                state, budget = JobState.RUNNING, job.max_attempts
+            again = jobs.reset_job(tx, job.id, state, max_attempts=budget)
+            reset.append(Reset(job=again, failures=ends.failures, lost=ends.lost))
         reset.sort(key=lambda r: r.job.id != job_id)
         tx.emit(
             "job.retried",
