@@ -10,7 +10,7 @@ import trio.testing
 from trio.testing import MockClock
 
 from wfe.engine.dispatch.controller import FENCE_MARGIN
-from wfe.protocols.messages import Ack, Cancel, Dispatch, FinishReason, JobRefused
+from wfe.protocols.messages import Ack, Cancel, Dispatch, FinishReason, JobRefused, Resume
 
 from .conftest import AGENTS, JOBS, FakeAgent, Harness
 
@@ -338,7 +338,7 @@ async def test_restart_reconciles_with_what_agents_report(
     nursery.start_soon(a2.beat)
     a2.finish(held)  # the agent resends what it holds
     assert (await outcome(second, held.job_id)).state == "succeeded"
-    [resume] = await a2.receive(__import__("wfe.protocols.messages").messages.Resume)
+    [resume] = await a2.receive(Resume)
     assert (resume.job_id, resume.next_seq) == (running.job_id, 0)
     [retry] = await a2.receive(Dispatch)
     assert (retry.job_id, retry.attempt) == (unknown.job_id, 2)
