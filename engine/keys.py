@@ -15,7 +15,6 @@ import attrs
 
 from wfe.engine.config import Config
 from wfe.engine.errors import ConfigError
-from wfe.engine.runtime.clock import wall_now
 from wfe.protocols import signing
 from wfe.protocols.messages import Dispatch
 
@@ -51,6 +50,8 @@ def load_signer(config: Config) -> Callable[[Dispatch], Dispatch]:
         raise ConfigError(f"{path}: cannot load the engine's signing key: {exc}") from None
     # ``issued`` (the engine's wall time at signing) is covered by the signature, so an agent
     # can refuse a captured dispatch replayed later (agents: max_dispatch_age).
+    from wfe.engine.runtime.clock import wall_now  # the runtime's; the CLI never signs
+
     return lambda dispatch: signing.sign(attrs.evolve(dispatch, issued=wall_now()), key)
 
 
