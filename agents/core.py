@@ -7,10 +7,10 @@ Every held result is sent again right after the hello, until the engine ``Ack``s
 
 Per session (``Agent.serve``): hello, then the held results, then one message at a time
 from the engine, and an ``AgentStatus`` every ``heartbeat`` seconds. A ``Dispatch`` is
-checked at once, in this order: signature (or, without a trusted key, the script's sha256);
-an attempt already running (or starting) is a duplicate and is ignored; an attempt already
-spooled is a redelivery and gets its stored result without running again; then a free slot
-and enough memory, else ``JobRefused``. An accepted attempt takes its slot there and then,
+checked at once by the rules of ``wfe.protocols.admission``, in this order: signature (or,
+without a trusted key, the script's sha256); an attempt already running (or starting) is a
+duplicate and is ignored; an attempt already spooled is a redelivery and gets its stored
+result without running again; then a free slot and enough memory, else ``JobRefused``. An accepted attempt takes its slot there and then,
 and is started in a task of its own, so the next message is read while it starts. It sends
 ``JobAccepted`` (before any of its output), its ``OutputChunk``s (each appended to the spool
 first), and ``JobFinished`` (stored durably in the spool first). ``JobAccepted`` waits until
@@ -52,6 +52,7 @@ from wfe.agents.link import Link
 from wfe.agents.runner import KILL_GRACE, Attempt, AttemptNotStarted, describe
 from wfe.agents.spool import Progress, Spool, parse_name
 from wfe.agents.workdirs import Workdirs
+from wfe.protocols.admission import Admission, DispatchFacts, Ignore, Refuse, Resend, Run
 from wfe.protocols.lease import LeaseTracker
 from wfe.protocols.messages import (
     Ack,
@@ -70,7 +71,6 @@ from wfe.protocols.messages import (
     Shutdown,
     StatusRequest,
 )
-from wfe.protocols.signing import SignatureRejected, script_sha256, verify
 
 log = logging.getLogger("wfe.agent")
 
@@ -147,6 +147,9 @@ class Agent:
         self.spool = spool
         self.workdir = Path(workdir)
         self.trusted_key = trusted_key
+        self.admission = Admission(
+            trusted_key=trusted_key
+        )  # what may run here: protocols.admission
         self.heartbeat = heartbeat
         self.keep_workdirs = keep_workdirs
         self._workdirs = Workdirs(self.workdir, keep=capabilities.slots)
@@ -492,17 +495,6 @@ class Agent:
                 )
         return False
 
-    def _refusal(self, d: Dispatch) -> str:
-        """Why ``d`` must not run here, or ``""``."""
-        if self.trusted_key is not None:
-            try:
-                verify(d, self.trusted_key)
-            except SignatureRejected as exc:
-                return str(exc)
-        elif script_sha256(d.script) != d.sha256:
-            return f"dispatch {d.job_id}#{d.attempt}: script sha256 does not match its text"
-        return ""
-
     def _drop_soon(self, ref: AttemptRef) -> None:
         """Drop an acknowledged attempt from the spool in the background."""
         assert self._nursery is not None
@@ -531,26 +523,33 @@ class Agent:
         """
         ref = AttemptRef(job_id=d.job_id, attempt=d.attempt)
         name = f"{d.job_id}#{d.attempt}"
-        reason = self._refusal(d)
-        if not reason and ref in self._running:
-            log.info("dispatch of %s, which is running: duplicate ignored", name)
-            return
-        if not reason:
-            try:
-                stored = self.spool.get(d.job_id, d.attempt)
-            except SpoolError as exc:
-                reason = f"its stored result is unreadable: {exc}"
-            else:
-                if stored is not None:
-                    log.info("dispatch of %s, which already ran: sending its stored result", name)
-                    await self._send(stored)
-                    return
-        if not reason:
-            reason = self._capacity_problem(d)
-        if reason:
-            log.warning("refused %s: %s", name, reason)
-            await self._send(JobRefused(job_id=d.job_id, attempt=d.attempt, reason=reason))
-            return
+        stored: Message | None = None
+        unreadable = ""
+        try:
+            stored = self.spool.get(d.job_id, d.attempt)
+        except SpoolError as exc:
+            unreadable = str(exc)
+        facts = DispatchFacts(
+            running=ref in self._running,
+            stored=stored is not None,
+            unreadable=unreadable,
+            capacity=self._capacity_problem(d),
+        )
+        match self.admission.admit(d, facts):
+            case Ignore(reason=reason):
+                log.info("dispatch of %s, which is %s: ignored", name, reason)
+                return
+            case Resend():
+                assert stored is not None
+                log.info("dispatch of %s, which already ran: sending its stored result", name)
+                await self._send(stored)
+                return
+            case Refuse(reason=reason):
+                log.warning("refused %s: %s", name, reason)
+                await self._send(JobRefused(job_id=d.job_id, attempt=d.attempt, reason=reason))
+                return
+            case Run():
+                pass
         assert self._nursery is not None
         # The agent removes the directory itself, once the result is sent.
         assert self._keeper is not None

@@ -17,8 +17,8 @@ reference goes in a stanza. Without one, everything goes in stanzas.
 Security at this layer: payloads only from the configured controller JIDs (bare JID compare)
 reach the core; anything else is logged on one line and answered with ``JobRefused`` (a
 dispatch) or a ``forbidden`` error; a dispatch whose ``issued`` is older than
-``max_dispatch_age`` is refused as a replay. Signatures are checked by the core (``trusted_key``,
-required in XMPP mode).
+``max_dispatch_age`` is refused as a replay (the rules: ``wfe.protocols.admission``). Signatures
+are checked by the core (``trusted_key``, required in XMPP mode).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from wfe.links.xmpp import (
     read_password,
 )
 from wfe.links.xmpp_upload import UploadService, discover, http_client
+from wfe.protocols.admission import Admission
 from wfe.protocols.messages import (
     Ack,
     AgentStatus,
@@ -167,6 +168,8 @@ class XmppConnector:
         self.settings = settings
         self.controllers = frozenset(bare_jid(c) for c in controllers)
         self.max_dispatch_age = max_dispatch_age or None
+        # who may send us what, and how old a dispatch may be: protocols.admission
+        self.admission = Admission(controllers=controllers, max_age=self.max_dispatch_age)
         self.wait_limit = wait_limit
         self.probe_interval = probe_interval
         self.client: XmppClient | None = None
@@ -371,20 +374,19 @@ class XmppConnector:
 
     def _deliver(self, client: XmppClient, sender: str, message: Message) -> None:
         what = type(message).__name__
-        if bare_jid(sender) not in self.controllers:
-            self._refuse(
-                client, sender, message, f"{bare_jid(sender)} is not a controller this agent obeys"
-            )
-            return
         session = self._session
-        if session is None or session.peer != sender:
+        problem = self.admission.sender_problem(sender, session.peer if session else None)
+        if problem and bare_jid(sender) not in self.controllers:
+            self._refuse(client, sender, message, problem)
+            return
+        if problem or session is None:
             log.info("xmpp: ignored a %s from %s: no session with it yet", what, sender)
             if isinstance(message, Dispatch):
-                self._refuse(
-                    client, sender, message, "no session: the agent has not said hello to you yet"
-                )
+                self._refuse(client, sender, message, problem)
             return
-        if isinstance(message, Dispatch) and (stale := self._stale(message)):
+        if isinstance(message, Dispatch) and (
+            stale := self.admission.age_problem(message, now=time.time())  # wall-clock: vs signing
+        ):
             self._refuse(client, sender, message, stale)
             return
         if isinstance(message, Ack):
@@ -410,22 +412,6 @@ class XmppConnector:
         else:
             log.warning("xmpp: refused a %s from %s: %s", type(message).__name__, sender, reason)
             client.send_error(sender, "forbidden", reason)
-
-    def _stale(self, dispatch: Dispatch) -> str:
-        """Why ``dispatch`` is too old (or too new) to run, or ``""``."""
-        window = self.max_dispatch_age
-        if window is None:
-            return ""
-        if dispatch.issued is None:
-            return "the dispatch has no issue time (issued), so it may be a replay"
-        age = time.time() - dispatch.issued  # wall-clock: compared with the engine's signing time
-        if abs(age) <= window:
-            return ""
-        when = f"{age:.0f} s ago" if age > 0 else f"{-age:.0f} s in the future"
-        return (
-            f"issued {when}, outside max_dispatch_age {window:g} s: a replay, or the clocks of the"
-            " engine and agent hosts differ (check NTP)"
-        )
 
 
 def xmpp_connector(config: AgentConfig) -> XmppConnector:
