@@ -16,9 +16,12 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from wfe.engine.console.protocol import ApiError
 from wfe.engine.console.registry import Handler, arg, op
-from wfe.engine.requests import catalog, products, views
+from wfe.engine.repository import request_views as views
+from wfe.engine.requests import catalog, products
 from wfe.protocols.errors import ProtocolError
 from wfe.protocols.request import Actor, RequestState, RequestVerb
 
@@ -171,7 +174,10 @@ async def _catalog_add(session: Session, args: dict[str, Any]) -> Any:
 @_register("catalog_ls")
 async def _catalog_ls(session: Session, args: dict[str, Any]) -> Any:
     """args: limit (none)."""
-    return await session.engine.repo.read(catalog.list_entries(limit=arg(args, "limit", int, None)))
+    entries = await session.engine.repo.read(
+        catalog.list_entries(limit=arg(args, "limit", int, None))
+    )
+    return [attrs.asdict(e) for e in entries]
 
 
 @_register("products")

@@ -91,7 +91,8 @@ JOB_COLUMNS = (
     "max_attempts, attempts, created_at, started_at, ended_at, result, error, request_id"
 )
 
-_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
+#: The terminal states as an SQL list, for ``state IN (...)`` / ``NOT IN``.
+TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL))
 
 
 def job_from_row(row: Row) -> JobRow:
@@ -305,7 +306,7 @@ def unfinished_root_actions(conn: Conn) -> list[JobRow]:
     """Every root action job not yet ended, by id (what a restart runs again)."""
     rows = conn.execute(
         f"SELECT {JOB_COLUMNS} FROM jobs WHERE kind = 'action' AND parent_id IS NULL"
-        f" AND state NOT IN ({_TERMINAL_SQL}) ORDER BY id"
+        f" AND state NOT IN ({TERMINAL_SQL}) ORDER BY id"
     ).fetchall()
     return [job_from_row(r) for r in rows]
 

@@ -22,7 +22,8 @@ import trio
 
 from wfe.engine.definitions import INPUTS_PARAM, Definition, Stage, stage_params
 from wfe.engine.errors import UnknownJob
-from wfe.engine.requests import store
+from wfe.engine.repository import request_batches
+from wfe.engine.repository import requests as store
 from wfe.engine.requests.model import Batch, BatchOutcome, JobEnd, RequestRecord, StageInput
 from wfe.engine.requests.products import from_result
 from wfe.engine.requests.scripts import OUTPUT_DIR_PARAM
@@ -90,7 +91,7 @@ class BatchRunner:
         settled as released when the job could not be started)."""
         root = None if self.products_root is None else str(self.products_root)
         batch = await self.repo.write(
-            store.open_batch(record.id, stage.name, [i.key for i in inputs], root)
+            request_batches.open_batch(record.id, stage.name, [i.key for i in inputs], root)
         )
         try:
             job_id = await self._submit(record, definition, stage, inputs, batch)
@@ -98,7 +99,7 @@ class BatchRunner:
             reason = f"cannot start a job: {one_line(exc)}"
             log.warning("request %s stage %s: %s", record.id, stage.name, reason)
             await self.repo.write(
-                store.settle_batch(
+                request_batches.settle_batch(
                     batch,
                     BatchOutcome.RELEASED,
                     max_allocations=definition.policy.max_allocations,
@@ -106,7 +107,7 @@ class BatchRunner:
                 )
             )
             return batch
-        await self.repo.write(store.link_batch(batch, job_id))
+        await self.repo.write(request_batches.link_batch(batch, job_id))
         return Batch(
             id=batch.id,
             request=batch.request,
@@ -187,7 +188,7 @@ class BatchRunner:
                     return False
             except UnknownJob:
                 return False
-        await self.repo.write(store.stop_batch(batch, reason))
+        await self.repo.write(request_batches.stop_batch(batch, reason))
         return True
 
     async def settle(
@@ -207,7 +208,7 @@ class BatchRunner:
             except RScriptError as exc:
                 outcome, reason = BatchOutcome.RELEASED, f"job {end.job_id}: bad result: {exc}"
         return await self.repo.write(
-            store.settle_batch(
+            request_batches.settle_batch(
                 batch,
                 outcome,
                 max_allocations=definition.policy.max_allocations,
@@ -220,7 +221,7 @@ class BatchRunner:
     async def abandon(self, definition: Definition, batch: Batch) -> None:
         """Settle a batch whose job was never recorded (a crash in between): withdrawn."""
         await self.repo.write(
-            store.settle_batch(
+            request_batches.settle_batch(
                 batch,
                 BatchOutcome.WITHDRAWN,
                 max_allocations=definition.policy.max_allocations,

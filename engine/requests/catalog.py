@@ -8,7 +8,8 @@ worker thread; one bad path refuses the whole call and stores nothing.
 
 The finder matches a definition's ``[query]`` against each entry's metadata plus ``path``,
 ``name`` (the file name) and ``size`` where the metadata does not set those keys itself;
-entries come in path order, which is the order a stage's inputs are batched in.
+entries come in path order, which is the order a stage's inputs are batched in. The SQL
+is in ``wfe.engine.repository.catalog``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import trio
 
 from wfe.engine.definitions import Query
+from wfe.engine.repository.catalog import NewEntry, add_entries, list_entries, scan
+from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue
 from wfe.engine.requests.errors import CatalogError
 from wfe.engine.requests.model import catalog_key
+
+__all__ = ["CatalogMatch", "add_entries", "describe_files", "find", "hash_file", "list_entries"]
+
+#: What the finder gives for one entry: ``(input key, path, metadata)``.
+CatalogMatch: TypeAlias = "tuple[str, str, JsonObject]"
 
 CHUNK = 1 << 20
 SIDECAR_SUFFIX = ".meta.json"
@@ -41,13 +49,13 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _describe(path: Path, extra: Mapping[str, Any]) -> tuple[str, int, str, dict[str, Any]]:
+def _describe(path: Path, extra: Mapping[str, JsonValue]) -> NewEntry:
     """Blocking: check, hash and read the sidecar of one file."""
     if not path.exists():
         raise CatalogError(f"{path}: no such file")
     if not path.is_file():
         raise CatalogError(f"{path}: not a regular file (give files, e.g. DIR/*.csv)")
-    metadata: dict[str, Any] = {}
+    metadata: JsonObject = {}
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
     if sidecar.is_file():
         try:
@@ -62,12 +70,12 @@ def _describe(path: Path, extra: Mapping[str, Any]) -> tuple[str, int, str, dict
         size, sha = hash_file(path)
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return str(path), size, sha, metadata
+    return NewEntry(path=str(path), size=size, sha256=sha, metadata=metadata)
 
 
 async def describe_files(
-    paths: Sequence[str], metadata: Mapping[str, Any] | None = None
-) -> list[tuple[str, int, str, dict[str, Any]]]:
+    paths: Sequence[str], metadata: Mapping[str, JsonValue] | None = None
+) -> list[NewEntry]:
     """Check and hash ``paths`` (absolute) on a worker thread; raises ``CatalogError``."""
     for p in paths:
         if not os.path.isabs(p):
@@ -76,85 +84,25 @@ async def describe_files(
         raise CatalogError("metadata must be an object")
     extra = dict(metadata or {})
 
-    def work() -> list[tuple[str, int, str, dict[str, Any]]]:
+    def work() -> list[NewEntry]:
         return [_describe(Path(os.path.normpath(p)), extra) for p in paths]
 
     return await trio.to_thread.run_sync(work)
 
 
-def add_entries(
-    entries: Sequence[tuple[str, int, str, Mapping[str, Any]]], *, by: str | None = None
-) -> Callable[[Any], list[dict[str, Any]]]:
-    """Write op: insert or refresh catalog entries, one event each (with ``by``, who added them)."""
-
-    def op(tx: Any) -> list[dict[str, Any]]:
-        result = []
-        for path, size, sha, meta in entries:
-            known = (
-                tx.execute("SELECT 1 FROM catalog WHERE path = ?", (path,)).fetchone() is not None
-            )
-            tx.execute(
-                "INSERT INTO catalog (path, size, sha256, metadata, added_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (path) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256,"
-                " metadata = excluded.metadata, added_at = excluded.added_at",
-                (path, size, sha, json.dumps(dict(meta)), tx.at),
-            )
-            data: dict[str, Any] = {"size": size, "sha256": sha}
-            if by:
-                data["by"] = by
-            tx.emit("catalog.updated" if known else "catalog.added", path, data)
-            result.append(
-                {
-                    "path": path,
-                    "size": size,
-                    "sha256": sha,
-                    "metadata": dict(meta),
-                    "new": not known,
-                }
-            )
-        return result
-
-    return op
-
-
-def list_entries(*, limit: int | None = None) -> Callable[[Any], list[dict[str, Any]]]:
-    """Read: catalog entries in path order."""
-
-    def fn(conn: Any) -> list[dict[str, Any]]:
-        sql = "SELECT path, size, sha256, metadata, added_at FROM catalog ORDER BY path"
-        rows = conn.execute(
-            sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ()
-        ).fetchall()
-        return [
-            {
-                "path": r[0],
-                "size": r[1],
-                "sha256": r[2],
-                "metadata": json.loads(r[3]),
-                "added_at": r[4],
-            }
-            for r in rows
-        ]
-
-    return fn
-
-
-def view(path: str, size: int, metadata: Mapping[str, Any]) -> dict[str, Any]:
+def view(path: str, size: int, metadata: Mapping[str, JsonValue]) -> JsonObject:
     """What a query sees of an entry: its metadata, plus path, name and size if unset."""
     return {"path": path, "name": os.path.basename(path), "size": size, **metadata}
 
 
-def find(query: Query) -> Callable[[Any], list[tuple[str, str, dict[str, Any]]]]:
+def find(query: Query) -> Callable[[Conn], list[CatalogMatch]]:
     """Read: the finder. ``(input key, path, metadata)`` of every entry ``query`` matches."""
 
-    def fn(conn: Any) -> list[tuple[str, str, dict[str, Any]]]:
-        found = []
-        for path, size, meta in conn.execute(
-            "SELECT path, size, metadata FROM catalog ORDER BY path"
-        ):
-            metadata = json.loads(meta)
-            if query.matches(view(path, size, metadata)):
-                found.append((catalog_key(path), path, metadata))
-        return found
+    def fn(conn: Conn) -> list[CatalogMatch]:
+        return [
+            (catalog_key(path), path, metadata)
+            for path, size, metadata in scan(conn)
+            if query.matches(view(path, size, metadata))
+        ]
 
     return fn

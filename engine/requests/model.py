@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from wfe.engine.repository.jobs import JobState
 from wfe.protocols.request import InputAllocation, RequestState
 
 #: The key of the one input of a stage that consumes nothing (it runs once).
@@ -124,7 +125,7 @@ class JobEnd:
 
     job_id: str
     kind: str  # "rscript" or "action"
-    state: str  # succeeded, failed or cancelled
+    state: JobState  # succeeded, failed or cancelled
     result: Any = None
     error: str | None = None
 

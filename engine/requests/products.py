@@ -3,27 +3,25 @@
 A product is a file a stage's job made, as its RScript reported it in the result
 (``wfe.rscripts.results``: path, type, size, sha256, metadata). The record links it to the job
 and batch that made it, the inputs the batch held (catalog entries or upstream products)
-and the sha256 of the expanded definition the request ran. ``provenance`` follows those
-links back to the raw catalog entries.
+and the sha256 of the expanded definition the request ran. ``provenance`` (its SQL in
+``wfe.engine.repository.products``) follows those links back to the raw catalog entries.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from wfe.engine.requests.errors import UnknownProduct
+from wfe.engine.repository.products import list_products, provenance
+from wfe.engine.repository.rowtypes import JsonValue
 from wfe.rscripts.results import Product, check_result
 
-PRODUCT_COLUMNS = "id, request, stage, batch, job, path, type, size, sha256, metadata, inputs, definition, created_at"
-_KEYS = tuple(c.strip() for c in PRODUCT_COLUMNS.split(","))
+__all__ = ["from_result", "list_products", "provenance", "render_provenance"]
 
 
-def from_result(result: Any, *, script: str, output_dir: str | None) -> list[Product]:
+def from_result(result: JsonValue, *, script: str, output_dir: str | None) -> list[Product]:
     """The products a job's result reports, checked against the result schema.
 
     A relative path is taken relative to ``output_dir`` (the working directory of the job
@@ -39,91 +37,6 @@ def from_result(result: Any, *, script: str, output_dir: str | None) -> list[Pro
             path = os.path.join(output_dir, path)
         products.append(attrs.evolve(p, path=os.path.normpath(path)))
     return products
-
-
-def _row(row: Any) -> dict[str, Any]:
-    record = dict(zip(_KEYS, row, strict=True))
-    record["metadata"] = json.loads(record["metadata"])
-    record["inputs"] = json.loads(record["inputs"])
-    return record
-
-
-def list_products(rid: str) -> Callable[[Any], list[dict[str, Any]]]:
-    """Read: the products of request ``rid`` in the order they were made."""
-
-    def fn(conn: Any) -> list[dict[str, Any]]:
-        rows = conn.execute(
-            f"SELECT {PRODUCT_COLUMNS} FROM products WHERE request = ? ORDER BY id", (rid,)
-        ).fetchall()
-        return [_row(r) for r in rows]
-
-    return fn
-
-
-def provenance(product_id: str) -> Callable[[Any], dict[str, Any]]:
-    """Read: the product with the job that made it, the request and definition, and its
-    inputs, each an upstream product (with its own provenance) or a catalog entry.
-    Raises ``UnknownProduct``."""
-
-    def fn(conn: Any) -> dict[str, Any]:
-        if _product(conn, product_id) is None:
-            raise UnknownProduct(f"no product {product_id} (see `wfe products REQUEST`)")
-        return _chain(conn, product_id, set())
-
-    return fn
-
-
-def _product(conn: Any, product_id: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = ?", (product_id,)
-    ).fetchone()
-    return None if row is None else _row(row)
-
-
-def _chain(conn: Any, product_id: str, seen: set[str]) -> dict[str, Any]:
-    product = _product(conn, product_id)
-    if product is None:
-        return {"kind": "product", "id": product_id, "missing": True}
-    seen.add(product_id)
-    job = conn.execute(
-        "SELECT j.name, j.state, a.attempt, a.agent FROM jobs j"
-        " LEFT JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts WHERE j.id = ?",
-        (product["job"],),
-    ).fetchone()
-    definition = conn.execute(
-        "SELECT name, git FROM definitions WHERE sha256 = ?", (product["definition"],)
-    ).fetchone()
-    inputs = []
-    for key in product["inputs"]:
-        kind, _, ref = key.partition(":")
-        if kind == "product" and ref not in seen:
-            inputs.append(_chain(conn, ref, seen))
-        elif kind == "catalog":
-            entry = conn.execute(
-                "SELECT size, sha256, metadata FROM catalog WHERE path = ?", (ref,)
-            ).fetchone()
-            item: dict[str, Any] = {"kind": "catalog", "path": ref}
-            if entry is not None:
-                item.update(size=entry[0], sha256=entry[1], metadata=json.loads(entry[2]))
-            else:
-                item["missing"] = True
-            inputs.append(item)
-        else:
-            inputs.append({"kind": kind, "ref": ref or key})
-    return {
-        "kind": "product",
-        **product,
-        "made_by": {
-            "job": product["job"],
-            "rscript": job[0] if job else None,
-            "state": job[1] if job else None,
-            "attempt": job[2] if job else None,
-            "agent": job[3] if job else None,
-        },
-        "definition_name": definition[0] if definition else None,
-        "git": json.loads(definition[1]) if definition and definition[1] else None,
-        "from": inputs,
-    }
 
 
 def render_provenance(chain: dict[str, Any], indent: str = "", definition: str = "") -> list[str]:

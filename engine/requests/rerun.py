@@ -16,7 +16,6 @@ with no failed input there.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +23,17 @@ import attrs
 
 from wfe.engine.definitions import build_definition
 from wfe.engine.errors import EngineError
-from wfe.engine.requests import store
+from wfe.engine.repository import requests as store
+from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue
+from wfe.engine.repository.writer import Tx
+from wfe.protocols.request import RequestState
 
 if TYPE_CHECKING:
     from wfe.engine.requests import RequestService
 
-ENDED = ("completed", "failed", "cancelled", "archived")
+ENDED = frozenset(
+    {RequestState.COMPLETED, RequestState.FAILED, RequestState.CANCELLED, RequestState.ARCHIVED}
+)
 
 
 class RerunRefused(EngineError):
@@ -44,56 +48,47 @@ class RerunPlan:
     user: str
     namespace: str
     priority: int
-    params: dict[str, Any]
-    expanded: dict[str, Any]  # the first request's definition with the extra rule
+    params: dict[str, JsonValue]
+    expanded: JsonObject  # the first request's definition with the extra rule
     sources: list[str]
-    git: dict[str, Any] | None
+    git: JsonObject | None
     scripts: dict[str, str]  # name -> text, as stored with the first request
     inputs: list[str]  # paths of the failed inputs
 
 
-def plan_rerun(rid: str) -> Callable[[Any], RerunPlan]:
+def plan_rerun(rid: str) -> Callable[[Conn], RerunPlan]:
     """A read function: the ``RerunPlan`` for request ``rid``. Raises ``UnknownRequest``
     or ``RerunRefused``."""
 
-    def fn(conn: Any) -> RerunPlan:
+    def fn(conn: Conn) -> RerunPlan:
         record = store.get_request(conn, rid)
-        if record.state.value not in ENDED:
+        if record.state not in ENDED:
             raise RerunRefused(
                 f"request {rid} is {record.state.value}: only a request that has ended can be rerun"
             )
-        expanded, sources, git = conn.execute(
-            "SELECT expanded, sources, git FROM definitions WHERE sha256 = ?", (record.definition,)
-        ).fetchone()
-        expanded = json.loads(expanded)
+        stored = store.stored_definition(conn, record.definition)
+        expanded = stored.expanded
         definition = build_definition(expanded)
         fed = [
             s.name for s in definition.stages if s.consumes is not None and s.consumes.from_query
         ]
         if definition.query is None or not fed:
             raise RerunRefused(f"request {rid} has no stage fed by a [query]: nothing to rerun")
-        marks = ", ".join("?" * len(fed))
-        inputs = [
-            r[0]
-            for r in conn.execute(
-                f"SELECT DISTINCT path FROM stage_inputs WHERE request = ? AND state = 'failed'"
-                f" AND stage IN ({marks}) ORDER BY path",
-                (rid, *fed),
-            )
-        ]
+        inputs = store.failed_inputs(conn, rid, fed)
         if not inputs:
             raise RerunRefused(f"request {rid} has no failed input to rerun")
         texts = {}
         for name, entry in record.scripts.items():
             if entry.get("sha256"):
-                row = conn.execute(
-                    "SELECT text FROM rscript_texts WHERE sha256 = ?", (entry["sha256"],)
-                ).fetchone()
-                if row is not None:
-                    texts[name] = row[0]
+                text = store.script_text(conn, entry["sha256"])
+                if text is not None:
+                    texts[name] = text
         narrowed = copy.deepcopy(expanded)
         query = narrowed.setdefault("query", {})
-        query.setdefault("where", []).append({"field": "path", "op": "in", "value": inputs})
+        assert isinstance(query, dict)  # build_definition accepted it: [query] is a table
+        where = query.setdefault("where", [])
+        assert isinstance(where, list)  # and its rules a list
+        where.append({"field": "path", "op": "in", "value": list[JsonValue](inputs)})
         return RerunPlan(
             request=rid,
             user=record.user,
@@ -101,8 +96,8 @@ def plan_rerun(rid: str) -> Callable[[Any], RerunPlan]:
             priority=record.priority,
             params=dict(record.params),
             expanded=narrowed,
-            sources=json.loads(sources),
-            git=None if git is None else json.loads(git),
+            sources=stored.sources,
+            git=stored.git,
             scripts=texts,
             inputs=inputs,
         )
@@ -127,7 +122,7 @@ async def rerun_request(service: RequestService, rid: str, *, by: str | None) ->
         by=by,
     )
 
-    def link(tx: Any) -> None:
+    def link(tx: Tx) -> None:
         tx.emit("request.rerun", rid, {"request": record.id, "inputs": plan.inputs, "by": by})
         tx.emit("request.rerun_of", record.id, {"request": rid, "by": by})
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
 import math
 from collections.abc import Callable, Collection, Mapping
@@ -49,12 +48,15 @@ from wfe.engine.definitions import (
     resolve_params,
 )
 from wfe.engine.repository import Missed, Subscription
-from wfe.engine.requests import catalog, checking, plan, scripts, store
+from wfe.engine.repository import requests as store
+from wfe.engine.repository.products import list_products, stage_products
+from wfe.engine.repository.rowtypes import Conn
+from wfe.engine.requests import catalog, checking, plan, scripts
 from wfe.engine.requests.approval import decide_approval
 from wfe.engine.requests.batches import BatchRunner
+from wfe.engine.requests.catalog import CatalogMatch
 from wfe.engine.requests.errors import RefusedTransition, RequestError, SubmitError
 from wfe.engine.requests.model import ONCE, Batch, RequestRecord, Snapshot, StageState, product_key
-from wfe.engine.requests.products import list_products
 from wfe.engine.runtime.actions import one_line
 from wfe.engine.runtime.jobs import TERMINAL
 from wfe.protocols.errors import ProtocolError
@@ -590,16 +592,13 @@ def _action_known(runner: ActionRunner | None) -> Callable[[str], bool]:
     return known
 
 
-def _upstream_products(rid: str, stage: str, types: tuple[str, ...]) -> Any:
+def _upstream_products(
+    rid: str, stage: str, types: tuple[str, ...]
+) -> Callable[[Conn], list[CatalogMatch]]:
     """Read: ``(input key, path, metadata)`` of the products of ``stage`` of the given types."""
+    made = stage_products(rid, stage, types)
 
-    def fn(conn: Any) -> list[tuple[str, str, dict[str, Any]]]:
-        rows = conn.execute(
-            "SELECT id, path, type, metadata FROM products WHERE request = ? AND stage = ? ORDER BY id",
-            (rid, stage),
-        ).fetchall()
-        return [
-            (product_key(r[0]), r[1], json.loads(r[3])) for r in rows if not types or r[2] in types
-        ]
+    def fn(conn: Conn) -> list[CatalogMatch]:
+        return [(product_key(pid), path, meta) for pid, path, _, meta in made(conn)]
 
     return fn

@@ -24,7 +24,8 @@ import trio  # noqa: E402
 from wfe.engine.cli.demo import make_workspace  # noqa: E402
 from wfe.engine.cli.render import print_table  # noqa: E402
 from wfe.engine.cli.requests import render_request, submission  # noqa: E402
-from wfe.engine.requests import catalog, products, views  # noqa: E402
+from wfe.engine.repository import request_views as views  # noqa: E402
+from wfe.engine.requests import catalog, products  # noqa: E402
 from wfe.engine.runtime.daemon import open_engine  # noqa: E402
 
 sys.path.insert(0, str(HERE))

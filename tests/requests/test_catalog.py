@@ -48,7 +48,7 @@ async def test_files_are_registered_with_size_checksum_and_metadata(
     [again] = await add(repo, [raw])
     assert (again["new"], again["size"], again["metadata"]) == (False, 8, {"kind": "raw", "run": 7})
     listed = await repo.read(catalog.list_entries())
-    assert [(e["path"], e["size"]) for e in listed] == [(str(raw), 8)]
+    assert [(e.path, e.size) for e in listed] == [(str(raw), 8)]
     kinds = [e.kind for e in await repo.events_since(0)]
     assert kinds == ["catalog.added", "catalog.updated"]
 

@@ -165,7 +165,7 @@ async def test_a_crash_between_batch_and_job_is_repaired(tmp_path: Path) -> None
     """What a crash between recording a batch and its job leaves behind (a batch without
     a job, a job no batch names) is repaired on the next step: the batch is withdrawn,
     the job cancelled, and the request still completes."""
-    from wfe.engine.requests import store
+    from wfe.engine.repository import request_batches as store
 
     async with open_world(tmp_path, slots=1) as world:
         await world.catalog(["r1.dat", "r2.dat"])

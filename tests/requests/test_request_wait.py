@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from wfe.engine.cli.client import ClientError
-from wfe.engine.requests import store
+from wfe.engine.repository import requests as store
 from wfe.engine.requests.errors import RequestError
 from wfe.protocols.request import Actor, RequestState, RequestVerb
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 import attrs
 
 from wfe.engine.definitions import Definition
-from wfe.engine.requests import plan
+from wfe.engine.repository import jobs
+from wfe.engine.repository.jobs import TERMINAL_SQL, JobState
+from wfe.engine.repository.rowtypes import Conn, Db, JsonObject, JsonValue, Row
+from wfe.engine.repository.writer import Tx
 from wfe.engine.requests.approval import ApprovalDecision
 from wfe.engine.requests.errors import RefusedTransition, UnknownRequest
 from wfe.engine.requests.model import (
     Batch,
-    BatchOutcome,
     JobEnd,
     RequestRecord,
     Snapshot,
@@ -41,9 +42,6 @@ from wfe.protocols.request import (
     Transition,
     request_id,
 )
-from wfe.rscripts.results import Product
-
-Op = Callable[[Any], Any]
 
 #: States in which the service has something to do for a request.
 LIVE_STATES = frozenset({RequestState.SUBMITTED, RequestState.APPROVED, *ACTIVE_STATES})
@@ -54,7 +52,7 @@ _REQUEST_COLUMNS = (
 )
 
 
-def _request(row: Sequence[Any]) -> RequestRecord:
+def _request(row: Row) -> RequestRecord:
     return RequestRecord(
         id=row[0],
         workflow=row[1],
@@ -74,21 +72,20 @@ def _request(row: Sequence[Any]) -> RequestRecord:
     )
 
 
-def get_request(conn: Any, rid: str) -> RequestRecord:
+def get_request(db: Db, rid: str) -> RequestRecord:
     """The request ``rid``; raises ``UnknownRequest``."""
-    row = conn.execute(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = ?", (rid,)).fetchone()
+    row = db.execute(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = ?", (rid,)).fetchone()
     if row is None:
         raise UnknownRequest(f"no request {rid} (see `wfe requests`)")
     return _request(row)
 
 
-def requeued_after(job_id: str, attempt: int) -> Callable[[Any], bool]:
+def requeued_after(job_id: str, attempt: int) -> Callable[[Conn], bool]:
     """Whether the controller has committed ``job_id``'s requeue after ``attempt`` (its
     retry): the job is queued again and that attempt was its last."""
 
-    def fn(conn: Any) -> bool:
-        row = conn.execute("SELECT state, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return row is not None and row[0] == "queued" and row[1] == attempt
+    def fn(conn: Conn) -> bool:
+        return jobs.job_progress(job_id)(conn) == (JobState.QUEUED, attempt)
 
     return fn
 
@@ -105,17 +102,17 @@ class Submission:
     library_scripts: Mapping[str, str] = attrs.field(factory=dict)  # name -> key, engine library
     user: str
     namespace: str
-    params: Mapping[str, Any]
+    params: Mapping[str, JsonValue]
     priority: int
     approval: ApprovalDecision  # whether a person must approve, and why
     by: str  # who submitted it (a console token's name), recorded on the submit event
 
 
-def store_submission(sub: Submission) -> Callable[[Any], RequestRecord]:
+def store_submission(sub: Submission) -> Callable[[Tx], RequestRecord]:
     """Store the definition and scripts (by content, once), allocate the request id and
     record the request as draft, then submitted (two events)."""
 
-    def op(tx: Any) -> RequestRecord:
+    def op(tx: Tx) -> RequestRecord:
         d = sub.definition
         git = None if d.git is None else attrs.asdict(d.git)
         tx.execute(
@@ -124,7 +121,7 @@ def store_submission(sub: Submission) -> Callable[[Any], RequestRecord]:
             (d.sha256, d.name, d.namespace, json.dumps(d.expanded), json.dumps(list(d.sources)),
              None if git is None else json.dumps(git), tx.at),
         )  # fmt: skip
-        mapping: dict[str, Any] = {}
+        mapping: JsonObject = {}
         for name, (key, sha, text) in sub.scripts.items():
             tx.execute(
                 "INSERT OR IGNORE INTO rscript_texts (sha256, name, text, stored_at) VALUES (?, ?, ?, ?)",
@@ -155,7 +152,7 @@ def store_submission(sub: Submission) -> Callable[[Any], RequestRecord]:
 
 
 def _transition(
-    tx: Any,
+    tx: Tx,
     rid: str,
     verb: RequestVerb,
     actor: Actor,
@@ -181,7 +178,7 @@ def _transition(
             rid,
         ),
     )
-    data: dict[str, Any] = {
+    data: JsonObject = {
         "verb": verb.value,
         "actor": actor.value,
         "from": change.before.value,
@@ -206,14 +203,14 @@ def transition(
     failures: Sequence[str] | None = None,
     by: str | None = None,
     expect: RequestState | None = None,
-) -> Callable[[Any], Transition | None]:
+) -> Callable[[Tx], Transition | None]:
     """Apply ``verb`` by ``actor``; raises ``RefusedTransition`` naming the state.
 
     With ``expect``, the op does nothing (returns None) unless the request is in that
     state: the engine's own steps use it so that an operator's verb that came first wins.
     """
 
-    def op(tx: Any) -> Transition | None:
+    def op(tx: Tx) -> Transition | None:
         if expect is not None and get_request(tx, rid).state is not expect:
             return None
         return _transition(tx, rid, verb, actor, reason=reason, failures=failures, by=by)
@@ -224,12 +221,12 @@ def transition(
 def start_request(
     rid: str,
     definition: Definition,
-    query_inputs: Sequence[tuple[str, str, Mapping[str, Any]]],
-) -> Callable[[Any], Transition | None]:
+    query_inputs: Sequence[tuple[str, str, Mapping[str, JsonValue]]],
+) -> Callable[[Tx], Transition | None]:
     """``start`` an approved request: record its stages (all waiting) and the inputs the
     finder found for the stages that consume the query, in one transaction."""
 
-    def op(tx: Any) -> Transition | None:
+    def op(tx: Tx) -> Transition | None:
         if get_request(tx, rid).state is not RequestState.APPROVED:
             return None
         change = _transition(tx, rid, RequestVerb.START, Actor.ENGINE)
@@ -247,7 +244,7 @@ def start_request(
 
 
 def _add_inputs(
-    tx: Any, rid: str, stage: str, inputs: Iterable[tuple[str, str, Mapping[str, Any]]]
+    tx: Tx, rid: str, stage: str, inputs: Iterable[tuple[str, str, Mapping[str, JsonValue]]]
 ) -> int:
     rows = [
         (rid, stage, key, seq, path, json.dumps(dict(meta)), InputState.UNALLOCATED.value)
@@ -267,17 +264,17 @@ def set_stage(
     state: StageState,
     *,
     error: str | None = None,
-    inputs: Sequence[tuple[str, str, Mapping[str, Any]]] | None = None,
-) -> Op:
+    inputs: Sequence[tuple[str, str, Mapping[str, JsonValue]]] | None = None,
+) -> Callable[[Tx], None]:
     """Move a stage to ``state`` (adding its inputs when it starts), with its event."""
 
-    def op(tx: Any) -> None:
+    def op(tx: Tx) -> None:
         stamp = "started_at" if state is StageState.RUNNING else "ended_at"
         tx.execute(
             f"UPDATE request_stages SET state = ?, error = ?, {stamp} = ? WHERE request = ? AND stage = ?",
             (state.value, error, tx.at, rid, stage),
         )
-        data: dict[str, Any] = {"stage": stage, "state": state.value}
+        data: JsonObject = {"stage": stage, "state": state.value}
         if inputs is not None:
             data["inputs"] = _add_inputs(tx, rid, stage, inputs)
         if error:
@@ -287,162 +284,13 @@ def set_stage(
     return op
 
 
-# --- batches -------------------------------------------------------------------------------
-
-
-def _allocations(tx: Any, rid: str, stage: str, keys: Sequence[str]) -> list[InputAllocation]:
-    result = []
-    for key in keys:
-        row = tx.execute(
-            "SELECT state, allocations, batch, reason FROM stage_inputs"
-            " WHERE request = ? AND stage = ? AND input = ?",
-            (rid, stage, key),
-        ).fetchone()
-        result.append(
-            InputAllocation(
-                input_id=key,
-                state=InputState(row[0]),
-                allocations=row[1],
-                job_id=row[2] if row[0] == InputState.ALLOCATED.value else None,
-                reason=row[3] or "",
-            )
-        )
-    return result
-
-
-def _write_allocations(
-    tx: Any, rid: str, stage: str, allocations: Iterable[InputAllocation]
-) -> None:
-    tx.executemany(
-        "UPDATE stage_inputs SET state = ?, allocations = ?, batch = COALESCE(?, batch),"
-        " reason = ? WHERE request = ? AND stage = ? AND input = ?",
-        [
-            (a.state.value, a.allocations, a.job_id, a.reason or None, rid, stage, a.input_id)
-            for a in allocations
-        ],
-    )
-
-
-def open_batch(
-    rid: str, stage: str, keys: Sequence[str], output_root: str | None
-) -> Callable[[Any], Batch]:
-    """Make a batch of ``keys`` and allocate them to it (they must be unallocated). Its
-    output directory is ``<output_root>/<request>/<stage>/<batch>`` when a root is given."""
-
-    def op(tx: Any) -> Batch:
-        batch_id = f"b{tx.allocate('batch'):06d}"
-        allocations = [a.allocate(batch_id) for a in _allocations(tx, rid, stage, keys)]
-        _write_allocations(tx, rid, stage, allocations)
-        output_dir = None if output_root is None else f"{output_root}/{rid}/{stage}/{batch_id}"
-        tx.execute(
-            "INSERT INTO stage_batches (id, request, stage, inputs, output_dir, state, created_at)"
-            " VALUES (?, ?, ?, ?, ?, 'open', ?)",
-            (batch_id, rid, stage, json.dumps(list(keys)), output_dir, tx.at),
-        )
-        tx.emit("request.batch", rid, {"batch": batch_id, "stage": stage, "inputs": list(keys)})
-        return Batch(
-            id=batch_id,
-            request=rid,
-            stage=stage,
-            job=None,
-            inputs=tuple(keys),
-            output_dir=output_dir,
-            open=True,
-        )
-
-    return op
-
-
-def link_batch(batch: Batch, job_id: str) -> Op:
-    """Record the job that runs ``batch``."""
-
-    def op(tx: Any) -> None:
-        tx.execute("UPDATE stage_batches SET job = ? WHERE id = ?", (job_id, batch.id))
-        tx.execute(
-            "UPDATE stage_inputs SET job = ? WHERE batch = ? AND state = 'allocated'",
-            (job_id, batch.id),
-        )
-        tx.emit(
-            "request.job", batch.request, {"batch": batch.id, "stage": batch.stage, "job": job_id}
-        )
-
-    return op
-
-
-def stop_batch(batch: Batch, reason: str) -> Op:
-    """Note why the engine is about to stop ``batch``'s job (read when it is settled)."""
-
-    def op(tx: Any) -> None:
-        tx.execute(
-            "UPDATE stage_batches SET stop = ? WHERE id = ? AND stop IS NULL", (reason, batch.id)
-        )
-
-    return op
-
-
-def settle_batch(
-    batch: Batch,
-    outcome: BatchOutcome,
-    *,
-    max_allocations: int,
-    reason: str = "",
-    products: Sequence[Product] = (),
-    definition: str = "",
-) -> Callable[[Any], list[str]]:
-    """Settle an open batch: its inputs processed, released or withdrawn, its products
-    recorded (linked to job, inputs and definition). Returns the new product ids; settling
-    a batch twice does nothing the second time."""
-
-    def op(tx: Any) -> list[str]:
-        row = tx.execute("SELECT state FROM stage_batches WHERE id = ?", (batch.id,)).fetchone()
-        if row is None or row[0] != "open":
-            return []
-        before = _allocations(tx, batch.request, batch.stage, batch.inputs)
-        after = plan.settle(
-            before, batch.id, outcome, max_allocations=max_allocations, reason=reason
-        )
-        _write_allocations(tx, batch.request, batch.stage, after)
-        ids = []
-        for product in products:
-            product_id = f"p{tx.allocate('product'):06d}"
-            tx.execute(
-                "INSERT INTO products (id, request, stage, batch, job, path, type, size, sha256, metadata,"
-                " inputs, definition, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (product_id, batch.request, batch.stage, batch.id, batch.job or "", product.path, product.type,
-                 product.size, product.sha256, json.dumps(product.metadata), json.dumps(list(batch.inputs)),
-                 definition, tx.at),
-            )  # fmt: skip
-            ids.append(product_id)
-        tx.execute(
-            "UPDATE stage_batches SET state = 'settled', outcome = ?, error = ?, settled_at = ? WHERE id = ?",
-            (outcome.value, reason or None, tx.at, batch.id),
-        )
-        counts: dict[str, int] = {}
-        for a in after:
-            counts[a.state.value] = counts.get(a.state.value, 0) + 1
-        data: dict[str, Any] = {
-            "batch": batch.id,
-            "stage": batch.stage,
-            "job": batch.job,
-            "outcome": outcome.value,
-            "inputs": counts,
-            "products": ids,
-        }
-        if reason:
-            data["reason"] = reason
-        tx.emit("request.settled", batch.request, data)
-        return ids
-
-    return op
-
-
 # --- reading a request for the service -----------------------------------------------------------
 
 
-def read_snapshot(rid: str) -> Callable[[Any], Snapshot]:
+def read_snapshot(rid: str) -> Callable[[Conn], Snapshot]:
     """Everything the service needs for its next steps on ``rid``, in one read."""
 
-    def fn(conn: Any) -> Snapshot:
+    def fn(conn: Conn) -> Snapshot:
         record = get_request(conn, rid)
         (expanded,) = conn.execute(
             "SELECT expanded FROM definitions WHERE sha256 = ?", (record.definition,)
@@ -494,15 +342,15 @@ def read_snapshot(rid: str) -> Callable[[Any], Snapshot]:
             if batch.job is None:
                 continue
             row = conn.execute(
-                "SELECT kind, state, result, error FROM jobs WHERE id = ? AND state IN"
-                " ('succeeded', 'failed', 'cancelled')",
+                f"SELECT kind, state, result, error FROM jobs WHERE id = ?"
+                f" AND state IN ({TERMINAL_SQL})",
                 (batch.job,),
             ).fetchone()
             if row is not None:
                 ended[batch.job] = JobEnd(
                     job_id=batch.job,
                     kind=row[0],
-                    state=row[1],
+                    state=JobState(row[1]),
                     result=None if row[2] is None else json.loads(row[2]),
                     error=row[3],
                 )
@@ -510,7 +358,7 @@ def read_snapshot(rid: str) -> Callable[[Any], Snapshot]:
             r[0]
             for r in conn.execute(
                 "SELECT id FROM jobs WHERE request_id = ? AND parent_id IS NULL"
-                " AND state NOT IN ('succeeded', 'failed', 'cancelled')"
+                f" AND state NOT IN ({TERMINAL_SQL})"
                 " AND id NOT IN (SELECT job FROM stage_batches WHERE request = ? AND job IS NOT NULL)",
                 (rid, rid),
             )
@@ -528,11 +376,11 @@ def read_snapshot(rid: str) -> Callable[[Any], Snapshot]:
     return fn
 
 
-def states_entered(rid: str) -> Callable[[Any], frozenset[RequestState]]:
+def states_entered(rid: str) -> Callable[[Conn], frozenset[RequestState]]:
     """Read: every state ``rid`` has been in, from its ``request.state`` events (its first
     state too: the ``from`` of its first transition); empty before any transition."""
 
-    def fn(conn: Any) -> frozenset[RequestState]:
+    def fn(conn: Conn) -> frozenset[RequestState]:
         rows = conn.execute(
             "SELECT data FROM events WHERE kind = 'request.state' AND subject = ?", (rid,)
         ).fetchall()
@@ -545,7 +393,7 @@ def states_entered(rid: str) -> Callable[[Any], frozenset[RequestState]]:
     return fn
 
 
-def live_requests(conn: Any) -> list[str]:
+def live_requests(conn: Conn) -> list[str]:
     """Ids of the requests the service has work for: live states, or open batches."""
     states = tuple(s.value for s in LIVE_STATES)
     marks = ", ".join("?" * len(states))
@@ -557,7 +405,7 @@ def live_requests(conn: Any) -> list[str]:
     return [r[0] for r in rows]
 
 
-def open_jobs(conn: Any) -> dict[str, str]:
+def open_jobs(conn: Conn) -> dict[str, str]:
     """``{job id: request id}`` for every job of an open batch."""
     rows = conn.execute(
         "SELECT job, request FROM stage_batches WHERE state = 'open' AND job IS NOT NULL"
@@ -565,12 +413,12 @@ def open_jobs(conn: Any) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
-def paused_requests(conn: Any) -> list[str]:
+def paused_requests(conn: Conn) -> list[str]:
     """Ids of the requests that are paused: the engine holds their jobs from its start."""
     return [rid for (rid,) in conn.execute("SELECT id FROM requests WHERE state = 'paused'")]
 
 
-def scripts_in_use(conn: Any) -> list[tuple[str, str, str]]:
+def scripts_in_use(conn: Conn) -> list[tuple[str, str, str]]:
     """``(library key, sha256, text)`` of the stored scripts that live requests (or their
     open batches) use: the engine registers them before it recovers jobs."""
     result: dict[str, tuple[str, str, str]] = {}
@@ -579,9 +427,45 @@ def scripts_in_use(conn: Any) -> list[tuple[str, str, str]]:
         for entry in record.scripts.values():
             sha = entry.get("sha256")
             if sha and entry["key"] not in result:
-                row = conn.execute(
-                    "SELECT text FROM rscript_texts WHERE sha256 = ?", (sha,)
-                ).fetchone()
-                if row is not None:
-                    result[entry["key"]] = (entry["key"], sha, row[0])
+                text = script_text(conn, sha)
+                if text is not None:
+                    result[entry["key"]] = (entry["key"], sha, text)
     return list(result.values())
+
+
+def script_text(db: Db, sha256: str) -> str | None:
+    """The stored text of the RScript with ``sha256``, or None."""
+    row = db.execute("SELECT text FROM rscript_texts WHERE sha256 = ?", (sha256,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+@attrs.frozen(kw_only=True)
+class StoredDefinition:
+    """A definition as stored with the requests made from it."""
+
+    expanded: JsonObject  # the fully expanded definition
+    sources: list[str]  # the files it was loaded from
+    git: JsonObject | None  # commit, path and dirty flag, when it came from a git checkout
+
+
+def stored_definition(db: Db, sha256: str) -> StoredDefinition:
+    """The definition stored under ``sha256`` (every request's definition is stored)."""
+    expanded, sources, git = db.execute(
+        "SELECT expanded, sources, git FROM definitions WHERE sha256 = ?", (sha256,)
+    ).fetchone()
+    return StoredDefinition(
+        expanded=json.loads(expanded),
+        sources=json.loads(sources),
+        git=None if git is None else json.loads(git),
+    )
+
+
+def failed_inputs(conn: Conn, rid: str, stages: Sequence[str]) -> list[str]:
+    """The distinct paths of ``rid``'s inputs that failed in one of ``stages``, sorted."""
+    marks = ", ".join("?" * len(stages))
+    rows = conn.execute(
+        "SELECT DISTINCT path FROM stage_inputs WHERE request = ? AND state = ?"
+        f" AND stage IN ({marks}) ORDER BY path",
+        (rid, InputState.FAILED.value, *stages),
+    ).fetchall()
+    return [r[0] for r in rows]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
+from wfe.engine.repository.requests import get_request
+from wfe.engine.repository.rowtypes import Conn, JsonObject
 from wfe.engine.requests.model import RequestRecord
-from wfe.engine.requests.store import get_request
 
 
-def record_dict(record: RequestRecord) -> dict[str, Any]:
+def record_dict(record: RequestRecord) -> JsonObject:
     """A request record as JSON-ready data."""
     return {
         "id": record.id,
@@ -30,8 +30,8 @@ def record_dict(record: RequestRecord) -> dict[str, Any]:
     }
 
 
-def _input_counts(conn: Any, rid: str) -> dict[str, dict[str, int]]:
-    counts: dict[str, dict[str, int]] = {}
+def _input_counts(conn: Conn, rid: str) -> dict[str, JsonObject]:
+    counts: dict[str, JsonObject] = {}
     for stage, state, n in conn.execute(
         "SELECT stage, state, COUNT(*) FROM stage_inputs WHERE request = ? GROUP BY stage, state",
         (rid,),
@@ -40,11 +40,11 @@ def _input_counts(conn: Any, rid: str) -> dict[str, dict[str, int]]:
     return counts
 
 
-def request_detail(rid: str, *, history: int = 200) -> Callable[[Any], dict[str, Any]]:
+def request_detail(rid: str, *, history: int = 200) -> Callable[[Conn], JsonObject]:
     """One request: its record, stages (with input counts), jobs and history.
     Raises ``UnknownRequest``."""
 
-    def fn(conn: Any) -> dict[str, Any]:
+    def fn(conn: Conn) -> JsonObject:
         detail = record_dict(get_request(conn, rid))
         counts = _input_counts(conn, rid)
         detail["stages"] = [
@@ -90,10 +90,10 @@ def request_detail(rid: str, *, history: int = 200) -> Callable[[Any], dict[str,
 
 def request_list(
     *, limit: int = 50, state: str | None = None
-) -> Callable[[Any], list[dict[str, Any]]]:
+) -> Callable[[Conn], list[JsonObject]]:
     """The most recent requests (optionally in one state), newest first, with progress."""
 
-    def fn(conn: Any) -> list[dict[str, Any]]:
+    def fn(conn: Conn) -> list[JsonObject]:
         where, args = ("WHERE state = ?", [state]) if state else ("", [])
         rows = conn.execute(
             f"SELECT id, workflow, user, namespace, state, priority, created_at, updated_at, error"
