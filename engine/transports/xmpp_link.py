@@ -155,6 +155,12 @@ class UploadFetcher:
         finally:
             self._known.set()
 
+    def use_service(self, base: str | None) -> None:
+        """Fetch only URLs under ``base`` from now on (None: fetch nothing): what
+        ``find_service`` learns, for a service known another way."""
+        self.base = base
+        self._known.set()
+
     async def fetch(self, ref: UploadRef) -> list[OutputChunk]:
         """The chunks of ``ref``, fetched and checked. Raises ``UploadError`` (refused or bad)."""
         await self._known.wait()

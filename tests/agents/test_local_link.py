@@ -124,25 +124,26 @@ async def test_open_local_link_connects_to_a_listening_socket(short_dir: Path) -
         await path.unlink()
 
 
-async def test_send_many_writes_the_frames_in_order_in_one_write(
-    pair: tuple[StreamLink, trio.SocketStream],
-) -> None:
+async def test_send_many_writes_the_frames_in_order_in_one_write() -> None:
     """send_many puts every message's frame on the stream in one send_all, in order."""
-    link, raw = pair
+    a, b = trio.socket.socketpair()
+    stream, raw = trio.SocketStream(a), trio.SocketStream(b)
     messages = [Ack(job_id="j", attempt=1), StatusRequest(), Ack(job_id="k", attempt=2)]
     writes: list[bytes] = []
-    stream = link._stream
     real = stream.send_all
 
     async def send_all(data: bytes | bytearray | memoryview) -> None:
         writes.append(bytes(data))
         await real(data)
 
-    stream.send_all = send_all
+    stream.send_all = send_all  # type: ignore[method-assign]
+    link = StreamLink(stream)
     await link.send_many(messages)
     assert writes == [b"".join(frame(codec.encode(m)) for m in messages)]
     reader = StreamLink(raw)
     assert [await next_message(reader) for _ in messages] == messages
+    await link.aclose()
+    await reader.aclose()
 
 
 async def test_send_many_sends_nothing_if_one_message_is_too_large(

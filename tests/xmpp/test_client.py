@@ -148,7 +148,7 @@ async def test_a_malformed_payload_is_refused_and_the_stream_goes_on(
             online(prosody, new_account(prosody)) as a,
             online(prosody, new_account(prosody)) as b,
         ):
-            a._queue(
+            a.send_stanza(
                 f'<message to="{b.jid}" type="normal"><wfe xmlns="urn:wfe:agent:1">{{"v":1}}</wfe></message>'
             )
             a.send_message(b.jid, Ack(job_id="after", attempt=1))

@@ -154,8 +154,7 @@ async def test_the_fetcher_refuses_urls_off_the_service_and_checks_what_it_gets(
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
         fetcher = UploadFetcher(Client(), http)  # type: ignore[arg-type]
-        fetcher.base = BASE
-        fetcher._known.set()
+        fetcher.use_service(BASE)
         with pytest.raises(UploadError, match="not on the upload service"):
             await fetcher.fetch(ref_for(data, 1, url="http://10.0.0.1/file_share/s/f"))
         assert requests == [] and fetcher.refused == 1
