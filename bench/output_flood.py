@@ -52,7 +52,7 @@ from bench._common import (
     wait_for_agents,
     workspace,
 )
-from wfe.engine.dispatch import attempts as attempts_module
+from wfe.engine.repository import attempts as attempts_module
 from wfe.engine.repository import open_repository
 from wfe.engine.repository import writer as writer_module
 from wfe.engine.runtime import daemon as daemon_module

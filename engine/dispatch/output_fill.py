@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from wfe.engine.dispatch import attempts as ops
+from wfe.engine.dispatch.live import AgentLink
+from wfe.engine.repository import attempts as rows
 from wfe.protocols.messages import JobFinished, OutputChunk, Resume
 
 if TYPE_CHECKING:
-    from wfe.engine.dispatch.controller import AgentLink
+    from wfe.engine.repository import Repository
 
 log = logging.getLogger("wfe.controller")
 
@@ -81,7 +82,7 @@ class _Fill:
 class OutputFill:
     """Tracks received output seqs and fills holes before results are committed."""
 
-    def __init__(self, repo: Any, *, wait: float = FILL_WAIT) -> None:
+    def __init__(self, repo: Repository, *, wait: float = FILL_WAIT) -> None:
         self.repo = repo
         self.wait = wait
         self.filled = 0  # attempts whose output needed a Resume after their result
@@ -133,7 +134,7 @@ class OutputFill:
                 return
             # Filling from here on: a result resent meanwhile must not be acknowledged.
             fill = self._fills[key] = _Fill(finished=finished)
-            stored = set(await self.repo.read(ops.output_seqs(*key)))
+            stored = set(await self.repo.read(rows.output_seqs(*key)))
             holes = set(missing(finished.chunks, stored.__contains__, seqs.__contains__))
             if not holes:
                 return

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from wfe.engine.dispatch.controller import FENCE_MARGIN
+from wfe.engine.dispatch.policy import FENCE_MARGIN
 from wfe.protocols.messages import Ack, Cancel, Dispatch, FinishReason, JobRefused, Resume
 
 from .conftest import AGENTS, JOBS, FakeAgent, Harness
@@ -449,10 +449,10 @@ async def test_a_replayed_call_with_a_free_slot_returns_its_job_and_dispatches_n
     autojump_clock: MockClock, harness: Harness
 ) -> None:
     """A parent's call made again (after a restart) finds its job; no second attempt is sent."""
-    from wfe.engine.runtime.jobs import NewJob, create_job
+    from wfe.engine.runtime.jobs import JobState, NewJob, create_job
 
     parent = await harness.repo.write(
-        create_job(NewJob(kind="action", name="demo.parent", params={}, state="running"))
+        create_job(NewJob(kind="action", name="demo.parent", params={}, state=JobState.RUNNING))
     )
     agent = harness.agent("a", slots=2)
     job_id = await submit(harness, parent=parent, call_seq=0)
@@ -471,8 +471,8 @@ async def test_an_end_that_cannot_be_committed_is_not_acknowledged_and_stops_the
 ) -> None:
     """If an attempt's end fails to commit, the agent gets no Ack (it keeps the result for
     the next start) and the controller stops with the error instead of going on."""
-    from wfe.engine.dispatch import attempts
     from wfe.engine.errors import EngineError
+    from wfe.engine.repository import attempts
 
     from .conftest import make_controller
 
@@ -509,11 +509,11 @@ async def test_a_call_replayed_while_its_end_is_written_is_not_run_again(
 ) -> None:
     """A parent's call made again while the job's end waits to be committed (its output is
     still coming) finds the job: no new attempt, and the end is committed once."""
-    from wfe.engine.runtime.jobs import NewJob, create_job
+    from wfe.engine.runtime.jobs import JobState, NewJob, create_job
     from wfe.protocols.messages import OutputChunk, Stream
 
     parent = await harness.repo.write(
-        create_job(NewJob(kind="action", name="demo.parent", params={}, state="running"))
+        create_job(NewJob(kind="action", name="demo.parent", params={}, state=JobState.RUNNING))
     )
     agent = harness.agent("a", slots=2)
     job_id = await submit(harness, parent=parent, call_seq=0)

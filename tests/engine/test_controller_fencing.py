@@ -8,7 +8,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from wfe.engine.dispatch.controller import FENCE_MARGIN
+from wfe.engine.dispatch.policy import FENCE_MARGIN
 from wfe.protocols.messages import Ack, Dispatch, FinishReason, JobFinished, Lease
 
 from .conftest import AGENTS, Harness

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from wfe.engine.dispatch.controller import FENCE_MARGIN
+from wfe.engine.dispatch.policy import FENCE_MARGIN
 from wfe.protocols.messages import Dispatch
 
 from .conftest import AGENTS, JOBS, Harness

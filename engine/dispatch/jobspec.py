@@ -1,0 +1,126 @@
+"""What an RScript job asks for: the record of a submission, the live job made from a
+recorded row, and the ``Dispatch`` that carries one attempt to an agent.
+
+Defaults come from ``[jobs]`` and the script's header: ``timeout`` (per attempt) is the
+caller's, else the header's ``# timeout:``, else ``[jobs] timeout``; ``backoff``,
+``wait_agent`` and ``overall`` are stored in the job's requirements only when the caller
+gave them, and read back with ``[jobs]`` defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from wfe.engine.config import JobsSection
+from wfe.engine.dispatch.live import LiveJob
+from wfe.engine.repository.rowtypes import JsonObject
+from wfe.engine.runtime.jobs import JobRow, JobState, NewJob
+from wfe.protocols.messages import Dispatch, Limits
+from wfe.rscripts.loader import RScript
+
+
+@attrs.frozen(kw_only=True)
+class Submission:
+    """What a caller of ``AgentController.submit`` asked for besides the script and params."""
+
+    parent: JobRow | None = None
+    call_seq: int | None = None
+    on: str | None = None
+    priority: int | None = None
+    requires: dict[str, Any] | None = None
+    retries: int | None = None
+    timeout: float | None = None
+    backoff: float | None = None
+    wait_agent: float | None = None
+    overall: float | None = None
+    request_id: str | None = None
+    by: str | None = None
+
+
+def scheduling(script: RScript, sub: Submission) -> dict[str, Any]:
+    """The requirements the scheduler matches (cpus, memory, tags, site, on, ...): the
+    script header's, overridden by the caller's."""
+    req = script.header.requires
+    requirements: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "cpus": req.cpus,
+            "memory": req.memory,
+            "tags": list(req.tags),
+            "site": req.site,
+        }.items()
+        if v not in (None, [], ())
+    }
+    requirements.update(sub.requires or {})
+    if sub.on is not None:
+        requirements["on"] = sub.on
+    return requirements
+
+
+def new_job(
+    name: str, script: RScript, params: JsonObject, sub: Submission, defaults: JobsSection
+) -> NewJob:
+    """The record of a new queued RScript job of script ``name`` (``params`` validated)."""
+    limits = (("backoff", sub.backoff), ("wait_agent", sub.wait_agent), ("overall", sub.overall))
+    retries = defaults.retries if sub.retries is None else sub.retries
+    return NewJob(
+        kind="rscript",
+        name=name,
+        params=params,
+        parent_id=sub.parent.id if sub.parent else None,
+        root_id=sub.parent.root_id if sub.parent else None,
+        call_seq=sub.call_seq,
+        state=JobState.QUEUED,
+        priority=defaults.priority if sub.priority is None else sub.priority,
+        requirements={
+            **scheduling(script, sub),
+            "timeout": sub.timeout or script.header.declared_timeout or defaults.timeout,
+            **{k: v for k, v in limits if v is not None},
+        },
+        max_attempts=1 + retries,
+        request_id=sub.request_id,
+        by=sub.by,
+    )
+
+
+def live_job(job: JobRow, defaults: JobsSection, seq: int) -> LiveJob:
+    """The live form of a recorded RScript job (no attempt counted yet)."""
+    req = dict(job.requirements)
+    return LiveJob(
+        timeout=float(req.pop("timeout", defaults.timeout)),
+        on=req.pop("on", None),
+        backoff=float(req.pop("backoff", defaults.backoff)),
+        wait_agent=float(req.pop("wait_agent", defaults.wait_agent_timeout)),
+        overall=float(req.pop("overall", defaults.overall_timeout)),
+        job_id=job.id,
+        script_name=job.name,
+        params=job.params,
+        priority=job.priority,
+        requirements=req,
+        max_attempts=job.max_attempts,
+        seq=seq,
+        parent_id=job.parent_id,
+        request_id=job.request_id,
+    )
+
+
+def dispatch_message(
+    job: LiveJob, script: RScript, sign: Callable[[Dispatch], Dispatch]
+) -> Dispatch:
+    """The signed ``Dispatch`` of ``job``'s current attempt."""
+    assert job.machine is not None
+    memory = job.requirements.get("memory")
+    return sign(
+        Dispatch(
+            job_id=job.job_id,
+            attempt=job.machine.attempt,
+            script_name=script.header.name,
+            script=script.text,
+            sha256=script.sha256,
+            params=job.params,
+            limits=Limits(timeout=job.timeout, memory=int(memory) if memory else None),
+        )
+    )
