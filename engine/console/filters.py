@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 import attrs
 
 from wfe.engine.repository import Event
-from wfe.engine.runtime.jobs import TERMINAL
 
 
 @attrs.frozen(kw_only=True)
@@ -70,15 +69,12 @@ class EventIndex:
             self.job_request.pop(next(iter(self.job_request)))
         self.job_request[job_id] = request
 
-    def seed(self, conn: Any) -> None:
-        """Learn the namespaces of requests and the requests of unfinished jobs from the tables."""
-        for rid, namespace in conn.execute(
-            "SELECT id, namespace FROM requests ORDER BY created_at DESC LIMIT 100000"
-        ):
+    def seed(
+        self, namespaces: Iterable[tuple[str, str]], job_requests: Iterable[tuple[str, str]]
+    ) -> None:
+        """Learn the namespaces of requests ``(request, namespace)``, newest first, and the
+        requests of unfinished jobs ``(job, request)`` (``Engine.event_index_seed``)."""
+        for rid, namespace in namespaces:
             self.request_namespace[rid] = namespace
-        terminal = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
-        for job_id, rid in conn.execute(
-            "SELECT j.id, COALESCE(j.request_id, r.request_id) FROM jobs j JOIN jobs r ON r.id = j.root_id"
-            f" WHERE j.state NOT IN ({terminal}) AND COALESCE(j.request_id, r.request_id) IS NOT NULL"
-        ):
+        for job_id, rid in job_requests:
             self._remember(job_id, rid)

@@ -33,7 +33,7 @@ from wfe.engine.repository import Event, Missed
 from wfe.engine.runtime.jobs import TERMINAL
 
 if TYPE_CHECKING:
-    from wfe.engine.repository import Repository
+    from wfe.engine.runtime.daemon import Engine
 
 __all__ = ["ConsoleHub", "EventFilter", "EventIndex", "EventStream", "Rate", "encode_event"]
 
@@ -80,13 +80,13 @@ class ConsoleHub:
 
     def __init__(
         self,
-        repo: Repository,
+        engine: Engine,
         *,
         max_buffer: int = 20_000,
         flush_interval: float = 0.1,
         frames_per_second: float = 1000.0,
     ) -> None:
-        self.repo = repo
+        self.engine = engine
         self.max_buffer = max_buffer
         self.flush_interval = flush_interval
         self.frames_per_second = frames_per_second
@@ -102,8 +102,8 @@ class ConsoleHub:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe, learn the index, and fan out until cancelled or the repository closes."""
-        async with self.repo.subscribe(max_buffer=self.max_buffer) as subscription:
-            await self.repo.read(self.index.seed)
+        async with self.engine.subscribe(max_buffer=self.max_buffer) as subscription:
+            self.index.seed(*await self.engine.event_index_seed())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._tick_loop)
                 task_status.started()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import trio
@@ -27,12 +27,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from wfe.engine.console import web
-from wfe.engine.repository import Missed, queries
-from wfe.engine.runtime import metrics
+from wfe.engine.repository import Missed
+from wfe.engine.repository.jobs import TableCounts
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from wfe.engine.console.server import ConsoleServer
 
 READY_WRITE_TIMEOUT = 2.0  # seconds a write may take before the repository counts as not ready
@@ -62,7 +60,7 @@ class ConsoleMetrics:
                 return web.response(503, "Service Unavailable", body, head_only=only)
             return web.response(200, "OK", b"ready\n", head_only=only)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Snapshot(self.server, await self._read_repository()))
+        registry.register(_Snapshot(self.server, await self.server.engine.table_counts()))
         return web.response(200, "OK", generate_latest(registry), CONTENT_TYPE_LATEST,
                             head_only=only)  # fmt: skip
 
@@ -70,16 +68,16 @@ class ConsoleMetrics:
         """What keeps the engine from being ready: one line per failed check, none if ready."""
         engine = self.server.engine
         problems = []
-        trouble = engine.repo.trouble
+        trouble = engine.repository_trouble
         if trouble is not None:  # said without the path: this page needs no token
             why = "the disk is full" if trouble.full else "the disk refuses writes"
             problems.append(f"repository: not writable: {why}; new work is refused")
-        elif not engine.repo.writable:
+        elif not engine.repository_writable:
             problems.append("repository: not writable: the writer has stopped")
         else:
             with trio.move_on_after(READY_WRITE_TIMEOUT) as waiting:
                 try:
-                    await engine.repo.flush()
+                    await engine.flush()
                 except Exception as exc:  # RepositoryError, RepositoryClosed: said, not raised
                     problems.append(f"repository: not writable: {type(exc).__name__}")
             if waiting.cancelled_caught:
@@ -93,21 +91,18 @@ class ConsoleMetrics:
             is_socket = False
         if not is_socket:
             problems.append("local agents: their socket is not being served")
-        for transport in sorted(engine.controller.transports_down):
+        for transport in sorted(engine.transports_down):
             problems.append(f"{transport}: the engine is not connected to its server")
         return problems
-
-    async def _read_repository(self) -> dict[str, Any]:
-        return await self.server.engine.repo.read(_counts)
 
     async def run(self) -> None:
         """Observe the repository's commit latency on each committed batch, until cancelled."""
         import time
 
-        repo = self.server.engine.repo
-        commit = metrics.recorded(repo).commit
+        engine = self.server.engine
+        _, commit = engine.latency_histograms()
         last_at = None
-        async with repo.subscribe(max_buffer=10_000) as events:
+        async with engine.subscribe(max_buffer=10_000) as events:
             async for event in events:
                 if isinstance(event, Missed) or event.at == last_at:
                     continue  # a gap, or the same transaction as the event before
@@ -116,42 +111,31 @@ class ConsoleMetrics:
                 commit.observe(max(0.0, time.time() - event.at))  # wall-clock
 
 
-def _counts(conn: sqlite3.Connection) -> dict[str, Any]:
-    return {
-        "jobs": conn.execute(
-            "SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state"
-        ).fetchall(),
-        "attempts": conn.execute(
-            "SELECT state, COUNT(*) FROM attempts WHERE ended_at IS NOT NULL GROUP BY state"
-        ).fetchall(),
-        "events": conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0],
-    }
-
-
 class _Snapshot(Collector):
     """Yields the families of one scrape from what was read for it."""
 
-    def __init__(self, server: ConsoleServer, counts: dict[str, Any]) -> None:
+    def __init__(self, server: ConsoleServer, counts: TableCounts) -> None:
         self.server = server
         self.counts = counts
 
     def collect(self) -> Iterator[Metric]:
         engine = self.server.engine
-        controller = engine.controller.statistics()
-        repo = engine.repo.statistics()
+        controller = engine.dispatch_statistics()
+        repo = engine.repository_statistics()
+        dispatch_to_result, commit = engine.latency_histograms()
         console = self.server.statistics()
 
         jobs = GaugeMetricFamily("wfe_jobs", "Jobs in the repository by kind and state",
                                  labels=["kind", "state"])  # fmt: skip
-        for kind, state, count in self.counts["jobs"]:
+        for kind, state, count in self.counts.jobs:
             jobs.add_metric([kind, state], count)
         yield jobs
         ended = CounterMetricFamily("wfe_attempts_ended", "Attempts ended, by outcome (their state)",
                                     labels=["outcome"])  # fmt: skip
-        for state, count in self.counts["attempts"]:
+        for state, count in self.counts.attempts:
             ended.add_metric([state], count)
         yield ended
-        yield from metrics.recorded(engine.controller).dispatch_to_result.collect()
+        yield from dispatch_to_result.collect()
         yield GaugeMetricFamily("wfe_queue_depth", "RScript jobs waiting for an agent",
                                 value=controller["queued"])  # fmt: skip
         yield GaugeMetricFamily("wfe_unplaceable_jobs",
@@ -164,18 +148,19 @@ class _Snapshot(Collector):
         agents = GaugeMetricFamily("wfe_agents", "Agents known to the engine, by state",
                                    labels=["state"])  # fmt: skip
         by_state = {"connected": 0, "disconnected": 0, "lost": 0}
-        for agent in queries.agent_table(engine.controller):
-            by_state[agent["state"]] = by_state.get(agent["state"], 0) + 1
+        for agent in engine.agents():
+            state = str(agent["state"])
+            by_state[state] = by_state.get(state, 0) + 1
         for state, count in sorted(by_state.items()):
             agents.add_metric([state], count)
         yield agents
         yield CounterMetricFamily("wfe_events_committed", "Events committed to the repository",
-                                  value=self.counts["events"])  # fmt: skip
+                                  value=self.counts.events)  # fmt: skip
         yield CounterMetricFamily("wfe_repository_commits", "Transactions committed since start",
                                   value=repo.commits)  # fmt: skip
         yield GaugeMetricFamily("wfe_repository_write_queue_depth", "Writes waiting for the writer",
                                 value=repo.queue_depth)  # fmt: skip
-        yield from metrics.recorded(engine.repo).commit.collect()
+        yield from commit.collect()
         connections = GaugeMetricFamily("wfe_console_connections",
                                         "Sockets open on the console's port",
                                         labels=["state"])  # fmt: skip

@@ -17,7 +17,6 @@ from wfe.engine.console.filters import EventFilter
 from wfe.engine.console.protocol import ApiError
 from wfe.engine.console.registry import OPS, arg, bounded, op, string_list
 from wfe.engine.console.tail import start_tail
-from wfe.engine.repository import Event, queries
 from wfe.engine.runtime.jobs import TERMINAL
 
 if TYPE_CHECKING:
@@ -83,9 +82,7 @@ async def _logs(session: Session, args: dict[str, Any]) -> Any:
     job_id = arg(args, "job", str)
     offset = bounded(args, "offset", 0, low=0, high=2**62)
     limit = bounded(args, "limit", 1024 * 1024, high=4 * 1024 * 1024)
-    page = await session.engine.repo.read(
-        queries.output_page(job_id, arg(args, "attempt", int, None), offset, limit)
-    )
+    page = await session.engine.output_page(job_id, arg(args, "attempt", int, None), offset, limit)
     end = page.offset + len(page.data)
     return {
         "output": page.data.decode("utf-8", errors="replace"),
@@ -117,7 +114,7 @@ async def wait_job(session: Session, job_id: str) -> dict[str, Any]:
 @op("run", role="operator")
 async def _run(session: Session, args: dict[str, Any]) -> Any:
     """Start an action (action, params) or one RScript (rscript, params, priority, retries)."""
-    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
+    session.engine.admit_new_work()  # refused while the repository's disk is full
     params = arg(args, "params", dict, {})
     action, rscript = arg(args, "action", str, None), arg(args, "rscript", str, None)
     if (action is None) == (rscript is None):
@@ -173,18 +170,7 @@ async def _events(session: Session, args: dict[str, Any]) -> Any:
     kind = arg(args, "kind", str, "")
     subject = arg(args, "subject", str, None)
 
-    def fn(conn: Any) -> list[Event]:
-        sql = (
-            "SELECT id, at, kind, subject, data FROM events WHERE id > ? AND kind >= ? AND kind < ?"
-        )
-        params: list[Any] = [after, kind, kind + "\U0010ffff"]
-        if subject is not None:
-            sql += " AND subject = ?"
-            params.append(subject)
-        rows = conn.execute(sql + " ORDER BY id LIMIT ?", (*params, limit)).fetchall()
-        return [Event.from_row(r) for r in rows]
-
-    events = await session.engine.repo.read(fn)
+    events = await session.engine.events(after=after, limit=limit, kind=kind, subject=subject)
     return [
         {"id": e.id, "at": e.at, "kind": e.kind, "subject": e.subject, "data": e.data}
         for e in events
@@ -202,10 +188,7 @@ async def _subscribe(session: Session, args: dict[str, Any]) -> Any:
         namespace=arg(args, "namespace", str, None),
     )
     stream = session.open_event_stream(where, compress=arg(args, "compress", bool, False))
-    last = await session.engine.repo.read(
-        lambda conn: conn.execute("SELECT MAX(id) FROM events").fetchone()[0]
-    )
-    return {"stream": stream.id, "after": last or 0}
+    return {"stream": stream.id, "after": await session.engine.last_event_id()}
 
 
 @op("tail", role="viewer")
@@ -233,10 +216,12 @@ async def _token_create(session: Session, args: dict[str, Any]) -> Any:
     name = tokens.check_name(arg(args, "name", str))
     role = tokens.Role.parse(arg(args, "role", str))
     secret = tokens.new_secret()
-    record = await session.engine.repo.write(
-        tokens.create_token(name, role, tokens.digest(secret), by=session.name)
+    record = await session.engine.create_token(
+        name, role.label, tokens.digest(secret), by=session.name
     )
-    return {**record, "token": secret}
+    if record is None:
+        raise tokens.name_taken(name)
+    return {**record.as_data(revoked=False), "token": secret}
 
 
 @op("token.revoke", role="admin")
@@ -247,17 +232,23 @@ async def _token_revoke(session: Session, args: dict[str, Any]) -> Any:
         raise ApiError(
             protocol.REFUSED, "the bootstrap token can't be revoked: replace its file and restart"
         )
-    record = await session.engine.repo.write(tokens.revoke_token(name, by=session.name))
-    record["closed_connections"] = session.server.revoke(name)
-    return record
+    record = await session.engine.revoke_token(name, by=session.name)
+    if record is None:
+        raise tokens.no_live_token(name)
+    return {
+        "name": record.name,
+        "role": record.role,
+        "revoked_at": record.revoked_at,
+        "revoked_by": record.revoked_by,
+        "closed_connections": session.server.revoke(name),
+    }
 
 
 @op("token.list", role="admin")
 async def _token_list(session: Session, args: dict[str, Any]) -> Any:
     """Tokens (never their secrets): revoked (false) to include revoked ones."""
-    return await session.engine.repo.read(
-        tokens.list_tokens(revoked=arg(args, "revoked", bool, False))
-    )
+    found = await session.engine.tokens(revoked=arg(args, "revoked", bool, False))
+    return [record.as_data() for record in found]
 
 
 # --- requests from the page ------------------------------------------------------------------

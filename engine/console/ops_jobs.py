@@ -20,16 +20,15 @@ import trio
 
 from wfe.engine.console.protocol import BAD_REQUEST, UNAVAILABLE, ApiError
 from wfe.engine.console.registry import arg, bounded, op, string_list
-from wfe.engine.repository import listing, retention
+from wfe.engine.repository import listing
 from wfe.engine.requests.rerun import rerun_request
 from wfe.engine.runtime.clock import wall_now
-from wfe.engine.runtime.jobs import TERMINAL
-from wfe.engine.runtime.retry import retry_job
+from wfe.engine.runtime.jobs import TERMINAL, JobState
 
 if TYPE_CHECKING:
     from wfe.engine.console.session import Session
 
-JOB_STATES = ("queued", "running", *sorted(TERMINAL))
+JOB_STATES = (JobState.QUEUED, JobState.RUNNING, *sorted(TERMINAL))
 
 
 @op("actions", role="viewer")
@@ -67,28 +66,25 @@ async def _find_jobs(session: Session, args: dict[str, Any]) -> Any:
     since = args.get("since")
     if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
         raise ApiError(BAD_REQUEST, "args.since: expected a number (seconds since the epoch)")
-    return await session.engine.repo.read(
-        listing.find_jobs(
-            limit=bounded(args, "limit", 20),
-            states=states,
-            name=arg(args, "name", str, None),
-            since=None if since is None else float(since),
-            root_only=not arg(args, "all", bool, False),
-        )
+    return await session.engine.find_jobs(
+        limit=bounded(args, "limit", 20),
+        states=tuple(JobState(s) for s in states),
+        name=arg(args, "name", str, None),
+        since=None if since is None else float(since),
+        root_only=not arg(args, "all", bool, False),
     )
 
 
 @op("tree", role="viewer")
 async def _tree(session: Session, args: dict[str, Any]) -> Any:
     """A job and its descendants as nested children: job."""
-    return await session.engine.repo.read(listing.job_tree(arg(args, "job", str)))
+    return await session.engine.job_tree(arg(args, "job", str))
 
 
 @op("retry", role="operator")
 async def _retry(session: Session, args: dict[str, Any]) -> Any:
     """Run a failed or cancelled root job again: job. Result: job, state, reset (job ids)."""
-    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
-    return await retry_job(session.engine, arg(args, "job", str), by=session.name)
+    return await session.engine.retry(arg(args, "job", str), by=session.name)
 
 
 @op("purge", role="admin")
@@ -100,11 +96,8 @@ async def _purge(session: Session, args: dict[str, Any]) -> Any:
         raise ApiError(BAD_REQUEST, "args.before: expected a number (seconds since the epoch)")
     if before > wall_now():
         raise ApiError(BAD_REQUEST, "args.before is in the future")
-    repo = session.engine.repo
-    if arg(args, "dry_run", bool, False):
-        count = await repo.read(retention.count_purge(float(before)))
-        return count.as_dict()
-    count = await retention.purge_before(repo, float(before), by=session.name)
+    dry_run = arg(args, "dry_run", bool, False)
+    count = await session.engine.purge(float(before), by=session.name, dry_run=dry_run)
     return count.as_dict()
 
 
@@ -112,7 +105,7 @@ async def _purge(session: Session, args: dict[str, Any]) -> Any:
 async def _rerun(session: Session, args: dict[str, Any]) -> Any:
     """Run a request's failed inputs again as a new request: request. Result: request (the
     new id), of, state, inputs (wfe.engine.requests.rerun)."""
-    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
+    session.engine.admit_new_work()  # refused while the repository's disk is full
     service = session.engine.requests
     if service is None:
         raise ApiError(UNAVAILABLE, "this engine does not run requests")

@@ -21,7 +21,7 @@ import attrs
 from wfe.engine.console.protocol import ApiError
 from wfe.engine.console.registry import Handler, arg, op
 from wfe.engine.repository import request_views as views
-from wfe.engine.requests import catalog, products
+from wfe.engine.requests import catalog
 from wfe.protocols.errors import ProtocolError
 from wfe.protocols.request import Actor, RequestState, RequestVerb
 
@@ -75,7 +75,7 @@ def _service(session: Session) -> RequestService:
 async def _submit(session: Session, args: dict[str, Any]) -> Any:
     """args: expanded (object, the expanded definition), user, and optionally sources
     (array), git (object), scripts ({name: text}), params (object), namespace, priority."""
-    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
+    session.engine.admit_new_work()  # refused while the repository's disk is full
     record = await _service(session).submit(
         expanded=arg(args, "expanded", dict),
         user=arg(args, "user", str),
@@ -134,16 +134,15 @@ async def _archive(session: Session, args: dict[str, Any]) -> Any:
 @_register("requests")
 async def _requests(session: Session, args: dict[str, Any]) -> Any:
     """args: limit (50), state."""
-    read = views.request_list(
+    return await session.engine.request_list(
         limit=arg(args, "limit", int, 50), state=arg(args, "state", str, None)
     )
-    return await session.engine.repo.read(read)
 
 
 @_register("request")
 async def _request(session: Session, args: dict[str, Any]) -> Any:
     """args: request. The record, stages with input counts, jobs and history."""
-    return await session.engine.repo.read(views.request_detail(arg(args, "request", str)))
+    return await session.engine.request_detail(arg(args, "request", str))
 
 
 @_register("request_wait")
@@ -163,20 +162,18 @@ async def _request_wait(session: Session, args: dict[str, Any]) -> Any:
 @_register("catalog_add")
 async def _catalog_add(session: Session, args: dict[str, Any]) -> Any:
     """args: paths (absolute), metadata (object, applied to each over its sidecar)."""
-    session.engine.repo.admit_new_work()  # refused while the repository's disk is full
+    session.engine.admit_new_work()  # refused while the repository's disk is full
     paths = arg(args, "paths", list)
     if not paths or not all(isinstance(p, str) for p in paths):
         raise ApiError("bad_request", "args.paths: expected a non-empty array of paths")
     entries = await catalog.describe_files(paths, arg(args, "metadata", dict, {}))
-    return await session.engine.repo.write(catalog.add_entries(entries, by=session.name))
+    return await session.engine.catalog_add(entries, by=session.name)
 
 
 @_register("catalog_ls")
 async def _catalog_ls(session: Session, args: dict[str, Any]) -> Any:
     """args: limit (none)."""
-    entries = await session.engine.repo.read(
-        catalog.list_entries(limit=arg(args, "limit", int, None))
-    )
+    entries = await session.engine.catalog_entries(limit=arg(args, "limit", int, None))
     return [attrs.asdict(e) for e in entries]
 
 
@@ -185,10 +182,10 @@ async def _products(session: Session, args: dict[str, Any]) -> Any:
     """args: request."""
     rid = arg(args, "request", str)
     await _service(session).get(rid)  # not_found for an unknown request
-    return await session.engine.repo.read(products.list_products(rid))
+    return await session.engine.products(rid)
 
 
 @_register("provenance")
 async def _provenance(session: Session, args: dict[str, Any]) -> Any:
     """args: product. The chain back to the raw catalog entries."""
-    return await session.engine.repo.read(products.provenance(arg(args, "product", str)))
+    return await session.engine.provenance(arg(args, "product", str))

@@ -43,11 +43,11 @@ class ConsoleServer:
         self.engine = engine
         self.limits = limits or Limits()
         self.hub = ConsoleHub(
-            engine.repo,
+            engine,
             flush_interval=self.limits.flush_interval,
             frames_per_second=self.limits.event_frames_per_second,
         )
-        self.auth = Authenticator(engine.repo, bootstrap_token)
+        self.auth = Authenticator(engine.token_by_digest, bootstrap_token)
         self.sessions: set[Session] = set()
         self.connections = 0  # open sockets on the port, whatever they are doing
         self.unauthenticated = 0  # of them, those not authenticated (yet)

@@ -14,7 +14,6 @@ its speed; only the tail task waits for a slow client, never the engine.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -28,21 +27,6 @@ if TYPE_CHECKING:
 
 FRAME_BYTES = 256 * 1024  # stored output is sent in frames of at most this much
 LIVE_BUFFER = 256  # live chunks held for one tail before the controller drops them
-
-
-def stored_chunks(
-    job_id: str, attempt: int, first_seq: int, limit: int = 64
-) -> Callable[[Any], list[tuple[int, str, bytes]]]:
-    """A read function: up to ``limit`` stored chunks ``(seq, channel, data)`` from ``first_seq``."""
-
-    def fn(conn: Any) -> list[tuple[int, str, bytes]]:
-        rows: list[tuple[int, str, bytes]] = conn.execute(
-            "SELECT seq, stream, data FROM output WHERE job_id = ? AND attempt = ? AND seq >= ? ORDER BY seq LIMIT ?",
-            (job_id, attempt, first_seq, limit),
-        ).fetchall()
-        return rows
-
-    return fn
 
 
 class Tail:
@@ -100,13 +84,13 @@ class Tail:
 
         Chunks that are nowhere to be found are reported as ``missed`` (seq range).
         """
-        repo = self.session.engine.repo
-        await repo.flush()  # chunks are queued for the writer before they are handed to us
+        engine = self.session.engine
+        await engine.flush()  # chunks are queued for the writer before they are handed to us
         while True:
             start = self.next_seq.get(attempt, 0)
             if before is not None and start >= before:
                 return
-            rows = await repo.read(stored_chunks(self.job_id, attempt, start))
+            rows = await engine.output_chunks(self.job_id, attempt, start)
             if before is not None:
                 rows = [r for r in rows if r[0] < before]
             if not rows or rows[0][0] != start:
@@ -166,7 +150,7 @@ async def start_tail(session: Session, job_id: str) -> dict[str, Any]:
     """Open a tail stream on ``job_id``; return the reply. Raises ``UnknownJob``."""
     engine = session.engine
     send, receive = trio.open_memory_channel["OutputChunk"](LIVE_BUFFER)
-    stop = engine.controller.watch_output(job_id, send)  # before reading: no gap
+    stop = engine.watch_output(job_id, send)  # before reading: no gap
     try:
         job = await engine.job(job_id)
     except BaseException:

@@ -8,7 +8,8 @@ ends it (and the console closes the connections that use it).
 The token file that ``wfe init`` writes (``api.token_file``) is the **bootstrap** admin token,
 named ``bootstrap``: it is not in the table and cannot be revoked; to replace it, write a new
 file and restart the engine. Secrets are 256 random bits, so a plain sha256 is enough to
-store them (no slow hash needed: nothing to guess).
+store them (no slow hash needed: nothing to guess). The table is read and written through the
+``Engine`` (its SQL in ``wfe.engine.repository.tokens``).
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
 
 import attrs
 
 from wfe.engine.errors import EngineError
 
-if TYPE_CHECKING:
-    from wfe.engine.repository import Repository
+#: Finds a live token by its secret's sha256: ``(name, role)`` or None (``Engine.token_by_digest``).
+Lookup: TypeAlias = Callable[[str], Awaitable[tuple[str, str] | None]]
 
 BOOTSTRAP = "bootstrap"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
@@ -93,77 +94,21 @@ def check_name(name: str) -> str:
     return name
 
 
-def create_token(
-    name: str, role: Role, secret_sha256: str, *, by: str
-) -> Callable[[Any], dict[str, Any]]:
-    """A write op that stores a new live token; raises ``TokenError`` if the name is taken."""
-    check_name(name)
-
-    def op(tx: Any) -> dict[str, Any]:
-        taken = tx.execute(
-            "SELECT 1 FROM tokens WHERE name = ? AND revoked_at IS NULL", (name,)
-        ).fetchone()
-        if taken is not None:
-            raise TokenError(f"token {name!r} exists: revoke it first or choose another name")
-        tx.execute(
-            "INSERT INTO tokens (name, role, sha256, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
-            (name, role.label, secret_sha256, tx.at, by),
-        )
-        tx.emit("token.created", f"token:{name}", {"role": role.label, "by": by})
-        return {"name": name, "role": role.label, "created_at": tx.at, "created_by": by}
-
-    return op
+def name_taken(name: str) -> TokenError:
+    """The error for a create under a name that has a live token."""
+    return TokenError(f"token {name!r} exists: revoke it first or choose another name")
 
 
-def revoke_token(name: str, *, by: str) -> Callable[[Any], dict[str, Any]]:
-    """A write op that revokes the live token ``name``; raises ``UnknownToken``."""
-
-    def op(tx: Any) -> dict[str, Any]:
-        row = tx.execute(
-            "SELECT role FROM tokens WHERE name = ? AND revoked_at IS NULL", (name,)
-        ).fetchone()
-        if row is None:
-            raise UnknownToken(f"no live token named {name!r} (see `wfe token list`)")
-        tx.execute(
-            "UPDATE tokens SET revoked_at = ?, revoked_by = ? WHERE name = ? AND revoked_at IS NULL",
-            (tx.at, by, name),
-        )
-        tx.emit("token.revoked", f"token:{name}", {"role": row[0], "by": by})
-        return {"name": name, "role": row[0], "revoked_at": tx.at, "revoked_by": by}
-
-    return op
-
-
-def list_tokens(*, revoked: bool = False) -> Callable[[Any], list[dict[str, Any]]]:
-    """A read function: live tokens (and revoked ones too with ``revoked=True``), never secrets."""
-    keys = ("name", "role", "created_at", "created_by", "revoked_at", "revoked_by")
-
-    def fn(conn: Any) -> list[dict[str, Any]]:
-        where = "" if revoked else "WHERE revoked_at IS NULL"
-        rows = conn.execute(
-            f"SELECT {', '.join(keys)} FROM tokens {where} ORDER BY name, id"
-        ).fetchall()
-        return [dict(zip(keys, r, strict=True)) for r in rows]
-
-    return fn
-
-
-def _lookup(secret_sha256: str) -> Callable[[Any], Principal | None]:
-    def fn(conn: Any) -> Principal | None:
-        row = conn.execute(
-            "SELECT name, role FROM tokens WHERE sha256 = ? AND revoked_at IS NULL",
-            (secret_sha256,),
-        ).fetchone()
-        return None if row is None else Principal(name=row[0], role=Role.parse(row[1]))
-
-    return fn
+def no_live_token(name: str) -> UnknownToken:
+    """The error for a revoke of a name with no live token."""
+    return UnknownToken(f"no live token named {name!r} (see `wfe token list`)")
 
 
 class Authenticator:
     """Turns a presented secret into a ``Principal``: the bootstrap token, then the table."""
 
-    def __init__(self, repo: Repository, bootstrap: str | None) -> None:
-        self._repo = repo
+    def __init__(self, lookup: Lookup, bootstrap: str | None) -> None:
+        self._lookup = lookup
         self._bootstrap = None if not bootstrap else digest(bootstrap)
 
     async def authenticate(self, secret: str) -> Principal | None:
@@ -173,7 +118,8 @@ class Authenticator:
         presented = digest(secret)
         if self._bootstrap is not None and hmac.compare_digest(presented, self._bootstrap):
             return Principal(name=BOOTSTRAP, role=Role.ADMIN)
-        return await self._repo.read(_lookup(presented))
+        found = await self._lookup(presented)
+        return None if found is None else Principal(name=found[0], role=Role.parse(found[1]))
 
 
 __all__ = [
@@ -184,9 +130,8 @@ __all__ = [
     "TokenError",
     "UnknownToken",
     "check_name",
-    "create_token",
     "digest",
-    "list_tokens",
+    "name_taken",
     "new_secret",
-    "revoke_token",
+    "no_live_token",
 ]

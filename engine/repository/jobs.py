@@ -319,3 +319,41 @@ def job_progress(job_id: str) -> Callable[[Conn], tuple[JobState, int] | None]:
         return None if row is None else (JobState(row[0]), int(row[1]))
 
     return fn
+
+
+def unfinished_job_requests(conn: Conn) -> list[tuple[str, str]]:
+    """``(job id, request id)`` of every unfinished job that belongs to a request (its own
+    or its root's)."""
+    rows = conn.execute(
+        "SELECT j.id, COALESCE(j.request_id, r.request_id) FROM jobs j JOIN jobs r ON r.id = j.root_id"
+        f" WHERE j.state NOT IN ({TERMINAL_SQL}) AND COALESCE(j.request_id, r.request_id) IS NOT NULL"
+    ).fetchall()
+    return [(str(a), str(b)) for a, b in rows]
+
+
+@attrs.frozen(kw_only=True)
+class TableCounts:
+    """What a metrics scrape reads from the tables in one snapshot."""
+
+    jobs: list[tuple[str, str, int]]  # (kind, state, count)
+    attempts: list[tuple[str, int]]  # (state, count) of ended attempts
+    events: int  # the newest event id
+
+
+def table_counts(conn: Conn) -> TableCounts:
+    """Jobs by kind and state, ended attempts by state, and the newest event id."""
+    return TableCounts(
+        jobs=[
+            (str(k), str(s), int(n))
+            for k, s, n in conn.execute(
+                "SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state"
+            )
+        ],
+        attempts=[
+            (str(s), int(n))
+            for s, n in conn.execute(
+                "SELECT state, COUNT(*) FROM attempts WHERE ended_at IS NOT NULL GROUP BY state"
+            )
+        ],
+        events=int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]),
+    )

@@ -8,10 +8,11 @@ read functions for ``Repository.read``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wfe.engine.errors import EngineError, UnknownJob
-from wfe.engine.runtime.jobs import JOB_COLUMNS, job_from_row
+from wfe.engine.repository.jobs import JOB_COLUMNS, JobState, job_from_row
+from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue, Row
 from wfe.rscripts.header import MISSING
 
 if TYPE_CHECKING:
@@ -30,10 +31,10 @@ def first_line(text: str | None) -> str:
     return ""
 
 
-def describe_actions(library: ActionLibrary) -> list[dict[str, Any]]:
+def describe_actions(library: ActionLibrary) -> list[JsonObject]:
     """Every action the engine can run: name, parameters (name, type) and the first line of
     its first documented tasklet. An action that does not load is listed with its error."""
-    found: list[dict[str, Any]] = []
+    found: list[JsonObject] = []
     for name in library.names():
         try:
             action = library.get(name)
@@ -62,10 +63,10 @@ def describe_actions(library: ActionLibrary) -> list[dict[str, Any]]:
     return found
 
 
-def describe_rscripts(library: ScriptLibrary) -> list[dict[str, Any]]:
+def describe_rscripts(library: ScriptLibrary) -> list[JsonObject]:
     """Every RScript the engine can dispatch: name, version, interpreter, parameters (name,
     type, required, default, description) and the first line of its description."""
-    found = []
+    found: list[JsonObject] = []
     for name in sorted(library.names()):
         header = library.get(name).header
         found.append(
@@ -89,7 +90,7 @@ def describe_rscripts(library: ScriptLibrary) -> list[dict[str, Any]]:
     return found
 
 
-def _row(row: Any) -> dict[str, Any]:
+def _row(row: Row) -> JsonObject:
     job = job_from_row(row)
     return {
         "id": job.id,
@@ -110,20 +111,20 @@ def _row(row: Any) -> dict[str, Any]:
 def find_jobs(
     *,
     limit: int,
-    states: tuple[str, ...] = (),
+    states: tuple[JobState, ...] = (),
     name: str | None = None,
     since: float | None = None,
     root_only: bool = True,
-    shape: Callable[[Any], dict[str, Any]] | None = None,
-) -> Callable[[Any], list[dict[str, Any]]]:
+    shape: Callable[[Row], JsonObject] | None = None,
+) -> Callable[[Conn], list[JsonObject]]:
     """Jobs newest first: at most ``limit``, in one of ``states`` (any when empty), whose
     name matches the glob ``name`` (``demo.*``), created at or after ``since`` (epoch s);
     each row as ``shape`` makes it (default: the listing's columns)."""
     make = shape or _row
 
-    def fn(conn: Any) -> list[dict[str, Any]]:
+    def fn(conn: Conn) -> list[JsonObject]:
         where: list[str] = []
-        args: list[Any] = []
+        args: list[JsonValue] = []
         if states:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             args.extend(states)
@@ -144,19 +145,20 @@ def find_jobs(
     return fn
 
 
-def job_tree(job_id: str, *, limit: int = TREE_LIMIT) -> Callable[[Any], dict[str, Any]]:
+def job_tree(job_id: str, *, limit: int = TREE_LIMIT) -> Callable[[Conn], JsonObject]:
     """``job_id`` and its descendants as nested ``children`` lists (in call order), each with
     its last attempt's agent and exit code. Raises ``UnknownJob``. At most ``limit`` jobs are
     read; ``truncated`` says when there were more."""
 
-    def fn(conn: Any) -> dict[str, Any]:
+    def fn(conn: Conn) -> JsonObject:
         row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJob(f"no job {job_id}")
         top = _row(row)
-        nodes = {top["id"]: top}
-        top["children"] = []
-        frontier, count, truncated = [top["id"]], 1, False
+        nodes = {job_id: top}
+        kids: dict[str, list[JsonValue]] = {job_id: []}
+        top["children"] = kids[job_id]
+        frontier, count, truncated = [job_id], 1, False
         while frontier and not truncated:
             marks = ", ".join("?" * len(frontier))
             rows = conn.execute(
@@ -170,10 +172,12 @@ def job_tree(job_id: str, *, limit: int = TREE_LIMIT) -> Callable[[Any], dict[st
                     truncated = True
                     break
                 child = _row(r)
-                child["children"] = []
-                nodes[child["parent"]]["children"].append(child)
-                nodes[child["id"]] = child
-                frontier.append(child["id"])
+                child_id, parent_id = str(child["id"]), str(child["parent"])
+                kids[child_id] = []
+                child["children"] = kids[child_id]
+                kids[parent_id].append(child)
+                nodes[child_id] = child
+                frontier.append(child_id)
                 count += 1
         for node in nodes.values():
             last = conn.execute(

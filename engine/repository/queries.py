@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from wfe.engine.errors import UnknownJob
-from wfe.engine.runtime.jobs import JOB_COLUMNS, job_from_row
+from wfe.engine.repository.jobs import JOB_COLUMNS, JobState, job_from_row
+from wfe.engine.repository.rowtypes import Conn, JsonObject, Row
 
 if TYPE_CHECKING:
     from wfe.engine.dispatch.controller import AgentController
@@ -20,7 +21,7 @@ _ATTEMPT_KEYS = (
 )  # fmt: skip
 
 
-def _job_dict(row: Any) -> dict[str, Any]:
+def _job_dict(row: Row) -> JsonObject:
     job = job_from_row(row)
     return {
         "id": job.id,
@@ -40,10 +41,10 @@ def _job_dict(row: Any) -> dict[str, Any]:
     }
 
 
-def job_detail(job_id: str) -> Callable[[Any], dict[str, Any]]:
+def job_detail(job_id: str) -> Callable[[Conn], JsonObject]:
     """One job with its attempts and direct children. Raises ``UnknownJob``."""
 
-    def fn(conn: Any) -> dict[str, Any]:
+    def fn(conn: Conn) -> JsonObject:
         row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJob(f"no job {job_id}")
@@ -73,8 +74,8 @@ def job_detail(job_id: str) -> Callable[[Any], dict[str, Any]]:
 
 
 def job_list(
-    *, limit: int, state: str | None, root_only: bool
-) -> Callable[[Any], list[dict[str, Any]]]:
+    *, limit: int, state: JobState | None, root_only: bool
+) -> Callable[[Conn], list[JsonObject]]:
     """Jobs newest first, in full (``_job_dict``): at most ``limit``, in ``state`` if given."""
     from wfe.engine.repository.listing import find_jobs
 
@@ -82,10 +83,10 @@ def job_list(
     return find_jobs(limit=limit, states=states, root_only=root_only, shape=_job_dict)
 
 
-def job_output(job_id: str, attempt: int | None) -> Callable[[Any], bytes]:
+def job_output(job_id: str, attempt: int | None) -> Callable[[Conn], bytes]:
     """The full stored output of an attempt (the last one by default)."""
 
-    def fn(conn: Any) -> bytes:
+    def fn(conn: Conn) -> bytes:
         n = _attempt_of(conn, job_id, attempt)
         if n is None:
             return b""
@@ -108,12 +109,12 @@ class OutputPage:
 
 def output_page(
     job_id: str, attempt: int | None, offset: int, limit: int
-) -> Callable[[Any], OutputPage]:
+) -> Callable[[Conn], OutputPage]:
     """At most ``limit`` bytes of an attempt's output from ``offset``, reading only the chunks
     they are in, and cut before a UTF-8 character that would not end in the page (unless the
     page could hold no whole character)."""
 
-    def fn(conn: Any) -> OutputPage:
+    def fn(conn: Conn) -> OutputPage:
         n = _attempt_of(conn, job_id, attempt)
         if n is None:
             return OutputPage(data=b"", offset=offset, size=0)
@@ -156,7 +157,7 @@ def _whole_characters(data: bytes) -> bytes:
     return data  # not UTF-8 there: cut where asked
 
 
-def _attempt_of(conn: Any, job_id: str, attempt: int | None) -> int | None:
+def _attempt_of(conn: Conn, job_id: str, attempt: int | None) -> int | None:
     """``attempt``, or the job's last; None when it has none. Raises ``UnknownJob``."""
     if attempt is not None:
         return attempt
@@ -168,10 +169,10 @@ def _attempt_of(conn: Any, job_id: str, attempt: int | None) -> int | None:
     return int(row[0])
 
 
-def tree_summary(root_id: str) -> Callable[[Any], list[dict[str, Any]]]:
+def tree_summary(root_id: str) -> Callable[[Conn], list[JsonObject]]:
     """Every RScript job under ``root_id`` with its last attempt: the demo's summary table."""
 
-    def fn(conn: Any) -> list[dict[str, Any]]:
+    def fn(conn: Conn) -> list[JsonObject]:
         rows = conn.execute(
             "SELECT j.id, j.name, j.state, a.attempt, a.agent, a.exit_code, a.duration, j.parent_id"
             " FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts"
@@ -184,7 +185,7 @@ def tree_summary(root_id: str) -> Callable[[Any], list[dict[str, Any]]]:
     return fn
 
 
-def agent_table(controller: AgentController) -> list[dict[str, Any]]:
+def agent_table(controller: AgentController) -> list[JsonObject]:
     """The live agent registry as plain data."""
     return [
         {
@@ -202,12 +203,28 @@ def agent_table(controller: AgentController) -> list[dict[str, Any]]:
     ]
 
 
-def events_for(subject: str, limit: int = 200) -> Callable[[Any], list[dict[str, Any]]]:
-    def fn(conn: Any) -> list[dict[str, Any]]:
+def events_for(subject: str, limit: int = 200) -> Callable[[Conn], list[JsonObject]]:
+    def fn(conn: Conn) -> list[JsonObject]:
         rows = conn.execute(
             "SELECT id, at, kind, data FROM events WHERE subject = ? ORDER BY id LIMIT ?",
             (subject, limit),
         ).fetchall()
         return [{"id": r[0], "at": r[1], "kind": r[2], "data": json.loads(r[3])} for r in rows]
+
+    return fn
+
+
+def stored_chunks(
+    job_id: str, attempt: int, first_seq: int, limit: int = 64
+) -> Callable[[Conn], list[tuple[int, str, bytes]]]:
+    """A read function: up to ``limit`` stored chunks ``(seq, channel, data)`` from ``first_seq``."""
+
+    def fn(conn: Conn) -> list[tuple[int, str, bytes]]:
+        rows = conn.execute(
+            "SELECT seq, stream, data FROM output WHERE job_id = ? AND attempt = ? AND seq >= ?"
+            " ORDER BY seq LIMIT ?",
+            (job_id, attempt, first_seq, limit),
+        ).fetchall()
+        return [(int(seq), str(stream), bytes(data)) for seq, stream, data in rows]
 
     return fn

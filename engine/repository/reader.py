@@ -95,3 +95,28 @@ def events_since(conn: sqlite3.Connection, after_id: int, limit: int) -> list[Ev
         (after_id, limit),
     ).fetchall()
     return [Event.from_row(row) for row in rows]
+
+
+def find_events(
+    *, after: int, limit: int, kind: str = "", subject: str | None = None
+) -> Callable[[sqlite3.Connection], list[Event]]:
+    """A read function: up to ``limit`` committed events with ``id > after`` whose kind starts
+    with ``kind`` (every kind when empty) and, when given, whose subject is ``subject``."""
+
+    def fn(conn: sqlite3.Connection) -> list[Event]:
+        sql = (
+            "SELECT id, at, kind, subject, data FROM events WHERE id > ? AND kind >= ? AND kind < ?"
+        )
+        params: list[int | str] = [after, kind, kind + "\U0010ffff"]
+        if subject is not None:
+            sql += " AND subject = ?"
+            params.append(subject)
+        rows = conn.execute(sql + " ORDER BY id LIMIT ?", (*params, limit)).fetchall()
+        return [Event.from_row(r) for r in rows]
+
+    return fn
+
+
+def last_event_id(conn: sqlite3.Connection) -> int:
+    """The id of the newest committed event (0 when there is none)."""
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])

@@ -469,3 +469,11 @@ def failed_inputs(conn: Conn, rid: str, stages: Sequence[str]) -> list[str]:
         (rid, InputState.FAILED.value, *stages),
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def request_namespaces(conn: Conn, *, limit: int = 100_000) -> list[tuple[str, str]]:
+    """``(request id, namespace)`` of the ``limit`` newest requests."""
+    rows = conn.execute(
+        "SELECT id, namespace FROM requests ORDER BY created_at DESC LIMIT ?", (limit,)
+    ).fetchall()
+    return [(str(r), str(n)) for r, n in rows]

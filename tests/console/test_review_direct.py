@@ -101,7 +101,7 @@ async def websocket_pair(
 def new_session(
     ws: WebSocketConnection, wire: Wire, nursery: trio.Nursery, **limits: Any
 ) -> Session:
-    hub = ConsoleHub(repo=None)  # type: ignore[arg-type]
+    hub = ConsoleHub(engine=None)  # type: ignore[arg-type]
     return Session(
         server=SimpleNamespace(hub=hub),  # type: ignore[arg-type]
         ws=ws,

@@ -187,7 +187,7 @@ async def test_the_hub_fans_out_once_and_filters() -> None:
     """One batch reaches every stream whose filter takes it; a hub-level gap is a gap for all
     (and what follows it waits for the gap to be reported); a terminal job.state wakes the
     job's waiters."""
-    hub = ConsoleHub(repo=None)  # type: ignore[arg-type]
+    hub = ConsoleHub(engine=None)  # type: ignore[arg-type]
     everything = EventStream(1, EventFilter(), max_pending=100, wake=lambda: None)
     jobs_only = EventStream(
         2, EventFilter(kinds=("job.created",)), max_pending=100, wake=lambda: None
@@ -321,7 +321,7 @@ async def test_streams_of_one_filter_share_one_frame_per_tick() -> None:
     """A tick builds one frame body per set of identical holdings: three streams of one
     filter share it, a stream of another filter gets its own, and a stream that still holds
     an earlier frame (its writer fell behind) still gets the shared one for this tick."""
-    hub = ConsoleHub(repo=None)  # type: ignore[arg-type]
+    hub = ConsoleHub(engine=None)  # type: ignore[arg-type]
     same = [EventStream(n, EventFilter(), max_pending=100, wake=lambda: None) for n in (1, 2, 3)]
     jobs = EventStream(4, EventFilter(kinds=("job.",)), max_pending=100, wake=lambda: None)
     for stream in (*same, jobs):
@@ -352,7 +352,7 @@ async def test_streams_of_one_filter_share_one_frame_per_tick() -> None:
 async def test_a_compressed_stream_sends_binary_frames_that_decode_to_the_same_events() -> None:
     """With ``compress`` a frame is 4 bytes of stream id and zlib-compressed JSON; decoded,
     it is the object a text frame would be. A missed notice stays a text frame."""
-    hub = ConsoleHub(repo=None)  # type: ignore[arg-type]
+    hub = ConsoleHub(engine=None)  # type: ignore[arg-type]
     plain = EventStream(1, EventFilter(), max_pending=3, wake=lambda: None)
     packed = EventStream(258, EventFilter(), max_pending=3, wake=lambda: None, compress=True)
     hub.add(plain)
