@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from wfe.engine.repository.writer import Tx
+
 if TYPE_CHECKING:
     from wfe.engine.repository import Repository
 
@@ -21,13 +23,13 @@ MAX_MESSAGE = 4000  # characters of one stored line; the rest is cut with a mark
 EVENT_KIND = "job.log"
 
 
-def log_event(job_id: str, level: int, message: str) -> Callable[[Any], None]:
+def log_event(job_id: str, level: int, message: str) -> Callable[[Tx], None]:
     """A write op recording one log line of ``job_id``."""
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + f"... ({len(message) - MAX_MESSAGE} more characters)"
     data = {"level": logging.getLevelName(level), "message": message}
 
-    def op(tx: Any) -> None:
+    def op(tx: Tx) -> None:
         tx.emit(EVENT_KIND, job_id, data)
 
     return op

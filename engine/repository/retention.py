@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
+from wfe.engine.repository.rowtypes import Conn, Db
+from wfe.engine.repository.writer import Tx
 from wfe.engine.runtime.clock import wall_now
 
 if TYPE_CHECKING:
@@ -79,7 +81,7 @@ def purgeable_roots(before: float, *, after_id: str = "", limit: int = BATCH) ->
         ORDER BY r.id LIMIT {int(limit)}"""
 
 
-def _tree_count(conn: Any, roots: list[str]) -> tuple[PurgeCount, list[str]]:
+def _tree_count(conn: Db, roots: list[str]) -> tuple[PurgeCount, list[str]]:
     marks = ", ".join("?" * len(roots))
     jobs = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE root_id IN ({marks})", roots)]
     if not jobs:
@@ -98,10 +100,10 @@ def _tree_count(conn: Any, roots: list[str]) -> tuple[PurgeCount, list[str]]:
     return count, jobs
 
 
-def count_purge(before: float) -> Callable[[Any], PurgeCount]:
+def count_purge(before: float) -> Callable[[Conn], PurgeCount]:
     """A read function: what ``purge_batch`` calls would delete, in total (a dry run)."""
 
-    def fn(conn: Any) -> PurgeCount:
+    def fn(conn: Conn) -> PurgeCount:
         total, after = PurgeCount(), ""
         while True:
             roots = [r[0] for r in conn.execute(purgeable_roots(before), (before, after))]
@@ -115,11 +117,11 @@ def count_purge(before: float) -> Callable[[Any], PurgeCount]:
 
 def purge_batch(
     before: float, *, after_id: str, by: str | None
-) -> Callable[[Any], tuple[PurgeCount, str | None]]:
+) -> Callable[[Tx], tuple[PurgeCount, str | None]]:
     """A write op: purge up to ``BATCH`` trees after root ``after_id`` and record it; return
     the count and the last root purged (None when nothing was left)."""
 
-    def op(tx: Any) -> tuple[PurgeCount, str | None]:
+    def op(tx: Tx) -> tuple[PurgeCount, str | None]:
         roots = [r[0] for r in tx.execute(purgeable_roots(before), (before, after_id))]
         if not roots:
             return PurgeCount(), None
