@@ -17,7 +17,7 @@ from wfe.engine.config import AgentsSection
 from wfe.engine.dispatch.live import LiveJob
 from wfe.engine.dispatch.queue import JobQueue
 from wfe.engine.dispatch.registry import AgentRegistry
-from wfe.engine.dispatch.timers import AgentCheck, AttemptDeadline, Timers
+from wfe.engine.dispatch.timers import AgentCheck, Timers
 from wfe.engine.repository import attempts as rows
 from wfe.engine.runtime.jobs import JobRow, JobState
 from wfe.protocols.attempt import AttemptMachine, AttemptState, Dispatched, Started
@@ -83,9 +83,7 @@ async def recover(
         entry = registry.known(agent_name, Capabilities(slots=1), transport)
         entry.last_heard = now - settings.heartbeat_deadline + settings.reconcile_grace
         entry.attempts[(row.id, machine.attempt)] = job
-        deadline = machine.next_deadline()
-        if deadline is not None:
-            timers.schedule(deadline, AttemptDeadline(row.id, machine.attempt))
+        timers.schedule_deadline(machine)
         counts["awaiting_agent"] += 1
     for entry in registry.agents.values():
         timers.schedule(entry.last_heard + settings.heartbeat_deadline, AgentCheck(entry.name))
