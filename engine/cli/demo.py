@@ -18,6 +18,7 @@ import trio
 
 from wfe.engine.cli.render import is_terminal, print_table, seconds, show
 from wfe.engine.config import CONFIG_NAME, DEFAULT_TOML, Config, load_config
+from wfe.engine.job_states import TERMINAL, JobState
 from wfe.engine.keys import create_secrets
 from wfe.engine.repository import queries
 from wfe.engine.runtime.daemon import open_engine
@@ -70,16 +71,18 @@ async def _demo(config: Config, files: int, seconds_per_job: float) -> bool:
         detail = await engine.job(job_id)
     elapsed = trio.current_time() - started
     _summary(config, rows, detail, elapsed)
-    return outcome.state == "succeeded" and all(r["state"] == "succeeded" for r in rows)
+    return outcome.state is JobState.SUCCEEDED and all(
+        r["state"] == JobState.SUCCEEDED for r in rows
+    )
 
 
 def progress_line(rows: list[dict[str, Any]]) -> str:
     """How far the RScripts of the demo have got, with what each agent runs."""
     states = Counter(r["state"] for r in rows)
-    per_agent = Counter(r["agent"] for r in rows if r["state"] == "running" and r["agent"])
+    per_agent = Counter(r["agent"] for r in rows if r["state"] == JobState.RUNNING and r["agent"])
     return (
-        f"rscripts: {states['succeeded']} succeeded, {states['running']} running,"
-        f" {states['queued']} queued, {states['failed']} failed"
+        f"rscripts: {states[JobState.SUCCEEDED]} succeeded, {states[JobState.RUNNING]} running,"
+        f" {states[JobState.QUEUED]} queued, {states[JobState.FAILED]} failed"
         + (
             f"  [{', '.join(f'{a}: {n}' for a, n in sorted(per_agent.items()))}]"
             if per_agent
@@ -107,7 +110,7 @@ async def _progress(engine: Any, job_id: str, total: int) -> None:
         task = bar.add_task("rscripts", total=total)
         while True:
             rows = await engine.repo.read(queries.tree_summary(job_id))
-            ended = sum(1 for r in rows if r["state"] in ("succeeded", "failed", "cancelled"))
+            ended = sum(1 for r in rows if r["state"] in TERMINAL)
             bar.update(task, completed=ended, description=progress_line(rows))
             await trio.sleep(0.2)
 

@@ -22,6 +22,7 @@ from wfe.engine import __version__
 from wfe.engine.cli.render import print_json, print_table, seconds
 from wfe.engine.config import CONFIG_NAME, DEFAULT_TOML, Config, load_config
 from wfe.engine.errors import EngineError
+from wfe.engine.job_states import JobState
 
 log = logging.getLogger("wfe")
 
@@ -223,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(job_id)
     else:
         print(f"{job_id} {done['state']}" + (f": {done['error']}" if done.get("error") else ""))
-    return 0 if done is None or done["state"] == "succeeded" else 1
+    return 0 if done is None or done["state"] == JobState.SUCCEEDED else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -296,7 +297,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return "unknown"
 
     state = trio.run(go)
-    return 0 if state == "succeeded" else 1
+    return 0 if state == JobState.SUCCEEDED else 1
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
@@ -456,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--state",
         action="append",
         default=[],
-        choices=("queued", "running", "succeeded", "failed", "cancelled"),
+        choices=[s.value for s in JobState if s is not JobState.PENDING],
         help="only jobs in this state (repeat for several)",
     )
     p.add_argument("--name", help="only jobs whose name matches this glob, e.g. 'demo.*'")

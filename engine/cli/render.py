@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from wfe.engine.job_states import JobState
+
 #: Keys that hold wall-clock times (seconds since the epoch) in engine answers.
 TIME_KEYS = frozenset({"at", "first_seen", "last_seen"})
 
@@ -111,15 +113,16 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: Colours of states in tables: a job's (``JobState``), a request's, an agent's, an attempt's.
 _STATE_STYLES = {
-    "succeeded": "green",
+    JobState.SUCCEEDED: "green",
     "completed": "green",
     "connected": "green",
-    "failed": "bold red",
+    JobState.FAILED: "bold red",
     "lost": "red",
-    "cancelled": "yellow",
-    "running": "cyan",
-    "queued": "blue",
+    JobState.CANCELLED: "yellow",
+    JobState.RUNNING: "cyan",
+    JobState.QUEUED: "blue",
 }
 
 

@@ -2,41 +2,23 @@
 
 A job is one recorded call: of an action (kind ``action``) or of an RScript on an agent
 (kind ``rscript``). Every change here runs inside a write op of the repository writer and
-emits its event in the same transaction. ``wfe.engine.runtime.jobs`` re-exports the state
-and row types for the runtime.
+emits its event in the same transaction. The states are ``wfe.engine.job_states`` (a leaf
+module the CLI loads too); ``wfe.engine.runtime.jobs`` re-exports them and the row types.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 
+from wfe.engine.job_states import TERMINAL as TERMINAL
+from wfe.engine.job_states import JobState as JobState
 from wfe.engine.repository.rowtypes import Conn, Db, JsonObject, JsonValue, Row
 from wfe.engine.repository.writer import Tx
 from wfe.engine.runtime.clock import wall_now
-
-
-class JobState(enum.StrEnum):
-    """The state of a job; the ``jobs.state`` column holds its value.
-
-    Actions: pending -> running -> succeeded | failed | cancelled. RScript jobs: queued ->
-    running -> succeeded | failed | cancelled (their attempts carry the detail, as
-    ``AttemptState``). A ``StrEnum``: a member equals its value, as stored and as sent.
-    """
-
-    PENDING = "pending"  # an action job recorded, its tasklet not started yet
-    QUEUED = "queued"  # an RScript job waiting for an agent with a free slot
-    RUNNING = "running"  # an action's tasklet runs, or an RScript job has an attempt on an agent
-    SUCCEEDED = "succeeded"  # ended well: the result is recorded
-    FAILED = "failed"  # ended badly: the error is recorded
-    CANCELLED = "cancelled"  # stopped by an operator (or its parent's end) before it ended
-
-
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 @attrs.frozen(kw_only=True)

@@ -28,7 +28,7 @@ from wfe.engine.requests.model import Batch, BatchOutcome, JobEnd, RequestRecord
 from wfe.engine.requests.products import from_result
 from wfe.engine.requests.scripts import OUTPUT_DIR_PARAM
 from wfe.engine.runtime.actions import one_line
-from wfe.engine.runtime.jobs import TERMINAL
+from wfe.engine.runtime.jobs import TERMINAL, JobState
 from wfe.protocols.attempt import AttemptState
 from wfe.rscripts.errors import RScriptError
 
@@ -55,7 +55,7 @@ def requirements(stage: Stage) -> dict[str, Any]:
 
 def outcome_of(batch: Batch, end: JobEnd) -> tuple[BatchOutcome, str]:
     """What a job's end means for its batch's inputs, and why. Pure."""
-    if end.state == "succeeded":
+    if end.state is JobState.SUCCEEDED:
         return BatchOutcome.PROCESSED, ""
     if batch.stop is not None:
         if batch.stop.startswith(WITHDRAW_PREFIX):
