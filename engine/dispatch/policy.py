@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import attrs
 
-from wfe.protocols.attempt import RETRYABLE_STATES, AttemptState
+from wfe.protocols.attempt import RETRYABLE_STATES, AttemptState, should_retry
 
 #: Seconds added to an agent's lease before its attempts count as fenced: the keeper's
 #: SIGTERM-to-SIGKILL grace and the moment it takes to see the lease run out, with room.
@@ -117,7 +117,7 @@ def decide_end(end: AttemptEnd) -> Outcome:
         return Failed(reason=f"lost its agent {lost} times (max_redispatch {end.max_redispatch})")
     failures = end.failures + 1
     reason = describe_failure(end)
-    if failures < end.max_attempts:
+    if should_retry(end.state, failures, end.max_attempts):
         delay = end.backoff * 2 ** (failures - 1)
         return RetryAt(at=end.now + delay, delay=delay, failures=failures, reason=reason)
     return Failed(reason=reason)
