@@ -13,7 +13,7 @@ import attrs
 
 from wfe.engine.repository.rowtypes import JsonObject
 from wfe.protocols.attempt import AttemptMachine
-from wfe.protocols.messages import Capabilities, JobFinished, Message
+from wfe.protocols.messages import Capabilities, Message
 
 
 class AgentLink(Protocol):
@@ -77,7 +77,6 @@ class LiveJob:
     sent: bool = False
     queued_token: int = 0  # entries of the ready heap (and wait timers) with another are stale
     fail_reason: str | None = None  # set when the engine (not an operator) cancels the attempt
-    last_finished: JobFinished | None = None
 
     @property
     def active(self) -> bool:
