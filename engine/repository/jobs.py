@@ -19,6 +19,7 @@ from wfe.engine.job_states import JobState as JobState
 from wfe.engine.repository.rowtypes import Conn, Db, JsonObject, JsonValue, Row
 from wfe.engine.repository.writer import Tx
 from wfe.engine.runtime.clock import wall_now
+from wfe.protocols.attempt import AttemptState
 
 
 @attrs.frozen(kw_only=True)
@@ -277,9 +278,9 @@ class AttemptEnds:
 def attempt_ends(db: Db, job_id: str) -> AttemptEnds:
     """Count ``job_id``'s failed (or timed-out) and lost attempts."""
     failures, lost = db.execute(
-        "SELECT COALESCE(SUM(state IN ('failed', 'timed_out')), 0),"
-        " COALESCE(SUM(state = 'lost'), 0) FROM attempts WHERE job_id = ?",
-        (job_id,),
+        "SELECT COALESCE(SUM(state IN (?, ?)), 0), COALESCE(SUM(state = ?), 0)"
+        " FROM attempts WHERE job_id = ?",
+        (AttemptState.FAILED.value, AttemptState.TIMED_OUT.value, AttemptState.LOST.value, job_id),
     ).fetchone()
     return AttemptEnds(failures=int(failures), lost=int(lost))
 

@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from wfe.engine.repository.jobs import TERMINAL_SQL
 from wfe.engine.repository.rowtypes import Conn, Db
 from wfe.engine.repository.writer import Tx
 from wfe.engine.runtime.clock import wall_now
+from wfe.protocols.request import TERMINAL_STATES, RequestState
 
 if TYPE_CHECKING:
     from wfe.engine.config import RetentionSection
@@ -41,7 +43,14 @@ log = logging.getLogger("wfe.retention")
 #: Root jobs per write op: small enough that one commit stays short.
 BATCH = 200
 PURGE_EVENT = "repository.purged"
-_LIVE_REQUESTS = "('draft', 'submitted', 'approved', 'running', 'paused', 'checking')"
+#: Requests whose jobs are still theirs to run or check (not yet ended): never purged.
+_LIVE_REQUESTS = "({})".format(
+    ", ".join(
+        f"'{s.value}'"
+        for s in RequestState
+        if s not in TERMINAL_STATES and s is not RequestState.ARCHIVED
+    )
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -70,10 +79,10 @@ def purgeable_roots(before: float, *, after_id: str = "", limit: int = BATCH) ->
     return f"""
         SELECT r.id FROM jobs r
         WHERE r.parent_id IS NULL AND r.id > ?2
-          AND r.state IN ('succeeded', 'failed', 'cancelled') AND r.ended_at < ?1
+          AND r.state IN ({TERMINAL_SQL}) AND r.ended_at < ?1
           AND NOT EXISTS (
             SELECT 1 FROM jobs j WHERE j.root_id = r.id AND (
-              j.state NOT IN ('succeeded', 'failed', 'cancelled')
+              j.state NOT IN ({TERMINAL_SQL})
               OR j.ended_at >= ?1
               OR EXISTS (SELECT 1 FROM products p WHERE p.job = j.id)
               OR EXISTS (SELECT 1 FROM requests q
