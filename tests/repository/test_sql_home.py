@@ -17,8 +17,6 @@ import wfe
 ROOT = Path(wfe.__file__).resolve().parent.parent
 PARTS = ("engine", "agents", "protocols", "links", "rscripts")
 HOME = ROOT / "engine" / "repository"
-#: Still holding SQL until the dispatch work moves it into engine/repository/attempts.py.
-ALLOWED: tuple[Path, ...] = (ROOT / "engine" / "dispatch",)
 
 # SQL keywords in capitals, as every statement in wfe is written (prose says "select from").
 SQL = re.compile(
@@ -68,11 +66,11 @@ def test_the_scan_finds_sql_where_it_is() -> None:
 
 
 def test_no_sql_outside_the_repository_package() -> None:
-    """Every SQL statement of wfe is in engine/repository/ (engine/dispatch/ allowed for now)."""
+    """Every SQL statement of wfe is in engine/repository/."""
     outside = {
         f"{path.relative_to(ROOT)}:{line}: {text}"
         for path in sources()
-        if not path.is_relative_to(HOME) and not any(path.is_relative_to(a) for a in ALLOWED)
+        if not path.is_relative_to(HOME)
         for line, text in sql_literals(path)
     }
     assert not outside, "SQL outside engine/repository/:\n" + "\n".join(sorted(outside))
