@@ -7,7 +7,8 @@ cancel or a replayed call meanwhile neither ends it twice nor takes it on again.
 A job waiting for an agent has one entry in the ready heap, ordered by priority then age.
 Entries are never removed: each carries the job's ``queued_token`` at the time, and an
 entry whose token is no longer the job's is stale and skipped (the job was dispatched,
-cancelled, queued again, or kept back). A job of a *held* request is kept out of the heap
+cancelled, queued again, or kept back). Tokens come from one counter, never from the job's
+own: a job id taken on again (a retry after a cancel) must not match its old entries. A job of a *held* request is kept out of the heap
 until the request is released; its attempts out on agents run on.
 """
 
@@ -36,6 +37,7 @@ class JobQueue:
         self._ready: list[Entry] = []
         self._held: dict[str, set[str]] = {}  # held request id -> its jobs kept out
         self._seq = itertools.count()
+        self._tokens = itertools.count(1)
         # (job, attempt) an agent's hello says it holds a result for, of a job that waits to
         # run again: kept out of the queue until that result is read (it may be the outcome)
         self._late: dict[tuple[str, int], tuple[str, LiveJob]] = {}
@@ -43,6 +45,10 @@ class JobQueue:
     def next_seq(self) -> int:
         """The arrival number of a job taken on now (older jobs go first)."""
         return next(self._seq)
+
+    def _restamp(self, job: LiveJob) -> None:
+        """Make every ready-heap entry and wait timer of ``job`` stale."""
+        job.queued_token = next(self._tokens)
 
     def known(self, job_id: str) -> bool:
         """Live here, or its end being committed."""
@@ -61,7 +67,7 @@ class JobQueue:
 
     def enqueue(self, job: LiveJob) -> None:
         """Put ``job`` in line for an agent (kept back instead if its request is held)."""
-        job.queued_token += 1
+        self._restamp(job)
         if self._keep_back(job):
             return
         heapq.heappush(self._ready, (-job.priority, job.seq, job.job_id, job.queued_token))
@@ -77,12 +83,12 @@ class JobQueue:
 
     def drop(self, job: LiveJob) -> None:
         """Take ``job`` out of line and out of the live jobs (it ends without an attempt)."""
-        job.queued_token += 1
+        self._restamp(job)
         self.jobs.pop(job.job_id, None)
 
     def begin_end(self, job: LiveJob) -> None:
         """``job``'s end is decided: no longer live, in ``ending`` until it is committed."""
-        job.queued_token += 1
+        self._restamp(job)
         self.jobs.pop(job.job_id, None)
         self.ending[job.job_id] = job
 
@@ -140,7 +146,7 @@ class JobQueue:
         kept = None if job.request_id is None else self._held.get(job.request_id)
         if kept is None:
             return False
-        job.queued_token += 1
+        self._restamp(job)
         kept.add(job.job_id)
         return True
 
@@ -151,7 +157,7 @@ class JobQueue:
         again: keep the job out of line until that result is read."""
         job = self.jobs.get(key[0])
         if job is not None and not job.active:
-            job.queued_token += 1
+            self._restamp(job)
             self._late[key] = (agent, job)
 
     def late_read(self, key: tuple[str, int]) -> None:
