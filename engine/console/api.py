@@ -19,7 +19,7 @@ from wfe.engine.console.server import ConsoleServer
 from wfe.engine.console.session import Limits, Session
 
 if TYPE_CHECKING:
-    from wfe.engine.runtime.daemon import Engine
+    from wfe.engine.runtime.facade import Engine
 
 #: The modules that add operations with ``@op(...)``: imported above, so registered.
 OP_MODULES = (ops, ops_requests, ops_jobs)

@@ -33,7 +33,7 @@ from wfe.engine.repository import Event, Missed
 from wfe.engine.runtime.jobs import TERMINAL
 
 if TYPE_CHECKING:
-    from wfe.engine.runtime.daemon import Engine
+    from wfe.engine.runtime.facade import Engine
 
 __all__ = ["ConsoleHub", "EventFilter", "EventIndex", "EventStream", "Rate", "encode_event"]
 

@@ -29,7 +29,7 @@ from wfe.engine.errors import EngineError
 from wfe.engine.runtime.actions import one_line
 
 if TYPE_CHECKING:
-    from wfe.engine.runtime.daemon import Engine
+    from wfe.engine.runtime.facade import Engine
 
 log = logging.getLogger("wfe.console")
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from wfe.engine.console.server import ConsoleServer
     from wfe.engine.console.streams import Frame
     from wfe.engine.console.wire import Wire
-    from wfe.engine.runtime.daemon import Engine
+    from wfe.engine.runtime.facade import Engine
 
 
 @attrs.frozen(kw_only=True)

@@ -25,7 +25,7 @@ from wfe.engine.repository.jobs import JobRow, JobState, attempt_ends
 from wfe.engine.repository.writer import Tx
 
 if TYPE_CHECKING:
-    from wfe.engine.runtime.daemon import Engine
+    from wfe.engine.runtime.facade import Engine
 
 RETRYABLE = (JobState.FAILED, JobState.CANCELLED)
 
