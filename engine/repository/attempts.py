@@ -347,6 +347,9 @@ def output_seqs(job_id: str, attempt: int) -> Callable[[sqlite3.Connection], lis
 # --- after a restart ------------------------------------------------------------------------
 
 
+_FAILURES = (AttemptState.FAILED.value, AttemptState.TIMED_OUT.value)
+
+
 @attrs.frozen(kw_only=True)
 class LastAttempt:
     """What recovery needs of an unfinished job's attempts."""
@@ -378,9 +381,8 @@ def load_unfinished(conn: sqlite3.Connection) -> list[Unfinished]:
     for row in rows:
         job = job_from_row(row)
         summary = conn.execute(
-            "SELECT MAX(attempt), SUM(state IN ('failed', 'timed_out')), SUM(state = 'lost')"
-            " FROM attempts WHERE job_id = ?",
-            (job.id,),
+            "SELECT MAX(attempt), SUM(state IN (?, ?)), SUM(state = ?) FROM attempts WHERE job_id = ?",
+            (*_FAILURES, AttemptState.LOST.value, job.id),
         ).fetchone()
         last: LastAttempt | None = None
         if summary[0] is not None:
