@@ -27,6 +27,7 @@ from wfe.engine.dispatch.live import AgentEntry, AgentLink, LiveJob
 from wfe.engine.dispatch.scheduler import Offer
 from wfe.engine.dispatch.timers import AgentCheck, FenceCheck, Timers
 from wfe.engine.repository import attempts as rows
+from wfe.engine.repository.attempts import AgentState
 from wfe.protocols.attempt import AttemptMachine
 from wfe.protocols.messages import AgentHello, AttemptRef, Capabilities, Lease, StatusRequest
 
@@ -97,7 +98,7 @@ class AgentRegistry:
     def announce(self, entry: AgentEntry, now: float) -> None:
         """Record a connected agent and start watching its heartbeat."""
         self._repo.write_nowait(
-            rows.agent_seen(entry.name, entry.transport, entry.capabilities, "connected")
+            rows.agent_seen(entry.name, entry.transport, entry.capabilities, AgentState.CONNECTED)
         )
         self._timers.schedule(now + self.settings.heartbeat_deadline, AgentCheck(entry.name))
         log.info(
@@ -114,7 +115,7 @@ class AgentRegistry:
             return False
         entry.link = None
         self._timers.schedule(now + self.settings.heartbeat_deadline, AgentCheck(name))
-        self._repo.write_nowait(rows.agent_state(name, "disconnected"))
+        self._repo.write_nowait(rows.agent_state(name, AgentState.DISCONNECTED))
         log.info("agent %s disconnected", name)
         return True
 
@@ -186,7 +187,7 @@ class AgentRegistry:
             case policy.DeclareLost(reason=reason, fence_at=fence):
                 entry.lost = True
                 log.warning("agent %s lost: %s", name, reason)
-                self._repo.write_nowait(rows.agent_state(name, "lost", reason))
+                self._repo.write_nowait(rows.agent_state(name, AgentState.LOST, reason))
                 if fence is not None:
                     self._timers.schedule(fence, FenceCheck(name))
                 if entry.link is not None:

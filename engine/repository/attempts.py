@@ -7,6 +7,7 @@ connection (``Repository.read``) and return typed rows.
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -27,6 +28,15 @@ from wfe.engine.repository.writer import Tx
 from wfe.engine.runtime.clock import wall_now
 from wfe.protocols.attempt import AttemptMachine, AttemptState
 from wfe.protocols.messages import Capabilities, JobFinished, OutputChunk
+
+
+class AgentState(enum.StrEnum):
+    """An agent's state as the ``agents.state`` column holds it."""
+
+    CONNECTED = "connected"  # said hello; the engine hears it
+    DISCONNECTED = "disconnected"  # its connection closed; it may come back within its deadline
+    LOST = "lost"  # silent past its heartbeat deadline: no new work goes to it
+
 
 # --- what follows an attempt's end -------------------------------------------------------
 
@@ -231,7 +241,7 @@ def output_stored(chunk: OutputChunk) -> Callable[[Tx], None]:
 
 
 def agent_seen(
-    name: str, transport: str, capabilities: Capabilities, state: str
+    name: str, transport: str, capabilities: Capabilities, state: AgentState
 ) -> Callable[[Tx], None]:
     """Record an agent that said hello: what it offers and how it is connected."""
     caps = json.dumps(attrs.asdict(capabilities))
@@ -244,19 +254,22 @@ def agent_seen(
             " capabilities = excluded.capabilities, state = excluded.state, last_seen = excluded.last_seen",
             (name, transport, caps, state, now, now),
         )
-        tx.emit("agent.state", name, {"state": state, "transport": transport})
+        tx.emit("agent.state", name, {"state": state.value, "transport": transport})
 
     return op
 
 
-def agent_state(name: str, state: str, detail: str = "") -> Callable[[Tx], None]:
+def agent_state(name: str, state: AgentState, detail: str = "") -> Callable[[Tx], None]:
     """Record an agent's new state (``disconnected``, ``lost``), with why."""
 
     def op(tx: Tx) -> None:
         tx.execute(
             "UPDATE agents SET state = ?, last_seen = ? WHERE name = ?", (state, wall_now(), name)
         )
-        tx.emit("agent.state", name, {"state": state, **({"detail": detail} if detail else {})})
+        data: JsonObject = {"state": state.value}
+        if detail:
+            data["detail"] = detail
+        tx.emit("agent.state", name, data)
 
     return op
 
@@ -422,7 +435,7 @@ def known_agents(conn: sqlite3.Connection) -> list[KnownAgent]:
                 name=name,
                 transport=transport,
                 capabilities=_capabilities(caps),
-                lost=state == "lost",
+                lost=state == AgentState.LOST,
             )
         )
     return agents

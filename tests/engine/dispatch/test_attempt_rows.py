@@ -89,9 +89,10 @@ async def test_known_agents_keep_their_transport_and_unreadable_capabilities_are
     """An agent seen is known with its capabilities and transport; a lost one says so; a
     capabilities column that is not what an agent offers reads as None, not an error."""
     caps = Capabilities(slots=4, site="cern", tags=("gpu",))
-    await repo.write(attempts.agent_seen("a", "xmpp", caps, "connected"))
-    await repo.write(attempts.agent_seen("b", "local", Capabilities(slots=1), "connected"))
-    await repo.write(attempts.agent_state("b", "lost", "missed its heartbeat deadline"))
+    connected, lost = attempts.AgentState.CONNECTED, attempts.AgentState.LOST
+    await repo.write(attempts.agent_seen("a", "xmpp", caps, connected))
+    await repo.write(attempts.agent_seen("b", "local", Capabilities(slots=1), connected))
+    await repo.write(attempts.agent_state("b", lost, "missed its heartbeat deadline"))
 
     def garble(tx: Tx) -> None:
         tx.execute("UPDATE agents SET capabilities = '[1, 2]' WHERE name = 'b'")
