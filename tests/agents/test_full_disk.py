@@ -11,7 +11,7 @@ import pytest
 
 from wfe.protocols.messages import FinishReason, JobRefused
 
-from ..repository.conftest import SmallFs, mount_small_fs, unmount
+from ..engine.repository.conftest import SmallFs, mount_small_fs, unmount
 
 
 @pytest.fixture

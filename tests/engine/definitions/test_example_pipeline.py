@@ -25,7 +25,7 @@ from wfe.engine.definitions import (
 )
 from wfe.rscripts import ScriptLibrary, check_result, read_script, validate_params
 
-PIPELINE = Path(__file__).resolve().parents[2] / "examples" / "pipeline"
+PIPELINE = Path(__file__).resolve().parents[3] / "examples" / "pipeline"
 
 
 def run_script(name: str, params: dict[str, Any], job: Path) -> dict[str, Any]:

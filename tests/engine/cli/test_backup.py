@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.test_cli_jobs import Wfe, start_engine, stop_engine
+from tests.engine.cli.test_jobs import Wfe, start_engine, stop_engine
 from wfe.engine.cli.demo import make_workspace
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from trio.testing import MockClock
 from wfe.engine.dispatch.policy import FENCE_MARGIN
 from wfe.protocols.messages import Dispatch
 
-from .conftest import AGENTS, JOBS, Harness
+from ..conftest import AGENTS, JOBS, Harness
 
 
 async def submit(h: Harness, **options: Any) -> str:

@@ -11,7 +11,7 @@ import trio
 
 from wfe.engine.repository import open_repository
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 CHILD = """
 import sys

@@ -106,7 +106,7 @@ async def test_readyz_fails_while_the_repository_disk_is_full(tmp_path: Path) ->
     """With the repository on its own small filesystem filled up, a write is held and
     /readyz answers 503 naming the full disk (not its path); /healthz still says ok; once
     space returns the held write commits and /readyz is ready again."""
-    from tests.repository.conftest import SmallFs, mount_small_fs, unmount
+    from tests.engine.repository.conftest import SmallFs, mount_small_fs, unmount
 
     directory = tmp_path / "small"
     mount_small_fs(directory)

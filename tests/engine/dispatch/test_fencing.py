@@ -11,7 +11,7 @@ from trio.testing import MockClock
 from wfe.engine.dispatch.policy import FENCE_MARGIN
 from wfe.protocols.messages import Ack, Dispatch, FinishReason, JobFinished, Lease
 
-from .conftest import AGENTS, Harness
+from ..conftest import AGENTS, Harness
 from .test_controller import outcome, submit
 
 FENCE = AGENTS.lease + FENCE_MARGIN

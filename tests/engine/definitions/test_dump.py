@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from wfe.engine.definitions import build_definition, dump_toml, load_definition
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pipeline" / "pipeline.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "pipeline" / "pipeline.toml"
 
 keys = st.text(max_size=6)
 scalars = (

@@ -26,7 +26,7 @@ from wfe.engine.keys import read_token
 from wfe.engine.runtime.daemon import Engine, open_engine
 
 if TYPE_CHECKING:
-    from tests.repository.conftest import SmallFs
+    from tests.engine.repository.conftest import SmallFs
 
 GUARD = 90.0
 OUTPUT_BYTES = 3 * 1024 * 1024  # more than the room left on the filesystem

@@ -16,7 +16,7 @@ from wfe.engine.runtime.tasklets import ActionLibrary, ParamTypeError
 from wfe.engine.runtime.watchdog import Watchdog
 from wfe.protocols.messages import Cancel, Dispatch, FinishReason
 
-from .conftest import FakeAgent, Harness, make_controller
+from ..conftest import FakeAgent, Harness, make_controller
 
 
 def tasklet(root: Path, action: str, name: str, body: str) -> None:

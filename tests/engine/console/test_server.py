@@ -33,7 +33,7 @@ from .conftest import DEFINITION, GUARD, Console, open_console
 
 load_ops()
 
-DOC = Path(__file__).parents[2] / "docs" / "console-protocol.md"
+DOC = Path(__file__).parents[3] / "docs" / "console-protocol.md"
 #: Event kinds an operation can cause (agents' own events may come and go meanwhile).
 CHANGE_KINDS = ("job.", "request.", "token.", "catalog.")
 

@@ -11,7 +11,7 @@ from trio.testing import MockClock
 from wfe.protocols.messages import Dispatch
 from wfe.rscripts.loader import RScript
 
-from .conftest import Harness
+from ..conftest import Harness
 
 UNTIMED = "# wfe-rscript: 1\n# name: untimed\n# version: 1\n# interpreter: sh\ntrue\n"
 TIMED = "# wfe-rscript: 1\n# name: timed\n# version: 1\n# interpreter: sh\n# timeout: 1h\ntrue\n"

@@ -20,7 +20,7 @@ import pytest
 from wfe.engine.cli.demo import make_workspace
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class Wfe:

@@ -33,7 +33,7 @@ from wfe.engine.repository import (
 )
 
 if TYPE_CHECKING:
-    from tests.repository.conftest import SmallFs
+    from tests.engine.repository.conftest import SmallFs
 
 GUARD = 20
 

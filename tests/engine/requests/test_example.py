@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-RUN = Path(__file__).resolve().parents[2] / "examples" / "pipeline" / "run.py"
+RUN = Path(__file__).resolve().parents[3] / "examples" / "pipeline" / "run.py"
 
 
 @pytest.mark.slow

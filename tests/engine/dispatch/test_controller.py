@@ -12,7 +12,7 @@ from trio.testing import MockClock
 from wfe.engine.dispatch.policy import FENCE_MARGIN
 from wfe.protocols.messages import Ack, Cancel, Dispatch, FinishReason, JobRefused, Resume
 
-from .conftest import AGENTS, JOBS, FakeAgent, Harness
+from ..conftest import AGENTS, JOBS, FakeAgent, Harness
 
 
 async def submit(
@@ -310,7 +310,7 @@ async def test_restart_reconciles_with_what_agents_report(
     reattached, an attempt the agent does not know is lost and retried at once, and an
     agent that never comes back is lost after reconcile_grace and its attempts run again
     once fenced."""
-    from .conftest import make_controller
+    from ..conftest import make_controller
 
     first = make_controller(repo)
     with trio.CancelScope() as scope:
@@ -474,7 +474,7 @@ async def test_an_end_that_cannot_be_committed_is_not_acknowledged_and_stops_the
     from wfe.engine.errors import EngineError
     from wfe.engine.repository import attempts
 
-    from .conftest import make_controller
+    from ..conftest import make_controller
 
     def attempt_ended(*args: Any, **kwargs: Any) -> Any:
         def op(tx: Any) -> None:

@@ -22,7 +22,7 @@ from wfe.engine.definitions import (
     load_definition,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pipeline" / "pipeline.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "pipeline" / "pipeline.toml"
 
 
 def refused(write: Any, text: str) -> str:
