@@ -104,6 +104,33 @@ _DROP_JOBS_PARENT = """
 DROP INDEX IF EXISTS jobs_parent;
 """
 
+# The work queue (issue 13; wfe.engine.repository.works): one row per work, its whole payload as
+# JSON plus the columns a bucket filters and orders by. ``seq`` orders a bucket (oldest first
+# within a priority); ``worker`` is the token that holds a running work's lease.
+_WORKS = """
+CREATE TABLE works (
+  id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, pipeline TEXT NOT NULL, status TEXT NOT NULL,
+  priority INTEGER NOT NULL, site TEXT NOT NULL, user TEXT, attempt INTEGER NOT NULL,
+  creation REAL NOT NULL, start REAL, stop REAL, worker TEXT, payload TEXT NOT NULL);
+CREATE INDEX works_bucket ON works(pipeline, status, priority DESC, seq);
+CREATE INDEX works_status ON works(status);
+"""
+
+# Tokens gain the ``worker`` role (pull workers: works only). SQLite cannot change a CHECK, so
+# the table is copied as it is into one that allows it, and its index made again.
+_TOKENS_WORKER_ROLE = """
+CREATE TABLE tokens_new (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
+  role TEXT NOT NULL CHECK (role IN ('viewer','operator','admin','worker')),
+  sha256 TEXT NOT NULL UNIQUE, created_at REAL NOT NULL, created_by TEXT, revoked_at REAL,
+  revoked_by TEXT);
+INSERT INTO tokens_new (id, name, role, sha256, created_at, created_by, revoked_at, revoked_by)
+  SELECT id, name, role, sha256, created_at, created_by, revoked_at, revoked_by FROM tokens;
+DROP TABLE tokens;
+ALTER TABLE tokens_new RENAME TO tokens;
+CREATE UNIQUE INDEX tokens_live_name ON tokens(name) WHERE revoked_at IS NULL;
+DELETE FROM sqlite_sequence WHERE name = 'tokens' AND NOT EXISTS (SELECT 1 FROM tokens);
+"""
+
 #: Every migration ever, in order. Append only: the position is the schema version.
 MIGRATIONS: list[str] = [
     _CORE,  # 1: events, counters, jobs, attempts, output, agents
@@ -111,6 +138,8 @@ MIGRATIONS: list[str] = [
     _TOKENS,  # 3: console tokens (sha256 of each; engine/tokens.py)
     _EVENTS_WITHOUT_AUTOINCREMENT,  # 4: events numbered by the writer alone
     _DROP_JOBS_PARENT,  # 5: one index less to write per job
+    _WORKS,  # 6: the work queue's buckets (works)
+    _TOKENS_WORKER_ROLE,  # 7: tokens may have the worker role
 ]
 
 

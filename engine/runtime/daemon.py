@@ -36,6 +36,7 @@ from wfe.engine.runtime.jobs import Completions
 from wfe.engine.runtime.tasklets import ActionLibrary
 from wfe.engine.runtime.watchdog import BlockedReport, Watchdog
 from wfe.engine.transports.local import LocalAgents, serve_local_agents, watch_local_agents
+from wfe.engine.works.leases import Leases
 from wfe.rscripts.loader import ScriptLibrary
 
 __all__ = ["Engine", "open_engine", "workspace_files"]
@@ -144,6 +145,9 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                     approval=config.approval,
                 )
                 await nursery.start(requests.run)
+                leases = Leases(repo)  # the work queue: running works get a full lease again
+                await leases.recover()
+                await nursery.start(leases.run)
                 engine = Engine(
                     config=config,
                     repo=repo,
@@ -152,6 +156,7 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                     watchdog=watchdog,
                     scripts=scripts,
                     requests=requests,
+                    leases=leases,
                 )
                 try:
                     yield engine

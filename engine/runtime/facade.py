@@ -33,6 +33,7 @@ from wfe.engine.repository import jobs as job_rows
 from wfe.engine.repository import products as product_rows
 from wfe.engine.repository import requests as request_rows
 from wfe.engine.repository import tokens as token_rows
+from wfe.engine.repository import works as work_rows
 from wfe.engine.repository.jobs import JobState
 from wfe.engine.repository.retention import PurgeCount
 from wfe.engine.repository.rowtypes import Conn, JsonObject
@@ -40,6 +41,8 @@ from wfe.engine.repository.space import DiskTrouble
 from wfe.engine.runtime import metrics
 from wfe.engine.runtime.actions import ActionRunner
 from wfe.engine.runtime.watchdog import Watchdog
+from wfe.engine.works.leases import Lease, Leases
+from wfe.engine.works.model import Work, WorkStatus
 from wfe.rscripts.loader import ScriptLibrary
 
 if TYPE_CHECKING:
@@ -60,6 +63,7 @@ class Engine:
         watchdog: Watchdog,
         scripts: ScriptLibrary,
         requests: RequestService | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.config = config
         self.repo = repo
@@ -68,6 +72,8 @@ class Engine:
         self.watchdog = watchdog
         self.scripts = scripts
         self.requests = requests  # workflow requests (wfe.engine.requests); None in a bare engine
+        # the work queue's leases (wfe.engine.works.leases); expired only while its task runs
+        self.leases = leases if leases is not None else Leases(repo)
 
     async def run_action(self, name: str, params: dict[str, Any], *, by: str | None = None) -> str:
         """Start the root action ``name``; return its job id. Raises on an unknown action or
@@ -276,6 +282,66 @@ class Engine:
     async def token_by_digest(self, secret_sha256: str) -> tuple[str, str] | None:
         """``(name, role)`` of the live token whose secret has this sha256, or None."""
         return await self.repo.read(token_rows.token_by_digest(secret_sha256))
+
+    # --- the work queue (wfe.engine.works) -------------------------------------------------------
+
+    async def deposit_works(self, works: Sequence[Work], *, by: str | None) -> list[str]:
+        """Queue ``works`` (all or none); return their ids. New work: refused while the disk
+        is full."""
+        self.repo.admit_new_work()
+        return await self.repo.write(work_rows.deposit_works(works, by=by))
+
+    async def withdraw_work(self, query: work_rows.WorkQuery, *, worker: str) -> Work | None:
+        """The best queued work matching ``query``, now running under ``worker``'s lease."""
+        work = await self.repo.write(work_rows.withdraw_work(query, worker=worker))
+        if work is not None:
+            self.leases.hold(work)
+        return work
+
+    def renew_work_lease(self, work_id: str, attempt: int) -> Lease:
+        """A worker's heartbeat; raises ``WorkError`` when that attempt holds no lease."""
+        return self.leases.renew(work_id, attempt)
+
+    async def update_work(
+        self, work_id: str, *, attempt: int, changes: JsonObject, by: str | None
+    ) -> Work:
+        """Record a running work's results and status (``works.update_work``); an update is
+        also a heartbeat, and one that ends the attempt ends its lease."""
+        work = await self.repo.write(
+            work_rows.update_work(work_id, attempt=attempt, changes=changes, by=by)
+        )
+        if work.status is WorkStatus.RUNNING:
+            self.leases.renew(work_id, attempt)
+        else:
+            self.leases.release(work_id)
+        return work
+
+    async def cancel_work(self, work_id: str, *, by: str | None) -> Work:
+        work = await self.repo.write(work_rows.cancel_work(work_id, by=by))
+        self.leases.release(work_id)
+        return work
+
+    async def delete_works(self, ids: Sequence[str], *, by: str | None) -> list[str]:
+        deleted = await self.repo.write(work_rows.delete_works(ids, by=by))
+        for work_id in deleted:
+            self.leases.release(work_id)
+        return deleted
+
+    async def work(self, work_id: str) -> Work:
+        """Raises ``UnknownWork``."""
+        return await self.repo.read(work_rows.read_work(work_id))
+
+    async def find_works(
+        self, query: work_rows.WorkQuery, *, limit: int, offset: int = 0
+    ) -> list[Work]:
+        return await self.repo.read(work_rows.find_works(query, limit=limit, offset=offset))
+
+    async def count_works(self, query: work_rows.WorkQuery) -> int:
+        return await self.repo.read(work_rows.count_works(query))
+
+    async def buckets(self) -> dict[str, dict[str, int]]:
+        """Works per pipeline and status."""
+        return await self.repo.read(work_rows.bucket_counts)
 
     def statistics(self) -> dict[str, Any]:
         return {
