@@ -1,6 +1,7 @@
 """The table of console operations: each has a name, the least role it needs, and a handler.
 
-Add one with ``@op("name", role="viewer"|"operator"|"admin")`` in any module listed in
+Add one with ``@op("name", role="viewer"|"operator"|"admin")`` (and ``workers=True`` for the
+few that the ``worker`` role may use as well: the work queue's) in any module listed in
 ``wfe.engine.console.api``, which imports every module that has operations. A handler is ``async def handler(session, args) -> result``: it
 gets the authenticated ``Session`` (``session.name``, ``session.role``, ``session.engine``)
 and the request's ``args`` object, returns JSON-ready data, and raises ``ApiError(code,
@@ -32,18 +33,26 @@ class Op:
     role: Role
     handler: Handler
     summary: str
+    workers: bool = False  # the worker role may use it too
+
+    def allows(self, role: Role) -> bool:
+        """Whether a token of ``role`` may use this operation."""
+        return role >= self.role or (self.workers and role is Role.WORKER)
 
 
 OPS: dict[str, Op] = {}
 
 
-def op(name: str, *, role: Role | str) -> Callable[[Handler], Handler]:
-    """Register the decorated handler as operation ``name``, allowed from ``role`` upwards."""
+def op(name: str, *, role: Role | str, workers: bool = False) -> Callable[[Handler], Handler]:
+    """Register the decorated handler as operation ``name``, allowed from ``role`` upwards
+    (and to the worker role when ``workers``)."""
     needed = Role.parse(role)
 
     def register(fn: Handler) -> Handler:
         doc = (fn.__doc__ or "").strip().splitlines()
-        OPS[name] = Op(name=name, role=needed, handler=fn, summary=doc[0] if doc else "")
+        OPS[name] = Op(
+            name=name, role=needed, handler=fn, summary=doc[0] if doc else "", workers=workers
+        )
         return fn
 
     return register

@@ -315,7 +315,7 @@ class ConsoleServer:
                 raise ApiError(
                     protocol.UNKNOWN_OP, f"unknown op {request.op[:64]!r} (known: {known})"
                 )
-            if session.role < found.role:
+            if not found.allows(session.role):
                 self.refused["forbidden"] += 1
                 raise ApiError(
                     protocol.FORBIDDEN,
@@ -375,7 +375,7 @@ def ops_table(session: Session | None = None) -> list[dict[str, Any]]:
     """Every operation with its least role (and whether ``session`` may use it)."""
     return [
         {"op": o.name, "role": o.role.label, "summary": o.summary}
-        | ({} if session is None else {"allowed": session.role >= o.role})
+        | ({} if session is None else {"allowed": o.allows(session.role)})
         for o in sorted(OPS.values(), key=lambda o: o.name)
     ]
 

@@ -1,7 +1,9 @@
 """Console tokens: named secrets with a role, of which the repository keeps only the sha256.
 
 Roles are ordered ``viewer < operator < admin``: a viewer reads, an operator also changes
-things (runs, kills, approves...), an admin also manages tokens. ``wfe token create`` makes
+things (runs, kills, approves...), an admin also manages tokens. Beside them, below a viewer,
+``worker`` is the role of pull workers (``wfe work run``): it may deposit, withdraw, update and
+read works (the ops registered with ``workers=True``) and nothing else. ``wfe token create`` makes
 a token through the console (admin only) and shows its secret once; ``wfe token revoke``
 ends it (and the console closes the connections that use it).
 
@@ -44,6 +46,7 @@ class UnknownToken(TokenError, LookupError):
 class Role(enum.IntEnum):
     """What a token may do; a higher role may do everything a lower one may."""
 
+    WORKER = 0  # deposits, withdraws, updates and reads works; nothing else
     VIEWER = 1  # reads everything, changes nothing
     OPERATOR = 2  # also runs, kills, approves, pauses, resumes, cancels, archives
     ADMIN = 3  # also creates, lists and revokes tokens
@@ -61,7 +64,8 @@ class Role(enum.IntEnum):
             return cls[str(value).upper()]
         except KeyError:
             raise TokenError(
-                f"unknown role {value!r}: expected viewer, operator or admin"
+                f"unknown role {value!r}: expected viewer, operator or admin (or worker,"
+                " for pull workers)"
             ) from None
 
 

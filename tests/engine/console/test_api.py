@@ -34,6 +34,12 @@ CHANGES = {  # every op that changes something, with arguments that would work
     "retry": {"job": "j000001"},
     "rerun": {"request": "echo-alice-0001"},
     "purge": {"before": 0, "dry_run": True},
+    "work.deposit": {"work": {"pipeline": "p"}},
+    "work.withdraw": {"pipeline": "p"},
+    "work.heartbeat": {"id": "w0000001", "attempt": 1},
+    "work.update": {"id": "w0000001", "attempt": 1, "status": "success"},
+    "work.cancel": {"id": "w0000001"},
+    "work.delete": {"ids": ["w0000001"]},
 }
 
 
@@ -123,6 +129,25 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                     {"name": "ci"},
                     lambda r: r["name"] == "ci" and r["revoked_by"] == "bootstrap",
                 ),
+                "work.deposit": (
+                    {"works": [{"pipeline": "p", "parameters": {"a": 1}}]},
+                    lambda r: r == {"ids": ["w0000001"]},
+                ),
+                "work.withdraw": (
+                    {"pipeline": "p"},
+                    lambda r: r["work"]["id"] == "w0000001" and r["work"]["status"] == "running",
+                ),
+                "work.heartbeat": ({"id": "w0000001", "attempt": 1}, lambda r: r["lease"] == 3600),
+                "work.update": (
+                    {"id": "w0000001", "attempt": 1, "status": "success", "results": {"s": 1}},
+                    lambda r: r["status"] == "success",
+                ),
+                "work.get": ({"id": "w0000001"}, lambda r: r["results"] == {"s": 1}),
+                "work.find": ({"pipeline": "p"}, lambda r: r["count"] == 1),
+                "work.count": ({"status": "success"}, lambda r: r == {"count": 1}),
+                "work.buckets": ({}, lambda r: r == {"p": {"success": 1}}),
+                "work.cancel": ({"id": "w0000001"}, "refused"),  # it has ended
+                "work.delete": ({"ids": ["w0000001"]}, lambda r: r == {"deleted": ["w0000001"]}),
             }
             assert set(expected) == set(OPS), "every op needs a line in this test"
             for name, (args, check) in expected.items():
