@@ -101,7 +101,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
 
     p = action("create", cmd_token_create, "create a token and print its secret (shown once)")
     p.add_argument("--name", required=True, help="who or what uses it, e.g. alice or ci")
-    p.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    p.add_argument("--role", required=True, choices=("viewer", "operator", "admin", "worker"))
     p = action("revoke", cmd_token_revoke, "revoke a token; its open connections are closed")
     p.add_argument("name")
     p = action("list", cmd_token_list, "list tokens (never their secrets)")
