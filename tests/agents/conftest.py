@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +69,6 @@ def is_dead(pid: int) -> bool:
         return True
     fields = stat.rsplit(")", 1)[1].split()
     return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path (Unix socket paths are limited to ~107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="wfe-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class FakeEngine:

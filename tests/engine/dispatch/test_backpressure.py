@@ -10,15 +10,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import shutil
-import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
@@ -166,14 +163,6 @@ async def test_room_returns_after_the_repository_is_closed(tmp_path: Path) -> No
 
 
 # --- a flood of output through a real local agent ----------------------------------------
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path (Unix socket paths are limited to ~107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="wfe-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_a_flood_of_output_keeps_the_queue_bounded_and_stores_every_byte(

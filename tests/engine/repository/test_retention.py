@@ -4,12 +4,15 @@ purge recorded as an event (``wfe.engine.repository.retention`` on a real reposi
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from wfe.engine.config import RetentionSection
-from wfe.engine.repository import Repository
+from wfe.engine.repository import Repository, open_repository
 from wfe.engine.repository.retention import (
     BATCH,
     PURGE_EVENT,
@@ -20,6 +23,14 @@ from wfe.engine.repository.retention import (
 )
 
 OLD, CUTOFF, NEW = 1000.0, 2000.0, 3000.0
+
+
+@pytest.fixture
+async def repo(tmp_path: Path) -> AsyncIterator[Repository]:
+    """Every batch commits on the trio thread, so a purge on the MockClock is committed at
+    the virtual time it runs."""
+    async with open_repository(tmp_path / "wfe.db", inline=True) as repository:
+        yield repository
 
 
 def _job(
