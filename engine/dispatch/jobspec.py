@@ -16,7 +16,7 @@ import attrs
 
 from wfe.engine.config import JobsSection
 from wfe.engine.dispatch.live import LiveJob
-from wfe.engine.repository.rowtypes import JsonObject
+from wfe.engine.repository.rowtypes import JsonObject, JsonValue
 from wfe.engine.runtime.jobs import JobRow, JobState, NewJob
 from wfe.protocols.messages import Dispatch, Limits
 from wfe.rscripts.loader import RScript
@@ -89,12 +89,13 @@ def new_job(
 def live_job(job: JobRow, defaults: JobsSection, seq: int) -> LiveJob:
     """The live form of a recorded RScript job (no attempt counted yet)."""
     req = dict(job.requirements)
+    on = req.pop("on", None)
     return LiveJob(
-        timeout=float(req.pop("timeout", defaults.timeout)),
-        on=req.pop("on", None),
-        backoff=float(req.pop("backoff", defaults.backoff)),
-        wait_agent=float(req.pop("wait_agent", defaults.wait_agent_timeout)),
-        overall=float(req.pop("overall", defaults.overall_timeout)),
+        timeout=_seconds(req.pop("timeout", defaults.timeout)),
+        on=on if isinstance(on, str) else None,
+        backoff=_seconds(req.pop("backoff", defaults.backoff)),
+        wait_agent=_seconds(req.pop("wait_agent", defaults.wait_agent_timeout)),
+        overall=_seconds(req.pop("overall", defaults.overall_timeout)),
         job_id=job.id,
         script_name=job.name,
         params=job.params,
@@ -124,3 +125,10 @@ def dispatch_message(
             limits=Limits(timeout=job.timeout, memory=int(memory) if memory else None),
         )
     )
+
+
+def _seconds(value: JsonValue) -> float:
+    """A stored duration: the engine wrote it as a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"a stored duration must be a number, not {value!r}")
+    return float(value)

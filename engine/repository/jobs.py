@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import attrs
 
@@ -35,7 +34,7 @@ class NewJob:
     state: JobState = JobState.PENDING
     priority: int = 0
     # decoded JSON whose keys only the dispatch reads (timeout, memory, on...): see LiveJob
-    requirements: dict[str, Any] = attrs.Factory(dict)
+    requirements: JsonObject = attrs.Factory(dict)
     max_attempts: int = 1
     request_id: str | None = None
     by: str | None = None  # who asked for it (a console token name); None: the engine itself
@@ -54,7 +53,7 @@ class JobRow:
     params: JsonObject
     state: JobState
     priority: int
-    requirements: dict[str, Any]  # as in NewJob
+    requirements: JsonObject  # as in NewJob
     max_attempts: int
     attempts: int
     created_at: float
