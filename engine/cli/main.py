@@ -499,9 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Modules that add subcommands: each has ``register(add)``, where ``add(name, fn, help,
     # config=True)`` returns the subparser to fill. Imported here: they import this module.
-    from wfe.engine.cli import console, jobs, requests
+    from wfe.engine.cli import console, jobs, requests, works
 
-    for module in (requests, console, jobs):
+    for module in (requests, console, jobs, works):
         module.register(add)
     return parser
 
