@@ -88,8 +88,10 @@ class Dispatcher:
     def idle_agent(self, requirements: dict[str, Any]) -> AgentEntry | None:
         """The agent a new job may go to at once: none while any job waits in the queue (it
         would overtake it), else the scheduler's choice among agents with a free slot."""
+        if self._queue.has_ready or not self.running:
+            return None  # checked first: in a burst the queue is rarely empty
         offers = self._registry.offers()
-        if self._queue.has_ready or not self.running or not offers:
+        if not offers:
             return None
         ready = Ready(
             job_id="",
