@@ -145,6 +145,10 @@ class Repository:
         """
         self._writer.submit(Command(op, None, then, weight))
 
+    async def wait_checkpointed(self) -> None:
+        """Return after the next background checkpoint ends (for tests and maintenance)."""
+        await self._checkpointer.wait_checkpointed()
+
     async def flush(self) -> None:
         """Return when everything written before this call is committed (or has failed)."""
         await self.write(_nothing)

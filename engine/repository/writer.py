@@ -109,7 +109,7 @@ _c_encoder = (
 )
 
 
-def _dumps(data: Mapping[str, Any]) -> str:
+def dumps_data(data: Mapping[str, Any]) -> str:
     """Encode event data as compact strict JSON (no NaN/Infinity)."""
     value = data if type(data) is dict else dict(data)
     if _c_encoder is None:
@@ -154,7 +154,7 @@ class Tx:
         so the op itself cannot read it back.
         """
         self._live()
-        self._events.append((kind, subject, "{}" if not data else _dumps(data)))
+        self._events.append((kind, subject, "{}" if not data else dumps_data(data)))
 
     def allocate(self, counter: str) -> int:
         """Return the next value (1, 2, ...) of the named counter; rolled back with the op."""

@@ -44,14 +44,15 @@ class Watchdog(trio.abc.Instrument):
         self._started: float | None = None
         self._gc_started = 0.0
         self._gc_seconds = 0.0  # garbage collection during the current step: not the task's doing
-        gc.callbacks.append(self._on_gc)
+        gc.callbacks.append(self.on_gc)
 
     def close(self) -> None:
         """Stop listening to the garbage collector."""
-        if self._on_gc in gc.callbacks:
-            gc.callbacks.remove(self._on_gc)
+        if self.on_gc in gc.callbacks:
+            gc.callbacks.remove(self.on_gc)
 
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """The ``gc.callbacks`` hook: time spent collecting is not blamed on the task."""
         now = time.perf_counter()  # wall-clock: measures the collection's pause
         if phase == "start":
             self._gc_started = now

@@ -15,7 +15,7 @@ from wfe.engine.console.filters import EventFilter, EventIndex
 from wfe.engine.console.hub import ConsoleHub, Rate, encode_event
 from wfe.engine.console.streams import EventStream
 from wfe.engine.repository import Event, Missed
-from wfe.engine.repository.writer import _dumps
+from wfe.engine.repository.writer import dumps_data
 
 JSON = st.recursive(
     st.none()
@@ -56,7 +56,7 @@ def test_an_event_is_sent_as_the_object_it_was_stored_as(
     """Built from a committed row (its data as stored JSON text) or from a dict, an event
     encodes to the JSON object of its id, time, kind, subject and data."""
     expected = {"id": 7, "at": at, "kind": kind, "subject": subject, "data": data}
-    stored = Event.from_row((7, at, kind, subject, _dumps(data) if data else "{}"))
+    stored = Event.from_row((7, at, kind, subject, dumps_data(data) if data else "{}"))
     assert stored.raw is not None
     for event in (stored, Event(id=7, at=at, kind=kind, subject=subject, data=data)):
         assert json.loads(encode_event(event)) == expected

@@ -33,7 +33,7 @@ async def test_checkpoints_copy_the_wal_back_in_the_background(repo_path: Path) 
             )
             file = trio.Path(repo_path)
             size_before = (await file.stat()).st_size
-            checkpointed = repo._checkpointer.wait_checkpointed
+            checkpointed = repo.wait_checkpointed
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(checkpointed)  # parked before the commits below
                 await trio.testing.wait_all_tasks_blocked()

@@ -394,9 +394,9 @@ def test_garbage_collection_is_not_blamed_on_the_task() -> None:
     try:
         task: Any = type("FakeTask", (), {"name": "some task"})()
         watchdog.before_task_step(task)
-        watchdog._on_gc("start", {})
+        watchdog.on_gc("start", {})
         time.sleep(0.08)
-        watchdog._on_gc("stop", {})
+        watchdog.on_gc("stop", {})
         watchdog.after_task_step(task)
         assert watchdog.reports == []
         watchdog.before_task_step(task)
