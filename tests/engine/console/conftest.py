@@ -18,12 +18,17 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import strategies as st
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, TextMessage
 
 from wfe.engine.cli.client import Client, connect
 from wfe.engine.config import Config, load_config
 from wfe.engine.console.api import serve_api
 from wfe.engine.console.session import Limits
+from wfe.engine.console.streams import EventStream
 from wfe.engine.keys import create_secrets, read_token
+from wfe.engine.repository import Event
 from wfe.engine.runtime.daemon import Engine, open_engine
 
 SCRIPTS = Path(__file__).with_name("scripts")
@@ -180,3 +185,31 @@ def fill(stream: trio.SocketStream) -> None:
             os.write(stream.socket.fileno(), b"f" * 65536)
         except BlockingIOError:
             return
+
+
+#: Any JSON value (for event data and request arguments).
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def taken(stream: EventStream) -> list[Any]:
+    """What the stream's writer would send now, read back by a websocket client."""
+    chunks, count = stream.take_chunks()
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(b"".join(chunks))
+    messages = [e.data for e in client.events() if isinstance(e, TextMessage | BytesMessage)]
+    assert len(messages) == count
+    return messages
+
+
+def event(n: int, kind: str = "job.state", subject: str = "j1", **data: Any) -> Event:
+    return Event(id=n, at=0.0, kind=kind, subject=subject, data=data)

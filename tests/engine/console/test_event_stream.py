@@ -4,46 +4,17 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any
 
 import pytest
 import trio
-from hypothesis import strategies as st
-from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, TextMessage
 
 from wfe.engine.console.filters import EventFilter
 from wfe.engine.console.hub import ConsoleHub
 from wfe.engine.console.streams import Batch, EventStream, Frame, StreamGroup
 from wfe.engine.console.wire import Wire
-from wfe.engine.repository import Event
 from wfe.protocols.console_frames import decode_binary
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
-def taken(stream: EventStream) -> list[Any]:
-    """What the stream's writer would send now, read back by a websocket client."""
-    chunks, count = stream.take_chunks()
-    client = Connection(ConnectionType.CLIENT)
-    client.receive_data(b"".join(chunks))
-    messages = [e.data for e in client.events() if isinstance(e, TextMessage | BytesMessage)]
-    assert len(messages) == count
-    return messages
-
-
-def event(n: int, kind: str = "job.state", subject: str = "j1", **data: Any) -> Event:
-    return Event(id=n, at=0.0, kind=kind, subject=subject, data=data)
+from .conftest import event, taken
 
 
 def test_a_full_stream_counts_misses_and_reports_them_after_what_it_kept() -> None:

@@ -8,8 +8,6 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, TextMessage
 
 from wfe.engine.console.filters import EventFilter, EventIndex
 from wfe.engine.console.hub import ConsoleHub, Rate, encode_event
@@ -17,31 +15,7 @@ from wfe.engine.console.streams import EventStream
 from wfe.engine.repository import Event, Missed
 from wfe.engine.repository.writer import dumps_data
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
-def taken(stream: EventStream) -> list[Any]:
-    """What the stream's writer would send now, read back by a websocket client."""
-    chunks, count = stream.take_chunks()
-    client = Connection(ConnectionType.CLIENT)
-    client.receive_data(b"".join(chunks))
-    messages = [e.data for e in client.events() if isinstance(e, TextMessage | BytesMessage)]
-    assert len(messages) == count
-    return messages
-
-
-def event(n: int, kind: str = "job.state", subject: str = "j1", **data: Any) -> Event:
-    return Event(id=n, at=0.0, kind=kind, subject=subject, data=data)
+from .conftest import JSON, event, taken
 
 
 @given(
@@ -58,8 +32,8 @@ def test_an_event_is_sent_as_the_object_it_was_stored_as(
     expected = {"id": 7, "at": at, "kind": kind, "subject": subject, "data": data}
     stored = Event.from_row((7, at, kind, subject, dumps_data(data) if data else "{}"))
     assert stored.raw is not None
-    for event in (stored, Event(id=7, at=at, kind=kind, subject=subject, data=data)):
-        assert json.loads(encode_event(event)) == expected
+    for built in (stored, Event(id=7, at=at, kind=kind, subject=subject, data=data)):
+        assert json.loads(encode_event(built)) == expected
 
 
 async def test_the_hub_fans_out_once_and_filters() -> None:

@@ -10,17 +10,7 @@ from hypothesis import strategies as st
 
 from wfe.engine.console import protocol
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
+from .conftest import JSON
 
 
 @given(st.text(max_size=300) | st.binary(max_size=300))
