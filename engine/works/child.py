@@ -1,14 +1,18 @@
-"""The child process in which a pull worker runs one work's function.
+"""The child process in which a pull worker runs its works' function.
 
-``python -m wfe.engine.works.child module.function IN OUT``: reads the work's parameters
-(JSON) from the file IN, calls the function with them as keyword arguments, and writes what
-happened to the file OUT as JSON — ``{"ok": true, "results": ..., "products": [...],
-"plots": [...]}`` or ``{"ok": false, "error": "<one line>", "traceback": "..."}``. The
-function's return follows the CHIME/FRB pipeline interface: a tuple ``(results, products,
-plots)``; a dict alone is the results; any other JSON value is the results as it is.
+``python -m wfe.engine.works.child module.function FD`` imports the function once, then for
+each line on its standard input (a work's parameters, as JSON) calls the function with them
+as keyword arguments and writes one line to the file descriptor FD (a pipe to the worker):
+``{"ok": true, "results": ..., "products": [...], "plots": [...]}`` or ``{"ok": false,
+"error": "<one line>", "traceback": "..."}``. Its standard output and error are the worker's,
+so what the function prints shows there. The function's return follows the CHIME/FRB pipeline
+interface: a tuple ``(results, products, plots)``; a dict alone is the results; any other JSON
+value is the results as it is.
 
 Kept apart from the worker so that a function that hangs, leaks or crashes the interpreter
-takes only this process with it; the worker kills it at the work's timeout.
+takes only this process with it: the worker kills it at a work's timeout and starts another
+for the next work. Importing the function once (not per work) is what makes a worker fast
+(``docs/performance.md``, work queue).
 """
 
 from __future__ import annotations
@@ -50,10 +54,9 @@ def shape(value: Any) -> dict[str, Any]:
     return {"results": value, "products": None, "plots": None}
 
 
-def run(spec: str, parameters: Any) -> dict[str, Any]:
-    """Call ``spec`` with ``parameters``; return the outcome as the OUT file holds it."""
+def call(function: Callable[..., Any], parameters: Any) -> dict[str, Any]:
+    """Call ``function`` with ``parameters``; return the outcome as the worker reads it."""
     try:
-        function = resolve(spec)
         outcome = {"ok": True, **shape(function(**(parameters or {})))}
     except Exception as exc:
         return _failed(exc)
@@ -62,6 +65,15 @@ def run(spec: str, parameters: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         return _failed(TypeError(f"the function's return value is not JSON: {exc}"))
     return outcome
+
+
+def run(spec: str, parameters: Any) -> dict[str, Any]:
+    """Import ``spec`` and call it once (what a worker's child does for one work)."""
+    try:
+        function = resolve(spec)
+    except Exception as exc:
+        return _failed(exc)
+    return call(function, parameters)
 
 
 def _failed(exc: Exception) -> dict[str, Any]:
@@ -84,15 +96,20 @@ def die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    spec, source, target = argv
+    spec, fd = argv
     parent = os.environ.get("WFE_WORKER_PID")
     if parent is not None:
         die_with_parent(int(parent))
-    with open(source, encoding="utf-8") as f:
-        parameters = json.load(f)
-    outcome = run(spec, parameters)
-    with open(target, "w", encoding="utf-8") as f:
-        json.dump(outcome, f)
+    try:
+        function: Callable[..., Any] | None = resolve(spec)
+        failure: dict[str, Any] = {}
+    except Exception as exc:  # every work then fails with why
+        function, failure = None, _failed(exc)
+    with os.fdopen(int(fd), "w", encoding="utf-8") as out:
+        for line in sys.stdin:
+            outcome = failure if function is None else call(function, json.loads(line))
+            out.write(json.dumps(outcome) + "\n")
+            out.flush()
     return 0
 
 

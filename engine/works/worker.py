@@ -1,12 +1,13 @@
 """The pull worker behind ``wfe work run PIPELINE module.function``.
 
 Theory of operation. Over one console connection (a ``worker`` token is enough) the worker
-withdraws a work of its pipeline, runs the function in a child process
-(``wfe.engine.works.child``) with the work's ``parameters`` as keyword arguments, and updates
+withdraws a work of its pipeline, runs the function in a child process that it keeps from
+work to work (``wfe.engine.works.runner.FunctionChild``: the function is imported once) with
+the work's ``parameters`` as keyword arguments, and updates
 the work with what came back: success with results, products and plots, or failure with the
 exception and its traceback in ``results``. While the child runs, the worker renews the
 work's lease every third of its timeout (at most every 30 s); at the timeout it kills the
-child's whole process group and records the failure. If the engine says the lease is gone
+child's whole process group and records the failure (the next work gets a fresh child). If the engine says the lease is gone
 (the worker was cut off too long and the work went to someone else), the child is killed
 and nothing is updated. When the bucket is empty it waits ``sleep`` seconds and asks again.
 
@@ -18,20 +19,15 @@ environment as ``WFE_PARAMETERS`` (JSON); exit code 0 is success.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
-import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from wfe.engine.works.model import WorkStatus
+from wfe.engine.works.runner import FunctionChild, run_command
 
 if TYPE_CHECKING:
     from wfe.engine.cli.client import Client
@@ -92,28 +88,46 @@ async def run_worker(
     """Serve ``spec.pipeline`` until ``stop`` is set or ``spec.lives`` works are done;
     return how many works were performed."""
     done = 0
-    while (spec.lives is None or done < spec.lives) and not stop.is_set():
-        found = (await client.call("work.withdraw", pipeline=spec.pipeline, **spec.filters))["work"]
-        if found is None:
-            with trio.move_on_after(spec.sleep):
-                await stop.wait()
-            continue
-        report(await perform(client, found, spec.function))
-        done += 1
+    children: dict[str, FunctionChild] = {}
+    try:
+        while (spec.lives is None or done < spec.lives) and not stop.is_set():
+            found = (await client.call("work.withdraw", pipeline=spec.pipeline, **spec.filters))[
+                "work"
+            ]
+            if found is None:
+                with trio.move_on_after(spec.sleep):
+                    await stop.wait()
+                continue
+            function = spec.function or found.get("function")
+            child = None
+            if function is not None or not found.get("command"):
+                key = function or "-"  # none at all: the child says it is not module.function
+                child = children.get(key) or children.setdefault(key, FunctionChild(key))
+            report(await perform(client, found, child))
+            done += 1
+    finally:
+        for child in children.values():
+            await child.close()
     return done
 
 
-async def perform(client: Client, work: dict[str, Any], function: str | None) -> Performed:
-    """Run one withdrawn work in a child process and update it; return what became of it."""
+async def perform(client: Client, work: dict[str, Any], child: FunctionChild | None) -> Performed:
+    """Run one withdrawn work (in ``child``, or its command when None) and update it; return
+    what became of it."""
     started = trio.current_time()
     work_id, attempt, timeout = work["id"], work["attempt"], float(work["timeout"])
     lost = trio.Event()
-    with tempfile.TemporaryDirectory(prefix="wfe-work-") as scratch:
-        argv, env = _child(work, function, Path(scratch))
-        outcome: dict[str, Any]
+    outcome: dict[str, Any] = {
+        "ok": False,
+        "error": f"timeout: still running after {timeout:g} s, killed",
+    }
+    with trio.move_on_after(timeout):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_beat, client, work_id, attempt, timeout, lost)
-            outcome = await _run_child(argv, env, Path(scratch), timeout, lost)
+            nursery.start_soon(_beat, client, work_id, attempt, timeout, lost, nursery.cancel_scope)
+            if child is not None:
+                outcome = await child.call(work.get("parameters"))
+            else:
+                outcome = await run_command(work["command"], work_id, work.get("parameters"))
             nursery.cancel_scope.cancel()
     seconds = trio.current_time() - started
     if lost.is_set():
@@ -131,68 +145,16 @@ async def perform(client: Client, work: dict[str, Any], function: str | None) ->
     )
 
 
-def _child(
-    work: dict[str, Any], function: str | None, scratch: Path
-) -> tuple[list[str], dict[str, str]]:
-    spec = function or work.get("function")
-    env = dict(os.environ, WFE_WORKER_PID=str(os.getpid()))
-    if spec is None and work.get("command"):
-        env["WFE_PARAMETERS"] = json.dumps(work.get("parameters") or {})
-        env["WFE_WORK"] = work["id"]
-        return ["sh", "-c", work["command"]], env
-    if spec is None:
-        spec = "-"  # the child reports: not module.function
-    (scratch / "in.json").write_text(json.dumps(work.get("parameters") or {}))
-    argv = [sys.executable, "-m", "wfe.engine.works.child", spec]
-    return [*argv, str(scratch / "in.json"), str(scratch / "out.json")], env
-
-
-async def _run_child(
-    argv: list[str], env: dict[str, str], scratch: Path, limit: float, lost: trio.Event
-) -> dict[str, Any]:
-    process = await trio.lowlevel.open_process(argv, env=env, start_new_session=True)
-    try:
-        with trio.move_on_after(limit) as overran:
-            async with trio.open_nursery() as nursery:
-
-                async def cancel_when_lost() -> None:
-                    await lost.wait()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(cancel_when_lost)
-                await process.wait()
-                nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            _kill_group(process.pid)
-            with trio.CancelScope(shield=True):
-                await process.wait()
-    if overran.cancelled_caught:
-        return {"ok": False, "error": f"timeout: still running after {limit:g} s, killed"}
-    out = scratch / "out.json"
-    if argv[0] == "sh":
-        if process.returncode == 0:
-            return {"ok": True, "results": None}
-        return {"ok": False, "error": f"command exited with code {process.returncode}"}
-    if not out.exists():
-        code = process.returncode
-        assert code is not None  # waited for above
-        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        return {"ok": False, "error": f"the function's process {how} without a result"}
-    return json.loads(out.read_text())  # type: ignore[no-any-return]
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 async def _beat(
-    client: Client, work_id: str, attempt: int, period: float, lost: trio.Event
+    client: Client,
+    work_id: str,
+    attempt: int,
+    period: float,
+    lost: trio.Event,
+    work_scope: trio.CancelScope,
 ) -> None:
-    """Renew the lease until cancelled; set ``lost`` when the engine says it is gone."""
+    """Renew the lease until cancelled; when the engine says it is gone, set ``lost`` and
+    cancel the work (its process is killed: its result would be refused)."""
     from wfe.engine.cli.client import ClientError
 
     while True:
@@ -202,6 +164,7 @@ async def _beat(
         except ClientError as exc:
             if exc.code in ("refused", "not_found"):
                 lost.set()
+                work_scope.cancel()
                 return
             raise
 
