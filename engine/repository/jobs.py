@@ -103,6 +103,32 @@ def job_from_row(row: Row) -> JobRow:
     )
 
 
+def job_view(job: JobRow, *extra: str) -> JsonObject:
+    """A job as shown to people (CLI, console): its identity, state and times, plus the
+    ``extra`` fields asked for (``priority``, ``params``, ``result``, ``request``)."""
+    view: JsonObject = {
+        "id": job.id,
+        "kind": job.kind,
+        "name": job.name,
+        "state": job.state,
+        "parent": job.parent_id,
+        "root": job.root_id,
+        "attempts": job.attempts,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+        "error": job.error,
+    }
+    more: JsonObject = {
+        "priority": job.priority,
+        "params": job.params,
+        "result": job.result,
+        "request": job.request_id,
+    }
+    view.update((name, more[name]) for name in extra)
+    return view
+
+
 # --- writes -------------------------------------------------------------------------------------
 
 

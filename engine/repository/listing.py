@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from wfe.engine.errors import EngineError, UnknownJob
-from wfe.engine.repository.jobs import JOB_COLUMNS, JobState, job_from_row
+from wfe.engine.repository.jobs import JOB_COLUMNS, JobState, job_from_row, job_view
 from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue, Row
 from wfe.rscripts.header import MISSING
 
@@ -91,21 +91,7 @@ def describe_rscripts(library: ScriptLibrary) -> list[JsonObject]:
 
 
 def _row(row: Row) -> JsonObject:
-    job = job_from_row(row)
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "name": job.name,
-        "state": job.state,
-        "parent": job.parent_id,
-        "root": job.root_id,
-        "attempts": job.attempts,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "ended_at": job.ended_at,
-        "error": job.error,
-        "request": job.request_id,
-    }
+    return job_view(job_from_row(row), "request")
 
 
 def find_jobs(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from wfe.engine.errors import UnknownJob
-from wfe.engine.repository.jobs import JOB_COLUMNS, JobState, job_from_row
+from wfe.engine.repository.jobs import JOB_COLUMNS, JobState, job_from_row, job_view
 from wfe.engine.repository.rowtypes import Conn, JsonObject, Row
 
 if TYPE_CHECKING:
@@ -22,23 +22,7 @@ _ATTEMPT_KEYS = (
 
 
 def _job_dict(row: Row) -> JsonObject:
-    job = job_from_row(row)
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "name": job.name,
-        "state": job.state,
-        "parent": job.parent_id,
-        "root": job.root_id,
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "ended_at": job.ended_at,
-        "params": job.params,
-        "result": job.result,
-        "error": job.error,
-    }
+    return job_view(job_from_row(row), "priority", "params", "result")
 
 
 def job_detail(job_id: str) -> Callable[[Conn], JsonObject]:
