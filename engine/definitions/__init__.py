@@ -52,6 +52,13 @@ from wfe.engine.definitions.model import (
 )
 from wfe.engine.definitions.params import parse_assignments, resolve_params, stage_params
 from wfe.engine.definitions.query import Op, Query, Rule, compile_query
+from wfe.engine.definitions.triggers import (
+    Trigger,
+    TriggerKind,
+    VersionPolicy,
+    next_tick,
+    parse_duration,
+)
 from wfe.engine.definitions.validate import (
     check_actions,
     check_rscripts,
@@ -88,7 +95,10 @@ __all__ = [
     "Rule",
     "Stage",
     "Timeouts",
+    "Trigger",
+    "TriggerKind",
     "UnknownRScript",
+    "VersionPolicy",
     "Workflow",
     "build_definition",
     "canonical_json",
@@ -101,6 +111,8 @@ __all__ = [
     "expand_includes",
     "git_info",
     "load_definition",
+    "next_tick",
+    "parse_duration",
     "parse_assignments",
     "require_known",
     "resolve_params",

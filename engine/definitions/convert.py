@@ -31,6 +31,7 @@ from wfe.engine.definitions.model import (
     Timeouts,
     Workflow,
 )
+from wfe.engine.definitions.triggers import Trigger, parse_duration, parse_trigger
 from wfe.protocols.request import BadIdentifier, check_workflow_name
 
 
@@ -243,6 +244,27 @@ def _stages(value: Any, _t: Any) -> tuple[Stage, ...]:
     return stages
 
 
+def _trigger(value: Any, _t: Any) -> Trigger:
+    try:
+        return parse_trigger(value)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+
+def _duration(value: Any, _t: Any) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+
+def _group_by(value: Any, _t: Any) -> tuple[str, ...]:
+    fields = _strings(value, None)
+    if len(set(fields)) != len(fields):
+        raise _Bad(f"a field is named twice in {list(fields)}")
+    return fields
+
+
 def _enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
     for member in cls:
         if member.value == value and type(member.value) is type(value):
@@ -263,7 +285,7 @@ _converter.register_structure_hook_func(
 )
 
 _OVERRIDES: dict[type[Any], dict[str, Callable[[Any, Any], Any]]] = {
-    Workflow: {"name": _workflow_name, "namespace": _namespace},
+    Workflow: {"name": _workflow_name, "namespace": _namespace, "trigger": _trigger},
     Policy: {"max_allocations": _at_least(1)},
     Requirements: {"cpus": _at_least(1), "memory": _memory, "site": _name("site")},
     Backoff: {"seconds": _seconds(positive=False), "multiplier": _multiplier},
@@ -280,6 +302,8 @@ _OVERRIDES: dict[type[Any], dict[str, Callable[[Any, Any], Any]]] = {
         "consumes": _consumes,
         "max_inputs": _at_least(1, optional=True),
         "retries": _at_least(0),
+        "cooldown": _duration,
+        "group_by": _group_by,
     },
     StageDefaults: {"retries": _at_least(0)},
     ParamSpec: {},

@@ -87,7 +87,12 @@ def build_definition(
             ]
     document = structure_document(raw)
     query = compile_query(query_data) if query_data is not None else None
-    check_document(document.stages, document.params, has_query=query is not None)
+    check_document(
+        document.stages,
+        document.params,
+        has_query=query is not None,
+        standing=document.workflow.trigger.standing,
+    )
     return Definition(
         workflow=document.workflow,
         policy=document.policy,

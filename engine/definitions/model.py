@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from wfe.engine.definitions.query import Query
+from wfe.engine.definitions.triggers import Trigger, VersionPolicy
 
 #: The ``consumes`` source of a stage whose inputs come from the definition's query.
 QUERY_SOURCE = "query"
@@ -67,6 +68,7 @@ class Workflow:
     namespace: str
     version: str = ""
     description: str = ""
+    trigger: Trigger = Trigger()  # manual (runs once) or standing: continuous, cron
 
 
 @attrs.frozen(kw_only=True)
@@ -149,6 +151,9 @@ class Stage:
     backoff: Backoff = Backoff()
     timeouts: Timeouts = Timeouts()
     priority: int = 0
+    cooldown: float = 0.0  # seconds: a standing stage starts at most one round per window
+    group_by: tuple[str, ...] = ()  # one job per distinct value of these metadata fields
+    version_policy: VersionPolicy = VersionPolicy.KEEP
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -197,6 +202,11 @@ class Definition:
     def approval_required(self) -> bool:
         """True when a person must approve requests of this definition."""
         return self.policy.approval is Approval.REQUIRED
+
+    @property
+    def standing(self) -> bool:
+        """True when requests of this definition stay on (trigger continuous or cron)."""
+        return self.workflow.trigger.standing
 
     def stage(self, name: str) -> Stage:
         """The stage called ``name``. Raises ``KeyError`` if there is none."""

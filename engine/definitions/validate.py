@@ -21,9 +21,14 @@ _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def check_document(
-    stages: Sequence[Stage], params: Mapping[str, ParamSpec], *, has_query: bool
+    stages: Sequence[Stage],
+    params: Mapping[str, ParamSpec],
+    *,
+    has_query: bool,
+    standing: bool = False,
 ) -> None:
-    """Check stages and params against each other. Raises ``InvalidDefinition``."""
+    """Check stages and params against each other (``standing``: the trigger is continuous
+    or cron). Raises ``InvalidDefinition``."""
     for name, spec in params.items():
         _check_param(name, spec)
     if not stages:
@@ -34,6 +39,7 @@ def check_document(
             raise DagError(f"stages[{i}].name: duplicate stage {stage.name!r}")
         seen.add(stage.name)
         _check_stage(i, stage, params, has_query=has_query)
+        _check_standing(i, stage, standing=standing)
     for i, stage in enumerate(stages):
         for upstream in stage.after:
             if upstream not in seen:
@@ -81,6 +87,25 @@ def _check_stage(i: int, stage: Stage, params: Mapping[str, ParamSpec], *, has_q
             raise InvalidDefinition(
                 f"{path}: refers to unknown parameter {ref!r} (add [params.{ref}])"
             )
+
+
+def _check_standing(i: int, stage: Stage, *, standing: bool) -> None:
+    where = f"stages[{i}]"
+    if stage.cooldown and not standing:
+        raise InvalidDefinition(
+            f"{where}.cooldown: only standing requests have cooldowns "
+            '(set [workflow] trigger = "continuous" or { cron = "..." })'
+        )
+    if stage.group_by and stage.consumes is None:
+        raise InvalidDefinition(
+            f"{where}.group_by: stage {stage.name!r} has no inputs to group "
+            '(add consumes = "query" or the name of an upstream stage)'
+        )
+    if stage.group_by and stage.max_inputs is not None:
+        raise InvalidDefinition(
+            f"{where}.group_by: stage {stage.name!r} has both group_by and max_inputs "
+            "(a job takes one sub-group, or at most max_inputs inputs: choose one)"
+        )
 
 
 def param_refs(value: Any, path: str) -> Iterable[tuple[str, str]]:

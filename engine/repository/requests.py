@@ -258,6 +258,34 @@ def _add_inputs(
     return len(rows)
 
 
+def add_stage_inputs(
+    rid: str, stage: str, inputs: Sequence[tuple[str, str, Mapping[str, JsonValue]]]
+) -> Callable[[Tx], int]:
+    """Add inputs to a running stage of a standing request, numbered after its last ones;
+    keys the stage has already are left as they are. Emits ``request.inputs`` with the
+    stage and how many were added (none: no event). Returns that number."""
+
+    def op(tx: Tx) -> int:
+        (top,) = tx.execute(
+            "SELECT COALESCE(MAX(seq), -1) FROM stage_inputs WHERE request = ? AND stage = ?",
+            (rid, stage),
+        ).fetchone()
+        added = 0
+        for key, path, meta in inputs:
+            cursor = tx.execute(
+                "INSERT OR IGNORE INTO stage_inputs (request, stage, input, seq, path, metadata,"
+                " state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rid, stage, key, top + 1 + added, path, json.dumps(dict(meta)),
+                 InputState.UNALLOCATED.value),
+            )  # fmt: skip
+            added += cursor.rowcount
+        if added:
+            tx.emit("request.inputs", rid, {"stage": stage, "added": added})
+        return added
+
+    return op
+
+
 def set_stage(
     rid: str,
     stage: str,

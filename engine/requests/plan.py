@@ -25,6 +25,7 @@ import attrs
 
 from wfe.engine.definitions import Definition, OnStageFailure, topological_order
 from wfe.engine.requests.model import STAGE_TERMINAL, BatchOutcome, StageInput, StageState
+from wfe.engine.requests.standing import sub_groups
 from wfe.protocols.request import InputAllocation, InputState, RequestVerb, take_inputs
 
 _OPEN_INPUT = frozenset({InputState.UNALLOCATED, InputState.ALLOCATED})
@@ -70,10 +71,15 @@ def _failed_inputs(failed: Sequence[StageInput]) -> str:
     return f"input {first.key} failed: {first.allocation.reason}{more}"
 
 
-def batches_to_make(inputs: Iterable[StageInput], max_inputs: int | None) -> list[list[StageInput]]:
+def batches_to_make(
+    inputs: Iterable[StageInput], max_inputs: int | None, group_by: Sequence[str] = ()
+) -> list[list[StageInput]]:
     """The batches to make from a stage's unallocated inputs, in input order: each takes at
-    most ``max_inputs`` (all of them when None)."""
+    most ``max_inputs`` (all of them when None), or with ``group_by`` one sub-group (the
+    inputs with the same values of those metadata fields)."""
     pool = sorted((i for i in inputs if i.allocation.state is InputState.UNALLOCATED), key=_seq)
+    if group_by:
+        return sub_groups(pool, group_by)
     by_id = {i.key: i for i in pool}
     allocations = [i.allocation for i in pool]
     batches: list[list[StageInput]] = []

@@ -51,12 +51,13 @@ from wfe.engine.repository import Missed, Subscription
 from wfe.engine.repository import requests as store
 from wfe.engine.repository.products import list_products, stage_products
 from wfe.engine.repository.rowtypes import Conn
-from wfe.engine.requests import catalog, checking, plan, scripts
+from wfe.engine.requests import catalog, checking, plan, scripts, standing
 from wfe.engine.requests.approval import decide_approval
 from wfe.engine.requests.batches import BatchRunner
 from wfe.engine.requests.catalog import CatalogMatch
 from wfe.engine.requests.errors import RefusedTransition, RequestError, SubmitError
 from wfe.engine.requests.model import ONCE, Batch, RequestRecord, Snapshot, StageState, product_key
+from wfe.engine.requests.standing_clock import StandingClock
 from wfe.engine.runtime.actions import one_line
 from wfe.engine.runtime.jobs import TERMINAL
 from wfe.protocols.errors import ProtocolError
@@ -111,6 +112,7 @@ class RequestService:
         self._seq = itertools.count()
         self._checking: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        self.standing = StandingClock(self.poke)  # cron ticks, cooldowns, catalog refreshes
         self.steps = 0
 
     @property
@@ -128,6 +130,7 @@ class RequestService:
             self._wake.set()
             nursery.start_soon(self._listen, events, name="requests: events")
             nursery.start_soon(self._loop, name="requests: steps")
+            await nursery.start(self.standing.run)
             task_status.started()
 
     def statistics(self) -> dict[str, int]:
@@ -146,14 +149,18 @@ class RequestService:
         """Poke the requests whose jobs ended or were requeued: one wakeup per committed
         batch of events, however many it holds."""
         while items := await events.receive_batch():
-            missed = False
+            missed = catalog_changed = False
             for event in items:
                 if isinstance(event, Missed):
                     missed = True
+                elif event.kind in ("catalog.added", "catalog.updated"):
+                    catalog_changed = True
                 elif event.kind == "job.state" and (
                     event.data.get("state") in TERMINAL or "retry_after" in event.data
                 ):  # a job ended, or waits to be retried (a paused request holds it back)
                     self._job_changed(event.subject)
+            if catalog_changed or missed:  # standing requests look at their query again
+                self.standing.catalog_changed()
             if missed:
                 for rid in await self.repo.read(store.live_requests):
                     self.poke(rid)
@@ -338,6 +345,7 @@ class RequestService:
             self.poke(rid)
             return
         if state in TERMINAL_STATES or state is _S.ARCHIVED:
+            self.standing.forget(rid)
             for batch in snap.batches:
                 if batch.stop is None:
                     await self.batches.stop(batch, f"request {state.value}")
@@ -365,6 +373,14 @@ class RequestService:
             for batch in snap.batches:
                 if batch.stop is None:
                     await self.batches.stop(batch, "request paused", queued_only=True)
+        if definition.standing:
+            # Standing: stages stay running, take new inputs, never end; no check.
+            self.standing.watch(rid, definition.workflow.trigger)
+            if await self._standing_stages(snap, definition):
+                self.poke(rid)
+            elif state is _S.RUNNING:
+                await self._dispatch(snap, definition)
+            return
         if await self._stages(snap, definition):
             self.poke(rid)
             return
@@ -420,7 +436,7 @@ class RequestService:
         found: list[tuple[str, str, dict[str, Any]]] = []
         if definition.query is not None:
             found = await self.repo.read(catalog.find(definition.query))
-        if definition.query is not None and not found:
+        if definition.query is not None and not found and not definition.standing:
             reason = "the query matched no catalog entries (see `wfe catalog ls`)"
             await self.repo.write(
                 store.transition(
@@ -466,13 +482,54 @@ class RequestService:
             return True
         return changed
 
+    async def _standing_stages(self, snap: Snapshot, definition: Definition) -> bool:
+        """A standing request's stages: start them all at once, then add the inputs they
+        lack: new catalog matches (when the trigger asks for a refresh) and new products of
+        the stages they consume. True if anything was written."""
+        rid = snap.request.id
+        for name, record in snap.stages.items():
+            if record.state is StageState.WAITING:
+                stage = definition.stage(name)
+                once: list[CatalogMatch] | None = None
+                if stage.consumes is None:
+                    once = [(ONCE, "", {})]
+                await self.repo.write(store.set_stage(rid, name, StageState.RUNNING, inputs=once))
+                return True
+        found: list[CatalogMatch] | None = None
+        if definition.query is not None and self.standing.refresh_due(rid):
+            found = await self.repo.read(catalog.find(definition.query))
+        changed = False
+        for name in snap.stages:
+            stage = definition.stage(name)
+            if stage.consumes is None:
+                continue
+            if stage.consumes.from_query:
+                if found is None:
+                    continue
+                matches = found
+            else:
+                matches = await self.repo.read(
+                    _upstream_products(rid, stage.consumes.source, stage.consumes.types)
+                )
+            present = (i.key for i in snap.inputs.get(name, ()))
+            new = standing.new_matches(present, matches)
+            if new:
+                await self.repo.write(store.add_stage_inputs(rid, name, new))
+                changed = True
+        return changed
+
     async def _dispatch(self, snap: Snapshot, definition: Definition) -> None:
         started = False
         for name, record in snap.stages.items():
             if record.state is not StageState.RUNNING:
                 continue
             stage = definition.stage(name)
-            for chunk in plan.batches_to_make(snap.inputs.get(name, ()), stage.max_inputs):
+            inputs = snap.inputs.get(name, ())
+            if definition.standing and not self.standing.may_start(
+                snap.request.id, name, cooldown=stage.cooldown, gap=len(standing.gap(inputs))
+            ):
+                continue  # nothing waits, or the stage's cooldown window is still open
+            for chunk in plan.batches_to_make(inputs, stage.max_inputs, stage.group_by):
                 batch = await self.batches.start(snap.request, definition, stage, chunk)
                 started = True
                 if batch.job is not None:
