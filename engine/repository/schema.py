@@ -131,6 +131,17 @@ CREATE UNIQUE INDEX tokens_live_name ON tokens(name) WHERE revoked_at IS NULL;
 DELETE FROM sqlite_sequence WHERE name = 'tokens' AND NOT EXISTS (SELECT 1 FROM tokens);
 """
 
+# Standing requests (issue 14; wfe.engine.repository.standing): a product records the version
+# of the stage that made it (script hash + parameters), why it is no longer current (``stale``:
+# its stage's version changed, or its sub-group was run again), whether it is an intermediate
+# (purgeable) product, and when its file was purged under disk pressure.
+_STANDING_PRODUCTS = """
+ALTER TABLE products ADD COLUMN version TEXT;
+ALTER TABLE products ADD COLUMN stale TEXT;
+ALTER TABLE products ADD COLUMN intermediate INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE products ADD COLUMN purged_at REAL;
+"""
+
 #: Every migration ever, in order. Append only: the position is the schema version.
 MIGRATIONS: list[str] = [
     _CORE,  # 1: events, counters, jobs, attempts, output, agents
@@ -140,6 +151,7 @@ MIGRATIONS: list[str] = [
     _DROP_JOBS_PARENT,  # 5: one index less to write per job
     _WORKS,  # 6: the work queue's buckets (works)
     _TOKENS_WORKER_ROLE,  # 7: tokens may have the worker role
+    _STANDING_PRODUCTS,  # 8: products' stage version, staleness, lifetime and purge
 ]
 
 
