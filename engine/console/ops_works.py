@@ -101,24 +101,33 @@ async def _heartbeat(session: Session, args: dict[str, Any]) -> Any:
 @op("work.update", role="operator", workers=True)
 async def _update(session: Session, args: dict[str, Any]) -> Any:
     """Record a running work's results, products, plots, status: id, attempt. Result: the
-    work as stored (queued again with attempt + 1 after a failure while retries remain)."""
+    work as stored (queued again with attempt + 1 after a failure while retries remain);
+    with withdraw (work.withdraw's args), {updated, next}: the next work withdrawn with it."""
     work_id, attempt = arg(args, "id", str), arg(args, "attempt", int)
     changes = {k: v for k, v in args.items() if k in UPDATABLE}
-    extra = sorted(set(args) - UPDATABLE - {"id", "attempt"})
+    extra = sorted(set(args) - UPDATABLE - {"id", "attempt", "withdraw"})
     if extra:
         raise ApiError(
             BAD_REQUEST,
             f"args.{extra[0]}: may not be updated (only {', '.join(sorted(UPDATABLE))})",
         )
+    then = arg(args, "withdraw", dict, None)
+    query = None if then is None else work_query(then, pipeline_required=True)
     try:
-        work = await session.engine.update_work(
-            work_id, attempt=attempt, changes=changes, by=session.name
+        if query is None:
+            return payload(
+                await session.engine.update_work(
+                    work_id, attempt=attempt, changes=changes, by=session.name
+                )
+            )
+        work, after = await session.engine.update_and_withdraw_work(
+            work_id, attempt=attempt, changes=changes, by=session.name, query=query
         )
     except WorkError as exc:
         if isinstance(exc, LookupError) or " is over " in str(exc) or "only a running" in str(exc):
             raise
         raise ApiError(BAD_REQUEST, str(exc)) from None
-    return payload(work)
+    return {"updated": payload(work), "next": None if after is None else payload(after)}
 
 
 @op("work.get", role="viewer", workers=True)

@@ -316,6 +316,29 @@ class Engine:
             self.leases.release(work_id)
         return work
 
+    async def update_and_withdraw_work(
+        self,
+        work_id: str,
+        *,
+        attempt: int,
+        changes: JsonObject,
+        by: str,
+        query: work_rows.WorkQuery,
+    ) -> tuple[Work, Work | None]:
+        """``update_work`` and then ``withdraw_work(query, worker=by)``, in one transaction."""
+        work, after = await self.repo.write(
+            work_rows.update_and_withdraw(
+                work_id, attempt=attempt, changes=changes, by=by, query=query
+            )
+        )
+        if work.status is WorkStatus.RUNNING:
+            self.leases.renew(work_id, attempt)
+        else:
+            self.leases.release(work_id)
+        if after is not None:
+            self.leases.hold(after)
+        return work, after
+
     async def cancel_work(self, work_id: str, *, by: str | None) -> Work:
         work = await self.repo.write(work_rows.cancel_work(work_id, by=by))
         self.leases.release(work_id)

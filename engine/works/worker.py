@@ -86,24 +86,32 @@ async def run_worker(
     report: Callable[[Performed], None] = lambda p: None,
 ) -> int:
     """Serve ``spec.pipeline`` until ``stop`` is set or ``spec.lives`` works are done;
-    return how many works were performed."""
+    return how many works were performed.
+
+    Each update also withdraws the next work (one round trip and one commit per work) while
+    more are wanted; a work withdrawn that way is performed even if ``stop`` came meanwhile."""
     done = 0
     children: dict[str, FunctionChild] = {}
+    withdraw = {"pipeline": spec.pipeline, **spec.filters}
+    found: dict[str, Any] | None = None
     try:
-        while (spec.lives is None or done < spec.lives) and not stop.is_set():
-            found = (await client.call("work.withdraw", pipeline=spec.pipeline, **spec.filters))[
-                "work"
-            ]
+        while found is not None or (
+            (spec.lives is None or done < spec.lives) and not stop.is_set()
+        ):
             if found is None:
-                with trio.move_on_after(spec.sleep):
-                    await stop.wait()
-                continue
+                found = (await client.call("work.withdraw", **withdraw))["work"]
+                if found is None:
+                    with trio.move_on_after(spec.sleep):
+                        await stop.wait()
+                    continue
             function = spec.function or found.get("function")
             child = None
             if function is not None or not found.get("command"):
                 key = function or "-"  # none at all: the child says it is not module.function
                 child = children.get(key) or children.setdefault(key, FunctionChild(key))
-            report(await perform(client, found, child))
+            more = (spec.lives is None or done + 1 < spec.lives) and not stop.is_set()
+            performed, found = await perform(client, found, child, withdraw if more else None)
+            report(performed)
             done += 1
     finally:
         for child in children.values():
@@ -111,9 +119,15 @@ async def run_worker(
     return done
 
 
-async def perform(client: Client, work: dict[str, Any], child: FunctionChild | None) -> Performed:
-    """Run one withdrawn work (in ``child``, or its command when None) and update it; return
-    what became of it."""
+async def perform(
+    client: Client,
+    work: dict[str, Any],
+    child: FunctionChild | None,
+    then: dict[str, Any] | None = None,
+) -> tuple[Performed, dict[str, Any] | None]:
+    """Run one withdrawn work (in ``child``, or its command when None) and update it; with
+    ``then`` (work.withdraw's args) the update also withdraws the next work. Return what
+    became of the work, and the next one (or None)."""
     started = trio.current_time()
     work_id, attempt, timeout = work["id"], work["attempt"], float(work["timeout"])
     lost = trio.Event()
@@ -132,17 +146,25 @@ async def perform(client: Client, work: dict[str, Any], child: FunctionChild | N
     seconds = trio.current_time() - started
     if lost.is_set():
         log.warning("work %s attempt %d: lease lost, result dropped", work_id, attempt)
-        return Performed(id=work_id, attempt=attempt, status="abandoned", seconds=seconds)
-    stored = await client.call(
-        "work.update", id=work_id, attempt=attempt, **outcome_changes(outcome)
-    )
-    return Performed(
+        gone = Performed(id=work_id, attempt=attempt, status="abandoned", seconds=seconds)
+        return gone, None
+    changes = outcome_changes(outcome)
+    after = None
+    if then is None:
+        stored = await client.call("work.update", id=work_id, attempt=attempt, **changes)
+    else:
+        both = await client.call(
+            "work.update", id=work_id, attempt=attempt, withdraw=then, **changes
+        )
+        stored, after = both["updated"], both["next"]
+    performed = Performed(
         id=work_id,
         attempt=attempt,
         status=stored["status"],
         seconds=seconds,
         error=None if outcome.get("ok") else outcome.get("error"),
     )
+    return performed, after
 
 
 async def _beat(

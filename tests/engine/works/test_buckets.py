@@ -23,6 +23,7 @@ from wfe.engine.repository.works import (
     expire_work,
     find_works,
     read_work,
+    update_and_withdraw,
     update_work,
     withdraw_work,
 )
@@ -250,3 +251,27 @@ def test_the_query_is_a_plain_value() -> None:
     """A query is a frozen value: withdraw uses a copy with the queued status."""
     query = WorkQuery(pipeline="p", statuses=(WorkStatus.SUCCESS,))
     assert attrs.evolve(query, statuses=()) != query
+
+
+async def test_an_update_can_withdraw_the_next_work_in_the_same_transaction(
+    repo: Repository,
+) -> None:
+    """update_and_withdraw records the update and hands out the next work; when the update
+    is refused, nothing is withdrawn."""
+    first, second = await repo.write(deposit_works([work(), work()], by=None))
+    await repo.write(withdraw_work(WorkQuery(pipeline="p"), worker="w"))
+    query = WorkQuery(pipeline="p")
+    with pytest.raises(WorkError, match="attempt 2 is over"):
+        await repo.write(
+            update_and_withdraw(
+                first, attempt=2, changes={"status": "success"}, by="w", query=query
+            )
+        )
+    assert (await repo.read(read_work(second))).status is WorkStatus.QUEUED
+    done, after = await repo.write(
+        update_and_withdraw(first, attempt=1, changes={"status": "success"}, by="w", query=query)
+    )
+    assert done.status is WorkStatus.SUCCESS
+    assert after is not None and (after.id, after.status) == (second, WorkStatus.RUNNING)
+    events = [e.kind for e in await repo.events_since(0)]
+    assert events[-2:] == ["work.updated", "work.withdrawn"]

@@ -144,3 +144,24 @@ async def test_a_late_update_after_the_lease_moved_on_is_refused(api: Api) -> No
             assert again["attempt"] == 2
             done = await worker.call("work.update", id=wid, attempt=2, status="success")
             assert done["status"] == "success"
+
+
+async def test_an_update_that_withdraws_the_next_work(api: Api) -> None:
+    """work.update with withdraw answers {updated, next}: the next work is running under the
+    same token's lease; with the bucket empty, next is null."""
+    with trio.fail_after(GUARD):
+        async with api.as_role("worker") as worker:
+            first, second = (
+                await worker.call("work.deposit", works=[{"pipeline": "p"}, {"pipeline": "p"}])
+            )["ids"]
+            await worker.call("work.withdraw", pipeline="p")
+            both = await worker.call(
+                "work.update", id=first, attempt=1, status="success", withdraw={"pipeline": "p"}
+            )
+            assert both["updated"]["status"] == "success"
+            assert (both["next"]["id"], both["next"]["status"]) == (second, "running")
+            assert (await worker.call("work.heartbeat", id=second, attempt=1))["id"] == second
+            last = await worker.call(
+                "work.update", id=second, attempt=1, status="success", withdraw={"pipeline": "p"}
+            )
+            assert last["next"] is None
