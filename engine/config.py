@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,27 @@ class AgentsSection:
     reconcile_grace: float = 10.0  # after a restart, how long to wait for agents to report back
     lease: float = 60.0  # how long an agent's attempts run on without word from the engine
     restart_backoff: float = 1.0  # first delay before a dead local agent is started again
+    # ``[agents.<name>]`` tables: groups of local agents started and stopped together; ``local``
+    # above is the shorthand for a group named "local" (agents local-1 ... local-N)
+    groups: dict[str, AgentGroup] = attrs.field(factory=dict, eq=False)
+
+    def all_groups(self) -> dict[str, AgentGroup]:
+        """Every group of local agents: ``local = N`` (if N > 0) first, then the tables."""
+        shorthand = {"local": AgentGroup(count=self.local)} if self.local else {}
+        return {**shorthand, **self.groups}
+
+
+@attrs.frozen(kw_only=True)
+class AgentGroup:
+    """``[agents.<name>]``: local agents the engine starts and stops together
+    (``wfe agents up|down NAME``); its agents are named ``<name>-1`` ... ``<name>-<count>``."""
+
+    enabled: bool = True  # started with the engine (else only by `wfe agents up NAME`)
+    count: int = 1  # agents in the group
+    slots: int = 0  # slots of each agent (0: [agents] slots)
+    tags: tuple[str, ...] = ()  # tags each agent offers
+    site: str = "local"  # the site each agent declares
+    transport: str = "local"  # how they reach the engine: only "local" agents are started here
 
 
 @attrs.frozen(kw_only=True)
@@ -180,6 +202,9 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     approval = _parse_approval(data.pop("approval", {}), source)
+    groups = _parse_groups(data.get("agents"), source)
+    if groups:  # the tables of [agents] are groups; the rest is the section's keys
+        data["agents"] = {k: v for k, v in data["agents"].items() if k not in groups}
     try:
         sections = {k: v for k, v in data.items()}
         config = _converter.structure({"root": str(root), **sections}, _RawConfig)
@@ -191,7 +216,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         root=root,
         engine=config.engine,
         api=config.api,
-        agents=config.agents,
+        agents=attrs.evolve(config.agents, groups=groups),
         jobs=config.jobs,
         xmpp=config.xmpp,
         approval=approval,
@@ -215,6 +240,47 @@ class _RawConfig:
 
 
 _NAMESPACE_PATTERN_CHARS = frozenset("_.-*?")
+_GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def _parse_groups(raw: Any, source: str) -> dict[str, AgentGroup]:
+    """The ``[agents.<name>]`` tables, each checked; one line naming the key on an error."""
+    if not isinstance(raw, dict):
+        return {}
+    groups: dict[str, AgentGroup] = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            continue
+        key = f"agents.{name}"
+        if not _GROUP_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{source}: {key}: a group name has lower-case letters, digits, '_' and '-'"
+                " (at most 32)"
+            )
+        try:
+            group = _converter.structure(table, AgentGroup)
+        except cattrs.BaseValidationError as exc:
+            messages = cattrs.transform_error(exc, path="", format_exception=explain)
+            detail = _tidy(messages[0] if messages else str(exc))
+            where, _, what = detail.partition(": ")
+            where = key if where == "top level" else f"{key}.{where}"
+            raise ConfigError(f"{source}: {where}: {what}") from None
+        problems = [
+            (group.count >= 0, f"{key}.count must be 0 or more"),
+            (group.slots >= 0, f"{key}.slots must be 0 (the [agents] slots) or more"),
+            (bool(group.site), f"{key}.site must not be empty"),
+            (all(group.tags), f"{key}.tags: a tag must not be empty"),
+            (
+                group.transport == "local",
+                f'{key}.transport: only "local" groups are started by the engine'
+                " (XMPP agents start on their own hosts: docs/xmpp.md)",
+            ),
+        ]
+        for ok, message in problems:
+            if not ok:
+                raise ConfigError(f"{source}: {message}")
+        groups[name] = group
+    return groups
 
 
 def _parse_approval(raw: Any, source: str) -> ApprovalSection:

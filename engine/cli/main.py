@@ -301,6 +301,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
+    if args.action is not None:
+        options = {} if args.group is None else {"group": args.group}
+        result = _call(args, f"agents.{args.action}", **options)
+        if args.json:
+            print_json(result)
+        else:
+            done = result["started" if args.action == "up" else "stopped"]
+            verb = "started" if args.action == "up" else "stopped"
+            print(f"{verb}: {', '.join(done)}" if done else f"nothing to do: no agent {verb}")
+        return 0
     agents = _call(args, "agents")
     if args.json:
         print_json(agents)
@@ -309,6 +319,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
             [
                 {
                     "agent": a["name"],
+                    "group": a.get("group") or "",
                     "state": a["state"],
                     "transport": a["transport"],
                     "slots": f"{a['slots'] - a['free_slots']}/{a['slots']}",
@@ -479,7 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attempt", type=int)
     p.add_argument("--follow", "-f", action="store_true", help="stream output until the job ends")
 
-    p = add("agents", cmd_agents, "list the agents the engine knows")
+    p = add(
+        "agents",
+        cmd_agents,
+        "list the agents the engine knows; `agents up|down [GROUP]` starts or stops local groups",
+    )
+    p.add_argument("action", nargs="?", choices=("up", "down"), help="start or stop a group")
+    p.add_argument("group", nargs="?", help="the [agents.<group>] to start or stop (default: all)")
     p.add_argument("--json", action="store_true")
 
     p = add("kill", cmd_kill, "cancel a job and everything it started")

@@ -144,6 +144,18 @@ async def _agents(session: Session, args: dict[str, Any]) -> Any:
     return session.engine.agents()
 
 
+@op("agents.up", role="operator")
+async def _agents_up(session: Session, args: dict[str, Any]) -> Any:
+    """Start the local agents of a group (every group without ``group``) that do not run."""
+    return {"started": await session.engine.agents_up(arg(args, "group", str, None))}
+
+
+@op("agents.down", role="operator")
+async def _agents_down(session: Session, args: dict[str, Any]) -> Any:
+    """Stop the local agents of a group (every group without ``group``)."""
+    return {"stopped": await session.engine.agents_down(arg(args, "group", str, None))}
+
+
 # --- events and statistics ------------------------------------------------------------------
 
 

@@ -35,7 +35,8 @@ from wfe.engine.runtime.facade import Engine
 from wfe.engine.runtime.jobs import Completions
 from wfe.engine.runtime.tasklets import ActionLibrary
 from wfe.engine.runtime.watchdog import BlockedReport, Watchdog
-from wfe.engine.transports.local import LocalAgents, serve_local_agents, watch_local_agents
+from wfe.engine.transports.local import serve_local_agents
+from wfe.engine.transports.local_agents import LocalAgents, watch_local_agents
 from wfe.engine.works.leases import Leases
 from wfe.rscripts.loader import ScriptLibrary
 
@@ -116,7 +117,7 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                 socket_path = config.run_dir / "agents.sock"
                 await nursery.start(serve_local_agents, controller, socket_path)
                 local = LocalAgents(
-                    count=config.agents.local if start_local_agents else 0,
+                    groups=config.agents.all_groups() if start_local_agents else {},
                     slots=config.agents.slots,
                     socket_path=socket_path,
                     directory=config.agents_dir,
@@ -157,6 +158,7 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                     scripts=scripts,
                     requests=requests,
                     leases=leases,
+                    local=local,
                 )
                 try:
                     yield engine

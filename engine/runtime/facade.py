@@ -41,6 +41,7 @@ from wfe.engine.repository.space import DiskTrouble
 from wfe.engine.runtime import metrics
 from wfe.engine.runtime.actions import ActionRunner
 from wfe.engine.runtime.watchdog import Watchdog
+from wfe.engine.transports.local_agents import LocalAgents, UnknownGroup
 from wfe.engine.works.leases import Lease, Leases
 from wfe.engine.works.model import Work, WorkStatus
 from wfe.rscripts.loader import ScriptLibrary
@@ -64,6 +65,7 @@ class Engine:
         scripts: ScriptLibrary,
         requests: RequestService | None = None,
         leases: Leases | None = None,
+        local: LocalAgents | None = None,
     ) -> None:
         self.config = config
         self.repo = repo
@@ -74,6 +76,7 @@ class Engine:
         self.requests = requests  # workflow requests (wfe.engine.requests); None in a bare engine
         # the work queue's leases (wfe.engine.works.leases); expired only while its task runs
         self.leases = leases if leases is not None else Leases(repo)
+        self.local = local  # the local agents and their groups; None when none are started
 
     async def run_action(self, name: str, params: dict[str, Any], *, by: str | None = None) -> str:
         """Start the root action ``name``; return its job id. Raises on an unknown action or
@@ -205,7 +208,63 @@ class Engine:
         return self.controller.watch_output(job_id, send)
 
     def agents(self) -> list[JsonObject]:
-        return queries.agent_table(self.controller)
+        """Every agent the controller knows, with its group (local agents), and the local
+        agents of groups that are down (state ``down``) or not connected yet (``starting``)."""
+        table = queries.agent_table(self.controller)
+        local = self.local
+        if local is None:
+            return table
+        for row in table:
+            name = str(row["name"])
+            row["group"] = local.group_of(name)
+            if row["group"] is not None and not local.running(name) and row["state"] != "connected":
+                row["state"] = "down"  # taken down (or never up): its silence is expected
+        known = {row["name"] for row in table}
+        for name in local.names:
+            if name not in known:
+                group = local.groups[local.group_of(name) or ""]
+                table.append(
+                    {
+                        "name": name,
+                        "group": local.group_of(name),
+                        "transport": "local",
+                        "state": "starting" if local.running(name) else "down",
+                        "slots": group.slots or self.config.agents.slots,
+                        "free_slots": 0,
+                        "running": [],
+                        "site": group.site,
+                        "tags": list(group.tags),
+                        "memory": None,
+                    }
+                )
+        return sorted(table, key=lambda row: str(row["name"]))
+
+    def agent_groups(self, group: str | None) -> list[str]:
+        """``group``, or every group of local agents when None. Raises ``UnknownGroup``."""
+        if self.local is None:
+            raise UnknownGroup("this engine starts no local agents")
+        if group is None:
+            return list(self.local.groups)
+        self.local.members(group)  # raises UnknownGroup
+        return [group]
+
+    async def agents_up(self, group: str | None) -> list[str]:
+        """Start the local agents of ``group`` (every group when None) that do not run;
+        return the agents started. Raises ``UnknownGroup``."""
+        started: list[str] = []
+        for name in self.agent_groups(group):
+            assert self.local is not None
+            started += await self.local.up(name)
+        return started
+
+    async def agents_down(self, group: str | None) -> list[str]:
+        """Stop the local agents of ``group`` (every group when None); what they run goes on
+        under their keepers. Return the agents stopped. Raises ``UnknownGroup``."""
+        stopped: list[str] = []
+        for name in self.agent_groups(group):
+            assert self.local is not None
+            stopped += await self.local.down(name, self.controller)
+        return stopped
 
     # --- events ----------------------------------------------------------------------------------
 

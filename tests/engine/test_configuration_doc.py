@@ -19,7 +19,7 @@ import pytest
 
 from wfe.agents import config as agent_config
 from wfe.agents.errors import ConfigError as AgentConfigError
-from wfe.engine.config import Config, parse_config
+from wfe.engine.config import AgentGroup, Config, parse_config
 from wfe.engine.errors import ConfigError
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -35,7 +35,19 @@ AGENT_XMPP_BASE = {
     "trusted_key": '"engine.pub"',
 }
 
-_SECTION = re.compile(r"^### `\[(\w+)\]`")
+_SECTION = re.compile(r"^### `\[([\w.<>]+)\]`")
+#: The page's section of agent groups, ``[agents.<name>]``; tried as ``[agents.gpu]``.
+GROUP = "agents.<name>"
+
+
+def header(section: str) -> str:
+    """The TOML table header a section's keys are written under."""
+    return "[agents.gpu]" if section == GROUP else f"[{section}]"
+
+
+def part_of(config: Config, section: str) -> Any:
+    """The parsed model of ``section`` (the group ``gpu`` for the groups' section)."""
+    return config.agents.groups["gpu"] if section == GROUP else getattr(config, section)
 _REFUSAL = re.compile(r"^- `(?P<assignment>[^`]+)` → `(?P<message>[^`]+)`$")
 _LEADING_KEY = re.compile(r"^[A-Za-z_]+")
 _LITERAL = re.compile(r"^`([^`]+)`")
@@ -148,7 +160,9 @@ def engine_sections() -> dict[str, set[str]]:
     for field in attrs.fields(Config):
         if field.name != "root":
             model: Any = type(field.default)  # EngineSection, ApiSection, ...
-            sections[field.name] = {f.name for f in attrs.fields(model)}
+            # AgentsSection.groups holds the [agents.<name>] tables, a section of their own
+            sections[field.name] = {f.name for f in attrs.fields(model)} - {"groups"}
+    sections[GROUP] = {f.name for f in attrs.fields(AgentGroup)}
     return sections
 
 
@@ -196,8 +210,9 @@ def test_each_section_lists_exactly_the_keys_the_parser_accepts(section: str) ->
 def test_the_parser_refuses_a_key_the_page_does_not_list(tmp_path: Path) -> None:
     """The key sets compared above are what the parser enforces: a key beside them is refused."""
     for section in engine_sections():
-        with pytest.raises(ConfigError, match=rf"{section}: unknown key\(s\) \(nonesuch\)"):
-            parse_config(f"[{section}]\nnonesuch = 1", root=tmp_path)
+        name = header(section).strip("[]")
+        with pytest.raises(ConfigError, match=rf"{name}: unknown key\(s\) \(nonesuch\)"):
+            parse_config(f"{header(section)}\nnonesuch = 1", root=tmp_path)
 
 
 ENGINE_ROWS = [row for row in DOC.rows if row.part == "engine"]
@@ -208,12 +223,10 @@ def test_each_documented_default_is_the_parsers(row: Row, tmp_path: Path) -> Non
     """The default column opens with a TOML value; written out, it is what an empty file gets."""
     match = _LITERAL.match(row.cells[2])
     assert match is not None, f"{row.section}.{row.key}: default should start with `value`"
-    written = parse_config(f"[{row.section}]\n{row.key} = {match.group(1)}", root=tmp_path)
-    default = parse_config("", root=tmp_path)
     section = str(row.section)
-    assert getattr(getattr(written, section), row.key) == getattr(
-        getattr(default, section), row.key
-    )
+    written = parse_config(f"{header(section)}\n{row.key} = {match.group(1)}", root=tmp_path)
+    default = AgentGroup() if section == GROUP else part_of(parse_config("", root=tmp_path), section)
+    assert getattr(part_of(written, section), row.key) == getattr(default, row.key)
 
 
 ENGINE_REFUSALS = [r for r in DOC.refusals if r.part == "engine"]
@@ -233,7 +246,7 @@ def test_each_documented_error_is_the_parsers(refusal: Refusal, tmp_path: Path) 
     if refusal.section is None:
         text = refusal.assignment + "\n"
     else:
-        lines = [f"[{refusal.section}]"]
+        lines = [header(refusal.section)]
         if refusal.section == "xmpp":
             lines += [f"{k} = {v}" for k, v in ENGINE_XMPP_BASE.items() if k != refusal.key]
             if refusal.key == "enabled":

@@ -34,6 +34,8 @@ CHANGES = {  # every op that changes something, with arguments that would work
     "retry": {"job": "j000001"},
     "rerun": {"request": "echo-alice-0001"},
     "purge": {"before": 0, "dry_run": True},
+    "agents.up": {"group": "local"},
+    "agents.down": {"group": "local"},
     "work.deposit": {"work": {"pipeline": "p"}},
     "work.withdraw": {"pipeline": "p"},
     "work.heartbeat": {"id": "w0000001", "attempt": 1},
@@ -83,6 +85,8 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                     lambda r: r == {"job": job, "state": "succeeded", "error": None},
                 ),
                 "agents": ({}, lambda r: r[0]["name"] == "local-1" and r[0]["slots"] == 4),
+                "agents.up": ({"group": "gpu"}, "not_found"),
+                "agents.down": ({"group": "gpu"}, "not_found"),
                 "stats": (
                     {},
                     lambda r: r["agents"] == 1 and r["events_per_second"] >= 0 and "console" in r,

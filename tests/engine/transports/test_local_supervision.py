@@ -21,7 +21,8 @@ import trio
 
 from wfe.engine.cli.demo import make_workspace
 from wfe.engine.runtime.daemon import Engine, open_engine
-from wfe.engine.transports.local import LocalAgentFailed, LocalAgents, watch_local_agents
+from wfe.engine.config import AgentGroup
+from wfe.engine.transports.local_agents import LocalAgentFailed, LocalAgents, watch_local_agents
 
 GUARD = 30.0
 
@@ -187,7 +188,7 @@ async def test_a_duplicate_is_quiet_and_watches_the_agent_from_before(
         async with open_engine(config) as engine:
             await wait_connected(engine, 1)
             again = LocalAgents(
-                count=1,
+                groups={"local": AgentGroup(count=1)},
                 slots=1,
                 socket_path=config.run_dir / "agents.sock",
                 directory=config.agents_dir,
@@ -207,6 +208,6 @@ async def test_a_duplicate_is_quiet_and_watches_the_agent_from_before(
 def test_the_duplicate_exit_code_is_the_agents() -> None:
     """The engine's idea of a duplicate's exit code is the one the agent uses."""
     from wfe.agents.main import EXIT_LOCKED as AGENT_EXIT_LOCKED
-    from wfe.engine.transports.local import EXIT_LOCKED
+    from wfe.engine.transports.local_agents import EXIT_LOCKED
 
     assert EXIT_LOCKED == AGENT_EXIT_LOCKED
