@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from wfe.engine.cli.demo import make_workspace
-from wfe.engine.runtime.daemon import Engine, open_engine
 from wfe.engine.config import AgentGroup
+from wfe.engine.runtime.daemon import Engine, open_engine
 from wfe.engine.transports.local_agents import LocalAgentFailed, LocalAgents, watch_local_agents
 
 GUARD = 30.0
