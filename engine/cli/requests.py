@@ -101,6 +101,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         priority=args.priority,
     )
+    if args.update:
+        keep = ("expanded", "sources", "git", "scripts")
+        record = _call(args, "submit", update=args.update, **{k: payload[k] for k in keep})
+        if args.json:
+            _print_json(record)
+        else:
+            print(f"{record['id']} now runs definition {record['definition'][:12]}")
+        return 0
     record = _call(args, "submit", **payload)
     if args.wait:
         record = _call(args, "request_wait", request=record["id"])
@@ -255,7 +263,7 @@ def cmd_catalog_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_products(args: argparse.Namespace) -> int:
-    rows = _call(args, "products", request=args.request)
+    rows = _call(args, "products", request=args.request, stale=args.stale)
     if args.json:
         _print_json(rows)
     else:
@@ -268,6 +276,7 @@ def cmd_products(args: argparse.Namespace) -> int:
                     "job": p["job"],
                     "size": p["size"],
                     "path": p["path"],
+                    **({"stale": p["stale"]} if args.stale else {}),
                 }  # fmt: skip
                 for p in rows
             ]
@@ -303,6 +312,11 @@ def register(add: Add) -> None:
     p.add_argument("--user", help="submit as this user (default: $USER); part of the request id")
     p.add_argument(
         "--wait", action="store_true", help="wait until it ends; exit 1 unless completed"
+    )
+    p.add_argument(
+        "--update",
+        metavar="REQUEST",
+        help="give this standing request the file as a new version of its definition",
     )
     p.add_argument("--json", action="store_true")
 
@@ -340,6 +354,7 @@ def register(add: Add) -> None:
 
     p = add("products", cmd_products, "list the products of a request")
     p.add_argument("request", metavar="REQUEST")
+    p.add_argument("--stale", action="store_true", help="only products no longer current, and why")
     p.add_argument("--json", action="store_true")
 
     p = add("provenance", cmd_provenance, "show how a product was made, back to the raw inputs")

@@ -74,8 +74,21 @@ def _service(session: Session) -> RequestService:
 @_register("submit")
 async def _submit(session: Session, args: dict[str, Any]) -> Any:
     """args: expanded (object, the expanded definition), user, and optionally sources
-    (array), git (object), scripts ({name: text}), params (object), namespace, priority."""
+    (array), git (object), scripts ({name: text}), params (object), namespace, priority;
+    or update (a standing request's id): give that request this new version of its
+    definition (changed scripts or stage parameters) instead of making a new one."""
     session.engine.admit_new_work()  # refused while the repository's disk is full
+    update = arg(args, "update", str, None)
+    if update is not None:
+        record = await _service(session).update(
+            update,
+            expanded=arg(args, "expanded", dict),
+            sources=arg(args, "sources", list, []),
+            git=arg(args, "git", dict, None),
+            scripts_text=arg(args, "scripts", dict, {}),
+            by=session.name,
+        )
+        return views.record_dict(record)
     record = await _service(session).submit(
         expanded=arg(args, "expanded", dict),
         user=arg(args, "user", str),
@@ -179,9 +192,11 @@ async def _catalog_ls(session: Session, args: dict[str, Any]) -> Any:
 
 @_register("products")
 async def _products(session: Session, args: dict[str, Any]) -> Any:
-    """args: request."""
+    """args: request, stale (false: only products no longer current, with why)."""
     rid = arg(args, "request", str)
     await _service(session).get(rid)  # not_found for an unknown request
+    if arg(args, "stale", bool, False):
+        return await _service(session).stale_products(rid)
     return await session.engine.products(rid)
 
 

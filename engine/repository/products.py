@@ -17,7 +17,7 @@ from wfe.engine.requests.errors import UnknownProduct
 
 PRODUCT_COLUMNS = (
     "id, request, stage, batch, job, path, type, size, sha256, metadata, inputs, definition,"
-    " created_at"
+    " created_at, version, stale, intermediate, purged_at"
 )
 _KEYS = tuple(c.strip() for c in PRODUCT_COLUMNS.split(","))
 
@@ -26,15 +26,18 @@ def _row(row: Row) -> JsonObject:
     record: JsonObject = dict(zip(_KEYS, row, strict=True))
     record["metadata"] = json.loads(row[_KEYS.index("metadata")])
     record["inputs"] = json.loads(row[_KEYS.index("inputs")])
+    record["intermediate"] = bool(row[_KEYS.index("intermediate")])
     return record
 
 
-def list_products(rid: str) -> Callable[[Conn], list[JsonObject]]:
-    """Read: the products of request ``rid`` in the order they were made, as JSON-ready data."""
+def list_products(rid: str, *, stale: bool = False) -> Callable[[Conn], list[JsonObject]]:
+    """Read: the products of request ``rid`` in the order they were made, as JSON-ready data;
+    with ``stale``, only those no longer current (``stale`` says why)."""
 
     def fn(conn: Conn) -> list[JsonObject]:
+        only = " AND stale IS NOT NULL" if stale else ""
         rows = conn.execute(
-            f"SELECT {PRODUCT_COLUMNS} FROM products WHERE request = ? ORDER BY id", (rid,)
+            f"SELECT {PRODUCT_COLUMNS} FROM products WHERE request = ?{only} ORDER BY id", (rid,)
         ).fetchall()
         return [_row(r) for r in rows]
 
@@ -44,13 +47,13 @@ def list_products(rid: str) -> Callable[[Conn], list[JsonObject]]:
 def stage_products(
     rid: str, stage: str, types: tuple[str, ...]
 ) -> Callable[[Conn], list[tuple[str, str, str, JsonObject]]]:
-    """Read: ``(id, path, type, metadata)`` of the products ``stage`` of ``rid`` made, in
-    the order they were made; only those of ``types`` unless it is empty."""
+    """Read: ``(id, path, type, metadata)`` of the current (not stale) products ``stage``
+    of ``rid`` made, in the order they were made; only those of ``types`` unless empty."""
 
     def fn(conn: Conn) -> list[tuple[str, str, str, JsonObject]]:
         rows = conn.execute(
             "SELECT id, path, type, metadata FROM products WHERE request = ? AND stage = ?"
-            " ORDER BY id",
+            " AND stale IS NULL ORDER BY id",
             (rid, stage),
         ).fetchall()
         return [(r[0], r[1], r[2], json.loads(r[3])) for r in rows if not types or r[2] in types]

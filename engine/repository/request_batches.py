@@ -116,6 +116,7 @@ def settle_batch(
     reason: str = "",
     products: Sequence[Product] = (),
     definition: str = "",
+    version: str | None = None,
 ) -> Callable[[Tx], list[str]]:
     """Settle an open batch: its inputs processed, released or withdrawn, its products
     recorded (linked to job, inputs and definition). Returns the new product ids; settling
@@ -135,10 +136,10 @@ def settle_batch(
             product_id = f"p{tx.allocate('product'):06d}"
             tx.execute(
                 "INSERT INTO products (id, request, stage, batch, job, path, type, size, sha256, metadata,"
-                " inputs, definition, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " inputs, definition, created_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (product_id, batch.request, batch.stage, batch.id, batch.job or "", product.path, product.type,
                  product.size, product.sha256, json.dumps(product.metadata), json.dumps(list(batch.inputs)),
-                 definition, tx.at),
+                 definition, tx.at, version),
             )  # fmt: skip
             ids.append(product_id)
         tx.execute(

@@ -108,28 +108,40 @@ class Submission:
     by: str  # who submitted it (a console token's name), recorded on the submit event
 
 
+def store_definition(
+    tx: Tx,
+    d: Definition,
+    scripts: Mapping[str, tuple[str, str, str]],
+    library_scripts: Mapping[str, str],
+) -> JsonObject:
+    """Store a definition and its scripts by content (once each); return the request's
+    ``scripts`` mapping (name -> {key, sha256}; sha256 None for the engine's library)."""
+    git = None if d.git is None else attrs.asdict(d.git)
+    tx.execute(
+        "INSERT OR IGNORE INTO definitions (sha256, name, namespace, expanded, sources, git, stored_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (d.sha256, d.name, d.namespace, json.dumps(d.expanded), json.dumps(list(d.sources)),
+         None if git is None else json.dumps(git), tx.at),
+    )  # fmt: skip
+    mapping: JsonObject = {}
+    for name, (key, sha, text) in scripts.items():
+        tx.execute(
+            "INSERT OR IGNORE INTO rscript_texts (sha256, name, text, stored_at) VALUES (?, ?, ?, ?)",
+            (sha, name, text, tx.at),
+        )
+        mapping[name] = {"key": key, "sha256": sha}
+    for name, key in library_scripts.items():
+        mapping[name] = {"key": key, "sha256": None}
+    return mapping
+
+
 def store_submission(sub: Submission) -> Callable[[Tx], RequestRecord]:
     """Store the definition and scripts (by content, once), allocate the request id and
     record the request as draft, then submitted (two events)."""
 
     def op(tx: Tx) -> RequestRecord:
         d = sub.definition
-        git = None if d.git is None else attrs.asdict(d.git)
-        tx.execute(
-            "INSERT OR IGNORE INTO definitions (sha256, name, namespace, expanded, sources, git, stored_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (d.sha256, d.name, d.namespace, json.dumps(d.expanded), json.dumps(list(d.sources)),
-             None if git is None else json.dumps(git), tx.at),
-        )  # fmt: skip
-        mapping: JsonObject = {}
-        for name, (key, sha, text) in sub.scripts.items():
-            tx.execute(
-                "INSERT OR IGNORE INTO rscript_texts (sha256, name, text, stored_at) VALUES (?, ?, ?, ?)",
-                (sha, name, text, tx.at),
-            )
-            mapping[name] = {"key": key, "sha256": sha}
-        for name, key in sub.library_scripts.items():
-            mapping[name] = {"key": key, "sha256": None}
+        mapping = store_definition(tx, d, sub.scripts, sub.library_scripts)
         number = tx.allocate(f"request:{d.name}:{sub.user}")
         rid = request_id(d.name, sub.user, number)
         tx.execute(

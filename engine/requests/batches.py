@@ -27,6 +27,7 @@ from wfe.engine.repository import requests as store
 from wfe.engine.requests.model import Batch, BatchOutcome, JobEnd, RequestRecord, StageInput
 from wfe.engine.requests.products import from_result
 from wfe.engine.requests.scripts import OUTPUT_DIR_PARAM
+from wfe.engine.requests.standing import version_of
 from wfe.engine.runtime.actions import one_line
 from wfe.engine.runtime.jobs import TERMINAL, JobState
 from wfe.protocols.attempt import AttemptState
@@ -215,6 +216,7 @@ class BatchRunner:
                 reason=reason,
                 products=products,
                 definition=record.definition,
+                version=version_of(record, definition, batch.stage),
             )
         )
 

@@ -33,10 +33,11 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from wfe.engine.config import ApprovalSection
@@ -44,19 +45,31 @@ from wfe.engine.definitions import (
     Definition,
     GitInfo,
     OnStageFailure,
+    VersionPolicy,
     build_definition,
+    downstream,
     resolve_params,
+    topological_order,
 )
 from wfe.engine.repository import Missed, Subscription
 from wfe.engine.repository import requests as store
+from wfe.engine.repository import standing as standing_store
 from wfe.engine.repository.products import list_products, stage_products
-from wfe.engine.repository.rowtypes import Conn
+from wfe.engine.repository.rowtypes import Conn, JsonValue
 from wfe.engine.requests import catalog, checking, plan, scripts, standing
 from wfe.engine.requests.approval import decide_approval
 from wfe.engine.requests.batches import BatchRunner
 from wfe.engine.requests.catalog import CatalogMatch
 from wfe.engine.requests.errors import RefusedTransition, RequestError, SubmitError
-from wfe.engine.requests.model import ONCE, Batch, RequestRecord, Snapshot, StageState, product_key
+from wfe.engine.requests.model import (
+    ONCE,
+    Batch,
+    RequestRecord,
+    Snapshot,
+    StageInput,
+    StageState,
+    product_key,
+)
 from wfe.engine.requests.standing_clock import StandingClock
 from wfe.engine.runtime.actions import one_line
 from wfe.engine.runtime.jobs import TERMINAL
@@ -268,6 +281,81 @@ class RequestService:
         self._definitions[definition.sha256] = definition
         self.poke(record.id)
         return record
+
+    async def update(
+        self,
+        rid: str,
+        *,
+        expanded: Mapping[str, Any],
+        sources: Collection[str] = (),
+        git: Mapping[str, Any] | None = None,
+        scripts_text: Mapping[str, Any] | None = None,
+        by: str,
+    ) -> RequestRecord:
+        """Give standing request ``rid`` (running or paused) a new version of its definition:
+        changed scripts or stage parameters. Stages whose version changed under
+        ``version_policy = "reprocess"`` run their inputs again and their products (and
+        everything made from them downstream) turn stale; under "keep", only inputs still to
+        come use the new version. Raises ``SubmitError`` / ``DefinitionError`` (one line)
+        before anything is stored: the definition must have the same workflow, trigger
+        kind, stages and dependencies."""
+        old_record = await self.get(rid)
+        old = self._definition(await self.repo.read(store.read_snapshot(rid)))
+        if not old.standing:
+            raise SubmitError(f"request {rid}: only a standing request takes a new definition")
+        gitinfo = None
+        if git:
+            try:
+                gitinfo = GitInfo(
+                    commit=str(git["commit"]), path=str(git["path"]), dirty=bool(git["dirty"])
+                )
+            except (KeyError, TypeError):
+                raise SubmitError("git: expected commit, path and dirty") from None
+        new = build_definition(expanded, sources=tuple(str(s) for s in sources), git=gitinfo)
+        problem = _incompatible(old, new)
+        if problem:
+            raise SubmitError(f"request {rid}: {problem}")
+        resolve_params(new, dict(old_record.params))
+        stored, from_library = scripts.check_submission(
+            new,
+            old_record.params,
+            namespace=old_record.namespace,
+            bundled=scripts.parse_bundled(scripts_text or {}),
+            library=self.scripts,
+            action_known=_action_known(self.runner),
+        )
+        mapping: dict[str, Any] = {
+            n: {"key": k, "sha256": sha} for n, (k, sha, _) in stored.items()
+        }
+        mapping.update({n: {"key": k, "sha256": None} for n, k in from_library.items()})
+        future = attrs.evolve(old_record, scripts=mapping)
+        changed = [
+            name
+            for name in topological_order(new)
+            if standing.version_of(old_record, old, name) != standing.version_of(future, new, name)
+        ]
+        reprocess = [n for n in changed if new.stage(n).version_policy is VersionPolicy.REPROCESS]
+        below = {d for n in reprocess for d in downstream(new, n)} - set(reprocess)
+        record = await self.repo.write(
+            standing_store.update_definition(
+                rid,
+                new,
+                stored,
+                from_library,
+                changed=changed,
+                reprocess=reprocess,
+                downstream=[n for n in topological_order(new) if n in below],
+                by=by,
+            )
+        )
+        scripts.register(self.scripts, stored)
+        self._definitions[new.sha256] = new
+        self.poke(rid)
+        return record
+
+    async def stale_products(self, rid: str) -> list[JsonValue]:
+        """The products of ``rid`` that are no longer current (``stale`` says why)."""
+        return list(await self.repo.read(list_products(rid, stale=True)))
 
     async def act(
         self, rid: str, verb: RequestVerb, *, actor: Actor = Actor.OPERATOR, by: str | None = None
@@ -524,11 +612,21 @@ class RequestService:
             if record.state is not StageState.RUNNING:
                 continue
             stage = definition.stage(name)
-            inputs = snap.inputs.get(name, ())
-            if definition.standing and not self.standing.may_start(
-                snap.request.id, name, cooldown=stage.cooldown, gap=len(standing.gap(inputs))
-            ):
-                continue  # nothing waits, or the stage's cooldown window is still open
+            inputs: Sequence[StageInput] = snap.inputs.get(name, ())
+            if definition.standing:
+                if not self.standing.may_start(
+                    snap.request.id, name, cooldown=stage.cooldown, gap=len(standing.gap(inputs))
+                ):
+                    continue  # nothing waits, or the stage's cooldown window is still open
+                if stage.group_by:  # a sub-group that grew runs again whole
+                    again = standing.regroup(inputs, stage.group_by)
+                    if again:
+                        await self.repo.write(
+                            standing_store.rerun_group(
+                                snap.request.id, name, again, downstream(definition, name)
+                            )
+                        )
+                        inputs = standing.reopened(inputs, again)
             for chunk in plan.batches_to_make(inputs, stage.max_inputs, stage.group_by):
                 batch = await self.batches.start(snap.request, definition, stage, chunk)
                 started = True
@@ -622,6 +720,21 @@ class RequestService:
                     )
                     if stopped or not between:
                         self._deferred.pop(job_id, None)
+
+
+def _incompatible(old: Definition, new: Definition) -> str:
+    """Why ``new`` can't replace ``old`` under a running request ("" when it can)."""
+    if new.name != old.name:
+        return f"the new definition is workflow {new.name!r}, not {old.name!r}"
+    if new.workflow.trigger.kind is not old.workflow.trigger.kind:
+        return (
+            f"the trigger changed from {old.workflow.trigger.describe()} to "
+            f"{new.workflow.trigger.describe()} (submit a new request instead)"
+        )
+    shape = {s.name: (s.depends_on, s.consumes) for s in old.stages}
+    if shape != {s.name: (s.depends_on, s.consumes) for s in new.stages}:
+        return "the stages or what they consume changed (submit a new request instead)"
+    return ""
 
 
 def _reachable(state: RequestState) -> frozenset[RequestState]:

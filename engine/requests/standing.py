@@ -25,7 +25,8 @@ from typing import Any
 
 import attrs
 
-from wfe.engine.requests.model import StageInput
+from wfe.engine.definitions import Definition, stage_params
+from wfe.engine.requests.model import RequestRecord, StageInput
 from wfe.protocols.request import InputState
 
 
@@ -94,8 +95,37 @@ def regroup(inputs: Sequence[StageInput], fields: Sequence[str]) -> list[str]:
     ]
 
 
+def reopened(inputs: Sequence[StageInput], keys: Sequence[str]) -> list[StageInput]:
+    """``inputs`` with those of ``keys`` back in the gap (as ``rerun_group`` wrote them)."""
+    chosen = set(keys)
+    return [
+        attrs.evolve(
+            i,
+            allocation=attrs.evolve(
+                i.allocation, state=InputState.UNALLOCATED, allocations=0, job_id=None, reason=""
+            ),
+        )
+        if i.key in chosen
+        else i
+        for i in inputs
+    ]
+
+
 def stage_version(script: str, params: Mapping[str, Any]) -> str:
     """A stage's version: sha256 (16 hex digits) over its script's identity (the content
     hash, or its library key when the engine's library holds it) and resolved parameters."""
     text = json.dumps({"script": script, "params": params}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def version_of(record: RequestRecord, definition: Definition, stage_name: str) -> str:
+    """The current version of stage ``stage_name`` of a request: its RScript's content
+    hash (the library key for a script of the engine's library, ``action:NAME`` for an
+    action) and its parameters resolved with the request's."""
+    stage = definition.stage(stage_name)
+    if stage.rscript is not None:
+        entry = record.scripts.get(stage.rscript) or {}
+        script = str(entry.get("sha256") or entry.get("key") or stage.rscript)
+    else:
+        script = f"action:{stage.action}"
+    return stage_version(script, stage_params(definition, stage_name, record.params))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from wfe.engine.cli.requests import submission
+
 from .conftest import World
 
 CONTINUOUS = """
@@ -85,3 +87,158 @@ async def test_new_catalog_entries_run_without_resubmission(world: World) -> Non
     assert (await world.wait(rid))["state"] == "cancelled"
     detail = await world.detail(rid)
     assert counts(detail)["cal"][1] == {"processed": 5}
+
+
+VERSIONED = """
+[workflow]
+name = "v"
+namespace = "tests"
+trigger = "continuous"
+
+[policy]
+approval = "none"
+
+[[query.where]]
+field = "kind"
+op = "eq"
+value = "raw"
+
+[[stages]]
+name = "raw"
+rscript = "work"
+consumes = "query"
+max_inputs = 1
+
+[[stages]]
+name = "cal"
+rscript = "work"
+consumes = "raw"
+max_inputs = 1
+version_policy = "reprocess"
+params = { count = COUNT }
+
+[[stages]]
+name = "map"
+rscript = "work"
+consumes = "cal"
+"""
+
+
+async def jobs_of(world: World, rid: str) -> dict[str, int]:
+    detail = await world.detail(rid)
+    found: dict[str, int] = {}
+    for job in detail["jobs"]:
+        found[job["stage"]] = found.get(job["stage"], 0) + 1
+    return found
+
+
+async def settled(world: World, rid: str, stage: str, current: int) -> None:
+    """Wait until ``stage`` has ``current`` products that are not stale and nothing runs."""
+
+    async def check() -> bool:
+        products = await world.call("products", request=rid)
+        now = [p for p in products if p["stage"] == stage and p["stale"] is None]
+        detail = await world.detail(rid)
+        busy = any(j["state"] in ("queued", "running") for j in detail["jobs"])
+        gap = any(s["inputs"].get("unallocated") for s in detail["stages"])
+        return len(now) == current and not busy and not gap
+
+    await world.until(f"{current} current products of {stage}", check)
+
+
+async def test_a_new_version_reprocesses_the_stage_and_downstream_only(world: World) -> None:
+    """Changing cal's parameters under version_policy "reprocess" re-runs cal on every
+    input and map after it; raw, upstream, runs nothing more. The old products of cal and
+    map are stale (and listed by `wfe products --stale`); raw's stay current."""
+    await world.catalog(["r1.dat", "r2.dat", "r3.dat"])
+    path = world.definition(VERSIONED.replace("COUNT", "1"))
+    rid = (await world.submit(path))["id"]
+    await settled(world, rid, "map", 3)
+    before = await world.call("products", request=rid)
+    jobs_before = await jobs_of(world, rid)
+    assert jobs_before["raw"] == 3 and jobs_before["cal"] == 3
+
+    changed = world.definition(VERSIONED.replace("COUNT", "2"), name="v2.toml")
+    payload = submission(changed, user="alice")
+    record = await world.call(
+        "submit",
+        update=rid,
+        **{k: payload[k] for k in ("expanded", "sources", "git", "scripts")},
+    )
+    assert record["state"] == "running" and record["definition"] != before[0]["definition"]
+    await settled(world, rid, "cal", 3)
+    await settled(world, rid, "map", 3)  # the old map products are stale, new ones made
+
+    after = await world.call("products", request=rid)
+    stale = await world.call("products", request=rid, stale=True)
+    old = {p["id"]: p for p in before}
+    assert {p["id"] for p in stale} == {i for i, p in old.items() if p["stage"] in ("cal", "map")}
+    assert all(p["stale"] for p in stale)
+    raw_now = [p["id"] for p in after if p["stage"] == "raw" and p["stale"] is None]
+    assert raw_now == [i for i, p in old.items() if p["stage"] == "raw"]
+    jobs_after = await jobs_of(world, rid)
+    assert jobs_after["raw"] == jobs_before["raw"]  # nothing upstream ran again
+    assert jobs_after["cal"] == 2 * jobs_before["cal"]
+    versions = {p["version"] for p in after if p["stage"] == "cal" and p["stale"] is None}
+    assert len(versions) == 1 and versions != {p["version"] for p in stale if p["stage"] == "cal"}
+
+    code, out, err = await world.wfe("products", rid, "--stale")
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 1 + 6  # a header, the old cal and map products
+    assert out.count("made from stale products") == 3  # the map's, made from the old cal's
+
+    bad = world.definition(
+        VERSIONED.replace("COUNT", "1").replace('"continuous"', '{ cron = "0 3 * * *" }'),
+        name="v3.toml",
+    )
+    payload = submission(bad, user="alice")
+    code, out, err = await world.wfe("submit", str(bad), "--update", rid)
+    assert code != 0
+    assert "the trigger changed from continuous to cron 0 3 * * *" in err
+
+
+GROUPED = """
+[workflow]
+name = "g"
+namespace = "tests"
+trigger = "continuous"
+
+[policy]
+approval = "none"
+
+[[query.where]]
+field = "kind"
+op = "eq"
+value = "raw"
+
+[[stages]]
+name = "cal"
+rscript = "work"
+consumes = "query"
+group_by = ["obs"]
+"""
+
+
+async def test_a_sub_group_that_grows_runs_again_whole(world: World) -> None:
+    """group_by ["obs"]: one job per observation; a new file of observation A re-runs A's
+    whole sub-group (its older products superseded), and B's is left alone."""
+    await world.catalog(["a1.dat", "a2.dat"], obs="A")
+    await world.catalog(["b1.dat"], obs="B")
+    rid = (await world.submit(world.definition(GROUPED)))["id"]
+    await settled(world, rid, "cal", 3)
+    assert (await jobs_of(world, rid)) == {"cal": 2}
+    before = {
+        p["path"].rsplit("/", 1)[-1]: p["id"] for p in await world.call("products", request=rid)
+    }
+
+    await world.catalog(["a3.dat"], obs="A")
+    await settled(world, rid, "cal", 4)
+    assert (await jobs_of(world, rid)) == {"cal": 3}
+    stale = await world.call("products", request=rid, stale=True)
+    assert sorted(p["id"] for p in stale) == sorted([before["a1.dat.out"], before["a2.dat.out"]])
+    assert all(p["stale"].startswith("superseded") for p in stale)
+    current = [p for p in await world.call("products", request=rid) if p["stale"] is None]
+    assert sorted(p["path"].rsplit("/", 1)[-1] for p in current) == [
+        "a1.dat.out", "a2.dat.out", "a3.dat.out", "b1.dat.out"
+    ]  # fmt: skip
+    assert before["b1.dat.out"] in {p["id"] for p in current}

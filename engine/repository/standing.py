@@ -1,0 +1,143 @@
+"""The repository side of standing requests: a new definition for a running request,
+stale products, and inputs run again (a stage's new version, a sub-group that grew).
+
+Staleness spreads downstream by provenance: once some products are stale, every product
+of a downstream stage made from one of them is stale too, and the downstream stages drop
+the stale products from their inputs (the products and batches keep the history of what
+ran; an input a job holds now stays until that job ends). The new products of the re-run
+come to the downstream stages as new inputs. Every op emits its events in its transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+
+from wfe.engine.definitions import Definition
+from wfe.engine.repository.requests import get_request, store_definition
+from wfe.engine.repository.rowtypes import JsonObject, JsonValue
+from wfe.engine.repository.writer import Tx
+from wfe.engine.requests.errors import RefusedTransition
+from wfe.engine.requests.model import RequestRecord
+from wfe.protocols.request import InputState, RequestState
+
+#: States in which a standing request may take a new definition.
+UPDATABLE = frozenset({RequestState.RUNNING, RequestState.PAUSED})
+
+
+def _rerun_inputs(tx: Tx, rid: str, stage: str, keys: Sequence[str] | None) -> int:
+    """Processed or failed inputs of ``stage`` (only ``keys`` when given) back to the gap."""
+    sql = (
+        "UPDATE stage_inputs SET state = ?, allocations = 0, reason = NULL"
+        " WHERE request = ? AND stage = ? AND state IN (?, ?)"
+    )
+    args: list[JsonValue] = [
+        InputState.UNALLOCATED.value,
+        rid,
+        stage,
+        InputState.PROCESSED.value,
+        InputState.FAILED.value,
+    ]
+    if keys is not None:
+        sql += f" AND input IN ({', '.join('?' * len(keys))})"
+        args += list(keys)
+    return int(tx.execute(sql, args).rowcount)
+
+
+def _spread(tx: Tx, rid: str, downstream: Sequence[str], reason: str) -> int:
+    """Mark stale every product of ``downstream`` (in run order) made from a stale product,
+    and drop the stale products from those stages' inputs. Returns how many
+    products turned stale."""
+    stale = "SELECT 'product:' || id FROM products WHERE request = ? AND stale IS NOT NULL"
+    count = 0
+    for stage in downstream:
+        count += tx.execute(
+            "UPDATE products SET stale = ? WHERE request = ? AND stage = ? AND stale IS NULL"
+            f" AND EXISTS (SELECT 1 FROM json_each(products.inputs) j WHERE j.value IN ({stale}))",
+            (reason, rid, stage, rid),
+        ).rowcount
+        tx.execute(
+            "DELETE FROM stage_inputs WHERE request = ? AND stage = ? AND state != ?"
+            f" AND input IN ({stale})",
+            (rid, stage, InputState.ALLOCATED.value, rid),
+        )
+    return count
+
+
+def update_definition(
+    rid: str,
+    definition: Definition,
+    scripts: Mapping[str, tuple[str, str, str]],
+    library_scripts: Mapping[str, str],
+    *,
+    changed: Sequence[str],
+    reprocess: Sequence[str],
+    downstream: Sequence[str],
+    by: str,
+) -> Callable[[Tx], RequestRecord]:
+    """Give running (or paused) standing request ``rid`` a new definition and scripts.
+
+    ``changed`` are the stages whose version changed; of them, ``reprocess`` (policy
+    "reprocess") have their products marked stale and their inputs put back in the gap, and
+    ``downstream`` (every stage below them, in run order) lose what was made from those.
+    Raises ``RefusedTransition`` when the request is not running or paused (nothing
+    changes). Emits ``request.updated``.
+    """
+
+    def op(tx: Tx) -> RequestRecord:
+        record = get_request(tx, rid)
+        if record.state not in UPDATABLE:
+            raise RefusedTransition(
+                f"request {rid}: can't take a new definition in state {record.state.value}"
+                " (only a running or paused standing request can)"
+            )
+        mapping = store_definition(tx, definition, scripts, library_scripts)
+        tx.execute(
+            "UPDATE requests SET definition = ?, scripts = ?, updated_at = ? WHERE id = ?",
+            (definition.sha256, json.dumps(mapping), tx.at, rid),
+        )
+        reason = f"stage version changed ({definition.sha256[:12]})"
+        stale = rerun = 0
+        for stage in reprocess:
+            stale += tx.execute(
+                "UPDATE products SET stale = ? WHERE request = ? AND stage = ? AND stale IS NULL",
+                (reason, rid, stage),
+            ).rowcount
+            rerun += _rerun_inputs(tx, rid, stage, None)
+        stale += _spread(tx, rid, downstream, f"made from stale products ({reason})")
+        data: JsonObject = {
+            "definition": definition.sha256,
+            "from": record.definition,
+            "changed": list(changed),
+            "reprocess": list(reprocess),
+            "stale": stale,
+            "rerun": rerun,
+            "by": by,
+        }
+        tx.emit("request.updated", rid, data)
+        return get_request(tx, rid)
+
+    return op
+
+
+def rerun_group(
+    rid: str, stage: str, keys: Sequence[str], downstream: Sequence[str]
+) -> Callable[[Tx], int]:
+    """Put the processed inputs ``keys`` of a sub-group that grew back in the gap; the
+    products made from them are superseded (stale), and so, downstream, what was made from
+    those. Emits ``request.regrouped``; returns how many inputs will run again."""
+
+    def op(tx: Tx) -> int:
+        rerun = _rerun_inputs(tx, rid, stage, keys)
+        marks = ", ".join("?" * len(keys))
+        reason = "superseded: its sub-group grew"
+        stale = tx.execute(
+            "UPDATE products SET stale = ? WHERE request = ? AND stage = ? AND stale IS NULL"
+            f" AND EXISTS (SELECT 1 FROM json_each(products.inputs) j WHERE j.value IN ({marks}))",
+            (reason, rid, stage, *keys),
+        ).rowcount
+        stale += _spread(tx, rid, downstream, f"made from superseded products of {stage!r}")
+        tx.emit("request.regrouped", rid, {"stage": stage, "rerun": rerun, "stale": stale})
+        return rerun
+
+    return op
