@@ -80,6 +80,16 @@ class AgentGroup:
 
 
 @attrs.frozen(kw_only=True)
+class FairShareSection:
+    """``[fair_share]``: how free slots are shared between namespaces and users with work
+    queued (wfe.engine.dispatch.fairshare)."""
+
+    window: float = 600.0  # seconds over which past usage counts (the moving average's time)
+    namespaces: dict[str, float] = attrs.field(factory=dict, eq=False)  # weights; 1 if not named
+    users: dict[str, float] = attrs.field(factory=dict, eq=False)  # weights; 1 if not named
+
+
+@attrs.frozen(kw_only=True)
 class JobsSection:
     timeout: float = 3600.0  # per attempt
     overall_timeout: float = 0.0  # 0: none
@@ -168,6 +178,7 @@ class Config:
     api: ApiSection = ApiSection()
     agents: AgentsSection = AgentsSection()
     jobs: JobsSection = JobsSection()
+    fair_share: FairShareSection = FairShareSection()
     xmpp: XmppSection = XmppSection()
     approval: ApprovalSection = ApprovalSection()
     retention: RetentionSection = RetentionSection()
@@ -218,6 +229,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         api=config.api,
         agents=attrs.evolve(config.agents, groups=groups),
         jobs=config.jobs,
+        fair_share=config.fair_share,
         xmpp=config.xmpp,
         approval=approval,
         retention=config.retention,
@@ -234,6 +246,7 @@ class _RawConfig:
     api: ApiSection = ApiSection()
     agents: AgentsSection = AgentsSection()
     jobs: JobsSection = JobsSection()
+    fair_share: FairShareSection = FairShareSection()
     xmpp: XmppSection = XmppSection()
     retention: RetentionSection = RetentionSection()
     repository: RepositorySection = RepositorySection()
@@ -320,6 +333,8 @@ def _tidy(detail: str) -> str:
     if " @ " in detail:
         what, path = detail.rsplit(" @ ", 1)
         what = what.replace("expected an object", "expected a table")
+        what = what.replace("expected dict", "expected a table")
+        path = re.sub(r"\['([^']*)'\]", r".\1", path)  # .users['alice'] -> .users.alice
         if what.startswith("unknown field(s) "):
             what = f"unknown key(s) ({what.removeprefix('unknown field(s) ')})"
         return f"{path.lstrip('.') or 'top level'}: {what}"
@@ -342,6 +357,15 @@ def _check_values(config: Config, source: str) -> None:
             "agents.lease must be more than three heartbeats, or renewals would race it",
         ),
         (config.agents.restart_backoff > 0, "agents.restart_backoff must be positive"),
+        (config.fair_share.window > 0, "fair_share.window must be positive"),
+        *(
+            (weight > 0, f"fair_share.{kind}.{name}: a weight must be positive, not {weight:g}")
+            for kind, weights in (
+                ("namespaces", config.fair_share.namespaces),
+                ("users", config.fair_share.users),
+            )
+            for name, weight in weights.items()
+        ),
         (0 <= config.api.port <= 65535, "api.port must be between 0 and 65535"),
         (
             config.retention.keep_days >= 0,

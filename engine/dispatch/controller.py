@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from wfe.engine.config import AgentsSection, JobsSection
+from wfe.engine.config import AgentsSection, FairShareSection, JobsSection
 from wfe.engine.dispatch import policy
 from wfe.engine.dispatch import timers as tm
 from wfe.engine.dispatch.dispatcher import Dispatcher
 from wfe.engine.dispatch.ends import AttemptEnds
+from wfe.engine.dispatch.fairshare import FairShare
 from wfe.engine.dispatch.inbox import AgentInbox
-from wfe.engine.dispatch.jobspec import Submission, live_job, new_job, scheduling
+from wfe.engine.dispatch.jobspec import ShareLookup, Submission, live_job, new_job, scheduling
 from wfe.engine.dispatch.live import AgentEntry, AgentLink, LiveJob
 from wfe.engine.dispatch.queue import JobQueue
 from wfe.engine.dispatch.registry import AgentRegistry
@@ -61,6 +62,7 @@ class AgentController:
         completions: Completions,
         agents: AgentsSection,
         jobs: JobsSection,
+        fair_share: FairShareSection | None = None,
         sign: Callable[[Dispatch], Dispatch] = lambda d: d,
         grace: float = 5.0,
     ) -> None:
@@ -73,10 +75,13 @@ class AgentController:
         self._nursery: trio.Nursery | None = None
         self.started_at = trio.current_time()
         self.timers = tm.Timers()
-        self.queue = JobQueue(self.timers, self._wake, trio.current_time)
+        shares = fair_share or FairShareSection()
+        fair = FairShare(window=shares.window, namespaces=shares.namespaces, users=shares.users)
+        self.queue = JobQueue(self.timers, self._wake, trio.current_time, fair)
         self.registry = AgentRegistry(
-            settings=agents, repo=repo, timers=self.timers, started_at=self.started_at
+            settings=agents, repo=repo, timers=self.timers, started_at=self.started_at, fair=fair
         )
+        self._share_of = ShareLookup(repo)
         self.ends = AttemptEnds(
             repo=repo,
             queue=self.queue,
@@ -193,6 +198,7 @@ class AgentController:
             overall=overall,
             request_id=request_id,
             by=by,
+            share=await self._share_of(request_id, by),
         )
         script = self.scripts.get(name)
         new = new_job(name, script, validate_params(script.header, params), sub, self.defaults)

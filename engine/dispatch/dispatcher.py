@@ -111,7 +111,7 @@ class Dispatcher:
         )
         machine.handle(am.Dispatched(agent=entry.name, at=now))
         job.sent = False
-        entry.attempts[(job.job_id, job.attempts_made)] = job
+        self._registry.take(entry, job, job.attempts_made, now)
         return machine
 
     def send(self, machines: list[tuple[LiveJob, AgentEntry]]) -> None:

@@ -92,7 +92,7 @@ class AttemptEnds:
         assert machine is not None
         if machine.handle(event) is am.AttemptState.CANCELLING:
             return
-        self._registry.release(machine)
+        self._registry.release(machine, trio.current_time())
         self._wake()
         decided = policy.decide_end(
             policy.AttemptEnd(

@@ -15,8 +15,11 @@ from typing import Any
 import attrs
 
 from wfe.engine.config import JobsSection
+from wfe.engine.dispatch.fairshare import NO_SHARE, Share
 from wfe.engine.dispatch.live import LiveJob
+from wfe.engine.repository import Repository
 from wfe.engine.repository.rowtypes import JsonObject, JsonValue
+from wfe.engine.repository.shares import request_share
 from wfe.engine.runtime.jobs import JobRow, JobState, NewJob
 from wfe.protocols.messages import Dispatch, Limits
 from wfe.rscripts.loader import RScript
@@ -38,6 +41,24 @@ class Submission:
     overall: float | None = None
     request_id: str | None = None
     by: str | None = None
+    share: Share = NO_SHARE  # (namespace, user), for fair share
+
+
+class ShareLookup:
+    """The share of a new job: its request's namespace and user (read once per request), or
+    for work that is no request's, no namespace and the submitter's token name."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._known: dict[str, Share] = {}
+
+    async def __call__(self, request_id: str | None, by: str | None) -> Share:
+        if request_id is None:
+            return ("", by or "")
+        share = self._known.get(request_id)
+        if share is None:
+            share = self._known[request_id] = await self._repo.read(request_share(request_id))
+        return share
 
 
 def scheduling(script: RScript, sub: Submission) -> dict[str, Any]:
@@ -79,6 +100,7 @@ def new_job(
             **scheduling(script, sub),
             "timeout": sub.timeout or script.header.declared_timeout or defaults.timeout,
             **{k: v for k, v in limits if v is not None},
+            **({"share": list(sub.share)} if sub.share != NO_SHARE else {}),
         },
         max_attempts=1 + retries,
         request_id=sub.request_id,
@@ -90,6 +112,7 @@ def live_job(job: JobRow, defaults: JobsSection, seq: int) -> LiveJob:
     """The live form of a recorded RScript job (no attempt counted yet)."""
     req = dict(job.requirements)
     on = req.pop("on", None)
+    share = req.pop("share", None)
     return LiveJob(
         timeout=_seconds(req.pop("timeout", defaults.timeout)),
         on=on if isinstance(on, str) else None,
@@ -105,6 +128,7 @@ def live_job(job: JobRow, defaults: JobsSection, seq: int) -> LiveJob:
         seq=seq,
         parent_id=job.parent_id,
         request_id=job.request_id,
+        share=_share(share),
     )
 
 
@@ -132,3 +156,10 @@ def _seconds(value: JsonValue) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"a stored duration must be a number, not {value!r}")
     return float(value)
+
+
+def _share(value: JsonValue) -> Share:
+    """A stored share: ``[namespace, user]`` (none stored: no share)."""
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return (str(value[0]), str(value[1]))
+    return NO_SHARE

@@ -39,7 +39,7 @@ class AgentEntry:
 
     @property
     def busy_slots(self) -> int:
-        taken = sum(int(j.requirements.get("cpus", 1)) for j in self.attempts.values())
+        taken = sum(j.cpus for j in self.attempts.values())
         return taken + self.reserved
 
     @property
@@ -77,6 +77,12 @@ class LiveJob:
     sent: bool = False
     queued_token: int = 0  # entries of the ready heap (and wait timers) with another are stale
     fail_reason: str | None = None  # set when the engine (not an operator) cancels the attempt
+    share: tuple[str, str] = ("", "")  # (namespace, user), for fair share
+
+    @property
+    def cpus(self) -> int:
+        """The slots an attempt of it takes."""
+        return int(self.requirements.get("cpus", 1))
 
     @property
     def active(self) -> bool:

@@ -4,7 +4,9 @@ Every unfinished RScript job the controller owns is in ``jobs`` (``LiveJob``) un
 is decided; from then until that end is committed it is in ``ending`` instead, so that a
 cancel or a replayed call meanwhile neither ends it twice nor takes it on again.
 
-A job waiting for an agent has one entry in the ready heap, ordered by priority then age.
+A job waiting for an agent has one entry in the ready heap of its share (namespace and user:
+``wfe.engine.dispatch.fairshare``), ordered by priority then age; the shares take turns as
+their usage per weight says.
 Entries are never removed: each carries the job's ``queued_token`` at the time, and an
 entry whose token is no longer the job's is stale and skipped (the job was dispatched,
 cancelled, queued again, or kept back). Tokens come from one counter, never from the job's
@@ -18,6 +20,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 
+from wfe.engine.dispatch.fairshare import FairShare, Share
 from wfe.engine.dispatch.live import AgentEntry, LiveJob
 from wfe.engine.dispatch.scheduler import Offer, Ready, fits
 from wfe.engine.dispatch.timers import Timers, WaitExpired
@@ -28,13 +31,20 @@ Entry = tuple[int, int, str, int]  # (-priority, seq, job_id, token): heap order
 class JobQueue:
     """The live jobs and which of them wait for an agent."""
 
-    def __init__(self, timers: Timers, wake: Callable[[], None], now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        timers: Timers,
+        wake: Callable[[], None],
+        now: Callable[[], float],
+        fair: FairShare | None = None,
+    ) -> None:
         self.jobs: dict[str, LiveJob] = {}
         self.ending: dict[str, LiveJob] = {}  # no longer live, their end not yet committed
         self._timers = timers
         self._wake = wake  # a dispatch round may have something to do
         self._now = now
-        self._ready: list[Entry] = []
+        self.fair = fair if fair is not None else FairShare()
+        self._ready: dict[Share, list[Entry]] = {}  # by share; a share without entries is removed
         self._held: dict[str, set[str]] = {}  # held request id -> its jobs kept out
         self._seq = itertools.count()
         self._tokens = itertools.count(1)
@@ -61,7 +71,7 @@ class JobQueue:
     @property
     def has_ready(self) -> bool:
         """Something may wait in the ready heap (entries may be stale)."""
-        return bool(self._ready)
+        return any(self._ready.values())
 
     # --- in and out ---------------------------------------------------------------------------
 
@@ -70,7 +80,8 @@ class JobQueue:
         self._restamp(job)
         if self._keep_back(job):
             return
-        heapq.heappush(self._ready, (-job.priority, job.seq, job.job_id, job.queued_token))
+        entry = (-job.priority, job.seq, job.job_id, job.queued_token)
+        heapq.heappush(self._ready.setdefault(job.share, []), entry)
         if job.wait_agent > 0:
             at = self._now() + job.wait_agent
             self._timers.schedule(at, WaitExpired(job.job_id, job.queued_token))
@@ -98,17 +109,20 @@ class JobQueue:
     # --- dispatch rounds ------------------------------------------------------------------------
 
     def pop_ready(self, popped: list[Entry]) -> Iterator[Ready]:
-        """The jobs in line, best first, as the scheduler takes them; each one taken is
-        appended to ``popped`` (give those not dispatched back with ``put_back``)."""
-        while self._ready:
-            item = heapq.heappop(self._ready)
-            _, seq, job_id, token = item
-            job = self.jobs.get(job_id)
-            if job is None or job.queued_token != token or job.active:
-                continue  # stale entry
-            if self._keep_back(job):  # queued before its request was held
+        """The jobs in line as the scheduler takes them: the shares in turn (fair share), each
+        share's best first; each one taken is appended to ``popped`` (give those not
+        dispatched back with ``put_back``)."""
+        turns = self.fair.turns([s for s, heap in self._ready.items() if heap], self._now())
+        while turns:
+            share = turns.next()
+            found = self._pop_live(share)
+            if found is None:
+                turns.drop(share)
                 continue
+            item, job = found
+            _, seq, job_id, _ = item
             popped.append(item)
+            turns.took(share, job.cpus)
             yield Ready(
                 job_id=job_id,
                 priority=job.priority,
@@ -117,11 +131,27 @@ class JobQueue:
                 on=job.on,
             )
 
+    def _pop_live(self, share: Share) -> tuple[Entry, LiveJob] | None:
+        """The best entry of ``share`` whose job still waits, taken off its heap."""
+        heap = self._ready.get(share)
+        while heap:
+            item = heapq.heappop(heap)
+            _, _, job_id, token = item
+            job = self.jobs.get(job_id)
+            if job is None or job.queued_token != token or job.active:
+                continue  # stale entry
+            if self._keep_back(job):  # queued before its request was held
+                continue
+            return item, job
+        self._ready.pop(share, None)
+        return None
+
     def put_back(self, popped: Iterable[Entry], chosen: set[str]) -> None:
         """Return the popped entries whose job was not dispatched."""
         for item in popped:
-            if item[2] not in chosen:
-                heapq.heappush(self._ready, item)
+            job = self.jobs.get(item[2])
+            if item[2] not in chosen and job is not None:
+                heapq.heappush(self._ready.setdefault(job.share, []), item)
 
     # --- held requests ----------------------------------------------------------------------------
 

@@ -82,7 +82,7 @@ async def recover(
         transport = transports.get(agent_name, "unknown")
         entry = registry.known(agent_name, Capabilities(slots=1), transport)
         entry.last_heard = now - settings.heartbeat_deadline + settings.reconcile_grace
-        entry.attempts[(row.id, machine.attempt)] = job
+        registry.take(entry, job, machine.attempt, now)
         timers.schedule_deadline(machine)
         counts["awaiting_agent"] += 1
     for entry in registry.agents.values():

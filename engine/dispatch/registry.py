@@ -23,6 +23,7 @@ import trio
 
 from wfe.engine.config import AgentsSection
 from wfe.engine.dispatch import policy
+from wfe.engine.dispatch.fairshare import FairShare
 from wfe.engine.dispatch.live import AgentEntry, AgentLink, LiveJob
 from wfe.engine.dispatch.scheduler import Offer
 from wfe.engine.dispatch.timers import AgentCheck, FenceCheck, Timers
@@ -41,9 +42,16 @@ class AgentRegistry:
     """The agents the controller knows, by name."""
 
     def __init__(
-        self, *, settings: AgentsSection, repo: Repository, timers: Timers, started_at: float
+        self,
+        *,
+        settings: AgentsSection,
+        repo: Repository,
+        timers: Timers,
+        started_at: float,
+        fair: FairShare | None = None,
     ) -> None:
         self.agents: dict[str, AgentEntry] = {}
+        self.fair = fair if fair is not None else FairShare()  # slots held, by share
         self.settings = settings
         self.started_at = started_at
         self._repo = repo
@@ -70,11 +78,18 @@ class AgentRegistry:
         entry = self.agents.get(name)
         return [] if entry is None else [AttemptRef(job_id=j, attempt=a) for j, a in entry.attempts]
 
-    def release(self, machine: AttemptMachine) -> None:
-        """The attempt of ``machine`` has ended: its agent's slot is free."""
+    def take(self, entry: AgentEntry, job: LiveJob, attempt: int, now: float) -> None:
+        """Attempt ``attempt`` of ``job`` holds slots of ``entry`` from ``now``."""
+        entry.attempts[(job.job_id, attempt)] = job
+        self.fair.started(job.share, job.cpus, now)
+
+    def release(self, machine: AttemptMachine, now: float) -> None:
+        """The attempt of ``machine`` has ended at ``now``: its agent's slots are free."""
         entry = self.agents.get(machine.agent or "")
         if entry is not None:
-            entry.attempts.pop((machine.job_id, machine.attempt), None)
+            job = entry.attempts.pop((machine.job_id, machine.attempt), None)
+            if job is not None:
+                self.fair.ended(job.share, job.cpus, now)
 
     def known(self, name: str, capabilities: Capabilities, transport: str) -> AgentEntry:
         """The entry of ``name``, made (never heard from) if it is not known yet."""

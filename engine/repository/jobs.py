@@ -105,7 +105,8 @@ def job_from_row(row: Row) -> JobRow:
 
 def job_view(job: JobRow, *extra: str) -> JsonObject:
     """A job as shown to people (CLI, console): its identity, state and times, plus the
-    ``extra`` fields asked for (``priority``, ``params``, ``result``, ``request``)."""
+    ``extra`` fields asked for (``priority``, ``requirements``, ``params``, ``result``,
+    ``request``)."""
     view: JsonObject = {
         "id": job.id,
         "kind": job.kind,
@@ -121,6 +122,7 @@ def job_view(job: JobRow, *extra: str) -> JsonObject:
     }
     more: JsonObject = {
         "priority": job.priority,
+        "requirements": job.requirements,
         "params": job.params,
         "result": job.result,
         "request": job.request_id,

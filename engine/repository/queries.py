@@ -22,7 +22,7 @@ _ATTEMPT_KEYS = (
 
 
 def _job_dict(row: Row) -> JsonObject:
-    return job_view(job_from_row(row), "priority", "params", "result")
+    return job_view(job_from_row(row), "priority", "requirements", "params", "result")
 
 
 def job_detail(job_id: str) -> Callable[[Conn], JsonObject]:

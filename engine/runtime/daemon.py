@@ -97,6 +97,7 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                 completions=completions,
                 agents=config.agents,
                 jobs=config.jobs,
+                fair_share=config.fair_share,
                 sign=sign,
             )
             async with trio.open_nursery() as nursery:
