@@ -25,7 +25,7 @@ from wfe.rscripts.errors import ResultError
 PRODUCT_TYPES: Final = ("science", "qa", "plot", "log")
 _SHA256: Final = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _TOP_KEYS: Final = ("metrics", "products", "results")
-_PRODUCT_KEYS: Final = ("metadata", "path", "sha256", "size", "type")
+_PRODUCT_KEYS: Final = ("from", "metadata", "path", "sha256", "size", "type")
 
 
 @attrs.frozen(kw_only=True)
@@ -37,6 +37,15 @@ class Product:
     size: int  # bytes
     sha256: str  # lowercase hex
     metadata: dict[str, Any] = attrs.field(factory=dict)
+    # Which of the job's inputs (their paths) it was made from; empty: all of them.
+    from_inputs: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The product as result JSON (``from`` only when the script gave it)."""
+        data = {k: v for k, v in attrs.asdict(self).items() if k != "from_inputs"}
+        if self.from_inputs:
+            data["from"] = list(self.from_inputs)
+        return data
 
 
 @attrs.frozen(kw_only=True)
@@ -52,7 +61,7 @@ class ScriptResult:
         return {
             "results": self.results,
             "metrics": self.metrics,
-            "products": [attrs.asdict(p) for p in self.products],
+            "products": [p.as_dict() for p in self.products],
         }
 
 
@@ -99,7 +108,7 @@ def _check_product(data: Any, where: str, script: str) -> Product:
     if not isinstance(data, dict):
         raise ResultError(script, f"{where} must be an object, got {_kind(data)}")
     for key in _PRODUCT_KEYS:
-        if key not in data and key != "metadata":
+        if key not in data and key not in ("metadata", "from"):
             raise ResultError(script, f"{where} lacks {key!r}")
     for key in data:
         if key not in _PRODUCT_KEYS:
@@ -117,7 +126,17 @@ def _check_product(data: Any, where: str, script: str) -> Product:
         raise ResultError(script, f"{where}.sha256 must be 64 lowercase hex digits")
     if not isinstance(metadata, dict):
         raise ResultError(script, f"{where}.metadata must be an object, got {_kind(metadata)}")
-    return Product(path=path, type=ptype, size=size, sha256=sha256, metadata=metadata)
+    sources = data.get("from", [])
+    if not isinstance(sources, list) or not all(isinstance(x, str) and x for x in sources):
+        raise ResultError(script, f"{where}.from must be an array of input paths")
+    return Product(
+        path=path,
+        type=ptype,
+        size=size,
+        sha256=sha256,
+        metadata=metadata,
+        from_inputs=tuple(sources),
+    )
 
 
 def load_result(raw: bytes | str, *, script: str) -> ScriptResult:

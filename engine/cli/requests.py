@@ -288,10 +288,25 @@ def cmd_provenance(args: argparse.Namespace) -> int:
     from wfe.engine.requests.products import render_provenance
 
     chain = _call(args, "provenance", product=args.product)
-    if args.json:
+    if args.format == "prov-json":
+        from wfe.engine.requests.exports import prov_json
+
+        print(prov_json(chain))
+    elif args.json:
         _print_json(chain)
     else:
         print("\n".join(render_provenance(chain)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from wfe.engine.requests.exports import write_ro_crate
+
+    record = _call(args, "request", request=args.request)
+    products = _call(args, "products", request=args.request)
+    chains = [_call(args, "provenance", product=p["id"]) for p in products]
+    path = write_ro_crate(args.ro_crate, record, products, chains)
+    print(f"{path}: {len(products)} products of {args.request}")
     return 0
 
 
@@ -360,6 +375,15 @@ def register(add: Add) -> None:
     p = add("provenance", cmd_provenance, "show how a product was made, back to the raw inputs")
     p.add_argument("product", metavar="PRODUCT")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--format", choices=["text", "prov-json"], default="text", help="prov-json: W3C PROV"
+    )
+
+    p = add("export", cmd_export, "export a request's provenance as an RO-Crate")
+    p.add_argument("request", metavar="REQUEST")
+    p.add_argument(
+        "--ro-crate", required=True, metavar="DIR", help="write the crate into this directory"
+    )
 
 
 def _no_subcommand(parser: argparse.ArgumentParser) -> int:

@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from wfe.engine.repository.rowtypes import JsonObject, JsonValue
+from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue
 from wfe.engine.repository.writer import Tx
 from wfe.engine.requests import plan
 from wfe.engine.requests.model import Batch, BatchOutcome
@@ -81,6 +81,21 @@ def open_batch(
     return op
 
 
+def input_paths(rid: str, stage: str, keys: Sequence[str]) -> Callable[[Conn], dict[str, str]]:
+    """Read: ``{path: input key}`` of the inputs ``keys`` of a stage (what a product's
+    ``from`` names)."""
+
+    def fn(conn: Conn) -> dict[str, str]:
+        marks = ", ".join("?" * len(keys))
+        rows = conn.execute(
+            f"SELECT path, input FROM stage_inputs WHERE request = ? AND stage = ? AND input IN ({marks})",
+            (rid, stage, *keys),
+        ).fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    return fn
+
+
 def link_batch(batch: Batch, job_id: str) -> Callable[[Tx], None]:
     """Record the job that runs ``batch``."""
 
@@ -117,10 +132,12 @@ def settle_batch(
     products: Sequence[Product] = (),
     definition: str = "",
     version: str | None = None,
+    product_inputs: Sequence[Sequence[str]] | None = None,
 ) -> Callable[[Tx], list[str]]:
     """Settle an open batch: its inputs processed, released or withdrawn, its products
-    recorded (linked to job, inputs and definition). Returns the new product ids; settling
-    a batch twice does nothing the second time."""
+    recorded (linked to job, inputs and definition). ``product_inputs`` gives, per product,
+    the input keys it was made from (an empty entry: every input of the batch). Returns the
+    new product ids; settling a batch twice does nothing the second time."""
 
     def op(tx: Tx) -> list[str]:
         row = tx.execute("SELECT state FROM stage_batches WHERE id = ?", (batch.id,)).fetchone()
@@ -132,13 +149,14 @@ def settle_batch(
         )
         _write_allocations(tx, batch.request, batch.stage, after)
         ids = []
-        for product in products:
+        for n, product in enumerate(products):
+            sources = list(product_inputs[n]) if product_inputs and product_inputs[n] else []
             product_id = f"p{tx.allocate('product'):06d}"
             tx.execute(
                 "INSERT INTO products (id, request, stage, batch, job, path, type, size, sha256, metadata,"
                 " inputs, definition, created_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (product_id, batch.request, batch.stage, batch.id, batch.job or "", product.path, product.type,
-                 product.size, product.sha256, json.dumps(product.metadata), json.dumps(list(batch.inputs)),
+                 product.size, product.sha256, json.dumps(product.metadata), json.dumps(sources or list(batch.inputs)),
                  definition, tx.at, version),
             )  # fmt: skip
             ids.append(product_id)

@@ -25,7 +25,7 @@ from wfe.engine.errors import UnknownJob
 from wfe.engine.repository import request_batches
 from wfe.engine.repository import requests as store
 from wfe.engine.requests.model import Batch, BatchOutcome, JobEnd, RequestRecord, StageInput
-from wfe.engine.requests.products import from_result
+from wfe.engine.requests.products import from_inputs, from_result
 from wfe.engine.requests.scripts import OUTPUT_DIR_PARAM
 from wfe.engine.requests.standing import version_of
 from wfe.engine.runtime.actions import one_line
@@ -198,6 +198,7 @@ class BatchRunner:
         """Settle ``batch`` now that its job has ended; returns the new product ids."""
         outcome, reason = outcome_of(batch, end)
         products = []
+        sources: list[list[str]] = []
         if outcome is BatchOutcome.PROCESSED:
             stage = definition.stage(batch.stage)
             script = stage.action or record.script_key(stage.rscript or "")
@@ -206,8 +207,14 @@ class BatchRunner:
                 if end.kind == "action" and not (isinstance(result, dict) and "products" in result):
                     result = None
                 products = from_result(result, script=script, output_dir=batch.output_dir)
+                if any(p.from_inputs for p in products) and batch.inputs:
+                    paths = await self.repo.read(
+                        request_batches.input_paths(batch.request, batch.stage, batch.inputs)
+                    )
+                    sources = [from_inputs(p, paths, end.job_id) for p in products]
             except RScriptError as exc:
                 outcome, reason = BatchOutcome.RELEASED, f"job {end.job_id}: bad result: {exc}"
+                products, sources = [], []
         return await self.repo.write(
             request_batches.settle_batch(
                 batch,
@@ -217,6 +224,7 @@ class BatchRunner:
                 products=products,
                 definition=record.definition,
                 version=version_of(record, definition, batch.stage),
+                product_inputs=sources,
             )
         )
 

@@ -10,15 +10,17 @@ and the sha256 of the expanded definition the request ran. ``provenance`` (its S
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from wfe.engine.repository.products import list_products, provenance
 from wfe.engine.repository.rowtypes import JsonValue
+from wfe.rscripts.errors import ResultError
 from wfe.rscripts.results import Product, check_result
 
-__all__ = ["from_result", "list_products", "provenance", "render_provenance"]
+__all__ = ["from_inputs", "from_result", "list_products", "provenance", "render_provenance"]
 
 
 def from_result(result: JsonValue, *, script: str, output_dir: str | None) -> list[Product]:
@@ -37,6 +39,21 @@ def from_result(result: JsonValue, *, script: str, output_dir: str | None) -> li
             path = os.path.join(output_dir, path)
         products.append(attrs.evolve(p, path=os.path.normpath(path)))
     return products
+
+
+def from_inputs(product: Product, paths: Mapping[str, str], job: str) -> list[str]:
+    """The input keys a product's ``from`` names (its batch's inputs, by path); empty when
+    it names none (it then comes from every input). Raises ``ResultError`` for a path that
+    is not one of the batch's inputs."""
+    keys = []
+    for path in product.from_inputs:
+        key = paths.get(path) or paths.get(os.path.normpath(path))
+        if key is None:
+            raise ResultError(
+                job, f"product {product.path}: from names {path!r}, not an input of this job"
+            )
+        keys.append(key)
+    return keys
 
 
 def render_provenance(chain: dict[str, Any], indent: str = "", definition: str = "") -> list[str]:

@@ -13,6 +13,7 @@
 # param gate: str = "" a file path: wait until it exists before doing anything
 # param bad_result: bool = false write a result that breaks the result schema
 # param type: str = "science" the type of the products
+# param per_input: bool = false name each product's input in its "from" (per-input provenance)
 # requires: cpus=1
 
 """Copy each input to ``<output_dir>/<name>.out`` and report it as a product."""
@@ -63,6 +64,8 @@ def main() -> int:
         target = out / f"{source.name}.out"
         target.write_bytes(source.read_bytes() + b"#work\n")
         products.append(product(target, kind, source.name))
+        if params.get("per_input"):
+            products[-1]["from"] = [item["path"]]
     if not inputs:
         for i in range(params.get("count", 1)):
             target = out / f"made_{i}.txt"
