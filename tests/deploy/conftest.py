@@ -24,6 +24,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -305,6 +306,14 @@ def systemd_host_missing() -> str | None:
     for top in ("/root", "/home"):
         if SOURCE.is_relative_to(top):
             return f"the wfe source {SOURCE} is under {top}, which the units' ProtectHome hides"
+    real = Path(sys.executable).resolve()
+    if not real.is_relative_to(Path(sys.prefix).resolve()):  # a venv: its python links out
+        for parent in real.parents:
+            if not parent.stat().st_mode & stat.S_IXOTH:
+                return (
+                    f"this venv's interpreter {real} is in {parent}, which the service user"
+                    " cannot enter: run the tests with a venv made from a python outside it"
+                )
     return None
 
 
