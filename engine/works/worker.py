@@ -89,7 +89,8 @@ async def run_worker(
     return how many works were performed.
 
     Each update also withdraws the next work (one round trip and one commit per work) while
-    more are wanted; a work withdrawn that way is performed even if ``stop`` came meanwhile."""
+    more are wanted when it is sent; a work withdrawn that way is performed even if ``stop``
+    came while that update was on its way."""
     done = 0
     children: dict[str, FunctionChild] = {}
     withdraw = {"pipeline": spec.pipeline, **spec.filters}
@@ -109,8 +110,13 @@ async def run_worker(
             if function is not None or not found.get("command"):
                 key = function or "-"  # none at all: the child says it is not module.function
                 child = children.get(key) or children.setdefault(key, FunctionChild(key))
-            more = (spec.lives is None or done + 1 < spec.lives) and not stop.is_set()
-            performed, found = await perform(client, found, child, withdraw if more else None)
+
+            def then(done: int = done) -> dict[str, Any] | None:
+                """At the update: whether to withdraw the next work with it."""
+                more = (spec.lives is None or done + 1 < spec.lives) and not stop.is_set()
+                return withdraw if more else None
+
+            performed, found = await perform(client, found, child, then)
             report(performed)
             done += 1
     finally:
@@ -123,11 +129,11 @@ async def perform(
     client: Client,
     work: dict[str, Any],
     child: FunctionChild | None,
-    then: dict[str, Any] | None = None,
+    then: Callable[[], dict[str, Any] | None] = lambda: None,
 ) -> tuple[Performed, dict[str, Any] | None]:
-    """Run one withdrawn work (in ``child``, or its command when None) and update it; with
-    ``then`` (work.withdraw's args) the update also withdraws the next work. Return what
-    became of the work, and the next one (or None)."""
+    """Run one withdrawn work (in ``child``, or its command when None) and update it; when
+    ``then()`` gives work.withdraw's args at that moment, the update also withdraws the next
+    work. Return what became of the work, and the next one (or None)."""
     started = trio.current_time()
     work_id, attempt, timeout = work["id"], work["attempt"], float(work["timeout"])
     lost = trio.Event()
@@ -150,11 +156,12 @@ async def perform(
         return gone, None
     changes = outcome_changes(outcome)
     after = None
-    if then is None:
+    withdraw = then()
+    if withdraw is None:
         stored = await client.call("work.update", id=work_id, attempt=attempt, **changes)
     else:
         both = await client.call(
-            "work.update", id=work_id, attempt=attempt, withdraw=then, **changes
+            "work.update", id=work_id, attempt=attempt, withdraw=withdraw, **changes
         )
         stored, after = both["updated"], both["next"]
     performed = Performed(

@@ -37,6 +37,11 @@ MODULE = textwrap.dedent(
         Path(name).write_text("x")
         return {"name": name}, [os.path.abspath(name)], []
 
+    def slow(gate, seconds):
+        Path(gate).write_text("running")
+        time.sleep(seconds)
+        return {"slept": seconds}
+
     def once(log):
         # each call appends its pid; the first one then hangs until killed
         with open(log, "a") as f:
@@ -107,6 +112,25 @@ def test_the_seed_example_run_by_a_worker(engine_process: Path, here: Path) -> N
     )
     assert [w["id"] for w in listed["works"]] == [wid] and listed["count"] == 1
     assert work_cmd(engine_process, here, "count", "sample-pipeline").stdout.strip() == "1"
+
+
+def test_sigterm_lets_the_current_work_finish(engine_process: Path, here: Path) -> None:
+    """SIGTERM while a work runs: the work finishes and is recorded a success, the worker
+    withdraws nothing more and exits 0."""
+    gate = here / "gate"
+    ids = work_cmd(
+        engine_process, here, "deposit", "p", "-p", f"gate={gate}", "-p", "seconds=2",
+        "--count", "2",
+    ).stdout.split()  # fmt: skip
+    process = worker(engine_process, here, "p", "mymodule.slow")
+    until(gate.exists)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "stopping after the current work" in err
+    assert out.startswith(f"{ids[0]} attempt 1: success")
+    assert show(engine_process, here, ids[0])["results"] == {"slept": 2}
+    assert show(engine_process, here, ids[1])["status"] == "queued"
 
 
 def test_failures_timeouts_products_and_lives(engine_process: Path, here: Path) -> None:
