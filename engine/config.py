@@ -169,6 +169,32 @@ class RepositorySection:
     wal_max_mb: int = 64  # the WAL file is checkpointed and truncated before it passes this
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``"50G"``, ``"512M"``, ``"1.5T"`` or ``"4096"`` (K, M, G, T: powers of 1024).
+    Raises ``ValueError``."""
+    found = _SIZE.fullmatch(text.strip())
+    if found is None:
+        raise ValueError(f"expected a size like \"50G\" or \"512M\", not {text!r}")
+    return int(float(found.group(1)) * _SIZE_UNITS[found.group(2).upper()])
+
+
+@attrs.frozen(kw_only=True)
+class StorageSection:
+    """``[storage]``: disk pressure on product files (wfe.engine.requests.purge)."""
+
+    quota: str = ""  # e.g. "50G": the product files the engine keeps; "" = no quota
+    purge_at: float = 0.9  # purge intermediate products above this fraction of the quota
+
+    @property
+    def quota_bytes(self) -> int | None:
+        """The quota in bytes, or None without one."""
+        return parse_size(self.quota) if self.quota.strip() else None
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """The whole configuration; ``root`` is the directory of ``wfe.toml``."""
@@ -183,6 +209,7 @@ class Config:
     approval: ApprovalSection = ApprovalSection()
     retention: RetentionSection = RetentionSection()
     repository: RepositorySection = RepositorySection()
+    storage: StorageSection = StorageSection()
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the file against the configuration's directory."""
@@ -234,6 +261,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         approval=approval,
         retention=config.retention,
         repository=config.repository,
+        storage=config.storage,
     )
     _check_values(result, source)
     return result
@@ -250,6 +278,7 @@ class _RawConfig:
     xmpp: XmppSection = XmppSection()
     retention: RetentionSection = RetentionSection()
     repository: RepositorySection = RepositorySection()
+    storage: StorageSection = StorageSection()
 
 
 _NAMESPACE_PATTERN_CHARS = frozenset("_.-*?")
@@ -341,6 +370,13 @@ def _tidy(detail: str) -> str:
     return detail
 
 
+def _size_ok(text: str) -> bool:
+    try:
+        return not text.strip() or parse_size(text) > 0
+    except ValueError:
+        return False
+
+
 def _check_values(config: Config, source: str) -> None:
     checks = [
         (config.agents.local >= 0, "agents.local must be 0 or more"),
@@ -372,6 +408,11 @@ def _check_values(config: Config, source: str) -> None:
             "retention.keep_days must be 0 (keep everything) or more",
         ),
         (config.retention.interval > 0, "retention.interval must be positive"),
+        (_size_ok(config.storage.quota), 'storage.quota: expected a size like "50G" or "512M"'),
+        (
+            0 < config.storage.purge_at <= 1,
+            "storage.purge_at must be a fraction of the quota, more than 0 and at most 1",
+        ),
         (config.repository.wal_max_mb >= 1, "repository.wal_max_mb must be at least 1"),
         (config.api.max_message >= 1024, "api.max_message must be at least 1024 bytes"),
         (config.api.max_unauthenticated >= 1, "api.max_unauthenticated must be at least 1"),

@@ -41,6 +41,13 @@ class OnStageFailure(enum.Enum):
     COMPLETE = "complete"  # the request completes, listing the failed stages
 
 
+class Lifetime(enum.Enum):
+    """The lifetime class of the products a stage makes."""
+
+    FINAL = "final"  # kept
+    INTERMEDIATE = "intermediate"  # may be purged under disk pressure ([storage] quota)
+
+
 class ParamType(enum.Enum):
     """The type of a request parameter."""
 
@@ -154,6 +161,7 @@ class Stage:
     cooldown: float = 0.0  # seconds: a standing stage starts at most one round per window
     group_by: tuple[str, ...] = ()  # one job per distinct value of these metadata fields
     version_policy: VersionPolicy = VersionPolicy.KEEP
+    lifetime: Lifetime = Lifetime.FINAL  # of the products this stage makes
 
     @property
     def depends_on(self) -> tuple[str, ...]:

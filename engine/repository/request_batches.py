@@ -133,6 +133,7 @@ def settle_batch(
     definition: str = "",
     version: str | None = None,
     product_inputs: Sequence[Sequence[str]] | None = None,
+    intermediate: bool = False,
 ) -> Callable[[Tx], list[str]]:
     """Settle an open batch: its inputs processed, released or withdrawn, its products
     recorded (linked to job, inputs and definition). ``product_inputs`` gives, per product,
@@ -154,10 +155,11 @@ def settle_batch(
             product_id = f"p{tx.allocate('product'):06d}"
             tx.execute(
                 "INSERT INTO products (id, request, stage, batch, job, path, type, size, sha256, metadata,"
-                " inputs, definition, created_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " inputs, definition, created_at, version, intermediate)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (product_id, batch.request, batch.stage, batch.id, batch.job or "", product.path, product.type,
                  product.size, product.sha256, json.dumps(product.metadata), json.dumps(sources or list(batch.inputs)),
-                 definition, tx.at, version),
+                 definition, tx.at, version, int(intermediate)),
             )  # fmt: skip
             ids.append(product_id)
         tx.execute(

@@ -14,8 +14,8 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 
 from wfe.engine.definitions import Definition
-from wfe.engine.repository.requests import get_request, store_definition
-from wfe.engine.repository.rowtypes import JsonObject, JsonValue
+from wfe.engine.repository.requests import LIVE_STATES, get_request, store_definition
+from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue
 from wfe.engine.repository.writer import Tx
 from wfe.engine.requests.errors import RefusedTransition
 from wfe.engine.requests.model import RequestRecord
@@ -139,5 +139,51 @@ def rerun_group(
         stale += _spread(tx, rid, downstream, f"made from superseded products of {stage!r}")
         tx.emit("request.regrouped", rid, {"stage": stage, "rerun": rerun, "stale": stale})
         return rerun
+
+    return op
+
+
+def kept_products(conn: Conn) -> list[tuple[str, int, float, bool, bool]]:
+    """Read: ``(id, size, created_at, intermediate, in use)`` of every product whose file
+    is kept (not purged). In use: an input a stage has not processed yet (waiting for a
+    job, or held by one now), or, while its request is live, a product no stage has taken
+    as an input yet (the stage that consumes it may not have started)."""
+    live = tuple(s.value for s in LIVE_STATES)
+    rows = conn.execute(
+        "SELECT p.id, p.size, p.created_at, p.intermediate,"
+        " EXISTS (SELECT 1 FROM stage_inputs i WHERE i.request = p.request"
+        "   AND i.input = 'product:' || p.id AND i.state IN (?, ?))"
+        " OR (r.state IN (" + ", ".join("?" * len(live)) + ")"
+        "   AND NOT EXISTS (SELECT 1 FROM stage_inputs i WHERE i.request = p.request"
+        "   AND i.input = 'product:' || p.id))"
+        " FROM products p JOIN requests r ON r.id = p.request"
+        " WHERE p.purged_at IS NULL ORDER BY p.created_at, p.id",
+        (InputState.UNALLOCATED.value, InputState.ALLOCATED.value, *live),
+    ).fetchall()
+    return [(str(r[0]), int(r[1]), float(r[2]), bool(r[3]), bool(r[4])) for r in rows]
+
+
+def mark_purged(ids: Sequence[str]) -> Callable[[Tx], list[tuple[str, int]]]:
+    """Record that the files of products ``ids`` are purged (records, checksums and
+    provenance stay); one ``product.purged`` event each. Returns ``(path, size)`` of each
+    one this op marked (not those marked already)."""
+
+    def op(tx: Tx) -> list[tuple[str, int]]:
+        marked = []
+        for pid in ids:
+            row = tx.execute(
+                "SELECT path, size, request FROM products WHERE id = ? AND purged_at IS NULL",
+                (pid,),
+            ).fetchone()
+            if row is None:
+                continue
+            tx.execute("UPDATE products SET purged_at = ? WHERE id = ?", (tx.at, pid))
+            tx.emit(
+                "product.purged",
+                pid,
+                {"request": row[2], "path": row[0], "size": row[1]},
+            )
+            marked.append((str(row[0]), int(row[1])))
+        return marked
 
     return op

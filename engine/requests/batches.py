@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from wfe.engine.definitions import INPUTS_PARAM, Definition, Stage, stage_params
+from wfe.engine.definitions import INPUTS_PARAM, Definition, Lifetime, Stage, stage_params
 from wfe.engine.errors import UnknownJob
 from wfe.engine.repository import request_batches
 from wfe.engine.repository import requests as store
@@ -225,6 +225,7 @@ class BatchRunner:
                 definition=record.definition,
                 version=version_of(record, definition, batch.stage),
                 product_inputs=sources,
+                intermediate=definition.stage(batch.stage).lifetime is Lifetime.INTERMEDIATE,
             )
         )
 

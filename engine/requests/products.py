@@ -70,8 +70,14 @@ def render_provenance(chain: dict[str, Any], indent: str = "", definition: str =
     if chain.get("missing"):
         return [f"{indent}product {chain['id']} (missing)"]
     made = chain["made_by"]
+    marks = "".join(
+        [
+            ", file purged" if chain.get("purged_at") else "",
+            f", stale: {chain['stale']}" if chain.get("stale") else "",
+        ]
+    )
     lines = [
-        f"{indent}{chain['id']} {chain['type']} {chain['path']} ({chain['size']} B, sha256 {chain['sha256'][:12]}…)",
+        f"{indent}{chain['id']} {chain['type']} {chain['path']} ({chain['size']} B, sha256 {chain['sha256'][:12]}…{marks})",
         f"{indent}  made by job {made['job']} ({made['rscript']}, attempt {made['attempt']}, agent {made['agent']})"
         f" in stage {chain['stage']} of {chain['request']}",
     ]

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from wfe.engine.config import ApprovalSection
+from wfe.engine.config import ApprovalSection, StorageSection
 from wfe.engine.definitions import (
     Definition,
     GitInfo,
@@ -70,6 +70,7 @@ from wfe.engine.requests.model import (
     StageState,
     product_key,
 )
+from wfe.engine.requests.purge import Purger
 from wfe.engine.requests.standing_clock import StandingClock
 from wfe.engine.runtime.actions import one_line
 from wfe.engine.runtime.jobs import TERMINAL
@@ -107,6 +108,7 @@ class RequestService:
         runner: ActionRunner | None = None,
         products_root: Path | None = None,
         approval: ApprovalSection | None = None,
+        storage: StorageSection | None = None,
     ) -> None:
         self.repo = repo
         self.approval = ApprovalSection() if approval is None else approval  # [approval]
@@ -126,6 +128,8 @@ class RequestService:
         self._checking: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.standing = StandingClock(self.poke)  # cron ticks, cooldowns, catalog refreshes
+        storage = StorageSection() if storage is None else storage
+        self.purger = Purger(repo, quota=storage.quota_bytes, purge_at=storage.purge_at)
         self.steps = 0
 
     @property
@@ -508,10 +512,14 @@ class RequestService:
                 await self.batches.abandon(definition, batch)
                 changed = True
             elif batch.job in snap.ended:
-                await self.batches.settle(snap.request, definition, batch, snap.ended[batch.job])
+                made = await self.batches.settle(
+                    snap.request, definition, batch, snap.ended[batch.job]
+                )
                 self._jobs.pop(batch.job, None)
                 self._armed.discard(batch.job)
                 changed = True
+                if made:
+                    await self.purger.check()  # new product files: still under the quota?
         for job_id in snap.unlinked_jobs:
             if job_id in self.controller.jobs:
                 log.warning(
@@ -614,6 +622,8 @@ class RequestService:
             stage = definition.stage(name)
             inputs: Sequence[StageInput] = snap.inputs.get(name, ())
             if definition.standing:
+                if stage.group_by:  # a sub-group with a job running waits for it
+                    inputs = standing.idle(inputs, stage.group_by)
                 if not self.standing.may_start(
                     snap.request.id, name, cooldown=stage.cooldown, gap=len(standing.gap(inputs))
                 ):
@@ -643,6 +653,7 @@ class RequestService:
             snap = await self.repo.read(store.read_snapshot(rid))
             problems = checking.input_problems(definition, snap.stages, snap.inputs)
             products = await self.repo.read(list_products(rid))
+            products = [p for p in products if not p.get("purged_at")]  # purged: no file
             problems += checking.product_problems(products, await checking.rehash(products))
             if problems:
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

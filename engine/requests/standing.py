@@ -80,14 +80,29 @@ def sub_groups(inputs: Iterable[StageInput], fields: Sequence[str]) -> list[list
     return list(groups.values())
 
 
+def busy(inputs: Iterable[StageInput], fields: Sequence[str]) -> set[tuple[str, ...]]:
+    """The sub-groups a job holds inputs of now: they wait for it before running again."""
+    return {
+        group_key(i.metadata, fields) for i in inputs if i.allocation.state is InputState.ALLOCATED
+    }
+
+
+def idle(inputs: Sequence[StageInput], fields: Sequence[str]) -> list[StageInput]:
+    """``inputs`` without those of busy sub-groups."""
+    held = busy(inputs, fields)
+    return [i for i in inputs if group_key(i.metadata, fields) not in held]
+
+
 def regroup(inputs: Sequence[StageInput], fields: Sequence[str]) -> list[str]:
     """Keys of processed inputs to run again because their sub-group gained new inputs
-    (a sub-group is run whole: its older products are superseded by the new run)."""
+    (a sub-group is run whole: its older products are superseded by the new run). A
+    sub-group a job holds inputs of now is left until that job ends."""
+    held = busy(inputs, fields)
     grown = {
         group_key(i.metadata, fields)
         for i in inputs
         if i.allocation.state is InputState.UNALLOCATED
-    }
+    } - held
     return [
         i.key
         for i in sorted(inputs, key=lambda i: i.seq)

@@ -145,6 +145,7 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                     runner=runner,
                     products_root=config.root / "products",
                     approval=config.approval,
+                    storage=config.storage,
                 )
                 await nursery.start(requests.run)
                 leases = Leases(repo)  # the work queue: running works get a full lease again

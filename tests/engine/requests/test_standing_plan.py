@@ -12,6 +12,7 @@ from wfe.engine.requests import plan
 from wfe.engine.requests.model import StageInput
 from wfe.engine.requests.standing import (
     gap,
+    idle,
     new_matches,
     next_round,
     regroup,
@@ -109,3 +110,15 @@ def test_a_stage_version_changes_with_script_or_params() -> None:
     assert v == stage_version("sha-1", {"offset": 1, "gain": 0.5})
     assert v != stage_version("sha-2", {"gain": 0.5, "offset": 1})
     assert v != stage_version("sha-1", {"gain": 0.6, "offset": 1})
+
+
+def test_a_busy_sub_group_waits_for_its_job() -> None:
+    """A sub-group a job holds inputs of is neither regrouped nor batched until it ends."""
+    inputs = [
+        item(0, InputState.PROCESSED, source="m31"),
+        item(1, InputState.ALLOCATED, source="m31"),
+        item(2, InputState.UNALLOCATED, source="m31"),
+        item(3, InputState.UNALLOCATED, source="ngc253"),
+    ]
+    assert regroup(inputs, ["source"]) == []
+    assert [i.seq for i in idle(inputs, ["source"])] == [3]
