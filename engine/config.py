@@ -178,7 +178,7 @@ def parse_size(text: str) -> int:
     Raises ``ValueError``."""
     found = _SIZE.fullmatch(text.strip())
     if found is None:
-        raise ValueError(f"expected a size like \"50G\" or \"512M\", not {text!r}")
+        raise ValueError(f'expected a size like "50G" or "512M", not {text!r}')
     return int(float(found.group(1)) * _SIZE_UNITS[found.group(2).upper()])
 
 
