@@ -227,11 +227,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if done is None or done["state"] == JobState.SUCCEEDED else 1
 
 
+def _is_request_id(text: str) -> bool:
+    from wfe.protocols.errors import ProtocolError
+    from wfe.protocols.request import parse_request_id
+
+    try:
+        parse_request_id(text)
+    except ProtocolError:
+        return False
+    return True
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from wfe.engine.cli.watch import print_status, status_filters
 
     if args.watch:
         return _watch_status(args)
+    if args.job and _is_request_id(args.job):  # `wfe status REQUEST`: the request's view
+        from wfe.engine.cli.requests import cmd_request
+
+        return cmd_request(argparse.Namespace(**{**vars(args), "request": args.job, "wait": False}))
     from wfe.engine.cli.client import connect_config
 
     config = _config(args)
@@ -461,7 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "status", cmd_status, "show the engine's state and the newest root jobs, or one job's tree"
     )
-    p.add_argument("job", nargs="?", help="a job: its detail and its tree of children")
+    p.add_argument(
+        "job",
+        nargs="?",
+        help="a job: its detail and its tree of children; or a request (wfe request ID)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=20, help="at most this many jobs (default: 20)")
     p.add_argument(

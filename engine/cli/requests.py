@@ -225,8 +225,46 @@ def render_request(d: dict[str, Any]) -> str:
                 ]
             )
         )
+    if d.get("standing"):
+        lines += _standing(d["standing"], d["id"], d.get("stale_products", 0))
     lines.append(f"  products: {d.get('products', 0)} (wfe products {d['id']})")
     return "\n".join(lines)
+
+
+def _ago(at: float | None, now: float) -> str:
+    if at is None:
+        return "-"
+    delta = at - now
+    if abs(delta) < 0.5:
+        return "now"
+    return f"in {delta:.0f}s" if delta > 0 else f"{-delta:.0f}s ago"
+
+
+def _standing(view: dict[str, Any], rid: str, stale: int) -> list[str]:
+    """A standing request's stages: gap, cooldown, last and next round; stale products."""
+    import time
+
+    now = time.time()  # wall clock: display only
+    tick = f", next tick {_ago(view['next_tick'], now)}" if view.get("next_tick") else ""
+    lines = [f"  standing: trigger {view['trigger']}{tick}"]
+    lines.append(
+        format_table(
+            [
+                {
+                    "stage": s["stage"],
+                    "gap": s["gap"],
+                    "running": s["running"],
+                    "cooldown": f"{s['cooldown']:g}s",
+                    "last round": _ago(s["last_round"], now),
+                    "next round": _ago(s["next_round"], now) if s["gap"] else "-",
+                    "version": f"{s['version']} ({s['version_policy']})",
+                }  # fmt: skip
+                for s in view["stages"]
+            ]
+        )
+    )
+    lines.append(f"  stale products: {stale}" + (f" (wfe products {rid} --stale)" if stale else ""))
+    return lines
 
 
 # --- catalog and products -------------------------------------------------------------------------

@@ -154,8 +154,16 @@ async def _requests(session: Session, args: dict[str, Any]) -> Any:
 
 @_register("request")
 async def _request(session: Session, args: dict[str, Any]) -> Any:
-    """args: request. The record, stages with input counts, jobs and history."""
-    return await session.engine.request_detail(arg(args, "request", str))
+    """args: request. The record, stages with input counts, jobs and history; for a
+    standing request also ``standing`` (trigger, gaps, cooldowns, last and next rounds)."""
+    rid = arg(args, "request", str)
+    detail = await session.engine.request_detail(rid)
+    service: RequestService | None = getattr(session.engine, "requests", None)
+    if service is not None:
+        view = await service.standing_view(rid)
+        if view is not None:
+            detail["standing"] = view
+    return detail
 
 
 @_register("request_wait")

@@ -75,6 +75,9 @@ def request_detail(rid: str, *, history: int = 200) -> Callable[[Conn], JsonObje
         (detail["products"],) = conn.execute(
             "SELECT COUNT(*) FROM products WHERE request = ?", (rid,)
         ).fetchone()
+        (detail["stale_products"],) = conn.execute(
+            "SELECT COUNT(*) FROM products WHERE request = ? AND stale IS NOT NULL", (rid,)
+        ).fetchone()
         detail["history"] = [
             {"id": r[0], "at": r[1], "kind": r[2], **json.loads(r[3])}
             for r in conn.execute(

@@ -55,7 +55,7 @@ from wfe.engine.repository import Missed, Subscription
 from wfe.engine.repository import requests as store
 from wfe.engine.repository import standing as standing_store
 from wfe.engine.repository.products import list_products, stage_products
-from wfe.engine.repository.rowtypes import Conn, JsonValue
+from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue
 from wfe.engine.requests import catalog, checking, plan, scripts, standing
 from wfe.engine.requests.approval import decide_approval
 from wfe.engine.requests.batches import BatchRunner
@@ -73,6 +73,7 @@ from wfe.engine.requests.model import (
 from wfe.engine.requests.purge import Purger
 from wfe.engine.requests.standing_clock import StandingClock
 from wfe.engine.runtime.actions import one_line
+from wfe.engine.runtime.clock import wall_now
 from wfe.engine.runtime.jobs import TERMINAL
 from wfe.protocols.errors import ProtocolError
 from wfe.protocols.request import (
@@ -356,6 +357,46 @@ class RequestService:
         self._definitions[new.sha256] = new
         self.poke(rid)
         return record
+
+    async def standing_view(self, rid: str) -> JsonObject | None:
+        """What consoles show of a standing request (None for any other): its trigger and
+        next cron tick, and per stage its gap, cooldown, last round and next possible
+        round (unix times; rounds since the engine started). Raises ``UnknownRequest``."""
+        snap = await self.repo.read(store.read_snapshot(rid))
+        definition = self._definition(snap)
+        if not definition.standing:
+            return None
+        now, wall = trio.current_time(), wall_now()
+
+        def at(t: float | None) -> float | None:
+            return None if t is None else wall + (t - now)
+
+        stages: list[JsonValue] = []
+        for name, record in snap.stages.items():
+            stage = definition.stage(name)
+            last = self.standing.last_round(rid, name)
+            gap = len(standing.gap(snap.inputs.get(name, ())))
+            waiting = self.standing.waiting_until(rid, name)
+            if waiting is None and gap and last is not None:
+                waiting = max(now, last + stage.cooldown)
+            stages.append(
+                {
+                    "stage": name,
+                    "state": record.state.value,
+                    "gap": gap,
+                    "running": sum(1 for b in snap.batches if b.stage == name),
+                    "cooldown": stage.cooldown,
+                    "last_round": at(last),
+                    "next_round": at(waiting) if gap else None,
+                    "version_policy": stage.version_policy.value,
+                    "version": standing.version_of(snap.request, definition, name),
+                }
+            )
+        return {
+            "trigger": definition.workflow.trigger.describe(),
+            "next_tick": at(self.standing.next_tick(rid)),
+            "stages": stages,
+        }
 
     async def stale_products(self, rid: str) -> list[JsonValue]:
         """The products of ``rid`` that are no longer current (``stale`` says why)."""

@@ -80,6 +80,17 @@ async def test_new_catalog_entries_run_without_resubmission(world: World) -> Non
     assert [n for s, n in made if s == "cal"] == [f"r{i}.dat.out" for i in range(1, 6)]
     assert len([n for s, n in made if s == "map"]) == 5
 
+    code, out, err = await world.wfe("status", rid)
+    assert code == 0, err
+    assert "standing: trigger continuous" in out and "stale products: 0" in out
+    assert any(line.split()[:3] == ["cal", "0", "0"] for line in out.splitlines())
+    view = (await world.detail(rid))["standing"]
+    assert [(s["stage"], s["gap"], s["cooldown"]) for s in view["stages"]] == [
+        ("cal", 0, 0.0),
+        ("map", 0, 0.0),
+    ]
+    assert all(s["last_round"] is not None for s in view["stages"])
+
     await world.catalog(["other.dat"], kind="calibration")  # not matched by the query
     await world.catalog(["r1.dat"])  # refreshed, already processed
     code, out, err = await world.wfe("cancel", rid)
