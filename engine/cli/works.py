@@ -218,8 +218,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ClientError codes that mean the engine went away (not a refusal): the worker reconnects.
+GONE = frozenset({"", "closed", "timeout"})
+RECONNECT_MAX = 30.0  # seconds: the longest wait between two tries to reach the engine
+
+
 async def _serve(config: Any, spec: Any, report: Callable[[Any], None]) -> None:
-    from wfe.engine.cli.client import connect_config
+    """Run the worker, reconnecting (1 s doubling to 30 s) whenever the engine goes away: a
+    restarted engine gives running works a full lease, and a work whose update was lost with
+    the connection runs again once that lease ends."""
+    from wfe.engine.cli.client import ClientError, connect_config
     from wfe.engine.works.worker import run_worker
 
     stop = trio.Event()
@@ -232,8 +240,30 @@ async def _serve(config: Any, spec: Any, report: Callable[[Any], None]) -> None:
                     stop.set()
 
         nursery.start_soon(on_signal)
-        async with connect_config(config) as client:
-            await run_worker(client, spec, stop, report)
+        done = 0
+
+        def counted(performed: Any) -> None:
+            nonlocal done
+            done += 1
+            report(performed)
+
+        delay = 1.0
+        while not stop.is_set():
+            left = None if spec.lives is None else spec.lives - done
+            if left is not None and left <= 0:
+                break
+            try:
+                async with connect_config(config) as client:
+                    delay = 1.0
+                    await run_worker(client, attrs.evolve(spec, lives=left), stop, counted)
+                break
+            except ClientError as exc:
+                if exc.code not in GONE:
+                    raise
+                print(f"wfe work run: {exc}; trying again in {delay:g} s", file=sys.stderr)
+            with trio.move_on_after(delay):
+                await stop.wait()
+            delay = min(delay * 2, RECONNECT_MAX)
         nursery.cancel_scope.cancel()
 
 

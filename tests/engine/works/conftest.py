@@ -81,30 +81,41 @@ def wfe(
     )
 
 
+def start_engine(path: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``wfe engine`` on the workspace of ``path`` and wait for its console."""
+    port_file = path.parent / "run" / "api.port"  # Config.run_dir
+    port_file.unlink(missing_ok=True)  # a previous engine's: wait for this one's
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "wfe", "engine", "--config", str(path)],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    for _ in range(600):
+        if port_file.exists():
+            return process
+        assert process.poll() is None, log.read_text()
+        subprocess.run(["sleep", "0.1"], check=True)
+    raise AssertionError("the engine did not start in time")
+
+
+def stop_engine(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture
 def engine_process(tmp_path: Path) -> Iterator[Path]:
     """A ``wfe engine`` process (no local agents) on a new workspace: its wfe.toml."""
     config = make_workspace(tmp_path / "ws", agents=0)
     path = config.root / "wfe.toml"
-    log_path = tmp_path / "engine.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "wfe", "engine", "--config", str(path)],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        try:
-            for _ in range(600):
-                if (config.run_dir / "api.port").exists():
-                    break
-                assert process.poll() is None, log_path.read_text()
-                subprocess.run(["sleep", "0.1"], check=True)
-            yield path
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    process = start_engine(path, tmp_path / "engine.log")
+    try:
+        yield path
+    finally:
+        stop_engine(process)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import wfe
+from .conftest import start_engine, stop_engine, wfe
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +131,33 @@ def test_sigterm_lets_the_current_work_finish(engine_process: Path, here: Path) 
     assert out.startswith(f"{ids[0]} attempt 1: success")
     assert show(engine_process, here, ids[0])["results"] == {"slept": 2}
     assert show(engine_process, here, ids[1])["status"] == "queued"
+
+
+def test_a_worker_outlives_an_engine_restart(tmp_path: Path, here: Path) -> None:
+    """The engine stops and starts again (on another port) while a worker waits for work:
+    the worker reconnects by itself and performs what is deposited afterwards."""
+    from wfe.engine.cli.demo import make_workspace
+
+    config = make_workspace(tmp_path / "ws", agents=0).root / "wfe.toml"
+    log = tmp_path / "engine.log"
+    engine = start_engine(config, log)
+    process = worker(config, here, "p", "mymodule.add", "--lives", "2", "--sleep", "0.1")
+    try:
+        (first,) = work_cmd(config, here, "deposit", "p", "-p", "a=1", "-p", "b=1").stdout.split()
+        until(lambda: show(config, here, first)["status"] == "success")
+        stop_engine(engine)
+        engine = start_engine(config, log)
+        (second,) = work_cmd(config, here, "deposit", "p", "-p", "a=2", "-p", "b=2").stdout.split()
+        out, err = process.communicate(timeout=90)
+        assert process.returncode == 0, err
+        assert "trying again in" in err
+        assert out.splitlines()[1].startswith(f"{second} attempt 1: success")
+        assert show(config, here, second)["results"] == 4
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        stop_engine(engine)
 
 
 def test_failures_timeouts_products_and_lives(engine_process: Path, here: Path) -> None:
