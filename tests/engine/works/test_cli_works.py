@@ -212,7 +212,18 @@ def test_bad_input_is_one_line_and_changes_nothing(engine_process: Path, here: P
         done = work_cmd(engine_process, here, *args)
         assert done.returncode == 1, (args, done.stdout)
         assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+    (here / "works.json").write_text(
+        json.dumps([{"pipeline": "p"}, {"pipeline": "p", "retries": -1}])
+    )
+    done = work_cmd(engine_process, here, "deposit", "--file", "works.json")
+    assert done.stderr == "wfe: error: works[1].retries: must be 0..100, got -1\n"
     assert work_cmd(engine_process, here, "count").stdout.strip() == "0"
+    (here / "works.json").write_text(
+        json.dumps([{"pipeline": "p"}, {"pipeline": "q", "tags": ["x"]}])
+    )
+    done = work_cmd(engine_process, here, "deposit", "--file", "works.json", "--json")
+    assert len(json.loads(done.stdout)) == 2
+    assert work_cmd(engine_process, here, "count", "q", "--tags", "x").stdout.strip() == "1"
 
 
 def test_by_hand_withdraw_and_update(engine_process: Path, here: Path) -> None:
