@@ -14,6 +14,7 @@ import argparse
 import getpass
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"{record['id']} now runs definition {record['definition'][:12]}")
         return 0
     record = _call(args, "submit", **payload)
+    for warning in record.get("warnings") or ():
+        print(f"warning: {warning}", file=sys.stderr)
     if args.wait:
         record = _call(args, "request_wait", request=record["id"])
     if args.json:

@@ -100,7 +100,8 @@ async def _submit(session: Session, args: dict[str, Any]) -> Any:
         priority=arg(args, "priority", int, 0),
         by=session.name,
     )
-    return views.record_dict(record)
+    warnings = await _service(session).warnings_for(record)
+    return {**views.record_dict(record), **({"warnings": warnings} if warnings else {})}
 
 
 async def _verb(session: Session, args: dict[str, Any], verb: RequestVerb) -> Any:

@@ -95,6 +95,14 @@ def view(path: str, size: int, metadata: Mapping[str, JsonValue]) -> JsonObject:
     return {"path": path, "name": os.path.basename(path), "size": size, **metadata}
 
 
+def metadata_keys(conn: Conn) -> set[str]:
+    """Read: every key a query can see in some catalog entry (metadata, path, name, size)."""
+    keys = {"path", "name", "size"}
+    for _, _, metadata in scan(conn):
+        keys.update(metadata)
+    return keys
+
+
 def find(query: Query) -> Callable[[Conn], list[CatalogMatch]]:
     """Read: the finder. ``(input key, path, metadata)`` of every entry ``query`` matches."""
 

@@ -33,11 +33,10 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 
 from wfe.engine.config import ApprovalSection, StorageSection
@@ -45,21 +44,18 @@ from wfe.engine.definitions import (
     Definition,
     GitInfo,
     OnStageFailure,
-    VersionPolicy,
     build_definition,
     downstream,
     resolve_params,
-    topological_order,
 )
 from wfe.engine.repository import Missed, Subscription
 from wfe.engine.repository import requests as store
 from wfe.engine.repository import standing as standing_store
-from wfe.engine.repository.products import list_products, stage_products
-from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue
+from wfe.engine.repository.products import list_products
+from wfe.engine.repository.rowtypes import JsonObject, JsonValue
 from wfe.engine.requests import catalog, checking, plan, scripts, standing
 from wfe.engine.requests.approval import decide_approval
 from wfe.engine.requests.batches import BatchRunner
-from wfe.engine.requests.catalog import CatalogMatch
 from wfe.engine.requests.errors import RefusedTransition, RequestError, SubmitError
 from wfe.engine.requests.model import (
     ONCE,
@@ -68,12 +64,11 @@ from wfe.engine.requests.model import (
     Snapshot,
     StageInput,
     StageState,
-    product_key,
 )
 from wfe.engine.requests.purge import Purger
 from wfe.engine.requests.standing_clock import StandingClock
+from wfe.engine.requests.standing_service import StandingRequests, action_known, upstream_products
 from wfe.engine.runtime.actions import one_line
-from wfe.engine.runtime.clock import wall_now
 from wfe.engine.runtime.jobs import TERMINAL
 from wfe.protocols.errors import ProtocolError
 from wfe.protocols.request import (
@@ -129,6 +124,7 @@ class RequestService:
         self._checking: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.standing = StandingClock(self.poke)  # cron ticks, cooldowns, catalog refreshes
+        self.standing_requests = StandingRequests(self)
         storage = StorageSection() if storage is None else storage
         self.purger = Purger(repo, quota=storage.quota_bytes, purge_at=storage.purge_at)
         self.steps = 0
@@ -265,7 +261,7 @@ class RequestService:
             namespace=namespace,
             bundled=bundled,
             library=self.scripts,
-            action_known=_action_known(self.runner),
+            action_known=action_known(self.runner),
         )
         record = await self.repo.write(
             store.store_submission(
@@ -297,110 +293,28 @@ class RequestService:
         scripts_text: Mapping[str, Any] | None = None,
         by: str,
     ) -> RequestRecord:
-        """Give standing request ``rid`` (running or paused) a new version of its definition:
-        changed scripts or stage parameters. Stages whose version changed under
-        ``version_policy = "reprocess"`` run their inputs again and their products (and
-        everything made from them downstream) turn stale; under "keep", only inputs still to
-        come use the new version. Raises ``SubmitError`` / ``DefinitionError`` (one line)
-        before anything is stored: the definition must have the same workflow, trigger
-        kind, stages and dependencies."""
-        old_record = await self.get(rid)
-        old = self._definition(await self.repo.read(store.read_snapshot(rid)))
-        if not old.standing:
-            raise SubmitError(f"request {rid}: only a standing request takes a new definition")
-        gitinfo = None
-        if git:
-            try:
-                gitinfo = GitInfo(
-                    commit=str(git["commit"]), path=str(git["path"]), dirty=bool(git["dirty"])
-                )
-            except (KeyError, TypeError):
-                raise SubmitError("git: expected commit, path and dirty") from None
-        new = build_definition(expanded, sources=tuple(str(s) for s in sources), git=gitinfo)
-        problem = _incompatible(old, new)
-        if problem:
-            raise SubmitError(f"request {rid}: {problem}")
-        resolve_params(new, dict(old_record.params))
-        stored, from_library = scripts.check_submission(
-            new,
-            old_record.params,
-            namespace=old_record.namespace,
-            bundled=scripts.parse_bundled(scripts_text or {}),
-            library=self.scripts,
-            action_known=_action_known(self.runner),
+        """Give standing request ``rid`` a new version of its definition
+        (``StandingRequests.update``)."""
+        return await self.standing_requests.update(
+            rid, expanded=expanded, sources=sources, git=git, scripts_text=scripts_text, by=by
         )
-        mapping: dict[str, Any] = {
-            n: {"key": k, "sha256": sha} for n, (k, sha, _) in stored.items()
-        }
-        mapping.update({n: {"key": k, "sha256": None} for n, k in from_library.items()})
-        future = attrs.evolve(old_record, scripts=mapping)
-        changed = [
-            name
-            for name in topological_order(new)
-            if standing.version_of(old_record, old, name) != standing.version_of(future, new, name)
-        ]
-        reprocess = [n for n in changed if new.stage(n).version_policy is VersionPolicy.REPROCESS]
-        below = {d for n in reprocess for d in downstream(new, n)} - set(reprocess)
-        record = await self.repo.write(
-            standing_store.update_definition(
-                rid,
-                new,
-                stored,
-                from_library,
-                changed=changed,
-                reprocess=reprocess,
-                downstream=[n for n in topological_order(new) if n in below],
-                by=by,
-            )
-        )
-        scripts.register(self.scripts, stored)
-        self._definitions[new.sha256] = new
-        self.poke(rid)
-        return record
 
     async def standing_view(self, rid: str) -> JsonObject | None:
-        """What consoles show of a standing request (None for any other): its trigger and
-        next cron tick, and per stage its gap, cooldown, last round and next possible
-        round (unix times; rounds since the engine started). Raises ``UnknownRequest``."""
-        snap = await self.repo.read(store.read_snapshot(rid))
-        definition = self._definition(snap)
-        if not definition.standing:
-            return None
-        now, wall = trio.current_time(), wall_now()
-
-        def at(t: float | None) -> float | None:
-            return None if t is None else wall + (t - now)
-
-        stages: list[JsonValue] = []
-        for name, record in snap.stages.items():
-            stage = definition.stage(name)
-            last = self.standing.last_round(rid, name)
-            gap = len(standing.gap(snap.inputs.get(name, ())))
-            waiting = self.standing.waiting_until(rid, name)
-            if waiting is None and gap and last is not None:
-                waiting = max(now, last + stage.cooldown)
-            stages.append(
-                {
-                    "stage": name,
-                    "state": record.state.value,
-                    "gap": gap,
-                    "running": sum(1 for b in snap.batches if b.stage == name),
-                    "cooldown": stage.cooldown,
-                    "last_round": at(last),
-                    "next_round": at(waiting) if gap else None,
-                    "version_policy": stage.version_policy.value,
-                    "version": standing.version_of(snap.request, definition, name),
-                }
-            )
-        return {
-            "trigger": definition.workflow.trigger.describe(),
-            "next_tick": at(self.standing.next_tick(rid)),
-            "stages": stages,
-        }
+        """What consoles show of a standing request (``StandingRequests.view``)."""
+        return await self.standing_requests.view(rid)
 
     async def stale_products(self, rid: str) -> list[JsonValue]:
         """The products of ``rid`` that are no longer current (``stale`` says why)."""
         return list(await self.repo.read(list_products(rid, stale=True)))
+
+    async def warnings_for(self, record: RequestRecord) -> list[str]:
+        """Warnings about a request just submitted (it is stored and runs anyway): a
+        ``group_by`` field no catalog entry has."""
+        definition = self._definitions.get(record.definition)
+        if definition is None or not any(s.group_by for s in definition.stages):
+            return []
+        keys = await self.repo.read(catalog.metadata_keys)
+        return standing.unused_group_fields(definition, keys)
 
     async def act(
         self, rid: str, verb: RequestVerb, *, actor: Actor = Actor.OPERATOR, by: str | None = None
@@ -458,6 +372,14 @@ class RequestService:
 
     # --- one step --------------------------------------------------------------------------
 
+    def remember(self, definition: Definition) -> None:
+        """Keep ``definition`` for the requests that will refer to it."""
+        self._definitions[definition.sha256] = definition
+
+    def definition_of(self, snap: Snapshot) -> Definition:
+        """The definition a request's snapshot refers to (built once per sha256)."""
+        return self._definition(snap)
+
     def _definition(self, snap: Snapshot) -> Definition:
         sha = snap.request.definition
         if sha not in self._definitions:
@@ -509,7 +431,7 @@ class RequestService:
         if definition.standing:
             # Standing: stages stay running, take new inputs, never end; no check.
             self.standing.watch(rid, definition.workflow.trigger)
-            if await self._standing_stages(snap, definition):
+            if await self.standing_requests.stages(snap, definition):
                 self.poke(rid)
             elif state is _S.RUNNING:
                 await self._dispatch(snap, definition)
@@ -613,46 +535,10 @@ class RequestService:
                 inputs = [(ONCE, "", {})]
             elif not stage.consumes.from_query:
                 inputs = await self.repo.read(
-                    _upstream_products(rid, stage.consumes.source, stage.consumes.types)
+                    upstream_products(rid, stage.consumes.source, stage.consumes.types)
                 )
             await self.repo.write(store.set_stage(rid, name, new, inputs=inputs))
             return True
-        return changed
-
-    async def _standing_stages(self, snap: Snapshot, definition: Definition) -> bool:
-        """A standing request's stages: start them all at once, then add the inputs they
-        lack: new catalog matches (when the trigger asks for a refresh) and new products of
-        the stages they consume. True if anything was written."""
-        rid = snap.request.id
-        for name, record in snap.stages.items():
-            if record.state is StageState.WAITING:
-                stage = definition.stage(name)
-                once: list[CatalogMatch] | None = None
-                if stage.consumes is None:
-                    once = [(ONCE, "", {})]
-                await self.repo.write(store.set_stage(rid, name, StageState.RUNNING, inputs=once))
-                return True
-        found: list[CatalogMatch] | None = None
-        if definition.query is not None and self.standing.refresh_due(rid):
-            found = await self.repo.read(catalog.find(definition.query))
-        changed = False
-        for name in snap.stages:
-            stage = definition.stage(name)
-            if stage.consumes is None:
-                continue
-            if stage.consumes.from_query:
-                if found is None:
-                    continue
-                matches = found
-            else:
-                matches = await self.repo.read(
-                    _upstream_products(rid, stage.consumes.source, stage.consumes.types)
-                )
-            present = (i.key for i in snap.inputs.get(name, ()))
-            new = standing.new_matches(present, matches)
-            if new:
-                await self.repo.write(store.add_stage_inputs(rid, name, new))
-                changed = True
         return changed
 
     async def _dispatch(self, snap: Snapshot, definition: Definition) -> None:
@@ -774,21 +660,6 @@ class RequestService:
                         self._deferred.pop(job_id, None)
 
 
-def _incompatible(old: Definition, new: Definition) -> str:
-    """Why ``new`` can't replace ``old`` under a running request ("" when it can)."""
-    if new.name != old.name:
-        return f"the new definition is workflow {new.name!r}, not {old.name!r}"
-    if new.workflow.trigger.kind is not old.workflow.trigger.kind:
-        return (
-            f"the trigger changed from {old.workflow.trigger.describe()} to "
-            f"{new.workflow.trigger.describe()} (submit a new request instead)"
-        )
-    shape = {s.name: (s.depends_on, s.consumes) for s in old.stages}
-    if shape != {s.name: (s.depends_on, s.consumes) for s in new.stages}:
-        return "the stages or what they consume changed (submit a new request instead)"
-    return ""
-
-
 def _reachable(state: RequestState) -> frozenset[RequestState]:
     """The states a request in ``state`` can still come to, ``state`` included."""
     seen = {state}
@@ -799,28 +670,3 @@ def _reachable(state: RequestState) -> frozenset[RequestState]:
                 seen.add(after)
                 todo.append(after)
     return frozenset(seen)
-
-
-def _action_known(runner: ActionRunner | None) -> Callable[[str], bool]:
-    def known(name: str) -> bool:
-        if runner is None:
-            return False
-        try:
-            runner.library.get(name)
-        except LookupError:
-            return False
-        return True
-
-    return known
-
-
-def _upstream_products(
-    rid: str, stage: str, types: tuple[str, ...]
-) -> Callable[[Conn], list[CatalogMatch]]:
-    """Read: ``(input key, path, metadata)`` of the products of ``stage`` of the given types."""
-    made = stage_products(rid, stage, types)
-
-    def fn(conn: Conn) -> list[CatalogMatch]:
-        return [(product_key(pid), path, meta) for pid, path, _, meta in made(conn)]
-
-    return fn

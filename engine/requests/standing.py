@@ -144,3 +144,18 @@ def version_of(record: RequestRecord, definition: Definition, stage_name: str) -
     else:
         script = f"action:{stage.action}"
     return stage_version(script, stage_params(definition, stage_name, record.params))
+
+
+def unused_group_fields(definition: Definition, catalog_keys: Iterable[str]) -> list[str]:
+    """One warning line per ``group_by`` field of a stage consuming the query that no
+    catalog entry has (``catalog_keys``: every metadata key the catalog holds, plus path,
+    name and size). Such a stage puts every input in one sub-group."""
+    known = set(catalog_keys)
+    return [
+        f"stages.{stage.name}.group_by: no catalog entry has field {field!r}"
+        " (every input falls in one sub-group)"
+        for stage in definition.stages
+        if stage.consumes is not None and stage.consumes.from_query
+        for field in stage.group_by
+        if field not in known
+    ]

@@ -253,3 +253,17 @@ async def test_a_sub_group_that_grows_runs_again_whole(world: World) -> None:
         "a1.dat.out", "a2.dat.out", "a3.dat.out", "b1.dat.out"
     ]  # fmt: skip
     assert before["b1.dat.out"] in {p["id"] for p in current}
+
+
+async def test_group_by_on_a_field_no_entry_has_is_a_warning(world: World) -> None:
+    """group_by on a field that no catalog entry has: the request is submitted, and the
+    submission warns in one line naming the stage and the field."""
+    await world.catalog(["a1.dat"], obs="A")
+    path = world.definition(GROUPED.replace('["obs"]', '["obs", "source"]'))
+    code, out, err = await world.wfe("submit", str(path))
+    assert code == 0, err
+    assert err.strip() == (
+        "warning: stages.cal.group_by: no catalog entry has field 'source'"
+        " (every input falls in one sub-group)"
+    )
+    assert out.strip().startswith("g-")
