@@ -142,6 +142,16 @@ ALTER TABLE products ADD COLUMN intermediate INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE products ADD COLUMN purged_at REAL;
 """
 
+# Files of finished works copied into the workspace's archive (issue 13, item 3;
+# wfe.engine.works.archive): one row per product or plot a work named; ``archived`` is NULL,
+# with ``reason``, when the engine could not copy it.
+_WORK_FILES = """
+CREATE TABLE work_files (
+  work_id TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('product','plot')),
+  source TEXT NOT NULL, archived TEXT, size INTEGER, sha256 TEXT, reason TEXT,
+  PRIMARY KEY (work_id, kind, source));
+"""
+
 #: Every migration ever, in order. Append only: the position is the schema version.
 MIGRATIONS: list[str] = [
     _CORE,  # 1: events, counters, jobs, attempts, output, agents
@@ -152,6 +162,7 @@ MIGRATIONS: list[str] = [
     _WORKS,  # 6: the work queue's buckets (works)
     _TOKENS_WORKER_ROLE,  # 7: tokens may have the worker role
     _STANDING_PRODUCTS,  # 8: products' stage version, staleness, lifetime and purge
+    _WORK_FILES,  # 9: finished works' products and plots as archived
 ]
 
 
