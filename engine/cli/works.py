@@ -136,6 +136,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     _print_work(_call(args, "work.get", id=args.id), args.json)
+    if not args.json:
+        for f in _call(args, "work.files", id=args.id):
+            where = f["archived"] or f"not archived: {f['reason']}"
+            print(f"{f['kind']:>11}  {f['source']} -> {where}")
     return 0
 
 

@@ -136,6 +136,13 @@ async def _get(session: Session, args: dict[str, Any]) -> Any:
     return payload(await session.engine.work(arg(args, "id", str)))
 
 
+@op("work.files", role="viewer", workers=True)
+async def _files(session: Session, args: dict[str, Any]) -> Any:
+    """A finished work's products and plots as archived: id. Result: kind, source, archived,
+    size, sha256, reason (why there is no copy) for each."""
+    return [f.as_data() for f in await session.engine.work_files(arg(args, "id", str))]
+
+
 @op("work.find", role="viewer", workers=True)
 async def _find(session: Session, args: dict[str, Any]) -> Any:
     """Works newest first: pipeline, status, event, site, priority, user, tags, group, since,

@@ -24,6 +24,7 @@ import attrs
 
 from wfe.engine.repository.rowtypes import Conn, Db, JsonObject
 from wfe.engine.repository.writer import Tx
+from wfe.engine.works.archive import ArchivedFile
 from wfe.engine.works.model import (
     TERMINAL,
     UnknownWork,
@@ -246,20 +247,26 @@ def _again_or_failed(tx: Tx, work: Work, reason: str, results: Any) -> Work:
 
 
 def update_work(
-    work_id: str, *, attempt: int, changes: JsonObject, by: str | None
+    work_id: str,
+    *,
+    attempt: int,
+    changes: JsonObject,
+    by: str | None,
+    files: Sequence[ArchivedFile] = (),
 ) -> Callable[[Tx], Work]:
     """A write op: record a running work's ``results``, ``products``, ``plots`` and
     ``status`` (running, success or failure) for its current ``attempt``; return it as stored.
 
     A failure while attempts remain puts the work back to queued with ``attempt + 1``.
     Raises ``UnknownWork``, or ``WorkError`` (nothing changed) for a field that may not be
-    updated, a bad value, a work that is not running, or an attempt that is over."""
+    updated, a bad value, a work that is not running, or an attempt that is over. ``files``
+    (the archive's copies of its products and plots) are recorded if it ends in success."""
     unknown = sorted(set(changes) - UPDATABLE)
     if unknown:
         raise WorkError(f"{unknown[0]}: may not be updated (only {', '.join(sorted(UPDATABLE))})")
 
     def op(tx: Tx) -> Work:
-        return _update(tx, work_id, attempt, changes, by)
+        return _update(tx, work_id, attempt, changes, by, files)
 
     return op
 
@@ -271,11 +278,12 @@ def update_and_withdraw(
     changes: JsonObject,
     by: str,
     query: WorkQuery,
+    files: Sequence[ArchivedFile] = (),
 ) -> Callable[[Tx], tuple[Work, Work | None]]:
     """A write op: ``update_work`` then ``withdraw_work(query, worker=by)`` in one
     transaction (a worker's round trip and commit per work instead of two). When the update
     is refused nothing is withdrawn."""
-    updating = update_work(work_id, attempt=attempt, changes=changes, by=by)
+    updating = update_work(work_id, attempt=attempt, changes=changes, by=by, files=files)
     withdrawing = withdraw_work(query, worker=by)
 
     def op(tx: Tx) -> tuple[Work, Work | None]:
@@ -284,7 +292,14 @@ def update_and_withdraw(
     return op
 
 
-def _update(tx: Tx, work_id: str, attempt: int, changes: JsonObject, by: str | None) -> Work:
+def _update(
+    tx: Tx,
+    work_id: str,
+    attempt: int,
+    changes: JsonObject,
+    by: str | None,
+    files: Sequence[ArchivedFile],
+) -> Work:
     work = _known(tx, work_id)
     if attempt != work.attempt:
         raise WorkError(
@@ -305,8 +320,20 @@ def _update(tx: Tx, work_id: str, attempt: int, changes: JsonObject, by: str | N
         return _again_or_failed(tx, new, reason, new.results)
     if new.status is WorkStatus.SUCCESS:
         new = attrs.evolve(new, stop=tx.at)
+        if files:
+            _record_files(tx, work_id, files)
     _save(tx, new, worker=by if new.status is WorkStatus.RUNNING else None)
     return new
+
+
+def _record_files(tx: Tx, work_id: str, files: Sequence[ArchivedFile]) -> None:
+    tx.executemany(
+        "INSERT OR REPLACE INTO work_files (work_id, kind, source, archived, size, sha256,"
+        " reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(work_id, f.kind, f.source, f.archived, f.size, f.sha256, f.reason) for f in files],
+    )
+    archived = sum(1 for f in files if f.archived is not None)
+    tx.emit("work.archived", work_id, {"files": len(files), "archived": archived})
 
 
 def _reason(results: Any) -> str:
@@ -352,6 +379,7 @@ def delete_works(ids: Iterable[str], *, by: str | None) -> Callable[[Tx], list[s
         for work_id in wanted:
             work = _known(tx, work_id)
             tx.execute("DELETE FROM works WHERE id = ?", (work_id,))
+            tx.execute("DELETE FROM work_files WHERE work_id = ?", (work_id,))
             tx.emit("work.deleted", work_id, {"status": work.status, "by": by})
         return wanted
 
@@ -383,6 +411,23 @@ def find_works(
             (*params, limit, offset),
         ).fetchall()
         return [_decode(r[0]) for r in rows]
+
+    return fn
+
+
+def work_files(work_id: str) -> Callable[[Conn], list[ArchivedFile]]:
+    """A read function: the archive's record of a work's products and plots."""
+
+    def fn(conn: Conn) -> list[ArchivedFile]:
+        rows = conn.execute(
+            "SELECT kind, source, archived, size, sha256, reason FROM work_files"
+            " WHERE work_id = ? ORDER BY kind DESC, rowid",
+            (work_id,),
+        ).fetchall()
+        return [
+            ArchivedFile(kind=k, source=s, archived=a, size=n, sha256=h, reason=r)
+            for k, s, a, n, h, r in rows
+        ]
 
     return fn
 
@@ -433,4 +478,5 @@ __all__ = [
     "update_and_withdraw",
     "update_work",
     "withdraw_work",
+    "work_files",
 ]

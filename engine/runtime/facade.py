@@ -7,8 +7,8 @@ they need is a typed method here (its SQL in ``wfe.engine.repository``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -42,6 +42,7 @@ from wfe.engine.runtime import metrics
 from wfe.engine.runtime.actions import ActionRunner
 from wfe.engine.runtime.watchdog import Watchdog
 from wfe.engine.transports.local_agents import LocalAgents, UnknownGroup
+from wfe.engine.works import archive
 from wfe.engine.works.leases import Lease, Leases
 from wfe.engine.works.model import Work, WorkStatus
 from wfe.rscripts.loader import ScriptLibrary
@@ -366,9 +367,10 @@ class Engine:
     ) -> Work:
         """Record a running work's results and status (``works.update_work``); an update is
         also a heartbeat, and one that ends the attempt ends its lease."""
-        work = await self.repo.write(
-            work_rows.update_work(work_id, attempt=attempt, changes=changes, by=by)
-        )
+        async with self._archiving(work_id, changes) as files:
+            work = await self.repo.write(
+                work_rows.update_work(work_id, attempt=attempt, changes=changes, by=by, files=files)
+            )
         if work.status is WorkStatus.RUNNING:
             self.leases.renew(work_id, attempt)
         else:
@@ -385,11 +387,12 @@ class Engine:
         query: work_rows.WorkQuery,
     ) -> tuple[Work, Work | None]:
         """``update_work`` and then ``withdraw_work(query, worker=by)``, in one transaction."""
-        work, after = await self.repo.write(
-            work_rows.update_and_withdraw(
-                work_id, attempt=attempt, changes=changes, by=by, query=query
+        async with self._archiving(work_id, changes) as files:
+            work, after = await self.repo.write(
+                work_rows.update_and_withdraw(
+                    work_id, attempt=attempt, changes=changes, by=by, query=query, files=files
+                )
             )
-        )
         if work.status is WorkStatus.RUNNING:
             self.leases.renew(work_id, attempt)
         else:
@@ -397,6 +400,36 @@ class Engine:
         if after is not None:
             self.leases.hold(after)
         return work, after
+
+    @asynccontextmanager
+    async def _archiving(
+        self, work_id: str, changes: JsonObject
+    ) -> AsyncIterator[list[archive.ArchivedFile]]:
+        """Copy the products and plots of a work being updated to success into the archive
+        (``wfe.engine.works.archive``) and yield what was copied; remove the copies when the
+        block (the update) fails."""
+        if not archive.wanted(changes):
+            yield []
+            return
+        work = await self.work(work_id)
+        if not work.archive:
+            yield []
+            return
+        root, products, plots = self.config.root, changes.get("products"), changes.get("plots")
+        files = await trio.to_thread.run_sync(
+            archive.archive_files, root, work.pipeline, work_id, products, plots
+        )
+        try:
+            yield files
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(archive.remove_archive, root, work.pipeline, work_id)
+            raise
+
+    async def work_files(self, work_id: str) -> list[archive.ArchivedFile]:
+        """The archive's record of a work's products and plots. Raises ``UnknownWork``."""
+        await self.work(work_id)
+        return await self.repo.read(work_rows.work_files(work_id))
 
     async def cancel_work(self, work_id: str, *, by: str | None) -> Work:
         work = await self.repo.write(work_rows.cancel_work(work_id, by=by))

@@ -50,7 +50,11 @@ def shape(value: Any) -> dict[str, Any]:
                 isinstance(paths, list) and all(isinstance(p, str) for p in paths)
             ):
                 raise TypeError(f"the returned {name} must be a list of paths")
-        return {"results": results, "products": products, "plots": plots}
+        return {  # absolute: the engine archives them (wfe.engine.works.archive)
+            "results": results,
+            "products": None if products is None else [os.path.abspath(x) for x in products],
+            "plots": None if plots is None else [os.path.abspath(x) for x in plots],
+        }
     return {"results": value, "products": None, "plots": None}
 
 

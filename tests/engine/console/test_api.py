@@ -147,6 +147,7 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                     lambda r: r["status"] == "success",
                 ),
                 "work.get": ({"id": "w0000001"}, lambda r: r["results"] == {"s": 1}),
+                "work.files": ({"id": "w0000001"}, lambda r: r == []),
                 "work.find": ({"pipeline": "p"}, lambda r: r["count"] == 1),
                 "work.count": ({"status": "success"}, lambda r: r == {"count": 1}),
                 "work.buckets": ({}, lambda r: r == {"p": {"success": 1}}),

@@ -194,6 +194,10 @@ def test_failures_timeouts_products_and_lives(engine_process: Path, here: Path) 
     made = show(engine_process, here, ids[2])
     assert made["results"] == {"name": "out.txt"}
     assert made["products"] == [str(here / "out.txt")] and made["plots"] == []
+    shown = work_cmd(engine_process, here, "show", ids[2]).stdout
+    archived = engine_process.parent / "archive" / "p" / ids[2] / "out.txt"
+    assert f"product  {here / 'out.txt'} -> {archived}" in shown
+    assert archived.read_text() == "x"
 
 
 def test_bad_input_is_one_line_and_changes_nothing(engine_process: Path, here: Path) -> None:

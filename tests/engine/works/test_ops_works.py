@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,12 +32,13 @@ def test_the_worker_role_reaches_the_work_queue_only() -> None:
         "work.heartbeat",
         "work.update",
         "work.get",
+        "work.files",
         "work.find",
         "work.count",
         "work.buckets",
     }
     viewer = {name for name, o in OPS.items() if name.startswith("work.") and o.allows(Role.VIEWER)}
-    assert viewer == {"work.get", "work.find", "work.count", "work.buckets"}
+    assert viewer == {"work.get", "work.files", "work.find", "work.count", "work.buckets"}
     assert all(o.allows(Role.OPERATOR) for n, o in OPS.items() if n.startswith("work."))
 
 
@@ -165,3 +168,74 @@ async def test_an_update_that_withdraws_the_next_work(api: Api) -> None:
                 "work.update", id=second, attempt=1, status="success", withdraw={"pipeline": "p"}
             )
             assert last["next"] is None
+
+
+async def test_a_successful_works_files_are_archived_with_size_and_sha256(
+    api: Api, tmp_path: Path
+) -> None:
+    """Success with products and plots copies the files the engine can read into
+    <workspace>/archive/<pipeline>/<id>/ and records size and sha256; a missing or relative
+    path is recorded with the reason; the work keeps the paths it was given; a work with
+    archive = false, or an update that is refused, leaves no copy."""
+    product = tmp_path / "out.fits"
+    product.write_bytes(b"fits" * 1000)
+    missing = str(tmp_path / "gone.png")
+    with trio.fail_after(GUARD):
+        async with api.as_role("worker") as worker:
+            kept, plain = (
+                await worker.call(
+                    "work.deposit",
+                    works=[{"pipeline": "p", "priority": 5}, {"pipeline": "p", "archive": False}],
+                )
+            )["ids"]
+            await worker.call("work.withdraw", pipeline="p")
+            error = await refused(
+                worker, "work.update", id=kept, attempt=2, status="success", products=[str(product)]
+            )
+            assert error.code == "refused"
+            archive = api.engine.config.root / "archive" / "p"
+            assert not (archive / kept).exists()
+            done = await worker.call(
+                "work.update",
+                id=kept,
+                attempt=1,
+                status="success",
+                products=[str(product)],
+                plots=[missing, "rel.png"],
+            )
+            assert done["products"] == [str(product)]
+            files = await worker.call("work.files", id=kept)
+            copy = archive / kept / "out.fits"
+            assert files == [
+                {
+                    "kind": "product",
+                    "source": str(product),
+                    "archived": str(copy),
+                    "size": 4000,
+                    "sha256": hashlib.sha256(b"fits" * 1000).hexdigest(),
+                    "reason": None,
+                },
+                {
+                    "kind": "plot",
+                    "source": missing,
+                    "archived": None,
+                    "size": None,
+                    "sha256": None,
+                    "reason": "not found on the engine's host",
+                },
+                {
+                    "kind": "plot",
+                    "source": "rel.png",
+                    "archived": None,
+                    "size": None,
+                    "sha256": None,
+                    "reason": "not an absolute path",
+                },
+            ]
+            assert copy.read_bytes() == product.read_bytes()
+            await worker.call("work.withdraw", pipeline="p")
+            await worker.call(
+                "work.update", id=plain, attempt=1, status="success", products=[str(product)]
+            )
+            assert await worker.call("work.files", id=plain) == []
+            assert not (archive / plain).exists()

@@ -96,11 +96,12 @@ async def test_a_dying_function_a_bad_spec_and_a_non_json_return_are_failures(mo
 
 
 def test_a_return_value_becomes_results_products_and_plots() -> None:
-    """A 3-tuple is (results, products, plots); anything else is the results."""
-    assert shape(({"a": 1}, ["p.fits"], ["p.png"])) == {
+    """A 3-tuple is (results, products, plots), paths made absolute (the engine archives
+    them); anything else is the results."""
+    assert shape(({"a": 1}, ["p.fits"], ["/data/p.png"])) == {
         "results": {"a": 1},
-        "products": ["p.fits"],
-        "plots": ["p.png"],
+        "products": [os.path.join(os.getcwd(), "p.fits")],
+        "plots": ["/data/p.png"],
     }
     assert shape(3) == {"results": 3, "products": None, "plots": None}
     with pytest.raises(TypeError, match="the returned products must be a list of paths"):
