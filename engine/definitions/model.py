@@ -212,6 +212,11 @@ class Definition:
         return self.policy.approval is Approval.REQUIRED
 
     @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The stages' names in definition order."""
+        return tuple(s.name for s in self.stages)
+
+    @property
     def standing(self) -> bool:
         """True when requests of this definition stay on (trigger continuous or cron)."""
         return self.workflow.trigger.standing

@@ -11,7 +11,7 @@ come to the downstream stages as new inputs. Every op emits its events in its tr
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from wfe.engine.definitions import Definition
 from wfe.engine.repository.requests import LIVE_STATES, get_request, store_definition
@@ -143,24 +143,91 @@ def rerun_group(
     return op
 
 
-def kept_products(conn: Conn) -> list[tuple[str, int, float, bool, bool]]:
+def purged_inputs(rid: str, keys: Sequence[str]) -> Callable[[Conn], list[str]]:
+    """Read: the ids of the products among input ``keys`` whose files were purged."""
+
+    def fn(conn: Conn) -> list[str]:
+        ids = [k.removeprefix("product:") for k in keys if k.startswith("product:")]
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        rows = conn.execute(
+            f"SELECT id FROM products WHERE request = ? AND id IN ({marks})"
+            " AND purged_at IS NOT NULL ORDER BY id",
+            (rid, *ids),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    return fn
+
+
+def regenerate(
+    rid: str, product_ids: Sequence[str], downstream_of: Mapping[str, Sequence[str]]
+) -> Callable[[Tx], int]:
+    """Make purged products again: the inputs they were made from go back to their stage's
+    gap, the purged products turn stale (and, by ``downstream_of`` — stage -> the stages
+    below it in run order —, what was made from them), so the stages that wanted them take
+    the new products as they come. Emits ``request.regenerate``; returns the inputs re-run."""
+
+    def op(tx: Tx) -> int:
+        rerun = 0
+        stages: list[str] = []
+        for pid in product_ids:
+            row = tx.execute(
+                "SELECT stage, inputs FROM products WHERE id = ? AND request = ?"
+                " AND purged_at IS NOT NULL AND stale IS NULL",
+                (pid, rid),
+            ).fetchone()
+            if row is None:
+                continue
+            stage, keys = str(row[0]), json.loads(row[1])
+            rerun += _rerun_inputs(tx, rid, stage, keys)
+            tx.execute(
+                "UPDATE products SET stale = ? WHERE id = ?",
+                ("regenerated: its file was purged", pid),
+            )
+            if stage not in stages:
+                stages.append(stage)
+        for stage in stages:
+            _spread(tx, rid, downstream_of.get(stage, ()), "made from a purged product")
+        tx.emit(
+            "request.regenerate",
+            rid,
+            {"products": list[JsonValue](product_ids), "rerun": rerun},
+        )
+        return rerun
+
+    return op
+
+
+def kept_products(
+    protected: Collection[tuple[str, str]] = (),
+) -> Callable[[Conn], list[tuple[str, int, float, bool, bool]]]:
     """Read: ``(id, size, created_at, intermediate, in use)`` of every product whose file
     is kept (not purged). In use: an input a stage has not processed yet (waiting for a
-    job, or held by one now), or, while its request is live, a product no stage has taken
-    as an input yet (the stage that consumes it may not have started)."""
+    job, or held by one now); while its request is live, a product no stage has taken as an
+    input yet (the stage that consumes it may not have started); and any input of the
+    ``protected`` ``(request, stage)`` pairs (``group_by`` stages of standing requests,
+    which run a sub-group again whole when it grows)."""
     live = tuple(s.value for s in LIVE_STATES)
-    rows = conn.execute(
-        "SELECT p.id, p.size, p.created_at, p.intermediate,"
-        " EXISTS (SELECT 1 FROM stage_inputs i WHERE i.request = p.request"
-        "   AND i.input = 'product:' || p.id AND i.state IN (?, ?))"
-        " OR (r.state IN (" + ", ".join("?" * len(live)) + ")"
-        "   AND NOT EXISTS (SELECT 1 FROM stage_inputs i WHERE i.request = p.request"
-        "   AND i.input = 'product:' || p.id))"
-        " FROM products p JOIN requests r ON r.id = p.request"
-        " WHERE p.purged_at IS NULL ORDER BY p.created_at, p.id",
-        (InputState.UNALLOCATED.value, InputState.ALLOCATED.value, *live),
-    ).fetchall()
-    return [(str(r[0]), int(r[1]), float(r[2]), bool(r[3]), bool(r[4])) for r in rows]
+    pairs = sorted(f"{rid}\x00{stage}" for rid, stage in protected)
+
+    def fn(conn: Conn) -> list[tuple[str, int, float, bool, bool]]:
+        rows = conn.execute(
+            "SELECT p.id, p.size, p.created_at, p.intermediate,"
+            " EXISTS (SELECT 1 FROM stage_inputs i WHERE i.request = p.request"
+            "   AND i.input = 'product:' || p.id AND (i.state IN (?, ?)"
+            "   OR i.request || char(0) || i.stage IN (" + ", ".join("?" * len(pairs)) + ")))"
+            " OR (r.state IN (" + ", ".join("?" * len(live)) + ")"
+            "   AND NOT EXISTS (SELECT 1 FROM stage_inputs i WHERE i.request = p.request"
+            "   AND i.input = 'product:' || p.id))"
+            " FROM products p JOIN requests r ON r.id = p.request"
+            " WHERE p.purged_at IS NULL ORDER BY p.created_at, p.id",
+            (InputState.UNALLOCATED.value, InputState.ALLOCATED.value, *pairs, *live),
+        ).fetchall()
+        return [(str(r[0]), int(r[1]), float(r[2]), bool(r[3]), bool(r[4])) for r in rows]
+
+    return fn
 
 
 def mark_purged(ids: Sequence[str]) -> Callable[[Tx], list[tuple[str, int]]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -69,11 +69,12 @@ class Purger:
         self.purged = 0  # files deleted since start
         self.freed = 0  # bytes
 
-    async def check(self) -> list[str]:
-        """Purge what ``choose`` says now; returns the ids purged."""
+    async def check(self, protected: Collection[tuple[str, str]] = ()) -> list[str]:
+        """Purge what ``choose`` says now, keeping every input of the ``protected``
+        ``(request, stage)`` pairs; returns the ids purged."""
         if self.quota is None:
             return []
-        rows = await self.repo.read(standing_store.kept_products)
+        rows = await self.repo.read(standing_store.kept_products(protected))
         candidates = [
             Candidate(id=r[0], size=r[1], created_at=r[2], intermediate=r[3], in_use=r[4])
             for r in rows

@@ -114,6 +114,7 @@ class RequestService:
             repo=repo, controller=controller, runner=runner, products_root=products_root
         )
         self._definitions: dict[str, Definition] = {}
+        self._standing: dict[str, Definition] = {}  # live standing requests' definitions
         self._jobs: dict[str, str] = {}  # job id -> request id, for the jobs of open batches
         self._dirty: set[str] = set()
         self._wake = trio.Event()
@@ -401,6 +402,7 @@ class RequestService:
             return
         if state in TERMINAL_STATES or state is _S.ARCHIVED:
             self.standing.forget(rid)
+            self._standing.pop(rid, None)
             for batch in snap.batches:
                 if batch.stop is None:
                     await self.batches.stop(batch, f"request {state.value}")
@@ -431,6 +433,7 @@ class RequestService:
         if definition.standing:
             # Standing: stages stay running, take new inputs, never end; no check.
             self.standing.watch(rid, definition.workflow.trigger)
+            self._standing[rid] = definition
             if await self.standing_requests.stages(snap, definition):
                 self.poke(rid)
             elif state is _S.RUNNING:
@@ -482,7 +485,16 @@ class RequestService:
                 self._armed.discard(batch.job)
                 changed = True
                 if made:
-                    await self.purger.check()  # new product files: still under the quota?
+                    # New product files: still under the quota? (Keep what a growing
+                    # sub-group of a standing request will run again.)
+                    await self.purger.check(
+                        {
+                            (r, s.name)
+                            for r, d in self._standing.items()
+                            for s in d.stages
+                            if s.group_by
+                        }
+                    )
         for job_id in snap.unlinked_jobs:
             if job_id in self.controller.jobs:
                 log.warning(
@@ -564,6 +576,16 @@ class RequestService:
                             )
                         )
                         inputs = standing.reopened(inputs, again)
+                purged = await self.repo.read(
+                    standing_store.purged_inputs(
+                        snap.request.id, [i.key for i in standing.gap(inputs)]
+                    )
+                )
+                if purged:  # needed again but purged: its stage makes it again first
+                    below = {n: downstream(definition, n) for n in definition.stage_names}
+                    await self.repo.write(standing_store.regenerate(snap.request.id, purged, below))
+                    started = True  # look again once the new inputs are in
+                    continue
             for chunk in plan.batches_to_make(inputs, stage.max_inputs, stage.group_by):
                 batch = await self.batches.start(snap.request, definition, stage, chunk)
                 started = True

@@ -114,3 +114,74 @@ async def test_a_quota_purges_intermediates_and_provenance_still_walks(tmp_path:
         code, out, err = await world.wfe("provenance", final[0]["id"])
         assert code == 0, err
         assert "file purged" in out and "raw " in out
+
+
+STANDING = """
+[workflow]
+name = "q"
+namespace = "tests"
+trigger = "continuous"
+
+[policy]
+approval = "none"
+
+[[query.where]]
+field = "kind"
+op = "eq"
+value = "raw"
+
+[[stages]]
+name = "cal"
+rscript = "work"
+consumes = "query"
+max_inputs = 1
+lifetime = "intermediate"
+
+[[stages]]
+name = "map"
+rscript = "work"
+consumes = "cal"
+max_inputs = 1
+version_policy = "reprocess"
+params = { count = COUNT }
+"""
+
+
+async def test_a_purged_input_needed_again_is_made_again(tmp_path: Any) -> None:
+    """A new version of map re-runs it on cal products whose files were purged: cal makes
+    them again from the raw files first, and map runs on the new ones; no job fails."""
+    from wfe.engine.cli.requests import submission
+
+    storage = '\n[storage]\nquota = "1"\npurge_at = 1.0\n'
+    async with open_world(tmp_path, extra_config=storage) as world:
+        await world.catalog(["r1.dat", "r2.dat", "r3.dat"])
+        rid = (await world.submit(world.definition(STANDING.replace("COUNT", "1"))))["id"]
+
+        async def current(stage: str, count: int) -> Any:
+            made = await world.call("products", request=rid)
+            now = [p for p in made if p["stage"] == stage and p["stale"] is None]
+            detail = await world.detail(rid)
+            busy = any(j["state"] in ("queued", "running") for j in detail["jobs"])
+            gap = any(s["inputs"].get("unallocated") for s in detail["stages"])
+            return now if len(now) == count and not busy and not gap else None
+
+        first = await world.until("map done", lambda: current("map", 3))
+        cal = [p for p in await world.call("products", request=rid) if p["stage"] == "cal"]
+        assert all(p["purged_at"] for p in cal)  # map took them all: nothing needs them
+
+        changed = world.definition(STANDING.replace("COUNT", "2"), name="v2.toml")
+        payload = submission(changed, user="alice")
+        keep = ("expanded", "sources", "git", "scripts")
+        await world.call("submit", update=rid, **{k: payload[k] for k in keep})
+        again = await world.until("map again", lambda: current("map", 3))
+        assert {p["id"] for p in again}.isdisjoint(p["id"] for p in first)
+        detail = await world.detail(rid)
+        assert all(j["state"] == "succeeded" for j in detail["jobs"])
+        assert sum(j["stage"] == "cal" for j in detail["jobs"]) == 6  # each raw file twice
+        for product in again:
+            chain = await world.call("provenance", product=product["id"])
+            (made_from,) = chain["from"]
+            assert made_from["id"] not in {p["id"] for p in cal}  # a new cal product
+            assert made_from["from"][0]["kind"] == "catalog"
+        regenerated = [e for e in detail["history"] if e["kind"] == "request.regenerate"]
+        assert regenerated and sum(e["rerun"] for e in regenerated) == 3
