@@ -143,6 +143,20 @@ def rerun_group(
     return op
 
 
+def last_rounds(rid: str) -> Callable[[Conn], dict[str, float]]:
+    """Read: stage -> wall-clock time of its newest batch (``request.batch`` events)."""
+
+    def fn(conn: Conn) -> dict[str, float]:
+        rows = conn.execute(
+            "SELECT json_extract(data, '$.stage'), MAX(at) FROM events"
+            " WHERE subject = ? AND kind = 'request.batch' GROUP BY 1",
+            (rid,),
+        ).fetchall()
+        return {str(r[0]): float(r[1]) for r in rows}
+
+    return fn
+
+
 def purged_inputs(rid: str, keys: Sequence[str]) -> Callable[[Conn], list[str]]:
     """Read: the ids of the products among input ``keys`` whose files were purged."""
 

@@ -432,7 +432,9 @@ class RequestService:
                     await self.batches.stop(batch, "request paused", queued_only=True)
         if definition.standing:
             # Standing: stages stay running, take new inputs, never end; no check.
-            self.standing.watch(rid, definition.workflow.trigger)
+            if not self.standing.watching(rid):  # after a start: windows still open
+                rounds = await self.repo.read(standing_store.last_rounds(rid))
+                self.standing.watch(rid, definition.workflow.trigger, rounds)
             self._standing[rid] = definition
             if await self.standing_requests.stages(snap, definition):
                 self.poke(rid)

@@ -4,8 +4,9 @@
 requests in time: for each request its trigger, whether its finder should run again
 (``refresh_due``), and for each stage when its last round started. It never touches the
 repository; it calls ``poke(rid)`` and the service takes the step. What it keeps is
-rebuilt as the service steps each live request after an engine start (a cooldown window
-open at a restart is then forgotten: one round may start early, never one too few).
+rebuilt as the service steps each live request after an engine start: the last round of
+each stage from its recorded ``request.batch`` events (wall clock), so a cooldown window
+open at a restart stays open for what is left of it.
 
 Time: rounds and cooldowns run on ``trio.current_time()``; cron expressions are wall
 clock, so a tick is armed ``next_tick(expr, wall()) - wall()`` seconds from now and armed
@@ -17,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -45,12 +46,23 @@ class StandingClock:
 
     # --- what the service tells it ---------------------------------------------------------
 
-    def watch(self, rid: str, trigger: Trigger) -> None:
-        """Follow standing request ``rid`` (idempotent). A new one refreshes at once."""
+    def watching(self, rid: str) -> bool:
+        """Whether ``rid`` is followed already."""
+        return rid in self._triggers
+
+    def watch(
+        self, rid: str, trigger: Trigger, last_rounds: Mapping[str, float] | None = None
+    ) -> None:
+        """Follow standing request ``rid`` (idempotent). A new one refreshes at once.
+        ``last_rounds`` (stage -> wall-clock time its last round started, as recorded)
+        carries cooldown windows over an engine restart."""
         if rid in self._triggers or not trigger.standing:
             return
         self._triggers[rid] = trigger
         self._refresh.add(rid)
+        now, wall = trio.current_time(), self._wall()
+        for stage, at in (last_rounds or {}).items():
+            self._last[(rid, stage)] = now - max(0.0, wall - at)
         if trigger.kind is TriggerKind.CRON:
             self._arm_tick(rid, trio.current_time(), self._wall())
 

@@ -116,3 +116,22 @@ async def test_catalog_changes_refresh_continuous_requests_only(
     assert not clock.refresh_due("k")
     clock.watch("c", CONTINUOUS)  # watching again changes nothing
     assert not clock.refresh_due("c")
+
+
+async def test_a_window_open_at_a_restart_stays_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Watched with the wall time of a stage's last round (7 s ago, cooldown 10 s), the
+    window stays open for the 3 s left: a gap waits until exactly then."""
+    pokes = Pokes()
+    clock = StandingClock(pokes, wall=lambda: EPOCH + trio.current_time())
+    clock.watch("r", CONTINUOUS, {"map": EPOCH - 7})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        assert not clock.may_start("r", "map", cooldown=10.0, gap=1)
+        assert clock.waiting_until("r", "map") == 3.0
+        await trio.sleep(5)
+        assert pokes.seen == [(3.0, "r")]
+        assert clock.may_start("r", "map", cooldown=10.0, gap=1)
+        assert clock.may_start("r", "cal", cooldown=10.0, gap=1)  # no round recorded
+        nursery.cancel_scope.cancel()
