@@ -152,6 +152,12 @@ CREATE TABLE work_files (
   PRIMARY KEY (work_id, kind, source));
 """
 
+# A standing request re-runs an input whose catalog entry changed content (issue 14): the
+# stage remembers the sha256 the entry had when the input was taken.
+_INPUT_CONTENT = """
+ALTER TABLE stage_inputs ADD COLUMN sha256 TEXT;
+"""
+
 #: Every migration ever, in order. Append only: the position is the schema version.
 MIGRATIONS: list[str] = [
     _CORE,  # 1: events, counters, jobs, attempts, output, agents
@@ -163,6 +169,7 @@ MIGRATIONS: list[str] = [
     _TOKENS_WORKER_ROLE,  # 7: tokens may have the worker role
     _STANDING_PRODUCTS,  # 8: products' stage version, staleness, lifetime and purge
     _WORK_FILES,  # 9: finished works' products and plots as archived
+    _INPUT_CONTENT,  # 10: the content hash of a catalog input when it was taken
 ]
 
 
