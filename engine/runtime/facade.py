@@ -32,6 +32,7 @@ from wfe.engine.repository import catalog as catalog_rows
 from wfe.engine.repository import jobs as job_rows
 from wfe.engine.repository import products as product_rows
 from wfe.engine.repository import requests as request_rows
+from wfe.engine.repository import search as search_rows
 from wfe.engine.repository import tokens as token_rows
 from wfe.engine.repository import works as work_rows
 from wfe.engine.repository.jobs import JobState
@@ -171,6 +172,26 @@ class Engine:
     async def job_tree(self, job_id: str) -> JsonObject:
         """``job_id`` and its descendants, nested. Raises ``UnknownJob``."""
         return await self.repo.read(listing.job_tree(job_id))
+
+    # --- views of the web console (wfe.engine.repository.search) -------------------------------
+
+    async def search(self, query: search_rows.SearchQuery) -> JsonObject:
+        """One page of jobs, requests or events matching ``query``, with the total."""
+        return await self.repo.read(search_rows.search(query))
+
+    async def timeline(self, *, root: str | None = None, request: str | None = None) -> JsonObject:
+        """The attempts of the job tree of ``root`` (raises ``UnknownJob``) or of request
+        ``request``'s jobs (raises ``UnknownRequest``), oldest first."""
+        if request is not None:
+            await self.repo.read(lambda conn: request_rows.get_request(conn, request))
+        return await self.repo.read(search_rows.attempt_timeline(root=root, request=request))
+
+    async def comment_request(self, rid: str, text: str, *, by: str | None) -> None:
+        """Record an operator's comment on request ``rid`` (a ``request.comment`` event,
+        committed). Raises ``UnknownRequest``."""
+        await self.repo.read(lambda conn: request_rows.get_request(conn, rid))
+        data: JsonObject = {"by": by, "text": text}
+        await self.repo.write(lambda tx: tx.emit("request.comment", rid, data))
 
     async def retry(self, job_id: str, *, by: str | None) -> dict[str, Any]:
         """Run a failed or cancelled root job again (``wfe.engine.runtime.retry``); new work,

@@ -97,6 +97,23 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                 "tail": ({"job": job}, lambda r: r["job"] == job and r["state"] == "succeeded"),
                 "requests": ({}, lambda r: [x["id"] for x in r] == [rid]),
                 "request": ({"request": rid}, lambda r: r["state"] == "submitted"),
+                "lifecycle": (
+                    {"request": rid},
+                    lambda r: r == {"request": rid, "state": "submitted", "verbs": ["approve", "cancel"]},
+                ),
+                "comment": (
+                    {"request": rid, "text": "looks right"},
+                    lambda r: r == {"request": rid, "text": "looks right", "by": "bootstrap"},
+                ),
+                "search": (
+                    {"kind": "jobs", "name": "sleep_e", "state": "succeeded"},
+                    lambda r: r["total"] == 1 and r["rows"][0]["id"] == job,
+                ),
+                "timeline": (
+                    {"job": job},
+                    lambda r: [(a["job"], a["state"], a["agent"]) for a in r["attempts"]]
+                    == [(job, "succeeded", "local-1")],
+                ),
                 "approve": ({"request": rid}, lambda r: r["state"] == "approved"),
                 "request_wait": ({"request": rid}, lambda r: r["state"] == "completed"),
                 "products": ({"request": rid}, lambda r: r == []),
