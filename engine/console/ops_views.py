@@ -9,6 +9,8 @@ Registered with ``@op`` when ``wfe.engine.console.api`` imports this module.
 * ``lifecycle``: the verbs an operator may issue on a request now, derived from the
   protocol's ``TRANSITIONS`` and ``ACTORS`` (the page offers these and no others), and the
   whole table for reference.
+* ``request.graph``: a request's stages with their upstream stages and its expanded
+  definition, for the stage DAG.
 * ``comment``: an operator's comment on a request, recorded as a ``request.comment`` event
   (the page sends one with an approval).
 """
@@ -96,6 +98,13 @@ async def _lifecycle(session: Session, args: dict[str, Any]) -> Any:
     detail = await session.engine.request_detail(rid)
     state = RequestState(str(detail["state"]))
     return {"request": rid, "state": state.value, "verbs": operator_verbs(state)}
+
+
+@op("request.graph", role="viewer")
+async def _request_graph(session: Session, args: dict[str, Any]) -> Any:
+    """request → {request, stages, expanded}: each stage's ``depends_on`` (``after`` and the
+    stage it consumes), ``from_query``, ``rscript``/``action``; the expanded definition."""
+    return await session.engine.request_graph(arg(args, "request", str))
 
 
 @op("comment", role="operator")

@@ -16,6 +16,7 @@ from typing import Literal
 import attrs
 
 from wfe.engine.errors import UnknownJob
+from wfe.engine.repository.requests import get_request
 from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue
 
 Kind = Literal["jobs", "requests", "events"]
@@ -196,5 +197,50 @@ def attempt_timeline(
             dict(zip(_ATTEMPT_NAMES, row, strict=True)) for row in reversed(rows[:limit])
         ]
         return {"attempts": attempts, "truncated": len(rows) > limit}
+
+    return fn
+
+
+def _depends_on(stage: JsonObject) -> list[str]:
+    """Upstream stages of one stage of an expanded definition: ``after`` plus the stage its
+    ``consumes`` names (a name or ``{stage = ...}``; ``"query"`` is the catalog query)."""
+    after = stage.get("after") or []
+    names = [str(a) for a in after] if isinstance(after, list) else [str(after)]
+    consumes = stage.get("consumes")
+    source = consumes.get("stage") if isinstance(consumes, dict) else consumes
+    if isinstance(source, str) and source != "query" and source not in names:
+        names.append(source)
+    return names
+
+
+def request_graph(rid: str) -> Callable[[Conn], JsonObject]:
+    """Request ``rid``'s stage graph from its expanded definition: ``{stages, expanded}``,
+    each stage with ``name``, ``depends_on``, ``from_query``, ``rscript``, ``action``.
+    Raises ``UnknownRequest``."""
+
+    def fn(conn: Conn) -> JsonObject:
+        get_request(conn, rid)  # raises UnknownRequest
+        (text,) = conn.execute(
+            "SELECT d.expanded FROM requests r JOIN definitions d ON d.sha256 = r.definition"
+            " WHERE r.id = ?",
+            (rid,),
+        ).fetchone()
+        expanded = json.loads(text)
+        stages: list[JsonValue] = []
+        for stage in expanded.get("stages", []) if isinstance(expanded, dict) else []:
+            if not isinstance(stage, dict):
+                continue
+            consumes = stage.get("consumes")
+            source = consumes.get("stage") if isinstance(consumes, dict) else consumes
+            stages.append(
+                {
+                    "name": str(stage.get("name")),
+                    "depends_on": list(_depends_on(stage)),
+                    "from_query": source == "query",
+                    "rscript": stage.get("rscript"),
+                    "action": stage.get("action"),
+                }
+            )
+        return {"request": rid, "stages": stages, "expanded": expanded}
 
     return fn

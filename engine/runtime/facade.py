@@ -186,6 +186,10 @@ class Engine:
             await self.repo.read(lambda conn: request_rows.get_request(conn, request))
         return await self.repo.read(search_rows.attempt_timeline(root=root, request=request))
 
+    async def request_graph(self, rid: str) -> JsonObject:
+        """Request ``rid``'s stage graph and expanded definition. Raises ``UnknownRequest``."""
+        return await self.repo.read(search_rows.request_graph(rid))
+
     async def comment_request(self, rid: str, text: str, *, by: str | None) -> None:
         """Record an operator's comment on request ``rid`` (a ``request.comment`` event,
         committed). Raises ``UnknownRequest``."""

@@ -101,6 +101,11 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                     {"request": rid},
                     lambda r: r == {"request": rid, "state": "submitted", "verbs": ["approve", "cancel"]},
                 ),
+                "request.graph": (
+                    {"request": rid},
+                    lambda r: [(x["name"], x["depends_on"], x["from_query"]) for x in r["stages"]]
+                    == [("echo", [], True)],
+                ),
                 "comment": (
                     {"request": rid, "text": "looks right"},
                     lambda r: r == {"request": rid, "text": "looks right", "by": "bootstrap"},
