@@ -158,6 +158,13 @@ _INPUT_CONTENT = """
 ALTER TABLE stage_inputs ADD COLUMN sha256 TEXT;
 """
 
+# A tasklet's ``ctx.work`` call: replayed after a restart, it finds the work it deposited before
+# by (parent job, call number), as RScript jobs are found by (parent_id, call_seq).
+_WORK_CALLS = """
+CREATE TABLE work_calls (parent TEXT NOT NULL, call_seq INTEGER NOT NULL, work_id TEXT NOT NULL,
+  PRIMARY KEY (parent, call_seq));
+"""
+
 #: Every migration ever, in order. Append only: the position is the schema version.
 MIGRATIONS: list[str] = [
     _CORE,  # 1: events, counters, jobs, attempts, output, agents
@@ -170,6 +177,7 @@ MIGRATIONS: list[str] = [
     _STANDING_PRODUCTS,  # 8: products' stage version, staleness, lifetime and purge
     _WORK_FILES,  # 9: finished works' products and plots as archived
     _INPUT_CONTENT,  # 10: the content hash of a catalog input when it was taken
+    _WORK_CALLS,  # 11: the works tasklets deposited, by (parent job, call number)
 ]
 
 

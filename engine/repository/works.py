@@ -191,6 +191,27 @@ def deposit_works(works: Sequence[Work], *, by: str | None) -> Callable[[Tx], li
     return op
 
 
+def deposit_call(work: Work, *, parent: str, call_seq: int) -> Callable[[Tx], str]:
+    """A write op for a tasklet's ``ctx.work``: deposit ``work`` for call ``call_seq`` of job
+    ``parent`` and return its id; a call made before (a replay after a restart) returns the
+    work it deposited then, and deposits nothing."""
+
+    def op(tx: Tx) -> str:
+        row = tx.execute(
+            "SELECT work_id FROM work_calls WHERE parent = ? AND call_seq = ?", (parent, call_seq)
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+        [work_id] = deposit_works([work], by=f"job {parent}")(tx)
+        tx.execute(
+            "INSERT INTO work_calls (parent, call_seq, work_id) VALUES (?, ?, ?)",
+            (parent, call_seq, work_id),
+        )
+        return work_id
+
+    return op
+
+
 def withdraw_work(query: WorkQuery, *, worker: str) -> Callable[[Tx], Work | None]:
     """A write op: the best queued work matching ``query`` (highest priority, then oldest),
     now running under ``worker``; None when there is none. ``query.statuses`` is ignored."""

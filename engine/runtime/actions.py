@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from wfe.engine.dispatch.controller import AgentController
     from wfe.engine.repository import Repository
     from wfe.engine.runtime.watchdog import Watchdog
+    from wfe.engine.works.model import Work
 
 log = logging.getLogger("wfe.actions")
 
@@ -190,6 +191,25 @@ class Context:
         self._run.scripts.append(job_id)
         self._run.children.append(job_id)
         return Handle(self._runner, job_id, "rscript")
+
+    async def work(
+        self, pipeline: str, parameters: dict[str, Any] | None = None, **fields: Any
+    ) -> Work:
+        """Deposit a work into ``pipeline``'s bucket, for pull workers (``wfe work run``), and
+        return it once it has ended (``results``, ``products``, ``plots``).
+
+        ``fields`` are the work's other fields (``priority``, ``timeout``, ``retries``,
+        ``tags``, ...) and ``check`` (default true: raise ``WorkFailed`` unless it succeeded).
+        Bad fields raise ``WorkError`` before anything is deposited. Replayed after a restart,
+        the call finds the work it deposited before.
+        """
+        from wfe.engine.works.calls import deposit_and_wait
+
+        check = bool(fields.pop("check", True))
+        spec = {"pipeline": pipeline, "parameters": parameters or {}, **fields}
+        return await deposit_and_wait(
+            self.repo, parent=self.job_id, call_seq=self._next_call(), fields=spec, check=check
+        )
 
     async def sleep(self, seconds: float) -> None:
         """Sleep without holding the loop."""
