@@ -11,6 +11,7 @@ Registered with ``@op`` when ``wfe.engine.console.api`` imports this module.
   whole table for reference.
 * ``request.graph``: a request's stages with their upstream stages and its expanded
   definition, for the stage DAG.
+* ``agent.history``: an agent's recorded state changes and when it was last heard.
 * ``comment``: an operator's comment on a request, recorded as a ``request.comment`` event
   (the page sends one with an approval).
 """
@@ -105,6 +106,13 @@ async def _request_graph(session: Session, args: dict[str, Any]) -> Any:
     """request → {request, stages, expanded}: each stage's ``depends_on`` (``after`` and the
     stage it consumes), ``from_query``, ``rscript``/``action``; the expanded definition."""
     return await session.engine.request_graph(arg(args, "request", str))
+
+
+@op("agent.history", role="viewer")
+async def _agent_history(session: Session, args: dict[str, Any]) -> Any:
+    """agent → {name, state, first_seen, last_seen, heard_ago, events}: its recorded state
+    changes (connected, lost, reconnected), newest first, and seconds since last heard."""
+    return await session.engine.agent_history(arg(args, "agent", str))
 
 
 @op("comment", role="operator")

@@ -244,3 +244,32 @@ def request_graph(rid: str) -> Callable[[Conn], JsonObject]:
         return {"request": rid, "stages": stages, "expanded": expanded}
 
     return fn
+
+
+def agent_history(name: str, *, limit: int = 200) -> Callable[[Conn], JsonObject]:
+    """What the repository knows of agent ``name``: ``first_seen``, ``last_seen`` (its last
+    change of state), ``state`` (None for all three when never recorded) and its newest
+    ``agent.*`` events (connected, lost, reconnected...), newest first."""
+
+    def fn(conn: Conn) -> JsonObject:
+        row = conn.execute(
+            "SELECT first_seen, last_seen, state FROM agents WHERE name = ?", (name,)
+        ).fetchone()
+        first, last, state = row if row is not None else (None, None, None)
+        events: list[JsonValue] = [
+            {"id": r[0], "at": r[1], "kind": r[2], "data": json.loads(r[3])}
+            for r in conn.execute(
+                "SELECT id, at, kind, data FROM events WHERE subject = ? AND kind LIKE 'agent.%'"
+                " ORDER BY id DESC LIMIT ?",
+                (name, limit),
+            )
+        ]
+        return {
+            "name": name,
+            "first_seen": first,
+            "last_seen": last,
+            "state": state,
+            "events": events,
+        }
+
+    return fn

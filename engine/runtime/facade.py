@@ -190,6 +190,17 @@ class Engine:
         """Request ``rid``'s stage graph and expanded definition. Raises ``UnknownRequest``."""
         return await self.repo.read(search_rows.request_graph(rid))
 
+    async def agent_history(self, name: str) -> JsonObject:
+        """Agent ``name`` as the repository and the controller know it: first and last seen,
+        its ``agent.*`` events, and ``heard_ago`` (seconds since its last message, None when
+        it is not registered now). Raises ``LookupError`` for a name never seen."""
+        found = await self.repo.read(search_rows.agent_history(name))
+        live = self.controller.agents.get(name)
+        if found["first_seen"] is None and live is None:
+            raise LookupError(f"no agent {name!r}")
+        found["heard_ago"] = None if live is None else trio.current_time() - live.last_heard
+        return found
+
     async def comment_request(self, rid: str, text: str, *, by: str | None) -> None:
         """Record an operator's comment on request ``rid`` (a ``request.comment`` event,
         committed). Raises ``UnknownRequest``."""

@@ -106,6 +106,12 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                     lambda r: [(x["name"], x["depends_on"], x["from_query"]) for x in r["stages"]]
                     == [("echo", [], True)],
                 ),
+                "agent.history": (
+                    {"agent": "local-1"},
+                    lambda r: r["state"] == "connected"
+                    and r["heard_ago"] >= 0
+                    and r["events"][0]["kind"] == "agent.state",
+                ),
                 "comment": (
                     {"request": rid, "text": "looks right"},
                     lambda r: r == {"request": rid, "text": "looks right", "by": "bootstrap"},
