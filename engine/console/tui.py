@@ -5,7 +5,7 @@ for an operation (``handle_key``), so both are tested without a terminal; ``run_
 wires them to curses and to a ``Client``. Tables refresh when a committed event arrives (at
 most every ``REFRESH`` seconds) and every few seconds for the statistics. Keys::
 
-    1 2 3 / Tab   jobs, requests, agents          up/down, j/k   select
+    1 2 3 4 / Tab jobs, requests, agents, works   up/down, j/k   select
     Enter / o     the selected job's output (live) Esc / b        back from the output
     x             kill the selected job           n              run: `rscript NAME k=v ...`
     a p r c A     approve, pause, resume, cancel, archive the selected request
@@ -25,11 +25,12 @@ import trio
 from wfe.engine.cli.client import Client, ClientError, connect
 
 REFRESH = 0.3  # least seconds between two table refreshes
-TABS = ("jobs", "requests", "agents")
+TABS = ("jobs", "requests", "agents", "works")
+WORK_STATUSES = ("queued", "running", "success", "failure", "cancelled")
 MAX_OUTPUT_LINES = 5000
 REQUEST_KEYS = {"a": "approve", "p": "pause", "r": "resume", "c": "cancel", "A": "archive"}
 HELP = (
-    "1/2/3 Tab: jobs requests agents  j/k: select  Enter: output  x: kill  n: run"
+    "1-4 Tab: jobs requests agents works  j/k: select  Enter: output  x: kill  n: run"
     "  a/p/r/c/A: approve pause resume cancel archive  q: quit"
 )
 
@@ -44,6 +45,7 @@ class Model:
     jobs: list[dict[str, Any]] = attrs.Factory(list)
     requests: list[dict[str, Any]] | None = None  # None: this engine has no requests
     agents: list[dict[str, Any]] = attrs.Factory(list)
+    works: list[dict[str, Any]] = attrs.Factory(list)  # one row per pipeline's bucket
     stats: dict[str, Any] = attrs.Factory(dict)
     selected: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(TABS, 0))
     output_job: str | None = None  # showing this job's output
@@ -58,6 +60,8 @@ class Model:
             return self.jobs
         if self.tab == "requests":
             return self.requests or []
+        if self.tab == "works":
+            return self.works
         return self.agents
 
     def current(self) -> dict[str, Any] | None:
@@ -94,7 +98,7 @@ def handle_key(model: Model, key: str) -> tuple[str, dict[str, Any]] | None:
         return ("quit", {})
     if key == "?":
         model.message = HELP
-    elif key in ("1", "2", "3"):
+    elif key in ("1", "2", "3", "4"):
         model.tab, model.output_job = TABS[int(key) - 1], None
     elif key == "\t":
         model.tab, model.output_job = TABS[(TABS.index(model.tab) + 1) % len(TABS)], None
@@ -219,6 +223,9 @@ def _table(model: Model) -> tuple[list[str], int | None]:
             ("error", 30),
         ]
         rows = model.requests or []
+    elif model.tab == "works":
+        cols = [("pipeline", 24), *((s, 9) for s in WORK_STATUSES)]
+        rows = model.works
     else:
         cols = [
             ("name", 12),
@@ -294,7 +301,9 @@ class App:
     async def run(self) -> None:
         self.model.requests = [] if self.has_requests else None
         self.events_stream = (
-            await self.client.call("subscribe", kinds=["job.", "agent.", "request."], compress=True)
+            await self.client.call(
+                "subscribe", kinds=["job.", "agent.", "request.", "work."], compress=True
+            )
         )["stream"]
         await self.refresh()
         async with trio.open_nursery() as nursery:
@@ -316,6 +325,7 @@ class App:
         self.model.stats = await self.client.call("stats")
         if self.has_requests:
             self.model.requests = await self.client.call("requests", limit=200)
+        self.model.works = buckets(await self.client.call("work.buckets"))
         self.terminal.draw(self.model)
 
     async def refresher(self) -> None:
@@ -358,6 +368,14 @@ class App:
             self.model.message = f"{op}: {exc.code or 'error'}: {exc}"
         self.dirty.set()
         self.terminal.draw(self.model)
+
+
+def buckets(counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """``work.buckets`` (pipeline -> status -> count) as one row per pipeline, every status."""
+    return [
+        {"pipeline": pipeline, **{s: by_status.get(s, 0) for s in WORK_STATUSES}}
+        for pipeline, by_status in sorted(counts.items())
+    ]
 
 
 def _summary(result: Any) -> str:

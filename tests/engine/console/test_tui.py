@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from wfe.engine.console.tui import Model, handle_key, parse_run, render
+from wfe.engine.console.tui import Model, buckets, handle_key, parse_run, render
 
 from .conftest import GUARD, Console
 
@@ -73,6 +73,19 @@ def test_render_fits_the_screen_and_highlights_the_selection() -> None:
     lines, highlight = render(model, 20, 60)
     assert len(lines) == 20 and all(len(line) < 60 for line in lines)
     assert highlight is not None and lines[highlight].startswith("j30 ")
+
+
+def test_the_works_tab_shows_each_buckets_counts() -> None:
+    """Key 4 opens the works tab: one row per pipeline with its queued, running, success,
+    failure and cancelled counts (0 where the bucket has none)."""
+    model = Model(works=buckets({"sample": {"queued": 3, "success": 12}, "add": {"running": 1}}))
+    assert handle_key(model, "4") is None and model.tab == "works"
+    lines, highlight = render(model, 10, 100)
+    assert lines[1].startswith(" 1 jobs") and "[4 works]" in lines[1]
+    assert lines[3].split() == ["PIPELINE", "QUEUED", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
+    assert lines[4].split() == ["add", "0", "1", "0", "0", "0"]
+    assert lines[5].split() == ["sample", "3", "0", "12", "0", "0"]
+    assert highlight == 4
 
 
 async def tmux(*args: str, check: bool = True) -> str:
