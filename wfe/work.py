@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 _target: tuple[str, str] | None = None
 
 #: Filters a withdraw, find or count accepts (see docs/python-api.md).
-FILTERS = ("event", "site", "priority", "user", "tags", "group", "status", "since", "until")
+FILTERS = (
+    "event", "site", "priority", "user", "tags", "group", "parent", "status", "since", "until",
+)  # fmt: skip
 
 
 def connect(url: str, token: str) -> None:
@@ -122,7 +124,7 @@ class Work:
     def withdraw(cls, pipeline: str, **filters: Any) -> Work | None:
         """The best queued work of ``pipeline`` (priority 5 first, then oldest), now running
         and leased to you for its timeout; None when the bucket is empty. Filters: event,
-        site, priority, user, tags."""
+        site, priority, user, tags, parent (the job whose tasklets deposited it)."""
         work: Work | None = _run(lambda b: b.withdraw(pipeline, **filters))
         return work
 

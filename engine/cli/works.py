@@ -44,7 +44,7 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     from wfe.engine.cli.watch import parse_since
 
     found: dict[str, Any] = {}
-    for key in ("site", "event", "user", "group", "priority"):
+    for key in ("site", "event", "user", "group", "parent", "priority"):
         value = getattr(args, key, None)
         if value is not None:
             found[key] = value
@@ -299,6 +299,7 @@ def register(add: Add) -> None:
         )
         p.add_argument("--event", type=int, help="only works of this event number")
         p.add_argument("--user", help="only works of this user")
+        p.add_argument("--parent", help="only works a job's tasklets deposited (ctx.work)")
         p.add_argument(
             "--priority",
             type=int,

@@ -56,6 +56,7 @@ def work_query(args: dict[str, Any], *, pipeline_required: bool = False) -> Work
         user=arg(args, "user", str, None),
         tags=string_list(args, "tags"),
         group=arg(args, "group", str, None),
+        parent=arg(args, "parent", str, None),
         since=_number(args, "since"),
         until=_number(args, "until"),
     )

@@ -66,6 +66,7 @@ class WorkQuery:
     user: str | None = None
     tags: tuple[str, ...] = ()
     group: str | None = None
+    parent: str | None = None  # deposited by this job's tasklets (``ctx.work``)
     since: float | None = None  # created at or after (epoch seconds)
     until: float | None = None  # created before
 
@@ -91,6 +92,9 @@ def _where(query: WorkQuery) -> tuple[str, list[Any]]:
     if query.until is not None:
         clauses.append("creation < ?")
         params.append(query.until)
+    if query.parent is not None:
+        clauses.append("id IN (SELECT work_id FROM work_calls WHERE parent = ?)")
+        params.append(query.parent)
     contains: list[tuple[str, Any]] = [("$.tags", t) for t in query.tags]
     if query.event is not None:
         contains.append(("$.event", query.event))

@@ -119,3 +119,26 @@ async def test_a_bad_work_fails_the_tasklet_and_deposits_nothing(tmp_path: Path)
             assert done.state == JobState.FAILED
             assert "priority: must be 1..5, got 9" in str(done.error)
             assert await engine.count_works(rows.WorkQuery()) == 0
+
+
+async def test_withdraw_by_parent_takes_only_that_jobs_works(tmp_path: Path) -> None:
+    """A work deposited by hand and one deposited by a tasklet share a bucket: withdrawing with
+    ``parent`` (the tasklet's job) takes the tasklet's, even though the other is older and of
+    higher priority; counting by parent sees only it."""
+    from wfe.engine.works.model import parse_work
+
+    config = workspace(tmp_path / "ws")
+    with trio.fail_after(GUARD):
+        async with open_engine(config, start_local_agents=False) as engine:
+            [by_hand] = await engine.deposit_works(
+                [parse_work({"pipeline": "adder", "parameters": {"a": 0, "b": 0}, "priority": 5})],
+                by="alice",
+            )
+            job = await engine.run_action("t.adder", {})
+            mine = rows.WorkQuery(pipeline="adder", parent=job)
+            while await engine.count_works(mine) < 1:  # noqa: ASYNC110 - the repository's state
+                await trio.sleep(0.05)
+            work = await engine.withdraw_work(mine, worker="w1")
+            assert work is not None and work.id != by_hand
+            assert work.parameters == {"a": 1, "b": 2}
+            assert await engine.count_works(rows.WorkQuery(parent="j999999")) == 0
