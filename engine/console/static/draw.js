@@ -1,0 +1,122 @@
+// wfe web console: SVG drawings generated in the page (no library): a request's stage DAG,
+// a Gantt chart of attempts per agent. Text goes in with textContent only.
+"use strict";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function svgEl(name, attrs = {}, text = null) {
+  const el = document.createElementNS(SVG_NS, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  if (text !== null) el.textContent = text;
+  return el;
+}
+
+const INPUT_STATES = ["unallocated", "allocated", "processed", "failed"];
+
+// Stages laid out in columns by depth (longest path from a stage with no upstream), the
+// catalog query as a source node when a stage consumes it. Each node: name, state, and a bar
+// of its inputs unallocated / allocated / processed / failed with their counts.
+function drawDag(container, graph, stages) {
+  const byName = new Map(stages.map((s) => [s.name, s]));
+  const nodes = graph.stages.map((s) => ({ ...s, ...(byName.get(s.name) || {}), deps: [...s.depends_on] }));
+  const usesQuery = nodes.some((n) => n.from_query);
+  if (usesQuery) {
+    for (const n of nodes) if (n.from_query) n.deps.push("(query)");
+    nodes.unshift({ name: "(query)", state: "source", deps: [], inputs: {}, query: true });
+  }
+  const depth = new Map();
+  const depthOf = (name, seen = new Set()) => {
+    if (depth.has(name)) return depth.get(name);
+    const node = nodes.find((n) => n.name === name);
+    if (!node || seen.has(name)) return 0;
+    seen.add(name);
+    const d = node.deps.length ? 1 + Math.max(...node.deps.map((p) => depthOf(p, seen))) : 0;
+    depth.set(name, d);
+    return d;
+  };
+  const columns = [];
+  for (const n of nodes) {
+    const d = depthOf(n.name);
+    (columns[d] = columns[d] || []).push(n);
+  }
+  const W = 190, H = 64, GX = 60, GY = 22, PAD = 10;
+  const pos = new Map();
+  columns.forEach((col, c) => (col || []).forEach((n, r) => pos.set(n.name, { x: PAD + c * (W + GX), y: PAD + r * (H + GY) })));
+  const width = PAD * 2 + columns.length * (W + GX) - GX;
+  const height = PAD * 2 + Math.max(...columns.map((c) => (c || []).length)) * (H + GY) - GY;
+  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "dag", role: "img" });
+  const defs = svgEl("defs");
+  const marker = svgEl("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto" });
+  marker.append(svgEl("path", { d: "M0,0 L10,5 L0,10 z", class: "arrowhead" }));
+  defs.append(marker);
+  svg.append(defs);
+  for (const n of nodes) {
+    for (const dep of n.deps) {
+      const a = pos.get(dep), b = pos.get(n.name);
+      if (!a || !b) continue;
+      const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
+      svg.append(svgEl("path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, class: "edge", "marker-end": "url(#arrow)", "data-from": dep, "data-to": n.name }));
+    }
+  }
+  for (const n of nodes) {
+    const p = pos.get(n.name);
+    const g = svgEl("g", { class: `node s-${n.state}`, "data-stage": n.name, "data-state": n.state, transform: `translate(${p.x},${p.y})` });
+    g.append(svgEl("title", {}, `${n.name}: ${n.state}`));
+    g.append(svgEl("rect", { width: W, height: H, rx: 6, class: "box" }));
+    g.append(svgEl("text", { x: 8, y: 18, class: "name" }, n.name));
+    g.append(svgEl("text", { x: W - 8, y: 18, class: "sstate", "text-anchor": "end" }, n.query ? "catalog" : n.state));
+    if (!n.query) {
+      const counts = INPUT_STATES.map((s) => (n.inputs || {})[s] || 0);
+      const total = counts.reduce((a, b) => a + b, 0);
+      let x = 8;
+      INPUT_STATES.forEach((s, i) => {
+        const w = total ? ((W - 16) * counts[i]) / total : 0;
+        if (w > 0) g.append(svgEl("rect", { x, y: 28, width: w, height: 10, class: `in-${s}` }));
+        x += w;
+      });
+      if (!total) g.append(svgEl("rect", { x: 8, y: 28, width: W - 16, height: 10, class: "in-none" }));
+      g.append(svgEl("text", { x: 8, y: 55, class: "counts", "data-counts": counts.join("/") },
+        `inputs u ${counts[0]} · a ${counts[1]} · p ${counts[2]} · f ${counts[3]}`));
+    }
+    svg.append(g);
+  }
+  container.replaceChildren(svg);
+}
+
+// One row per agent ("(no agent)" for attempts never dispatched), one bar per attempt from its
+// dispatch (or start) to its end (or now), coloured by its state; a time axis below.
+function drawGantt(container, attempts, nowSeconds) {
+  if (!attempts.length) {
+    container.replaceChildren(Object.assign(document.createElement("p"), { className: "hint", textContent: "no attempts" }));
+    return;
+  }
+  const begin = (a) => a.dispatched_at ?? a.started_at ?? nowSeconds;
+  const end = (a) => a.ended_at ?? nowSeconds;
+  const t0 = Math.min(...attempts.map(begin));
+  const t1 = Math.max(t0 + 0.001, ...attempts.map(end));
+  const agents = [...new Set(attempts.map((a) => a.agent || "(no agent)"))].sort();
+  const LABEL = 110, W = 560, ROW = 22, PAD = 6, AXIS = 20;
+  const width = LABEL + W + PAD * 2, height = PAD + agents.length * ROW + AXIS;
+  const x = (t) => LABEL + PAD + ((t - t0) / (t1 - t0)) * W;
+  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "gantt", role: "img" });
+  agents.forEach((agent, i) => {
+    const y = PAD + i * ROW;
+    svg.append(svgEl("text", { x: 4, y: y + 15, class: "lane" }, agent));
+    svg.append(svgEl("line", { x1: LABEL, x2: width - PAD, y1: y + ROW, y2: y + ROW, class: "grid" }));
+  });
+  for (const a of attempts) {
+    const lane = agents.indexOf(a.agent || "(no agent)");
+    const x1 = x(begin(a)), x2 = Math.max(x1 + 2, x(end(a)));
+    const bar = svgEl("rect", { x: x1, y: PAD + lane * ROW + 4, width: x2 - x1, height: ROW - 8, rx: 2,
+      class: `bar s-${a.state}`, "data-job": a.job, "data-attempt": a.attempt, "data-agent": a.agent || "" });
+    bar.append(svgEl("title", {}, `${a.name} ${a.job}#${a.attempt} ${a.state} on ${a.agent || "-"}, ${(end(a) - begin(a)).toFixed(2)} s`));
+    svg.append(bar);
+  }
+  const axisY = PAD + agents.length * ROW + 14;
+  for (let i = 0; i <= 4; i++) {
+    const t = t0 + ((t1 - t0) * i) / 4;
+    svg.append(svgEl("text", { x: x(t), y: axisY, class: "tick", "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" },
+      `+${(t - t0).toFixed(t1 - t0 < 10 ? 2 : 0)} s`));
+  }
+  container.replaceChildren(svg);
+}
