@@ -267,7 +267,18 @@ def _add_inputs(
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
+    stamp_content(tx, rid, stage)
     return len(rows)
+
+
+def stamp_content(tx: Tx, rid: str, stage: str) -> None:
+    """Record on a stage's new catalog inputs the sha256 their entry has now."""
+    tx.execute(
+        "UPDATE stage_inputs SET sha256 = (SELECT c.sha256 FROM catalog c"
+        " WHERE 'catalog:' || c.path = stage_inputs.input)"
+        " WHERE request = ? AND stage = ? AND sha256 IS NULL AND input LIKE 'catalog:%'",
+        (rid, stage),
+    )
 
 
 def add_stage_inputs(
@@ -291,6 +302,7 @@ def add_stage_inputs(
                  InputState.UNALLOCATED.value),
             )  # fmt: skip
             added += cursor.rowcount
+        stamp_content(tx, rid, stage)
         if added:
             tx.emit("request.inputs", rid, {"stage": stage, "added": added})
         return added

@@ -46,20 +46,36 @@ def _rerun_inputs(tx: Tx, rid: str, stage: str, keys: Sequence[str] | None) -> i
 
 def _spread(tx: Tx, rid: str, downstream: Sequence[str], reason: str) -> int:
     """Mark stale every product of ``downstream`` (in run order) made from a stale product,
-    and drop the stale products from those stages' inputs. Returns how many
-    products turned stale."""
+    drop the stale products from those stages' inputs, and put the other inputs of the
+    products that just turned stale back in the gap (a product made from several inputs
+    is made again from those still current). Returns how many products turned stale."""
     stale = "SELECT 'product:' || id FROM products WHERE request = ? AND stale IS NOT NULL"
     count = 0
     for stage in downstream:
-        count += tx.execute(
-            "UPDATE products SET stale = ? WHERE request = ? AND stage = ? AND stale IS NULL"
-            f" AND EXISTS (SELECT 1 FROM json_each(products.inputs) j WHERE j.value IN ({stale}))",
-            (reason, rid, stage, rid),
-        ).rowcount
+        ids = [
+            str(r[0])
+            for r in tx.execute(
+                "SELECT id FROM products WHERE request = ? AND stage = ? AND stale IS NULL"
+                f" AND EXISTS (SELECT 1 FROM json_each(products.inputs) j WHERE j.value IN ({stale}))",
+                (rid, stage, rid),
+            )
+        ]
+        marks = ", ".join("?" * len(ids))
+        if ids:
+            tx.execute(f"UPDATE products SET stale = ? WHERE id IN ({marks})", (reason, *ids))
+            count += len(ids)
         tx.execute(
             "DELETE FROM stage_inputs WHERE request = ? AND stage = ? AND state != ?"
             f" AND input IN ({stale})",
             (rid, stage, InputState.ALLOCATED.value, rid),
+        )
+        if not ids:
+            continue
+        tx.execute(
+            "UPDATE stage_inputs SET state = ?, allocations = 0, reason = NULL"
+            " WHERE request = ? AND stage = ? AND state = ? AND input IN"
+            f" (SELECT j.value FROM products p, json_each(p.inputs) j WHERE p.id IN ({marks}))",
+            (InputState.UNALLOCATED.value, rid, stage, InputState.PROCESSED.value, *ids),
         )
     return count
 
@@ -143,6 +159,56 @@ def rerun_group(
     return op
 
 
+def changed_inputs(rid: str, stage: str) -> Callable[[Conn], list[str]]:
+    """Read: keys of a stage's catalog inputs, taken already, whose catalog entry's content
+    changed since (another sha256)."""
+
+    def fn(conn: Conn) -> list[str]:
+        rows = conn.execute(
+            "SELECT i.input FROM stage_inputs i JOIN catalog c ON 'catalog:' || c.path = i.input"
+            " WHERE i.request = ? AND i.stage = ? AND i.sha256 IS NOT NULL"
+            " AND c.sha256 != i.sha256 AND i.state IN (?, ?) ORDER BY i.seq",
+            (rid, stage, InputState.PROCESSED.value, InputState.FAILED.value),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    return fn
+
+
+def rerun_changed(
+    rid: str, stage: str, keys: Sequence[str], downstream: Sequence[str]
+) -> Callable[[Tx], int]:
+    """Put catalog inputs whose entry changed back in the gap with the entry's new
+    sha256 and metadata; the products made from them turn stale, and what downstream
+    stages made from those. Emits ``request.changed``; returns how many will run again."""
+
+    def op(tx: Tx) -> int:
+        rerun = _rerun_inputs(tx, rid, stage, keys)
+        marks = ", ".join("?" * len(keys))
+        tx.execute(
+            "UPDATE stage_inputs SET"
+            " sha256 = (SELECT c.sha256 FROM catalog c WHERE 'catalog:' || c.path = input),"
+            " metadata = (SELECT c.metadata FROM catalog c WHERE 'catalog:' || c.path = input)"
+            f" WHERE request = ? AND stage = ? AND input IN ({marks})",
+            (rid, stage, *keys),
+        )
+        reason = "its input changed in the catalog"
+        stale = tx.execute(
+            "UPDATE products SET stale = ? WHERE request = ? AND stage = ? AND stale IS NULL"
+            f" AND EXISTS (SELECT 1 FROM json_each(products.inputs) j WHERE j.value IN ({marks}))",
+            (reason, rid, stage, *keys),
+        ).rowcount
+        stale += _spread(tx, rid, downstream, f"made from stale products ({reason})")
+        tx.emit(
+            "request.changed",
+            rid,
+            {"stage": stage, "inputs": list[JsonValue](keys), "stale": stale},
+        )
+        return rerun
+
+    return op
+
+
 def last_rounds(rid: str) -> Callable[[Conn], dict[str, float]]:
     """Read: stage -> wall-clock time of its newest batch (``request.batch`` events)."""
 
@@ -158,7 +224,8 @@ def last_rounds(rid: str) -> Callable[[Conn], dict[str, float]]:
 
 
 def purged_inputs(rid: str, keys: Sequence[str]) -> Callable[[Conn], list[str]]:
-    """Read: the ids of the products among input ``keys`` whose files were purged."""
+    """Read: the ids of the current (not stale) products among input ``keys`` whose files
+    were purged."""
 
     def fn(conn: Conn) -> list[str]:
         ids = [k.removeprefix("product:") for k in keys if k.startswith("product:")]
@@ -167,7 +234,7 @@ def purged_inputs(rid: str, keys: Sequence[str]) -> Callable[[Conn], list[str]]:
         marks = ", ".join("?" * len(ids))
         rows = conn.execute(
             f"SELECT id FROM products WHERE request = ? AND id IN ({marks})"
-            " AND purged_at IS NOT NULL ORDER BY id",
+            " AND purged_at IS NOT NULL AND stale IS NULL ORDER BY id",
             (rid, *ids),
         ).fetchall()
         return [str(r[0]) for r in rows]

@@ -585,8 +585,10 @@ class RequestService:
                 )
                 if purged:  # needed again but purged: its stage makes it again first
                     below = {n: downstream(definition, n) for n in definition.stage_names}
-                    await self.repo.write(standing_store.regenerate(snap.request.id, purged, below))
-                    started = True  # look again once the new inputs are in
+                    if await self.repo.write(
+                        standing_store.regenerate(snap.request.id, purged, below)
+                    ):
+                        started = True  # look again once the new inputs are in
                     continue
             for chunk in plan.batches_to_make(inputs, stage.max_inputs, stage.group_by):
                 batch = await self.batches.start(snap.request, definition, stage, chunk)

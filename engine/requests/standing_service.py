@@ -183,6 +183,11 @@ class StandingRequests:
                 if found is None:
                     continue
                 matches = found
+                again = await self.repo.read(standing_store.changed_inputs(rid, name))
+                if again:  # entries with new content: their inputs run again
+                    below = downstream(definition, name)
+                    await self.repo.write(standing_store.rerun_changed(rid, name, again, below))
+                    changed = True
             else:
                 matches = await self.repo.read(
                     upstream_products(rid, stage.consumes.source, stage.consumes.types)

@@ -267,3 +267,39 @@ async def test_group_by_on_a_field_no_entry_has_is_a_warning(world: World) -> No
         " (every input falls in one sub-group)"
     )
     assert out.strip().startswith("g-")
+
+
+async def test_an_entry_with_new_content_runs_again(world: World) -> None:
+    """A catalog entry refreshed with new content re-runs its input and what was made from
+    it downstream, nothing else; its old products are stale. The same content again
+    re-runs nothing."""
+    await world.catalog(["r1.dat", "r2.dat"])
+    rid = (await world.submit(world.definition(CONTINUOUS)))["id"]
+    await processed(world, rid, 2, 2)
+    before = {p["id"]: p for p in await world.call("products", request=rid)}
+    (world.data / "r2.dat").write_text("new data of r2\n")
+    await world.call("catalog_add", paths=[str(world.data / "r2.dat")], metadata={"kind": "raw"})
+
+    async def redone() -> Any:
+        made = await world.call("products", request=rid)
+        current = {p["id"]: p for p in made if p["stale"] is None}
+        cal = [p for p in current.values() if p["stage"] == "cal"]
+        maps = [p for p in current.values() if p["stage"] == "map"]
+        used = {k.removeprefix("product:") for p in maps for k in p["inputs"]}
+        detail = await world.detail(rid)
+        busy = any(j["state"] in ("queued", "running") for j in detail["jobs"])
+        whole = len(cal) == 2 and used == {p["id"] for p in cal}
+        return made if whole and set(current) - set(before) and not busy else None
+
+    made = await world.until("r2 and the map made again", redone)
+    old_r2 = next(i for i, p in before.items() if p["stage"] == "cal" and "r2.dat" in p["path"])
+    stale = {p["id"] for p in made if p["stale"]}
+    from_r2 = {i for i, p in before.items() if f"product:{old_r2}" in p["inputs"]}
+    assert stale == {old_r2} | from_r2
+    jobs = (await world.detail(rid))["jobs"]
+    cal_jobs = [j for j in jobs if j["stage"] == "cal"]
+    assert len(cal_jobs) == 3  # r1 once, r2 twice
+
+    await world.catalog(["r1.dat"])  # the same content: nothing runs
+    detail = await processed(world, rid, 2, 2)
+    assert len(detail["jobs"]) == len(jobs)
