@@ -303,3 +303,27 @@ async def test_an_entry_with_new_content_runs_again(world: World) -> None:
     await world.catalog(["r1.dat"])  # the same content: nothing runs
     detail = await processed(world, rid, 2, 2)
     assert len(detail["jobs"]) == len(jobs)
+
+
+async def test_a_paused_standing_request_takes_inputs_and_runs_them_on_resume(
+    world: World,
+) -> None:
+    """Paused, a standing request still records new catalog matches but starts no job;
+    resumed, it runs them."""
+    await world.catalog(["r1.dat"])
+    rid = (await world.submit(world.definition(CONTINUOUS)))["id"]
+    await processed(world, rid, 1, 1)
+    code, _, err = await world.wfe("pause", rid)
+    assert code == 0, err
+    await world.catalog(["r2.dat", "r3.dat"])
+
+    async def recorded() -> Any:
+        detail = await world.detail(rid)
+        return detail if detail["stages"][0]["inputs"].get("unallocated") == 2 else None
+
+    detail = await world.until("the new inputs recorded", recorded)
+    assert detail["state"] == "paused" and len(detail["jobs"]) == 2
+    code, _, err = await world.wfe("resume", rid)
+    assert code == 0, err
+    detail = await processed(world, rid, 3, 3)
+    assert detail["state"] == "running"
