@@ -327,3 +327,22 @@ async def test_a_paused_standing_request_takes_inputs_and_runs_them_on_resume(
     assert code == 0, err
     detail = await processed(world, rid, 3, 3)
     assert detail["state"] == "running"
+
+
+async def test_a_new_version_under_keep_reprocesses_nothing(world: World) -> None:
+    """version_policy "keep": a new cal version re-runs nothing and makes nothing stale;
+    the next new file is processed by the new version."""
+    keep = VERSIONED.replace('version_policy = "reprocess"', 'version_policy = "keep"')
+    await world.catalog(["r1.dat"])
+    rid = (await world.submit(world.definition(keep.replace("COUNT", "1"))))["id"]
+    await settled(world, rid, "map", 1)
+    payload = submission(world.definition(keep.replace("COUNT", "2"), name="k2.toml"), user="a")
+    keys = ("expanded", "sources", "git", "scripts")
+    await world.call("submit", update=rid, **{k: payload[k] for k in keys})
+    await world.catalog(["r2.dat"])
+    await settled(world, rid, "map", 2)
+    made = await world.call("products", request=rid)
+    assert not [p for p in made if p["stale"]]
+    cal = sorted((p["path"], p["version"]) for p in made if p["stage"] == "cal")
+    assert len(cal) == 2 and cal[0][1] != cal[1][1]  # r1 by the old version, r2 by the new
+    assert len((await world.detail(rid))["jobs"]) == 3 * 2
