@@ -18,7 +18,8 @@ const INPUT_STATES = ["unallocated", "allocated", "processed", "failed"];
 // of its inputs unallocated / allocated / processed / failed with their counts.
 function drawDag(container, graph, stages) {
   const byName = new Map(stages.map((s) => [s.name, s]));
-  const nodes = graph.stages.map((s) => ({ ...s, ...(byName.get(s.name) || {}), deps: [...s.depends_on] }));
+  // a stage the engine has not started yet has no row: it is shown "waiting", with no inputs
+  const nodes = graph.stages.map((s) => ({ state: "waiting", inputs: {}, ...s, ...(byName.get(s.name) || {}), deps: [...s.depends_on] }));
   const usesQuery = nodes.some((n) => n.from_query);
   if (usesQuery) {
     for (const n of nodes) if (n.from_query) n.deps.push("(query)");
@@ -83,8 +84,9 @@ function drawDag(container, graph, stages) {
   container.replaceChildren(svg);
 }
 
-// One row per agent ("(no agent)" for attempts never dispatched), one bar per attempt from its
-// dispatch (or start) to its end (or now), coloured by its state; a time axis below.
+// One lane per agent ("(no agent)" for attempts never dispatched), split into as many rows as
+// it ran attempts at once; one bar per attempt from its dispatch (or start) to its end (or
+// now), coloured by its state; a time axis below.
 function drawGantt(container, attempts, nowSeconds) {
   if (!attempts.length) {
     container.replaceChildren(Object.assign(document.createElement("p"), { className: "hint", textContent: "no attempts" }));
@@ -95,24 +97,38 @@ function drawGantt(container, attempts, nowSeconds) {
   const t0 = Math.min(...attempts.map(begin));
   const t1 = Math.max(t0 + 0.001, ...attempts.map(end));
   const agents = [...new Set(attempts.map((a) => a.agent || "(no agent)"))].sort();
-  const LABEL = 110, W = 560, ROW = 22, PAD = 6, AXIS = 20;
-  const width = LABEL + W + PAD * 2, height = PAD + agents.length * ROW + AXIS;
+  const rows = [];  // [agent, ends of the attempts placed in this row]
+  const rowOf = new Map();
+  for (const agent of agents) {
+    const mine = attempts.filter((a) => (a.agent || "(no agent)") === agent).sort((a, b) => begin(a) - begin(b));
+    const first = rows.length;
+    for (const a of mine) {
+      let r = first;
+      while (r < rows.length && rows[r][1] > begin(a)) r++;
+      if (r === rows.length) rows.push([agent, 0]);
+      rows[r][1] = end(a);
+      rowOf.set(a, r);
+    }
+  }
+  const LABEL = 110, W = 560, ROW = 18, PAD = 6, AXIS = 20;
+  const width = LABEL + W + PAD * 2, height = PAD + rows.length * ROW + AXIS;
   const x = (t) => LABEL + PAD + ((t - t0) / (t1 - t0)) * W;
   const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "gantt", role: "img" });
-  agents.forEach((agent, i) => {
+  rows.forEach(([agent], i) => {
     const y = PAD + i * ROW;
-    svg.append(svgEl("text", { x: 4, y: y + 15, class: "lane" }, agent));
-    svg.append(svgEl("line", { x1: LABEL, x2: width - PAD, y1: y + ROW, y2: y + ROW, class: "grid" }));
+    if (i === 0 || rows[i - 1][0] !== agent) {
+      svg.append(svgEl("text", { x: 4, y: y + 13, class: "lane" }, agent));
+      svg.append(svgEl("line", { x1: 0, x2: width - PAD, y1: y, y2: y, class: "grid" }));
+    }
   });
   for (const a of attempts) {
-    const lane = agents.indexOf(a.agent || "(no agent)");
     const x1 = x(begin(a)), x2 = Math.max(x1 + 2, x(end(a)));
-    const bar = svgEl("rect", { x: x1, y: PAD + lane * ROW + 4, width: x2 - x1, height: ROW - 8, rx: 2,
+    const bar = svgEl("rect", { x: x1, y: PAD + rowOf.get(a) * ROW + 3, width: x2 - x1, height: ROW - 6, rx: 2,
       class: `bar s-${a.state}`, "data-job": a.job, "data-attempt": a.attempt, "data-agent": a.agent || "" });
     bar.append(svgEl("title", {}, `${a.name} ${a.job}#${a.attempt} ${a.state} on ${a.agent || "-"}, ${(end(a) - begin(a)).toFixed(2)} s`));
     svg.append(bar);
   }
-  const axisY = PAD + agents.length * ROW + 14;
+  const axisY = PAD + rows.length * ROW + 14;
   for (let i = 0; i <= 4; i++) {
     const t = t0 + ((t1 - t0) * i) / 4;
     svg.append(svgEl("text", { x: x(t), y: axisY, class: "tick", "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" },

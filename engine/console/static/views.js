@@ -129,7 +129,10 @@ async function refreshRequest(rid) {
     ["created", fmtTime(detail.created_at)], ["updated", fmtTime(detail.updated_at)], ["error", detail.error],
   ]);
   $("request-verbs").replaceChildren(verbButtons(rid, life.verbs));
-  const stages = detail.stages.map((s) => ({ ...s, jobs: detail.jobs.filter((j) => j.stage === s.name) }));
+  const known = new Map(detail.stages.map((s) => [s.name, s]));
+  const names = state.open.graph ? state.open.graph.stages.map((s) => s.name) : detail.stages.map((s) => s.name);
+  const stages = names.map((name) => ({ state: "waiting", inputs: {}, ...(known.get(name) || {}), name,
+    jobs: detail.jobs.filter((j) => j.stage === name) }));
   if (state.open.graph) drawDag($("request-dag"), state.open.graph, stages);
   $("request-stages").tBodies[0].replaceChildren(...stages.map((s) => {
     const tr = document.createElement("tr");
@@ -148,7 +151,7 @@ async function refreshRequest(rid) {
     return tr;
   }));
   $("request-history").replaceChildren(...detail.history.map((h) =>
-    li(`${fmtTime(h.at)} ${h.kind} ${h.verb ? h.verb + " " : ""}${h.state || ""}${h.by ? " by " + h.by : ""}`)));
+    li(`${fmtTime(h.at)} ${h.kind} ${h.verb ? h.verb + " " : ""}${h.state || h.to || ""}${h.by ? " by " + h.by : ""}${h.text ? ": " + h.text : ""}`)));
 }
 
 async function showProvenance(productId) {

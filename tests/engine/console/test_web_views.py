@@ -1,0 +1,308 @@
+"""The web console's operations views (issue 17) in headless Chromium against a real engine
+with real work: the job tree and the timeline of a root action that fans out, a request's
+stage DAG and its legal verbs, an approval with a recorded comment, the agents, the work
+buckets, server-side search, keyboard navigation, and a deep link that reloads to the same
+view. What the page shows is checked against the engine's own answers; a screenshot of each
+view is saved under the test's tmp dir (its path is in the assertion messages)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .conftest import GUARD, Console
+from .test_browser import CHROMIUM, Page, browser, cdp, open_page, pytestmark  # noqa: F401
+
+#: Two stages over the catalog's raw files; the second runs after the first.
+TWO_STAGES = """\
+[workflow]
+name = "dag"
+namespace = "web"
+
+[policy]
+approval = "required"
+
+[[query.where]]
+field = "kind"
+op = "eq"
+value = "raw"
+
+[[stages]]
+name = "first"
+rscript = "console_work"
+consumes = "query"
+params = { lines = 2, seconds = 0.01 }
+
+[[stages]]
+name = "second"
+rscript = "console_work"
+consumes = "query"
+after = ["first"]
+params = { lines = 1, seconds = 0.01 }
+"""
+
+
+class Shots:
+    """Screenshots of the page, saved as PNG files under ``folder``."""
+
+    def __init__(self, page: Page, folder: Path) -> None:
+        self.page = page
+        self.folder = folder
+        folder.mkdir()
+
+    async def take(self, name: str) -> Path:
+        shot = await cdp(self.page.ws, "Page.captureScreenshot", session=self.page.session)
+        path = self.folder / f"{name}.png"
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+
+async def until(page: Page, condition: str, value: str = "true") -> Any:
+    """``page.until``, but a condition that never holds fails naming itself and the page's
+    hash and message line (instead of hanging until the test's guard)."""
+    with trio.move_on_after(GUARD / 2):
+        return await page.until(condition, value)
+    shown = await page.js("[location.hash, document.getElementById('message').textContent]")
+    raise AssertionError(f"never true: {condition} (page at {shown})")
+
+
+async def goto(page: Page, hash_: str) -> None:
+    await page.js(f"location.hash = {json.dumps(hash_)}")
+
+
+async def press(page: Page, key: str) -> None:
+    code = {"j": "KeyJ", "k": "KeyK", "Enter": "Enter"}[key]
+    text = "\r" if key == "Enter" else key
+    for kind in ("keyDown", "keyUp"):
+        await cdp(page.ws, "Input.dispatchKeyEvent", session=page.session, type=kind, key=key,
+                  code=code, text=text if kind == "keyDown" else "",
+                  windowsVirtualKeyCode=13 if key == "Enter" else ord(key.upper()))  # fmt: skip
+
+
+def tree_ids(node: dict[str, Any]) -> dict[str, str]:
+    found = {node["id"]: node["state"]}
+    for child in node["children"]:
+        found.update(tree_ids(child))
+    return found
+
+
+async def test_each_operations_view_shows_what_the_engine_holds(
+    console: Console, tmp_path: Path
+) -> None:
+    """Signed in as an operator: the job view of a fanned-out root shows its whole tree with
+    the repository's states and a timeline bar per RScript attempt on its agent; the link
+    reloads to the same view; the request view draws its stages with their dependency and
+    input counts and offers exactly the verbs its state allows (approve and cancel when
+    submitted, archive once completed); an approval's comment is recorded as an event; the
+    agents, the work buckets and search show what the engine answers; j/j/Enter opens the
+    second job of the list."""
+    page_url = console.url.replace("ws://", "http://")
+    token = await console.token_for("operator")
+    with trio.fail_after(GUARD * 2):
+        async with console.connect() as admin:
+            await console.catalog(admin, 2)
+            data_dir = str(console.root / "survey")
+            root = (
+                await admin.call(
+                    "run",
+                    action="demo.survey",
+                    params={"files": 2, "seconds": 0.01, "data_dir": data_dir},
+                )
+            )["job"]
+            assert (await admin.call("wait", job=root))["state"] == "succeeded"
+            tree = tree_ids(await admin.call("tree", job=root))
+            rscript_jobs = {j["id"] for j in await admin.call("find_jobs", limit=100, all=True)
+                            if j["root"] == root and j["kind"] == "rscript"}  # fmt: skip
+            record = await admin.call("submit_toml", toml=textwrap.dedent(TWO_STAGES), user="dave")
+            rid = record["id"]
+            ids = (
+                await admin.call(
+                    "work.deposit",
+                    works=[{"pipeline": "calib", "parameters": {"n": i}} for i in range(3)],
+                )
+            )["ids"]
+
+            async with browser(tmp_path / "profile") as ws:
+                page = await open_page(ws, page_url)
+                await cdp(ws, "Emulation.setDeviceMetricsOverride", session=page.session,
+                          width=1500, height=1000, deviceScaleFactor=1, mobile=False)  # fmt: skip
+                shots = Shots(page, tmp_path / "screenshots")
+                await page.fill("token", token)
+                await page.click("#connect")
+                await until(page, f"{page.text('status')} === 'connected'")
+
+                # the job view: tree and timeline of the root
+                await goto(page, f"#/job/{root}")
+                shown = await until(
+                    page,
+                    f"document.querySelectorAll('#job-tree li[data-job]').length === {len(tree)}"
+                    " && document.querySelectorAll('#job-timeline .bar').length > 0",
+                    "Object.fromEntries([...document.querySelectorAll('#job-tree li[data-job]')]"
+                    ".map(li => [li.dataset.job, li.dataset.state]))",
+                )
+                path = await shots.take("job-tree-timeline")
+                assert shown == tree, path
+                bars = await page.js(
+                    "[...document.querySelectorAll('#job-timeline .bar')].map(b => [b.dataset.job, b.dataset.agent])"
+                )
+                assert {job for job, _ in bars} == rscript_jobs, path
+                assert {agent for _, agent in bars} == {"local-1"}, path
+                assert await page.js(page.text("detail-state")) == "succeeded", path
+
+                # a deep link reloads to the same view
+                await cdp(ws, "Page.reload", session=page.session)
+                reloaded = await until(
+                    page,
+                    f"document.readyState === 'complete' && {page.text('status')} === 'connected'"
+                    f" && document.querySelectorAll('#job-tree li[data-job]').length === {len(tree)}",
+                    f"[location.hash, {page.text('detail-id')}, !document.getElementById('pane-jobs').hidden]",
+                )
+                path = await shots.take("job-after-reload")
+                assert reloaded == [f"#/job/{root}", root, True], path
+
+                # the request view: DAG, input counts, legal verbs only
+                await goto(page, f"#/request/{rid}")
+                await until(page, "document.querySelectorAll('#request-dag .node').length === 3")
+                detail = await admin.call("request", request=rid)
+                graph = await admin.call("request.graph", request=rid)
+                started = {s["name"]: s for s in detail["stages"]}
+                dag = await page.js(
+                    "[...document.querySelectorAll('#request-dag .node')].map(n => [n.dataset.stage, n.dataset.state,"
+                    " n.querySelector('.counts')?.dataset.counts ?? null])"
+                )
+                edges = await page.js(
+                    "[...document.querySelectorAll('#request-dag .edge')].map(e => [e.dataset.from, e.dataset.to])"
+                )
+                verbs = await until(
+                    page,
+                    "document.querySelectorAll('#request-verbs button').length > 0",
+                    "[...document.querySelectorAll('#request-verbs button')].map(b => b.dataset.verb)",
+                )
+                path = await shots.take("request-submitted")
+                counts = ("unallocated", "allocated", "processed", "failed")
+                expected = [["(query)", "source", None]] + [
+                    [
+                        s["name"],
+                        started[s["name"]]["state"] if s["name"] in started else "waiting",
+                        "/".join(
+                            str(started.get(s["name"], {"inputs": {}})["inputs"].get(k, 0))
+                            for k in counts
+                        ),
+                    ]
+                    for s in graph["stages"]
+                ]
+                assert dag == expected, path
+                assert sorted(edges) == [
+                    ["(query)", "first"],
+                    ["(query)", "second"],
+                    ["first", "second"],
+                ], path
+                assert detail["state"] == "submitted"
+                assert verbs == ["approve", "cancel"], path
+                row_verbs = await page.js(
+                    f"[...document.querySelector('#requests tbody tr[data-key=\"{rid}\"]').querySelectorAll('button')].map(b => b.dataset.verb)"
+                )
+                assert row_verbs == ["approve", "cancel"], path
+
+                await page.fill("verb-comment", "checked the inputs")
+                await page.click('#request-verbs button[data-verb="approve"]')
+                done = await until(
+                    page,
+                    f"{page.text('request-state')} === 'completed'"
+                    " && [...document.querySelectorAll('#request-verbs button')].map(b => b.dataset.verb).join() === 'archive'"
+                    " && document.querySelectorAll('#request-timeline .bar').length > 0",
+                    "[...document.querySelectorAll('#request-dag .node')].map(n => [n.dataset.stage, n.dataset.state])",
+                )
+                path = await shots.take("request-completed")
+                final = await admin.call("request", request=rid)
+                assert final["state"] == "completed", path
+                assert done == [["(query)", "source"]] + [
+                    [s["name"], s["state"]] for s in final["stages"]
+                ], path
+                comments = await admin.call("events", kind="request.comment", subject=rid)
+                assert [(e["data"]["by"], e["data"]["text"]) for e in comments] == [
+                    ("operator-1", "approve: checked the inputs")
+                ], path
+
+                # agents
+                await goto(page, "#/agent/local-1")
+                agent = await until(
+                    page,
+                    f"{page.text('agent-state')} === 'connected'"
+                    " && document.querySelectorAll('#agent-history li').length > 0"
+                    " && document.querySelectorAll('#agents tbody tr').length > 0",
+                    "[...document.querySelectorAll('#agents tbody tr')].map(r => [r.cells[0].textContent, r.cells[2].textContent, r.cells[4].textContent])",
+                )
+                path = await shots.take("agent")
+                live = await admin.call("agents")
+                assert agent == [[a["name"], a["state"], str(a["slots"])] for a in live], path
+
+                # work buckets and a pipeline's works
+                await goto(page, "#/works")
+                bucket = await until(
+                    page,
+                    "document.querySelector('#works tbody tr[data-key=\"calib\"]')",
+                    "[...document.querySelector('#works tbody tr[data-key=\"calib\"]').cells].map(c => c.textContent)",
+                )
+                assert bucket == ["calib", "3", "0", "0", "0", "0"], bucket
+                await page.click('#works tbody tr[data-key="calib"]')
+                listed = await until(
+                    page,
+                    "document.querySelectorAll('#works-list tbody tr').length === 3",
+                    "[...document.querySelectorAll('#works-list tbody tr')].map(r => r.dataset.key)",
+                )
+                path = await shots.take("works")
+                assert sorted(listed) == sorted(ids), path
+                assert await page.js("location.hash") == "#/works/calib", path
+
+                # server-side search: jobs by name, events by kind
+                await goto(page, "#/search")
+                await page.fill("search-name", "demo.inspect")
+                await page.click("#search-go")
+                found = await until(
+                    page,
+                    f"{page.text('search-range')}.includes('of')",
+                    "[[...document.querySelectorAll('#search-results tbody tr')].map(r => r.dataset.key),"
+                    f" {page.text('search-range')}]",
+                )
+                inspected = {
+                    j["id"]
+                    for j in await admin.call("find_jobs", limit=100, all=True, name="demo.inspect")
+                }
+                path = await shots.take("search-jobs")
+                assert set(found[0]) == inspected and len(inspected) == 2, path
+                assert found[1] == "1–2 of 2", path
+                await page.js("document.getElementById('search-kind').value = 'events'")
+                await page.fill("search-name", "request.comment")
+                await page.click("#search-go")
+                events = await until(
+                    page,
+                    "document.querySelector('#search-results thead th')?.textContent === 'event'",
+                    "[...document.querySelectorAll('#search-results tbody tr')].map(r => r.cells[3].textContent)",
+                )
+                path = await shots.take("search-events")
+                assert events == [rid], path
+
+                # keyboard: j, j, Enter opens the second job of the list (once it lists them all)
+                everything = await admin.call("search", kind="jobs", limit=500)
+                newest = [j["id"] for j in everything["rows"]]
+                await goto(page, "#/jobs")
+                await until(
+                    page,
+                    "[...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.key).join()"
+                    f" === {json.dumps(','.join(newest))}",
+                )
+                for key in ("j", "j", "Enter"):
+                    await press(page, key)
+                opened = await until(
+                    page,
+                    f"location.hash === '#/job/{newest[1]}' && {page.text('detail-id')} === '{newest[1]}'",
+                    page.text("detail-id"),
+                )
+                assert opened == newest[1] and everything["total"] == len(newest)
+                await shots.take("jobs-keyboard")
