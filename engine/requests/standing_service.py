@@ -29,6 +29,7 @@ from wfe.engine.repository import standing as standing_store
 from wfe.engine.repository.products import stage_products
 from wfe.engine.repository.rowtypes import Conn, JsonObject, JsonValue
 from wfe.engine.requests import catalog, scripts, standing
+from wfe.engine.requests.batches import WITHDRAW_PREFIX
 from wfe.engine.requests.catalog import CatalogMatch
 from wfe.engine.requests.errors import SubmitError
 from wfe.engine.requests.model import ONCE, RequestRecord, Snapshot, StageState, product_key
@@ -115,6 +116,12 @@ class StandingRequests:
         )
         scripts.register(self.service.scripts, stored)
         self.service.remember(new)
+        # Jobs of the old version still running in a reprocessed stage would make products
+        # of a version that is gone: they are withdrawn (their inputs wait for the new one).
+        snap = await self.repo.read(store.read_snapshot(rid))
+        for batch in snap.batches:
+            if batch.stage in reprocess and batch.stop is None:
+                await self.service.batches.stop(batch, f"{WITHDRAW_PREFIX}updated: new version")
         self.service.poke(rid)
         return record
 

@@ -346,3 +346,26 @@ async def test_a_new_version_under_keep_reprocesses_nothing(world: World) -> Non
     cal = sorted((p["path"], p["version"]) for p in made if p["stage"] == "cal")
     assert len(cal) == 2 and cal[0][1] != cal[1][1]  # r1 by the old version, r2 by the new
     assert len((await world.detail(rid))["jobs"]) == 3 * 2
+
+
+async def test_a_job_of_the_old_version_is_withdrawn(world: World) -> None:
+    """A cal job still running when a new cal version arrives is stopped and its input
+    withdrawn (not counted): only the new version makes cal's product."""
+    gated = VERSIONED.replace(
+        "params = { count = COUNT }", "params = { count = COUNT, gate = GATE }"
+    )
+    gated = gated.replace("GATE", f'"{world.gate}"')
+    await world.catalog(["r1.dat"])
+    rid = (await world.submit(world.definition(gated.replace("COUNT", "1"))))["id"]
+    await world.job_running(rid, "cal")
+    payload = submission(world.definition(gated.replace("COUNT", "2"), name="g2.toml"), user="a")
+    keys = ("expanded", "sources", "git", "scripts")
+    await world.call("submit", update=rid, **{k: payload[k] for k in keys})
+    world.open_gate()
+    await settled(world, rid, "map", 1)
+    made = await world.call("products", request=rid)
+    cal = [p for p in made if p["stage"] == "cal"]
+    assert len(cal) == 1 and cal[0]["stale"] is None
+    jobs = [j for j in (await world.detail(rid))["jobs"] if j["stage"] == "cal"]
+    assert [j["outcome"] for j in jobs] == ["withdrawn", "processed"]
+    assert jobs[0]["stop"] == "request updated: new version"
