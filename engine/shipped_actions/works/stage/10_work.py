@@ -60,12 +60,12 @@ async def main(ctx: Context, params: dict[str, Any]) -> Any:
     fields = {key: params.pop(key) for key in WORK_FIELDS if key in params}
     work = await ctx.work(pipeline, params, **fields)
     results = dict(work.results or {})
-    sources = results.get("from") if isinstance(results.get("from"), dict) else {}
+    raw = results.get("from")
+    sources: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    products: list[str] = list(work.products or [])
+    plots: list[str] = list(work.plots or [])
     described = await trio.to_thread.run_sync(
-        lambda: (
-            _describe(list(work.products), "science", sources)
-            + _describe(list(work.plots or ()), "plot", sources)
-        )
+        lambda: _describe(products, "science", sources) + _describe(plots, "plot", sources)
     )
     ctx.log.info("work %s (%s): %d products", work.id, pipeline, len(described))
     return {"results": {"work": work.id, **results}, "products": described}
