@@ -22,6 +22,7 @@ from wfe.engine.definitions.errors import InvalidDefinition
 from wfe.engine.definitions.model import (
     PRODUCT_TYPES,
     QUERY_SOURCE,
+    WORK_ACTION,
     Backoff,
     Consumes,
     ParamSpec,
@@ -240,8 +241,24 @@ def _stage_or_query(value: Any) -> str:
 def _stages(value: Any, _t: Any) -> tuple[Stage, ...]:
     if not isinstance(value, list):
         raise _Bad("expected an array of tables ([[stages]])")
+    for i, table in enumerate(value):
+        if isinstance(table, dict) and "work" in table:
+            given = [k for k in ("rscript", "action") if k in table]
+            if given:
+                raise _Bad(
+                    f"[{i}]: a stage has one of rscript, action or work, not work and {given[0]}"
+                )
     stages: tuple[Stage, ...] = _converter.get_structure_hook(tuple[Stage, ...])(value, _t)
-    return stages
+    return tuple(_work_stage(s) for s in stages)
+
+
+def _work_stage(stage: Stage) -> Stage:
+    """A ``work`` stage as the action that runs it: ``works.stage`` with the bucket in params."""
+    if stage.work is None:
+        return stage
+    if "pipeline" in stage.params:
+        raise _Bad(f"stage {stage.name!r}: work names the bucket; params.pipeline is not allowed")
+    return attrs.evolve(stage, action=WORK_ACTION, params={**stage.params, "pipeline": stage.work})
 
 
 def _trigger(value: Any, _t: Any) -> Trigger:
@@ -298,6 +315,7 @@ _OVERRIDES: dict[type[Any], dict[str, Callable[[Any, Any], Any]]] = {
         "name": _stage_name,
         "rscript": _name("RScript"),
         "action": _action,
+        "work": _name("work pipeline"),
         "params": _table,
         "consumes": _consumes,
         "max_inputs": _at_least(1, optional=True),

@@ -142,6 +142,10 @@ class Consumes:
         return self.source == QUERY_SOURCE
 
 
+#: The shipped action a ``work`` stage runs (engine/shipped_actions/works/stage).
+WORK_ACTION = "works.stage"
+
+
 @attrs.frozen(kw_only=True)
 class Stage:
     """One ``[[stages]]`` entry, with ``[stage_defaults]`` already applied."""
@@ -150,6 +154,9 @@ class Stage:
     after: tuple[str, ...] = ()
     rscript: str | None = None
     action: str | None = None
+    # ``work = "calib"``: the stage runs on pull workers, one work per batch into that bucket;
+    # the converter makes it the shipped action WORK_ACTION with ``pipeline`` in its params
+    work: str | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     requires: Requirements = Requirements()
     consumes: Consumes | None = None

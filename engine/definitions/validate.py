@@ -67,7 +67,7 @@ def _check_stage(i: int, stage: Stage, params: Mapping[str, ParamSpec], *, has_q
     if (stage.rscript is None) == (stage.action is None):
         found = "both" if stage.rscript is not None else "neither"
         raise InvalidDefinition(
-            f"{where}: stage {stage.name!r} needs exactly one of rscript or action ({found} set)"
+            f"{where}: stage {stage.name!r} needs exactly one of rscript, action or work ({found} set)"
         )
     if stage.max_inputs is not None and stage.consumes is None:
         raise InvalidDefinition(

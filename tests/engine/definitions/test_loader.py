@@ -197,11 +197,23 @@ HEAD = '[workflow]\nname = "demo"\nnamespace = "t"\n'
         (HEAD, "stages: at least one [[stages]] is required"),
         (
             HEAD + '[[stages]]\nname = "s"\n',
-            "stages[0]: stage 's' needs exactly one of rscript or action (neither set)",
+            "stages[0]: stage 's' needs exactly one of rscript, action or work (neither set)",
         ),
         (
             HEAD + STAGE + 'action = "x.y"\n',
-            "stages[0]: stage 's' needs exactly one of rscript or action (both set)",
+            "stages[0]: stage 's' needs exactly one of rscript, action or work (both set)",
+        ),
+        (
+            HEAD + STAGE + 'work = "calib"\n',
+            "stages: [0]: a stage has one of rscript, action or work, not work and rscript",
+        ),
+        (
+            HEAD + '[[stages]]\nname = "s"\nwork = "calib"\nparams = { pipeline = "x" }\n',
+            "stages: stage 's': work names the bucket; params.pipeline is not allowed",
+        ),
+        (
+            HEAD + '[[stages]]\nname = "s"\nwork = " "\n',
+            "stages[0].work: expected a non-empty work pipeline name",
         ),
         (
             HEAD + '[[stages]]\nname = "s"\naction = "nodot"\n',

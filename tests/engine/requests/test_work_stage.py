@@ -1,5 +1,5 @@
-"""A request stage served by pull workers (the shipped action ``works.stage``): one work per
-batch goes into its bucket; what the worker returns becomes the batch's products, with
+"""A request stage served by pull workers (``work = "calib"``, run by the shipped action
+``works.stage``): one work per batch goes into its bucket; what the worker returns becomes the batch's products, with
 provenance back to the raw inputs."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ WORK_STAGE = (
     + """
 [[stages]]
 name = "calibrate"
-action = "works.stage"
+work = "calib"
 consumes = "query"
 max_inputs = 1
-params = { pipeline = "calib", function = "calib.run", priority = 4, scale = 2 }
+params = { function = "calib.run", priority = 4, scale = 2 }
 """
 )
 
