@@ -6,7 +6,9 @@ wires them to curses and to a ``Client``. Tables refresh when a committed event 
 most every ``REFRESH`` seconds) and every few seconds for the statistics. Keys::
 
     1 2 3 4 / Tab jobs, requests, agents, works   up/down, j/k   select
-    Enter / o     the selected job's output (live) Esc / b        back from the output
+    Enter / o     the selected job's output (live), or the selected request's detail (its
+                  stages; for a standing request their gaps, cooldowns, runs and stale products)
+    Esc / b       back from the output or the detail
     x             kill the selected job           n              run: `rscript NAME k=v ...`
     a p r c A     approve, pause, resume, cancel, archive the selected request
     ?             help                            q              quit
@@ -51,6 +53,8 @@ class Model:
     output_job: str | None = None  # showing this job's output
     output: list[str] = attrs.Factory(list)
     output_state: str = ""
+    detail: list[str] | None = None  # a request's detail, as `wfe status REQUEST` prints it
+    detail_of: str = ""
     prompt: str | None = None  # text being typed after "run: "
     confirm: tuple[str, str] | None = None  # (op, target) waiting for y/n
     message: str = "? for help"
@@ -94,14 +98,18 @@ def handle_key(model: Model, key: str) -> tuple[str, dict[str, Any]] | None:
     if model.output_job is not None and key in ("\x1b", "b", "KEY_BACKSPACE", "KEY_LEFT"):
         model.output_job = None
         return ("untail", {})
+    if model.detail is not None and key in ("\x1b", "b", "KEY_BACKSPACE", "KEY_LEFT"):
+        model.detail = None
+        return None
     if key == "q":
         return ("quit", {})
     if key == "?":
         model.message = HELP
     elif key in ("1", "2", "3", "4"):
-        model.tab, model.output_job = TABS[int(key) - 1], None
+        model.tab, model.output_job, model.detail = TABS[int(key) - 1], None, None
     elif key == "\t":
-        model.tab, model.output_job = TABS[(TABS.index(model.tab) + 1) % len(TABS)], None
+        model.tab = TABS[(TABS.index(model.tab) + 1) % len(TABS)]
+        model.output_job, model.detail = None, None
     elif key in ("j", "KEY_DOWN"):
         model.selected[model.tab] = min(
             model.selected[model.tab] + 1, max(len(model.rows()) - 1, 0)
@@ -120,6 +128,10 @@ def handle_key(model: Model, key: str) -> tuple[str, dict[str, Any]] | None:
         if job is not None:
             model.confirm = ("kill", job["id"])
             model.message = f"kill {job['id']} and everything it started? y/n"
+    elif model.tab == "requests" and key in ("\n", "o", "KEY_ENTER"):
+        request = model.current()
+        if request is not None:
+            return ("detail", {"request": request["id"]})
     elif model.tab == "requests" and key in REQUEST_KEYS:
         request = model.current()
         if request is not None:
@@ -187,6 +199,9 @@ def render(model: Model, height: int, width: int) -> tuple[list[str], int | None
     if model.output_job is not None:
         lines[2] = f"output of {model.output_job} ({model.output_state})  Esc: back"
         lines += model.output[-body:]
+    elif model.detail is not None:
+        lines[2] = f"request {model.detail_of}  Esc: back"
+        lines += model.detail[:body]
     else:
         table, selected = _table(model)
         if len(table) > 1:
@@ -326,6 +341,8 @@ class App:
         if self.has_requests:
             self.model.requests = await self.client.call("requests", limit=200)
         self.model.works = buckets(await self.client.call("work.buckets"))
+        if self.model.detail is not None:  # a request's detail follows its events too
+            await self.show_detail(self.model.detail_of)
         self.terminal.draw(self.model)
 
     async def refresher(self) -> None:
@@ -351,12 +368,24 @@ class App:
                     self.model.add_output(f"\n-- missed output chunks {frame['missed']} --\n")
                 self.terminal.draw(self.model)
 
+    async def show_detail(self, request_id: str) -> None:
+        """Show request ``request_id`` as ``wfe status REQUEST`` prints it."""
+        from wfe.engine.cli.requests import render_request
+
+        record = await self.client.call("request", request=request_id)
+        self.model.detail_of = request_id
+        self.model.detail = render_request(record).splitlines()
+        self.terminal.draw(self.model)
+
     async def perform(self, op: str, args: dict[str, Any]) -> None:
         try:
             if op in ("tail", "untail") and self.tail_stream is not None:
                 stream, self.tail_stream = self.tail_stream, None
                 await self.client.call("unsubscribe", stream=stream)
             if op == "untail":
+                return
+            if op == "detail":
+                await self.show_detail(str(args["request"]))
                 return
             result = await self.client.call(op, **args)
             if op == "tail":

@@ -75,6 +75,18 @@ def test_render_fits_the_screen_and_highlights_the_selection() -> None:
     assert highlight is not None and lines[highlight].startswith("j30 ")
 
 
+def test_enter_on_a_request_asks_for_its_detail_and_esc_goes_back() -> None:
+    """Enter on the requests tab asks for the selected request's detail; the screen shows it
+    under a header naming the request; Esc returns to the table."""
+    model = Model(tab="requests", requests=[{"id": "t-alice-0001", "state": "running"}])
+    assert handle_key(model, "\n") == ("detail", {"request": "t-alice-0001"})
+    model.detail, model.detail_of = ["stage  state", "a      running  gap 3"], "t-alice-0001"
+    lines, _ = render(model, 10, 80)
+    assert lines[2] == "request t-alice-0001  Esc: back"
+    assert lines[3:5] == ["stage  state", "a      running  gap 3"]
+    assert handle_key(model, "\x1b") is None and model.detail is None
+
+
 def test_the_works_tab_shows_each_buckets_counts() -> None:
     """Key 4 opens the works tab: one row per pipeline with its queued, running, success,
     failure and cancelled counts (0 where the bucket has none)."""
@@ -152,6 +164,10 @@ async def test_the_terminal_console_shows_output_live_and_acts(console: Console)
                 await keys(session, "a")
                 await screen_shows(session, "approve: request " + rid)
                 assert (await c.call("request", request=rid))["state"] != "submitted"
+                await keys(session, "Enter")  # the request's detail, as `wfe status REQUEST`
+                await screen_shows(session, f"request {rid}  Esc: back", "STAGE  STATE")
+                await keys(session, "Escape")
+                await screen_shows(session, "[2 requests]", rid)
                 events: list[dict[str, Any]] = await c.call("events", limit=5000)
                 kill = [e for e in events if e["kind"] == "job.kill_requested"]
                 assert [(e["subject"], e["data"]["by"]) for e in kill] == [(victim, "bootstrap")]
