@@ -151,6 +151,7 @@ async function route() {
     const m = hash.match(pattern);
     if (!m) continue;
     showTab(tab || m[1]);
+    if ((tab || m[1]) === "new" && state.role !== "viewer") loadRunnables().catch((err) => message(err.message, true));
     if (open) {
       state.open = { tab: tab, key: decodeURIComponent(m[1]) };
       try { await open(state.open.key); } catch (err) { message(err.message, true); }

@@ -271,6 +271,67 @@ async function runSearch() {
 
 // --- forms and buttons -------------------------------------------------------------------------
 
+// The run form is built from the declared parameters of the chosen action or RScript (the
+// `actions` and `rscripts` ops): one typed input per parameter with its default and doc. An
+// empty optional field is left out (the engine applies the default); a bad value is refused
+// with one line naming the parameter, before anything is sent.
+async function loadRunnables() {
+  if (state.runnables) return;
+  const [actions, rscripts] = await Promise.all([call("actions"), call("rscripts")]);
+  state.runnables = { action: actions, rscript: rscripts };
+  showRunFields();
+}
+
+function runnable() {
+  return (state.runnables?.[$("run-kind").value] || []).find((r) => r.name === $("run-name").value.trim());
+}
+
+function showRunFields() {
+  const list = state.runnables?.[$("run-kind").value] || [];
+  $("run-names").replaceChildren(...list.map((r) => Object.assign(document.createElement("option"), { value: r.name })));
+  const chosen = runnable();
+  $("run-doc").textContent = chosen ? chosen.doc || "" : "";
+  $("run-fields").replaceChildren(...(chosen ? chosen.params : []).map((p) => {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.dataset.param = p.name;
+    input.dataset.type = p.type;
+    if (p.type === "bool") { input.type = "checkbox"; input.checked = p.default === true; }
+    // numbers as text (inputmode for the keyboard): a number input would turn "x" into "" silently
+    else if (p.type === "int" || p.type === "float") input.inputMode = p.type === "int" ? "numeric" : "decimal";
+    if (p.type !== "bool") {
+      input.placeholder = p.default === null || p.default === undefined ? (p.required ? "required" : "") : JSON.stringify(p.default);
+      input.required = !!p.required;
+    }
+    const help = Object.assign(document.createElement("span"), { className: "hint", textContent: ` ${p.type}${p.required ? ", required" : ""}${p.description ? ": " + p.description : ""}` });
+    label.append(`${p.name} `, input, help);
+    return label;
+  }));
+}
+
+function fieldValues() {
+  const params = {};
+  for (const input of $("run-fields").querySelectorAll("input[data-param]")) {
+    const name = input.dataset.param, type = input.dataset.type;
+    if (type === "bool") { params[name] = input.checked; continue; }
+    const text = input.value.trim();
+    if (!text) {
+      if (input.required) throw new Error(`params.${name}: required`);
+      continue;
+    }
+    if (type === "int") {
+      if (!/^-?\d+$/.test(text)) throw new Error(`params.${name}: expected an integer, got ${JSON.stringify(text)}`);
+      params[name] = Number(text);
+    } else if (type === "float") {
+      if (!Number.isFinite(Number(text))) throw new Error(`params.${name}: expected a number, got ${JSON.stringify(text)}`);
+      params[name] = Number(text);
+    } else if (type === "list" || type === "dict" || type === "json") {
+      try { params[name] = JSON.parse(text); } catch (err) { throw new Error(`params.${name}: not JSON: ${err.message}`); }
+    } else params[name] = text;
+  }
+  return params;
+}
+
 function setupViews() {
   $("kill").addEventListener("click", async () => {
     const job = state.open?.key;
@@ -293,6 +354,8 @@ function setupViews() {
     state.dirty = true;
   });
   $("output-find").addEventListener("input", findInOutput);
+  $("run-kind").addEventListener("change", showRunFields);
+  $("run-name").addEventListener("input", showRunFields);
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); state.offsets.search = 0; runSearch(); });
   for (const b of document.querySelectorAll("#search-form .pager button")) {
     b.addEventListener("click", () => {
@@ -303,7 +366,7 @@ function setupViews() {
   $("run-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     try {
-      const args = { params: parseJson($("run-params").value, "params") };
+      const args = { params: { ...fieldValues(), ...parseJson($("run-params").value, "params") } };
       args[$("run-kind").value] = $("run-name").value.trim();
       const started = await call("run", args);
       message(`started ${started.job}`);

@@ -306,3 +306,41 @@ async def test_each_operations_view_shows_what_the_engine_holds(
                 )
                 assert opened == newest[1] and everything["total"] == len(newest)
                 await shots.take("jobs-keyboard")
+
+                # the run form built from sleep_echo's declared parameters, checked before sending
+                await goto(page, "#/new")
+                await page.fill("run-name", "sleep_echo")
+                await page.js(
+                    "document.getElementById('run-name').dispatchEvent(new Event('input'))"
+                )
+                declared = (await admin.call("rscripts", name="sleep_echo"))[0]["params"]
+                fields = await until(
+                    page,
+                    "document.querySelectorAll('#run-fields input[data-param]').length > 0",
+                    "[...document.querySelectorAll('#run-fields input[data-param]')].map(i => [i.dataset.param, i.type])",
+                )
+                path = await shots.take("run-form")
+                kinds = {"bool": "checkbox"}
+                assert fields == [[p["name"], kinds.get(p["type"], "text")] for p in declared], path
+                await page.js(
+                    "document.querySelector('#run-fields input[data-param=\"lines\"]').value = 'x';"
+                    "document.querySelector('#run-fields input[data-param=\"message\"]').value = 'from the form'"
+                )
+                before = (await admin.call("search", kind="jobs", limit=1))["total"]
+                await page.click("#run-submit")
+                refusal = await until(
+                    page, f"{page.text('message')}.startsWith('params.')", page.text("message")
+                )
+                assert refusal == 'params.lines: expected an integer, got "x"', path
+                assert (await admin.call("search", kind="jobs", limit=1))["total"] == before
+                await page.js(
+                    "document.querySelector('#run-fields input[data-param=\"lines\"]').value = '2'"
+                )
+                await page.click("#run-submit")
+                ran = await until(
+                    page, "location.hash.startsWith('#/job/')", "location.hash.slice(6)"
+                )
+                assert (await admin.call("wait", job=ran))["state"] == "succeeded"
+                assert (await admin.call("logs", job=ran))[
+                    "output"
+                ] == "from the form\nfrom the form\n"
