@@ -69,14 +69,16 @@ def submission(
     user: str | None = None,
     namespace: str | None = None,
     priority: int = 0,
+    overlay: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """The ``submit`` op's arguments for the definition in ``file``: the expanded
-    definition, its sources and git state, and the RScripts from ``rscripts/`` beside it.
+    definition (with the ``overlay`` testbed.toml applied, if given), its sources and git
+    state, and the RScripts from ``rscripts/`` beside it.
     Blocking (file reads, git). Raises ``DefinitionError`` / ``SubmitError``."""
     from wfe.engine.definitions import load_definition, parse_assignments
     from wfe.engine.requests.scripts import bundle
 
-    definition = load_definition(Path(file))
+    definition = load_definition(Path(file), overlay=overlay)
     git = definition.git
     payload: dict[str, Any] = {
         "expanded": definition.expanded,
@@ -101,7 +103,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         user=args.user,
         namespace=args.namespace,
         priority=args.priority,
+        overlay=args.overlay,
     )
+    for table in payload["expanded"].get("testbed", {}).get("unused", ()):
+        print(
+            f"warning: {args.overlay}: [{table}] matches no table of the definition",
+            file=sys.stderr,
+        )
     if args.update:
         keep = ("expanded", "sources", "git", "scripts")
         record = _call(args, "submit", update=args.update, **{k: payload[k] for k in keep})
@@ -364,6 +372,11 @@ def register(add: Add) -> None:
         help="a request parameter",
     )
     p.add_argument("--namespace", help="run in this namespace instead of the definition's")
+    p.add_argument(
+        "--overlay",
+        metavar="TESTBED_TOML",
+        help="apply a testbed.toml: its [testbed] namespace and its configuration overrides",
+    )
     p.add_argument("--priority", type=int, default=0, help="added to every stage's priority")
     p.add_argument("--user", help="submit as this user (default: $USER); part of the request id")
     p.add_argument(

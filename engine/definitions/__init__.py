@@ -13,6 +13,13 @@ See ``docs/definitions.md`` for the format.
 
 from __future__ import annotations
 
+from wfe.engine.definitions.config import (
+    NO_CONFIG,
+    WFE_TABLES,
+    apply_overlay,
+    config_of,
+    frozen,
+)
 from wfe.engine.definitions.dump import dump_toml
 from wfe.engine.definitions.errors import (
     DagError,
@@ -72,6 +79,7 @@ from wfe.engine.definitions.validate import (
 __all__ = [
     "INPUTS_PARAM",
     "NAMESPACE_REQUIRED",
+    "NO_CONFIG",
     "PRODUCT_TYPES",
     "QUERY_SOURCE",
     "Approval",
@@ -100,17 +108,21 @@ __all__ = [
     "Trigger",
     "TriggerKind",
     "UnknownRScript",
+    "WFE_TABLES",
     "VersionPolicy",
     "Workflow",
+    "apply_overlay",
     "build_definition",
     "canonical_json",
     "check_actions",
     "check_rscripts",
     "compile_query",
+    "config_of",
     "deep_merge",
     "downstream",
     "dump_toml",
     "expand_includes",
+    "frozen",
     "git_info",
     "load_definition",
     "next_tick",

@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from wfe.engine.definitions.config import apply_overlay, split_config, testbed_namespace
 from wfe.engine.definitions.convert import structure_document, structure_stage_defaults
 from wfe.engine.definitions.errors import DefinitionError, InvalidDefinition
 from wfe.engine.definitions.merge import deep_merge, expand_includes, plain
@@ -33,10 +34,15 @@ from wfe.engine.definitions.validate import check_document
 NAMESPACE_REQUIRED = 'namespace is required: add `namespace = "..."` under [workflow]'
 
 
-def load_definition(path: str | os.PathLike[str]) -> Definition:
-    """Load the definition in ``path`` with its includes. Raises ``DefinitionError``."""
+def load_definition(
+    path: str | os.PathLike[str], *, overlay: str | os.PathLike[str] | None = None
+) -> Definition:
+    """Load the definition in ``path`` with its includes, and the ``overlay`` file (the
+    seed's ``testbed.toml``) over them when given. Raises ``DefinitionError``."""
     shown = os.path.normpath(path)
     merged, files = expand_includes(Path(shown))
+    if overlay is not None:
+        merged = apply_overlay(merged, overlay)
     try:
         definition = build_definition(merged, sources=tuple(str(f) for f in files))
     except DefinitionError as exc:
@@ -71,11 +77,14 @@ def build_definition(
         raise InvalidDefinition(
             "workflow.includes: unresolved (load the file with load_definition)"
         )
+    own, config = split_config(data)
+    if "testbed" in own:  # the seed's instance table: its namespace is the one
+        workflow = {**workflow, "namespace": testbed_namespace(own.pop("testbed"))}
     namespace = workflow.get("namespace")
     if namespace is None or (isinstance(namespace, str) and not namespace.strip()):
         raise InvalidDefinition(NAMESPACE_REQUIRED)
 
-    raw = dict(data)
+    raw = {**own, "workflow": workflow}
     query_data = raw.pop("query", None)
     defaults = raw.pop("stage_defaults", None)
     if defaults is not None:
@@ -100,6 +109,7 @@ def build_definition(
         query=query,
         stages=document.stages,
         expanded=data,
+        config=config,
         sha256=hashlib.sha256(canonical_json(data)).hexdigest(),
         sources=sources,
         git=git,

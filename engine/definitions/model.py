@@ -199,6 +199,8 @@ class Definition:
     query: Query | None
     stages: tuple[Stage, ...]
     expanded: Mapping[str, Any] = attrs.field(hash=False)  # the merged TOML, JSON-ready
+    # the workflow's configuration tables (every top-level table not wfe's), as merged
+    config: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     sha256: str  # of ``canonical_json(expanded)``
     sources: tuple[str, ...] = ()  # absolute paths of the files merged, main file last
     git: GitInfo | None = None

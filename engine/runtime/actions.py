@@ -18,12 +18,13 @@ unfinished in the repository, to be resumed by the next start.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
+from wfe.engine.definitions.config import NO_CONFIG, config_of
 from wfe.engine.errors import ActionFailed, EngineError, JobCancelled, RScriptFailed, UnknownJob
 from wfe.engine.repository.job_log import JobLog
 from wfe.engine.repository.jobs import unfinished_root_actions
@@ -73,6 +74,8 @@ class Run:
     scripts: list[str] = attrs.Factory(list)  # RScript jobs this run started
     # every child job, to forget their outcomes at the end
     children: list[str] = attrs.Factory(list)
+    # the request definition's configuration tables (ctx.config); children share the root's
+    config: Mapping[str, Any] = NO_CONFIG
 
     def kill_requested(self) -> bool:
         run: Run | None = self
@@ -131,6 +134,12 @@ class Context:
     @property
     def job_id(self) -> str:
         return self._run.job.id
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The configuration tables of the request's definition (read-only), for actions a
+        request's stage started and their children; empty otherwise."""
+        return self._run.config
 
     @property
     def action(self) -> Callable[..., Any]:
@@ -367,6 +376,7 @@ class ActionRunner:
             with run.scope:
                 if job.state is not JobState.RUNNING:
                     await self.repo.write(set_job_state(job.id, JobState.RUNNING, started=True))
+                run.config = await self._config(run)
                 result = None
                 async with trio.open_nursery() as children:
                     ctx = Context(self, run, children)
@@ -401,6 +411,21 @@ class ActionRunner:
             self._runs.pop(job.id, None)
             for child in run.children:  # outcomes nobody joined would otherwise stay forever
                 self.completions.forget(child)
+
+    async def _config(self, run: Run) -> Mapping[str, Any]:
+        """``ctx.config`` of ``run``: its parent's, or its request definition's tables."""
+        if run.parent is not None:
+            return run.parent.config
+        rid = run.job.request_id
+        if rid is None:
+            return NO_CONFIG
+        from wfe.engine.repository.requests import get_request, stored_definition
+
+        def read(db: Any) -> Mapping[str, Any]:
+            return config_of(stored_definition(db, get_request(db, rid).definition).expanded)
+
+        config: Mapping[str, Any] = await self.repo.read(read)
+        return config
 
     async def _killed(self, run: Run) -> None:
         """Record a killed run, and cancel the RScripts it started on their agents."""
