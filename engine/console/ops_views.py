@@ -12,6 +12,7 @@ Registered with ``@op`` when ``wfe.engine.console.api`` imports this module.
 * ``request.graph``: a request's stages with their upstream stages and its expanded
   definition, for the stage DAG.
 * ``agent.history``: an agent's recorded state changes and when it was last heard.
+* ``activity``: RScript jobs ended, queued and running over a time window, for the plots.
 * ``comment``: an operator's comment on a request, recorded as a ``request.comment`` event
   (the page sends one with an approval).
 """
@@ -113,6 +114,21 @@ async def _agent_history(session: Session, args: dict[str, Any]) -> Any:
     """agent → {name, state, first_seen, last_seen, heard_ago, events}: its recorded state
     changes (connected, lost, reconnected), newest first, and seconds since last heard."""
     return await session.engine.agent_history(arg(args, "agent", str))
+
+
+@op("activity", role="viewer")
+async def _activity(session: Session, args: dict[str, Any]) -> Any:
+    """since, until (epoch seconds), buckets (60, 1..500) → {since, until, step, ended,
+    queued, running}: RScript jobs ended per step by state, queued and running at each step's end."""
+    since, until = _seconds(args, "since"), _seconds(args, "until")
+    if since is None or until is None or not since < until:
+        raise ApiError(
+            BAD_REQUEST, "args.since and args.until: expected numbers with since < until"
+        )
+    buckets = arg(args, "buckets", int, 60)
+    if not 1 <= buckets <= MAX_PAGE:
+        raise ApiError(BAD_REQUEST, f"args.buckets: must be 1..{MAX_PAGE}, got {buckets}")
+    return await session.engine.activity(since=since, until=until, buckets=buckets)
 
 
 @op("comment", role="operator")

@@ -273,3 +273,42 @@ def agent_history(name: str, *, limit: int = 200) -> Callable[[Conn], JsonObject
         }
 
     return fn
+
+
+def activity(since: float, until: float, buckets: int) -> Callable[[Conn], JsonObject]:
+    """RScript jobs over ``[since, until]`` in ``buckets`` equal steps: per step the jobs that
+    ended in it by final state (``ended``: ``{state: [counts]}``), and at each step's end
+    how many were queued (created, not started or ended) and running (started, not ended).
+    Read in one pass over the jobs that overlap the window."""
+
+    def fn(conn: Conn) -> JsonObject:
+        step = (until - since) / buckets
+        ends = [since + step * (i + 1) for i in range(buckets)]
+        ended: dict[str, list[int]] = {}
+        queued = [0] * buckets
+        running = [0] * buckets
+        rows = conn.execute(
+            "SELECT created_at, started_at, ended_at, state FROM jobs WHERE kind = 'rscript'"
+            " AND created_at <= ? AND (ended_at IS NULL OR ended_at >= ?)",
+            (until, since),
+        )
+        for created, started, finished, state in rows:
+            if finished is not None and since < finished <= until:
+                i = min(buckets - 1, int((finished - since) / step))
+                ended.setdefault(str(state), [0] * buckets)[i] += 1
+            for i, t in enumerate(ends):
+                if created <= t and (finished is None or finished > t):
+                    if started is not None and started <= t:
+                        running[i] += 1
+                    else:
+                        queued[i] += 1
+        return {
+            "since": since,
+            "until": until,
+            "step": step,
+            "ended": {k: list(v) for k, v in sorted(ended.items())},
+            "queued": list(queued),
+            "running": list(running),
+        }
+
+    return fn

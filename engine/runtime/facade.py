@@ -201,6 +201,10 @@ class Engine:
         found["heard_ago"] = None if live is None else trio.current_time() - live.last_heard
         return found
 
+    async def activity(self, *, since: float, until: float, buckets: int) -> JsonObject:
+        """RScript jobs ended, queued and running over a time window (``search.activity``)."""
+        return await self.repo.read(search_rows.activity(since, until, buckets))
+
     async def comment_request(self, rid: str, text: str, *, by: str | None) -> None:
         """Record an operator's comment on request ``rid`` (a ``request.comment`` event,
         committed). Raises ``UnknownRequest``."""

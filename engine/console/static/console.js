@@ -142,7 +142,7 @@ const ROUTES = [
   [/^#\/request\/(.+)$/, "requests", (id) => openRequest(id)],
   [/^#\/agent\/(.+)$/, "agents", (name) => openAgent(name)],
   [/^#\/works\/(.+)$/, "works", (pipeline) => openWorks(pipeline)],
-  [/^#\/(jobs|requests|agents|works|search|new)$/, null, null],
+  [/^#\/(jobs|requests|agents|works|search|plots|new)$/, null, null],
 ];
 
 async function route() {
@@ -220,7 +220,7 @@ async function refresh() {
   state.busy = true;
   state.dirty = false;
   try {
-    const lists = { jobs: refreshJobs, requests: refreshRequests, agents: refreshAgents, works: refreshWorks };
+    const lists = { jobs: refreshJobs, requests: refreshRequests, agents: refreshAgents, works: refreshWorks, plots: refreshPlots };
     if (lists[state.tab]) await lists[state.tab]();
     if (state.open && state.open.tab === state.tab) await refreshOpen();
     await refreshStats();

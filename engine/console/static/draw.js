@@ -136,3 +136,48 @@ function drawGantt(container, attempts, nowSeconds) {
   }
   container.replaceChildren(svg);
 }
+
+// Bars stacked per step (one series per state), or lines (one per series), over the steps of
+// an `activity` answer; a left axis with the largest value and the window's times below.
+function drawSteps(container, activity, series, kind) {
+  const n = series.length ? series[0].values.length : 0;
+  const W = 640, H = 160, LEFT = 40, PAD = 6, AXIS = 18;
+  const top = Math.max(1, ...(kind === "bars"
+    ? Array.from({ length: n }, (_, i) => series.reduce((sum, s) => sum + s.values[i], 0))
+    : series.flatMap((s) => s.values)));
+  const width = LEFT + W + PAD, height = PAD + H + AXIS;
+  const x = (i) => LEFT + (i * W) / n, y = (v) => PAD + H - (v * H) / top;
+  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: `plot ${kind}`, role: "img" });
+  svg.append(svgEl("line", { x1: LEFT, x2: LEFT + W, y1: PAD + H, y2: PAD + H, class: "grid" }));
+  svg.append(svgEl("text", { x: LEFT - 4, y: PAD + 10, "text-anchor": "end", class: "tick" }, String(top)));
+  svg.append(svgEl("text", { x: LEFT - 4, y: PAD + H, "text-anchor": "end", class: "tick" }, "0"));
+  if (kind === "bars") {
+    for (let i = 0; i < n; i++) {
+      let base = 0;
+      for (const s of series) {
+        const v = s.values[i];
+        if (!v) continue;
+        const bar = svgEl("rect", { x: x(i) + 1, y: y(base + v), width: Math.max(1, W / n - 2), height: y(base) - y(base + v),
+          class: `bar s-${s.name}`, "data-series": s.name, "data-step": i, "data-count": v });
+        bar.append(svgEl("title", {}, `${s.name}: ${v}`));
+        svg.append(bar);
+        base += v;
+      }
+    }
+  } else {
+    for (const s of series) {
+      const points = s.values.map((v, i) => `${x(i + 1)},${y(v)}`).join(" ");
+      svg.append(svgEl("polyline", { points: `${x(0)},${y(s.values[0] || 0)} ${points}`, class: `line s-${s.name}`, "data-series": s.name,
+        "data-max": Math.max(0, ...s.values) }));
+    }
+  }
+  const legend = series.map((s) => s.name).join(", ");
+  svg.append(svgEl("text", { x: LEFT, y: height - 4, class: "tick" }, fmtClock(activity.since)));
+  svg.append(svgEl("text", { x: LEFT + W / 2, y: height - 4, class: "tick", "text-anchor": "middle" }, legend));
+  svg.append(svgEl("text", { x: LEFT + W, y: height - 4, class: "tick", "text-anchor": "end" }, fmtClock(activity.until)));
+  container.replaceChildren(svg);
+}
+
+function fmtClock(t) {
+  return new Date(t * 1000).toISOString().replace("T", " ").slice(5, 16);
+}

@@ -224,6 +224,16 @@ async function refreshWorksOf(pipeline) {
   }));
 }
 
+// --- plots: throughput and queue depth over a window, from the repository ------------------
+
+async function refreshPlots() {
+  const until = Date.now() / 1000;
+  const activity = await call("activity", { since: until - Number($("plots-window").value), until, buckets: 60 });
+  const ended = Object.entries(activity.ended).map(([name, values]) => ({ name, values }));
+  drawSteps($("plot-throughput"), activity, ended, "bars");
+  drawSteps($("plot-depth"), activity, [{ name: "queued", values: activity.queued }, { name: "running", values: activity.running }], "lines");
+}
+
 // --- search: server-side, filtered, paged ----------------------------------------------------
 
 const SEARCH_COLUMNS = {
@@ -354,6 +364,7 @@ function setupViews() {
     state.dirty = true;
   });
   $("output-find").addEventListener("input", findInOutput);
+  $("plots-window").addEventListener("change", () => refresh());
   $("run-kind").addEventListener("change", showRunFields);
   $("run-name").addEventListener("input", showRunFields);
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); state.offsets.search = 0; runSearch(); });

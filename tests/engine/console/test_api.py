@@ -99,18 +99,28 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                 "request": ({"request": rid}, lambda r: r["state"] == "submitted"),
                 "lifecycle": (
                     {"request": rid},
-                    lambda r: r == {"request": rid, "state": "submitted", "verbs": ["approve", "cancel"]},
+                    lambda r: (
+                        r == {"request": rid, "state": "submitted", "verbs": ["approve", "cancel"]}
+                    ),
                 ),
                 "request.graph": (
                     {"request": rid},
-                    lambda r: [(x["name"], x["depends_on"], x["from_query"]) for x in r["stages"]]
-                    == [("echo", [], True)],
+                    lambda r: (
+                        [(x["name"], x["depends_on"], x["from_query"]) for x in r["stages"]]
+                        == [("echo", [], True)]
+                    ),
                 ),
                 "agent.history": (
                     {"agent": "local-1"},
-                    lambda r: r["state"] == "connected"
-                    and r["heard_ago"] >= 0
-                    and r["events"][0]["kind"] == "agent.state",
+                    lambda r: (
+                        r["state"] == "connected"
+                        and r["heard_ago"] >= 0
+                        and r["events"][0]["kind"] == "agent.state"
+                    ),
+                ),
+                "activity": (
+                    {"since": 0, "until": 4e9, "buckets": 2},
+                    lambda r: r["ended"] == {"succeeded": [1, 0]} and r["queued"] == [0, 0],
                 ),
                 "comment": (
                     {"request": rid, "text": "looks right"},
@@ -122,8 +132,10 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                 ),
                 "timeline": (
                     {"job": job},
-                    lambda r: [(a["job"], a["state"], a["agent"]) for a in r["attempts"]]
-                    == [(job, "succeeded", "local-1")],
+                    lambda r: (
+                        [(a["job"], a["state"], a["agent"]) for a in r["attempts"]]
+                        == [(job, "succeeded", "local-1")]
+                    ),
                 ),
                 "approve": ({"request": rid}, lambda r: r["state"] == "approved"),
                 "request_wait": ({"request": rid}, lambda r: r["state"] == "completed"),

@@ -307,6 +307,20 @@ async def test_each_operations_view_shows_what_the_engine_holds(
                 assert opened == newest[1] and everything["total"] == len(newest)
                 await shots.take("jobs-keyboard")
 
+                # plots: every succeeded RScript job of the last hour counted once in the bars
+                jobs = await admin.call("find_jobs", limit=1000, all=True, state="succeeded")
+                succeeded = sum(1 for j in jobs if j["kind"] == "rscript")
+                await goto(page, "#/plots")
+                bars = await until(
+                    page,
+                    "document.querySelectorAll('#plot-throughput .bar').length > 0"
+                    " && document.querySelectorAll('#plot-depth .line').length === 2",
+                    "[...document.querySelectorAll('#plot-throughput .bar')].map(b => [b.dataset.series, Number(b.dataset.count)])",
+                )
+                path = await shots.take("plots")
+                assert {series for series, _ in bars} == {"succeeded"}, path
+                assert sum(count for _, count in bars) == succeeded > 0, path
+
                 # the run form built from sleep_echo's declared parameters, checked before sending
                 await goto(page, "#/new")
                 await page.fill("run-name", "sleep_echo")
