@@ -101,7 +101,9 @@ def test_the_testbed_overlay_applies_to_both_workflows() -> None:
 async def test_a_stage_action_reads_the_configuration_as_ctx_config(tmp_path: Path) -> None:
     """Submitted with the overlay to a real engine, the example's daq.parameters action
     gets the merged configuration as ctx.config and builds the seed's DAQ parameters:
-    the base, the fast_processing section over it, the overlay's stf_count over that."""
+    the base, the fast_processing section over it, the overlay's stf_count over that.
+    Run on its own (not by a request's stage), the same action sees an empty config;
+    `wfe submit --overlay` records the namespace and warns of a table it did not apply."""
     from tests.engine.requests.conftest import open_world, workspace
 
     ws = workspace(tmp_path / "ws", agents=1, slots=2)
@@ -116,6 +118,20 @@ async def test_a_stage_action_reads_the_configuration_as_ctx_config(tmp_path: Pa
         assert (await world.wait(record["id"]))["state"] == "completed"
         jobs = (await world.detail(record["id"]))["jobs"]
         status = await world.call("status", job=jobs[0]["job"])
+        alone = (await world.call("run", action="daq.parameters"))["job"]
+        assert (await world.call("wait", job=alone))["state"] == "succeeded"
+        outside = await world.call("status", job=alone)
+        code, out, err = await world.wfe(
+            "submit",
+            str(DAQ / "stf_processing_default.toml"),
+            "--overlay",
+            str(DAQ / "testbed.toml"),
+        )
+        assert code == 0, err
+        assert "[fast_processing] matches no table of the definition" in err
+        shown = await world.call("request", request=out.strip())
+    assert shown["namespace"] == "your-namespace"
+    assert outside["result"] == {"results": {}}  # not a request's stage: ctx.config is {}
     daq = dict(read(FILES[0])["daq_state_machine"])
     daq.update(read(MAINS[1])["fast_processing"])
     daq["stf_count"] = 5
