@@ -181,3 +181,43 @@ function drawSteps(container, activity, series, kind) {
 function fmtClock(t) {
   return new Date(t * 1000).toISOString().replace("T", " ").slice(5, 16);
 }
+
+// A product's provenance as a graph: the product on the right, what it was made from to its
+// left, back to the raw catalog entries; each product names its stage, RScript and agent.
+function drawProvenance(container, chain) {
+  const W = 200, H = 44, GX = 50, GY = 12, PAD = 8;
+  const placed = [];
+  let leaves = 0;
+  const place = (item, depth) => {
+    const kids = item.kind === "product" ? (item.from || []).map((k) => place(k, depth + 1)) : [];
+    const y = kids.length ? (kids[0].y + kids[kids.length - 1].y) / 2 : (leaves++) * (H + GY);
+    const node = { item, depth, y, kids };
+    placed.push(node);
+    return node;
+  };
+  place(chain, 0);
+  const depth = Math.max(...placed.map((n) => n.depth));
+  const width = PAD * 2 + (depth + 1) * (W + GX) - GX, height = PAD * 2 + Math.max(1, leaves) * (H + GY) - GY;
+  const x = (n) => PAD + (depth - n.depth) * (W + GX);
+  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "provenance dag", role: "img" });
+  for (const n of placed) {
+    for (const k of n.kids) {
+      const x1 = x(k) + W, y1 = PAD + k.y + H / 2, x2 = x(n), y2 = PAD + n.y + H / 2, mx = (x1 + x2) / 2;
+      svg.append(svgEl("path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, class: "edge" }));
+    }
+  }
+  for (const n of placed) {
+    const it = n.item;
+    const product = it.kind === "product";
+    const g = svgEl("g", { class: `node prov-${it.kind}${it.missing ? " missing" : ""}`, transform: `translate(${x(n)},${PAD + n.y})`,
+      "data-kind": it.kind, "data-ref": product ? it.id : (it.path || it.ref || "") });
+    const first = product ? `${it.id} (${it.stage || "?"})` : (it.path || it.ref || "?").split("/").pop();
+    const second = product ? `${it.made_by?.rscript || "?"} on ${it.made_by?.agent || "-"}` : it.kind === "catalog" ? `raw ${it.size ?? "?"} B` : it.kind;
+    g.append(svgEl("title", {}, product ? `${it.path}` : `${it.path || it.ref}`));
+    g.append(svgEl("rect", { width: W, height: H, rx: 6, class: "box" }));
+    g.append(svgEl("text", { x: 8, y: 17, class: "name" }, first));
+    g.append(svgEl("text", { x: 8, y: 34, class: "sstate" }, second));
+    svg.append(g);
+  }
+  container.replaceChildren(svg);
+}

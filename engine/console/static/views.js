@@ -25,6 +25,7 @@ function li(...parts) {
 
 function refreshOpen() {
   const open = { jobs: refreshJob, requests: refreshRequest, agents: refreshAgent, works: refreshWorksOf };
+  if (state.open.shown !== state.open.key) return undefined;  // still opening
   return open[state.open.tab](state.open.key);
 }
 
@@ -111,8 +112,10 @@ async function openRequest(rid) {
   $("request-detail").hidden = false;
   $("request-id").textContent = rid;
   $("provenance").replaceChildren();
-  state.open.graph = await call("request.graph", { request: rid });
-  $("request-definition").textContent = JSON.stringify(state.open.graph.expanded, null, 2);
+  const graph = await call("request.graph", { request: rid });
+  if (!state.open || state.open.key !== rid) return;  // another view was opened meanwhile
+  state.open.graph = graph;
+  $("request-definition").textContent = JSON.stringify(graph.expanded, null, 2);
   await refreshRequest(rid);
 }
 
@@ -130,10 +133,10 @@ async function refreshRequest(rid) {
   ]);
   $("request-verbs").replaceChildren(verbButtons(rid, life.verbs));
   const known = new Map(detail.stages.map((s) => [s.name, s]));
-  const names = state.open.graph ? state.open.graph.stages.map((s) => s.name) : detail.stages.map((s) => s.name);
+  const names = state.open?.graph ? state.open.graph.stages.map((s) => s.name) : detail.stages.map((s) => s.name);
   const stages = names.map((name) => ({ state: "waiting", inputs: {}, ...(known.get(name) || {}), name,
     jobs: detail.jobs.filter((j) => j.stage === name) }));
-  if (state.open.graph) drawDag($("request-dag"), state.open.graph, stages);
+  if (state.open?.graph) drawDag($("request-dag"), state.open.graph, stages);
   $("request-stages").tBodies[0].replaceChildren(...stages.map((s) => {
     const tr = document.createElement("tr");
     const jobs = document.createElement("span");
@@ -146,6 +149,7 @@ async function refreshRequest(rid) {
   $("request-products").tBodies[0].replaceChildren(...products.map((p) => {
     const tr = document.createElement("tr");
     const button = Object.assign(document.createElement("button"), { textContent: p.id });
+    button.dataset.product = p.id;
     button.addEventListener("click", () => showProvenance(p.id));
     for (const v of [button, p.stage, p.type, p.size, p.path]) tr.append(cell(v));
     return tr;
@@ -156,8 +160,13 @@ async function refreshRequest(rid) {
 
 async function showProvenance(productId) {
   const chain = await call("provenance", { product: productId });
-  const pre = Object.assign(document.createElement("pre"), { textContent: JSON.stringify(chain, null, 2) });
-  $("provenance").replaceChildren(Object.assign(document.createElement("h4"), { textContent: `Provenance of ${productId}` }), pre);
+  const graph = Object.assign(document.createElement("div"), { className: "chart", id: "provenance-graph" });
+  drawProvenance(graph, chain);
+  const raw = Object.assign(document.createElement("details"), {});
+  raw.append(Object.assign(document.createElement("summary"), { textContent: "as recorded (JSON)" }),
+    Object.assign(document.createElement("pre"), { textContent: JSON.stringify(chain, null, 2) }));
+  $("provenance").replaceChildren(Object.assign(document.createElement("h4"), { textContent: `Provenance of ${productId}` }), graph, raw);
+  $("provenance").scrollIntoView({ block: "start" });
 }
 
 // --- agents ---------------------------------------------------------------------------------

@@ -13,9 +13,14 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
-from .conftest import GUARD, Console
+from wfe.engine.console.api import serve_api
+from wfe.engine.keys import read_token
+from wfe.engine.runtime.daemon import open_engine
+
+from .conftest import GUARD, Console, workspace
 from .test_browser import CHROMIUM, Page, browser, cdp, open_page, pytestmark  # noqa: F401
 
 #: Two stages over the catalog's raw files; the second runs after the first.
@@ -44,6 +49,38 @@ rscript = "console_work"
 consumes = "query"
 after = ["first"]
 params = { lines = 1, seconds = 0.01 }
+"""
+
+
+#: The RScript of the request tests that copies each input to a product (``per_input``: the
+#: product names its own input).
+WORK_SCRIPTS = Path(__file__).parent.parent / "requests" / "scripts"
+
+#: Calibrate each raw file, then map every calibrated file: products two stages deep.
+PRODUCTS = """\
+[workflow]
+name = "prov"
+namespace = "web"
+
+[policy]
+approval = "none"
+
+[[query.where]]
+field = "kind"
+op = "eq"
+value = "raw"
+
+[[stages]]
+name = "cal"
+rscript = "work"
+consumes = "query"
+max_inputs = 1
+params = { per_input = true }
+
+[[stages]]
+name = "map"
+rscript = "work"
+consumes = "cal"
 """
 
 
@@ -358,3 +395,62 @@ async def test_each_operations_view_shows_what_the_engine_holds(
                 assert (await admin.call("logs", job=ran))[
                     "output"
                 ] == "from the form\nfrom the form\n"
+
+
+async def test_a_products_provenance_is_drawn_back_to_its_raw_inputs(tmp_path: Path) -> None:
+    """A product of the second stage of a completed request opens as a graph: itself, the two
+    products of the first stage it was made from, and the raw file each of those came from,
+    as the engine's provenance chain records them."""
+    config = workspace(tmp_path / "ws")
+    engine_config = attrs.evolve(
+        config.engine, rscripts=(*config.engine.rscripts, str(WORK_SCRIPTS))
+    )
+    config = attrs.evolve(config, engine=engine_config)
+    token = read_token(config)
+    with trio.fail_after(GUARD):
+        async with open_engine(config) as engine, trio.open_nursery() as nursery:
+            port = await nursery.start(lambda task_status: serve_api(
+                engine, host="127.0.0.1", port=0, token=token, task_status=task_status))  # fmt: skip
+            console = Console(engine, f"ws://127.0.0.1:{port}/", token, config.root)
+            await console.wait_for_agents(1)
+            async with console.connect() as admin:
+                await console.catalog(admin, 2)
+                rid = (await admin.call("submit_toml", toml=PRODUCTS, user="erin"))["id"]
+                assert (await admin.call("request_wait", request=rid))["state"] == "completed"
+                products = await admin.call("products", request=rid)
+                final = next(p for p in products if p["stage"] == "map")
+                chain = await admin.call("provenance", product=final["id"])
+                async with browser(tmp_path / "profile") as ws:
+                    page = await open_page(ws, console.url.replace("ws://", "http://"))
+                    await cdp(ws, "Emulation.setDeviceMetricsOverride", session=page.session,
+                              width=1500, height=1000, deviceScaleFactor=1, mobile=False)  # fmt: skip
+                    shots = Shots(page, tmp_path / "screenshots")
+                    await page.fill("token", token)
+                    await page.click("#connect")
+                    await until(page, f"{page.text('status')} === 'connected'")
+                    await goto(page, f"#/request/{rid}")
+                    button = f'#request-products button[data-product="{final["id"]}"]'
+                    await until(page, f"document.querySelector({json.dumps(button)})")
+                    await page.click(button)
+                    drawn = await until(
+                        page,
+                        "document.querySelectorAll('#provenance-graph .node').length > 0",
+                        "[...document.querySelectorAll('#provenance-graph .node')]"
+                        ".map(n => [n.dataset.kind, n.dataset.ref])",
+                    )
+                    path = await shots.take("provenance")
+                    shown = await page.js(page.text("message"))
+                nursery.cancel_scope.cancel()
+
+    def walk(item: dict[str, Any]) -> list[list[str]]:
+        ref = item["id"] if item["kind"] == "product" else item.get("path") or item.get("ref")
+        found = [[item["kind"], str(ref)]]
+        for inner in item.get("from") or []:
+            found += walk(inner)
+        return found
+
+    expected = walk(chain)
+    assert shown == "", (shown, path)  # no error on the way
+    assert sorted(drawn) == sorted(expected), path
+    assert sum(1 for kind, _ in expected if kind == "catalog") == 2, path
+    assert sum(1 for kind, _ in expected if kind == "product") == 3, path
