@@ -77,7 +77,8 @@ def split_config(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any
         if key in WFE_TABLES:
             own[key] = value
             continue
-        close = near_miss(key, WFE_TABLES) or near_miss(key.lower(), WFE_TABLES)
+        lower = key.lower()
+        close = lower if lower in WFE_TABLES else near_miss(key, WFE_TABLES)
         if close is not None:
             raise InvalidDefinition(f"{key}: unknown key (did you mean {close}?)")
         if not isinstance(value, dict):

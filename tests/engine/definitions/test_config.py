@@ -80,7 +80,13 @@ def test_configuration_merges_later_over_earlier_key_by_key(
 
 @pytest.mark.parametrize(
     ("table", "close"),
-    [("stage", "stages"), ("polcy", "policy"), ("Workflow", "workflow"), ("querry", "query")],
+    [
+        ("stage", "stages"),
+        ("polcy", "policy"),
+        ("Workflow", "workflow"),
+        ("querry", "query"),
+        ("STAGES", "stages"),
+    ],
 )
 def test_a_near_miss_of_a_wfe_table_is_refused(write: Write, table: str, close: str) -> None:
     """A table whose name is close to one of wfe's is taken for a typo, in one line."""
