@@ -239,3 +239,29 @@ def test_a_missing_or_broken_overlay_file_is_refused(write: Write, tmp_path: Pat
         load_definition(main, overlay=tmp_path / "nothere.toml")
     with pytest.raises(DefinitionSyntaxError, match=r"bad.toml:1: "):
         load_definition(main, overlay=write("bad.toml", "[testbed\n"))
+
+
+overlay_tables = st.dictionaries(st.sampled_from(["daq", "fast_processing", "other"]), tables)
+
+
+@settings(max_examples=60, deadline=None)
+@given(configs, overlay_tables)
+def test_an_overlay_merges_over_matching_tables_only(
+    config: dict[str, Any], overlay: dict[str, Any]
+) -> None:
+    """Through real files: every leaf of an overlay table the definition has wins, every
+    other leaf of the definition is kept, and the tables it lacks are named, not applied."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "main.toml").write_text(MINIMAL + "\n" + dump_toml(config))
+        testbed = {"testbed": {"namespace": "torre1"}, **overlay}
+        (root / "testbed.toml").write_text(dump_toml(testbed))
+        definition = load_definition(root / "main.toml", overlay=root / "testbed.toml")
+    applied = {k: v for k, v in overlay.items() if k in config}
+    expected = {**leaf_paths(config), **leaf_paths(applied)}
+    assert leaf_paths(dict(definition.config)) == expected
+    assert set(definition.config) == set(config)
+    assert definition.expanded["testbed"].get("unused", []) == [
+        k for k in overlay if k not in config
+    ]
+    assert definition.namespace == "torre1"
