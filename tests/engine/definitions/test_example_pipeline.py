@@ -47,7 +47,7 @@ def run_script(name: str, params: dict[str, Any], job: Path) -> dict[str, Any]:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads((job / "result.json").read_text())
+    result: dict[str, Any] = json.loads((job / "result.json").read_text())
     check_result(result, script=name)
     return result
 
