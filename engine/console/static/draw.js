@@ -221,3 +221,33 @@ function drawProvenance(container, chain) {
   }
   container.replaceChildren(svg);
 }
+
+// Per stage, the durations of its ended attempts: a bar from the shortest to the longest with
+// a mark at the median, on one seconds axis; the count beside it.
+function drawDurations(container, rows) {
+  const shown = rows.filter((r) => r.durations.length);
+  if (!shown.length) {
+    container.replaceChildren(Object.assign(document.createElement("p"), { className: "hint", textContent: "no ended attempts yet" }));
+    return;
+  }
+  const LABEL = 110, W = 460, ROW = 22, PAD = 6, AXIS = 18;
+  const top = Math.max(0.001, ...shown.flatMap((r) => r.durations));
+  const width = LABEL + W + 90, height = PAD + shown.length * ROW + AXIS;
+  const x = (v) => LABEL + (v / top) * W;
+  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "durations", role: "img" });
+  shown.forEach((r, i) => {
+    const sorted = [...r.durations].sort((a, b) => a - b);
+    const median = sorted[Math.floor((sorted.length - 1) / 2)];
+    const y = PAD + i * ROW;
+    svg.append(svgEl("text", { x: 4, y: y + 15, class: "lane" }, r.stage));
+    const g = svgEl("g", { class: "stage-durations", "data-stage": r.stage, "data-count": sorted.length,
+      "data-min": sorted[0], "data-median": median, "data-max": sorted[sorted.length - 1] });
+    g.append(svgEl("rect", { x: x(sorted[0]), y: y + 5, width: Math.max(2, x(sorted[sorted.length - 1]) - x(sorted[0])), height: ROW - 10, class: "bar s-succeeded" }));
+    g.append(svgEl("line", { x1: x(median), x2: x(median), y1: y + 2, y2: y + ROW - 2, class: "median" }));
+    g.append(svgEl("text", { x: LABEL + W + 6, y: y + 15, class: "tick" }, `${sorted.length} × ${median.toFixed(2)} s`));
+    svg.append(g);
+  });
+  svg.append(svgEl("text", { x: LABEL, y: height - 4, class: "tick" }, "0 s"));
+  svg.append(svgEl("text", { x: LABEL + W, y: height - 4, class: "tick", "text-anchor": "end" }, `${top.toFixed(2)} s`));
+  container.replaceChildren(svg);
+}

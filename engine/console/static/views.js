@@ -146,6 +146,13 @@ async function refreshRequest(rid) {
     return tr;
   }));
   drawGantt($("request-timeline"), timeline.attempts, Date.now() / 1000);
+  const stageOf = new Map(detail.jobs.filter((j) => j.job).map((j) => [j.job, j.stage]));
+  drawDurations($("request-durations"), names.map((stage) => ({
+    stage,
+    durations: timeline.attempts
+      .filter((a) => stageOf.get(a.job) === stage && a.ended_at !== null && (a.started_at ?? a.dispatched_at) !== null)
+      .map((a) => a.ended_at - (a.started_at ?? a.dispatched_at)),
+  })));
   $("request-products").tBodies[0].replaceChildren(...products.map((p) => {
     const tr = document.createElement("tr");
     const button = Object.assign(document.createElement("button"), { textContent: p.id });

@@ -84,6 +84,11 @@ consumes = "cal"
 """
 
 
+def final_jobs(detail: dict[str, Any]) -> list[dict[str, Any]]:
+    """The batches of a request's detail that ran a job."""
+    return [b for b in detail["jobs"] if b["job"]]
+
+
 class Shots:
     """Screenshots of the page, saved as PNG files under ``folder``."""
 
@@ -256,6 +261,15 @@ async def test_each_operations_view_shows_what_the_engine_holds(
                     "[...document.querySelectorAll('#request-dag .node')].map(n => [n.dataset.stage, n.dataset.state])",
                 )
                 path = await shots.take("request-completed")
+                durations = await page.js(
+                    "Object.fromEntries([...document.querySelectorAll('#request-durations .stage-durations')]"
+                    ".map(g => [g.dataset.stage, Number(g.dataset.count)]))"
+                )
+                per_stage: dict[str, int] = {}
+                for batch in final_jobs(await admin.call("request", request=rid)):
+                    attempts = (await admin.call("job", job=batch["job"]))["attempt_list"]
+                    per_stage[batch["stage"]] = per_stage.get(batch["stage"], 0) + len(attempts)
+                assert durations == per_stage, path
                 final = await admin.call("request", request=rid)
                 assert final["state"] == "completed", path
                 assert done == [["(query)", "source"]] + [
