@@ -147,6 +147,7 @@ const ROUTES = [
 
 async function route() {
   const hash = location.hash || "#/jobs";
+  if ($("message").className !== "error") message("");  // a note belongs to the view it was made in
   for (const [pattern, tab, open] of ROUTES) {
     const m = hash.match(pattern);
     if (!m) continue;
