@@ -364,7 +364,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from wfe.engine.definitions import check_rscripts, dump_toml, load_definition
     from wfe.rscripts.loader import ScriptLibrary
 
-    definition = load_definition(Path(args.file))
+    definition = load_definition(Path(args.file), overlay=args.overlay)
+    for table in definition.expanded.get("testbed", {}).get("unused", ()):
+        print(
+            f"warning: {args.overlay}: [{table}] matches no table of the definition",
+            file=sys.stderr,
+        )
     unknown = check_rscripts(
         definition, ScriptLibrary.scan([Path(args.file).parent / "rscripts"]).__contains__
     )
@@ -529,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--overlay",
+        metavar="TESTBED_TOML",
+        help="apply a testbed.toml first, as `wfe submit --overlay` does",
+    )
 
     sub.add_parser(
         "xmpp-dev-server", help="run a local Prosody for development (see --help)", add_help=False

@@ -98,6 +98,21 @@ def test_the_testbed_overlay_applies_to_both_workflows() -> None:
     assert "fast_processing" not in stf.config
 
 
+def test_wfe_validate_applies_an_overlay_and_warns_of_what_it_skipped() -> None:
+    """`wfe validate FILE --overlay testbed.toml` prints the expanded form with the overlay's
+    namespace and values; a table of the overlay the definition lacks is one warning line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "wfe", "validate", "--json", str(DAQ / MAINS[0]),
+         "--overlay", str(DAQ / "testbed.toml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["namespace"] == "your-namespace"
+    assert done.stderr.splitlines() == [
+        f"warning: {DAQ / 'testbed.toml'}: [fast_processing] matches no table of the definition"
+    ]
+
+
 async def test_a_stage_action_reads_the_configuration_as_ctx_config(tmp_path: Path) -> None:
     """Submitted with the overlay to a real engine, the example's daq.parameters action
     gets the merged configuration as ctx.config and builds the seed's DAQ parameters:
