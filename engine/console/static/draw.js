@@ -251,3 +251,39 @@ function drawDurations(container, rows) {
   svg.append(svgEl("text", { x: LABEL + W, y: height - 4, class: "tick", "text-anchor": "end" }, `${top.toFixed(2)} s`));
   container.replaceChildren(svg);
 }
+
+// A request's progress: per stage, the inputs settled (processed or failed) so far, as a step
+// line over time from the request's creation, from its `request.settled` events; the final count beside each line.
+function drawProgress(container, settled, stages, startSeconds, nowSeconds) {
+  if (!settled.length) {
+    container.replaceChildren(Object.assign(document.createElement("p"), { className: "hint", textContent: "nothing settled yet" }));
+    return;
+  }
+  const t0 = Math.min(startSeconds, ...settled.map((e) => e.at)), t1 = Math.max(t0 + 0.001, nowSeconds, ...settled.map((e) => e.at));
+  const lines = stages.map((stage) => {
+    let total = 0;
+    const points = [];
+    for (const e of settled.filter((x) => x.data.stage === stage)) {
+      total += (e.data.inputs.processed || 0) + (e.data.inputs.failed || 0);
+      points.push([e.at, total]);
+    }
+    return { stage, points, total };
+  }).filter((l) => l.points.length);
+  const top = Math.max(1, ...lines.map((l) => l.total));
+  const LEFT = 40, W = 560, H = 120, PAD = 6, AXIS = 18;
+  const width = LEFT + W + 120, height = PAD + H + AXIS;
+  const x = (t) => LEFT + ((t - t0) / (t1 - t0)) * W, y = (v) => PAD + H - (v * H) / top;
+  const svg = svgEl("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "progress", role: "img" });
+  svg.append(svgEl("line", { x1: LEFT, x2: LEFT + W, y1: PAD + H, y2: PAD + H, class: "grid" }));
+  svg.append(svgEl("text", { x: LEFT - 4, y: PAD + 10, "text-anchor": "end", class: "tick" }, String(top)));
+  lines.forEach((l, i) => {
+    let d = `M${x(t0)},${y(0)}`;
+    for (const [t, v] of l.points) d += ` H${x(t)} V${y(v)}`;
+    d += ` H${x(t1)}`;
+    svg.append(svgEl("path", { d, class: `line series-${i % 4}`, "data-stage": l.stage, "data-settled": l.total }));
+    svg.append(svgEl("text", { x: LEFT + W + 6, y: y(l.total) + 4 + i * 12, class: "tick" }, `${l.stage}: ${l.total}`));
+  });
+  svg.append(svgEl("text", { x: LEFT, y: height - 4, class: "tick" }, "+0 s"));
+  svg.append(svgEl("text", { x: LEFT + W, y: height - 4, class: "tick", "text-anchor": "end" }, `+${(t1 - t0).toFixed(1)} s`));
+  container.replaceChildren(svg);
+}

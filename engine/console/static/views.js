@@ -146,6 +146,8 @@ async function refreshRequest(rid) {
     return tr;
   }));
   drawGantt($("request-timeline"), timeline.attempts, Date.now() / 1000);
+  const settled = await call("events", { subject: rid, kind: "request.settled", limit: 5000 });
+  drawProgress($("request-progress"), settled, names, detail.created_at, detail.state === "running" ? Date.now() / 1000 : detail.updated_at);
   const stageOf = new Map(detail.jobs.filter((j) => j.job).map((j) => [j.job, j.stage]));
   drawDurations($("request-durations"), names.map((stage) => ({
     stage,

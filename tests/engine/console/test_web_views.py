@@ -270,6 +270,15 @@ async def test_each_operations_view_shows_what_the_engine_holds(
                     attempts = (await admin.call("job", job=batch["job"]))["attempt_list"]
                     per_stage[batch["stage"]] = per_stage.get(batch["stage"], 0) + len(attempts)
                 assert durations == per_stage, path
+                progress = await page.js(
+                    "Object.fromEntries([...document.querySelectorAll('#request-progress path[data-stage]')]"
+                    ".map(p => [p.dataset.stage, Number(p.dataset.settled)]))"
+                )
+                settled = {
+                    s["name"]: s["inputs"].get("processed", 0) + s["inputs"].get("failed", 0)
+                    for s in (await admin.call("request", request=rid))["stages"]
+                }
+                assert progress == settled, path
                 final = await admin.call("request", request=rid)
                 assert final["state"] == "completed", path
                 assert done == [["(query)", "source"]] + [
