@@ -32,6 +32,7 @@ from wfe.engine.definitions.model import (
     Timeouts,
     Workflow,
 )
+from wfe.engine.definitions.on_retry import BadRule, parse_rules
 from wfe.engine.definitions.triggers import Trigger, parse_duration, parse_trigger
 from wfe.protocols.request import BadIdentifier, check_workflow_name
 
@@ -177,6 +178,13 @@ def _action(value: Any, _t: Any) -> str | None:
     return text
 
 
+def _on_retry(value: Any, _t: Any) -> dict[str, str]:
+    try:
+        return parse_rules(value)
+    except BadRule as exc:
+        raise _Bad(str(exc)) from None
+
+
 def _memory(value: Any, _t: Any) -> int | None:
     if value is None:
         return None
@@ -320,6 +328,7 @@ _OVERRIDES: dict[type[Any], dict[str, Callable[[Any, Any], Any]]] = {
         "consumes": _consumes,
         "max_inputs": _at_least(1, optional=True),
         "retries": _at_least(0),
+        "on_retry": _on_retry,
         "cooldown": _duration,
         "group_by": _group_by,
     },

@@ -162,6 +162,9 @@ class Stage:
     consumes: Consumes | None = None
     max_inputs: int | None = None  # per job; None puts all inputs in one job
     retries: int = 0
+    # how a retry after an out-of-memory end or a timeout changes the job, e.g.
+    # {"memory": "x2"} (engine/definitions/on_retry.py); empty: retries run unchanged
+    on_retry: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     backoff: Backoff = Backoff()
     timeouts: Timeouts = Timeouts()
     priority: int = 0

@@ -74,6 +74,15 @@ def _check_stage(i: int, stage: Stage, params: Mapping[str, ParamSpec], *, has_q
             f"{where}.max_inputs: stage {stage.name!r} has no inputs "
             '(add consumes = "query" or the name of an upstream stage)'
         )
+    if stage.on_retry and not stage.retries:
+        raise InvalidDefinition(
+            f"{where}.on_retry: stage {stage.name!r} has retries = 0, so no retry to change"
+        )
+    if "memory" in stage.on_retry and stage.requires.memory is None:
+        raise InvalidDefinition(
+            f"{where}.on_retry.memory: stage {stage.name!r} asks for no memory to change "
+            "(set requires.memory)"
+        )
     if stage.consumes is not None and stage.consumes.from_query and not has_query:
         raise InvalidDefinition(
             f"{where}.consumes: stage {stage.name!r} consumes the query but there is no [query]"

@@ -1,0 +1,89 @@
+"""A stage's ``on_retry``: parsed and checked with the definition, applied by the policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wfe.engine.definitions import DefinitionError, load_definition
+from wfe.engine.definitions.on_retry import BadRule, apply_rules, parse_change
+
+HEAD = '[workflow]\nname = "demo"\nnamespace = "t"\n'
+STAGE = '[[stages]]\nname = "s"\nrscript = "x"\n'
+
+
+def refused(write: Any, text: str) -> str:
+    with pytest.raises(DefinitionError) as info:
+        load_definition(write("main.toml", text))
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message.split(".toml: ", 1)[1]  # after the file it names
+
+
+def test_on_retry_is_kept_as_written(write: Any) -> None:
+    """A valid rule loads and stays in the stage as written; without one, it is empty."""
+    text = (
+        HEAD + STAGE + 'retries = 2\nrequires = { memory = "256M" }\non_retry = { memory = "x2" }\n'
+    )
+    stage = load_definition(write("main.toml", text)).stage("s")
+    assert dict(stage.on_retry) == {"memory": "x2"}
+    plain = load_definition(write("plain.toml", HEAD + STAGE)).stage("s")
+    assert dict(plain.on_retry) == {}
+
+
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        ('{ cpus = "x2" }', "stages[0].on_retry: unknown key 'cpus' (known: memory)"),
+        (
+            '{ max_inputs = "/2" }',
+            "stages[0].on_retry: max_inputs on retry is not supported: "
+            "a batch's inputs are not split again",
+        ),
+        ('{ memory = "/2" }', 'stages[0].on_retry: memory: expected "x<factor>" (e.g. "x2")'),
+        ('{ memory = "x1" }', "stages[0].on_retry: memory: 'x1' must multiply by more than 1"),
+        ("{ memory = 2 }", 'stages[0].on_retry: memory: expected a string like "x2" or "+1G"'),
+        ('"x2"', "stages[0].on_retry: expected a table"),
+    ],
+)
+def test_bad_rules_are_refused_with_one_line(write: Any, rules: str, expected: str) -> None:
+    """Unknown keys, max_inputs (not done), and malformed changes each get one line naming them."""
+    text = HEAD + STAGE + f'retries = 1\nrequires = {{ memory = "1G" }}\non_retry = {rules}\n'
+    assert refused(write, text).startswith(expected)
+
+
+def test_a_rule_without_retries_or_memory_is_refused(write: Any) -> None:
+    """A rule that could never apply (no retries, or no memory asked for) is refused."""
+    no_retries = HEAD + STAGE + 'requires = { memory = "1G" }\non_retry = { memory = "x2" }\n'
+    assert refused(write, no_retries) == (
+        "stages[0].on_retry: stage 's' has retries = 0, so no retry to change"
+    )
+    no_memory = HEAD + STAGE + 'retries = 1\non_retry = { memory = "+1G" }\n'
+    assert refused(write, no_memory) == (
+        "stages[0].on_retry.memory: stage 's' asks for no memory to change (set requires.memory)"
+    )
+
+
+def test_rules_change_memory_and_nothing_else() -> None:
+    """x multiplies, + adds a size; other requirements and a job with no memory are unchanged."""
+    req = {"memory": 100 << 20, "cpus": 2, "tags": ["a"]}
+    assert apply_rules({"memory": "x2"}, req) == {**req, "memory": 200 << 20}
+    assert apply_rules({"memory": "+1G"}, req) == {**req, "memory": (100 << 20) + (1 << 30)}
+    assert apply_rules({"memory": "x1.5"}, {"memory": 1000}) == {"memory": 1500}
+    assert apply_rules({"memory": "x2"}, {"cpus": 1}) == {"cpus": 1}
+    assert req == {"memory": 100 << 20, "cpus": 2, "tags": ["a"]}  # not changed in place
+
+
+@given(st.text(max_size=12))
+def test_any_text_parses_to_a_growth_or_a_one_line_error(text: str) -> None:
+    """Every value either parses to a change that grows memory or is refused with one line."""
+    try:
+        how, amount = parse_change("memory", text)
+    except BadRule as exc:
+        assert "\n" not in str(exc).replace(repr(text), "")
+        return
+    grown = apply_rules({"memory": text}, {"memory": 1 << 20})["memory"]
+    assert how in ("x", "+") and grown > 1 << 20
