@@ -220,6 +220,36 @@ class Context:
             self.repo, parent=self.job_id, call_seq=self._next_call(), fields=spec, check=check
         )
 
+    async def publish(self, topic: str, message: dict[str, Any]) -> None:
+        """Broadcast ``message`` (a JSON object) on ``topic`` to the subscribers of this job's
+        namespace (its request's; none for work that is no request's): stored as the event
+        ``broadcast.<topic>``, committed before this returns. Raises ``ValueError`` for a bad
+        topic or a message that is not a JSON object of at most 64 KiB."""
+        import json
+
+        from wfe.engine.repository import broadcasts
+        from wfe.engine.repository.shares import request_share
+
+        if not broadcasts.TOPIC.fullmatch(topic):
+            raise ValueError(
+                f"publish: topic {topic!r}: letters, digits, '_', '.', '-', starting with a letter"
+            )
+        if not isinstance(message, dict):
+            raise ValueError(
+                f"publish: the message must be a JSON object, not {type(message).__name__}"
+            )
+        try:
+            size = len(json.dumps(message, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"publish: the message is not JSON: {exc}") from None
+        if size > 64 * 1024:
+            raise ValueError(f"publish: the message is {size} bytes; at most 65536")
+        request = self._run.job.request_id
+        namespace = "" if request is None else (await self.repo.read(request_share(request)))[0]
+        await self.repo.write(
+            broadcasts.publish(topic, message, namespace=namespace, job=self.job_id)
+        )
+
     async def sleep(self, seconds: float) -> None:
         """Sleep without holding the loop."""
         await trio.sleep(seconds)
