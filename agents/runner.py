@@ -66,6 +66,18 @@ MAX_POLL = 0.1
 #: The output files in an attempt's directory.
 STDOUT_FILE = ".wfe-stdout"
 STDERR_FILE = ".wfe-stderr"
+#: How a detail begins when the script ran out of memory (the engine's policy reads it).
+OUT_OF_MEMORY = "out of memory"
+#: What the end of a script's stderr says when an allocation failed under its memory
+#: limit (RLIMIT_AS, agents/keeper.py): Python, C and C++ runtimes, R, the shell.
+_ALLOCATION_FAILED = (
+    b"MemoryError",
+    b"Cannot allocate memory",
+    b"std::bad_alloc",
+    b"cannot allocate vector",
+    b"out of memory",
+)
+_STDERR_TAIL = 4096
 
 ChunkCallback = Callable[[OutputChunk], Awaitable[None]]
 RunningCallback = Callable[[int], Awaitable[None]]
@@ -265,6 +277,11 @@ class Attempt:
         else:
             result, problem = read_result(self._dir)
             fields["detail"] = problem
+            memory = self.dispatch.limits.memory if self.dispatch else None
+            if code and memory is not None and ran_out_of_memory(self._dir):
+                fields["detail"] = (
+                    f"{OUT_OF_MEMORY}: an allocation failed under its limit of {memory} bytes"
+                )
             if result:  # an empty object always travels
                 problem = travel_problem(self._finished(reason, result=result, **fields))
                 if problem:
@@ -472,3 +489,16 @@ def describe(finished: JobFinished) -> str:
     )
     text = f"{finished.reason.value}, {how}, {finished.duration:.3f} s, {finished.chunks} chunks"
     return f"{text}; {finished.detail}" if finished.detail else text
+
+
+def ran_out_of_memory(directory: str) -> bool:
+    """Whether the end of the script's stderr says an allocation failed (the script ran
+    under a memory limit and exited with a failure)."""
+    try:
+        with open(f"{directory}/{STDERR_FILE}", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _STDERR_TAIL))
+            tail = f.read()
+    except OSError:
+        return False
+    return any(marker in tail for marker in _ALLOCATION_FAILED)

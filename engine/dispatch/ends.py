@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import outcome
@@ -52,6 +52,7 @@ class AttemptOver:
     finished: JobFinished | None  # the agent's report, when it made one
     outcome: policy.Outcome
     then: rows.JobEnded | rows.JobRequeued  # what is committed with it
+    ran_with: dict[str, Any] | None = None  # what the attempt ran with, when on_retry may change it
 
 
 class AttemptEnds:
@@ -108,14 +109,22 @@ class AttemptEnds:
                 signal=machine.signal,
                 detail=machine.detail,
                 fail_reason=job.fail_reason,
+                requirements=job.requirements,
+                on_retry=job.on_retry,
                 now=trio.current_time(),
             )
         )
+        ran_with = _ran_with(job) if job.on_retry else None
         then: rows.JobEnded | rows.JobRequeued
         match decided:
-            case policy.RetryAt(failures=failures, delay=delay):
+            case policy.RetryAt(failures=failures, delay=delay, requirements=changed):
                 job.failures = failures
                 then = rows.JobRequeued(delay=delay)
+                if changed is not None:
+                    new = {k: v for k, v in changed.items() if job.requirements.get(k) != v}
+                    log.info("%s: %s", job.job_id, decided.reason)
+                    job.requirements = dict(changed)
+                    then = rows.JobRequeued(delay=delay, changed=new)
             case policy.Redispatch(lost=lost):
                 job.lost = lost
                 then = rows.JobRequeued(delay=0.0)
@@ -130,7 +139,14 @@ class AttemptEnds:
             # being written cannot turn it into "cancelled" or resolve it twice; and a call
             # replayed meanwhile must not take it on again.
             self._queue.begin_end(job)
-        end = AttemptOver(job=job, machine=machine, finished=finished, outcome=decided, then=then)
+        end = AttemptOver(
+            job=job,
+            machine=machine,
+            finished=finished,
+            outcome=decided,
+            then=then,
+            ran_with=ran_with,
+        )
         if finished is not None:
             self._unacked.add((job.job_id, machine.attempt))
         if finished is not None and finished.chunks:
@@ -147,7 +163,7 @@ class AttemptEnds:
 
     def _write(self, end: AttemptOver) -> None:
         metrics.attempt_ended(self._owner, end.machine)  # /metrics: dispatch→result latency
-        op = rows.attempt_ended(end.machine, end.finished, end.then)
+        op = rows.attempt_ended(end.machine, end.finished, end.then, end.ran_with)
         self._repo.write_nowait(op, then=functools.partial(self._committed, end))
 
     def _committed(self, end: AttemptOver, written: outcome.Outcome[None]) -> None:
@@ -238,6 +254,11 @@ class AttemptEnds:
             link = self._link(agent)
             if link is not None:
                 link.send_nowait(Ack(job_id=message.job_id, attempt=message.attempt))
+
+
+def _ran_with(job: LiveJob) -> dict[str, Any]:
+    """What of its requirements an attempt of ``job`` ran with that ``on_retry`` may change."""
+    return {k: job.requirements[k] for k in job.on_retry if k in job.requirements}
 
 
 async def _reraise(error: BaseException) -> None:

@@ -113,6 +113,7 @@ def live_job(job: JobRow, defaults: JobsSection, seq: int) -> LiveJob:
     req = dict(job.requirements)
     on = req.pop("on", None)
     share = req.pop("share", None)
+    on_retry = req.pop("on_retry", None)
     return LiveJob(
         timeout=_seconds(req.pop("timeout", defaults.timeout)),
         on=on if isinstance(on, str) else None,
@@ -129,6 +130,7 @@ def live_job(job: JobRow, defaults: JobsSection, seq: int) -> LiveJob:
         parent_id=job.parent_id,
         request_id=job.request_id,
         share=_share(share),
+        on_retry=_rules(on_retry),
     )
 
 
@@ -156,6 +158,13 @@ def _seconds(value: JsonValue) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"a stored duration must be a number, not {value!r}")
     return float(value)
+
+
+def _rules(value: JsonValue) -> dict[str, str]:
+    """A job's stored ``on_retry`` rules (checked when its definition was loaded)."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return {}
 
 
 def _share(value: JsonValue) -> Share:

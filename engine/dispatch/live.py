@@ -78,6 +78,7 @@ class LiveJob:
     queued_token: int = 0  # entries of the ready heap (and wait timers) with another are stale
     fail_reason: str | None = None  # set when the engine (not an operator) cancels the attempt
     share: tuple[str, str] = ("", "")  # (namespace, user), for fair share
+    on_retry: dict[str, str] = attrs.Factory(dict)  # its stage's rules (definitions/on_retry)
 
     @property
     def cpus(self) -> int:

@@ -12,7 +12,13 @@ I/O: time is the ``now`` argument, so every rule is tested synchronously
   reason: an overall timeout, a dispatch that cannot be built); a loss is re-dispatched at
   once while the job has lost at most ``max_redispatch`` attempts; a failure or timeout is
   retried after ``backoff * 2 ** (failures - 1)`` seconds while ``failures < max_attempts``.
-  Otherwise the job fails with a reason naming what happened.
+  Otherwise the job fails with a reason naming what happened. A retry after an
+  out-of-memory end or a timeout runs with the requirements its stage's ``on_retry`` rules
+  make (``RetryAt.requirements``; engine/definitions/on_retry.py): ``memory = "x2"``
+  doubles the memory each such time. An attempt ran out of memory when the agent's runner
+  says so in its detail (``OUT_OF_MEMORY``: a failed allocation under its memory limit) or
+  when it failed killed by SIGKILL, which only the kernel's OOM killer sends to a failed
+  attempt (the agent's own kills end it as timed out, cancelled or lost).
 * ``check_heartbeat``: when an agent's silence makes it lost (docs/decisions.md #41). The
   engine's own deafness (a transport down, reading held back) never counts against it.
 * ``check_fence``: when a lost agent's attempts are dead for sure (``fence_at``): only then
@@ -24,13 +30,20 @@ I/O: time is the ``now`` argument, so every rule is tested synchronously
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import attrs
 
+from wfe.engine.definitions.on_retry import apply_rules
 from wfe.protocols.attempt import RETRYABLE_STATES, AttemptState, should_retry
 
 #: Seconds added to an agent's lease before its attempts count as fenced: the keeper's
 #: SIGTERM-to-SIGKILL grace and the moment it takes to see the lease run out, with room.
 FENCE_MARGIN = 5.0
+#: How the agent's runner begins the detail of an attempt that ran out of memory.
+OUT_OF_MEMORY = "out of memory"
+_SIGKILL = 9  # the signal the kernel's OOM killer sends
 
 
 # --- the end of an attempt ---------------------------------------------------------------
@@ -52,6 +65,8 @@ class AttemptEnd:
     signal: int | None = None
     detail: str = ""
     fail_reason: str | None = None  # why the engine (not an operator) cancelled it
+    requirements: Mapping[str, Any] = attrs.field(factory=dict)  # what the attempt ran with
+    on_retry: Mapping[str, str] = attrs.field(factory=dict)  # its stage's rules
     now: float = 0.0
 
     def __attrs_post_init__(self) -> None:
@@ -87,6 +102,7 @@ class RetryAt:
     delay: float
     failures: int
     reason: str
+    requirements: Mapping[str, Any] | None = None  # changed by on_retry; None: unchanged
 
 
 @attrs.frozen(kw_only=True)
@@ -119,8 +135,31 @@ def decide_end(end: AttemptEnd) -> Outcome:
     reason = describe_failure(end)
     if should_retry(end.state, failures, end.max_attempts):
         delay = end.backoff * 2 ** (failures - 1)
-        return RetryAt(at=end.now + delay, delay=delay, failures=failures, reason=reason)
+        changed = adapt(end)
+        if changed is not None:
+            reason += f"; memory {end.requirements.get('memory')} -> {changed.get('memory')}"
+        return RetryAt(
+            at=end.now + delay, delay=delay, failures=failures, reason=reason, requirements=changed
+        )
     return Failed(reason=reason)
+
+
+def out_of_memory(end: AttemptEnd) -> bool:
+    """Whether a failed attempt ran out of memory (see the module's docstring)."""
+    if end.state is not AttemptState.FAILED:
+        return False
+    return end.detail.startswith(OUT_OF_MEMORY) or end.signal == _SIGKILL
+
+
+def adapt(end: AttemptEnd) -> dict[str, Any] | None:
+    """The requirements the next attempt runs with after ``end``, when its ``on_retry``
+    rules change them: only after an out-of-memory end or a timeout. None: unchanged."""
+    if not end.on_retry:
+        return None
+    if end.state is not AttemptState.TIMED_OUT and not out_of_memory(end):
+        return None
+    changed = apply_rules(end.on_retry, end.requirements)
+    return changed if changed != dict(end.requirements) else None
 
 
 def describe_failure(end: AttemptEnd) -> str:
@@ -128,6 +167,8 @@ def describe_failure(end: AttemptEnd) -> str:
     n = f"attempt {end.attempt}"
     if end.state is AttemptState.TIMED_OUT:
         return f"{n} timed out after {end.timeout:g} s"
+    if end.detail.startswith(OUT_OF_MEMORY):
+        return f"{n} ran {end.detail}"
     if end.signal is not None:
         return f"{n} killed by signal {end.signal}"
     if end.exit_code is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
@@ -51,9 +51,11 @@ class JobEnded:
 
 @attrs.frozen(kw_only=True)
 class JobRequeued:
-    """The job waits for its next attempt, which may start ``delay`` seconds after the end."""
+    """The job waits for its next attempt, which may start ``delay`` seconds after the end;
+    ``changed``: requirements its stage's ``on_retry`` rules changed for it (e.g. memory)."""
 
     delay: float
+    changed: Mapping[str, JsonValue] = attrs.field(factory=dict)
 
 
 # --- writes -------------------------------------------------------------------------------
@@ -120,10 +122,14 @@ def attempt_started(m: AttemptMachine) -> Callable[[Tx], None]:
 
 
 def attempt_ended(
-    m: AttemptMachine, finished: JobFinished | None, then: JobEnded | JobRequeued
+    m: AttemptMachine,
+    finished: JobFinished | None,
+    then: JobEnded | JobRequeued,
+    ran_with: Mapping[str, JsonValue] | None = None,
 ) -> Callable[[Tx], None]:
-    """Record the end of an attempt, and in the same transaction what follows it: the end
-    of its job, or the job queued again for its next attempt."""
+    """Record the end of an attempt (with ``ran_with``: the requirements it ran with), and in
+    the same transaction what follows it: the end of its job, or the job queued again for
+    its next attempt, with the requirements ``on_retry`` changed stored on the job."""
 
     def op(tx: Tx) -> None:
         now = wall_now()
@@ -151,7 +157,17 @@ def attempt_ended(
         if m.detail:
             data["detail"] = m.detail
         tx.emit("attempt.state", m.job_id, data)
+        if ran_with:
+            tx.execute(
+                "UPDATE attempts SET ran_with = ? WHERE job_id = ? AND attempt = ?",
+                (json.dumps(dict(ran_with), sort_keys=True), m.job_id, m.attempt),
+            )
         if isinstance(then, JobRequeued):
+            for key, value in sorted(then.changed.items()):
+                tx.execute(
+                    "UPDATE jobs SET requirements = json_set(requirements, ?, json(?)) WHERE id = ?",
+                    (f"$.{key}", json.dumps(value), m.job_id),
+                )
             _requeued(tx, m.job_id, m.attempt, then.delay)
             return
         tx.execute(

@@ -165,6 +165,12 @@ CREATE TABLE work_calls (parent TEXT NOT NULL, call_seq INTEGER NOT NULL, work_i
   PRIMARY KEY (parent, call_seq));
 """
 
+# An attempt records what it ran with (issue 16): the requirements its stage's on_retry
+# rules had changed by then (memory), as JSON; NULL for attempts recorded before.
+_ATTEMPT_RAN_WITH = """
+ALTER TABLE attempts ADD COLUMN ran_with TEXT;
+"""
+
 #: Every migration ever, in order. Append only: the position is the schema version.
 MIGRATIONS: list[str] = [
     _CORE,  # 1: events, counters, jobs, attempts, output, agents
@@ -178,6 +184,7 @@ MIGRATIONS: list[str] = [
     _WORK_FILES,  # 9: finished works' products and plots as archived
     _INPUT_CONTENT,  # 10: the content hash of a catalog input when it was taken
     _WORK_CALLS,  # 11: the works tasklets deposited, by (parent job, call number)
+    _ATTEMPT_RAN_WITH,  # 12: what an attempt ran with (memory after on_retry)
 ]
 
 

@@ -50,8 +50,14 @@ _FINAL = frozenset({AttemptState.SUCCEEDED, AttemptState.CANCELLED})
 def requirements(stage: Stage) -> dict[str, Any]:
     """A stage's ``requires`` in the form ``controller.submit`` takes."""
     req = stage.requires
-    given = {"cpus": req.cpus, "memory": req.memory, "tags": list(req.tags), "site": req.site}
-    return {k: v for k, v in given.items() if v not in (None, [])}
+    given: dict[str, Any] = {
+        "cpus": req.cpus,
+        "memory": req.memory,
+        "tags": list(req.tags),
+        "site": req.site,
+        "on_retry": dict(stage.on_retry),  # travels with the job (dispatch/jobspec.py)
+    }
+    return {k: v for k, v in given.items() if v not in (None, [], {})}
 
 
 def outcome_of(batch: Batch, end: JobEnd) -> tuple[BatchOutcome, str]:

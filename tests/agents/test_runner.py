@@ -259,7 +259,8 @@ async def test_no_result_file_means_no_result(
 async def test_memory_limit_makes_a_large_allocation_fail(
     keeper: KeeperLink, h: types.SimpleNamespace, tmp_path: Path, size: int, exit_code: int
 ) -> None:
-    """With limits.memory set, an allocation beyond it fails in the script; one within succeeds."""
+    """With limits.memory set, an allocation beyond it fails in the script, and the detail
+    says it ran out of memory (the engine's on_retry reads it); one within succeeds."""
     script = (
         "# interpreter: python3\nimport json, sys\n"
         "data = bytearray(json.load(sys.stdin)['size'])\nprint('allocated')\n"
@@ -270,8 +271,14 @@ async def test_memory_limit_makes_a_large_allocation_fail(
     assert finished.exit_code == exit_code
     if exit_code:
         assert "MemoryError" in out.text(Stream.STDERR)
+        limit = 256 << 20
+        assert (
+            finished.detail
+            == f"out of memory: an allocation failed under its limit of {limit} bytes"
+        )
     else:
         assert out.text(Stream.STDOUT) == "allocated\n"
+        assert not finished.detail.startswith("out of memory")
 
 
 async def test_unknown_interpreter_is_an_error_without_a_process(
