@@ -145,6 +145,7 @@ async function refreshRequest(rid) {
     tr.dataset.stage = s.name;
     return tr;
   }));
+  showStanding(detail.standing, products);
   drawGantt($("request-timeline"), timeline.attempts, Date.now() / 1000);
   const settled = await call("events", { subject: rid, kind: "request.settled", limit: 5000 });
   drawProgress($("request-progress"), settled, names, detail.created_at, detail.state === "running" ? Date.now() / 1000 : detail.updated_at);
@@ -165,6 +166,31 @@ async function refreshRequest(rid) {
   }));
   $("request-history").replaceChildren(...detail.history.map((h) =>
     li(`${fmtTime(h.at)} ${h.kind} ${h.verb ? h.verb + " " : ""}${h.state || h.to || ""}${h.by ? " by " + h.by : ""}${h.text ? ": " + h.text : ""}`)));
+}
+
+// A standing request (continuous or cron): per stage its gap (inputs with no run of the
+// current version), running jobs, cooldown, last and next round and version; stale products.
+function whenText(at) {
+  if (at === null || at === undefined) return "-";
+  const delta = at - Date.now() / 1000;
+  if (Math.abs(delta) < 0.5) return "now";
+  return delta > 0 ? `in ${delta.toFixed(0)}s` : `${(-delta).toFixed(0)}s ago`;
+}
+
+function showStanding(view, products) {
+  $("request-standing").hidden = !view;
+  if (!view) return;
+  const tick = view.next_tick ? `, next tick ${whenText(view.next_tick)}` : "";
+  $("standing-trigger").textContent = `trigger ${view.trigger}${tick}`;
+  $("standing-stages").tBodies[0].replaceChildren(...view.stages.map((s) => {
+    const tr = document.createElement("tr");
+    tr.dataset.stage = s.stage;
+    for (const v of [s.stage, s.gap, s.running, `${s.cooldown}s`, whenText(s.last_round),
+      s.gap ? whenText(s.next_round) : "-", `${s.version} (${s.version_policy})`]) tr.append(cell(v));
+    return tr;
+  }));
+  const stale = products.filter((p) => p.stale).length;
+  $("standing-stale").textContent = `${stale} stale product(s)`;
 }
 
 async function showProvenance(productId) {

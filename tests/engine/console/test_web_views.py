@@ -477,3 +477,85 @@ async def test_a_products_provenance_is_drawn_back_to_its_raw_inputs(tmp_path: P
     assert sorted(drawn) == sorted(expected), path
     assert sum(1 for kind, _ in expected if kind == "catalog") == 2, path
     assert sum(1 for kind, _ in expected if kind == "product") == 3, path
+
+
+#: A continuous request: each raw file is processed as soon as it is catalogued.
+STANDING = """\
+[workflow]
+name = "std"
+namespace = "web"
+trigger = "continuous"
+
+[policy]
+approval = "none"
+
+[[query.where]]
+field = "kind"
+op = "eq"
+value = "raw"
+
+[[stages]]
+name = "cal"
+rscript = "work"
+consumes = "query"
+max_inputs = 1
+"""
+
+
+async def test_a_standing_requests_view_shows_its_stages_gaps_and_rounds(tmp_path: Path) -> None:
+    """A continuous request shows, beside its DAG, its trigger and per stage the gap, running
+    jobs, cooldown, rounds and version, as the engine's ``request`` op reports them."""
+    config = workspace(tmp_path / "ws")
+    engine_config = attrs.evolve(
+        config.engine, rscripts=(*config.engine.rscripts, str(WORK_SCRIPTS))
+    )
+    config = attrs.evolve(config, engine=engine_config)
+    token = read_token(config)
+    with trio.fail_after(GUARD):
+        async with open_engine(config) as engine, trio.open_nursery() as nursery:
+            port = await nursery.start(lambda task_status: serve_api(
+                engine, host="127.0.0.1", port=0, token=token, task_status=task_status))  # fmt: skip
+            console = Console(engine, f"ws://127.0.0.1:{port}/", token, config.root)
+            await console.wait_for_agents(1)
+            async with console.connect() as admin:
+                await console.catalog(admin, 2)
+                rid = (await admin.call("submit_toml", toml=STANDING, user="erin"))["id"]
+                while True:  # both files processed by the standing stage, no resubmission
+                    detail = await admin.call("request", request=rid)
+                    if (
+                        detail.get("standing")
+                        and all(
+                            s["gap"] == 0 and s["running"] == 0
+                            for s in detail["standing"]["stages"]
+                        )
+                        and len(await admin.call("products", request=rid)) == 2
+                    ):
+                        break
+                    await trio.sleep(0.1)
+                view = detail["standing"]
+                async with browser(tmp_path / "profile") as ws:
+                    page = await open_page(ws, console.url.replace("ws://", "http://"))
+                    shots = Shots(page, tmp_path / "screenshots")
+                    await page.fill("token", token)
+                    await page.click("#connect")
+                    await until(page, f"{page.text('status')} === 'connected'")
+                    await goto(page, f"#/request/{rid}")
+                    rows = await until(
+                        page,
+                        "!document.getElementById('request-standing').hidden"
+                        " && document.querySelectorAll('#standing-stages tbody tr').length > 0",
+                        "[...document.querySelectorAll('#standing-stages tbody tr')]"
+                        ".map(r => [...r.cells].map(c => c.textContent))",
+                    )
+                    trigger = await page.js(page.text("standing-trigger"))
+                    stale = await page.js(page.text("standing-stale"))
+                    path = await shots.take("standing")
+                nursery.cancel_scope.cancel()
+    assert trigger == f"trigger {view['trigger']}", path
+    [stage] = view["stages"]
+    assert rows == [[
+        "cal", str(stage["gap"]), str(stage["running"]), f"{stage['cooldown']:g}s",
+        rows[0][4], "-", f"{stage['version']} ({stage['version_policy']})",
+    ]], path  # fmt: skip
+    assert rows[0][4].endswith("ago") or rows[0][4] == "now", path
+    assert stale == "0 stale product(s)", path
