@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from wfe.engine.console.protocol import BAD_REQUEST, ApiError
-from wfe.engine.console.registry import arg, op, string_list
+from wfe.engine.console.registry import arg, epoch_seconds, op, string_list
 from wfe.engine.repository.search import KINDS, MAX_PAGE, Kind, SearchQuery
 from wfe.protocols.request import ACTORS, TRANSITIONS, Actor, RequestState
 
@@ -31,15 +31,6 @@ if TYPE_CHECKING:
 
 #: The longest comment kept.
 MAX_COMMENT = 2000
-
-
-def _seconds(args: dict[str, Any], key: str) -> float | None:
-    value = args.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(BAD_REQUEST, f"args.{key}: expected a number (seconds since the epoch)")
-    return float(value)
 
 
 def search_query(args: dict[str, Any]) -> SearchQuery:
@@ -60,8 +51,8 @@ def search_query(args: dict[str, Any]) -> SearchQuery:
         namespace=arg(args, "namespace", str, None) or None,
         user=arg(args, "user", str, None) or None,
         text=arg(args, "text", str, None) or None,
-        since=_seconds(args, "since"),
-        until=_seconds(args, "until"),
+        since=epoch_seconds(args, "since"),
+        until=epoch_seconds(args, "until"),
         root_only=arg(args, "root_only", bool, False),
         limit=limit,
         offset=offset,
@@ -120,7 +111,7 @@ async def _agent_history(session: Session, args: dict[str, Any]) -> Any:
 async def _activity(session: Session, args: dict[str, Any]) -> Any:
     """since, until (epoch seconds), buckets (60, 1..500) → {since, until, step, ended,
     queued, running}: RScript jobs ended per step by state, queued and running at each step's end."""
-    since, until = _seconds(args, "since"), _seconds(args, "until")
+    since, until = epoch_seconds(args, "since"), epoch_seconds(args, "until")
     if since is None or until is None or not since < until:
         raise ApiError(
             BAD_REQUEST, "args.since and args.until: expected numbers with since < until"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from wfe.engine.console.protocol import BAD_REQUEST, ApiError
-from wfe.engine.console.registry import arg, bounded, op, string_list
+from wfe.engine.console.registry import arg, bounded, epoch_seconds, op, string_list
 from wfe.engine.repository.works import UPDATABLE, WorkQuery
 from wfe.engine.works.model import WorkError, WorkStatus, parse_work, payload
 
@@ -22,15 +22,6 @@ if TYPE_CHECKING:
 
 #: The most works one deposit may carry.
 MAX_DEPOSIT = 10_000
-
-
-def _number(args: dict[str, Any], key: str) -> float | None:
-    value = args.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(BAD_REQUEST, f"args.{key}: expected a number (seconds since the epoch)")
-    return float(value)
 
 
 def work_query(args: dict[str, Any], *, pipeline_required: bool = False) -> WorkQuery:
@@ -57,8 +48,8 @@ def work_query(args: dict[str, Any], *, pipeline_required: bool = False) -> Work
         tags=string_list(args, "tags"),
         group=arg(args, "group", str, None),
         parent=arg(args, "parent", str, None),
-        since=_number(args, "since"),
-        until=_number(args, "until"),
+        since=epoch_seconds(args, "since"),
+        until=epoch_seconds(args, "until"),
     )
 
 

@@ -93,6 +93,16 @@ def bounded(
     return value
 
 
+def epoch_seconds(args: dict[str, Any], key: str) -> float | None:
+    """A time argument in seconds since the epoch (None when absent)."""
+    value = args.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(BAD_REQUEST, f"args.{key}: expected a number (seconds since the epoch)")
+    return float(value)
+
+
 def string_list(args: dict[str, Any], key: str) -> tuple[str, ...]:
     """A string or an array of strings, as a tuple (empty when absent)."""
     value = args.get(key)
