@@ -8,8 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wfe.engine.config import JobsSection
 from wfe.engine.definitions import DefinitionError, load_definition
 from wfe.engine.definitions.on_retry import BadRule, apply_rules, parse_change
+from wfe.engine.dispatch.jobspec import live_job
+from wfe.engine.requests.batches import requirements
+from wfe.engine.runtime.jobs import JobRow, JobState
 
 HEAD = '[workflow]\nname = "demo"\nnamespace = "t"\n'
 STAGE = '[[stages]]\nname = "s"\nrscript = "x"\n'
@@ -87,3 +91,38 @@ def test_any_text_parses_to_a_growth_or_a_one_line_error(text: str) -> None:
         return
     grown = apply_rules({"memory": text}, {"memory": 1 << 20})["memory"]
     assert how in ("x", "+") and grown > 1 << 20
+
+
+def test_a_request_stage_job_carries_its_rules(write: Any) -> None:
+    """What a request stage submits to the controller includes its on_retry rules, and the
+    live job read back from those requirements has them apart from what agents are matched on."""
+    text = (
+        HEAD + STAGE + 'retries = 1\nrequires = { memory = "1G" }\non_retry = { memory = "x2" }\n'
+    )
+    stage = load_definition(write("main.toml", text)).stage("s")
+    submitted = requirements(stage)
+    assert submitted == {"cpus": 1, "memory": 1 << 30, "on_retry": {"memory": "x2"}}
+    assert "on_retry" not in requirements(load_definition(write("p.toml", HEAD + STAGE)).stage("s"))
+    row = JobRow(
+        id="j1",
+        kind="rscript",
+        name="x",
+        parent_id=None,
+        root_id="j1",
+        call_seq=None,
+        params={},
+        state=JobState.QUEUED,
+        priority=0,
+        requirements={**submitted, "timeout": 60.0},
+        max_attempts=2,
+        attempts=0,
+        created_at=0.0,
+        started_at=None,
+        ended_at=None,
+        result=None,
+        error=None,
+        request_id=None,
+    )
+    job = live_job(row, JobsSection(), seq=1)
+    assert job.on_retry == {"memory": "x2"}
+    assert job.requirements == {"cpus": 1, "memory": 1 << 30}
