@@ -131,3 +131,37 @@ async def _comment(session: Session, args: dict[str, Any]) -> Any:
         raise ApiError(BAD_REQUEST, f"args.text: expected 1 to {MAX_COMMENT} characters")
     await session.engine.comment_request(rid, text, by=session.name)
     return {"request": rid, "text": text, "by": session.name}
+
+
+@op("definition_params", role="viewer")
+async def _definition_params(session: Session, args: dict[str, Any]) -> Any:
+    """The parameters a one-file definition (TOML text) declares, for the page's submit form:
+    name, type, default, required, description; a definition that does not load is refused
+    with its one-line error."""
+    import tomllib
+
+    from wfe.engine.definitions import build_definition
+    from wfe.engine.definitions.errors import InvalidDefinition
+
+    try:
+        expanded = tomllib.loads(arg(args, "toml", str))
+    except tomllib.TOMLDecodeError as exc:
+        raise ApiError(BAD_REQUEST, f"args.toml: {exc}") from None
+    if "includes" in expanded:
+        raise ApiError(
+            BAD_REQUEST, "a definition with includes needs its files: use `wfe submit FILE`"
+        )
+    try:
+        definition = build_definition(expanded)
+    except InvalidDefinition as exc:
+        raise ApiError(BAD_REQUEST, f"definition: {exc}") from None
+    return [
+        {
+            "name": name,
+            "type": spec.type.value,
+            "default": spec.default,
+            "required": spec.default is None,
+            "description": spec.description,
+        }
+        for name, spec in sorted(definition.params.items())
+    ]

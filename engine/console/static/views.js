@@ -345,27 +345,30 @@ function showRunFields() {
   $("run-names").replaceChildren(...list.map((r) => Object.assign(document.createElement("option"), { value: r.name })));
   const chosen = runnable();
   $("run-doc").textContent = chosen ? chosen.doc || "" : "";
-  $("run-fields").replaceChildren(...(chosen ? chosen.params : []).map((p) => {
-    const label = document.createElement("label");
-    const input = document.createElement("input");
-    input.dataset.param = p.name;
-    input.dataset.type = p.type;
-    if (p.type === "bool") { input.type = "checkbox"; input.checked = p.default === true; }
-    // numbers as text (inputmode for the keyboard): a number input would turn "x" into "" silently
-    else if (p.type === "int" || p.type === "float") input.inputMode = p.type === "int" ? "numeric" : "decimal";
-    if (p.type !== "bool") {
-      input.placeholder = p.default === null || p.default === undefined ? (p.required ? "required" : "") : JSON.stringify(p.default);
-      input.required = !!p.required;
-    }
-    const help = Object.assign(document.createElement("span"), { className: "hint", textContent: ` ${p.type}${p.required ? ", required" : ""}${p.description ? ": " + p.description : ""}` });
-    label.append(`${p.name} `, input, help);
-    return label;
-  }));
+  $("run-fields").replaceChildren(...(chosen ? chosen.params : []).map(paramField));
 }
 
-function fieldValues() {
+// One labelled input for a declared parameter (an action's, an RScript's or a definition's).
+function paramField(p) {
+  const label = document.createElement("label");
+  const input = document.createElement("input");
+  input.dataset.param = p.name;
+  input.dataset.type = p.type;
+  if (p.type === "bool") { input.type = "checkbox"; input.checked = p.default === true; }
+  // numbers as text (inputmode for the keyboard): a number input would turn "x" into "" silently
+  else if (p.type === "int" || p.type === "float") input.inputMode = p.type === "int" ? "numeric" : "decimal";
+  if (p.type !== "bool") {
+    input.placeholder = p.default === null || p.default === undefined ? (p.required ? "required" : "") : JSON.stringify(p.default);
+    input.required = !!p.required;
+  }
+  const help = Object.assign(document.createElement("span"), { className: "hint", textContent: ` ${p.type}${p.required ? ", required" : ""}${p.description ? ": " + p.description : ""}` });
+  label.append(`${p.name} `, input, help);
+  return label;
+}
+
+function fieldValues(container = $("run-fields")) {
   const params = {};
-  for (const input of $("run-fields").querySelectorAll("input[data-param]")) {
+  for (const input of container.querySelectorAll("input[data-param]")) {
     const name = input.dataset.param, type = input.dataset.type;
     if (type === "bool") { params[name] = input.checked; continue; }
     const text = input.value.trim();
@@ -384,6 +387,15 @@ function fieldValues() {
     } else params[name] = text;
   }
   return params;
+}
+
+// The submit form's fields, from the parameters the pasted definition declares.
+async function readDefinitionParams() {
+  try {
+    const params = await call("definition_params", { toml: $("submit-toml").value });
+    $("submit-fields").replaceChildren(...params.map(paramField));
+    message(params.length ? `${params.length} parameter(s) declared` : "the definition declares no parameters");
+  } catch (err) { $("submit-fields").replaceChildren(); message(err.message, true); }
 }
 
 function setupViews() {
@@ -428,12 +440,13 @@ function setupViews() {
       go(`#/job/${encodeURIComponent(started.job)}`);
     } catch (err) { message(err.message, true); }
   });
+  $("submit-read").addEventListener("click", readDefinitionParams);
   $("submit-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     try {
       const record = await call("submit_toml", {
         toml: $("submit-toml").value, user: $("submit-user").value.trim(),
-        params: parseJson($("submit-params").value, "params"),
+        params: { ...fieldValues($("submit-fields")), ...parseJson($("submit-params").value, "params") },
       });
       message(`submitted ${record.id} (${record.state})`);
       go("#/requests");

@@ -17,6 +17,25 @@ from .conftest import GUARD, Console
 
 load_ops()
 
+#: A one-file definition declaring two parameters (for ``definition_params``).
+PARAMS_TOML = """
+[workflow]
+name = "p"
+namespace = "tests"
+
+[params.count]
+type = "int"
+default = 1
+description = "how many"
+
+[params.label]
+type = "str"
+
+[[stages]]
+name = "s"
+rscript = "noop"
+"""
+
 CHANGES = {  # every op that changes something, with arguments that would work
     "run": {"rscript": "sleep_echo", "params": {"message": "x"}},
     "kill": {"job": "j000001"},
@@ -173,6 +192,16 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                     {"name": "ci"},
                     lambda r: r["name"] == "ci" and r["revoked_by"] == "bootstrap",
                 ),
+                "definition_params": (
+                    {"toml": PARAMS_TOML},
+                    lambda r: r
+                    == [
+                        {"name": "count", "type": "int", "default": 1, "required": False,
+                         "description": "how many"},
+                        {"name": "label", "type": "str", "default": None, "required": True,
+                         "description": ""},
+                    ],
+                ),  # fmt: skip
                 "work.deposit": (
                     {"works": [{"pipeline": "p", "parameters": {"a": 1}}]},
                     lambda r: r == {"ids": ["w0000001"]},

@@ -479,6 +479,25 @@ async def test_a_products_provenance_is_drawn_back_to_its_raw_inputs(tmp_path: P
     assert sum(1 for kind, _ in expected if kind == "product") == 3, path
 
 
+#: A definition pasted into the page's submit form: the form is built from its parameters.
+SUBMITTED = """\
+[workflow]
+name = "sub"
+namespace = "web"
+
+[params.count]
+type = "int"
+default = 1
+
+[params.label]
+type = "str"
+
+[[stages]]
+name = "s"
+rscript = "noop"
+"""
+
+
 #: A continuous request: each raw file is processed as soon as it is catalogued.
 STANDING = """\
 [workflow]
@@ -502,9 +521,13 @@ max_inputs = 1
 """
 
 
-async def test_a_standing_requests_view_shows_its_stages_gaps_and_rounds(tmp_path: Path) -> None:
+async def test_a_standing_requests_view_and_the_submit_form_from_declared_params(
+    tmp_path: Path,
+) -> None:
     """A continuous request shows, beside its DAG, its trigger and per stage the gap, running
-    jobs, cooldown, rounds and version, as the engine's ``request`` op reports them."""
+    jobs, cooldown, rounds and version, as the engine's ``request`` op reports them. The
+    submit form reads a pasted definition's declared parameters into typed fields, refuses a
+    bad value in one line before sending, and submits the request with the values given."""
     config = workspace(tmp_path / "ws")
     engine_config = attrs.evolve(
         config.engine, rscripts=(*config.engine.rscripts, str(WORK_SCRIPTS))
@@ -550,7 +573,47 @@ async def test_a_standing_requests_view_shows_its_stages_gaps_and_rounds(tmp_pat
                     trigger = await page.js(page.text("standing-trigger"))
                     stale = await page.js(page.text("standing-stale"))
                     path = await shots.take("standing")
+
+                    # the submit form built from the parameters the pasted definition declares
+                    await goto(page, "#/new")
+                    await page.js(
+                        f"document.getElementById('submit-toml').value = {json.dumps(SUBMITTED)}"
+                    )
+                    await page.click("#submit-read")
+                    fields = await until(
+                        page,
+                        "document.querySelectorAll('#submit-fields input[data-param]').length > 0",
+                        "[...document.querySelectorAll('#submit-fields input[data-param]')]"
+                        ".map(i => [i.dataset.param, i.dataset.type, i.required])",
+                    )
+                    form_path = await shots.take("submit-form")
+                    await page.js(
+                        "document.querySelector('#submit-fields input[data-param=\"count\"]')"
+                        ".value = 'many';"
+                        "document.querySelector('#submit-fields input[data-param=\"label\"]')"
+                        ".value = 'from the page'"
+                    )
+                    await page.click("#submit-button")
+                    refusal = await until(
+                        page, f"{page.text('message')}.startsWith('params.')", page.text("message")
+                    )
+                    before = len(await admin.call("requests"))
+                    await page.js(
+                        "document.querySelector('#submit-fields input[data-param=\"count\"]')"
+                        ".value = '3'"
+                    )
+                    await page.click("#submit-button")
+                    await until(page, "location.hash === '#/requests'")
+                    made = [
+                        await admin.call("request", request=r["id"])
+                        for r in await admin.call("requests")
+                        if r["workflow"] == "sub"
+                    ]
                 nursery.cancel_scope.cancel()
+    assert fields == [["count", "int", False], ["label", "str", True]], form_path
+    assert refusal == 'params.count: expected an integer, got "many"', form_path
+    assert before == 1 and len(made) == 1, form_path
+    assert made[0]["params"] == {"count": 3, "label": "from the page"}, (made, form_path)
     assert trigger == f"trigger {view['trigger']}", path
     [stage] = view["stages"]
     assert rows == [[
