@@ -287,10 +287,24 @@ const SEARCH_COLUMNS = {
     ["user", (r) => r.user], ["state", (r) => r.state], ["created", (r) => fmtTime(r.created_at)], ["error", (r) => r.error]],
   events: [["event", (r) => r.id], ["at", (r) => fmtTime(r.at)], ["kind", (r) => r.kind], ["subject", (r) => r.subject],
     ["data", (r) => JSON.stringify(r.data)]],
+  works: [["work", (r) => r.id], ["pipeline", (r) => r.pipeline], ["status", (r) => r.status],
+    ["priority", (r) => r.priority], ["user", (r) => r.user], ["attempt", (r) => r.attempt],
+    ["created", (r) => fmtTime(r.creation)]],
 };
+
+// Works are searched by the work queue's own op: pipeline (the name field), statuses, user, time.
+async function searchWorks(args) {
+  const query = { limit: args.limit, offset: args.offset };
+  if (args.name) query.pipeline = args.name;
+  if (args.state) query.status = args.state;
+  for (const key of ["user", "since", "until"]) if (args[key] !== undefined) query[key] = args[key];
+  const found = await call("work.find", query);
+  return { rows: found.works, total: found.count, offset: found.offset };
+}
 
 function searchTarget(kind, row) {
   if (kind === "jobs") return `#/job/${encodeURIComponent(row.id)}`;
+  if (kind === "works") return `#/works/${encodeURIComponent(row.pipeline)}`;
   if (kind === "requests") return `#/request/${encodeURIComponent(row.id)}`;
   if (row.kind.startsWith("job.") || row.kind.startsWith("attempt.")) return `#/job/${encodeURIComponent(row.subject)}`;
   if (row.kind.startsWith("request.")) return `#/request/${encodeURIComponent(row.subject)}`;
@@ -312,7 +326,7 @@ async function runSearch() {
     if (value) args[key] = new Date(value).getTime() / 1000;
   }
   try {
-    const page = await call("search", args);
+    const page = kind === "works" ? await searchWorks(args) : await call("search", args);
     const columns = SEARCH_COLUMNS[kind];
     const head = document.createElement("tr");
     head.append(...columns.map(([name]) => Object.assign(document.createElement("th"), { textContent: name })));

@@ -347,6 +347,16 @@ async def test_each_operations_view_shows_what_the_engine_holds(
                 )
                 path = await shots.take("search-events")
                 assert events == [rid], path
+                await page.js("document.getElementById('search-kind').value = 'works'")
+                await page.fill("search-name", "calib")
+                await page.click("#search-go")
+                works = await until(
+                    page,
+                    "document.querySelector('#search-results thead th')?.textContent === 'work'",
+                    "[...document.querySelectorAll('#search-results tbody tr')].map(r => r.dataset.key)",
+                )
+                path = await shots.take("search-works")
+                assert sorted(works) == sorted(ids), path
 
                 # keyboard: j, j, Enter opens the second job of the list (once it lists them all)
                 everything = await admin.call("search", kind="jobs", limit=500)
