@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -430,22 +432,33 @@ async def test_each_operations_view_shows_what_the_engine_holds(
                 ] == "from the form\nfrom the form\n"
 
 
-async def test_a_products_provenance_is_drawn_back_to_its_raw_inputs(tmp_path: Path) -> None:
-    """A product of the second stage of a completed request opens as a graph: itself, the two
-    products of the first stage it was made from, and the raw file each of those came from,
-    as the engine's provenance chain records them."""
+@asynccontextmanager
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Console, str]]:
+    """A real engine with one connected local agent (and the request tests' ``work`` RScript)
+    serving its console; yields the console and its admin token."""
     config = workspace(tmp_path / "ws")
     engine_config = attrs.evolve(
         config.engine, rscripts=(*config.engine.rscripts, str(WORK_SCRIPTS))
     )
     config = attrs.evolve(config, engine=engine_config)
     token = read_token(config)
+    async with open_engine(config) as engine, trio.open_nursery() as nursery:
+        port = await nursery.start(lambda task_status: serve_api(
+            engine, host="127.0.0.1", port=0, token=token, task_status=task_status))  # fmt: skip
+        console = Console(engine, f"ws://127.0.0.1:{port}/", token, config.root)
+        await console.wait_for_agents(1)
+        try:
+            yield console, token
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_products_provenance_is_drawn_back_to_its_raw_inputs(tmp_path: Path) -> None:
+    """A product of the second stage of a completed request opens as a graph: itself, the two
+    products of the first stage it was made from, and the raw file each of those came from,
+    as the engine's provenance chain records them."""
     with trio.fail_after(GUARD):
-        async with open_engine(config) as engine, trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: serve_api(
-                engine, host="127.0.0.1", port=0, token=token, task_status=task_status))  # fmt: skip
-            console = Console(engine, f"ws://127.0.0.1:{port}/", token, config.root)
-            await console.wait_for_agents(1)
+        async with served(tmp_path) as (console, token):
             async with console.connect() as admin:
                 await console.catalog(admin, 2)
                 rid = (await admin.call("submit_toml", toml=PRODUCTS, user="erin"))["id"]
@@ -473,7 +486,6 @@ async def test_a_products_provenance_is_drawn_back_to_its_raw_inputs(tmp_path: P
                     )
                     path = await shots.take("provenance")
                     shown = await page.js(page.text("message"))
-                nursery.cancel_scope.cancel()
 
     def walk(item: dict[str, Any]) -> list[list[str]]:
         ref = item["id"] if item["kind"] == "product" else item.get("path") or item.get("ref")
@@ -538,18 +550,8 @@ async def test_a_standing_requests_view_and_the_submit_form_from_declared_params
     jobs, cooldown, rounds and version, as the engine's ``request`` op reports them. The
     submit form reads a pasted definition's declared parameters into typed fields, refuses a
     bad value in one line before sending, and submits the request with the values given."""
-    config = workspace(tmp_path / "ws")
-    engine_config = attrs.evolve(
-        config.engine, rscripts=(*config.engine.rscripts, str(WORK_SCRIPTS))
-    )
-    config = attrs.evolve(config, engine=engine_config)
-    token = read_token(config)
     with trio.fail_after(GUARD):
-        async with open_engine(config) as engine, trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: serve_api(
-                engine, host="127.0.0.1", port=0, token=token, task_status=task_status))  # fmt: skip
-            console = Console(engine, f"ws://127.0.0.1:{port}/", token, config.root)
-            await console.wait_for_agents(1)
+        async with served(tmp_path) as (console, token):
             async with console.connect() as admin:
                 await console.catalog(admin, 2)
                 rid = (await admin.call("submit_toml", toml=STANDING, user="erin"))["id"]
@@ -619,7 +621,6 @@ async def test_a_standing_requests_view_and_the_submit_form_from_declared_params
                         for r in await admin.call("requests")
                         if r["workflow"] == "sub"
                     ]
-                nursery.cancel_scope.cancel()
     assert fields == [["count", "int", False], ["label", "str", True]], form_path
     assert refusal == 'params.count: expected an integer, got "many"', form_path
     assert before == 1 and len(made) == 1, form_path
