@@ -255,7 +255,7 @@ def _standing(view: dict[str, Any], rid: str, stale: int) -> list[str]:
     """A standing request's stages: gap, cooldown, last and next round; stale products."""
     import time
 
-    now = time.time()  # wall clock: display only
+    now = time.time()  # wall-clock: display only
     tick = f", next tick {_ago(view['next_tick'], now)}" if view.get("next_tick") else ""
     lines = [f"  standing: trigger {view['trigger']}{tick}"]
     lines.append(

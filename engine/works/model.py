@@ -88,7 +88,7 @@ def _show(value: Any) -> str:
 
 
 def _now() -> float:
-    return time.time()  # wall clock: a creation stamp, never used for timing
+    return time.time()  # wall-clock: a creation stamp, never used for timing
 
 
 @attrs.frozen(kw_only=True)
