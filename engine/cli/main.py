@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from wfe.engine import __version__
-from wfe.engine.cli.render import print_json, print_table, seconds
+from wfe.engine.cli.render import print_json, seconds
 from wfe.engine.config import CONFIG_NAME, DEFAULT_TOML, Config, load_config
 from wfe.engine.errors import EngineError
 from wfe.engine.job_states import JobState
@@ -315,39 +315,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0 if state == JobState.SUCCEEDED else 1
 
 
-def cmd_agents(args: argparse.Namespace) -> int:
-    if args.action is not None:
-        options = {} if args.group is None else {"group": args.group}
-        result = _call(args, f"agents.{args.action}", **options)
-        if args.json:
-            print_json(result)
-        else:
-            done = result["started" if args.action == "up" else "stopped"]
-            verb = "started" if args.action == "up" else "stopped"
-            print(f"{verb}: {', '.join(done)}" if done else f"nothing to do: no agent {verb}")
-        return 0
-    agents = _call(args, "agents")
-    if args.json:
-        print_json(agents)
-    else:
-        print_table(
-            [
-                {
-                    "agent": a["name"],
-                    "group": a.get("group") or "",
-                    "state": a["state"],
-                    "transport": a["transport"],
-                    "slots": f"{a['slots'] - a['free_slots']}/{a['slots']}",
-                    "site": a["site"],
-                    "running": " ".join(a["running"][:4])
-                    + (" ..." if len(a["running"]) > 4 else ""),
-                }
-                for a in agents
-            ]
-        )
-    return 0
-
-
 def cmd_kill(args: argparse.Namespace) -> int:
     result = _call(args, "kill", job=args.job)
     print(f"{args.job}: kill requested (was {result['state']})")
@@ -514,15 +481,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attempt", type=int)
     p.add_argument("--follow", "-f", action="store_true", help="stream output until the job ends")
 
-    p = add(
-        "agents",
-        cmd_agents,
-        "list the agents the engine knows; `agents up|down [GROUP]` starts or stops local groups",
-    )
-    p.add_argument("action", nargs="?", choices=("up", "down"), help="start or stop a group")
-    p.add_argument("group", nargs="?", help="the [agents.<group>] to start or stop (default: all)")
-    p.add_argument("--json", action="store_true")
-
     p = add("kill", cmd_kill, "cancel a job and everything it started")
     p.add_argument("job")
 
@@ -545,9 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Modules that add subcommands: each has ``register(add)``, where ``add(name, fn, help,
     # config=True)`` returns the subparser to fill. Imported here: they import this module.
-    from wfe.engine.cli import console, jobs, requests, works
+    from wfe.engine.cli import agents, console, jobs, requests, works
 
-    for module in (requests, console, jobs, works):
+    for module in (agents, requests, console, jobs, works):
         module.register(add)
     return parser
 
