@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 
 from wfe.engine.repository.errors import RepositoryError, SchemaTooNew
+from wfe.engine.repository.pilots import SCHEMA as PILOTS_SCHEMA
 
 _CORE = """
 CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
@@ -185,6 +186,7 @@ MIGRATIONS: list[str] = [
     _INPUT_CONTENT,  # 10: the content hash of a catalog input when it was taken
     _WORK_CALLS,  # 11: the works tasklets deposited, by (parent job, call number)
     _ATTEMPT_RAN_WITH,  # 12: what an attempt ran with (memory after on_retry)
+    PILOTS_SCHEMA,  # 13: the batch jobs pilot factories submitted (engine/repository/pilots.py)
 ]
 
 
