@@ -1,5 +1,8 @@
 """The agent core: one connection session at a time, attempts that outlive connections.
 
+The attempts themselves are an ``AttemptHost``'s (``wfe.agents.hosting``); this module is the
+agent's life (keeper, reconnection, stop) and its sessions with the engine.
+
 An ``Agent`` hosts attempts in a nursery of its own (``Agent.open``), not in the nursery of
 a connection: when the link to the engine drops, running scripts go on, their results go
 to the spool, and the next session's ``AgentHello`` lists them as ``running`` or ``held``.
@@ -34,25 +37,22 @@ import enum
 import functools
 import logging
 import os
-import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
 
-import attrs
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from wfe.agents import __version__
 from wfe.agents.errors import MessageTooLarge, SpoolError
-from wfe.agents.keeper_link import KeeperLink, open_keeper
+from wfe.agents.hosting import AttemptHost
+from wfe.agents.keeper_link import open_keeper
 from wfe.agents.link import Link
-from wfe.agents.runner import KILL_GRACE, Attempt, AttemptNotStarted, describe
-from wfe.agents.spool import Progress, Spool, parse_name
-from wfe.agents.workdirs import Workdirs
-from wfe.protocols.admission import Admission, DispatchFacts, Ignore, Refuse, Resend, Run
+from wfe.agents.runner import KILL_GRACE
+from wfe.agents.spool import Spool
+from wfe.protocols.admission import Admission
 from wfe.protocols.lease import LeaseTracker
 from wfe.protocols.messages import (
     Ack,
@@ -62,11 +62,8 @@ from wfe.protocols.messages import (
     Cancel,
     Capabilities,
     Dispatch,
-    JobAccepted,
-    JobRefused,
     Lease,
     Message,
-    OutputChunk,
     Resume,
     Shutdown,
     StatusRequest,
@@ -89,25 +86,7 @@ ACCEPT_AFTER = 0.005
 #: ``reconcile_grace`` margin (docs/decisions.md #41).
 MAX_RECONNECT_DELAY = 5.0
 
-
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-
-#: An agent refuses new work while its work directory's or spool's filesystem has less free
-#: than this: a script there would fail writing its output, which is no fault of the job.
-MIN_FREE_BYTES = 16 * 1024 * 1024
-
-
-def _disk_problem(*paths: Path) -> str:
-    """Why the agent's disk cannot take an attempt now, or ""."""
-    for path in paths:
-        try:
-            st = os.statvfs(path)
-        except OSError:
-            continue  # not made yet: preparing the attempt will say what is wrong
-        free = st.f_bavail * st.f_frsize
-        if free < MIN_FREE_BYTES:
-            return f"the agent's disk is full ({free // 1024} KiB free at {path})"
-    return ""
 
 
 class AgentExit(enum.Enum):
@@ -117,13 +96,6 @@ class AgentExit(enum.Enum):
     STOPPED = "stopped"  # Agent.stop() was called (a signal, usually): running attempts are
     # left to the keeper, for the next start to adopt (or for the lease to end)
     GAVE_UP = "gave_up"  # no engine could be reached for give_up_after seconds
-
-
-@attrs.define
-class _Running:
-    attempt: Attempt
-    output_lock: trio.Lock = attrs.Factory(trio.Lock)
-    done: trio.Event = attrs.Factory(trio.Event)
 
 
 class Agent:
@@ -147,25 +119,26 @@ class Agent:
         self.spool = spool
         self.workdir = Path(workdir)
         self.trusted_key = trusted_key
-        self.admission = Admission(
-            trusted_key=trusted_key
-        )  # what may run here: protocols.admission
+        self.admission = Admission(trusted_key=trusted_key)  # protocols.admission
         self.heartbeat = heartbeat
         self.keep_workdirs = keep_workdirs
-        self._workdirs = Workdirs(self.workdir, keep=capabilities.slots)
         self.kill_grace = kill_grace
         self.accept_after = accept_after
-        self._running: dict[AttemptRef, _Running] = {}
+        self.host = AttemptHost(
+            capabilities=capabilities,
+            spool=spool,
+            workdir=self.workdir,
+            admission=self.admission,
+            send=self._send,
+            kill_grace=kill_grace,
+            accept_after=accept_after,
+            keep_workdirs=keep_workdirs,
+        )
         self._link: Link | None = None
         self._send_lock = trio.Lock()
-        self._dropping: set[AttemptRef] = set()  # acknowledged, drop from the spool under way
-        self._drops_done = trio.Event()
-        self._drops_done.set()
-        self._nursery: trio.Nursery | None = None
         self._stop_scope: trio.CancelScope | None = None
         self._stop_requested = False
         self._detach = False  # on exit, leave running attempts to the keeper
-        self._keeper: KeeperLink | None = None
         self.lease = LeaseTracker()  # numbers hellos and statuses; the engine's Lease answers
 
     # --- life --------------------------------------------------------------------------
@@ -183,91 +156,32 @@ class Agent:
         the next start reports them.
         """
         async with open_keeper(self.spool.path) as keeper:
-            self._keeper = keeper
+            self.host.keeper = keeper
             try:
-                adopted = await self._recover(keeper)
+                adopted = await self.host.recover(keeper)
                 await trio.to_thread.run_sync(
                     functools.partial(self.workdir.mkdir, parents=True, exist_ok=True)
                 )
-                self._workdirs.close()  # spare directories of a past run (two small files each)
+                self.host.workdirs.close()  # spare directories of a past run (two small files each)
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
+                    self.host.nursery = nursery
                     for entry in adopted:
-                        nursery.start_soon(self._run_attempt, entry, True)
+                        nursery.start_soon(self.host.run_attempt, entry, True)
                     try:
                         yield self
                     finally:
                         with trio.CancelScope(shield=True) as cleanup:
                             cleanup.deadline = trio.current_time() + 2 * self.kill_grace + 10
                             if self._detach:
-                                self._detach_all()
+                                self.host.detach_all()
                             else:
-                                await self._finish_all("the agent is stopping")
+                                await self.host.finish_all("the agent is stopping")
                         if not self._detach:
-                            self._workdirs.close()
-                        self._nursery = None
+                            self.host.workdirs.close()
+                        self.host.nursery = None
                         nursery.cancel_scope.cancel()  # nothing may keep the agent from stopping
             finally:
-                self._keeper = None
-
-    async def _recover(self, keeper: KeeperLink) -> list[_Running]:
-        """Match what the keeper holds with what the spool says ran; the attempts to adopt."""
-        held = {}
-        for h in keeper.held:
-            ref = parse_name(h.key)
-            if ref is not None:
-                held[ref] = h
-        closed, progress = await self.spool.recover(held.keys())
-        for lost in closed:
-            log.warning(
-                "attempt %s#%d was running when the agent stopped and nothing supervises it"
-                " any more: reporting it fenced",
-                lost.job_id,
-                lost.attempt,
-            )
-        adopted: list[_Running] = []
-        for ref, h in held.items():
-            if ref not in progress:  # its result is spooled already, or it is not ours
-                if h.status is None:
-                    keeper.kill(h.pid, signal.SIGKILL)
-                else:
-                    await keeper.release(h.key)
-                continue
-            adopted.append(self._adopt(ref, h, progress[ref], keeper))
-        return adopted
-
-    def _adopt(
-        self, ref: AttemptRef, held: Any, progress: Progress, keeper: KeeperLink
-    ) -> _Running:
-        attempt = Attempt.adopted(
-            held,
-            ref=ref,
-            workdir=self.workdir,
-            keeper=keeper,
-            chunks=progress.chunks,
-            offsets=progress.sizes,
-            kill_grace=self.kill_grace,
-            workdirs=self._workdirs,
-        )
-        log.info(
-            "adopted attempt %s#%d (pid %d) from the keeper: %s",
-            ref.job_id,
-            ref.attempt,
-            held.pid,
-            "still running" if held.status is None else "ended while no agent ran",
-        )
-        entry = _Running(attempt)
-        self._running[ref] = entry
-        return entry
-
-    def _detach_all(self) -> None:
-        for entry in self._running.values():
-            entry.attempt.detach()
-        if self._running:
-            log.info(
-                "leaving %d running attempt(s) to the keeper for the next start",
-                len(self._running),
-            )
+                self.host.keeper = None
 
     async def run(
         self,
@@ -305,7 +219,7 @@ class Agent:
         """
         if self._stop_requested:
             return
-        self._stop_requested = True
+        self._stop_requested = self.host.stopping = True
         self._detach = True
         if self._stop_scope is not None:
             self._stop_scope.cancel()
@@ -343,13 +257,6 @@ class Agent:
             await trio.sleep(pause)
             delay = min(2 * delay, max_reconnect_delay)
 
-    async def _finish_all(self, reason: str) -> None:
-        entries = list(self._running.values())
-        for entry in entries:
-            entry.attempt.cancel(reason)
-        for entry in entries:
-            await entry.done.wait()
-
     # --- one session -------------------------------------------------------------------
 
     async def serve(self, link: Link) -> bool:
@@ -357,7 +264,7 @@ class Agent:
 
         Must be called inside ``open()`` (``run`` does that).
         """
-        if self._nursery is None:
+        if self.host.nursery is None:
             raise RuntimeError(
                 "Agent.serve needs a running agent: call it inside `async with agent.open():`"
             )
@@ -367,8 +274,8 @@ class Agent:
                 name=self.name,
                 software=__version__,
                 capabilities=self.capabilities,
-                running=tuple(self._running),
-                held=self._held(),
+                running=tuple(self.host.running),
+                held=self.host.held(),
                 seq=self.lease.sent(trio.current_time()),
             )
             await self._send_locked(hello)
@@ -411,9 +318,9 @@ class Agent:
         answers it)."""
         return AgentStatus(
             name=self.name,
-            free_slots=max(0, self.capabilities.slots - len(self._running)),
-            running=tuple(self._running),
-            held=self._held(),
+            free_slots=max(0, self.capabilities.slots - len(self.host.running)),
+            running=tuple(self.host.running),
+            held=self.host.held(),
             seq=self.lease.sent(trio.current_time()),
         )
 
@@ -423,14 +330,11 @@ class Agent:
         until = self.lease.granted(lease)
         if until is None:
             return
-        if self._keeper is not None:
+        if self.host.keeper is not None:
             # wall-clock: the keeper is another process; CLOCK_MONOTONIC is the one both read
             monotonic_until = time.monotonic() + (until - trio.current_time())  # wall-clock
             with contextlib.suppress(OSError):
-                await self._keeper.lease(monotonic_until)
-
-    def _held(self) -> tuple[AttemptRef, ...]:
-        return tuple(ref for ref in self.spool.held() if ref not in self._dropping)
+                await self.host.keeper.lease(monotonic_until)
 
     async def _send(self, *messages: Message) -> bool:
         async with self._send_lock:
@@ -465,207 +369,32 @@ class Agent:
     async def _handle(self, message: Message, session: trio.Nursery) -> bool:
         match message:
             case Dispatch():
-                await self._dispatch(message)
+                await self.host.dispatch(message)
             case Cancel(job_id=job_id, attempt=attempt, reason=reason):
-                entry = self._running.get(AttemptRef(job_id=job_id, attempt=attempt))
+                entry = self.host.running.get(AttemptRef(job_id=job_id, attempt=attempt))
                 if entry is None:
                     log.info("cancel for %s#%d, which is not running: ignored", job_id, attempt)
                 else:
                     log.info("cancelling %s#%d: %s", job_id, attempt, reason or "no reason given")
                     entry.attempt.cancel(reason)
             case Ack(job_id=job_id, attempt=attempt):
-                self._drop_soon(AttemptRef(job_id=job_id, attempt=attempt))
+                self.host.drop_soon(AttemptRef(job_id=job_id, attempt=attempt))
             case Lease():
                 await self._granted(message)
             case StatusRequest():
-                await self._drops_done.wait()
+                await self.host.drops_done.wait()
                 await self._send(self.status())
             case Resume():
-                session.start_soon(self._replay, message)
+                session.start_soon(self.host.replay, message)
             case Shutdown(reason=reason, leave_running=leave_running):
                 log.info("the engine asked to shut down: %s", reason or "no reason given")
                 if leave_running:  # the engine stops; its work does not
-                    self._stop_requested = self._detach = True
+                    self._stop_requested = self._detach = self.host.stopping = True
                 else:
-                    await self._finish_all(f"shutdown: {reason}" if reason else "shutdown")
+                    await self.host.finish_all(f"shutdown: {reason}" if reason else "shutdown")
                 return True
             case _:
                 log.warning(
                     "ignored a %s: it goes from agents to the engine", type(message).__name__
                 )
         return False
-
-    def _drop_soon(self, ref: AttemptRef) -> None:
-        """Drop an acknowledged attempt from the spool in the background."""
-        assert self._nursery is not None
-        if ref in self._dropping:
-            return
-        if not self._dropping:
-            self._drops_done = trio.Event()
-        self._dropping.add(ref)
-        self._nursery.start_soon(self._drop, ref)
-
-    async def _drop(self, ref: AttemptRef) -> None:
-        try:
-            if not await self.spool.drop(ref.job_id, ref.attempt):
-                log.info("ack for %s#%d, which is not held: ignored", ref.job_id, ref.attempt)
-        except OSError as exc:
-            log.error("could not drop %s#%d from the spool: %s", ref.job_id, ref.attempt, exc)
-        finally:
-            self._dropping.discard(ref)
-            if not self._dropping:
-                self._drops_done.set()
-
-    async def _dispatch(self, d: Dispatch) -> None:
-        """Check ``d`` now; if it may run, take its slot and start it in a task of its own.
-
-        No await comes before the slot is taken, so a duplicate arriving next sees it.
-        """
-        ref = AttemptRef(job_id=d.job_id, attempt=d.attempt)
-        name = f"{d.job_id}#{d.attempt}"
-        stored: Message | None = None
-        unreadable = ""
-        try:
-            stored = self.spool.get(d.job_id, d.attempt)
-        except SpoolError as exc:
-            unreadable = str(exc)
-        facts = DispatchFacts(
-            running=ref in self._running,
-            stored=stored is not None,
-            unreadable=unreadable,
-            capacity=self._capacity_problem(d),
-        )
-        match self.admission.admit(d, facts):
-            case Ignore(reason=reason):
-                log.info("dispatch of %s, which is %s: ignored", name, reason)
-                return
-            case Resend():
-                assert stored is not None
-                log.info("dispatch of %s, which already ran: sending its stored result", name)
-                await self._send(stored)
-                return
-            case Refuse(reason=reason):
-                log.warning("refused %s: %s", name, reason)
-                await self._send(JobRefused(job_id=d.job_id, attempt=d.attempt, reason=reason))
-                return
-            case Run():
-                pass
-        assert self._nursery is not None
-        # The agent removes the directory itself, once the result is sent.
-        assert self._keeper is not None
-        attempt = Attempt(
-            d,
-            workdir=self.workdir,
-            keeper=self._keeper,
-            keep_workdir=True,
-            kill_grace=self.kill_grace,
-            workdirs=self._workdirs,
-        )
-        entry = _Running(attempt)
-        self._running[ref] = entry  # the slot is taken from here on
-        self._nursery.start_soon(self._run_attempt, entry)
-
-    def _capacity_problem(self, d: Dispatch) -> str:
-        if self._stop_requested:
-            return "the agent is stopping"
-        full = _disk_problem(self.workdir, self.spool.path)
-        if full:
-            return full
-        slots = self.capabilities.slots
-        if len(self._running) >= slots:
-            return f"no free slot: all {slots} busy"
-        memory, offered = d.limits.memory, self.capabilities.memory
-        if memory is not None and offered is not None and memory > offered:
-            return f"needs {memory} bytes of memory; this agent offers {offered}"
-        return ""
-
-    async def _run_attempt(self, entry: _Running, adopted: bool = False) -> None:
-        """Begin the output of a reserved attempt, run it, spool its result and send it.
-
-        ``JobAccepted`` goes out once the script has run ``accept_after`` seconds; a script
-        that ends sooner has its ``JobAccepted`` and ``JobFinished`` sent together, in one
-        write where the link allows it. An ``adopted`` attempt (a previous agent began it)
-        goes on from where the spool has its output.
-        """
-        ref = entry.attempt.ref
-        try:
-            try:
-                if not adopted:
-                    await self.spool.begin_output(ref.job_id, ref.attempt)
-            except OSError as exc:
-                self._running.pop(ref, None)
-                reason = f"cannot write the spool: {exc}"
-                log.warning("refused %s#%d: %s", ref.job_id, ref.attempt, reason)
-                await self._send(JobRefused(job_id=ref.job_id, attempt=ref.attempt, reason=reason))
-                return
-            attempt = entry.attempt
-            try:
-                finished = await attempt.run(
-                    functools.partial(self._on_chunk, entry),
-                    on_running=functools.partial(self._accepted, entry),
-                    running_after=self.accept_after,
-                )
-            except AttemptNotStarted as exc:  # a full disk, say: a refusal, not a failure
-                self._running.pop(ref, None)
-                log.warning("refused %s#%d: %s", ref.job_id, ref.attempt, exc)
-                with contextlib.suppress(OSError):
-                    await self.spool.drop(ref.job_id, ref.attempt)
-                await self._send(
-                    JobRefused(job_id=ref.job_id, attempt=ref.attempt, reason=str(exc))
-                )
-                return
-            try:
-                await self.spool.store(finished, alone=len(self._running) == 1)
-            except OSError as exc:
-                log.error(
-                    "could not spool the result of %s#%d, sending it anyway: %s",
-                    ref.job_id,
-                    ref.attempt,
-                    exc,
-                )
-            del self._running[ref]
-            report: list[Message] = [finished]
-            if attempt.pid is not None and not attempt.announced:
-                report.insert(
-                    0, JobAccepted(job_id=ref.job_id, attempt=ref.attempt, pid=attempt.pid)
-                )
-            async with entry.output_lock:  # after JobAccepted and every chunk
-                await self._send(*report)
-            log.info("attempt %s#%d ended: %s", ref.job_id, ref.attempt, describe(finished))
-        finally:
-            self._running.pop(ref, None)
-            try:
-                if not self.keep_workdirs and not entry.attempt.detached:
-                    with trio.CancelScope(shield=True):
-                        await entry.attempt.remove_directory()
-            finally:
-                entry.done.set()
-
-    async def _accepted(self, entry: _Running, pid: int) -> None:
-        ref = entry.attempt.ref
-        async with entry.output_lock:  # not in the middle of a replay
-            await self._send(JobAccepted(job_id=ref.job_id, attempt=ref.attempt, pid=pid))
-
-    async def _on_chunk(self, entry: _Running, chunk: OutputChunk) -> None:
-        async with entry.output_lock:
-            try:
-                await self.spool.append_output(chunk)
-            except OSError as exc:
-                log.error("could not spool output of %s#%d: %s", chunk.job_id, chunk.attempt, exc)
-            await self._send(chunk)
-
-    async def _replay(self, resume: Resume) -> None:
-        ref = AttemptRef(job_id=resume.job_id, attempt=resume.attempt)
-        entry = self._running.get(ref)
-        lock: contextlib.AbstractAsyncContextManager[object] = (
-            entry.output_lock if entry is not None else contextlib.nullcontext()
-        )
-        async with lock:  # no live chunk of the attempt goes out in the middle of the replay
-            reader = self.spool.open_output(resume.job_id, resume.attempt)
-            if reader is None:
-                log.warning("resume for %s#%d: no output is held for it", ref.job_id, ref.attempt)
-                return
-            with reader:
-                while (chunk := await trio.to_thread.run_sync(reader.next_chunk)) is not None:
-                    if chunk.seq >= resume.next_seq and not await self._send(chunk):
-                        return
