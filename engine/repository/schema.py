@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 
 from wfe.engine.repository.errors import RepositoryError, SchemaTooNew
+from wfe.engine.repository.executions import SCHEMA as EXECUTIONS_SCHEMA
 from wfe.engine.repository.pilots import SCHEMA as PILOTS_SCHEMA
 
 _CORE = """
@@ -187,6 +188,7 @@ MIGRATIONS: list[str] = [
     _WORK_CALLS,  # 11: the works tasklets deposited, by (parent job, call number)
     _ATTEMPT_RAN_WITH,  # 12: what an attempt ran with (memory after on_retry)
     PILOTS_SCHEMA,  # 13: the batch jobs pilot factories submitted (engine/repository/pilots.py)
+    EXECUTIONS_SCHEMA,  # 14: simulated executions and their figures (engine/repository/executions.py)
 ]
 
 
