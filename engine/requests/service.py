@@ -29,10 +29,7 @@ batch names, settles batches whose job was never recorded, and re-arms stage tim
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,46 +37,44 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from wfe.engine.config import ApprovalSection, StorageSection
-from wfe.engine.definitions import (
-    Definition,
-    GitInfo,
-    OnStageFailure,
-    build_definition,
-    downstream,
-    resolve_params,
-)
+from wfe.engine.definitions import Definition, build_definition
 from wfe.engine.repository import Missed, Subscription
 from wfe.engine.repository import requests as store
 from wfe.engine.repository import standing as standing_store
 from wfe.engine.repository.products import list_products
 from wfe.engine.repository.rowtypes import JsonObject, JsonValue
-from wfe.engine.requests import catalog, checking, plan, scripts, standing
-from wfe.engine.requests.approval import decide_approval
+from wfe.engine.requests import catalog, plan, scripts, standing
 from wfe.engine.requests.batches import BatchRunner
-from wfe.engine.requests.errors import RefusedTransition, RequestError, SubmitError
+from wfe.engine.requests.errors import RefusedTransition, RequestError
 from wfe.engine.requests.model import (
-    ONCE,
-    Batch,
     RequestRecord,
     Snapshot,
     StageInput,
     StageState,
 )
+from wfe.engine.requests.progress import (
+    advance_stages,
+    check_request,
+    end_request,
+    settle_batches,
+    standing_inputs,
+    start_request,
+)
 from wfe.engine.requests.purge import Purger
+from wfe.engine.requests.stage_timers import StageTimers
 from wfe.engine.requests.standing_clock import StandingClock
-from wfe.engine.requests.standing_service import StandingRequests, action_known, upstream_products
+from wfe.engine.requests.standing_service import StandingRequests, action_known
+from wfe.engine.requests.submission import check_submission
+from wfe.engine.requests.waiting import wait_for
 from wfe.engine.runtime.actions import one_line
 from wfe.engine.runtime.jobs import TERMINAL
-from wfe.protocols.errors import ProtocolError
 from wfe.protocols.request import (
     TERMINAL_STATES,
-    TRANSITIONS,
     Actor,
     RequestLifecycle,
     RequestState,
     RequestVerb,
     Transition,
-    check_user_name,
 )
 
 if TYPE_CHECKING:
@@ -118,10 +113,13 @@ class RequestService:
         self._jobs: dict[str, str] = {}  # job id -> request id, for the jobs of open batches
         self._dirty: set[str] = set()
         self._wake = trio.Event()
-        self._timers: list[tuple[float, int, str, str, float]] = []  # (at, seq, job, kind, seconds)
-        self._armed: set[str] = set()
-        self._deferred: dict[str, tuple[str, float]] = {}  # job -> stage timer to fire on requeue
-        self._seq = itertools.count()
+        self.timers = StageTimers(
+            repo=repo,
+            controller=controller,
+            batches=self.batches,
+            jobs=lambda: self._jobs,
+            wake=self._wake_up,
+        )
         self._checking: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.standing = StandingClock(self.poke)  # cron ticks, cooldowns, catalog refreshes
@@ -160,6 +158,9 @@ class RequestService:
         self._dirty.add(rid)
         self._wake.set()
 
+    def _wake_up(self) -> None:
+        self._wake.set()
+
     async def _listen(self, events: Subscription) -> None:
         """Poke the requests whose jobs ended or were requeued: one wakeup per committed
         batch of events, however many it holds."""
@@ -184,17 +185,14 @@ class RequestService:
         owner = self._jobs.get(job_id)
         if owner is not None:
             self.poke(owner)
-        deferred = self._deferred.pop(job_id, None)
-        if deferred is not None:
-            heapq.heappush(self._timers, (trio.current_time(), next(self._seq), job_id, *deferred))
-            self._wake.set()
+        self.timers.requeued(job_id)
 
     async def _loop(self) -> None:
         while True:
-            with trio.move_on_at(self._timers[0][0] if self._timers else math.inf):
+            with trio.move_on_at(self.timers.next_at()):
                 await self._wake.wait()
             self._wake = trio.Event()
-            await self._fire_timers()
+            await self.timers.fire()
             dirty, self._dirty = self._dirty, set()
             for rid in sorted(dirty):
                 self.steps += 1
@@ -238,49 +236,23 @@ class RequestService:
         ``[approval]`` of wfe.toml says for the namespace, else the definition's policy
         (``wfe.engine.requests.approval``).
         """
-        try:
-            check_user_name(user)
-        except ProtocolError as exc:
-            raise SubmitError(str(exc)) from None
-        gitinfo = None
-        if git:
-            try:
-                gitinfo = GitInfo(
-                    commit=str(git["commit"]), path=str(git["path"]), dirty=bool(git["dirty"])
-                )
-            except (KeyError, TypeError):
-                raise SubmitError("git: expected commit, path and dirty") from None
-        definition = build_definition(expanded, sources=tuple(str(s) for s in sources), git=gitinfo)
-        resolved = resolve_params(definition, dict(params or {}))
-        namespace = definition.namespace if namespace is None else namespace
-        if not namespace or not all(c.isalnum() or c in "_.-" for c in namespace):
-            raise SubmitError(f"namespace {namespace!r}: use letters, digits, '_', '.' and '-'")
-        bundled = scripts.parse_bundled(scripts_text or {})
-        stored, from_library = scripts.check_submission(
-            definition,
-            resolved,
+        submission = check_submission(
+            expanded=expanded,
+            user=user,
+            sources=sources,
+            git=git,
+            scripts_text=scripts_text,
+            params=params,
             namespace=namespace,
-            bundled=bundled,
+            priority=priority,
+            by=by,
+            approval=self.approval,
             library=self.scripts,
             action_known=action_known(self.runner),
         )
-        record = await self.repo.write(
-            store.store_submission(
-                store.Submission(
-                    definition=definition,
-                    scripts=stored,
-                    library_scripts=from_library,
-                    user=user,
-                    namespace=namespace,
-                    params=resolved,
-                    priority=priority,
-                    approval=decide_approval(self.approval, namespace, definition),
-                    by=by or user,
-                )
-            )
-        )
-        scripts.register(self.scripts, stored)
-        self._definitions[definition.sha256] = definition
+        record = await self.repo.write(store.store_submission(submission))
+        scripts.register(self.scripts, submission.scripts)
+        self._definitions[submission.definition.sha256] = submission.definition
         self.poke(record.id)
         return record
 
@@ -344,32 +316,7 @@ class RequestService:
         that can no longer come to any of ``states`` answers at once if it was in one
         before, else raises ``RequestError`` naming its state: no waiter is kept forever.
         """
-        wanted = frozenset(states)
-        async with self.repo.subscribe() as events:
-            record = await self.get(rid)
-            if record.state in wanted:
-                return record
-            state = record.state
-            while _reachable(state) & wanted:
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    raise RequestError(f"request {rid}: the engine stopped while waiting") from None
-                if isinstance(event, Missed):
-                    record = await self.get(rid)
-                    if record.state in wanted:
-                        return record
-                    state = record.state
-                elif event.subject == rid and event.kind == "request.state":
-                    state = RequestState(event.data["to"])
-                    if state in wanted:
-                        return await self.get(rid)
-            if await self.repo.read(store.states_entered(rid)) & wanted:
-                return await self.get(rid)
-            record = await self.get(rid)
-            why = f" ({record.error})" if record.error else ""
-            names = ", ".join(sorted(s.value for s in wanted))
-            raise RequestError(f"request {rid}: {state.value}{why}, it will never be {names}")
+        return await wait_for(self.repo, rid, states)
 
     # --- one step --------------------------------------------------------------------------
 
@@ -379,9 +326,6 @@ class RequestService:
 
     def definition_of(self, snap: Snapshot) -> Definition:
         """The definition a request's snapshot refers to (built once per sha256)."""
-        return self._definition(snap)
-
-    def _definition(self, snap: Snapshot) -> Definition:
         sha = snap.request.definition
         if sha not in self._definitions:
             self._definitions[sha] = build_definition(snap.expanded)
@@ -389,14 +333,14 @@ class RequestService:
 
     async def _step(self, rid: str) -> None:
         snap = await self.repo.read(store.read_snapshot(rid))
-        definition = self._definition(snap)
+        definition = self.definition_of(snap)
         record = snap.request
         state = record.state
         self._hold(rid, state, ended=not snap.batches)
         for batch in snap.batches:
             if batch.job is not None:
                 self._jobs[batch.job] = rid
-                self._arm(definition, batch)
+                self.timers.arm(definition, batch)
         if await self._settle(snap, definition):
             self.poke(rid)
             return
@@ -418,7 +362,7 @@ class RequestService:
                 self.poke(rid)
             return
         if state is _S.APPROVED:
-            await self._start(rid, definition)
+            await start_request(self.repo, rid, definition)
             self.poke(rid)
             return
         if state is _S.CHECKING:
@@ -441,24 +385,12 @@ class RequestService:
             elif state is _S.RUNNING:
                 await self._dispatch(snap, definition)
             return
-        if await self._stages(snap, definition):
+        if await advance_stages(self.repo, snap, definition):
             self.poke(rid)
             return
-        states = {name: s.state for name, s in snap.stages.items()}
-        errors = {name: s.error or "" for name, s in snap.stages.items()}
-        decision = plan.request_next(definition, states, errors)
-        if decision is not None:
-            verb, reason = decision
-            if verb is RequestVerb.FAIL:
-                await self.repo.write(
-                    store.transition(rid, verb, Actor.ENGINE, reason=reason, expect=state)
-                )
-                self.poke(rid)
-                return
-            if state is _S.RUNNING and not snap.batches:
-                await self.repo.write(store.transition(rid, verb, Actor.ENGINE, expect=_S.RUNNING))
-                self.poke(rid)
-                return
+        if await end_request(self.repo, snap, definition):
+            self.poke(rid)
+            return
         if state is _S.RUNNING:
             await self._dispatch(snap, definition)
 
@@ -474,85 +406,18 @@ class RequestService:
 
     async def _settle(self, snap: Snapshot, definition: Definition) -> bool:
         """Settle ended batches, cancel jobs no batch names; True if anything changed."""
-        changed = False
-        for batch in snap.batches:
-            if batch.job is None:
-                await self.batches.abandon(definition, batch)
-                changed = True
-            elif batch.job in snap.ended:
-                made = await self.batches.settle(
-                    snap.request, definition, batch, snap.ended[batch.job]
-                )
-                self._jobs.pop(batch.job, None)
-                self._armed.discard(batch.job)
-                changed = True
-                if made:
-                    # New product files: still under the quota? (Keep what a growing
-                    # sub-group of a standing request will run again.)
-                    await self.purger.check(
-                        {
-                            (r, s.name)
-                            for r, d in self._standing.items()
-                            for s in d.stages
-                            if s.group_by
-                        }
-                    )
-        for job_id in snap.unlinked_jobs:
-            if job_id in self.controller.jobs:
-                log.warning(
-                    "request %s: cancelling job %s, which no batch names", snap.request.id, job_id
-                )
-                await self.controller.cancel(job_id, reason="orphaned by an engine restart")
-        return changed
-
-    async def _start(self, rid: str, definition: Definition) -> None:
-        found: list[tuple[str, str, dict[str, Any]]] = []
-        if definition.query is not None:
-            found = await self.repo.read(catalog.find(definition.query))
-        if definition.query is not None and not found and not definition.standing:
-            reason = "the query matched no catalog entries (see `wfe catalog ls`)"
-            await self.repo.write(
-                store.transition(
-                    rid, RequestVerb.FAIL, Actor.ENGINE, reason=reason, expect=_S.APPROVED
-                )
-            )
-            return
-        await self.repo.write(store.start_request(rid, definition, found))
-
-    async def _stages(self, snap: Snapshot, definition: Definition) -> bool:
-        """Start, skip and end stages; True if any changed."""
-        rid = snap.request.id
-        states = {name: s.state for name, s in snap.stages.items()}
-        fail_fast = definition.policy.on_stage_failure is OnStageFailure.FAIL
-        for name, record in snap.stages.items():
-            if record.state is not StageState.RUNNING:
-                continue
-            open_batches = sum(1 for b in snap.batches if b.stage == name)
-            ended = plan.stage_end(snap.inputs.get(name, ()), open_batches, fail_fast=fail_fast)
-            if ended is not None:
-                await self.repo.write(store.set_stage(rid, name, ended[0], error=ended[1] or None))
-                return True
-        changed = False
-        for name, new in plan.stage_changes(definition, states).items():
-            if new is StageState.SKIPPED:
-                failed = [
-                    d for d in definition.stage(name).depends_on if states[d] is not StageState.DONE
-                ]
-                why = f"upstream stage {failed[0]!r} {states[failed[0]].value}" if failed else ""
-                await self.repo.write(store.set_stage(rid, name, new, error=why or None))
-                states[name] = new
-                changed = True
-                continue
-            stage = definition.stage(name)
-            inputs: list[tuple[str, str, dict[str, Any]]] | None = None
-            if stage.consumes is None:
-                inputs = [(ONCE, "", {})]
-            elif not stage.consumes.from_query:
-                inputs = await self.repo.read(
-                    upstream_products(rid, stage.consumes.source, stage.consumes.types)
-                )
-            await self.repo.write(store.set_stage(rid, name, new, inputs=inputs))
-            return True
+        changed, settled, made = await settle_batches(
+            self.batches, self.controller, snap, definition
+        )
+        for job_id in settled:
+            self._jobs.pop(job_id, None)
+            self.timers.settled(job_id)
+        if made:  # new product files: still under the quota? (Keep what a growing
+            # sub-group of a standing request will run again.)
+            regrouped = {
+                (r, s.name) for r, d in self._standing.items() for s in d.stages if s.group_by
+            }
+            await self.purger.check(regrouped)
         return changed
 
     async def _dispatch(self, snap: Snapshot, definition: Definition) -> None:
@@ -563,39 +428,19 @@ class RequestService:
             stage = definition.stage(name)
             inputs: Sequence[StageInput] = snap.inputs.get(name, ())
             if definition.standing:
-                if stage.group_by:  # a sub-group with a job running waits for it
-                    inputs = standing.idle(inputs, stage.group_by)
-                if not self.standing.may_start(
-                    snap.request.id, name, cooldown=stage.cooldown, gap=len(standing.gap(inputs))
-                ):
-                    continue  # nothing waits, or the stage's cooldown window is still open
-                if stage.group_by:  # a sub-group that grew runs again whole
-                    again = standing.regroup(inputs, stage.group_by)
-                    if again:
-                        await self.repo.write(
-                            standing_store.rerun_group(
-                                snap.request.id, name, again, downstream(definition, name)
-                            )
-                        )
-                        inputs = standing.reopened(inputs, again)
-                purged = await self.repo.read(
-                    standing_store.purged_inputs(
-                        snap.request.id, [i.key for i in standing.gap(inputs)]
-                    )
+                chosen, regenerated = await standing_inputs(
+                    self.repo, self.standing, snap, definition, name, inputs
                 )
-                if purged:  # needed again but purged: its stage makes it again first
-                    below = {n: downstream(definition, n) for n in definition.stage_names}
-                    if await self.repo.write(
-                        standing_store.regenerate(snap.request.id, purged, below)
-                    ):
-                        started = True  # look again once the new inputs are in
+                started = started or regenerated
+                if chosen is None:
                     continue
+                inputs = chosen
             for chunk in plan.batches_to_make(inputs, stage.max_inputs, stage.group_by):
                 batch = await self.batches.start(snap.request, definition, stage, chunk)
                 started = True
                 if batch.job is not None:
                     self._jobs[batch.job] = snap.request.id
-                    self._arm(definition, batch)
+                    self.timers.arm(definition, batch)
         if started:
             # A job may have ended before it was in ``_jobs`` (its event then went
             # unheard): one more look settles it.
@@ -603,36 +448,7 @@ class RequestService:
 
     async def _check(self, rid: str, definition: Definition) -> None:
         try:
-            snap = await self.repo.read(store.read_snapshot(rid))
-            problems = checking.input_problems(definition, snap.stages, snap.inputs)
-            products = await self.repo.read(list_products(rid))
-            products = [p for p in products if not p.get("purged_at")]  # purged: no file
-            problems += checking.product_problems(products, await checking.rehash(products))
-            if problems:
-                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                await self.repo.write(
-                    store.transition(
-                        rid,
-                        RequestVerb.FAIL,
-                        Actor.ENGINE,
-                        reason=f"checking failed: {problems[0]}{more}",
-                        failures=problems,
-                        expect=_S.CHECKING,
-                    )
-                )
-            else:
-                states = {name: s.state for name, s in snap.stages.items()}
-                errors = {name: s.error or "" for name, s in snap.stages.items()}
-                failures = plan.stage_failures(definition, states, errors)
-                await self.repo.write(
-                    store.transition(
-                        rid,
-                        RequestVerb.COMPLETE,
-                        Actor.ENGINE,
-                        failures=failures,
-                        expect=_S.CHECKING,
-                    )
-                )
+            await check_request(self.repo, rid, definition)
         except RefusedTransition:
             pass  # cancelled meanwhile
         except Exception as exc:  # a bug must not stop the engine
@@ -641,58 +457,3 @@ class RequestService:
         finally:
             self._checking.discard(rid)
             self.poke(rid)
-
-    # --- stage timeouts --------------------------------------------------------------------
-
-    def _arm(self, definition: Definition, batch: Batch) -> None:
-        if batch.job is None or batch.job in self._armed:
-            return
-        self._armed.add(batch.job)
-        timeouts = definition.stage(batch.stage).timeouts
-        now = trio.current_time()
-        for kind, seconds in (("wait_agent", timeouts.wait_agent), ("overall", timeouts.overall)):
-            if seconds is not None:
-                heapq.heappush(
-                    self._timers, (now + seconds, next(self._seq), batch.job, kind, seconds)
-                )
-                self._wake.set()
-
-    async def _fire_timers(self) -> None:
-        now = trio.current_time()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, job_id, kind, seconds = heapq.heappop(self._timers)
-            rid = self._jobs.get(job_id)
-            if rid is None:
-                continue
-            live = self.controller.jobs.get(job_id)
-            if kind == "wait_agent":
-                if live is None or live.machine is not None:
-                    continue  # ended, or an agent has had it
-                reason = f"no agent took it within {seconds:g} s (stage timeouts.wait_agent)"
-            else:
-                reason = f"overall timeout of {seconds:g} s exceeded (stage timeouts.overall)"
-            snap = await self.repo.read(store.read_snapshot(rid))
-            for batch in snap.batches:
-                if batch.job == job_id:
-                    # A job between attempts is stopped only once its requeue is committed:
-                    # until the stop is done, its requeue event fires this timer again.
-                    self._deferred[job_id] = (kind, seconds)
-                    stopped = await self.batches.stop(batch, reason)
-                    live = self.controller.jobs.get(job_id)
-                    between = (
-                        live is not None and live.machine is not None and live.machine.terminal
-                    )
-                    if stopped or not between:
-                        self._deferred.pop(job_id, None)
-
-
-def _reachable(state: RequestState) -> frozenset[RequestState]:
-    """The states a request in ``state`` can still come to, ``state`` included."""
-    seen = {state}
-    todo = [state]
-    while todo:
-        for after in TRANSITIONS[todo.pop()].values():
-            if after not in seen:
-                seen.add(after)
-                todo.append(after)
-    return frozenset(seen)
