@@ -88,7 +88,7 @@ async def test_four_agents_in_one_process_take_work_and_are_lost_together(
                 await h.until(
                     engine,
                     lambda: (
-                        sorted(a["name"] for a in engine.agents() if a["state"] == "lost")
+                        sorted(str(a["name"]) for a in engine.agents() if a["state"] == "lost")
                         == sorted(jids)
                     ),
                 )
