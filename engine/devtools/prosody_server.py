@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -180,6 +181,14 @@ class ProsodyServer:
         self.users[user] = password
         return self.jid(user)
 
+    def register_many(self, users: Mapping[str, str], *, workers: int = 4) -> None:
+        """Register every ``users`` name with its password, ``workers`` ``prosodyctl`` at a
+        time (each is a process of ~40 ms: a thousand accounts one by one take 45 s).
+        Raises the first :class:`ProsodyError` or :class:`ValueError`."""
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for _ in pool.map(lambda item: self.register(*item), users.items()):
+                pass
+
     def start(self) -> None:
         """Start Prosody and return once its port accepts TCP.
 
@@ -189,8 +198,8 @@ class ProsodyServer:
         if self.running:
             raise ProsodyError(f"prosody for {self.domain} is already running on port {self.port}")
         self._prepare()
-        for user in list(self._pending_users):
-            self.register(user, self._pending_users.pop(user))
+        pending, self._pending_users = self._pending_users, {}
+        self.register_many(pending)
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.output_path, "ab") as output:
             self._process = subprocess.Popen(
