@@ -61,6 +61,10 @@ CHANGES = {  # every op that changes something, with arguments that would work
     "work.update": {"id": "w0000001", "attempt": 1, "status": "success"},
     "work.cancel": {"id": "w0000001"},
     "work.delete": {"ids": ["w0000001"]},
+    "pilots.create": {"system": "slurm", "agent": "p@x", "requirements": {}, "resources": {}},
+    "pilots.submitted": {"id": "pilot-000001", "batch_id": "1"},
+    "pilots.started": {"id": "pilot-000001"},
+    "pilots.ended": {"id": "pilot-000001", "end_state": "COMPLETED"},
 }
 
 
@@ -222,6 +226,20 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                 "work.buckets": ({}, lambda r: r == {"p": {"success": 1}}),
                 "work.cancel": ({"id": "w0000001"}, "refused"),  # it has ended
                 "work.delete": ({"ids": ["w0000001"]}, lambda r: r == {"deleted": ["w0000001"]}),
+                "pilots.demand": ({}, lambda r: r["needs"] == [] and "agents" in r),
+                "pilots.create": (
+                    {**CHANGES["pilots.create"], "requirements": {"cpus": 2}},
+                    lambda r: (r["id"], r["state"], r["factory"])
+                    == ("pilot-000001", "submitting", "bootstrap"),
+                ),
+                "pilots.submitted": (CHANGES["pilots.submitted"], lambda r: r["batch_id"] == "1"),
+                "pilots.started": (CHANGES["pilots.started"], lambda r: r["state"] == "running"),
+                "pilots.ended": (
+                    {**CHANGES["pilots.ended"], "exit_code": 0},
+                    lambda r: (r["state"], r["end_state"], r["exit_code"])
+                    == ("ended", "COMPLETED", 0),
+                ),
+                "pilots.list": ({}, lambda r: [p["id"] for p in r] == ["pilot-000001"]),
             }
             assert set(expected) == set(OPS), "every op needs a line in this test"
             for name, (args, check) in expected.items():
