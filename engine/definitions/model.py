@@ -76,6 +76,8 @@ class Workflow:
     version: str = ""
     description: str = ""
     trigger: Trigger = Trigger()  # manual (runs once) or standing: continuous, cron
+    # the workflow as code: the action `wfe simulate` runs (default workflows.<name>)
+    action: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -201,6 +203,8 @@ class Definition:
     params: Mapping[str, ParamSpec] = attrs.field(hash=False)
     query: Query | None
     stages: tuple[Stage, ...]
+    # ``[reactors]``: broadcast topic -> the action started with the message as its parameters
+    reactors: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     expanded: Mapping[str, Any] = attrs.field(hash=False)  # the merged TOML, JSON-ready
     # the workflow's configuration tables (every top-level table not wfe's), as merged
     config: Mapping[str, Any] = attrs.field(factory=dict, hash=False)

@@ -4,8 +4,8 @@ An execution is one run of a definition's workflow action on a simulation clock.
 ``<workflow>-<user>-<NNNN>`` from the same counter as requests (``request:<workflow>:<user>``),
 so an id names a request or an execution, never both. Its story is the events whose subject is
 its id, each with the simulation time in its data: ``execution.started``, ``execution.state``
-(the workflow's state changes), ``broadcast.<topic>`` (its messages: the kind ``ctx.publish``
-uses, so console streams and agents get them as any broadcast) and ``execution.ended`` with
+(the workflow's state changes), ``broadcast.<topic>`` (its messages, recorded by
+``ctx.publish`` with the execution as subject) and ``execution.ended`` with
 the performance figures, which the ``executions`` row keeps too.
 """
 
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from wfe.engine.repository.broadcasts import KIND_PREFIX
 from wfe.engine.repository.rowtypes import Db, JsonObject, Row
 from wfe.engine.repository.writer import Tx
 from wfe.protocols.request import request_id
@@ -149,30 +148,6 @@ def record_state(eid: str, state: str, substate: str, *, sim_time: float) -> Cal
         tx.emit(
             "execution.state", eid, {"state": state, "substate": substate, "sim_time": sim_time}
         )
-
-    return op
-
-
-def broadcast(
-    eid: str,
-    topic: str,
-    message: JsonObject,
-    *,
-    namespace: str,
-    job: str,
-    sim_time: float,
-) -> Callable[[Tx], None]:
-    """A message the execution published: the event ``broadcast.<topic>`` (as
-    ``ctx.publish`` records any broadcast), its subject the execution, with the simulation
-    time and the publishing job in its data."""
-
-    def op(tx: Tx) -> None:
-        tx.emit(
-            KIND_PREFIX + topic,
-            eid,
-            {"namespace": namespace, "topic": topic, "message": message, "job": job,
-             "execution": eid, "sim_time": sim_time},
-        )  # fmt: skip
 
     return op
 

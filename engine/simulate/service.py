@@ -1,0 +1,164 @@
+"""Start, follow and show simulated executions in a running engine (``wfe simulate``).
+
+``simulations(engine)`` is the engine's one ``Simulations``: ``start`` checks everything
+before writing anything (the definition, its workflow action, the parameters, ``until``),
+records the execution (its id from the request counter), and starts the workflow action as
+a root job whose runs carry the execution's clock; ``wait`` returns once it has ended;
+``detail`` is what ``wfe status EXECUTION_ID`` shows.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from wfe.engine.definitions import GitInfo, build_definition, config_of
+from wfe.engine.errors import EngineError, UnknownAction
+from wfe.engine.repository import executions as rows
+from wfe.engine.repository.rowtypes import JsonObject
+from wfe.engine.runtime.broadcasting import reactors_of
+from wfe.engine.simulate.clock import RealtimeClock, SimClock, VirtualClock
+from wfe.engine.simulate.execution import Execution, SimRun
+
+if TYPE_CHECKING:
+    from wfe.engine.definitions import Definition
+    from wfe.engine.runtime.facade import Engine
+
+#: The domain where a workflow's action is looked for when ``[workflow] action`` is not set:
+#: ``[workflow] name = "stf_datataking"`` runs the action ``workflows.stf_datataking``.
+WORKFLOWS_DOMAIN = "workflows"
+
+
+class SimulationError(EngineError, ValueError):
+    """A simulation cannot start: bad ``until``, unknown workflow action, bad parameters."""
+
+
+class UnknownWorkflowAction(EngineError, LookupError):
+    """The definition's workflow action is not in the engine's action roots."""
+
+
+def workflow_action(definition: Definition) -> str:
+    """The action that is ``definition``'s workflow: ``[workflow] action``, or
+    ``workflows.<name>``."""
+    return definition.workflow.action or f"{WORKFLOWS_DOMAIN}.{definition.name}"
+
+
+class Simulations:
+    """The simulated executions of one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._live: dict[str, Execution] = {}
+
+    async def start(
+        self,
+        *,
+        expanded: dict[str, Any],
+        user: str,
+        sources: list[str] | None = None,
+        git: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        realtime: bool = False,
+        until: float | None = None,
+        by: str | None = None,
+    ) -> rows.ExecutionRecord:
+        """Start an execution of the expanded definition's workflow action; return its record.
+
+        Raises ``InvalidDefinition``, ``UnknownWorkflowAction`` or ``SimulationError`` (one
+        line) before anything is written.
+        """
+        if until is not None and (
+            isinstance(until, bool) or not math.isfinite(until) or until <= 0
+        ):
+            raise SimulationError(f"--until {until}: expected a positive number of seconds")
+        definition = build_definition(
+            expanded,
+            sources=tuple(sources or ()),
+            git=None if git is None else GitInfo(**git),
+        )
+        name = workflow_action(definition)
+        runner = self._engine.runner
+        try:
+            action = runner.library.get(name)
+        except UnknownAction as exc:
+            hint = "" if definition.workflow.action else " (or name it: [workflow] action = ...)"
+            raise UnknownWorkflowAction(
+                f"workflow {definition.name}: unknown workflow action {name!r}{hint}: {exc}"
+            ) from None
+        params = dict(params or {})
+        action.check_params(params)
+        self._engine.admit_new_work()
+        record = await runner.repo.write(
+            rows.create_execution(
+                definition,
+                user=user,
+                action=name,
+                mode="realtime" if realtime else "fast",
+                until=until,
+                params=params,
+                by=by,
+            )
+        )
+        execution: Execution
+        clock: SimClock
+        if realtime:
+            clock = RealtimeClock(until=until, on_stop=lambda: execution.stop())
+        else:
+            clock = VirtualClock(until=until, on_stop=lambda: execution.stop())
+        execution = Execution(
+            id=record.id,
+            namespace=definition.namespace,
+            config=config_of(definition.expanded),
+            reactors=reactors_of(definition.expanded),
+            clock=clock,
+            repo=runner.repo,
+            on_end=lambda: self._forget(record.id),
+        )
+        self._live[record.id] = execution
+        try:
+            job = await runner.start(
+                name, params, by=by, sim=SimRun(execution, clock.task(definition.name))
+            )
+            await runner.repo.write(rows.set_job(record.id, job))
+        except BaseException as exc:
+            if not execution.ended.is_set():
+                await execution.finish("failed", error=f"could not start: {exc}")
+            raise
+        return await runner.repo.read(lambda db: rows.get_execution(db, record.id))
+
+    def _forget(self, eid: str) -> None:
+        self._live.pop(eid, None)
+
+    async def wait(self, eid: str) -> JsonObject:
+        """Wait until the execution ``eid`` has ended and return its detail. Raises
+        ``UnknownExecution``."""
+        execution = self._live.get(eid)
+        if execution is not None:
+            await execution.ended.wait()
+        return await self.detail(eid)
+
+    async def detail(self, eid: str) -> JsonObject:
+        """The execution ``eid`` and its story (its events, oldest first). Raises
+        ``UnknownExecution``."""
+        repo = self._engine.runner.repo
+        record = await repo.read(lambda db: rows.get_execution(db, eid))
+        story = await repo.read(rows.execution_story(eid))
+        detail: JsonObject = {**record.as_dict(), "story": list(story)}
+        return detail
+
+    async def find(self, eid: str) -> JsonObject | None:
+        """The execution ``eid`` (no story), or None when no execution has that id."""
+        record = await self._engine.runner.repo.read(rows.find_execution(eid))
+        return None if record is None else record.as_dict()
+
+
+_SERVICES: weakref.WeakKeyDictionary[Engine, Simulations] = weakref.WeakKeyDictionary()
+
+
+def simulations(engine: Engine) -> Simulations:
+    """The ``Simulations`` of ``engine`` (made on first use)."""
+    service = _SERVICES.get(engine)
+    if service is None:
+        service = _SERVICES[engine] = Simulations(engine)
+    return service
