@@ -3,7 +3,7 @@
 This module is the stable entry point: ``serve_api`` (what ``wfe engine`` runs), the
 ``@op(name, role=...)`` decorator and ``ApiError`` for modules that add operations. It imports
 every module that adds operations (``ops``, ``ops_requests``, ``ops_jobs``, ``ops_works``,
-``ops_views``, ``ops_pilots``), so their ``@op``s
+``ops_views``, ``ops_pilots``, ``ops_simulate``), so their ``@op``s
 are registered once this module is loaded. The implementation lives in ``wfe.engine.console``.
 """
 
@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from wfe.engine.console import ops, ops_jobs, ops_pilots, ops_requests, ops_views, ops_works
+from wfe.engine.console import (
+    ops,
+    ops_jobs,
+    ops_pilots,
+    ops_requests,
+    ops_simulate,
+    ops_views,
+    ops_works,
+)
 from wfe.engine.console.protocol import PROTOCOL, ApiError
 from wfe.engine.console.registry import OPS, Handler, Op, arg, op
 from wfe.engine.console.server import ConsoleServer
@@ -23,7 +31,7 @@ if TYPE_CHECKING:
     from wfe.engine.runtime.facade import Engine
 
 #: The modules that add operations with ``@op(...)``: imported above, so registered.
-OP_MODULES = (ops, ops_requests, ops_jobs, ops_works, ops_views, ops_pilots)
+OP_MODULES = (ops, ops_requests, ops_jobs, ops_works, ops_views, ops_pilots, ops_simulate)
 
 
 def load_ops() -> dict[str, Op]:

@@ -17,7 +17,6 @@ from wfe.engine.definitions import GitInfo, build_definition, config_of
 from wfe.engine.errors import EngineError, UnknownAction
 from wfe.engine.repository import executions as rows
 from wfe.engine.repository.rowtypes import JsonObject
-from wfe.engine.runtime.broadcasting import reactors_of
 from wfe.engine.simulate.clock import RealtimeClock, SimClock, VirtualClock
 from wfe.engine.simulate.execution import Execution, SimRun
 
@@ -89,6 +88,8 @@ class Simulations:
         params = dict(params or {})
         action.check_params(params)
         self._engine.admit_new_work()
+        from wfe.engine.runtime.broadcasting import reactors_of
+
         record = await runner.repo.write(
             rows.create_execution(
                 definition,

@@ -65,6 +65,13 @@ CHANGES = {  # every op that changes something, with arguments that would work
     "pilots.submitted": {"id": "pilot-000001", "batch_id": "1"},
     "pilots.started": {"id": "pilot-000001"},
     "pilots.ended": {"id": "pilot-000001", "end_state": "COMPLETED"},
+    "simulate": {"expanded": {}, "user": "alice"},
+}
+
+#: A definition whose workflow action (workflows.nosuch) no engine has.
+NO_WORKFLOW = {
+    "workflow": {"name": "nosuch", "namespace": "ns"},
+    "stages": [{"name": "a", "action": "demo.hello"}],
 }
 
 
@@ -240,6 +247,9 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                     == ("ended", "COMPLETED", 0),
                 ),
                 "pilots.list": ({}, lambda r: [p["id"] for p in r] == ["pilot-000001"]),
+                "simulate": ({"expanded": NO_WORKFLOW, "user": "alice"}, "not_found"),
+                "execution": ({"execution": "nosuch-alice-0001"}, "not_found"),
+                "execution_wait": ({"execution": "nosuch-alice-0001"}, "not_found"),
             }
             assert set(expected) == set(OPS), "every op needs a line in this test"
             for name, (args, check) in expected.items():
