@@ -46,6 +46,8 @@ class AgentConfig:
     trusted_key: Path | None = None
     heartbeat: float = DEFAULT_HEARTBEAT
     give_up_after: float | None = None
+    idle_exit: float | None = None  # leave after this long with nothing to do (pilots)
+    walltime: float | None = None  # leave before this long has passed (pilots)
     keep_workdirs: bool = False
     log_level: str = "INFO"
     # XMPP transport (see docs/xmpp.md); ``xmpp = true`` instead of ``socket``
@@ -78,6 +80,8 @@ _KEYS: dict[str, tuple[type[Any], str]] = {
     "trusted_key": (Path, "a path string"),
     "heartbeat": (float, "a number (seconds)"),
     "give_up_after": (float, "a number (seconds)"),
+    "idle_exit": (float, "a number (seconds)"),
+    "walltime": (float, "a number (seconds)"),
     "keep_workdirs": (bool, "true or false"),
     "log_level": (str, "a string"),
     "xmpp": (bool, "true or false"),
@@ -118,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--give-up-after", type=float, help="exit after this many seconds without an engine"
+    )
+    p.add_argument(
+        "--idle-exit", type=float, help="leave after this many seconds with nothing to do"
+    )
+    p.add_argument(
+        "--walltime",
+        type=float,
+        help="leave before this many seconds have passed: take no new work near the end,"
+        " hand back what still runs (a pilot's batch wall time; wfe.agents.lifetime)",
     )
     p.add_argument("--keep-workdirs", action="store_true", help="keep each attempt's directory")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
@@ -256,6 +269,9 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
             "give_up_after",
             f"give_up_after must not be negative, not {settings['give_up_after']}",
         )
+    for key in ("idle_exit", "walltime"):
+        if settings.get(key) is not None and settings[key] <= 0:
+            raise origin.error(key, f"{key} must be positive, not {settings[key]}")
     written = settings.get("log_level", "INFO")
     level = written.upper()
     if level not in _LOG_LEVELS:

@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import attrs
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -50,6 +51,7 @@ from wfe.agents.errors import MessageTooLarge, SpoolError
 from wfe.agents.hosting import AttemptHost
 from wfe.agents.keeper_link import open_keeper
 from wfe.agents.link import Link
+from wfe.agents.reactors import Reactors
 from wfe.agents.runner import KILL_GRACE
 from wfe.agents.spool import Spool
 from wfe.protocols.admission import Admission
@@ -59,6 +61,7 @@ from wfe.protocols.messages import (
     AgentHello,
     AgentStatus,
     AttemptRef,
+    Broadcast,
     Cancel,
     Capabilities,
     Dispatch,
@@ -113,6 +116,7 @@ class Agent:
         keep_workdirs: bool = False,
         kill_grace: float = KILL_GRACE,
         accept_after: float = ACCEPT_AFTER,
+        reactors: Reactors | None = None,
     ) -> None:
         self.name = name
         self.capabilities = capabilities
@@ -134,12 +138,14 @@ class Agent:
             accept_after=accept_after,
             keep_workdirs=keep_workdirs,
         )
+        self.reactors = reactors  # what runs when a broadcast comes (wfe.agents.reactors)
         self._link: Link | None = None
         self._send_lock = trio.Lock()
         self._stop_scope: trio.CancelScope | None = None
         self._stop_requested = False
         self._detach = False  # on exit, leave running attempts to the keeper
         self.lease = LeaseTracker()  # numbers hellos and statuses; the engine's Lease answers
+        self.forward_leases = True  # False once wfe.agents.lifetime hands attempts back
 
     # --- life --------------------------------------------------------------------------
 
@@ -165,6 +171,8 @@ class Agent:
                 self.host.workdirs.close()  # spare directories of a past run (two small files each)
                 async with trio.open_nursery() as nursery:
                     self.host.nursery = nursery
+                    if self.reactors is not None:
+                        self.reactors.attach(nursery, self._send)
                     for entry in adopted:
                         nursery.start_soon(self.host.run_attempt, entry, True)
                     try:
@@ -330,11 +338,31 @@ class Agent:
         until = self.lease.granted(lease)
         if until is None:
             return
-        if self.host.keeper is not None:
+        if self.host.keeper is not None and self.forward_leases:
             # wall-clock: the keeper is another process; CLOCK_MONOTONIC is the one both read
             monotonic_until = time.monotonic() + (until - trio.current_time())  # wall-clock
             with contextlib.suppress(OSError):
                 await self.host.keeper.lease(monotonic_until)
+
+    async def announce_no_slots(self) -> None:
+        """Take no new work (``wfe.agents.lifetime``): say hello again offering no slot, so
+        the engine reattaches what runs and dispatches nothing more here. Over the local
+        socket a second hello is ignored; ``host.stopping`` refuses what comes instead."""
+        self.capabilities = attrs.evolve(self.capabilities, slots=0)
+        async with self._send_lock:
+            if self._link is None:
+                return  # the next session's hello offers no slot
+            hello = AgentHello(
+                name=self.name,
+                software=__version__,
+                capabilities=self.capabilities,
+                running=tuple(self.host.running),
+                held=self.host.held(),
+                seq=self.lease.sent(trio.current_time()),
+            )
+            await self._send_locked(hello)
+            for ref in hello.held:
+                await self._resend_stored(ref)
 
     async def _send(self, *messages: Message) -> bool:
         async with self._send_lock:
@@ -386,6 +414,11 @@ class Agent:
                 await self._send(self.status())
             case Resume():
                 session.start_soon(self.host.replay, message)
+            case Broadcast():
+                if self.reactors is None:
+                    log.info("broadcast %d on %s: no reactors here", message.seq, message.topic)
+                else:
+                    self.reactors.receive(message)
             case Shutdown(reason=reason, leave_running=leave_running):
                 log.info("the engine asked to shut down: %s", reason or "no reason given")
                 if leave_running:  # the engine stops; its work does not

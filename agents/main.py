@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from wfe.agents.config import AgentConfig, load_config
 from wfe.agents.core import Agent, AgentExit
 from wfe.agents.errors import AgentError, ConfigError, LinkConfigError, LinkError, SpoolLocked
+from wfe.agents.lifetime import Lifetime, watch_lifetime
 from wfe.agents.link import Link
 from wfe.agents.log_setup import FORMATS, configure_logging
 from wfe.agents.spool import Spool
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(argv)
         connect = connector(config)
         key = trusted_key(config)
+        lifetime(config)  # a wall time too short fails here, as a usage error
     except SystemExit as exc:  # argparse: --help, or a usage error already printed
         if exc.code == 0:
             print(LOG_HELP)
@@ -60,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent = make_agent(config, spool, key)
             if key is None:
                 log.warning("no trusted key: dispatches are checked by sha256 only, not signature")
-            outcome = trio.run(_run, agent, connect, config.give_up_after)
+            outcome = trio.run(_run, agent, connect, config.give_up_after, lifetime(config))
     except SpoolLocked as exc:
         print(f"agent {config.name} is already running (spool locked: {exc.path})", file=sys.stderr)
         return EXIT_LOCKED
@@ -91,6 +93,17 @@ def make_agent(config: AgentConfig, spool: Spool, key: Ed25519PublicKey | None) 
         heartbeat=config.heartbeat,
         keep_workdirs=config.keep_workdirs,
     )
+
+
+def lifetime(config: AgentConfig) -> Lifetime | None:
+    """When the agent leaves by itself (``--idle-exit``, ``--walltime``), or None.
+    Raises ``ConfigError`` for a wall time too short to work in."""
+    if config.idle_exit is None and config.walltime is None:
+        return None
+    try:
+        return Lifetime(idle_exit=config.idle_exit, walltime=config.walltime)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def connector(config: AgentConfig) -> Callable[[], AbstractAsyncContextManager[Link]]:
@@ -153,10 +166,13 @@ async def _run(
     agent: Agent,
     connect: Callable[[], AbstractAsyncContextManager[Link]],
     give_up_after: float | None,
+    life: Lifetime | None = None,
 ) -> AgentExit:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, agent)
+            if life is not None:  # --idle-exit, --walltime: a pilot's short life
+                nursery.start_soon(watch_lifetime, agent, life)
             async with _hosting(connect, agent):
                 outcome = await agent.run(connect, give_up_after=give_up_after)
             nursery.cancel_scope.cancel()
