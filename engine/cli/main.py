@@ -245,6 +245,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _watch_status(args)
     if args.job and _is_request_id(args.job):  # `wfe status REQUEST`: the request's view
         from wfe.engine.cli.requests import cmd_request
+        from wfe.engine.cli.simulate import status_of_id
+
+        shown = status_of_id(args)  # or an execution's (wfe simulate): the same id form
+        if shown is not None:
+            return shown
 
         return cmd_request(argparse.Namespace(**{**vars(args), "request": args.job, "wait": False}))
     from wfe.engine.cli.client import connect_config
@@ -503,9 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Modules that add subcommands: each has ``register(add)``, where ``add(name, fn, help,
     # config=True)`` returns the subparser to fill. Imported here: they import this module.
-    from wfe.engine.cli import agents, console, jobs, requests, works
+    from wfe.engine.cli import agents, console, jobs, requests, simulate, works
 
-    for module in (agents, requests, console, jobs, works):
+    for module in (agents, requests, console, jobs, works, simulate):
         module.register(add)
     return parser
 

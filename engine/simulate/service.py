@@ -17,16 +17,12 @@ from wfe.engine.definitions import GitInfo, build_definition, config_of
 from wfe.engine.errors import EngineError, UnknownAction
 from wfe.engine.repository import executions as rows
 from wfe.engine.repository.rowtypes import JsonObject
+from wfe.engine.simulate import workflow_action
 from wfe.engine.simulate.clock import RealtimeClock, SimClock, VirtualClock
 from wfe.engine.simulate.execution import Execution, SimRun
 
 if TYPE_CHECKING:
-    from wfe.engine.definitions import Definition
     from wfe.engine.runtime.facade import Engine
-
-#: The domain where a workflow's action is looked for when ``[workflow] action`` is not set:
-#: ``[workflow] name = "stf_datataking"`` runs the action ``workflows.stf_datataking``.
-WORKFLOWS_DOMAIN = "workflows"
 
 
 class SimulationError(EngineError, ValueError):
@@ -35,12 +31,6 @@ class SimulationError(EngineError, ValueError):
 
 class UnknownWorkflowAction(EngineError, LookupError):
     """The definition's workflow action is not in the engine's action roots."""
-
-
-def workflow_action(definition: Definition) -> str:
-    """The action that is ``definition``'s workflow: ``[workflow] action``, or
-    ``workflows.<name>``."""
-    return definition.workflow.action or f"{WORKFLOWS_DOMAIN}.{definition.name}"
 
 
 class Simulations:
@@ -80,10 +70,16 @@ class Simulations:
         runner = self._engine.runner
         try:
             action = runner.library.get(name)
-        except UnknownAction as exc:
-            hint = "" if definition.workflow.action else " (or name it: [workflow] action = ...)"
+        except UnknownAction:
+            where = (
+                f"[workflow] action = {name!r}"
+                if definition.workflow.action
+                else f"[workflow] name = {definition.name!r}; put its tasklets in an actions "
+                f"root's {name.replace('.', '/')}/, or set [workflow] action"
+            )
+            known = ", ".join(runner.library.names()) or "none"
             raise UnknownWorkflowAction(
-                f"workflow {definition.name}: unknown workflow action {name!r}{hint}: {exc}"
+                f"unknown workflow action {name!r} ({where}; known actions: {known})"
             ) from None
         params = dict(params or {})
         action.check_params(params)
