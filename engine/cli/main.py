@@ -508,9 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Modules that add subcommands: each has ``register(add)``, where ``add(name, fn, help,
     # config=True)`` returns the subparser to fill. Imported here: they import this module.
-    from wfe.engine.cli import agents, console, jobs, requests, simulate, works
+    from wfe.engine.cli import agents, console, jobs, pilots, requests, simulate, works
 
-    for module in (agents, requests, console, jobs, works, simulate):
+    for module in (agents, requests, console, jobs, works, simulate, pilots):
         module.register(add)
     return parser
 
