@@ -23,6 +23,7 @@ import attrs
 
 from wfe.agents.core import DEFAULT_HEARTBEAT
 from wfe.agents.errors import ConfigError
+from wfe.protocols.broadcasts import topic_problem
 from wfe.protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
 
 
@@ -41,6 +42,8 @@ class AgentConfig:
     site: str = "local"
     tags: tuple[str, ...] = ()
     storage: tuple[str, ...] = ()
+    namespace: str = ""  # whose broadcasts it hears (with reactors)
+    reactors: dict[str, Path] = attrs.field(factory=dict)  # topic -> script run on a broadcast
     spool: Path
     workdir: Path
     trusted_key: Path | None = None
@@ -75,6 +78,8 @@ _KEYS: dict[str, tuple[type[Any], str]] = {
     "site": (str, "a string"),
     "tags": (tuple, "an array of strings"),
     "storage": (tuple, "an array of strings"),
+    "namespace": (str, "a string"),
+    "reactors": (dict, 'a table of topic = "script path"'),
     "spool": (Path, "a path string"),
     "workdir": (Path, "a path string"),
     "trusted_key": (Path, "a path string"),
@@ -112,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", help="the site this host belongs to (default: local)")
     p.add_argument("--tag", dest="tags", action="append", help="a tag offered (repeat)")
     p.add_argument("--storage", action="append", help="a storage area readable here (repeat)")
+    p.add_argument("--namespace", help="the namespace whose broadcasts it hears (with reactors)")
+    p.add_argument(
+        "--reactor",
+        dest="reactors",
+        action="append",
+        metavar="TOPIC=SCRIPT",
+        help="run SCRIPT on each broadcast of TOPIC in the namespace (repeat)",
+    )
     p.add_argument("--spool", type=Path, help="where results wait for the engine's ack")
     p.add_argument("--workdir", type=Path, help="where attempts run")
     p.add_argument("--trusted-key", type=Path, help="PEM public key dispatches must be signed with")
@@ -171,11 +184,18 @@ def _check(where: str, key: str, value: Any, base: Path) -> Any:
         or (kind in (str, Path) and isinstance(value, str))
         or (kind is bool and isinstance(value, bool))
         or (kind is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value))
+        or (
+            kind is dict
+            and isinstance(value, dict)
+            and all(isinstance(v, str) for v in value.values())
+        )
     )
     if not ok:
         raise ConfigError(f"{where}: {key}: expected {description}, got {value!r}")
     if kind is Path:
         return base / Path(value).expanduser()
+    if kind is dict:
+        return {topic: base / Path(script).expanduser() for topic, script in value.items()}
     if kind is tuple:
         return tuple(value)
     if kind is float:
@@ -256,6 +276,7 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
     settings.setdefault("workdir", home / "work")
     settings["tags"] = tuple(settings.get("tags", ()))
     settings["storage"] = tuple(settings.get("storage", ()))
+    settings["reactors"] = _reactors(settings.get("reactors", {}), origin)
     if settings.get("slots", 1) < 1:
         raise origin.error("slots", f"slots must be at least 1, not {settings['slots']}")
     if settings.get("memory") is not None and settings["memory"] < 1:
@@ -285,6 +306,31 @@ def load_config(argv: Sequence[str] | None = None) -> AgentConfig:
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _reactors(value: dict[str, Path] | list[str], origin: _Origin) -> dict[str, Path]:
+    """``topic -> script`` from the file's table or the ``--reactor TOPIC=SCRIPT`` flags;
+    every topic well formed and every script a readable file."""
+    pairs: dict[str, Path] = {}
+    if isinstance(value, list):  # flags, relative to the current directory
+        for item in value:
+            topic, sep, written = item.partition("=")
+            if not sep or not written:
+                raise ConfigError(f"--reactor {item!r}: expected TOPIC=SCRIPT")
+            pairs[topic] = Path(written).expanduser().absolute()
+    else:
+        pairs = {topic: script.absolute() for topic, script in value.items()}
+    for topic, script in pairs.items():
+        problem = topic_problem(topic)
+        if problem:
+            raise origin.error("reactors", f"reactors: {problem}", f"--reactor: {problem}")
+        if not script.is_file() or not os.access(script, os.R_OK):
+            raise origin.error(
+                "reactors",
+                f"reactors.{topic}: {script} is not a readable file",
+                f"--reactor {topic}: {script} is not a readable file",
+            )
+    return pairs
 
 
 def _check_xmpp(settings: dict[str, Any], origin: _Origin) -> None:

@@ -26,6 +26,7 @@ from wfe.agents.errors import AgentError, ConfigError, LinkConfigError, LinkErro
 from wfe.agents.lifetime import Lifetime, watch_lifetime
 from wfe.agents.link import Link
 from wfe.agents.log_setup import FORMATS, configure_logging
+from wfe.agents.reactors import Reactors
 from wfe.agents.spool import Spool
 from wfe.links.stream import open_local_link
 from wfe.protocols.messages import Capabilities
@@ -86,12 +87,19 @@ def make_agent(config: AgentConfig, spool: Spool, key: Ed25519PublicKey | None) 
             site=config.site,
             tags=config.tags,
             storage=config.storage,
+            namespace=config.namespace,
+            topics=tuple(sorted(config.reactors)),
         ),
         spool=spool,
         workdir=config.workdir,
         trusted_key=key,
         heartbeat=config.heartbeat,
         keep_workdirs=config.keep_workdirs,
+        reactors=Reactors(
+            config.reactors, spool=config.spool, workdir=config.workdir, slots=config.slots
+        )
+        if config.reactors
+        else None,
     )
 
 

@@ -18,6 +18,7 @@ import attrs
 import cattrs
 
 from wfe.engine.errors import ConfigError
+from wfe.protocols.broadcasts import topic_problem
 from wfe.protocols.codec import explain, strict_hooks
 from wfe.protocols.xmpp import MIN_MAX_STANZA, is_bare_jid, is_loopback
 
@@ -77,6 +78,9 @@ class AgentGroup:
     tags: tuple[str, ...] = ()  # tags each agent offers
     site: str = "local"  # the site each agent declares
     transport: str = "local"  # how they reach the engine: only "local" agents are started here
+    namespace: str = ""  # the namespace whose broadcasts its agents hear (with reactors)
+    # topic -> script each agent runs on a broadcast of the topic (relative: to the root)
+    reactors: dict[str, str] = attrs.field(factory=dict, eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -87,6 +91,23 @@ class FairShareSection:
     window: float = 600.0  # seconds over which past usage counts (the moving average's time)
     namespaces: dict[str, float] = attrs.field(factory=dict, eq=False)  # weights; 1 if not named
     users: dict[str, float] = attrs.field(factory=dict, eq=False)  # weights; 1 if not named
+
+
+@attrs.frozen(kw_only=True)
+class SitesSection:
+    """``[sites]``: how far each site is from each storage element (wfe.engine.dispatch.locality)."""
+
+    # site -> storage element -> distance, 0 (local) to 100 (far); a storage element a site
+    # does not list is far (100)
+    distances: dict[str, dict[str, int]] = attrs.field(factory=dict, eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class RequestTypesSection:
+    """``[request_types]``: the kinds of request a definition names in ``[workflow] type``."""
+
+    # type -> the priority of a request of that type whose submitter gives none
+    priority: dict[str, int] = attrs.field(factory=dict, eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -205,6 +226,8 @@ class Config:
     agents: AgentsSection = AgentsSection()
     jobs: JobsSection = JobsSection()
     fair_share: FairShareSection = FairShareSection()
+    sites: SitesSection = SitesSection()
+    request_types: RequestTypesSection = RequestTypesSection()
     xmpp: XmppSection = XmppSection()
     approval: ApprovalSection = ApprovalSection()
     retention: RetentionSection = RetentionSection()
@@ -240,7 +263,7 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     approval = _parse_approval(data.pop("approval", {}), source)
-    groups = _parse_groups(data.get("agents"), source)
+    groups = _parse_groups(data.get("agents"), source, root)
     if groups:  # the tables of [agents] are groups; the rest is the section's keys
         data["agents"] = {k: v for k, v in data["agents"].items() if k not in groups}
     try:
@@ -257,6 +280,8 @@ def parse_config(text: str, *, root: Path, source: str = CONFIG_NAME) -> Config:
         agents=attrs.evolve(config.agents, groups=groups),
         jobs=config.jobs,
         fair_share=config.fair_share,
+        sites=config.sites,
+        request_types=config.request_types,
         xmpp=config.xmpp,
         approval=approval,
         retention=config.retention,
@@ -275,6 +300,8 @@ class _RawConfig:
     agents: AgentsSection = AgentsSection()
     jobs: JobsSection = JobsSection()
     fair_share: FairShareSection = FairShareSection()
+    sites: SitesSection = SitesSection()
+    request_types: RequestTypesSection = RequestTypesSection()
     xmpp: XmppSection = XmppSection()
     retention: RetentionSection = RetentionSection()
     repository: RepositorySection = RepositorySection()
@@ -285,7 +312,7 @@ _NAMESPACE_PATTERN_CHARS = frozenset("_.-*?")
 _GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
-def _parse_groups(raw: Any, source: str) -> dict[str, AgentGroup]:
+def _parse_groups(raw: Any, source: str, root: Path) -> dict[str, AgentGroup]:
     """The ``[agents.<name>]`` tables, each checked; one line naming the key on an error."""
     if not isinstance(raw, dict):
         return {}
@@ -318,6 +345,10 @@ def _parse_groups(raw: Any, source: str) -> dict[str, AgentGroup]:
                 " (XMPP agents start on their own hosts: docs/xmpp.md)",
             ),
         ]
+        for topic, script in group.reactors.items():
+            problems.append((not topic_problem(topic), f"{key}.reactors: {topic_problem(topic)}"))
+            path = root / script
+            problems.append((path.is_file(), f"{key}.reactors.{topic}: {path} is not a file"))
         for ok, message in problems:
             if not ok:
                 raise ConfigError(f"{source}: {message}")
@@ -401,6 +432,14 @@ def _check_values(config: Config, source: str) -> None:
                 ("users", config.fair_share.users),
             )
             for name, weight in weights.items()
+        ),
+        *(
+            (
+                0 <= d <= 100,
+                f"sites.distances.{site}.{rse}: a distance is 0 (local) to 100 (far), not {d}",
+            )
+            for site, distances in config.sites.distances.items()
+            for rse, d in distances.items()
         ),
         (0 <= config.api.port <= 65535, "api.port must be between 0 and 65535"),
         (

@@ -75,6 +75,8 @@ class Capabilities:
     site: str = "local"
     tags: tuple[str, ...] = ()
     storage: tuple[str, ...] = ()  # storage areas (paths or names) the agent can read
+    namespace: str = ""  # the namespace whose broadcasts it hears ("" for none)
+    topics: tuple[str, ...] = ()  # the broadcast topics it has reactors for
 
 
 # --- engine -> agent ---------------------------------------------------------------------
@@ -143,6 +145,17 @@ class Shutdown:
 
     reason: str = ""
     leave_running: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Broadcast:
+    """A message workflow code published (``ctx.publish``), for an agent's reactor. ``seq`` is
+    the event's number in the engine's repository: an agent reacts once per ``seq``."""
+
+    seq: int
+    namespace: str
+    topic: str
+    message: dict[str, Any]
 
 
 # --- agent -> engine ---------------------------------------------------------------------
@@ -215,6 +228,19 @@ class JobFinished:
     chunks: int = 0
 
 
+@attrs.frozen(kw_only=True)
+class Reacted:
+    """An agent's reactor ran for the broadcast ``seq``: how it ended."""
+
+    seq: int
+    topic: str
+    reactor: str  # what ran (the reactor's script, as the agent's configuration names it)
+    exit_code: int | None = None  # None: it could not be started, or was killed
+    duration: float = 0.0
+    result: dict[str, Any] | None = None  # the JSON it wrote to $WFE_RESULT
+    detail: str = ""  # one line: why it failed, or the end of its stderr
+
+
 Message = (
     Dispatch
     | Cancel
@@ -223,12 +249,14 @@ Message = (
     | Resume
     | Lease
     | Shutdown
+    | Broadcast
     | AgentHello
     | AgentStatus
     | JobAccepted
     | JobRefused
     | OutputChunk
     | JobFinished
+    | Reacted
 )
 
 #: The wire name of every message type.
@@ -240,12 +268,14 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
     "resume": Resume,
     "lease": Lease,
     "shutdown": Shutdown,
+    "broadcast": Broadcast,
     "hello": AgentHello,
     "status": AgentStatus,
     "accepted": JobAccepted,
     "refused": JobRefused,
     "output": OutputChunk,
     "finished": JobFinished,
+    "reacted": Reacted,
 }
 
 TYPE_NAMES: dict[type[Any], str] = {cls: name for name, cls in MESSAGE_TYPES.items()}

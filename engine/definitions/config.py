@@ -36,6 +36,7 @@ WFE_TABLES = (
     "query",
     "stage_defaults",
     "testbed",
+    "reactors",
 )
 
 #: Keys of ``[testbed]``: ``namespace`` (written), ``overlay`` and ``unused`` (recorded

@@ -34,6 +34,7 @@ from wfe.engine.definitions.model import (
 )
 from wfe.engine.definitions.on_retry import BadRule, parse_rules
 from wfe.engine.definitions.triggers import Trigger, parse_duration, parse_trigger
+from wfe.protocols.broadcasts import TOPIC
 from wfe.protocols.request import BadIdentifier, check_workflow_name
 
 
@@ -62,6 +63,8 @@ class Document:
     policy: Policy = Policy()
     params: dict[str, ParamSpec] = attrs.field(factory=dict)
     stages: tuple[Stage, ...] = ()
+    # ``[reactors]``: a broadcast topic -> the action run, with the message as its parameters
+    reactors: dict[str, str] = attrs.field(factory=dict)
 
 
 # --- value hooks -----------------------------------------------------------------------------
@@ -106,6 +109,15 @@ def _at_least(minimum: int, *, optional: bool = False) -> Callable[[Any, Any], i
         return number
 
     return hook
+
+
+def _distance(value: Any, _t: Any) -> int | None:
+    if value is None:
+        return None
+    number = _integer(value)
+    if not 0 <= number <= 100:
+        raise _Bad(f"a distance is 0 (local) to 100 (far), not {number}")
+    return number
 
 
 def _seconds(*, positive: bool, optional: bool = False) -> Callable[[Any, Any], float | None]:
@@ -176,6 +188,20 @@ def _action(value: Any, _t: Any) -> str | None:
     if not _ACTION.fullmatch(text):
         raise _Bad(f"action {text!r}: expected <domain>.<action>, e.g. catalog.register")
     return text
+
+
+def _reactors(value: Any, _t: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _Bad('expected a table of topic = "<domain>.<action>"')
+    reactors: dict[str, str] = {}
+    for topic, action in value.items():
+        if not TOPIC.fullmatch(topic):
+            raise _Bad(f"topic {topic!r}: letters, digits, '_', '.', '-', starting with a letter")
+        name = _action(action, None)
+        if name is None:
+            raise _Bad(f"{topic}: expected an action name")
+        reactors[topic] = name
+    return reactors
 
 
 def _on_retry(value: Any, _t: Any) -> dict[str, str]:
@@ -310,7 +336,12 @@ _converter.register_structure_hook_func(
 )
 
 _OVERRIDES: dict[type[Any], dict[str, Callable[[Any, Any], Any]]] = {
-    Workflow: {"name": _workflow_name, "namespace": _namespace, "trigger": _trigger},
+    Workflow: {
+        "name": _workflow_name,
+        "namespace": _namespace,
+        "trigger": _trigger,
+        "type": _name("request type"),
+    },
     Policy: {"max_allocations": _at_least(1)},
     Requirements: {"cpus": _at_least(1), "memory": _memory, "site": _name("site")},
     Backoff: {"seconds": _seconds(positive=False), "multiplier": _multiplier},
@@ -327,6 +358,7 @@ _OVERRIDES: dict[type[Any], dict[str, Callable[[Any, Any], Any]]] = {
         "params": _table,
         "consumes": _consumes,
         "max_inputs": _at_least(1, optional=True),
+        "max_distance": _distance,
         "retries": _at_least(0),
         "on_retry": _on_retry,
         "cooldown": _duration,
@@ -334,7 +366,7 @@ _OVERRIDES: dict[type[Any], dict[str, Callable[[Any, Any], Any]]] = {
     },
     StageDefaults: {"retries": _at_least(0)},
     ParamSpec: {},
-    Document: {"stages": _stages},
+    Document: {"stages": _stages, "reactors": _reactors},
 }
 
 

@@ -108,6 +108,7 @@ def build_definition(
         params=document.params,
         query=query,
         stages=document.stages,
+        reactors=document.reactors,
         expanded=data,
         config=config,
         sha256=hashlib.sha256(canonical_json(data)).hexdigest(),

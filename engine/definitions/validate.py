@@ -74,6 +74,11 @@ def _check_stage(i: int, stage: Stage, params: Mapping[str, ParamSpec], *, has_q
             f"{where}.max_inputs: stage {stage.name!r} has no inputs "
             '(add consumes = "query" or the name of an upstream stage)'
         )
+    if stage.max_distance is not None and (stage.consumes is None or stage.action is not None):
+        raise InvalidDefinition(
+            f"{where}.max_distance: stage {stage.name!r} runs no RScript on inputs, so it reads"
+            " no replicas (give it consumes and an rscript)"
+        )
     if stage.on_retry and not stage.retries:
         raise InvalidDefinition(
             f"{where}.on_retry: stage {stage.name!r} has retries = 0, so no retry to change"
@@ -235,11 +240,16 @@ def check_rscripts(definition: Definition, known: Callable[[str], bool]) -> list
 
 
 def check_actions(definition: Definition, known: Callable[[str], bool]) -> list[str]:
-    """One line per stage whose action ``known`` does not recognise; empty when all are."""
+    """One line per stage or reactor whose action ``known`` does not recognise; empty when
+    all are."""
     return [
         f"stage {s.name!r}: unknown action {s.action!r}"
         for s in definition.stages
         if s.action is not None and not known(s.action)
+    ] + [
+        f"reactors.{topic}: unknown action {action!r}"
+        for topic, action in definition.reactors.items()
+        if not known(action)
     ]
 
 

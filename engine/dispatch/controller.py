@@ -41,7 +41,16 @@ from wfe.engine.errors import UnknownJob
 from wfe.engine.repository import attempts as rows
 from wfe.engine.runtime.jobs import Completions, JobOutcome, JobRow, JobState, NewJob, create_job
 from wfe.protocols import attempt as am
-from wfe.protocols.messages import AgentHello, AttemptRef, Cancel, Dispatch, Message, OutputChunk
+from wfe.protocols.broadcasts import hears
+from wfe.protocols.messages import (
+    AgentHello,
+    AttemptRef,
+    Broadcast,
+    Cancel,
+    Dispatch,
+    Message,
+    OutputChunk,
+)
 
 if TYPE_CHECKING:
     from wfe.engine.repository import Repository
@@ -115,6 +124,7 @@ class AgentController:
         self.jobs = self.queue.jobs  # the live jobs, by id
         self.agents = self.registry.agents  # the agents known, by name
         self.output_fill = self.ends.output_fill  # makes output whole before results commit
+        self.broadcasts_sent = 0  # broadcasts sent to agents, one per agent that heard one
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the dispatcher and the timers until cancelled."""
@@ -140,6 +150,7 @@ class AgentController:
             "agents": sum(1 for _ in self.registry.usable()),
             "dispatched_total": self.dispatched_total,
             "unplaceable": len(self.unplaceable()),
+            "broadcasts_sent": self.broadcasts_sent,
         }
 
     @property
@@ -315,6 +326,17 @@ class AgentController:
     def agent_message(self, name: str, message: Message) -> None:
         """Handle one message from a connected agent. Never blocks."""
         self.inbox.message(name, message)
+
+    def broadcast(self, broadcast: Broadcast) -> int:
+        """Send a committed broadcast to every connected agent that hears it (its namespace,
+        a reactor for its topic); return how many. Never blocks."""
+        sent = 0
+        for entry in self.registry.agents.values():
+            if entry.link is not None and not entry.lost and hears(entry.capabilities, broadcast):
+                entry.link.send_nowait(broadcast)
+                sent += 1
+        self.broadcasts_sent += sent
+        return sent
 
     def agent_disconnected(self, name: str, link: AgentLink) -> None:
         """The agent's connection closed; it has until the heartbeat deadline to come back."""

@@ -24,6 +24,7 @@ from wfe.engine.dispatch.registry import AgentRegistry
 from wfe.engine.dispatch.timers import Timers
 from wfe.engine.dispatch.watchers import OutputWatchers
 from wfe.engine.repository import attempts as rows
+from wfe.engine.repository import broadcasts
 from wfe.protocols import attempt as am
 from wfe.protocols.messages import (
     AgentHello,
@@ -33,6 +34,7 @@ from wfe.protocols.messages import (
     JobRefused,
     Message,
     OutputChunk,
+    Reacted,
     Resume,
 )
 
@@ -124,6 +126,9 @@ class AgentInbox:
                 self._report(entry, message, now)
             case AgentStatus():
                 self._status(entry, message, now)
+            case Reacted():
+                namespace = entry.capabilities.namespace
+                self._repo.write_nowait(broadcasts.reacted(name, namespace, message))
             case AgentHello():
                 log.warning("agent %s sent a second hello on one connection; ignored", name)
             case _:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import sqlite3
 
+from wfe.engine.repository.broadcasts import SCHEMA as BROADCASTS_SCHEMA
 from wfe.engine.repository.errors import RepositoryError, SchemaTooNew
 from wfe.engine.repository.executions import SCHEMA as EXECUTIONS_SCHEMA
 from wfe.engine.repository.pilots import SCHEMA as PILOTS_SCHEMA
+from wfe.engine.repository.replicas import SCHEMA as REPLICAS_SCHEMA
 
 _CORE = """
 CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
@@ -189,6 +191,8 @@ MIGRATIONS: list[str] = [
     _ATTEMPT_RAN_WITH,  # 12: what an attempt ran with (memory after on_retry)
     PILOTS_SCHEMA,  # 13: the batch jobs pilot factories submitted (engine/repository/pilots.py)
     EXECUTIONS_SCHEMA,  # 14: simulated executions and their figures (engine/repository/executions.py)
+    BROADCASTS_SCHEMA,  # 15: which broadcast each ctx.publish call made (repository/broadcasts.py)
+    REPLICAS_SCHEMA,  # catalog entries' replicas; the replicas an attempt got (repository/replicas.py)
 ]
 
 

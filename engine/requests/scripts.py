@@ -88,6 +88,9 @@ def check_submission(
     (``{name: name}``). Raises ``SubmitError`` naming the stage."""
     stored: dict[str, tuple[str, str, str]] = {}
     from_library: dict[str, str] = {}
+    for topic, reactor in definition.reactors.items():
+        if not action_known(reactor):
+            raise SubmitError(f"reactors.{topic}: unknown action {reactor!r}")
     for stage in definition.stages:
         if stage.action is not None:
             if not action_known(stage.action):

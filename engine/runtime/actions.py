@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from wfe.engine.dispatch.controller import AgentController
     from wfe.engine.repository import Repository
     from wfe.engine.runtime.watchdog import Watchdog
+    from wfe.engine.simulate.execution import Execution, SimRun
     from wfe.engine.works.model import Work
 
 log = logging.getLogger("wfe.actions")
@@ -76,6 +77,10 @@ class Run:
     children: list[str] = attrs.Factory(list)
     # the request definition's configuration tables (ctx.config); children share the root's
     config: Mapping[str, Any] = NO_CONFIG
+    # in a simulated execution (wfe simulate): its clock and this run's task there
+    sim: SimRun | None = None
+    # a root run's (namespace, [reactors]) for its broadcasts, read at its first publish
+    broadcast_scope: tuple[str, Mapping[str, str]] | None = None
 
     def kill_requested(self) -> bool:
         run: Run | None = self
@@ -108,7 +113,16 @@ class Handle:
 
     async def join(self) -> Any:
         """Wait for the child and return its result; raise if it did not succeed."""
-        outcome = await self._runner.wait(self.job_id)
+        from wfe.engine.simulate.clock import current_task
+
+        task, child = current_task(), self._runner._runs.get(self.job_id)
+        if task is not None and child is not None and child.sim is not None:
+            # a simulation's clock may move on while this task waits for its child
+            outcome = await task.clock.wait_on(
+                task, child.sim.task, lambda: self._runner.wait(self.job_id)
+            )
+        else:
+            outcome = await self._runner.wait(self.job_id)
         if self._kind == "rscript":
             return await self._runner.script_result(outcome, check=True)
         return _action_result(outcome)
@@ -130,6 +144,7 @@ class Context:
         self._run = run
         self._children = children
         self.log = JobLog(log, run.job.id, runner.repo, request=run.job.request_id)  # stored too
+        self._began = trio.current_time()
 
     @property
     def job_id(self) -> str:
@@ -144,6 +159,34 @@ class Context:
     @property
     def action(self) -> Callable[..., Any]:
         return self.call_action
+
+    @property
+    def execution(self) -> Execution | None:
+        """The simulated execution this job belongs to (``wfe simulate``), or None."""
+        return None if self._run.sim is None else self._run.sim.execution
+
+    @property
+    def now(self) -> float:
+        """Seconds since the start: of the simulation (its clock, in a simulated
+        execution), else of this job (trio's clock)."""
+        if self._run.sim is not None:
+            return self._run.sim.execution.now()
+        return trio.current_time() - self._began
+
+    def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` beside the tasklet, in this job (its errors fail the job); in a
+        simulation, as a task of its own on the execution's clock."""
+        if self._run.sim is None:
+            self._children.start_soon(fn, *args)
+            return
+        from wfe.engine.simulate.clock import current_task
+        from wfe.engine.simulate.execution import run_task
+
+        clock = self._run.sim.execution.clock
+        parent = current_task() or self._run.sim.task
+        task = clock.task(f"{parent.name}/{getattr(fn, '__name__', 'task')}")
+        task.at = parent.at
+        self._children.start_soon(run_task, task, fn, *args)
 
     @property
     def repo(self) -> Repository:
@@ -179,11 +222,17 @@ class Context:
 
         Options: ``on`` (agent name), ``priority``, ``requires`` (cpus, memory, tags, site),
         ``retries``, ``timeout`` (per attempt), ``check`` (default true: raise
-        ``RScriptFailed`` unless it succeeded). Bad parameters raise before anything runs.
+        ``RScriptFailed`` unless it succeeded), ``simulated`` (seconds: in a simulated
+        execution the call takes that much simulated time, docs/simulation.md). Bad
+        parameters raise before anything runs.
         """
         check = options.pop("check", True)
+        simulated = options.pop("simulated", None)
+        began = self.now
         handle = await self.start_rscript(name, params, **options)
         outcome = await self._runner.wait(handle.job_id)
+        if simulated is not None and self._run.sim is not None:
+            await self._run.sim.sleep_until(began + float(simulated))
         return await self._runner.script_result(outcome, check=check)
 
     async def start_rscript(
@@ -221,37 +270,21 @@ class Context:
         )
 
     async def publish(self, topic: str, message: dict[str, Any]) -> None:
-        """Broadcast ``message`` (a JSON object) on ``topic`` to the subscribers of this job's
-        namespace (its request's; none for work that is no request's): stored as the event
-        ``broadcast.<topic>``, committed before this returns. Raises ``ValueError`` for a bad
-        topic or a message that is not a JSON object of at most 64 KiB."""
-        import json
+        """Broadcast ``message`` (a JSON object of at most 64 KiB) on ``topic`` to this job's
+        namespace (its request's, or its simulated execution's): recorded once as the event
+        ``broadcast.<topic>`` before this returns, sent to the namespace's agents that react to
+        the topic, and given to the definition's ``[reactors]`` for it, each started as a
+        child action with the message as its parameters. Raises ``ValueError`` for a bad topic
+        or message (``wfe.engine.runtime.broadcasting``)."""
+        from wfe.engine.runtime.broadcasting import publish
 
-        from wfe.engine.repository import broadcasts
-        from wfe.engine.repository.shares import request_share
-
-        if not broadcasts.TOPIC.fullmatch(topic):
-            raise ValueError(
-                f"publish: topic {topic!r}: letters, digits, '_', '.', '-', starting with a letter"
-            )
-        if not isinstance(message, dict):
-            raise ValueError(
-                f"publish: the message must be a JSON object, not {type(message).__name__}"
-            )
-        try:
-            size = len(json.dumps(message, allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"publish: the message is not JSON: {exc}") from None
-        if size > 64 * 1024:
-            raise ValueError(f"publish: the message is {size} bytes; at most 65536")
-        request = self._run.job.request_id
-        namespace = "" if request is None else (await self.repo.read(request_share(request)))[0]
-        await self.repo.write(
-            broadcasts.publish(topic, message, namespace=namespace, job=self.job_id)
-        )
+        await publish(self, self._run, topic, message)
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep without holding the loop."""
+        """Sleep without holding the loop (in a simulation: on the execution's clock)."""
+        if self._run.sim is not None:
+            await self._run.sim.sleep(seconds)
+            return
         await trio.sleep(seconds)
 
 
@@ -289,10 +322,12 @@ class ActionRunner:
         nursery: trio.Nursery | None = None,
         request_id: str | None = None,
         by: str | None = None,
+        sim: SimRun | None = None,
     ) -> str:
         """Record a job for the action ``name`` and start running it; return the job id.
 
-        ``by`` names who asked (recorded in the ``job.created`` event). Raises
+        ``by`` names who asked (recorded in the ``job.created`` event); ``sim`` makes the
+        root run of a simulated execution (``wfe.engine.simulate``). Raises
         ``UnknownAction`` / ``TaskletError`` before anything is recorded.
         """
         action = self.library.get(name)
@@ -319,13 +354,23 @@ class ActionRunner:
         if job.finished:
             self.completions.resolve(_outcome(job))
         elif job.id not in self._runs:
-            self._spawn(action, job, parent, nursery or self._nursery)
+            self._spawn(action, job, parent, nursery or self._nursery, sim=sim)
         return job.id
 
     def _spawn(
-        self, action: Action, job: JobRow, parent: Run | None, nursery: trio.Nursery
+        self,
+        action: Action,
+        job: JobRow,
+        parent: Run | None,
+        nursery: trio.Nursery,
+        *,
+        sim: SimRun | None = None,
     ) -> None:
-        run = Run(job=job, parent=parent)
+        if parent is not None and parent.sim is not None:
+            sim = parent.sim.child(f"{parent.sim.task.name}/{action.name}")
+        run = Run(job=job, parent=parent, sim=sim)
+        if sim is not None and parent is None:
+            sim.execution.root = run
         self._runs[job.id] = run
         nursery.start_soon(self._run_action, action, run, name=f"action {action.name} ({job.id})")
 
@@ -339,8 +384,15 @@ class ActionRunner:
         """After a restart: run again every unfinished root action (children replay). Returns
         how many were resumed."""
 
+        from wfe.engine.repository import executions
+
         jobs = await self.repo.read(unfinished_root_actions)
+        # a simulation's clock was in the engine that stopped: it fails, it is not replayed
+        simulated = set(await self.repo.write(executions.fail_unfinished(SIMULATION_LOST)))
         for job in jobs:
+            if job.id in simulated:
+                await self._finish(job, JobState.FAILED, error=SIMULATION_LOST)
+                continue
             try:
                 action = self.library.get(job.name)
             except EngineError as exc:
@@ -402,6 +454,8 @@ class ActionRunner:
 
     async def _run_action(self, action: Action, run: Run) -> None:
         job = run.job
+        if run.sim is not None:
+            run.sim.enter()
         try:
             with run.scope:
                 if job.state is not JobState.RUNNING:
@@ -422,12 +476,17 @@ class ActionRunner:
             if run.scope.cancelled_caught:
                 if run.kill_requested():
                     await self._killed(run)
+                elif run.sim is not None and run.sim.execution.stopped:  # at its --until
+                    await self._stopped(run)
                 return
         except BaseException as exc:
             if _only_cancelled(exc):  # killed, or the engine is shutting down
                 if run.kill_requested():
                     with trio.CancelScope(shield=True):
                         await self._killed(run)
+                elif run.sim is not None and run.sim.execution.stopped:
+                    with trio.CancelScope(shield=True):
+                        await self._stopped(run)
                 raise
             if not _has_error(exc):  # KeyboardInterrupt and the like: not ours to handle
                 raise
@@ -438,6 +497,8 @@ class ActionRunner:
         else:
             await self._finish(job, JobState.SUCCEEDED, result=result)
         finally:
+            if run.sim is not None:
+                run.sim.task.done()
             self._runs.pop(job.id, None)
             for child in run.children:  # outcomes nobody joined would otherwise stay forever
                 self.completions.forget(child)
@@ -446,6 +507,8 @@ class ActionRunner:
         """``ctx.config`` of ``run``: its parent's, or its request definition's tables."""
         if run.parent is not None:
             return run.parent.config
+        if run.sim is not None:
+            return run.sim.execution.config
         rid = run.job.request_id
         if rid is None:
             return NO_CONFIG
@@ -464,6 +527,22 @@ class ActionRunner:
                 await self.controller.cancel(job_id, reason="killed with its parent")
         await self._finish(run.job, JobState.CANCELLED, error="killed")
 
+    async def _stopped(self, run: Run) -> None:
+        """Record a run of a simulation stopped at its ``until``: the root succeeded (the
+        simulation ran as long as asked), the others were cancelled; RScripts it started
+        are cancelled on their agents."""
+        for job_id in run.scripts:
+            if job_id in self.controller.jobs:
+                await self.controller.cancel(job_id, reason="the simulation stopped")
+        assert run.sim is not None
+        until = run.sim.execution.clock.until
+        if run.parent is None:
+            await self._finish(run.job, JobState.SUCCEEDED, result={"stopped_at": until})
+        else:
+            await self._finish(
+                run.job, JobState.CANCELLED, error=f"the simulation stopped at {until:g} s"
+            )
+
     async def _finish(
         self, job: JobRow, state: JobState, *, result: Any = None, error: str | None = None
     ) -> None:
@@ -472,10 +551,17 @@ class ActionRunner:
         except TypeError as exc:  # a result that is not JSON
             state, error, result = JobState.FAILED, f"result is not JSON: {exc}", None
             await self.repo.write(set_job_state(job.id, state, error=error))
+        run = self._runs.get(job.id)
+        if run is not None and run.sim is not None and run.parent is None:
+            await run.sim.ended(state.value, result, error)  # the execution ends with it
         self.completions.resolve(
             JobOutcome(job_id=job.id, state=state, result=result, error=error),
             keep=job.parent_id is not None,
         )
+
+
+#: Why a simulated execution found unfinished at start fails.
+SIMULATION_LOST = "the engine stopped during the simulation; run it again"
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

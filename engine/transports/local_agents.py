@@ -136,6 +136,10 @@ class LocalAgents:
         ]
         for tag in spec.tags:
             cmd += ["--tag", tag]
+        if spec.namespace:
+            cmd += ["--namespace", spec.namespace]
+        for topic, script in spec.reactors.items():  # relative to the root, as checked
+            cmd += ["--reactor", f"{topic}={self._dir.parent / script}"]
         if self._key is not None:
             cmd += ["--trusted-key", os.fspath(self._key)]
         return cmd

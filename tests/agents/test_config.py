@@ -217,3 +217,48 @@ def test_the_slots_default_is_the_cpu_count_everywhere(
     direct = AgentConfig(name="n", spool=tmp_path / "spool", workdir=tmp_path / "work")
     loaded = from_file(tmp_path, monkeypatch, 'socket = "s"')
     assert direct.slots == loaded.slots == (os.cpu_count() or 1)
+
+
+def test_reactors_come_from_the_file_relative_to_it_or_from_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[reactors]`` paths are taken relative to agent.toml, ``--reactor TOPIC=SCRIPT``
+    relative to the current directory; the namespace comes with them."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "stf.sh").write_text("true\n")
+    config = from_file(
+        tmp_path,
+        monkeypatch,
+        'socket = "s"',
+        'namespace = "daq"',
+        "[reactors]",
+        'stf_gen = "scripts/stf.sh"',
+    )
+    assert config.namespace == "daq"
+    assert config.reactors == {"stf_gen": tmp_path / "scripts" / "stf.sh"}
+    flags = load_config(["--socket", "s", "--reactor", "end_run=scripts/stf.sh"])
+    assert flags.reactors == {"end_run": tmp_path / "scripts" / "stf.sh"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (["--reactor", "stf_gen"], "--reactor 'stf_gen': expected TOPIC=SCRIPT"),
+        (
+            ["--reactor", "9lives=stf.sh"],
+            "--reactor: topic '9lives': letters, digits, '_', '.', '-', starting with a letter"
+            " (at most 64)",
+        ),
+        (
+            ["--reactor", "stf_gen=missing.sh"],
+            "--reactor stf_gen: {cwd}/missing.sh is not a readable file",
+        ),
+    ],
+)
+def test_a_bad_reactor_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], problem: str
+) -> None:
+    """A reactor without a script, with a bad topic, or naming no file is refused in one line."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stf.sh").write_text("true\n")
+    assert refusal(load_config, ["--socket", "s", *flags]) == problem.format(cwd=tmp_path)

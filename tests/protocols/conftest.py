@@ -14,6 +14,7 @@ from wfe.protocols.messages import (
     AgentHello,
     AgentStatus,
     AttemptRef,
+    Broadcast,
     Cancel,
     Capabilities,
     Dispatch,
@@ -24,6 +25,7 @@ from wfe.protocols.messages import (
     Lease,
     Limits,
     OutputChunk,
+    Reacted,
     Resume,
     Shutdown,
     StatusRequest,
@@ -52,6 +54,8 @@ capabilities = st.builds(
     site=texts,
     tags=st.lists(texts, max_size=3).map(tuple),
     storage=st.lists(texts, max_size=3).map(tuple),
+    namespace=texts,
+    topics=st.lists(texts, max_size=3).map(tuple),
 )
 
 dispatches = st.builds(
@@ -109,6 +113,17 @@ BY_TYPE: dict[type[Any], st.SearchStrategy[Any]] = {
         result=st.none() | json_objects,
         detail=texts,
         chunks=ints,
+    ),
+    Broadcast: st.builds(Broadcast, seq=ints, namespace=texts, topic=texts, message=json_objects),
+    Reacted: st.builds(
+        Reacted,
+        seq=ints,
+        topic=texts,
+        reactor=texts,
+        exit_code=opt_ints,
+        duration=finite,
+        result=st.none() | json_objects,
+        detail=texts,
     ),
 }
 

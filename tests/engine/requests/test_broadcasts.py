@@ -45,6 +45,7 @@ async def test_a_broadcast_reaches_its_namespace_only_and_is_stored(world: World
         "namespace": "tests",
         "topic": "stf_gen",
         "message": {"inputs": 2, "seq": 1},
+        "number": 1,
     }
     assert (await world.wait(record["id"]))["state"] == "completed"
     job = await world.call("job", job=event["subject"])
@@ -59,7 +60,8 @@ async def test_a_broadcast_reaches_its_namespace_only_and_is_stored(world: World
     [
         (
             "topic",
-            "publish: topic '9lives': letters, digits, '_', '.', '-', starting with a letter",
+            "publish: topic '9lives': letters, digits, '_', '.', '-', starting with a letter"
+            " (at most 64)",
         ),
         ("list", "publish: the message must be a JSON object, not list"),
         ("nan", "publish: the message is not JSON: Out of range float values"),
