@@ -27,7 +27,8 @@ def _refused(exc: PilotError) -> ApiError:
 @op("pilots.demand", role="viewer")
 async def _demand(session: Session, args: dict[str, Any]) -> Any:
     """Queued jobs no connected agent has room for, by requirements, and the agents
-    connected. Result: needs [{requirements, queued, unplaceable}], agents [names]."""
+    connected. Result: needs [{requirements, queued, unplaceable}], agents [names connected],
+    holding [names of agents attempts are out on]."""
     return books.current_demand(session.engine)
 
 

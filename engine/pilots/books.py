@@ -30,12 +30,14 @@ class UnknownPilot(PilotError, LookupError):
 
 
 def current_demand(engine: Engine) -> JsonObject:
-    """``needs`` (queued jobs no connected agent has room for, by requirements) and
-    ``agents`` (the names of the agents connected now)."""
+    """``needs`` (queued jobs no connected agent has room for, by requirements), ``agents``
+    (the names of the agents connected now) and ``holding`` (of the agents the engine knows,
+    those attempts are still out on)."""
     controller = engine.controller
     return {
         "needs": [c.as_data() for c in demand.queued_demand(controller)],
         "agents": list(demand.connected_agents(controller)),
+        "holding": list(demand.agents_holding_work(controller)),
     }
 
 

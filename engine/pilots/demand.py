@@ -71,3 +71,10 @@ def queued_demand(controller: AgentController) -> list[NeedCount]:
 def connected_agents(controller: AgentController) -> list[str]:
     """The names of the agents connected now (a pilot's agent is named by its JID)."""
     return sorted(a.name for a in controller.registry.usable())
+
+
+def agents_holding_work(controller: AgentController) -> list[str]:
+    """The names of the agents, connected or not, that attempts are still out on: an account
+    whose last pilot was killed stays out of use until its attempts are fenced, since an agent
+    saying hello under that name would end them at once (as a restarted agent)."""
+    return sorted(a.name for a in controller.registry.agents.values() if a.attempts)

@@ -95,6 +95,9 @@ class Factory:
         self.report = report
         self.pilots: dict[str, Pilot] = {}
         self._refused: dict[Need, str] = {}  # needs reported as not served, not to repeat it
+        self._holding: set[str] = set()  # agents attempts are out on (the engine says)
+        self._last_used: dict[str, int] = {}  # account -> when it was last given to a pilot
+        self._submitted = 0
 
     async def adopt(self) -> None:
         """Track the live pilots the engine's books hold for this batch system."""
@@ -117,6 +120,7 @@ class Factory:
         await self.track()
         demand = await self.console.call("pilots.demand")
         connected = set(demand["agents"])
+        self._holding = set(demand.get("holding", ()))
         for pilot in self.pilots.values():
             pilot.joined = pilot.joined or pilot.agent in connected
         needs = {Need.from_data(n["requirements"]): int(n["queued"]) for n in demand["needs"]}
@@ -165,15 +169,26 @@ class Factory:
         self.report(f"{pilot.id} (batch job {pilot.batch_id}) ended: {end_state}{why}")
 
     def _free_account(self) -> str | None:
-        used = {p.agent for p in self.pilots.values()}
+        """An account no live pilot uses and no attempt is out on (a new agent under the
+        name of a killed one would end its attempts before they are fenced), the least
+        recently used first."""
+        used = {p.agent for p in self.pilots.values()} | self._holding
         free = [jid for jid in accounts_in(self.settings.accounts) if jid not in used]
-        return free[0] if free else None
+        if not free:
+            return None
+        chosen = min(free, key=lambda jid: (self._last_used.get(jid, -1), jid))
+        self._submitted += 1
+        self._last_used[chosen] = self._submitted
+        return chosen
 
     async def _submit(self, need: Need, shape: Shape) -> bool:
         """Submit one pilot for ``need``; False when no more can be submitted this round."""
         agent = self._free_account()
         if agent is None:
-            self.report(f"no free pilot account in {self.settings.accounts}: add one per pilot")
+            self.report(
+                f"no free pilot account in {self.settings.accounts}: add one per pilot"
+                " (an account stays out of use while attempts are out on its last agent)"
+            )
             return False
         row = await self.console.call(
             "pilots.create",
