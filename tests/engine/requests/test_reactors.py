@@ -12,7 +12,7 @@ import trio
 
 from wfe.engine.repository import broadcasts
 
-from .conftest import HEAD, PATIENCE, World, open_world
+from .conftest import PATIENCE, World, open_world
 from .test_broadcasts import ANNOUNCE
 
 #: Each reactor run appends one line (agent, broadcast number, message) to $MARKS: counted
@@ -35,15 +35,23 @@ reactors = {{ stf_gen = "{far}" }}
 
 
 async def _agents(world: World, names: set[str]) -> None:
+    """Wait until the agents ``names`` are connected (checked after every committed event)."""
+
+    def connected() -> bool:
+        return names <= {n for n, a in world.engine.controller.agents.items() if a.link}
+
     with trio.fail_after(PATIENCE):
-        while not names <= {n for n, a in world.engine.controller.agents.items() if a.link}:
-            await trio.sleep(0.05)
+        async with world.engine.repo.subscribe() as events:
+            while not connected():
+                await events.__anext__()
 
 
 async def _events(world: World, kind: str, count: int) -> list[dict[str, Any]]:
+    """The stored events of ``kind`` once there are ``count`` of them."""
     with trio.fail_after(PATIENCE):
-        while len(found := await world.call("events", kind=kind)) < count:
-            await trio.sleep(0.05)
+        async with world.engine.repo.subscribe() as events:
+            while len(found := await world.call("events", kind=kind)) < count:
+                await events.__anext__()
     return found
 
 
