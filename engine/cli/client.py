@@ -45,7 +45,7 @@ PUSH_BUFFER = 10_000
 MAX_MESSAGE = 64 * 1024 * 1024
 REPLY_TIMEOUT = 60.0  # seconds a reply may take (the long polls excepted)
 KEEPALIVE = 15.0  # seconds between pings while a long poll is pending
-LONG_POLLS = frozenset({"wait", "request_wait"})  # ops that reply when something ends
+LONG_POLLS = frozenset({"wait", "request_wait", "execution_wait"})  # reply when something ends
 
 
 class ClientError(EngineError):

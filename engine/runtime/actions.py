@@ -182,10 +182,8 @@ class Context:
         from wfe.engine.simulate.clock import current_task
         from wfe.engine.simulate.execution import run_task
 
-        clock = self._run.sim.execution.clock
         parent = current_task() or self._run.sim.task
-        task = clock.task(f"{parent.name}/{getattr(fn, '__name__', 'task')}")
-        task.at = parent.at
+        task = self._run.sim.new_task(f"{parent.name}/{getattr(fn, '__name__', 'task')}")
         self._children.start_soon(run_task, task, fn, *args)
 
     @property
@@ -473,6 +471,8 @@ class ActionRunner:
                         value = await tasklet.main(ctx, params)
                         if value is not None:
                             result = value
+                    if run.sim is not None:  # the clock moves on while its tasks end
+                        run.sim.wait_for_subtasks()
             if run.scope.cancelled_caught:
                 if run.kill_requested():
                     await self._killed(run)

@@ -62,7 +62,8 @@ class SimTask:
         self.name = name
         self.state = TaskState.RUNNING
         self.at = clock.now  # the simulation time this task has reached
-        self.waiters: list[SimTask] = []
+        self.waiters: list[SimTask] = []  # tasks waiting (also) on this one's end
+        self.pending = 0  # while WAITING: how many tasks it still waits for
 
     def __repr__(self) -> str:
         return f"<SimTask {self.name} {self.state.value} at {self.at}>"
@@ -124,10 +125,26 @@ class SimClock:
         task.state = TaskState.DONE
         for waiter in task.waiters:
             if waiter.state is TaskState.WAITING:
-                waiter.state = TaskState.RUNNING
                 waiter.at = max(waiter.at, task.at)
-                self.running += 1
+                waiter.pending -= 1
+                if waiter.pending == 0:
+                    waiter.state = TaskState.RUNNING
+                    self.running += 1
         task.waiters.clear()
+        self._idle()
+
+    def wait_for_all(self, waiter: SimTask, tasks: list[SimTask]) -> None:
+        """Mark ``waiter`` as waiting until every one of ``tasks`` has ended (a tasklet body
+        done, its run waiting for the tasks it started); it runs again, in the step the
+        last one ends, with no instant in between. Nothing to wait for: it stays running."""
+        live = [t for t in tasks if t.state is not TaskState.DONE]
+        if not live or waiter.state is not TaskState.RUNNING:
+            return
+        waiter.state = TaskState.WAITING
+        waiter.pending = len(live)
+        for task in live:
+            task.waiters.append(waiter)
+        self.running -= 1
         self._idle()
 
     async def wait_on(self, waiter: SimTask, other: SimTask, wait: Callable[[], Awaitable[T]]) -> T:
@@ -136,6 +153,7 @@ class SimClock:
         if other.state is TaskState.DONE or waiter.state is not TaskState.RUNNING:
             return await wait()
         waiter.state = TaskState.WAITING
+        waiter.pending = 1
         other.waiters.append(waiter)
         self.running -= 1
         self._idle()

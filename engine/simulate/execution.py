@@ -21,7 +21,7 @@ import trio
 
 from wfe.engine.repository import executions as rows
 from wfe.engine.repository.rowtypes import JsonObject
-from wfe.engine.simulate.clock import CURRENT, SimClock, SimTask, current_task
+from wfe.engine.simulate.clock import CURRENT, SimClock, SimTask, TaskState, current_task
 
 if TYPE_CHECKING:
     from wfe.engine.repository import Repository
@@ -127,10 +127,23 @@ class SimRun:
     def __init__(self, execution: Execution, task: SimTask) -> None:
         self.execution = execution
         self.task = task
+        self.subtasks: list[SimTask] = []  # tasks this run started: ctx.start_soon, children
+
+    def new_task(self, name: str) -> SimTask:
+        """A task this run starts now (running from this instant)."""
+        task = self.execution.clock.task(name)
+        task.at = (current_task() or self.task).at
+        self.subtasks.append(task)
+        return task
 
     def child(self, name: str) -> SimRun:
         """The ``SimRun`` of a child action started now (a task of its own, running)."""
-        return SimRun(self.execution, self.execution.clock.task(name))
+        return SimRun(self.execution, self.new_task(name))
+
+    def wait_for_subtasks(self) -> None:
+        """The run's tasklets are done: let the clock move while the tasks it started end."""
+        self.subtasks = [t for t in self.subtasks if t.state is not TaskState.DONE]
+        self.execution.clock.wait_for_all(self.task, self.subtasks)
 
     def enter(self) -> None:
         """Make this run's task the calling trio task's (at the start of the run's task)."""
