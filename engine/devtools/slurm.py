@@ -11,8 +11,9 @@ stopped by the pids in their pid files (SIGTERM, then SIGKILL). Client commands 
         subprocess.run(["sbatch", "job.sh"], env=cluster.env)
 
 This is a tool, so the core is synchronous (``subprocess``); from trio run :meth:`start` and
-:meth:`stop` in a thread. It needs root (``SlurmUser=root``), as Debian's packages are run
-here; :class:`SlurmNotInstalled` says what to install when a program is missing.
+:meth:`stop` in a thread. The daemons run as the current user (``SlurmUser``), root in CI
+and on this project's machines; :class:`SlurmNotInstalled` says what to install when a
+program is missing.
 """
 
 from __future__ import annotations
@@ -277,8 +278,8 @@ class SlurmCluster:
         settings: Mapping[str, object] = {
             "ClusterName": "wfe-test",
             "SlurmctldHost": f"{self.host}(127.0.0.1)",  # talked to on loopback
-            "SlurmUser": "root",
-            "SlurmdUser": "root",
+            "SlurmUser": _user(),  # root here; a developer's own user runs its own jobs
+            "SlurmdUser": _user(),
             "AuthType": "auth/munge",
             "AuthInfo": f"socket={self.munge_socket}",
             "CredType": "cred/munge",
@@ -317,6 +318,12 @@ class SlurmCluster:
             + "\n".join(lines)
             + "\n"
         )
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def _memory_mb() -> int:
