@@ -4,7 +4,8 @@
     wfe submit FILE [--param k=v ...] [--namespace NS] [--priority P] [--user U] [--wait]
     wfe approve|pause|resume|cancel|archive ID
     wfe requests [--state S] [--json]          wfe request ID [--wait] [--json]
-    wfe catalog add PATH... [--meta k=v ...]   wfe catalog ls [--json]
+    wfe catalog add PATH... [--meta k=v ...] [--rse NAME]   wfe catalog ls [--json]
+    wfe catalog replica add|ls|rm ...          (wfe.engine.cli.catalog)
     wfe products REQUEST [--json]              wfe provenance PRODUCT [--json]
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -21,9 +21,9 @@ from typing import Any
 
 import trio
 
+from wfe.engine.cli.catalog import register_catalog
 from wfe.engine.cli.render import format_table, print_json, print_table
 from wfe.engine.config import CONFIG_NAME, load_config
-from wfe.engine.errors import EngineError
 
 Add = Callable[..., argparse.ArgumentParser]
 
@@ -68,7 +68,7 @@ def submission(
     params: list[str] | None = None,
     user: str | None = None,
     namespace: str | None = None,
-    priority: int = 0,
+    priority: int | None = None,
     overlay: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """The ``submit`` op's arguments for the definition in ``file``: the expanded
@@ -89,8 +89,9 @@ def submission(
         "scripts": bundle(definition, file),
         "params": parse_assignments(params or []),
         "user": user or os.environ.get("USER") or getpass.getuser(),
-        "priority": priority,
     }
+    if priority is not None:  # else the engine's default for the definition's type
+        payload["priority"] = priority
     if namespace:
         payload["namespace"] = namespace
     return payload
@@ -204,6 +205,7 @@ def render_request(d: dict[str, Any]) -> str:
     if d.get("error"):
         lines.append(f"  error: {d['error']}")
     lines += [f"  {f}" for f in d.get("failures") or ()]
+    lines += [f"  {w}" for w in d.get("waiting") or ()]  # e.g. no replica near an agent
     if d.get("stages"):
         lines.append(
             format_table(
@@ -281,36 +283,6 @@ def _standing(view: dict[str, Any], rid: str, stale: int) -> list[str]:
 # --- catalog and products -------------------------------------------------------------------------
 
 
-def cmd_catalog_add(args: argparse.Namespace) -> int:
-    paths = [str(Path(p).resolve()) for p in args.paths]
-    entries = _call(args, "catalog_add", paths=paths, metadata=_kv(args.meta))
-    if args.json:
-        _print_json(entries)
-    else:
-        added = sum(1 for e in entries if e["new"])
-        print(f"catalogued {len(entries)} file(s): {added} new, {len(entries) - added} refreshed")
-    return 0
-
-
-def cmd_catalog_ls(args: argparse.Namespace) -> int:
-    entries = _call(args, "catalog_ls")
-    if args.json:
-        _print_json(entries)
-    else:
-        print_table(
-            [
-                {
-                    "path": e["path"],
-                    "size": e["size"],
-                    "sha256": e["sha256"][:12],
-                    "metadata": json.dumps(e["metadata"], sort_keys=True)[:70],
-                }  # fmt: skip
-                for e in entries
-            ]
-        )
-    return 0
-
-
 def cmd_products(args: argparse.Namespace) -> int:
     rows = _call(args, "products", request=args.request, stale=args.stale)
     if args.json:
@@ -377,7 +349,12 @@ def register(add: Add) -> None:
         metavar="TESTBED_TOML",
         help="apply a testbed.toml: its [testbed] namespace and its configuration overrides",
     )
-    p.add_argument("--priority", type=int, default=0, help="added to every stage's priority")
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="added to every stage's priority (default: its [workflow] type's in wfe.toml, or 0)",
+    )
     p.add_argument("--user", help="submit as this user (default: $USER); part of the request id")
     p.add_argument(
         "--wait", action="store_true", help="wait until it ends; exit 1 unless completed"
@@ -405,21 +382,7 @@ def register(add: Add) -> None:
     )
     p.add_argument("--json", action="store_true")
 
-    p = add("catalog", lambda args: _no_subcommand(p), "register input files, or list them")
-    sub = p.add_subparsers(dest="catalog_command", metavar="add|ls", required=True)
-    q = sub.add_parser("add", help="register files with their size, sha256 and metadata")
-    q.add_argument(
-        "paths", nargs="+", metavar="PATH", help="files (a PATH.meta.json sidecar gives metadata)"
-    )
-    q.add_argument(
-        "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (JSON or text)"
-    )
-    q.set_defaults(fn=cmd_catalog_add)
-    q = sub.add_parser("ls", help="list the catalog")
-    q.set_defaults(fn=cmd_catalog_ls)
-    for q in (sub.choices["add"], sub.choices["ls"]):
-        q.add_argument("--json", action="store_true")
-        q.add_argument("--config", default=argparse.SUPPRESS, help=f"path of {CONFIG_NAME}")
+    register_catalog(add, _call, _kv)  # wfe catalog (engine/cli/catalog.py)
 
     p = add("products", cmd_products, "list the products of a request")
     p.add_argument("request", metavar="REQUEST")
@@ -438,7 +401,3 @@ def register(add: Add) -> None:
     p.add_argument(
         "--ro-crate", required=True, metavar="DIR", help="write the crate into this directory"
     )
-
-
-def _no_subcommand(parser: argparse.ArgumentParser) -> int:
-    raise EngineError(parser.format_usage().strip())

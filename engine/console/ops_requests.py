@@ -6,8 +6,8 @@ that names the request's state, an unknown request or product ``not_found``. Eac
 declares the least role it needs (``ROLES``): viewers read, operators change things.
 
 Ops: ``submit``, ``approve``, ``pause``, ``resume``, ``cancel``, ``archive``, ``requests``,
-``request``, ``request_wait``, ``catalog_add``, ``catalog_ls``, ``products``,
-``provenance``. The arguments of each are in its docstring and in docs/definitions.md.
+``request``, ``request_wait``, ``catalog_add``, ``catalog_ls``, ``replica_add``, ``replica_rm``,
+``replica_ls``, ``products``, ``provenance``. The arguments of each are in its docstring and in docs/definitions.md.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import attrs
 from wfe.engine.console.protocol import ApiError
 from wfe.engine.console.registry import Handler, arg, op
 from wfe.engine.repository import request_views as views
+from wfe.engine.repository.replicas import Replica, UnknownEntry, check_rse
+from wfe.engine.repository.rowtypes import JsonValue
 from wfe.engine.requests import catalog
 from wfe.protocols.errors import ProtocolError
 from wfe.protocols.request import Actor, RequestState, RequestVerb
@@ -42,6 +44,9 @@ ROLES: dict[str, str] = {
     "request": "viewer",
     "request_wait": "viewer",
     "catalog_ls": "viewer",
+    "replica_add": "operator",
+    "replica_rm": "operator",
+    "replica_ls": "viewer",
     "products": "viewer",
     "provenance": "viewer",
 }
@@ -97,7 +102,7 @@ async def _submit(session: Session, args: dict[str, Any]) -> Any:
         scripts_text=arg(args, "scripts", dict, {}),
         params=arg(args, "params", dict, {}),
         namespace=arg(args, "namespace", str, None),
-        priority=arg(args, "priority", int, 0),
+        priority=arg(args, "priority", int, None),  # None: its type's, from wfe.toml
         by=session.name,
     )
     warnings = await _service(session).warnings_for(record)
@@ -164,6 +169,9 @@ async def _request(session: Session, args: dict[str, Any]) -> Any:
         view = await service.standing_view(rid)
         if view is not None:
             detail["standing"] = view
+        waiting = service.why_waiting(rid)  # no agent's site near enough their replicas
+        if waiting:
+            detail["waiting"] = list[JsonValue](waiting)
     return detail
 
 
@@ -183,13 +191,55 @@ async def _request_wait(session: Session, args: dict[str, Any]) -> Any:
 
 @_register("catalog_add")
 async def _catalog_add(session: Session, args: dict[str, Any]) -> Any:
-    """args: paths (absolute), metadata (object, applied to each over its sidecar)."""
+    """args: paths (absolute), metadata (object, applied to each over its sidecar), rse
+    (a storage element where the paths are a replica of each entry)."""
     session.engine.admit_new_work()  # refused while the repository's disk is full
     paths = arg(args, "paths", list)
     if not paths or not all(isinstance(p, str) for p in paths):
         raise ApiError("bad_request", "args.paths: expected a non-empty array of paths")
+    rse = _rse(arg(args, "rse", str, None))
     entries = await catalog.describe_files(paths, arg(args, "metadata", dict, {}))
+    if rse is not None:
+        return await session.engine.catalog_add_at(entries, rse, by=session.name)
     return await session.engine.catalog_add(entries, by=session.name)
+
+
+def _rse(name: str | None) -> str | None:
+    try:
+        return None if name is None else check_rse(name)
+    except ValueError as exc:
+        raise ApiError("bad_request", f"args.rse: {exc}") from None
+
+
+@_register("replica_add")
+async def _replica_add(session: Session, args: dict[str, Any]) -> Any:
+    """args: path (a catalog entry's), rse, location (a path or URL there). A replica at the
+    same storage element is moved."""
+    rse = _rse(arg(args, "rse", str))
+    location = arg(args, "location", str)
+    if not location.strip():
+        raise ApiError("bad_request", "args.location: expected a path or URL")
+    replica = Replica(path=arg(args, "path", str), rse=str(rse), location=location)
+    try:
+        await session.engine.replica_add([replica], by=session.name)
+    except UnknownEntry as exc:
+        raise ApiError("not_found", str(exc)) from None
+    return attrs.asdict(replica)
+
+
+@_register("replica_rm")
+async def _replica_rm(session: Session, args: dict[str, Any]) -> Any:
+    """args: path, rse. Refused ``not_found`` when there is no such replica."""
+    path, rse = arg(args, "path", str), arg(args, "rse", str)
+    if not await session.engine.replica_remove(path, rse, by=session.name):
+        raise ApiError("not_found", f"{path}: no replica at {rse}")
+    return {"path": path, "rse": rse}
+
+
+@_register("replica_ls")
+async def _replica_ls(session: Session, args: dict[str, Any]) -> Any:
+    """args: path (none: every entry's). ``[{path, rse, location}]``."""
+    return [attrs.asdict(r) for r in await session.engine.replicas(arg(args, "path", str, None))]
 
 
 @_register("catalog_ls")

@@ -76,6 +76,9 @@ class Workflow:
     version: str = ""
     description: str = ""
     trigger: Trigger = Trigger()  # manual (runs once) or standing: continuous, cron
+    # the kind of request ("simulation", "analysis", ...): one of wfe.toml's [request_types],
+    # whose priority a request of it gets when its submitter gives none
+    type: str | None = None
     # the workflow as code: the action `wfe simulate` runs (default workflows.<name>)
     action: str | None = None
 
@@ -170,6 +173,9 @@ class Stage:
     backoff: Backoff = Backoff()
     timeouts: Timeouts = Timeouts()
     priority: int = 0
+    # 0-100: its jobs read only replicas this near an agent's site ([sites] of wfe.toml);
+    # None: any replica (the nearest is still preferred)
+    max_distance: int | None = None
     cooldown: float = 0.0  # seconds: a standing stage starts at most one round per window
     group_by: tuple[str, ...] = ()  # one job per distinct value of these metadata fields
     version_policy: VersionPolicy = VersionPolicy.KEEP

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from wfe.engine.dispatch import locality
 from wfe.engine.dispatch.ends import AttemptEnds
 from wfe.engine.dispatch.jobspec import dispatch_message
 from wfe.engine.dispatch.live import AgentEntry, LiveJob
@@ -80,7 +81,12 @@ class Dispatcher:
         now = trio.current_time()
         machines = [(self._queue.jobs[r.job_id], self._registry.agents[a]) for r, a in pairs]
         out = [self.new_attempt(job, entry, now) for job, entry in machines]
-        await self._repo.write(rows.attempts_dispatched(out))  # write ahead
+        used = {  # the replicas each attempt reads, recorded with it
+            (job.job_id, job.attempts_made): locality.used(placed, entry.capabilities.site)
+            for job, entry in machines
+            if (placed := job.requirements.get("locality")) is not None
+        }
+        await self._repo.write(rows.attempts_dispatched(out, used))  # write ahead
         self.send(machines)
         if self._queue.has_ready and any(a.free_slots for a in self._registry.usable()):
             self.wake()  # more may fit: another round
@@ -90,6 +96,8 @@ class Dispatcher:
         would overtake it), else the scheduler's choice among agents with a free slot."""
         if self._queue.has_ready or not self.running:
             return None  # checked first: in a burst the queue is rarely empty
+        if "locality" in requirements:
+            return None  # its replicas are recorded with the attempt in a round
         offers = self._registry.offers()
         if not offers:
             return None
@@ -129,7 +137,8 @@ class Dispatcher:
                 self._ends.over(job, am.AgentLost(at=now), None)
                 continue
             try:
-                dispatch = dispatch_message(job, self._scripts.get(job.script_name), self._sign)
+                script = self._scripts.get(job.script_name)
+                dispatch = dispatch_message(job, script, self._sign, entry.capabilities.site)
             except Exception as exc:  # the script vanished or changed badly since submission
                 job.fail_reason = f"cannot dispatch: {exc}"
                 machine.handle(am.CancelRequested(at=now))  # the agent never heard of it, so

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from wfe.engine.config import JobsSection
+from wfe.engine.dispatch import locality
 from wfe.engine.dispatch.fairshare import NO_SHARE, Share
 from wfe.engine.dispatch.live import LiveJob
 from wfe.engine.repository import Repository
@@ -135,11 +136,14 @@ def live_job(job: JobRow, defaults: JobsSection, seq: int) -> LiveJob:
 
 
 def dispatch_message(
-    job: LiveJob, script: RScript, sign: Callable[[Dispatch], Dispatch]
+    job: LiveJob, script: RScript, sign: Callable[[Dispatch], Dispatch], site: str = ""
 ) -> Dispatch:
-    """The signed ``Dispatch`` of ``job``'s current attempt."""
+    """The signed ``Dispatch`` of ``job``'s current attempt, to an agent at ``site``: each
+    input with replicas is given the one chosen for that site (``locality.with_replicas``)."""
     assert job.machine is not None
     memory = job.requirements.get("memory")
+    placed = job.requirements.get("locality")
+    params = job.params if placed is None else locality.with_replicas(job.params, placed, site)
     return sign(
         Dispatch(
             job_id=job.job_id,
@@ -147,7 +151,7 @@ def dispatch_message(
             script_name=script.header.name,
             script=script.text,
             sha256=script.sha256,
-            params=job.params,
+            params=params,
             limits=Limits(timeout=job.timeout, memory=int(memory) if memory else None),
         )
     )

@@ -3,8 +3,11 @@
 Jobs are taken by priority (higher first), then age (older first). A job goes to the first
 agent, among those that can take it, that has a free slot: an agent pinned by ``on`` if it
 names one; else the agents whose storage holds the job's data first (locality), then the one
-with the most free slots. Requirements: ``cpus`` (slots taken, default 1), ``memory`` (bytes,
-at most the agent's), ``tags`` (all present on the agent), ``site`` (equal).
+with the most free slots. A job whose inputs have replicas (``locality``, from
+``wfe.engine.dispatch.locality``) goes to the agent whose site is nearest them, and only to
+an agent whose site has each within the stage's ``max_distance``. Requirements: ``cpus``
+(slots taken, default 1), ``memory`` (bytes, at most the agent's), ``tags`` (all present on
+the agent), ``site`` (equal).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from wfe.engine.dispatch import locality
 from wfe.protocols.messages import Capabilities
 
 
@@ -55,12 +59,20 @@ def fits(job: Ready, agent: Offer) -> bool:
     if not set(req.get("tags", ())) <= set(caps.tags):
         return False
     site = req.get("site")
-    return site is None or site == caps.site
+    if site is not None and site != caps.site:
+        return False
+    placed = req.get("locality")  # inputs with replicas: one within reach of the agent's site
+    return placed is None or locality.reach(placed, caps.site) is not None
 
 
 def _locality(job: Ready, agent: Offer) -> int:
     wanted = job.requirements.get("storage") or ()
     return sum(1 for s in wanted if s in agent.capabilities.storage)
+
+
+def _distance(placed: dict[str, Any], agent: Offer) -> int:
+    where = locality.reach(placed, agent.capabilities.site)
+    return locality.FAR + 1 if where is None else int(where["distance"])
 
 
 def assign(ready: Iterable[Ready], agents: Sequence[Offer]) -> list[tuple[Ready, str]]:
@@ -76,7 +88,15 @@ def assign(ready: Iterable[Ready], agents: Sequence[Offer]) -> list[tuple[Ready,
         candidates = [a for a in agents if a.free_slots >= cpus and fits(job, a)]
         if not candidates:
             continue
-        best = max(candidates, key=lambda a: (_locality(job, a), a.free_slots, -agents.index(a)))
+        placed = job.requirements.get("locality")
+        if placed is None:
+            best = max(
+                candidates, key=lambda a: (_locality(job, a), a.free_slots, -agents.index(a))
+            )
+        else:  # the agent whose site is nearest the job's inputs
+            best = min(
+                candidates, key=lambda a: (_distance(placed, a), -a.free_slots, agents.index(a))
+            )
         best.free_slots -= cpus
         pairs.append((job, best.name))
     return pairs

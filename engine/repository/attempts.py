@@ -61,13 +61,22 @@ class JobRequeued:
 # --- writes -------------------------------------------------------------------------------
 
 
-def attempts_dispatched(machines: Sequence[AttemptMachine]) -> Callable[[Tx], None]:
-    """Record a round of dispatches (one transaction for the round)."""
+def attempts_dispatched(
+    machines: Sequence[AttemptMachine],
+    replicas: Mapping[tuple[str, int], JsonValue] | None = None,
+) -> Callable[[Tx], None]:
+    """Record a round of dispatches (one transaction for the round), with the replicas of
+    their inputs the attempts that read replicas were given (``(job, attempt) -> JSON``)."""
 
     def op(tx: Tx) -> None:
         now = wall_now()
         for m in machines:
             _dispatched(tx, m.job_id, m.attempt, m.state, m.agent, now)
+        if replicas:
+            tx.executemany(
+                "UPDATE attempts SET replicas = ? WHERE job_id = ? AND attempt = ?",
+                [(json.dumps(v), job, attempt) for (job, attempt), v in replicas.items()],
+            )
 
     return op
 

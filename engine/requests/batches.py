@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from wfe.engine.definitions import INPUTS_PARAM, Definition, Lifetime, Stage, stage_params
+from wfe.engine.dispatch import locality
 from wfe.engine.errors import UnknownJob
 from wfe.engine.repository import request_batches
 from wfe.engine.repository import requests as store
 from wfe.engine.requests.model import Batch, BatchOutcome, JobEnd, RequestRecord, StageInput
+from wfe.engine.requests.placement import place_inputs
 from wfe.engine.requests.products import from_inputs, from_result
 from wfe.engine.requests.scripts import OUTPUT_DIR_PARAM
 from wfe.engine.requests.standing import version_of
@@ -81,11 +83,13 @@ class BatchRunner:
         controller: AgentController,
         runner: ActionRunner | None,
         products_root: Path | None,
+        sites: locality.Sites | None = None,
     ) -> None:
         self.repo = repo
         self.controller = controller
         self.runner = runner
         self.products_root = products_root
+        self.sites = {} if sites is None else sites  # [sites] distances of wfe.toml
 
     async def start(
         self,
@@ -149,11 +153,17 @@ class BatchRunner:
                 await trio.to_thread.run_sync(
                     lambda: os.makedirs(batch.output_dir or "", exist_ok=True)
                 )
+        requires = requirements(stage)
+        if stage.consumes is not None:  # inputs with replicas: which each site would read
+            paths = [i.path for i in inputs]
+            placed = await place_inputs(self.repo, paths, self.sites, stage.max_distance)
+            if placed is not None:
+                requires["locality"] = placed
         return await self.controller.submit(
             key,
             params,
             priority=priority,
-            requires=requirements(stage),
+            requires=requires,
             retries=stage.retries,
             timeout=stage.timeouts.attempt,
             request_id=record.id,

@@ -36,7 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from wfe.engine.config import ApprovalSection, StorageSection
+from wfe.engine.config import (
+    ApprovalSection,
+    RequestTypesSection,
+    SitesSection,
+    StorageSection,
+)
 from wfe.engine.definitions import Definition, build_definition
 from wfe.engine.repository import Missed, Subscription
 from wfe.engine.repository import requests as store
@@ -52,6 +57,7 @@ from wfe.engine.requests.model import (
     StageInput,
     StageState,
 )
+from wfe.engine.requests.placement import why_waiting
 from wfe.engine.requests.progress import (
     advance_stages,
     check_request,
@@ -100,14 +106,21 @@ class RequestService:
         products_root: Path | None = None,
         approval: ApprovalSection | None = None,
         storage: StorageSection | None = None,
+        sites: SitesSection | None = None,
+        request_types: RequestTypesSection | None = None,
     ) -> None:
         self.repo = repo
         self.approval = ApprovalSection() if approval is None else approval  # [approval]
         self.controller = controller
         self.runner = runner
         self.batches = BatchRunner(
-            repo=repo, controller=controller, runner=runner, products_root=products_root
+            repo=repo,
+            controller=controller,
+            runner=runner,
+            products_root=products_root,
+            sites=(sites or SitesSection()).distances,
         )
+        self.request_types = request_types or RequestTypesSection()
         self._definitions: dict[str, Definition] = {}
         self._standing: dict[str, Definition] = {}  # live standing requests' definitions
         self._jobs: dict[str, str] = {}  # job id -> request id, for the jobs of open batches
@@ -223,13 +236,14 @@ class RequestService:
         scripts_text: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
         namespace: str | None = None,
-        priority: int = 0,
+        priority: int | None = None,
         by: str | None = None,
     ) -> RequestRecord:
         """Check and store a request of the expanded definition; return it (submitted).
 
         ``by`` is who submits (a console token's name), recorded on the submit event; without
-        it, the request's ``user``.
+        it, the request's ``user``. ``priority`` None: the one ``[request_types]`` of wfe.toml
+        gives the definition's ``[workflow] type`` (0 without a type).
 
         Raises ``DefinitionError`` / ``SubmitError`` with one line before anything is
         stored. The engine approves at once when no person's approval is needed: what
@@ -247,6 +261,7 @@ class RequestService:
             priority=priority,
             by=by,
             approval=self.approval,
+            type_priority=self.request_types.priority,
             library=self.scripts,
             action_known=action_known(self.runner),
         )
@@ -275,6 +290,12 @@ class RequestService:
     async def standing_view(self, rid: str) -> JsonObject | None:
         """What consoles show of a standing request (``StandingRequests.view``)."""
         return await self.standing_requests.view(rid)
+
+    def why_waiting(self, rid: str) -> list[str]:
+        """Why jobs of ``rid`` wait for an agent, when it is that no agent's site is near
+        enough their inputs' replicas (one line each)."""
+        jobs = [j for j, owner in self._jobs.items() if owner == rid]
+        return why_waiting(self.controller, jobs, self.batches.sites)
 
     async def stale_products(self, rid: str) -> list[JsonValue]:
         """The products of ``rid`` that are no longer current (``stale`` says why)."""

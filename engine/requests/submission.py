@@ -39,14 +39,16 @@ def check_submission(
     scripts_text: Mapping[str, Any] | None,
     params: Mapping[str, Any] | None,
     namespace: str | None,
-    priority: int,
+    priority: int | None,
     by: str | None,
     approval: ApprovalSection,
+    type_priority: Mapping[str, int],
     library: ScriptLibrary,
     action_known: Callable[[str], bool],
 ) -> store.Submission:
     """What ``RequestService.submit`` stores; raises ``DefinitionError`` / ``SubmitError``
-    (one line) on anything wrong."""
+    (one line) on anything wrong. ``priority`` None: the priority ``type_priority`` (wfe.toml's
+    ``[request_types] priority``) gives the definition's ``type``, else 0."""
     try:
         check_user_name(user)
     except ProtocolError as exc:
@@ -54,6 +56,15 @@ def check_submission(
     gitinfo = git_info(git)
     definition = build_definition(expanded, sources=tuple(str(s) for s in sources), git=gitinfo)
     resolved = resolve_params(definition, dict(params or {}))
+    kind = definition.workflow.type
+    if kind is not None and kind not in type_priority:
+        known = ", ".join(sorted(type_priority)) or "none"
+        raise SubmitError(
+            f"workflow.type {kind!r} is not a request type of this engine (known: {known};"
+            " add it to [request_types] priority in wfe.toml)"
+        )
+    if priority is None:
+        priority = 0 if kind is None else type_priority[kind]
     namespace = definition.namespace if namespace is None else namespace
     if not namespace or not all(c.isalnum() or c in "_.-" for c in namespace):
         raise SubmitError(f"namespace {namespace!r}: use letters, digits, '_', '.' and '-'")

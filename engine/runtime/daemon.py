@@ -146,6 +146,8 @@ async def _run_engine(config: Config, start_local_agents: bool) -> AsyncIterator
                     products_root=config.root / "products",
                     approval=config.approval,
                     storage=config.storage,
+                    sites=config.sites,
+                    request_types=config.request_types,
                 )
                 await nursery.start(requests.run)
                 leases = Leases(repo)  # the work queue: running works get a full lease again

@@ -31,6 +31,7 @@ from wfe.engine.repository import (
 from wfe.engine.repository import catalog as catalog_rows
 from wfe.engine.repository import jobs as job_rows
 from wfe.engine.repository import products as product_rows
+from wfe.engine.repository import replicas as replica_rows
 from wfe.engine.repository import requests as request_rows
 from wfe.engine.repository import search as search_rows
 from wfe.engine.repository import tokens as token_rows
@@ -356,6 +357,23 @@ class Engine:
 
     async def catalog_entries(self, *, limit: int | None = None) -> list[catalog_rows.CatalogEntry]:
         return await self.repo.read(catalog_rows.list_entries(limit=limit))
+
+    async def catalog_add_at(
+        self, entries: Sequence[catalog_rows.NewEntry], rse: str, *, by: str | None
+    ) -> list[JsonObject]:
+        """``catalog_add``, each path also recorded as its replica at storage element ``rse``."""
+        self.repo.admit_new_work()
+        return await self.repo.write(replica_rows.add_with_replica(entries, rse, by=by))
+
+    async def replica_add(self, replicas: Sequence[replica_rows.Replica], *, by: str) -> int:
+        """Record replicas of catalog entries; raises ``UnknownEntry`` (nothing stored)."""
+        return await self.repo.write(replica_rows.add_replicas(replicas, by=by))
+
+    async def replica_remove(self, path: str, rse: str, *, by: str) -> bool:
+        return await self.repo.write(replica_rows.remove_replica(path, rse, by=by))
+
+    async def replicas(self, path: str | None = None) -> list[replica_rows.Replica]:
+        return await self.repo.read(replica_rows.list_replicas(path))
 
     async def products(self, rid: str) -> list[JsonObject]:
         return await self.repo.read(product_rows.list_products(rid))

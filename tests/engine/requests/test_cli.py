@@ -69,7 +69,8 @@ def test_submit_sends_the_definition_with_its_scripts(
     assert capsys.readouterr().out == "t-bob-0001 failed: no\n  x\n"
     (op, sent), (wait, asked) = fake.calls
     assert (op, wait, asked) == ("submit", "request_wait", {"request": "t-bob-0001"})
-    assert sent["user"] == "bob" and sent["params"] == {"n": "3"} and sent["priority"] == 0
+    assert sent["user"] == "bob" and sent["params"] == {"n": "3"}
+    assert "priority" not in sent  # none given: the engine's default for the definition's type
     assert sent["expanded"]["workflow"]["name"] == "t"
     assert sent["scripts"] == {"work": (SCRIPTS / "work.py").read_text()}
     assert sent["sources"] == [str(tmp_path / "def.toml")]
