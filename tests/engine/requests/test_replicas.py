@@ -176,3 +176,36 @@ def submission_of(path: Path, **options: Any) -> dict[str, Any]:
     from wfe.engine.cli.requests import submission
 
     return submission(path, user="alice", **options)
+
+
+async def test_replicas_are_added_listed_and_removed_and_bad_ones_refused(tmp_path: Path) -> None:
+    """``wfe catalog add --rse`` records each path as its replica there; ``replica add`` adds
+    another (again: moves it), ``replica rm`` forgets one; a path not in the catalog, a bad
+    storage element name and a missing replica are refused in one line, storing nothing."""
+    async with open_world(tmp_path, agents=0) as world:
+        data = world.data / "e.raw"
+        data.write_text("e\n")
+        code, out, err = await world.wfe("catalog", "add", str(data), "--rse", "CERN_EOS")
+        assert code == 0, err
+        assert "replicas at CERN_EOS" in out
+        await replicas(world, str(data), ("FNAL_DCACHE", "/pnfs/old"), ("FNAL_DCACHE", "/pnfs/e"))
+
+        async def listed() -> list[tuple[str, str]]:
+            code, out, _ = await world.wfe("catalog", "replica", "ls", "--json")
+            assert code == 0
+            return [(r["rse"], r["location"]) for r in json.loads(out)]
+
+        assert await listed() == [("CERN_EOS", str(data)), ("FNAL_DCACHE", "/pnfs/e")]
+
+        code, _, err = await world.wfe("catalog", "replica", "add", "/no/such", "X", "/x")
+        assert code != 0 and "/no/such: not in the catalog (add it with `wfe catalog add`)" in err
+        code, _, err = await world.wfe("catalog", "replica", "add", str(data), "bad rse", "/x")
+        assert code != 0
+        assert "storage element 'bad rse': use letters, digits, '_', '.', ':' and '-'" in err
+        code, _, err = await world.wfe("catalog", "replica", "rm", str(data), "TAPE")
+        assert code != 0 and f"{data}: no replica at TAPE" in err
+        assert await listed() == [("CERN_EOS", str(data)), ("FNAL_DCACHE", "/pnfs/e")]
+
+        code, _, err = await world.wfe("catalog", "replica", "rm", str(data), "CERN_EOS")
+        assert code == 0, err
+        assert await listed() == [("FNAL_DCACHE", "/pnfs/e")]
