@@ -192,13 +192,32 @@ class Site:
         self.factories.append(process)
         return process
 
+    async def start_agent(self, account: Path, *options: str) -> Any:
+        """Run ``python -m wfe agent`` over XMPP as ``account`` (a file of ``accounts/``)."""
+        home = self.root / "agents" / account.name
+        home.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "wfe", "agent", "--xmpp", "--jid", account.name,
+            "--password-file", str(account), "--server", self.server.host,
+            "--port", str(self.server.port), "--tls", "plain",
+            "--trusted-key", str(self.root / "engine.pub"), "--controller", self.engine_jid,
+            "--slots", "1", "--spool", str(home / "spool"), "--workdir", str(home / "work"),
+            "--heartbeat", "0.5", *options,
+        ]  # fmt: skip
+        with (home / "agent.log").open("ab") as log_file:
+            process = await trio.lowlevel.open_process(
+                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True,
+            )  # fmt: skip
+        self.factories.append(process)  # killed with the factories at the end
+        return process
+
     def factory_log(self) -> str:
         return "\n".join(_tail(p) for p in sorted(self.root.glob("factory-*.log")))
 
     def pilot_logs(self) -> str:
-        parts = [
-            f"--- {p.name}\n{_tail(p)}" for p in sorted((self.root / "pilots").glob("*/*.out"))
-        ]
+        logs = [*(self.root / "pilots").glob("*/*.out"), *(self.root / "agents").glob("*/*.log")]
+        parts = [f"--- {p.parent.name}/{p.name}\n{_tail(p)}" for p in sorted(logs)]
         return "\n".join(parts) or "(no pilot output)"
 
     async def stop_factories(self) -> None:
@@ -208,9 +227,9 @@ class Site:
             await process.wait()
 
     def kill_leftovers(self) -> None:
-        """SIGKILL what the pilots left (a keeper outlives its batch job under
-        ``proctrack/linuxproc``): the processes whose command line names this site's pilots."""
-        mark = str(self.root / "pilots").encode()
+        """SIGKILL what the pilots and agents left (a keeper outlives its batch job under
+        ``proctrack/linuxproc``): the processes whose command line names this site."""
+        mark = str(self.root).encode()
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue

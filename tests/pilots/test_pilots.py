@@ -149,3 +149,49 @@ async def test_killing_a_pilots_batch_job_mid_attempt_is_a_loss_run_again_once(
     assert second["end_state"] == "COMPLETED"
     assert len(list(markers.glob("run-*"))) == 2
     assert len(list(markers.glob("done-*"))) == 1
+
+
+async def test_an_agent_near_its_walltime_takes_no_work_and_hands_back_what_runs(
+    site: Site,
+) -> None:
+    """``wfe agent --walltime 45`` (drain and hand back 30 s before its end): 15 s in, it
+    says hello again with no slot, its running attempt is killed and reported fenced, a loss
+    the engine does not send back to it; it exits 0 by itself, and another agent runs the job
+    to success (two runs, one finished)."""
+    config = site.config()
+    markers = site.markers
+    accounts = sorted(site.accounts.iterdir())
+    with trio.fail_after(120):
+        async with serving(config) as (engine, _):
+            job = await engine.run_rscript("marked", {"dir": str(markers), "hold": 300})
+            first = await site.start_agent(accounts[0], "--walltime", "45")
+
+            async def lost() -> Any:
+                attempts = (await engine.job(job))["attempt_list"]
+                return attempts and attempts[0]["state"] == "lost"
+
+            await until(engine, lost)
+            assert await first.wait() == 0  # it left by itself
+            detail = await engine.job(job)
+            assert [a["state"] for a in detail["attempt_list"]] == ["lost"]  # none sent back
+            assert detail["state"] == "queued"
+            [row] = [a for a in engine.agents() if a["name"] == accounts[0].name]
+            assert row["slots"] == 0
+            await site.start_agent(accounts[1])
+
+            async def second_running() -> Any:
+                attempts = (await engine.job(job))["attempt_list"]
+                return len(attempts) == 2 and attempts[1]["state"] == "running"
+
+            await until(engine, second_running)
+            (markers / "release").touch()
+
+            async def over() -> Any:
+                return (await engine.job(job))["state"] in TERMINAL
+
+            await until(engine, over)
+            detail = await engine.job(job)
+    assert detail["state"] == "succeeded", detail["error"]
+    assert "lease" in (detail["attempt_list"][0]["detail"] or "")
+    assert len(list(markers.glob("run-*"))) == 2
+    assert len(list(markers.glob("done-*"))) == 1
