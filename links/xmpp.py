@@ -68,6 +68,8 @@ DEFAULT_PORT = 5222
 #: Seconds to wait for the answer to an IQ (service discovery, upload slots).
 IQ_TIMEOUT = 30.0
 
+_MESSAGE_TAG = "{jabber:client}message"
+
 _STATE_EVENTS = (
     "session_start",
     "disconnected",
@@ -204,6 +206,17 @@ class _Stream(slixmpp.ClientXMPP):
             return True
         result: bool | None = await super()._handle_stream_features(features)
         return result
+
+    def _spawn_event(self, xml: ET.Element) -> None:
+        # The hot path: a wfe payload goes straight to its handler. slixmpp would wrap it in a
+        # stanza object and match it against every registered handler (sixteen: roster,
+        # ping, stream features...), which cost more than decoding the payload itself, and
+        # an engine with a thousand agents gets one such message per agent every heartbeat.
+        # Only our handler matches a message with a payload (it handles errors too).
+        if xml.tag == _MESSAGE_TAG and xml.find(TAG) is not None:
+            self._client._on_payload_xml(xml)
+            return
+        super()._spawn_event(xml)
 
     def data_received(self, data: bytes | str) -> None:
         # The server may use Nagle's algorithm (Prosody does unless network_settings says
@@ -343,7 +356,9 @@ class XmppClient:
         self._state_send.send_nowait((name, data))
 
     def _on_payload(self, stanza: Any) -> None:
-        xml = stanza.xml
+        self._on_payload_xml(stanza.xml)
+
+    def _on_payload_xml(self, xml: ET.Element) -> None:
         sender = xml.get("from") or ""
         if xml.get("type") == "error":
             log.warning("xmpp: %s could not take a message we sent: %s", sender, _error_text(xml))
@@ -352,8 +367,11 @@ class XmppClient:
             self.stale_dropped += 1
             log.info("xmpp: dropped a message from %s stored while we were offline", sender)
             return
+        payload = xml.find(TAG)
+        if payload is None:
+            return
         try:
-            message = self._assembler.feed(sender, xml.find(TAG))
+            message = self._assembler.feed(sender, payload)
         except DecodeError as exc:
             log.error("xmpp: refused a malformed payload from %s: %s", sender, exc)
             self.send_error(sender, "bad-request", f"malformed wfe payload: {exc}", kind="modify")

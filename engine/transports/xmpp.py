@@ -63,6 +63,8 @@ log = logging.getLogger("wfe.xmpp")
 NUDGE_INTERVAL = 5.0
 #: Uploads fetched at once, over all agents.
 MAX_FETCHES = 4
+#: JIDs whose acceptance is remembered (the lot is forgotten when full).
+MAX_REMEMBERED = 65536
 
 
 class XmppAgentLink:
@@ -125,20 +127,40 @@ class XmppTransport:
         self.sessions: dict[str, _AgentSession] = {}
         self.refused = 0
         self._nudged: dict[str, float] = {}
+        self._accepted: dict[str, bool] = {}  # JID -> accepts(JID)
 
     def accepts(self, jid: str) -> bool:
         """True when messages from ``jid`` (bare or full) may reach the controller."""
+        known = self._accepted.get(jid)
+        if known is not None:
+            return known
         bare = bare_jid(jid)
         if bare == self.own or not is_bare_jid(bare):
-            return False
-        return bare in self.agents if self.agents else jid_domain(bare) == jid_domain(self.own)
+            verdict = False
+        else:
+            verdict = (
+                bare in self.agents if self.agents else jid_domain(bare) == jid_domain(self.own)
+            )
+        # Remembered: every message asks, and a thousand agents send one each heartbeat.
+        if len(self._accepted) >= MAX_REMEMBERED:
+            self._accepted.clear()
+        self._accepted[jid] = verdict
+        return verdict
 
     async def run(self) -> None:
         """Handle the client's events until cancelled."""
+        events = self.client.events
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            async for event in self.client.events:
-                self.handle(event)
+            async for first in events:
+                # Whatever else arrived meanwhile too, without a trip through the scheduler each.
+                event: object = first
+                while True:
+                    self.handle(event)
+                    try:
+                        event = events.receive_nowait()
+                    except trio.WouldBlock:
+                        break
 
     def handle(self, event: object) -> None:
         match event:
