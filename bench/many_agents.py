@@ -47,7 +47,7 @@ from bench._common import (
     missed,
     rss_bytes,
 )
-from bench.many_agents_hosts import Hosts, Watch, cpu_of
+from bench.many_agents_hosts import Hosts, Watch, cpu_of, keepers
 from bench.many_agents_throughput import compare
 from bench.xmpp_dispatch import ENGINE_USER, SCRIPT, Setup, engine_config
 from wfe.engine.devtools.prosody import ProsodyServer
@@ -97,6 +97,9 @@ async def many(
             await trio.sleep(3)  # the last hellos' leases and first heartbeats
             figures |= await idle(engine, server, hosts, args, profiling)
             figures["engine_rss_per_agent_kib"] = (rss_bytes() - rss_before) / args.agents / 1024
+            figures["host_rss_per_agent_kib"] = hosts.rss() / args.agents / 1024
+            figures["keepers"], rss = keepers(root)
+            figures["keeper_rss_per_agent_kib"] = rss / args.agents / 1024
             pids = [p.pid for p in hosts.processes]
             print("warm-up burst", file=sys.stderr)
             await burst(
@@ -224,6 +227,7 @@ def report(figures: dict[str, Any]) -> list[str]:
     )
     print(
         f"  registered in {m['registered_s']:.1f} s; engine RSS {m['engine_rss_per_agent_kib']:.0f} KiB per agent"
+        f" (agent hosts {m['host_rss_per_agent_kib']:.0f} KiB per agent, their {m['keepers']} keepers {m['keeper_rss_per_agent_kib']:.0f} KiB per agent)"
     )
     print(
         f"  idle {m['idle_s']:.0f} s: engine {m['engine_idle_cpu_percent']:.1f}% of a CPU, prosody {m['prosody_idle_cpu_percent']:.1f}%, agent hosts {m['hosts_idle_cpu_percent']:.1f}%"

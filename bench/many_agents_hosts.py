@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import trio
 
-from bench._common import cpu_seconds
+from bench._common import cpu_seconds, rss_bytes
 from bench.xmpp_dispatch import ENGINE_USER
 from wfe.engine.devtools.prosody import ProsodyServer
 
@@ -113,6 +113,10 @@ class Hosts:
             self.kill(i)
             await process.wait()
 
+    def rss(self) -> int:
+        """Resident bytes of the host processes (not their agents' keepers)."""
+        return sum(rss_bytes(p.pid) for p in self.processes)
+
     def cpu(self) -> float:
         return sum(cpu_of(p.pid) for p in self.processes)
 
@@ -122,3 +126,19 @@ def cpu_of(pid: int) -> float:
         return cpu_seconds(pid)
     except OSError:
         return 0.0
+
+
+def keepers(root: Path) -> tuple[int, int]:
+    """How many agent keepers run for spools under ``root``, and their resident bytes."""
+    count = total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"wfe.agents.keeper" in command and any(str(root).encode() in a for a in command):
+                total += rss_bytes(proc.name)
+                count += 1
+        except (OSError, RuntimeError):
+            continue
+    return count, total
