@@ -145,3 +145,24 @@ async def test_standard_processing_pauses_and_resumes_between_two_periods(
         (38, "end_run"),
     ]
     assert [s[1:] for s in ctx.execution.states].count(("run", "standby")) == 1
+
+
+async def test_a_duration_ends_the_run_through_its_end_sequence(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With duration = 20 (the seed's --duration) no STF starts at or after 20 s: STFs at
+    14, 16 and 18, then end_run at 20 and the end delays; the run is not cut off."""
+    definition = load_definition(DAQ / "fast_processing_default.toml")
+    action = ActionLibrary([DAQ / "actions"]).get(workflow_action(definition))
+    ctx = Ctx(VirtualClock(), config_of(definition.expanded))
+    CURRENT.set(ctx.task)
+    result = await action.tasklets[0].main(ctx, {"duration": 20.0})
+    assert [(sim, topic) for sim, _, topic, _ in ctx.sent] == [
+        (5, "run_imminent"),
+        (13, "start_run"),
+        (14, "stf_gen"),
+        (16, "stf_gen"),
+        (18, "stf_gen"),
+        (20, "end_run"),
+    ]
+    assert result["stfs"] == 3 and ctx.task.at == 26
