@@ -111,7 +111,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from wfe.engine.cli.client import connect_config
+    from wfe.engine.cli.client import ClientError, connect_config
+    from wfe.engine.cli.works import GONE, RECONNECT_MAX
     from wfe.engine.pilots.loop import run_factory
     from wfe.engine.pilots.slurm import SlurmSubmitter
 
@@ -134,19 +135,31 @@ def _run(args: argparse.Namespace) -> int:
                         stop.set()
 
             nursery.start_soon(on_signal)
-            async with connect_config(config) as client:
-                report(
-                    f"factory for up to {settings.limits.max_pilots} pilots at site"
-                    f" {settings.limits.site!r} ({submitter.system})"
-                )
-                await run_factory(
-                    client,
-                    submitter,
-                    settings,
-                    stop=stop,
-                    rounds=1 if args.once else None,
-                    report=report,
-                )
+            report(
+                f"factory for up to {settings.limits.max_pilots} pilots at site"
+                f" {settings.limits.site!r} ({submitter.system})"
+            )
+            delay = 1.0
+            while not stop.is_set():
+                try:
+                    async with connect_config(config) as client:
+                        delay = 1.0
+                        await run_factory(
+                            client,
+                            submitter,
+                            settings,
+                            stop=stop,
+                            rounds=1 if args.once else None,
+                            report=report,
+                        )
+                    break
+                except ClientError as exc:  # the engine went away: its books stay; adopt again
+                    if exc.code not in GONE or args.once:
+                        raise
+                    report(f"{exc}; trying again in {delay:g} s")
+                with trio.move_on_after(delay):
+                    await stop.wait()
+                delay = min(delay * 2, RECONNECT_MAX)
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -153,7 +153,7 @@ class Factory:
             status = statuses.get(pilot.batch_id or "")
             if status is None:
                 continue
-            if status.state is not BatchState.QUEUED and pilot.state == "pending":
+            if status.state is BatchState.RUNNING and pilot.state == "pending":
                 await self.console.call("pilots.started", id=pilot.id)
                 pilot.state = "running"
                 self.report(f"{pilot.id} (batch job {pilot.batch_id}) started")
