@@ -4,6 +4,7 @@ concurrent simulation tasks, and bad input refused in one line with nothing reco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -59,10 +60,8 @@ def wfe(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedP
     )
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A `wfe engine` with one local agent and the DAQ example's actions (and the test's)."""
-    tmp = tmp_path_factory.mktemp("simulate")
+def workspace(tmp: Path) -> Path:
+    """A workspace with one local agent and the DAQ example's actions (and the test's)."""
     extra = tmp / "actions"
     for name, text in CALLS.items():
         (extra / name).parent.mkdir(parents=True, exist_ok=True)
@@ -73,27 +72,44 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "[engine]\n", f"[engine]\nactions = [{str(DAQ / 'actions')!r}, {str(extra)!r}]\n", 1
     )
     path.write_text(text)
-    log = open(tmp / "engine.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "wfe", "engine", "--config", str(path)],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-        for _ in range(300):
-            if (config.run_dir / "api.port").exists():
-                break
-            assert process.poll() is None, (tmp / "engine.log").read_text()
-            subprocess.run(["sleep", "0.1"], check=True)
-        yield path
-    finally:
-        process.send_signal(signal.SIGTERM)
+    return path
+
+
+@contextlib.contextmanager
+def running(path: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A `wfe engine` process on the workspace, stopped with SIGTERM at the end."""
+    port = path.parent / "run" / "api.port"
+    port.unlink(missing_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "wfe", "engine", "--config", str(path)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            for _ in range(300):
+                if port.exists():
+                    break
+                assert process.poll() is None, log_path.read_text()
+                subprocess.run(["sleep", "0.1"], check=True)
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A running engine on a workspace of this module's tests."""
+    tmp = tmp_path_factory.mktemp("simulate")
+    path = workspace(tmp)
+    with running(path, tmp / "engine.log"):
+        yield path
 
 
 def status(config: Path, eid: str) -> dict[str, Any]:
@@ -109,6 +125,14 @@ def broadcasts(detail: dict[str, Any]) -> list[tuple[float, str, dict[str, Any]]
         for e in detail["story"]
         if e["kind"].startswith("broadcast.")
     ]
+
+
+#: What the DAQ workflow itself broadcasts (its reactors broadcast tf_slice, stf_processed).
+DAQ_TOPICS = ("run_imminent", "start_run", "stf_gen", "pause_run", "resume_run", "end_run")
+
+
+def daq(detail: dict[str, Any]) -> list[tuple[float, str, dict[str, Any]]]:
+    return [b for b in broadcasts(detail) if b[1] in DAQ_TOPICS]
 
 
 def test_the_daq_example_runs_ten_stfs_in_fast_mode(engine: Path) -> None:
@@ -128,18 +152,18 @@ def test_the_daq_example_runs_ten_stfs_in_fast_mode(engine: Path) -> None:
         "fast",
         "epic-daq",
     )
-    assert broadcasts(detail)[:2] == [
-        (5.0, "run_imminent", broadcasts(detail)[0][2]),
-        (13.0, "start_run", broadcasts(detail)[1][2]),
+    assert daq(detail)[:2] == [
+        (5.0, "run_imminent", daq(detail)[0][2]),
+        (13.0, "start_run", daq(detail)[1][2]),
     ]
-    sequence = [(sim, topic) for sim, topic, _ in broadcasts(detail)]
+    sequence = [(sim, topic) for sim, topic, _ in daq(detail)]
     assert sequence == [
         (5.0, "run_imminent"),
         (13.0, "start_run"),
         *[(14.0 + 2 * i, "stf_gen") for i in range(10)],
         (34.0, "end_run"),
     ]
-    stfs = [m for _, topic, m in broadcasts(detail) if topic == "stf_gen"]
+    stfs = [m for _, topic, m in daq(detail) if topic == "stf_gen"]
     number = int(eid.rsplit("-", 1)[1])
     assert [m["sequence"] for m in stfs] == list(range(1, 11))
     assert all(m["execution_id"] == eid and m["run_id"] == number for m in stfs)
@@ -160,18 +184,27 @@ def test_the_daq_example_runs_ten_stfs_in_fast_mode(engine: Path) -> None:
         "execution.started",
         "execution.ended",
     ]
+    # the fast-monitoring reactor ([reactors] stf_gen = "daq.fastmon") samples STF 1 of 10 at
+    # 5%: 15 TF slices announced when it came (14 s), processed for 30 s, so the execution,
+    # which ends after its reactions, lasts 44 s
+    slices = [
+        (sim, m["slice"], m["sequence"]) for sim, t, m in broadcasts(detail) if t == "tf_slice"
+    ]
+    assert slices == [(14.0, index, 1) for index in range(15)]
     figures = detail["figures"]
-    assert figures["simulated_seconds"] == 40
-    assert figures["messages"] == {"end_run": 1, "run_imminent": 1, "start_run": 1, "stf_gen": 10}
+    assert figures["simulated_seconds"] == 44
+    assert figures["messages"] == {
+        "end_run": 1, "run_imminent": 1, "start_run": 1, "stf_gen": 10, "tf_slice": 15,
+    }  # fmt: skip
     assert figures["states"] == {
         "no_beam/not_ready": 5,
-        "beam/not_ready": 12,
+        "beam/not_ready": 16,  # 6 before the run, and from end_run until the reactions end
         "beam/ready": 2,
         "run/physics": 21,
     }
     assert figures["metrics"] == {"stfs": 10, "physics_periods": 1, "run_id": number}
     assert figures["wall_seconds"] > 0 and figures["ratio"] == pytest.approx(
-        40 / figures["wall_seconds"], rel=1e-2
+        44 / figures["wall_seconds"], rel=1e-2
     )
 
     again = wfe(engine, "simulate", str(FAST), "--user", "alice", "--json", "-p", "stf_count=2")
@@ -186,7 +219,7 @@ def test_until_stops_the_simulation_at_that_time(engine: Path) -> None:
     assert done.returncode == 0, done.stderr
     detail = json.loads(done.stdout)
     assert detail["state"] == "completed" and detail["until"] == 20
-    assert [(sim, topic) for sim, topic, _ in broadcasts(detail)] == [
+    assert [(sim, topic) for sim, topic, _ in daq(detail)] == [
         (5, "run_imminent"),
         (13, "start_run"),
         (14, "stf_gen"),
@@ -209,7 +242,7 @@ def test_overlay_and_parameters_reach_the_workflow(engine: Path) -> None:
     )  # fmt: skip
     detail = json.loads(done.stdout)
     assert detail["params"] == {"stf_count": 3, "stf_interval": 0.5}
-    assert [s for s, t, _ in broadcasts(detail) if t == "stf_gen"] == [14, 14.5, 15]
+    assert [s for s, t, _ in daq(detail) if t == "stf_gen"] == [14, 14.5, 15]
 
 
 def test_rscripts_run_for_real_and_tasks_share_the_virtual_clock(
@@ -261,3 +294,85 @@ def test_bad_input_is_refused_in_one_line_and_records_nothing(engine: Path, tmp_
     for workflow in ("daq_state_machine", "stf_datataking"):
         missing = wfe(engine, "status", f"{workflow}-bad-0001")
         assert missing.returncode == 1 and "no request" in missing.stderr
+
+
+def test_real_time_mode_runs_the_same_workflow(engine: Path, tmp_path: Path) -> None:
+    """--realtime runs the same workflow on the wall clock (here with short delays and, by an
+    overlay, short slice processing: 2 s of simulation); it completes with the same story
+    (no wall time asserted)."""
+    overlay = tmp_path / "testbed.toml"
+    overlay.write_text(
+        '[testbed]\nnamespace = "rt"\n\n[fast_processing]\nslice_processing_time = 0.6\n'
+    )
+    short = [
+        f"{k}=0.2"
+        for k in (
+            "no_beam_not_ready_delay",
+            "beam_not_ready_delay",
+            "beam_ready_delay",
+            "beam_not_ready_end_delay",
+            "broadcast_delay",
+            "stf_interval",
+        )
+    ]
+    args = [a for pair in short for a in ("-p", pair)]
+    done = wfe(
+        engine, "simulate", str(FAST), "--realtime", "--overlay", str(overlay),
+        "-p", "stf_count=3", *args, "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    detail = json.loads(done.stdout)
+    assert (detail["mode"], detail["state"]) == ("realtime", "completed")
+    topics = [topic for _, topic, _ in daq(detail)]
+    assert topics == ["run_imminent", "start_run", "stf_gen", "stf_gen", "stf_gen", "end_run"]
+    sims = [sim for sim, _, _ in daq(detail)]
+    assert sims == pytest.approx([0.2, 0.8, 1.0, 1.2, 1.4, 1.6])
+    # the workflow ends at 2; STF 1's slices, processed from 1.0 for 0.6 s, before that
+    assert detail["figures"]["simulated_seconds"] == pytest.approx(2.0)
+
+
+def test_an_execution_cut_off_by_an_engine_stop_fails_at_the_next_start(tmp_path: Path) -> None:
+    """An engine killed (SIGKILL) during a real-time simulation: at its next start the
+    execution fails with one line saying why, and its job with it; nothing is replayed."""
+    path = workspace(tmp_path)
+    log = tmp_path / "engine.log"
+    with running(path, log) as process:
+        with subprocess.Popen(
+            [sys.executable, "-m", "wfe", "simulate", str(FAST), "--realtime", "--user", "k",
+             "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as follow:  # fmt: skip
+            assert follow.stdout is not None
+            eid = follow.stdout.readline().split(":")[0]
+            assert eid == "stf_datataking-k-0001"
+            process.kill()
+            process.wait(timeout=20)
+            _, err = follow.communicate(timeout=60)
+            assert follow.returncode == 1 and "the engine closed the connection" in err
+    with running(path, log):
+        detail = status(path, eid)
+        assert detail["state"] == "failed"
+        assert detail["error"] == "the engine stopped during the simulation; run it again"
+        job = json.loads(wfe(path, "status", detail["job"], "--json").stdout)
+        assert (job["state"], job["error"]) == ("failed", detail["error"])
+        assert [e["kind"] for e in detail["story"]][-1] == "execution.ended"
+
+
+def test_the_same_broadcasts_drive_stf_processing_in_the_other_configuration(
+    engine: Path,
+) -> None:
+    """stf_processing_default.toml runs the same workflow with another reactor: every STF is
+    processed whole (``daq.process_stf``), announced as stf_processed 5 simulated seconds
+    after its stf_gen, with its file; no TF slices are made."""
+    done = wfe(engine, "simulate", str(DAQ / "stf_processing_default.toml"), "-p", "stf_count=3", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sent = broadcasts(json.loads(done.stdout))
+    made = {m["filename"]: sim for sim, topic, m in sent if topic == "stf_gen"}
+    processed = {m["filename"]: (sim, m) for sim, topic, m in sent if topic == "stf_processed"}
+    assert len(made) == 3 and sorted(processed) == sorted(made)
+    for filename, (sim, message) in processed.items():
+        assert sim == made[filename] + 5
+        assert (message["began"], message["ended"]) == (made[filename], sim)
+    assert not [topic for _, topic, _ in sent if topic == "tf_slice"]
