@@ -376,3 +376,25 @@ def test_the_same_broadcasts_drive_stf_processing_in_the_other_configuration(
         assert sim == made[filename] + 5
         assert (message["began"], message["ended"]) == (made[filename], sim)
     assert not [topic for _, topic, _ in sent if topic == "tf_slice"]
+
+
+def test_killing_the_workflow_job_cancels_the_execution(engine: Path) -> None:
+    """`wfe kill` of a real-time execution's job cancels it: the follower exits 1 naming
+    the state, the execution is cancelled with its figures so far, no end_run was sent."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "wfe", "simulate", str(FAST), "--realtime", "--user", "kill",
+         "--config", str(engine)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as follow:  # fmt: skip
+        assert follow.stdout is not None
+        eid = follow.stdout.readline().split(":")[0]
+        job = status(engine, eid)["job"]
+        killed = wfe(engine, "kill", job)
+        assert killed.returncode == 0, killed.stderr
+        _, err = follow.communicate(timeout=60)
+    assert follow.returncode == 1 and f"{eid} cancelled: killed" in err
+    detail = status(engine, eid)
+    assert detail["state"] == "cancelled" and detail["figures"]["simulated_seconds"] < 40
+    assert "end_run" not in [topic for _, topic, _ in broadcasts(detail)]
