@@ -11,7 +11,10 @@ and session), sharing only the process and its trio-asyncio loop. The command li
     python -m wfe.agents.many --count 100 --first 1 --xmpp --jid 'agent{n}@example.org' \\
         --password-file 'pw/agent{n}' --spool 'a/{n}/spool' --workdir 'a/{n}/work' ...
 
-Each agent is configured and checked as ``wfe agent`` would do it, before any starts. One that
+At most ``--starting`` agents (default 8) are starting at once, from their start to their
+first session with a controller: each start costs a keeper process and a login, and a hundred
+at once on a small host made both time out. Each agent is configured and checked as ``wfe
+agent`` would do it, before any starts. One that
 fails later (its account refused) is logged and the others go on. SIGTERM or SIGINT stops them
 all. Exit codes as ``wfe agent``: 0 when all stopped as told, 1 when any gave up or failed, 2 for
 a bad command line, 3 when a spool is locked by another process.
@@ -24,7 +27,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 import trio
@@ -44,6 +47,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 PER_AGENT = ("--name", "--jid", "--password-file", "--spool", "--workdir", "--config")
 #: Of those, the ones no two agents may share.
 DISTINCT = ("--name", "--jid", "--spool", "--workdir")
+#: Agents of one process starting at once (``--starting``).
+DEFAULT_STARTING = 8
 
 Connect = Callable[[], AbstractAsyncContextManager[Link]]
 
@@ -70,8 +75,8 @@ def _number(flag: str, value: str, n: int) -> str:
     return value.replace("{n}", str(n))
 
 
-def parse(argv: Sequence[str]) -> tuple[int, int, list[str]]:
-    """(count, first, the rest for ``wfe agent``). Raises ``SystemExit`` on a bad line."""
+def parse(argv: Sequence[str]) -> tuple[int, int, int, list[str]]:
+    """(count, first, starting, the rest for ``wfe agent``). Raises ``SystemExit``."""
     p = argparse.ArgumentParser(
         prog="python -m wfe.agents.many",
         description="Run several wfe agents in one process; other flags as `wfe agent`, "
@@ -80,16 +85,25 @@ def parse(argv: Sequence[str]) -> tuple[int, int, list[str]]:
     )
     p.add_argument("--count", type=int, required=True, help="how many agents (at least 1)")
     p.add_argument("--first", type=int, default=1, help="the first agent's number (default 1)")
+    p.add_argument(
+        "--starting",
+        type=int,
+        default=DEFAULT_STARTING,
+        help="agents starting at once: each counts from its start to its first session with"
+        f" a controller (default {DEFAULT_STARTING})",
+    )
     known, rest = p.parse_known_args(argv)
     if known.count < 1:
         p.error(f"--count must be at least 1, not {known.count}")
-    return known.count, known.first, rest
+    if known.starting < 1:
+        p.error(f"--starting must be at least 1, not {known.starting}")
+    return known.count, known.first, known.starting, rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Configure every agent, then run them all until told to stop; the exit code."""
     try:
-        count, first, rest = parse(sys.argv[1:] if argv is None else argv)
+        count, first, starting, rest = parse(sys.argv[1:] if argv is None else argv)
         configs = [load_config(agent_argv(rest, n)) for n in range(first, first + count)]
         connects = [connector(c) for c in configs]
         key = trusted_key(configs[0])
@@ -110,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 spool = Spool(config.spool)
                 stack.enter_context(spool.locked())
                 agents.append(make_agent(config, spool, key))
-            outcomes = trio.run(run_all, agents, connects, configs)
+            outcomes = trio.run(run_all, agents, connects, configs, starting)
     except SpoolLocked as exc:
         print(f"wfe agents: a spool is locked by another process: {exc.path}", file=sys.stderr)
         return EXIT_LOCKED
@@ -123,33 +137,66 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def run_all(
-    agents: Sequence[Agent], connects: Sequence[Connect], configs: Sequence[AgentConfig]
+    agents: Sequence[Agent],
+    connects: Sequence[Connect],
+    configs: Sequence[AgentConfig],
+    starting: int = DEFAULT_STARTING,
 ) -> list[AgentExit | None]:
-    """Run every agent until it ends; its outcome, or None when it failed (logged)."""
+    """Run every agent until it ends; its outcome, or None when it failed (logged).
+
+    At most ``starting`` agents start at once: the next starts when one has its first session
+    with a controller (or ended). Each start costs a keeper process and a login; all of them
+    at once on a small host made both time out."""
     outcomes: list[AgentExit | None] = [None] * len(agents)
+    limit = trio.Semaphore(starting)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, agents)
         async with trio.open_nursery() as running:
             for i, (agent, connect, config) in enumerate(
                 zip(agents, connects, configs, strict=True)
             ):
-                running.start_soon(_run_one, agent, connect, config.give_up_after, outcomes, i)
+                await limit.acquire()
+                started = _Started(limit)
+                running.start_soon(
+                    _run_one, agent, connect, started, config.give_up_after, outcomes, i
+                )
         nursery.cancel_scope.cancel()
     return outcomes
+
+
+class _Started:
+    """Gives back one place in the start limit, once."""
+
+    def __init__(self, limit: trio.Semaphore) -> None:
+        self._limit: trio.Semaphore | None = limit
+
+    def __call__(self) -> None:
+        limit, self._limit = self._limit, None
+        if limit is not None:
+            limit.release()
 
 
 async def _run_one(
     agent: Agent,
     connect: Connect,
+    started: _Started,
     give_up_after: float | None,
     outcomes: list[AgentExit | None],
     index: int,
 ) -> None:
+    @contextlib.asynccontextmanager
+    async def session() -> AsyncIterator[Link]:
+        async with connect() as link:
+            started()
+            yield link
+
     try:
         async with _hosting(connect, agent):
-            outcomes[index] = await agent.run(connect, give_up_after=give_up_after)
+            outcomes[index] = await agent.run(session, give_up_after=give_up_after)
     except* (AgentError, LinkError, OSError) as group:
         log.error("agent %s failed: %s", agent.name, _first(group))
+    finally:
+        started()
 
 
 def _hosting(connect: Connect, agent: Agent) -> AbstractAsyncContextManager[object]:

@@ -18,7 +18,7 @@ from bench._common import cpu_seconds, rss_bytes
 from bench.xmpp_dispatch import ENGINE_USER
 from wfe.engine.devtools.prosody import ProsodyServer
 
-AGENT_GIVE_UP = 30.0  # seconds an agent lives on without an engine
+AGENT_GIVE_UP = 120.0  # seconds an agent lives on without an engine (they start a few at a time)
 
 
 class Watch:

@@ -44,9 +44,9 @@ def test_a_flag_every_agent_would_share_is_refused(capsys: pytest.CaptureFixture
 async def test_four_agents_in_one_process_take_work_and_are_lost_together(
     cluster: Cluster, h: Any
 ) -> None:
-    """Four agents run by one ``wfe.agents.many`` process register under their own JIDs, all
-    take part in 40 jobs, and when that one process is SIGKILLed the engine declares all four
-    lost."""
+    """Four agents run by one ``wfe.agents.many`` process, started one at a time (each once the
+    one before has its session), register under their own JIDs, all take part in 40 jobs, and
+    when that one process is SIGKILLed the engine declares all four lost."""
     prefix, password = f"many-{secrets.token_hex(3)}", secrets.token_urlsafe(12)
     jids = [cluster.server.register(f"{prefix}-{n}", password) for n in range(1, 5)]
     home = cluster.root / "many"
@@ -54,7 +54,7 @@ async def test_four_agents_in_one_process_take_work_and_are_lost_together(
     (home / "password").write_text(password + "\n")
     (home / "password").chmod(0o600)
     command = [
-        sys.executable, "-m", "wfe.agents.many", "--count", "4", "--first", "1",
+        sys.executable, "-m", "wfe.agents.many", "--count", "4", "--first", "1", "--starting", "1",
         "--xmpp", "--jid", f"{prefix}-{{n}}@{cluster.server.domain}",
         "--password-file", str(home / "password"),
         "--server", cluster.server.host, "--port", str(cluster.server.port),
