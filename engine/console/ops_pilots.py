@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from wfe.engine.console.protocol import BAD_REQUEST, ApiError
 from wfe.engine.console.registry import arg, bounded, op
-from wfe.engine.pilots import books
+from wfe.engine.pilots.books import UnknownPilot
 from wfe.engine.pilots.model import PilotError
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ async def _demand(session: Session, args: dict[str, Any]) -> Any:
     """Queued jobs no connected agent has room for, by requirements, and the agents
     connected. Result: needs [{requirements, queued, unplaceable}], agents [names connected],
     holding [names of agents attempts are out on]."""
-    return books.current_demand(session.engine)
+    return session.engine.pilots.current_demand()
 
 
 @op("pilots.create", role="operator")
@@ -37,15 +37,14 @@ async def _create(session: Session, args: dict[str, Any]) -> Any:
     """Record a pilot before submitting it: system, agent, requirements, resources.
     Result: the pilot (id, state submitting)."""
     try:
-        return await books.create(
-            session.engine,
+        return await session.engine.pilots.create(
             system=arg(args, "system", str),
             factory=session.name,
             agent=arg(args, "agent", str),
             requirements=arg(args, "requirements", dict),
             resources=arg(args, "resources", dict),
         )
-    except books.UnknownPilot:
+    except UnknownPilot:
         raise
     except PilotError as exc:
         raise _refused(exc) from None
@@ -55,10 +54,10 @@ async def _create(session: Session, args: dict[str, Any]) -> Any:
 async def _submitted(session: Session, args: dict[str, Any]) -> Any:
     """A pilot was taken by its batch system: id, batch_id. Result: the pilot (pending)."""
     try:
-        return await books.submitted(
-            session.engine, arg(args, "id", str), arg(args, "batch_id", str)
+        return await session.engine.pilots.submitted(
+            arg(args, "id", str), arg(args, "batch_id", str)
         )
-    except books.UnknownPilot:
+    except UnknownPilot:
         raise
     except PilotError as exc:
         raise _refused(exc) from None
@@ -67,7 +66,7 @@ async def _submitted(session: Session, args: dict[str, Any]) -> Any:
 @op("pilots.started", role="operator")
 async def _started(session: Session, args: dict[str, Any]) -> Any:
     """A pilot's batch job runs: id. Result: the pilot (running)."""
-    return await books.started(session.engine, arg(args, "id", str))
+    return await session.engine.pilots.started(arg(args, "id", str))
 
 
 @op("pilots.ended", role="operator")
@@ -75,14 +74,13 @@ async def _ended(session: Session, args: dict[str, Any]) -> Any:
     """A pilot's batch job ended: id, end_state (COMPLETED, CANCELLED, TIMEOUT, ...),
     exit_code, reason. Result: the pilot (ended)."""
     try:
-        return await books.ended(
-            session.engine,
+        return await session.engine.pilots.ended(
             arg(args, "id", str),
             end_state=arg(args, "end_state", str),
             exit_code=arg(args, "exit_code", int, None),
             reason=arg(args, "reason", str, ""),
         )
-    except books.UnknownPilot:
+    except UnknownPilot:
         raise
     except PilotError as exc:
         raise _refused(exc) from None
@@ -93,4 +91,4 @@ async def _list(session: Session, args: dict[str, Any]) -> Any:
     """Pilots: live (only those not ended, oldest first; default false: all, newest first),
     limit (100)."""
     live = arg(args, "live", bool, False)
-    return await books.listing(session.engine, live=live, limit=bounded(args, "limit", 100))
+    return await session.engine.pilots.listing(live=live, limit=bounded(args, "limit", 100))

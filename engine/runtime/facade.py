@@ -17,6 +17,7 @@ from prometheus_client import Histogram
 
 from wfe.engine.config import Config
 from wfe.engine.dispatch.controller import AgentController
+from wfe.engine.pilots.books import PilotBooks
 from wfe.engine.repository import (
     Event,
     Repository,
@@ -80,6 +81,7 @@ class Engine:
         # the work queue's leases (wfe.engine.works.leases); expired only while its task runs
         self.leases = leases if leases is not None else Leases(repo)
         self.local = local  # the local agents and their groups; None when none are started
+        self.pilots = PilotBooks(repo, controller)  # pilots' records and the demand for them
 
     async def run_action(self, name: str, params: dict[str, Any], *, by: str | None = None) -> str:
         """Start the root action ``name``; return its job id. Raises on an unknown action or

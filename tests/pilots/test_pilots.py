@@ -13,7 +13,6 @@ import trio
 from wfe.engine.console.api import serve_api
 from wfe.engine.console.tokens import digest, new_secret
 from wfe.engine.keys import read_token
-from wfe.engine.pilots import books
 from wfe.engine.runtime.daemon import open_engine
 from wfe.engine.runtime.facade import Engine
 
@@ -59,7 +58,7 @@ async def until(engine: Engine, check: Callable[[], Any]) -> Any:
 
 
 async def pilots(engine: Engine) -> list[dict[str, Any]]:
-    return await books.listing(engine, live=False, limit=100)
+    return await engine.pilots.listing(live=False, limit=100)
 
 
 async def test_work_no_agent_can_take_brings_a_pilot_that_runs_it_and_leaves(site: Site) -> None:
