@@ -27,7 +27,7 @@ from wfe.engine.errors import EngineError
 Add = Callable[..., argparse.ArgumentParser]
 
 #: Message fields shown in a story line, in this order, when the message has them.
-SHOWN = ("run_id", "sequence", "filename", "state", "substate")
+SHOWN = ("run_id", "sequence", "slice", "filename", "state", "substate")
 
 
 def parse_until(text: str | None) -> float | None:
@@ -76,21 +76,68 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             declared = listed[0]["params"] if listed else []
             params = typed_params(args.param, declared, target=action)
             record = await client.call("simulate", params=params, **payload)
-            if not args.json:
-                mode = "real time" if args.realtime else "fast"
-                print(f"{record['id']}: {action} ({mode})", flush=True)
-            detail: dict[str, Any] = await client.call("execution_wait", execution=record["id"])
-            return detail
+            if args.json:
+                done: dict[str, Any] = await client.call("execution_wait", execution=record["id"])
+                return done
+            mode = "real time" if args.realtime else "fast"
+            print(f"{record['id']}: {action} ({mode})", flush=True)
+            if args.quiet:
+                return await client.call("execution_wait", execution=record["id"])  # type: ignore[no-any-return]
+            return await follow(client, record["id"], write=print)
 
     detail = trio.run(go)
     if args.json:
         print_json(detail)
     else:
-        print_execution(detail, story=not args.quiet)
+        print_execution(detail, story=False)
     if detail["state"] != "completed":
         print(f"wfe: error: {detail['id']} {detail['state']}: {detail['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+async def follow(client: Any, eid: str, *, write: Callable[[str], object]) -> dict[str, Any]:
+    """Write the execution's story as it is recorded, one line per event, until it has
+    ended; return its detail. Raises ``ClientError`` when the engine closes the connection."""
+    from wfe.engine.cli.client import ClientError
+
+    await client.call("subscribe", subjects=[eid], compress=True)
+    frames = client.frames()  # subscribed before the history is read: nothing falls between
+    seen = 0
+
+    async def catch_up() -> dict[str, Any]:
+        nonlocal seen
+        detail: dict[str, Any] = await client.call("execution", execution=eid)
+        for event in detail["story"]:
+            if event["id"] > seen:
+                write(story_line(event))
+                seen = event["id"]
+        return detail
+
+    detail = await catch_up()
+    while detail["state"] == "running":
+        try:
+            frame = await frames.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            reason = client.closed or "closed"
+            raise ClientError(f"the engine closed the connection: {reason}", "closed") from None
+        if "missed" in frame:  # the stream dropped some: read them from the story
+            detail = await catch_up()
+            continue
+        for event in frame.get("events", ()):
+            if event["subject"] != eid or event["id"] <= seen:
+                continue
+            write(story_line(event))
+            seen = event["id"]
+            if event["kind"] == "execution.ended":
+                detail = await catch_up()
+    return detail
+
+
+def story_line(event: dict[str, Any]) -> str:
+    """One event of an execution's story as a line: simulation time, event, detail."""
+    row = _story_row(event)
+    return f"{row['sim']:>9}  {row['event']:<24} {row['detail']}".rstrip()
 
 
 def status_of_id(args: argparse.Namespace) -> int | None:
@@ -113,7 +160,8 @@ def status_of_id(args: argparse.Namespace) -> int | None:
 
 
 def print_execution(d: dict[str, Any], *, story: bool) -> None:
-    """An execution for people: its record, figures, and its story with simulation times."""
+    """An execution for people: its record, figures, and (with ``story``) its events with
+    their simulation times."""
     until = f", until {d['until']:g} s" if d.get("until") is not None else ""
     print(
         f"{d['id']}  {d['state']}  ({d['mode']}{until}; workflow {d['workflow']}, "
@@ -188,5 +236,7 @@ def register(add: Add) -> None:
         "--overlay", metavar="TESTBED_TOML", help="apply a testbed.toml, as `wfe submit` does"
     )
     p.add_argument("--user", help="the user in the execution id (default: $USER)")
-    p.add_argument("--quiet", "-q", action="store_true", help="the summary only, not the story")
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="the summary only, not the story as it goes"
+    )
     p.add_argument("--json", action="store_true", help="the execution's detail as JSON")
