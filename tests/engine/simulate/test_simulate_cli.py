@@ -398,3 +398,30 @@ def test_killing_the_workflow_job_cancels_the_execution(engine: Path) -> None:
     detail = status(engine, eid)
     assert detail["state"] == "cancelled" and detail["figures"]["simulated_seconds"] < 40
     assert "end_run" not in [topic for _, topic, _ in broadcasts(detail)]
+
+
+def test_the_story_is_printed_as_it_is_recorded_then_the_figures(engine: Path) -> None:
+    """Without --json, `wfe simulate` prints the id, then one line per event of the story
+    (simulation time, event, detail) up to its end, then the summary with the figures."""
+    done = wfe(engine, "simulate", str(FAST), "-p", "stf_count=2", "--user", "story")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    eid = lines[0].split(":")[0]
+    story = [line.split()[:3] for line in lines[1:] if re.match(r"\s+[\d.]+  ", line)]
+    assert story[0] == ["0", "execution.started"] and story[-1] == [
+        "44",
+        "execution.ended",
+        "completed",
+    ]
+    sent = [
+        (sim, topic)
+        for sim, kind, topic in (s for s in story if len(s) == 3)
+        if kind == "broadcast"
+    ]
+    assert [s for s in sent if s[1] != "tf_slice"] == [
+        ("5", "run_imminent"), ("13", "start_run"), ("14", "stf_gen"), ("16", "stf_gen"),
+        ("18", "end_run"),
+    ]  # fmt: skip
+    summary = lines[len(story) + 1 :]
+    assert summary[0].startswith(f"{eid}  completed  (fast;")
+    assert any(line.startswith("  simulated 44 s in ") for line in summary)
