@@ -13,6 +13,7 @@ own ``metrics``.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -103,8 +104,17 @@ class Execution:
             "states": {k: round(v, 9) for k, v in self.durations.items()},
             "messages": dict(sorted(self.messages.items())),
             "messages_total": sum(self.messages.values()),
-            "metrics": dict(self.metrics),
+            **self._metrics(),
         }
+
+    def _metrics(self) -> JsonObject:
+        """``{"metrics": ...}``, or ``{"metrics_error": ...}`` when the workflow put something
+        JSON cannot hold there (the execution still ends, with the line saying so)."""
+        try:
+            json.dumps(self.metrics, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return {"metrics": {}, "metrics_error": f"metrics are not JSON: {exc}"}
+        return {"metrics": dict(self.metrics)}
 
     async def finish(self, state: str, *, error: str | None) -> rows.ExecutionRecord:
         """Record the end (``completed``, ``failed``, ``cancelled``) with the figures."""
