@@ -88,6 +88,16 @@ def _check_stage(i: int, stage: Stage, params: Mapping[str, ParamSpec], *, has_q
             f"{where}.on_retry.memory: stage {stage.name!r} asks for no memory to change "
             "(set requires.memory)"
         )
+    if "max_inputs" in stage.on_retry and (stage.consumes is None or stage.rscript is None):
+        raise InvalidDefinition(
+            f"{where}.on_retry.max_inputs: stage {stage.name!r} runs no RScript on inputs, "
+            "so there are no inputs to split (give it consumes and an rscript)"
+        )
+    if "max_inputs" in stage.on_retry and stage.group_by:
+        raise InvalidDefinition(
+            f"{where}.on_retry.max_inputs: stage {stage.name!r} runs one job per sub-group "
+            "(group_by), which a split would cut in two: choose one"
+        )
     if stage.consumes is not None and stage.consumes.from_query and not has_query:
         raise InvalidDefinition(
             f"{where}.consumes: stage {stage.name!r} consumes the query but there is no [query]"

@@ -25,6 +25,7 @@ import outcome
 import trio
 
 from wfe.engine.config import AgentsSection
+from wfe.engine.definitions.on_retry import SPLIT
 from wfe.engine.dispatch import policy
 from wfe.engine.dispatch.live import AgentLink, LiveJob
 from wfe.engine.dispatch.output_fill import OutputFill
@@ -32,6 +33,8 @@ from wfe.engine.dispatch.queue import JobQueue
 from wfe.engine.dispatch.registry import AgentRegistry
 from wfe.engine.dispatch.timers import ReadyAgain, Timers
 from wfe.engine.repository import attempts as rows
+from wfe.engine.repository.rowtypes import JsonObject
+from wfe.engine.requests.split import inputs_of, kept_params
 from wfe.engine.runtime import metrics
 from wfe.engine.runtime.jobs import Completions, JobOutcome, JobState
 from wfe.protocols import attempt as am
@@ -111,20 +114,24 @@ class AttemptEnds:
                 fail_reason=job.fail_reason,
                 requirements=job.requirements,
                 on_retry=job.on_retry,
+                inputs=inputs_of(job.params),
                 now=trio.current_time(),
             )
         )
         ran_with = _ran_with(job) if job.on_retry else None
         then: rows.JobEnded | rows.JobRequeued
         match decided:
-            case policy.RetryAt(failures=failures, delay=delay, requirements=changed):
+            case policy.RetryAt(failures=failures, delay=delay, requirements=changed, inputs=kept):
                 job.failures = failures
-                then = rows.JobRequeued(delay=delay)
+                new: dict[str, Any] = {}
                 if changed is not None:
                     new = {k: v for k, v in changed.items() if job.requirements.get(k) != v}
-                    log.info("%s: %s", job.job_id, decided.reason)
                     job.requirements = dict(changed)
-                    then = rows.JobRequeued(delay=delay, changed=new)
+                if changed is not None or kept is not None:
+                    log.info("%s: %s", job.job_id, decided.reason)
+                # The job's params keep the first ``kept`` inputs once the split is
+                # committed (``_committed``): its batch may not be one that can split.
+                then = rows.JobRequeued(delay=delay, changed=new, keep=kept, why=decided.reason)
             case policy.Redispatch(lost=lost):
                 job.lost = lost
                 then = rows.JobRequeued(delay=0.0)
@@ -166,7 +173,7 @@ class AttemptEnds:
         op = rows.attempt_ended(end.machine, end.finished, end.then, end.ran_with)
         self._repo.write_nowait(op, then=functools.partial(self._committed, end))
 
-    def _committed(self, end: AttemptOver, written: outcome.Outcome[None]) -> None:
+    def _committed(self, end: AttemptOver, written: outcome.Outcome[JsonObject | None]) -> None:
         """Act on a committed end: resolve the job or queue it again, then ``Ack``."""
         job, machine, then = end.job, end.machine, end.then
         self._unacked.discard((job.job_id, machine.attempt))
@@ -175,6 +182,9 @@ class AttemptEnds:
         if isinstance(written, outcome.Error):
             self._fail(written.error)
             return
+        split = written.unwrap()
+        if split is not None and isinstance(split["kept"], list):
+            job.params = kept_params(job.params, len(split["kept"]))  # what the retry runs
         if isinstance(then, rows.JobEnded):
             result = end.finished.result if end.finished else None
             self._completions.resolve(
@@ -257,8 +267,12 @@ class AttemptEnds:
 
 
 def _ran_with(job: LiveJob) -> dict[str, Any]:
-    """What of its requirements an attempt of ``job`` ran with that ``on_retry`` may change."""
-    return {k: job.requirements[k] for k in job.on_retry if k in job.requirements}
+    """What of its requirements an attempt of ``job`` ran with that ``on_retry`` may change,
+    and the number of its inputs when a rule may split them."""
+    ran = {k: job.requirements[k] for k in job.on_retry if k in job.requirements}
+    if SPLIT in job.on_retry:
+        ran["inputs"] = inputs_of(job.params)
+    return ran
 
 
 async def _reraise(error: BaseException) -> None:

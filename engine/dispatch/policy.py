@@ -15,7 +15,9 @@ I/O: time is the ``now`` argument, so every rule is tested synchronously
   Otherwise the job fails with a reason naming what happened. A retry after an
   out-of-memory end or a timeout runs with the requirements its stage's ``on_retry`` rules
   make (``RetryAt.requirements``; engine/definitions/on_retry.py): ``memory = "x2"``
-  doubles the memory each such time. An attempt ran out of memory when the agent's runner
+  doubles the memory each such time; ``max_inputs = "/2"`` keeps the first half of a job's
+  inputs (``RetryAt.inputs``, rounded up; a job of one input keeps it), the others going
+  back to its stage (engine/requests/split.py). An attempt ran out of memory when the agent's runner
   says so in its detail (``OUT_OF_MEMORY``: a failed allocation under its memory limit) or
   when it failed killed by SIGKILL, which only the kernel's OOM killer sends to a failed
   attempt (the agent's own kills end it as timed out, cancelled or lost).
@@ -35,7 +37,7 @@ from typing import Any
 
 import attrs
 
-from wfe.engine.definitions.on_retry import apply_rules
+from wfe.engine.definitions.on_retry import apply_rules, inputs_kept
 from wfe.protocols.attempt import RETRYABLE_STATES, AttemptState, should_retry
 
 #: Seconds added to an agent's lease before its attempts count as fenced: the keeper's
@@ -66,6 +68,7 @@ class AttemptEnd:
     detail: str = ""
     fail_reason: str | None = None  # why the engine (not an operator) cancelled it
     requirements: Mapping[str, Any] = attrs.field(factory=dict)  # what the attempt ran with
+    inputs: int = 0  # how many inputs the attempt ran with (a request stage's job)
     on_retry: Mapping[str, str] = attrs.field(factory=dict)  # its stage's rules
     now: float = 0.0
 
@@ -103,6 +106,7 @@ class RetryAt:
     failures: int
     reason: str
     requirements: Mapping[str, Any] | None = None  # changed by on_retry; None: unchanged
+    inputs: int | None = None  # the inputs the retry keeps (on_retry max_inputs); None: all
 
 
 @attrs.frozen(kw_only=True)
@@ -138,8 +142,16 @@ def decide_end(end: AttemptEnd) -> Outcome:
         changed = adapt(end)
         if changed is not None:
             reason += f"; memory {end.requirements.get('memory')} -> {changed.get('memory')}"
+        kept = split(end)
+        if kept is not None:
+            reason += f"; inputs {end.inputs} -> {kept}"
         return RetryAt(
-            at=end.now + delay, delay=delay, failures=failures, reason=reason, requirements=changed
+            at=end.now + delay,
+            delay=delay,
+            failures=failures,
+            reason=reason,
+            requirements=changed,
+            inputs=kept,
         )
     return Failed(reason=reason)
 
@@ -154,12 +166,25 @@ def out_of_memory(end: AttemptEnd) -> bool:
 def adapt(end: AttemptEnd) -> dict[str, Any] | None:
     """The requirements the next attempt runs with after ``end``, when its ``on_retry``
     rules change them: only after an out-of-memory end or a timeout. None: unchanged."""
-    if not end.on_retry:
-        return None
-    if end.state is not AttemptState.TIMED_OUT and not out_of_memory(end):
+    if not adapts(end):
         return None
     changed = apply_rules(end.on_retry, end.requirements)
     return changed if changed != dict(end.requirements) else None
+
+
+def split(end: AttemptEnd) -> int | None:
+    """How many of its inputs the next attempt keeps after ``end`` (the first ones), when
+    its ``on_retry`` rules split them: only after an out-of-memory end or a timeout, and
+    only a job of more than one input. None: it keeps them all."""
+    return inputs_kept(end.on_retry, end.inputs) if adapts(end) else None
+
+
+def adapts(end: AttemptEnd) -> bool:
+    """Whether ``on_retry`` rules apply after ``end``: it has some, and the attempt ran out
+    of memory or timed out."""
+    if not end.on_retry:
+        return False
+    return end.state is AttemptState.TIMED_OUT or out_of_memory(end)
 
 
 def describe_failure(end: AttemptEnd) -> str:

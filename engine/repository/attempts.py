@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
+from wfe.engine.repository.input_split import split_job
 from wfe.engine.repository.jobs import (
     JOB_COLUMNS,
     TERMINAL,
@@ -52,10 +53,14 @@ class JobEnded:
 @attrs.frozen(kw_only=True)
 class JobRequeued:
     """The job waits for its next attempt, which may start ``delay`` seconds after the end;
-    ``changed``: requirements its stage's ``on_retry`` rules changed for it (e.g. memory)."""
+    ``changed``: requirements its stage's ``on_retry`` rules changed for it (e.g. memory);
+    ``keep``: how many of its inputs it keeps when they are split (``input_split``), and
+    ``why`` the split, for its event."""
 
     delay: float
     changed: Mapping[str, JsonValue] = attrs.field(factory=dict)
+    keep: int | None = None
+    why: str = ""
 
 
 # --- writes -------------------------------------------------------------------------------
@@ -135,12 +140,14 @@ def attempt_ended(
     finished: JobFinished | None,
     then: JobEnded | JobRequeued,
     ran_with: Mapping[str, JsonValue] | None = None,
-) -> Callable[[Tx], None]:
+) -> Callable[[Tx], JsonObject | None]:
     """Record the end of an attempt (with ``ran_with``: the requirements it ran with), and in
     the same transaction what follows it: the end of its job, or the job queued again for
-    its next attempt, with the requirements ``on_retry`` changed stored on the job."""
+    its next attempt, with the requirements ``on_retry`` changed stored on the job and its
+    inputs split when ``then.keep`` says so. Returns the split's event data when there was
+    one (``input_split.split_job``), else None."""
 
-    def op(tx: Tx) -> None:
+    def op(tx: Tx) -> JsonObject | None:
         now = wall_now()
         result = finished.result if finished else None
         tx.execute(
@@ -177,8 +184,11 @@ def attempt_ended(
                     "UPDATE jobs SET requirements = json_set(requirements, ?, json(?)) WHERE id = ?",
                     (f"$.{key}", json.dumps(value), m.job_id),
                 )
+            split = None
+            if then.keep is not None:
+                split = split_job(tx, m.job_id, m.attempt, then.keep, then.why)
             _requeued(tx, m.job_id, m.attempt, then.delay)
-            return
+            return split
         tx.execute(
             "UPDATE jobs SET state = ?, ended_at = ?, result = ?, error = ? WHERE id = ?",
             (then.state, now, None if result is None else json.dumps(result), then.error, m.job_id),
@@ -187,6 +197,7 @@ def attempt_ended(
         if then.error:
             event["error"] = then.error
         tx.emit("job.state", m.job_id, event)
+        return None
 
     return op
 

@@ -41,12 +41,7 @@ def test_on_retry_is_kept_as_written(write: Any) -> None:
 @pytest.mark.parametrize(
     ("rules", "expected"),
     [
-        ('{ cpus = "x2" }', "stages[0].on_retry: unknown key 'cpus' (known: memory)"),
-        (
-            '{ max_inputs = "/2" }',
-            "stages[0].on_retry: max_inputs on retry is not supported: "
-            "a batch's inputs are not split again",
-        ),
+        ('{ cpus = "x2" }', "stages[0].on_retry: unknown key 'cpus' (known: memory, max_inputs)"),
         ('{ memory = "/2" }', 'stages[0].on_retry: memory: expected "x<factor>" (e.g. "x2")'),
         ('{ memory = "x1" }', "stages[0].on_retry: memory: 'x1' must multiply by more than 1"),
         ("{ memory = 2 }", 'stages[0].on_retry: memory: expected a string like "x2" or "+1G"'),
@@ -54,7 +49,8 @@ def test_on_retry_is_kept_as_written(write: Any) -> None:
     ],
 )
 def test_bad_rules_are_refused_with_one_line(write: Any, rules: str, expected: str) -> None:
-    """Unknown keys, max_inputs (not done), and malformed changes each get one line naming them."""
+    """Unknown keys and malformed changes each get one line naming them (max_inputs's own
+    refusals: test_on_retry_split.py)."""
     text = HEAD + STAGE + f'retries = 1\nrequires = {{ memory = "1G" }}\non_retry = {rules}\n'
     assert refused(write, text).startswith(expected)
 
