@@ -199,6 +199,7 @@ class VirtualClock(SimClock):
     async def sleep_until(self, task: SimTask, when: float) -> None:
         if self.stopped:
             await trio.sleep_forever()
+        when = max(when, self.now)  # never behind the clock: time does not go back
         event = trio.Event()
         seq = next(self._seq)
         heapq.heappush(self._heap, (when, seq, task, event))
