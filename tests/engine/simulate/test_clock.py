@@ -27,12 +27,15 @@ def run_mock(fn: Any) -> Any:
 @given(SLEEPS)
 def test_sleepers_wake_sorted_by_time_then_by_when_they_slept(plan: list[list[float]]) -> None:
     """Whatever trio's scheduler does, concurrent tasks wake in the order of (simulation
-    time, order of the sleep calls); the clock ends at the latest wake; no trio time passes."""
+    time, order of the sleep calls), one at a time (the woken task is the only one running,
+    and the clock's count of running tasks is right); the clock ends at the latest wake; no
+    trio time passes."""
     requests: list[tuple[float, int, str]] = []
     wakes: list[tuple[float, int, str]] = []
 
     async def main() -> float:
         clock = VirtualClock()
+        tasks: list[SimTask] = []
 
         async def task(name: str, sleeps: list[float], me: SimTask) -> None:
             CURRENT.set(me)
@@ -42,6 +45,8 @@ def test_sleepers_wake_sorted_by_time_then_by_when_they_slept(plan: list[list[fl
                     requests.append(ticket)
                     await me.sleep(seconds)
                     assert me.at == clock.now == ticket[0]
+                    running = [t for t in tasks if t.state is TaskState.RUNNING]
+                    assert running == [me] and clock.running == 1
                     wakes.append(ticket)
                     await trio.lowlevel.checkpoint()  # let others run between wakes
             finally:
@@ -49,8 +54,9 @@ def test_sleepers_wake_sorted_by_time_then_by_when_they_slept(plan: list[list[fl
 
         async with trio.open_nursery() as nursery:
             for i, sleeps in enumerate(plan):
-                nursery.start_soon(task, f"t{i}", sleeps, clock.task(f"t{i}"))
-        assert trio.current_time() == 0
+                tasks.append(clock.task(f"t{i}"))
+                nursery.start_soon(task, f"t{i}", sleeps, tasks[-1])
+        assert trio.current_time() == 0 and clock.running == 0 and clock.pending() == 0
         return clock.now
 
     end = run_mock(main)
