@@ -14,7 +14,7 @@ from wfe.engine.repository import requests as store
 from wfe.engine.repository import standing as standing_store
 from wfe.engine.repository.products import list_products
 from wfe.engine.requests import catalog, checking, plan, standing
-from wfe.engine.requests.model import ONCE, Snapshot, StageInput, StageState
+from wfe.engine.requests.model import ONCE, Batch, Snapshot, StageInput, StageState
 from wfe.engine.requests.standing_service import upstream_products
 from wfe.protocols.request import Actor, RequestState, RequestVerb
 
@@ -159,6 +159,33 @@ async def check_request(repo: Repository, rid: str, definition: Definition) -> N
             expect=RequestState.CHECKING,
         )
     )
+
+
+async def open_batches(
+    batches: BatchRunner, clock: StandingClock, snap: Snapshot, definition: Definition
+) -> tuple[list[Batch], bool]:
+    """Open batches of the waiting inputs of each running stage (a standing stage's when
+    its window allows) and start their jobs. Returns the batches opened and whether
+    anything changed (then the request is looked at again)."""
+    opened: list[Batch] = []
+    changed = False
+    for name, record in snap.stages.items():
+        if record.state is not StageState.RUNNING:
+            continue
+        stage = definition.stage(name)
+        inputs: Sequence[StageInput] = snap.inputs.get(name, ())
+        if definition.standing:
+            chosen, regenerated = await standing_inputs(
+                batches.repo, clock, snap, definition, name, inputs
+            )
+            changed = changed or regenerated
+            if chosen is None:
+                continue
+            inputs = chosen
+        for chunk in plan.batches_to_make(inputs, stage.max_inputs, stage.group_by):
+            opened.append(await batches.start(snap.request, definition, stage, chunk))
+            changed = True
+    return opened, changed
 
 
 async def standing_inputs(

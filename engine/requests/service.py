@@ -30,7 +30,7 @@ batch names, settles batches whose job was never recorded, and re-arms stage tim
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,22 +48,20 @@ from wfe.engine.repository import requests as store
 from wfe.engine.repository import standing as standing_store
 from wfe.engine.repository.products import list_products
 from wfe.engine.repository.rowtypes import JsonObject, JsonValue
-from wfe.engine.requests import catalog, plan, scripts, standing
+from wfe.engine.requests import catalog, scripts, standing
 from wfe.engine.requests.batches import BatchRunner
 from wfe.engine.requests.errors import RefusedTransition, RequestError
 from wfe.engine.requests.model import (
     RequestRecord,
     Snapshot,
-    StageInput,
-    StageState,
 )
 from wfe.engine.requests.placement import why_waiting
 from wfe.engine.requests.progress import (
     advance_stages,
     check_request,
     end_request,
+    open_batches,
     settle_batches,
-    standing_inputs,
     start_request,
 )
 from wfe.engine.requests.purge import Purger
@@ -442,27 +440,12 @@ class RequestService:
         return changed
 
     async def _dispatch(self, snap: Snapshot, definition: Definition) -> None:
-        started = False
-        for name, record in snap.stages.items():
-            if record.state is not StageState.RUNNING:
-                continue
-            stage = definition.stage(name)
-            inputs: Sequence[StageInput] = snap.inputs.get(name, ())
-            if definition.standing:
-                chosen, regenerated = await standing_inputs(
-                    self.repo, self.standing, snap, definition, name, inputs
-                )
-                started = started or regenerated
-                if chosen is None:
-                    continue
-                inputs = chosen
-            for chunk in plan.batches_to_make(inputs, stage.max_inputs, stage.group_by):
-                batch = await self.batches.start(snap.request, definition, stage, chunk)
-                started = True
-                if batch.job is not None:
-                    self._jobs[batch.job] = snap.request.id
-                    self.timers.arm(definition, batch)
-        if started:
+        batches, changed = await open_batches(self.batches, self.standing, snap, definition)
+        for batch in batches:
+            if batch.job is not None:
+                self._jobs[batch.job] = snap.request.id
+                self.timers.arm(definition, batch)
+        if changed:
             # A job may have ended before it was in ``_jobs`` (its event then went
             # unheard): one more look settles it.
             self.poke(snap.request.id)
