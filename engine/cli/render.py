@@ -163,6 +163,7 @@ def print_job(job: dict[str, Any]) -> None:
     if job.get("result") is not None:
         print(f"  result: {show(job['result'])}")
     if job.get("attempt_list"):
+        ran_with = any(a.get("ran_with") for a in job["attempt_list"])  # on_retry rules
         print_table(
             [
                 {
@@ -171,6 +172,7 @@ def print_job(job: dict[str, Any]) -> None:
                     "agent": a["agent"],
                     "exit": a["exit_code"],
                     "duration": seconds(a["duration"]),
+                    **({"ran with": a.get("ran_with")} if ran_with else {}),
                     "detail": a["detail"],
                 }
                 for a in job["attempt_list"]

@@ -15,7 +15,7 @@ import argparse
 import getpass
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,10 +238,22 @@ def render_request(d: dict[str, Any]) -> str:
                 ]
             )
         )
+    lines += _splits(d.get("history") or ())
     if d.get("standing"):
         lines += _standing(d["standing"], d["id"], d.get("stale_products", 0))
     lines.append(f"  products: {d.get('products', 0)} (wfe products {d['id']})")
     return "\n".join(lines)
+
+
+def _splits(history: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per job whose inputs were split for its retry (on_retry max_inputs)."""
+    return [
+        f"  split: job {h['job']} ({h['stage']}, batch {h['batch']}) after attempt"
+        f" {h['attempt']} keeps {len(h['kept'])} input(s), {len(h['released'])} back to the"
+        f" stage: {h.get('reason') or '-'}"
+        for h in history
+        if h.get("kind") == "request.split"
+    ]
 
 
 def _ago(at: float | None, now: float) -> str:

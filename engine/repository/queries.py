@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 _ATTEMPT_KEYS = (
     "attempt", "state", "agent", "exit_code", "signal", "reason", "detail",
-    "dispatched_at", "started_at", "ended_at", "duration", "chunks",
+    "dispatched_at", "started_at", "ended_at", "duration", "chunks", "ran_with",
 )  # fmt: skip
 
 
@@ -34,12 +34,12 @@ def job_detail(job_id: str) -> Callable[[Conn], JsonObject]:
             raise UnknownJob(f"no job {job_id}")
         detail = _job_dict(row)
         detail["attempt_list"] = [
-            dict(zip(_ATTEMPT_KEYS, r, strict=True))
+            {**dict(zip(_ATTEMPT_KEYS, r, strict=True)), "ran_with": json.loads(r[-1] or "null")}
             for r in conn.execute(
                 f"SELECT {', '.join(_ATTEMPT_KEYS)} FROM attempts WHERE job_id = ? ORDER BY attempt",
                 (job_id,),
             )
-        ]
+        ]  # ran_with: what on_retry rules may change, e.g. {"memory": ..., "inputs": 4}
         detail["children"] = [
             {"id": r[0], "kind": r[1], "name": r[2], "state": r[3]}
             for r in conn.execute(

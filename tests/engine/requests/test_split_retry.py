@@ -2,12 +2,17 @@
 
 Pure parts first (no trio): the split of a batch (hypothesis: no input lost or doubled, the
 sizes ``ceil(n / N)`` and the rest) and the controller's policy deciding it. Then the whole
-thing for real (test_split_retry_engine.py).
+thing for real: an engine, a local agent whose keeper limits the job's address space, and
+an RScript that runs out of memory when given more than two inputs.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sqlite3
+from collections import Counter
+from pathlib import Path
 
 import attrs
 import pytest
@@ -18,6 +23,8 @@ from wfe.engine.definitions.on_retry import inputs_kept
 from wfe.engine.dispatch.policy import AttemptEnd, Failed, RetryAt, decide_end
 from wfe.engine.requests.split import inputs_of, kept_params, split_batch
 from wfe.protocols.attempt import AttemptState
+
+from .conftest import HEAD, open_world
 
 END = AttemptEnd(
     attempt=1,
@@ -124,3 +131,115 @@ def test_halving_again_and_again_ends_with_jobs_of_one_input(n: int, divisor: in
         pending += [[int(k) for k in cut.kept], [int(k) for k in cut.released]]
     assert sorted(i for b in done for i in b) == list(range(n))
     assert all(len(b) == 1 for b in done)
+
+
+# --- for real ------------------------------------------------------------------------------
+
+K = 2  # the most inputs SQUEEZE can take under its memory limit
+SQUEEZE = """#!/usr/bin/env python3
+# wfe-rscript: 1
+# name: squeeze
+# version: 1.0
+# interpreter: python3
+# description: maps 200 MiB per input (more than 2 inputs overflow 600M); notes each input it processed
+# param inputs: list = [] [{"path": ..., "metadata": {...}}, ...]
+# param output_dir: path where to write the products
+# param ledger: str a file outside the engine: one line per input processed
+# requires: cpus=1
+import hashlib, json, mmap, os
+from pathlib import Path
+params = json.load(open(os.environ["WFE_PARAMS"]))
+inputs = params["inputs"]
+# Address space only (no page is touched): past RLIMIT_AS this fails with ENOMEM,
+# "Cannot allocate memory" at the end of stderr, which the agent reports as out of memory.
+space = mmap.mmap(-1, len(inputs) * (200 << 20))
+out = Path(params["output_dir"])
+out.mkdir(parents=True, exist_ok=True)
+products = []
+for item in inputs:
+    target = out / (Path(item["path"]).name + ".out")
+    target.write_text("squeezed\\n")
+    data = target.read_bytes()
+    products.append({"path": str(target), "type": "science", "size": len(data),
+                     "sha256": hashlib.sha256(data).hexdigest(), "metadata": {}})
+with open(params["ledger"], "a") as ledger:
+    ledger.write("".join(item["path"] + "\\n" for item in inputs))
+Path(os.environ["WFE_RESULT"]).write_text(json.dumps({"products": products}))
+"""
+
+SPLITTING = (
+    HEAD
+    + """
+[params.ledger]
+type = "str"
+
+[[stages]]
+name = "s"
+rscript = "squeeze"
+consumes = "query"
+max_inputs = 8
+retries = 3
+requires = { memory = "600M" }
+on_retry = { max_inputs = "/2" }
+params = { ledger = "${ledger}" }
+"""
+)
+
+
+@pytest.mark.slow
+async def test_a_batch_too_big_for_memory_is_halved_until_every_input_is_processed_once(
+    tmp_path: Path,
+) -> None:
+    """8 inputs in one batch of a script that runs out of memory with more than 2: each
+    out-of-memory attempt halves its job's inputs, the others are batched again; every
+    input is processed exactly once (the script's own ledger), every split is an event,
+    every attempt records how many inputs it ran with (failed ones more than 2, the
+    successful ones at most 2), and `wfe request` / `wfe status JOB` show it."""
+    ledger = tmp_path / "ledger.txt"
+    async with open_world(tmp_path, slots=2) as world:
+        names = [f"f{i}.raw" for i in range(8)]
+        await world.catalog(names)
+        path = world.definition(SPLITTING)
+        (path.parent / "rscripts" / "squeeze.py").write_text(SQUEEZE)
+        rid = (await world.submit(path, ledger=str(ledger)))["id"]
+        done = await world.wait(rid)
+        assert done["state"] == "completed", done
+        detail = await world.detail(rid)
+        code, shown, _ = await world.wfe("request", rid)
+        assert code == 0
+        first = detail["jobs"][0]["job"]
+        code, status, _ = await world.wfe("status", first)
+        assert code == 0
+    processed = Counter(Path(line).name for line in ledger.read_text().splitlines())
+    assert processed == Counter(names)  # each input exactly once, outside the engine's books
+    assert detail["stages"][0]["inputs"] == {"processed": 8}
+    splits = [h for h in detail["history"] if h["kind"] == "request.split"]
+    assert splits, detail["history"]
+    for split in splits:
+        n = len(split["kept"]) + len(split["released"])
+        assert n > K and len(split["kept"]) == math.ceil(n / 2)
+        assert f"inputs {n} -> {len(split['kept'])}" in split["reason"]
+        assert "ran out of memory" in split["reason"]
+    conn = sqlite3.connect(f"file:{world.config.repository_path}?mode=ro", uri=True)
+    try:
+        attempts = conn.execute(
+            "SELECT a.state, a.detail, a.ran_with, j.params FROM attempts a"
+            " JOIN jobs j ON j.id = a.job_id ORDER BY a.job_id, a.attempt"
+        ).fetchall()
+        batches = conn.execute("SELECT job, inputs, outcome FROM stage_batches").fetchall()
+    finally:
+        conn.close()
+    for state, detail_text, ran_with, params in attempts:
+        ran = json.loads(ran_with)["inputs"]
+        if state == "failed":
+            assert ran > K and detail_text.startswith("out of memory"), detail_text
+        else:
+            assert state == "succeeded" and ran <= K
+            assert len(json.loads(params)["inputs"]) == ran  # the job keeps what it ran
+    assert len(splits) == sum(1 for a in attempts if a[0] == "failed")
+    batch_inputs = [k for _, keys, outcome in batches for k in json.loads(keys)]
+    assert all(outcome == "processed" for *_, outcome in batches)
+    assert sorted(batch_inputs) == sorted(set(batch_inputs)) and len(batch_inputs) == 8
+    assert shown.count("split: job ") == len(splits)
+    assert f"split: job {first} (s, batch " in shown and "keeps 4 input(s), 4 back" in shown
+    assert "RAN WITH" in status and "inputs=8" in status and "inputs=2" in status
