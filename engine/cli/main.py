@@ -241,8 +241,6 @@ def _is_request_id(text: str) -> bool:
 def cmd_status(args: argparse.Namespace) -> int:
     from wfe.engine.cli.watch import print_status, status_filters
 
-    if args.watch:
-        return _watch_status(args)
     if args.job and _is_request_id(args.job):  # `wfe status REQUEST`: the request's view
         from wfe.engine.cli.requests import cmd_request
         from wfe.engine.cli.simulate import status_of_id
@@ -250,7 +248,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         shown = status_of_id(args)  # or an execution's (wfe simulate): the same id form
         if shown is not None:
             return shown
-
+    if args.watch:
+        return _watch_status(args)
+    if args.job and _is_request_id(args.job):
         return cmd_request(argparse.Namespace(**{**vars(args), "request": args.job, "wait": False}))
     from wfe.engine.cli.client import connect_config
 

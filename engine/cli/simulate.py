@@ -141,21 +141,33 @@ def story_line(event: dict[str, Any]) -> str:
 
 
 def status_of_id(args: argparse.Namespace) -> int | None:
-    """``wfe status ID`` for an execution (``--json`` too); None when no execution has that id
-    (it is a request's, shown by the caller)."""
-    from wfe.engine.cli.client import ClientError
-    from wfe.engine.cli.main import _call
+    """``wfe status ID`` for an execution (``--json`` too; ``--watch``: its story as it goes,
+    until it ends); None when no execution has that id (it is a request's, shown by the
+    caller)."""
+    from wfe.engine.cli.client import ClientError, connect_config
+    from wfe.engine.cli.main import _config
 
-    try:
-        detail = _call(args, "execution", execution=args.job)
-    except ClientError as exc:
-        if exc.code == "not_found":
-            return None
-        raise
+    config = _config(args)
+
+    async def go() -> dict[str, Any] | None:
+        async with connect_config(config) as client:
+            try:
+                detail: dict[str, Any] = await client.call("execution", execution=args.job)
+            except ClientError as exc:
+                if exc.code == "not_found":
+                    return None
+                raise
+            if args.watch and detail["state"] == "running":  # the story as it goes
+                return await follow(client, args.job, write=print)
+            return detail
+
+    detail = trio.run(go)
+    if detail is None:
+        return None
     if args.json:
         print_json(detail)
     else:
-        print_execution(detail, story=True)
+        print_execution(detail, story=not args.watch)
     return 0
 
 

@@ -425,3 +425,39 @@ def test_the_story_is_printed_as_it_is_recorded_then_the_figures(engine: Path) -
     summary = lines[len(story) + 1 :]
     assert summary[0].startswith(f"{eid}  completed  (fast;")
     assert any(line.startswith("  simulated 44 s in ") for line in summary)
+
+
+#: Real-time runs of a few seconds: every delay 0.3 s (the first one 1 s, to watch it start).
+SHORT = [
+    a
+    for k in ("beam_not_ready_delay", "beam_ready_delay", "beam_not_ready_end_delay",
+              "broadcast_delay", "stf_interval")
+    for a in ("-p", f"{k}=0.3")
+]  # fmt: skip
+
+
+def test_status_watch_follows_a_running_execution_to_its_end(engine: Path, tmp_path: Path) -> None:
+    """`wfe status ID --watch` on a running (real-time) execution prints its story as it is
+    recorded, from its start, and returns once it has ended."""
+    overlay = tmp_path / "testbed.toml"
+    overlay.write_text(
+        '[testbed]\nnamespace = "w"\n\n[fast_processing]\nslice_processing_time = 0.5\n'
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "wfe", "simulate", str(FAST), "--realtime", "--quiet",
+         "--overlay", str(overlay), "-p", "stf_count=1", "-p", "no_beam_not_ready_delay=1", *SHORT,
+         "--user", "watch", "--config", str(engine)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as follow:  # fmt: skip
+        assert follow.stdout is not None
+        eid = follow.stdout.readline().split(":")[0]
+        watched = wfe(engine, "status", eid, "--watch")
+        follow.communicate(timeout=60)
+    assert watched.returncode == 0, watched.stderr
+    kinds = [
+        line.split()[1] for line in watched.stdout.splitlines() if re.match(r"\s+[\d.]+  ", line)
+    ]
+    assert kinds[0] == "execution.started" and kinds[-1] == "execution.ended"
+    assert f"{eid}  completed  (realtime" in watched.stdout
