@@ -34,7 +34,7 @@ from wfe.engine.dispatch.registry import AgentRegistry
 from wfe.engine.dispatch.timers import ReadyAgain, Timers
 from wfe.engine.repository import attempts as rows
 from wfe.engine.repository.rowtypes import JsonObject
-from wfe.engine.requests.split import inputs_of, kept_params
+from wfe.engine.requests.split import inputs_of, kept_locality, kept_params
 from wfe.engine.runtime import metrics
 from wfe.engine.runtime.jobs import Completions, JobOutcome, JobState
 from wfe.protocols import attempt as am
@@ -183,8 +183,11 @@ class AttemptEnds:
             self._fail(written.error)
             return
         split = written.unwrap()
-        if split is not None and isinstance(split["kept"], list):
-            job.params = kept_params(job.params, len(split["kept"]))  # what the retry runs
+        if split is not None and isinstance(split["kept"], list):  # what the retry runs
+            keep = len(split["kept"])
+            job.params = kept_params(job.params, keep)
+            if "locality" in job.requirements:
+                job.requirements["locality"] = kept_locality(job.requirements["locality"], keep)
         if isinstance(then, rows.JobEnded):
             result = end.finished.result if end.finished else None
             self._completions.resolve(

@@ -43,6 +43,25 @@ def kept_params(params: Mapping[str, Any], keep: int) -> dict[str, Any]:
     return {**params, INPUTS_PARAM: given[:keep]}
 
 
+def kept_locality(placed: Mapping[str, Any], keep: int) -> dict[str, Any]:
+    """A job's ``requirements["locality"]`` (``wfe.engine.dispatch.locality.placement``) for
+    its first ``keep`` inputs: each site's picks, the replicas and the names cut there, so
+    the retry is given, and records, the replicas of the inputs it runs. The sites that
+    reach the job and their distances stay those of the whole batch (the distances are not
+    at hand here): a site is never offered an input it cannot reach, but one that could
+    reach the kept inputs alone and not the others is still left out."""
+    sites = {
+        site: {**where, "pick": list(where["pick"])[:keep]}
+        for site, where in placed["sites"].items()
+    }
+    return {
+        **placed,
+        "sites": sites,
+        "replicas": list(placed.get("replicas") or ())[:keep],
+        "names": list(placed.get("names") or ())[:keep],
+    }
+
+
 def inputs_of(params: Mapping[str, Any]) -> int:
     """How many inputs a job's params give it (0: none, or not a stage's job)."""
     given = params.get(INPUTS_PARAM)

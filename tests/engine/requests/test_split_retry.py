@@ -20,8 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wfe.engine.definitions.on_retry import inputs_kept
+from wfe.engine.dispatch import locality
 from wfe.engine.dispatch.policy import AttemptEnd, Failed, RetryAt, decide_end
-from wfe.engine.requests.split import inputs_of, kept_params, split_batch
+from wfe.engine.requests.split import inputs_of, kept_locality, kept_params, split_batch
 from wfe.protocols.attempt import AttemptState
 
 from .conftest import HEAD, open_world
@@ -74,6 +75,28 @@ def test_params_without_inputs_cannot_be_cut() -> None:
     with pytest.raises(ValueError, match="the job's params have no inputs list to split"):
         kept_params({"x": 1}, 1)
     assert inputs_of({"x": 1}) == 0
+
+
+def test_a_split_job_reads_and_records_the_replicas_of_the_inputs_it_keeps() -> None:
+    """The locality requirement cut to the kept inputs: an agent at a site is given the
+    chosen replicas of exactly those inputs, and the attempt records only theirs; the sites
+    that reach the job stay those of the whole batch."""
+    replicas = [[("CERN", f"root://cern/{i}"), ("FNAL", f"root://fnal/{i}")] for i in range(4)]
+    sites = {"cern": {"CERN": 0, "FNAL": 60}, "fnal": {"FNAL": 0}}
+    names = [f"/data/f{i}" for i in range(4)]
+    placed = locality.placement(replicas, sites, None, names)
+    assert placed is not None
+    kept = kept_locality(placed, 2)
+    params = kept_params({"inputs": [{"path": n, "metadata": {}} for n in names]}, 2)
+    given = locality.with_replicas(params, kept, "fnal")["inputs"]
+    assert [(i["path"], i["rse"], i["location"]) for i in given] == [
+        ("/data/f0", "FNAL", "root://fnal/0"),
+        ("/data/f1", "FNAL", "root://fnal/1"),
+    ]
+    assert locality.used(kept, "cern") == [["CERN", "root://cern/0"], ["CERN", "root://cern/1"]]
+    assert kept["names"] == names[:2] and len(kept["replicas"]) == 2
+    assert sorted(kept["sites"]) == sorted(placed["sites"])
+    assert len(placed["sites"]["cern"]["pick"]) == 4  # not changed in place
 
 
 def test_an_out_of_memory_end_halves_the_inputs() -> None:
