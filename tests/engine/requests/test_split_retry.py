@@ -13,6 +13,7 @@ import math
 import sqlite3
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -25,7 +26,7 @@ from wfe.engine.dispatch.policy import AttemptEnd, Failed, RetryAt, decide_end
 from wfe.engine.requests.split import inputs_of, kept_locality, kept_params, split_batch
 from wfe.protocols.attempt import AttemptState
 
-from .conftest import HEAD, open_world
+from .conftest import HEAD, PATIENCE, open_world
 
 END = AttemptEnd(
     attempt=1,
@@ -168,11 +169,14 @@ SQUEEZE = """#!/usr/bin/env python3
 # param inputs: list = [] [{"path": ..., "metadata": {...}}, ...]
 # param output_dir: path where to write the products
 # param ledger: str a file outside the engine: one line per input processed
+# param gate: str = "" a file: a job it can take waits until it exists
 # requires: cpus=1
-import hashlib, json, mmap, os
+import hashlib, json, mmap, os, time
 from pathlib import Path
 params = json.load(open(os.environ["WFE_PARAMS"]))
 inputs = params["inputs"]
+while params["gate"] and len(inputs) <= 2 and not os.path.exists(params["gate"]):
+    time.sleep(0.05)  # the test opens the gate
 # Address space only (no page is touched): past RLIMIT_AS this fails with ENOMEM,
 # "Cannot allocate memory" at the end of stderr, which the agent reports as out of memory.
 space = mmap.mmap(-1, len(inputs) * (200 << 20))
@@ -196,6 +200,10 @@ SPLITTING = (
 [params.ledger]
 type = "str"
 
+[params.gate]
+type = "str"
+default = ""
+
 [[stages]]
 name = "s"
 rscript = "squeeze"
@@ -204,7 +212,7 @@ max_inputs = 8
 retries = 3
 requires = { memory = "600M" }
 on_retry = { max_inputs = "/2" }
-params = { ledger = "${ledger}" }
+params = { ledger = "${ledger}", gate = "${gate}" }
 """
 )
 
@@ -266,3 +274,36 @@ async def test_a_batch_too_big_for_memory_is_halved_until_every_input_is_process
     assert shown.count("split: job ") == len(splits)
     assert f"split: job {first} (s, batch " in shown and "keeps 4 input(s), 4 back" in shown
     assert "RAN WITH" in status and "inputs=8" in status and "inputs=2" in status
+
+
+@pytest.mark.slow
+async def test_a_split_is_kept_across_an_engine_restart(tmp_path: Path) -> None:
+    """Two splits committed (8 -> 4 and 4 -> 2), both jobs waiting out a long backoff and a
+    job of 2 inputs held at a gate when the engine stops; after the restart the first job
+    runs its kept 4 inputs (not 8), and every input is still processed exactly once."""
+    ledger = tmp_path / "ledger.txt"
+    gate = tmp_path / "gate"
+    async with open_world(tmp_path, slots=2, backoff=PATIENCE * 2) as world:
+        await world.catalog([f"f{i}.raw" for i in range(8)])
+        path = world.definition(SPLITTING)
+        (path.parent / "rscripts" / "squeeze.py").write_text(SQUEEZE)
+        rid = (await world.submit(path, ledger=str(ledger), gate=str(gate)))["id"]
+
+        async def two_splits_and_a_gated_job() -> Any:
+            detail = await world.detail(rid)
+            splits = [h for h in detail["history"] if h["kind"] == "request.split"]
+            running = [j for j in detail["jobs"] if j["state"] == "running"]
+            return len(splits) == 2 and len(running) == 1 and detail
+
+        before = await world.until("two splits", two_splits_and_a_gated_job)
+        first = before["jobs"][0]["job"]
+    toml = tmp_path / "ws" / "wfe.toml"
+    toml.write_text(toml.read_text().replace(f"backoff = {PATIENCE * 2}", "backoff = 0.1"))
+    gate.write_text("open\n")
+    async with open_world(tmp_path, slots=2) as world:
+        assert (await world.wait(rid))["state"] == "completed"
+        job = await world.call("status", job=first)
+    ran = [(a["state"], a["ran_with"]["inputs"]) for a in job["attempt_list"]]
+    assert ran == [("failed", 8), ("failed", 4), ("succeeded", 2)], ran
+    processed = Counter(Path(line).name for line in ledger.read_text().splitlines())
+    assert processed == Counter(f"f{i}.raw" for i in range(8))
