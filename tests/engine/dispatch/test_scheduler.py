@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wfe.engine.dispatch.scheduler import Offer, Ready, assign, never_fits
+from wfe.engine.dispatch.scheduler import Offer, Ready, assign, fits, never_fits
 from wfe.protocols.messages import Capabilities
 
 
@@ -108,3 +108,60 @@ def test_assignment_invariants(jobs: list[tuple[int, int]], free: list[int]) -> 
                 continue
             before = [j for j in queue if j.order < job.order]
             assert sum(j.requirements["cpus"] for j in before if j.job_id in placed) == sum(free)
+
+
+def _assign_by_scanning(queue: list[Ready], agents: list[Offer]) -> list[tuple[str, str]]:
+    """The rule stated plainly: each job in order to the fitting agent with the most free
+    slots (the earliest on ties), scanning every agent for every job."""
+    free = {a.name: a.free_slots for a in agents}
+    pairs = []
+    for job in queue:
+        cpus = int(job.requirements.get("cpus", 1))
+        candidates = [a for a in agents if free[a.name] >= cpus and fits(job, a)]
+        if candidates:
+            best = max(candidates, key=lambda a: (free[a.name], -agents.index(a)))
+            free[best.name] -= cpus
+            pairs.append((job.job_id, best.name))
+    return pairs
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-2, 2),
+            st.integers(1, 3),
+            st.sampled_from([(), (), ("gpu",)]),
+            st.sampled_from([None, None, "north"]),
+            st.sampled_from([None, None, None, "a0"]),
+        ),
+        max_size=40,
+    ),
+    st.lists(
+        st.tuples(
+            st.integers(0, 4),
+            st.sampled_from([(), ("gpu",)]),
+            st.sampled_from(["north", "south"]),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+@settings(max_examples=400)
+def test_assign_places_as_scanning_every_agent_would(
+    jobs: list[tuple[int, int, tuple[str, ...], str | None, str | None]],
+    agents: list[tuple[int, tuple[str, ...], str]],
+) -> None:
+    """Whatever the mix of requirements (cpus, tags, site, pinning), ``assign`` (a heap of
+    fitting agents per set of requirements) gives exactly the pairs of the plain rule."""
+    queue = ordered(
+        [
+            ready(f"j{i}", p, i, cpus=c, tags=list(t), **({"site": s} if s else {}), on=on)
+            for i, (p, c, t, s, on) in enumerate(jobs)
+        ]
+    )
+    offers = [offer(f"a{i}", f, slots=4, tags=t, site=s) for i, (f, t, s) in enumerate(agents)]
+    expected = _assign_by_scanning(queue, offers)
+    copies = [
+        Offer(name=a.name, free_slots=a.free_slots, capabilities=a.capabilities) for a in offers
+    ]
+    assert [(j.job_id, n) for j, n in assign(queue, copies)] == expected
