@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -150,23 +151,51 @@ def test_assign_never_sends_a_job_beyond_its_limit(
     jobs: list[list[list[tuple[str, str]]]], limit: int | None, free: list[int]
 ) -> None:
     """Whatever the replicas and free slots, every assigned job's inputs are within
-    ``max_distance`` of its agent's site, and among the agents with a free slot that
-    reach it, none was nearer."""
+    ``max_distance`` of its agent's site; no agent left with a free slot reaches an assigned
+    job nearer than the agent it went to; and no job left waiting is nearer an agent than
+    the job that agent took (free agents take the nearest inputs first)."""
     tables = {"cern": {"CERN_EOS": 0, "PIC": 30}, "fnal": {"FNAL_DCACHE": 0}, "ral": {}}
     agents = [_offer(s, s, f) for s, f in zip(["cern", "fnal", "ral"], free, strict=True)]
     ready = [
         _ready(f"j{i}", locality.placement(inp, tables, limit), i) for i, inp in enumerate(jobs)
     ]
-    left = {a.name: a.free_slots for a in agents}
-    for job, name in assign(ready, agents):
-        placed = job.requirements.get("locality")
-        left[name] -= 1
-        if placed is None:
+    pairs = assign(ready, agents)
+    left = {a.name: a.free_slots for a in agents}  # after assign: what is still free
+    taken = {job.job_id for job, _ in pairs}
+
+    def distance(job: Ready, site: str) -> int | None:
+        where = locality.reach(job.requirements["locality"], site)
+        return None if where is None else int(where["distance"])
+
+    for job, name in pairs:
+        if job.requirements.get("locality") is None:
             continue
-        where = locality.reach(placed, name)
-        assert where is not None
-        assert limit is None or where["distance"] <= limit
+        d = distance(job, name)
+        assert d is not None
+        assert limit is None or d <= limit
         for other in agents:
-            near = locality.reach(placed, other.name)
-            if near is not None and left[other.name] > 0:
-                assert near["distance"] >= where["distance"]
+            near = distance(job, other.name)
+            assert not (near is not None and left[other.name] > 0 and near < d)
+        if all(r.requirements.get("locality") is not None for r in ready):  # one run
+            for waiting in ready:
+                near = distance(waiting, name)
+                assert waiting.job_id in taken or near is None or near >= d
+
+
+def test_a_free_agent_takes_the_nearest_waiting_inputs_before_older_far_ones() -> None:
+    """One free slot at cern; of two waiting jobs of one priority, the older one's replica
+    is at PIC (30 away), the younger one's at CERN_EOS (local): cern takes the younger."""
+    far = locality.placement([[("PIC", "p")]], SITE_TABLE, None)
+    near = locality.placement([[("CERN_EOS", "c")]], SITE_TABLE, None)
+    pairs = assign([_ready("old", far, 0), _ready("new", near, 1)], [_offer("c", "cern", 1)])
+    assert [(j.job_id, a) for j, a in pairs] == [("new", "c")]
+
+
+def test_priority_comes_before_distance() -> None:
+    """A higher-priority job whose replica is farther still goes first."""
+    far = attrs.evolve(
+        _ready("urgent", locality.placement([[("PIC", "p")]], SITE_TABLE, None), 0), priority=5
+    )
+    near = _ready("near", locality.placement([[("CERN_EOS", "c")]], SITE_TABLE, None), 1)
+    pairs = assign([far, near], [_offer("c", "cern", 1)])
+    assert [(j.job_id, a) for j, a in pairs] == [("urgent", "c")]
