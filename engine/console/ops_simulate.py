@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from wfe.engine.console.protocol import ApiError
 from wfe.engine.console.registry import arg, op
 from wfe.engine.repository.executions import UnknownExecution
-from wfe.engine.simulate.service import simulations
 
 if TYPE_CHECKING:
     from wfe.engine.console.api import Session
@@ -29,7 +28,7 @@ async def _simulate(session: Session, args: dict[str, Any]) -> Any:
     until = args.get("until")
     if until is not None and (isinstance(until, bool) or not isinstance(until, int | float)):
         raise ApiError("bad_request", "args.until: expected a number of seconds")
-    record = await simulations(session.engine).start(
+    record = await session.engine.simulations.start(
         expanded=arg(args, "expanded", dict),
         user=arg(args, "user", str),
         sources=arg(args, "sources", list, []),
@@ -46,7 +45,7 @@ async def _simulate(session: Session, args: dict[str, Any]) -> Any:
 async def _execution(session: Session, args: dict[str, Any]) -> Any:
     eid = arg(args, "execution", str)
     try:
-        return await simulations(session.engine).detail(eid)
+        return await session.engine.simulations.detail(eid)
     except UnknownExecution as exc:
         raise ApiError("not_found", str(exc)) from None
 
@@ -55,6 +54,6 @@ async def _execution(session: Session, args: dict[str, Any]) -> Any:
 async def _execution_wait(session: Session, args: dict[str, Any]) -> Any:
     eid = arg(args, "execution", str)
     try:
-        return await simulations(session.engine).wait(eid)
+        return await session.engine.simulations.wait(eid)
     except UnknownExecution as exc:
         raise ApiError("not_found", str(exc)) from None

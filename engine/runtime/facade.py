@@ -44,6 +44,7 @@ from wfe.engine.repository.space import DiskTrouble
 from wfe.engine.runtime import metrics
 from wfe.engine.runtime.actions import ActionRunner
 from wfe.engine.runtime.watchdog import Watchdog
+from wfe.engine.simulate.service import Simulations
 from wfe.engine.transports.local_agents import LocalAgents, UnknownGroup
 from wfe.engine.works import archive
 from wfe.engine.works.leases import Lease, Leases
@@ -82,6 +83,8 @@ class Engine:
         self.leases = leases if leases is not None else Leases(repo)
         self.local = local  # the local agents and their groups; None when none are started
         self.pilots = PilotBooks(repo, controller)  # pilots' records and the demand for them
+        # simulated executions (wfe simulate), started by the console's simulate op
+        self.simulations = Simulations(runner, admit_new_work=self.admit_new_work)
 
     async def run_action(self, name: str, params: dict[str, Any], *, by: str | None = None) -> str:
         """Start the root action ``name``; return its job id. Raises on an unknown action or

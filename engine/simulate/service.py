@@ -1,6 +1,6 @@
 """Start, follow and show simulated executions in a running engine (``wfe simulate``).
 
-``simulations(engine)`` is the engine's one ``Simulations``: ``start`` checks everything
+The ``Engine`` facade holds one ``Simulations`` (``Engine.simulations``): ``start`` checks everything
 before writing anything (the definition, its workflow action, the parameters, ``until``),
 records the execution (its id from the request counter), and starts the workflow action as
 a root job whose runs carry the execution's clock; ``wait`` returns once it has ended;
@@ -10,7 +10,7 @@ a root job whose runs carry the execution's clock; ``wait`` returns once it has 
 from __future__ import annotations
 
 import math
-import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wfe.engine.definitions import GitInfo, build_definition, config_of
@@ -22,7 +22,7 @@ from wfe.engine.simulate.clock import RealtimeClock, SimClock, VirtualClock
 from wfe.engine.simulate.execution import Execution, SimRun
 
 if TYPE_CHECKING:
-    from wfe.engine.runtime.facade import Engine
+    from wfe.engine.runtime.actions import ActionRunner
 
 
 class SimulationError(EngineError, ValueError):
@@ -36,8 +36,9 @@ class UnknownWorkflowAction(EngineError, LookupError):
 class Simulations:
     """The simulated executions of one engine."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, runner: ActionRunner, *, admit_new_work: Callable[[], None]) -> None:
+        self._runner = runner
+        self._admit_new_work = admit_new_work  # the engine's check that it may take new work
         self._live: dict[str, Execution] = {}
 
     async def start(
@@ -67,7 +68,7 @@ class Simulations:
             git=None if git is None else GitInfo(**git),
         )
         name = workflow_action(definition)
-        runner = self._engine.runner
+        runner = self._runner
         try:
             action = runner.library.get(name)
         except UnknownAction:
@@ -83,7 +84,7 @@ class Simulations:
             ) from None
         params = dict(params or {})
         action.check_params(params)
-        self._engine.admit_new_work()
+        self._admit_new_work()
         from wfe.engine.runtime.broadcasting import reactors_of
 
         record = await runner.repo.write(
@@ -138,7 +139,7 @@ class Simulations:
     async def detail(self, eid: str) -> JsonObject:
         """The execution ``eid`` and its story (its events, oldest first). Raises
         ``UnknownExecution``."""
-        repo = self._engine.runner.repo
+        repo = self._runner.repo
         record = await repo.read(lambda db: rows.get_execution(db, eid))
         story = await repo.read(rows.execution_story(eid))
         detail: JsonObject = {**record.as_dict(), "story": list(story)}
@@ -146,16 +147,5 @@ class Simulations:
 
     async def find(self, eid: str) -> JsonObject | None:
         """The execution ``eid`` (no story), or None when no execution has that id."""
-        record = await self._engine.runner.repo.read(rows.find_execution(eid))
+        record = await self._runner.repo.read(rows.find_execution(eid))
         return None if record is None else record.as_dict()
-
-
-_SERVICES: weakref.WeakKeyDictionary[Engine, Simulations] = weakref.WeakKeyDictionary()
-
-
-def simulations(engine: Engine) -> Simulations:
-    """The ``Simulations`` of ``engine`` (made on first use)."""
-    service = _SERVICES.get(engine)
-    if service is None:
-        service = _SERVICES[engine] = Simulations(engine)
-    return service
