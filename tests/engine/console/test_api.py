@@ -46,6 +46,8 @@ CHANGES = {  # every op that changes something, with arguments that would work
     "cancel": {"request": "echo-alice-0001"},
     "archive": {"request": "echo-alice-0001"},
     "catalog_add": {"paths": ["/nonexistent"]},
+    "replica_add": {"path": "/nonexistent", "rse": "X", "location": "/x"},
+    "replica_rm": {"path": "/nonexistent", "rse": "X"},
     "submit_toml": {"toml": "", "user": "alice"},
     "token.create": {"name": "x", "role": "viewer"},
     "token.revoke": {"name": "x"},
@@ -176,6 +178,19 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                     {"paths": [str(console.root / "data" / "raw0.dat")]},
                     lambda r: r is not None,
                 ),
+                "replica_add": (
+                    {
+                        "path": str(console.root / "data" / "raw0.dat"),
+                        "rse": "EOS",
+                        "location": "/e",
+                    },
+                    lambda r: (r["rse"], r["location"]) == ("EOS", "/e"),
+                ),
+                "replica_ls": (
+                    {},
+                    lambda r: [(x["rse"], x["location"]) for x in r] == [("EOS", "/e")],
+                ),
+                "replica_rm": ({"path": "/nowhere", "rse": "EOS"}, "not_found"),
                 "pause": ({"request": rid}, "refused"),  # completed: can't pause
                 "resume": ({"request": rid}, "refused"),
                 "cancel": ({"request": rid}, "refused"),
@@ -205,13 +220,25 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                 ),
                 "definition_params": (
                     {"toml": PARAMS_TOML},
-                    lambda r: r
-                    == [
-                        {"name": "count", "type": "int", "default": 1, "required": False,
-                         "description": "how many"},
-                        {"name": "label", "type": "str", "default": None, "required": True,
-                         "description": ""},
-                    ],
+                    lambda r: (
+                        r
+                        == [
+                            {
+                                "name": "count",
+                                "type": "int",
+                                "default": 1,
+                                "required": False,
+                                "description": "how many",
+                            },
+                            {
+                                "name": "label",
+                                "type": "str",
+                                "default": None,
+                                "required": True,
+                                "description": "",
+                            },
+                        ]
+                    ),
                 ),  # fmt: skip
                 "work.deposit": (
                     {"works": [{"pipeline": "p", "parameters": {"a": 1}}]},
@@ -236,15 +263,18 @@ async def test_every_operation_answers_as_documented(console: Console) -> None:
                 "pilots.demand": ({}, lambda r: r["needs"] == [] and "agents" in r),
                 "pilots.create": (
                     {**CHANGES["pilots.create"], "requirements": {"cpus": 2}},
-                    lambda r: (r["id"], r["state"], r["factory"])
-                    == ("pilot-000001", "submitting", "bootstrap"),
+                    lambda r: (
+                        (r["id"], r["state"], r["factory"])
+                        == ("pilot-000001", "submitting", "bootstrap")
+                    ),
                 ),
                 "pilots.submitted": (CHANGES["pilots.submitted"], lambda r: r["batch_id"] == "1"),
                 "pilots.started": (CHANGES["pilots.started"], lambda r: r["state"] == "running"),
                 "pilots.ended": (
                     {**CHANGES["pilots.ended"], "exit_code": 0},
-                    lambda r: (r["state"], r["end_state"], r["exit_code"])
-                    == ("ended", "COMPLETED", 0),
+                    lambda r: (
+                        (r["state"], r["end_state"], r["exit_code"]) == ("ended", "COMPLETED", 0)
+                    ),
                 ),
                 "pilots.list": ({}, lambda r: [p["id"] for p in r] == ["pilot-000001"]),
                 "simulate": ({"expanded": NO_WORKFLOW, "user": "alice"}, "not_found"),
