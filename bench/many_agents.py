@@ -25,6 +25,7 @@ The last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from bench._common import (
     missed,
     rss_bytes,
 )
-from bench.many_agents_hosts import Hosts, Watch, cpu_of, keepers
+from bench.many_agents_hosts import Hosts, Watch, cpu_of, keeper_pids, keepers, stop_keepers
 from bench.many_agents_throughput import compare
 from bench.xmpp_dispatch import ENGINE_USER, SCRIPT, Setup, engine_config
 from wfe.engine.devtools.prosody import ProsodyServer
@@ -77,25 +78,26 @@ async def many(
         "heartbeat_deadline_s": HEARTBEAT_DEADLINE,
         "lease_s": args.lease,
     }
-    profiling = Profiling() if args.profile else None
+    profiles = {p: Profiling() for p in ("register", "idle", "burst")} if args.profile else {}
     try:
         async with open_engine(config) as engine, trio.open_nursery() as nursery:
             await nursery.start(watch.run, engine.repo)
             await nursery.start(tracker.run, engine.repo)
             rss_before = rss_bytes()
+            before = _cpus(server, hosts, root)
             started = time.perf_counter()
-            await hosts.start(server, root / "agents", config.path(config.engine.public_key),
-                              agents=args.agents, per=args.per_process, slots=args.slots, heartbeat=args.heartbeat)  # fmt: skip
-            with trio.fail_after(args.register_timeout):
-                await watch.all_connected.wait()
+            with _measure(profiles.get("register")):
+                await hosts.start(server, root / "agents", config.path(config.engine.public_key),
+                                  agents=args.agents, per=args.per_process, slots=args.slots, heartbeat=args.heartbeat)  # fmt: skip
+                with trio.fail_after(args.register_timeout):
+                    await watch.all_connected.wait()
             figures["registered_s"] = time.perf_counter() - started
+            figures["register_cpu_s"] = _spent(before, _cpus(server, hosts, root))
             figures["hosts"] = len(hosts.processes)
-            print(
-                f"{args.agents} agents registered in {figures['registered_s']:.1f} s",
-                file=sys.stderr,
-            )
+            print(f"{args.agents} agents registered in {figures['registered_s']:.1f} s; CPU seconds:"
+                  f" {figures['register_cpu_s']}", file=sys.stderr)  # fmt: skip
             await trio.sleep(3)  # the last hellos' leases and first heartbeats
-            figures |= await idle(engine, server, hosts, args, profiling)
+            figures |= await idle(engine, server, hosts, args, profiles.get("idle"))
             figures["engine_rss_per_agent_kib"] = (rss_bytes() - rss_before) / args.agents / 1024
             figures["host_rss_per_agent_kib"] = hosts.rss() / args.agents / 1024
             figures["keepers"], rss = keepers(root)
@@ -111,17 +113,43 @@ async def many(
                 server_pid=server.pid,
             )
             print("measured burst", file=sys.stderr)
-            figures["burst"] = await burst(
-                engine, tracker, args.burst_jobs, script=SCRIPT, pids=pids, server_pid=server.pid
-            )
+            with _measure(profiles.get("burst"), args.burst_jobs):
+                figures["burst"] = await burst(
+                    engine,
+                    tracker,
+                    args.burst_jobs,
+                    script=SCRIPT,
+                    pids=pids,
+                    server_pid=server.pid,
+                )
             figures["loss"] = await losses(engine, watch, hosts, args)
-            if profiling is not None:
-                print(profiling.dump(f"{args.profile}.idle.pstats", top=30), file=sys.stderr)
+            for phase, profiling in profiles.items():
+                print(profiling.dump(f"{args.profile}.{phase}.pstats", top=30), file=sys.stderr)
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await hosts.stop()
+        stop_keepers(root)
     return figures
+
+
+def _measure(profiling: Profiling | None, jobs: int = 1) -> contextlib.AbstractContextManager[None]:
+    return profiling.measure(jobs) if profiling is not None else contextlib.nullcontext()
+
+
+def _cpus(server: ProsodyServer, hosts: Hosts, root: Path) -> dict[str, float]:
+    """CPU seconds so far of the engine (this process), Prosody, the agent hosts, the keepers."""
+    assert server.pid is not None
+    return {
+        "engine": time.process_time(),
+        "prosody": cpu_of(server.pid),
+        "agent_hosts": hosts.cpu(),
+        "keepers": sum(cpu_of(pid) for pid in keeper_pids(root)),
+    }
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {key: round(after[key] - before[key], 1) for key in before}
 
 
 async def idle(

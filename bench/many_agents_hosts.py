@@ -130,15 +130,36 @@ def cpu_of(pid: int) -> float:
 
 def keepers(root: Path) -> tuple[int, int]:
     """How many agent keepers run for spools under ``root``, and their resident bytes."""
-    count = total = 0
+    pids = keeper_pids(root)
+    total = 0
+    for pid in pids:
+        try:
+            total += rss_bytes(pid)
+        except (OSError, RuntimeError):
+            continue
+    return len(pids), total
+
+
+def keeper_pids(root: Path) -> list[int]:
+    """The keepers of spools under ``root`` (they outlive their agents by design)."""
+    pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             command = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"wfe.agents.keeper" in command and any(str(root).encode() in a for a in command):
-                total += rss_bytes(proc.name)
-                count += 1
-        except (OSError, RuntimeError):
+        except OSError:
             continue
-    return count, total
+        if b"wfe.agents.keeper" in command and any(str(root).encode() in a for a in command):
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_keepers(root: Path) -> None:
+    """SIGTERM the keepers of spools under ``root``: the run is over, nothing comes back for
+    what they hold."""
+    for pid in keeper_pids(root):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
