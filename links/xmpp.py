@@ -1,4 +1,5 @@
-"""The XMPP client: slixmpp inside trio, used by both ends.
+"""The XMPP client: slixmpp inside trio, used by both ends (its settings, errors and events
+are in ``wfe.links.xmpp_types``, re-exported here).
 
 The only module of wfe that imports slixmpp and trio_asyncio. The agent drives it through
 ``wfe.agents.xmpp_connector``, the engine through ``wfe.engine.transports.xmpp_link``: both
@@ -25,14 +26,11 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import secrets
 import socket
 import ssl
-import stat
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -43,13 +41,26 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from wfe.links.errors import LinkConfigError, LinkError
+from wfe.links.xmpp_types import (
+    DEFAULT_PORT,
+    TLS_MODES,
+    Event,
+    IqFailed,
+    MessageReceived,
+    Offline,
+    Online,
+    PresenceReceived,
+    UploadReceived,
+    XmppRefused,
+    XmppSettings,
+    read_password,
+    ssl_context,
+)
 from wfe.links.xmpp_upload import TAG as UPLOAD_TAG
-from wfe.links.xmpp_upload import UploadError, UploadRef, parse_ref
+from wfe.links.xmpp_upload import UploadError, parse_ref
 from wfe.protocols.errors import DecodeError
 from wfe.protocols.messages import Message
 from wfe.protocols.xmpp import (
-    DEFAULT_MAX_STANZA,
     DELAY_TAG,
     STANZAS_NS,
     TAG,
@@ -61,10 +72,27 @@ from wfe.protocols.xmpp import (
     presence_stanza,
 )
 
+#: The client, and what it takes and gives (defined in ``wfe.links.xmpp_types``).
+__all__ = [
+    "DEFAULT_PORT",
+    "TLS_MODES",
+    "Event",
+    "IqFailed",
+    "MessageReceived",
+    "Offline",
+    "Online",
+    "PresenceReceived",
+    "UploadReceived",
+    "XmppClient",
+    "XmppRefused",
+    "XmppSettings",
+    "open_xmpp_client",
+    "read_password",
+    "ssl_context",
+]
+
 log = logging.getLogger("wfe.xmpp")
 
-TLS_MODES = ("starttls", "plain")
-DEFAULT_PORT = 5222
 #: Seconds to wait for the answer to an IQ (service discovery, upload slots).
 IQ_TIMEOUT = 30.0
 
@@ -78,81 +106,6 @@ _STATE_EVENTS = (
     "ssl_invalid_chain",
     "stream_error",
 )
-
-
-class XmppRefused(LinkError):
-    """The server refused us in a way retrying will not fix (password, certificate, no TLS)."""
-
-
-class IqFailed(LinkError):
-    """An IQ got an error or no answer; the message names the entity and the condition."""
-
-
-@attrs.frozen(kw_only=True)
-class XmppSettings:
-    """How to log in to the XMPP server."""
-
-    jid: str  # bare JID of the account, e.g. agent-node17@wfe.example.org
-    password: str = attrs.field(repr=False)
-    host: str  # where to connect (the JID's domain when no other is configured)
-    port: int = DEFAULT_PORT
-    tls: str = "starttls"  # "starttls" (verified) or "plain" (loopback only; checked by config)
-    ca_file: Path | None = None  # PEM CA bundle for a private CA; None: the system's CAs
-    resource: str = "wfe"
-    max_stanza: int = DEFAULT_MAX_STANZA
-    reconnect_delay: float = 0.5  # first pause before reconnecting, doubled up to the max
-    max_reconnect_delay: float = 10.0
-    connect_timeout: float = 20.0  # from TCP connect to a session
-    keepalive: float = 30.0  # seconds between pings to the server (0: none)
-
-    @property
-    def full_jid(self) -> str:
-        return f"{self.jid}/{self.resource}"
-
-
-# --- events ---------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class Online:
-    """A session with the server started; ``instance`` is new for every session."""
-
-    instance: str
-
-
-@attrs.frozen(kw_only=True)
-class Offline:
-    """The session ended; the client is reconnecting."""
-
-    reason: str
-
-
-@attrs.frozen(kw_only=True)
-class PresenceReceived:
-    """Someone's presence (available or not), with its wfe payload when it had a valid one."""
-
-    sender: str  # full JID
-    available: bool
-    info: PresenceInfo | None = None
-
-
-@attrs.frozen(kw_only=True)
-class MessageReceived:
-    """A whole, well-formed protocol message from ``sender`` (full JID)."""
-
-    sender: str
-    message: Message
-
-
-@attrs.frozen(kw_only=True)
-class UploadReceived:
-    """A well-formed reference to output ``sender`` put on the HTTP upload service."""
-
-    sender: str
-    ref: UploadRef
-
-
-Event = Online | Offline | PresenceReceived | MessageReceived | UploadReceived
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -417,7 +370,7 @@ class XmppClient:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and stay connected until cancelled. Raises ``XmppRefused`` (see the class)."""
         # Loading CA certificates takes a while: not on the event loop.
-        context = await trio.to_thread.run_sync(_ssl_context, self.settings.ca_file)
+        context = await trio.to_thread.run_sync(ssl_context, self.settings.ca_file)
         self.ssl_context = context
         stream = self._stream = _Stream(self, context)
         task_status.started()
@@ -579,15 +532,6 @@ def _quickack(transport: Any) -> None:
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
-def _ssl_context(ca_file: Path | None) -> ssl.SSLContext:
-    """Verify the server's certificate and host name: against ``ca_file`` alone when given
-    (a private CA), else against the system's CAs."""
-    context = ssl.create_default_context(cafile=ca_file)
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 @contextlib.asynccontextmanager
 async def _asyncio_loop() -> AsyncIterator[None]:
     """Open trio-asyncio's loop unless one is open already (one per process is enough)."""
@@ -635,25 +579,3 @@ def _stream_error(data: Any) -> str:
     except (KeyError, TypeError):
         return str(data)
     return f"{condition}: {text}" if text else str(condition)
-
-
-def read_password(path: str | os.PathLike[str], what: str = "password file") -> str:
-    """The first line of a password file. Raises ``LinkConfigError`` naming the file.
-
-    Warns when the file is readable by group or others.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            password = f.readline().rstrip("\r\n")
-    except FileNotFoundError:
-        raise LinkConfigError(
-            f"{what}: {path}: no such file (write the XMPP password there, mode 0600)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LinkConfigError(f"{what}: {path}: cannot read: {exc}") from None
-    if not password:
-        raise LinkConfigError(f"{what}: {path}: the first line (the password) is empty")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("%s is readable by others: chmod 600 %s", path, path)
-    return password
