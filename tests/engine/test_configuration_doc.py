@@ -48,6 +48,8 @@ def header(section: str) -> str:
 def part_of(config: Config, section: str) -> Any:
     """The parsed model of ``section`` (the group ``gpu`` for the groups' section)."""
     return config.agents.groups["gpu"] if section == GROUP else getattr(config, section)
+
+
 _REFUSAL = re.compile(r"^- `(?P<assignment>[^`]+)` → `(?P<message>[^`]+)`$")
 _LEADING_KEY = re.compile(r"^[A-Za-z_]+")
 _LITERAL = re.compile(r"^`([^`]+)`")
@@ -225,7 +227,9 @@ def test_each_documented_default_is_the_parsers(row: Row, tmp_path: Path) -> Non
     assert match is not None, f"{row.section}.{row.key}: default should start with `value`"
     section = str(row.section)
     written = parse_config(f"{header(section)}\n{row.key} = {match.group(1)}", root=tmp_path)
-    default = AgentGroup() if section == GROUP else part_of(parse_config("", root=tmp_path), section)
+    default = (
+        AgentGroup() if section == GROUP else part_of(parse_config("", root=tmp_path), section)
+    )
     assert getattr(part_of(written, section), row.key) == getattr(default, row.key)
 
 
