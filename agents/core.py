@@ -278,17 +278,7 @@ class Agent:
             )
         async with self._send_lock:
             self._link = link
-            hello = AgentHello(
-                name=self.name,
-                software=__version__,
-                capabilities=self.capabilities,
-                running=tuple(self.host.running),
-                held=self.host.held(),
-                seq=self.lease.sent(trio.current_time()),
-            )
-            await self._send_locked(hello)
-            for ref in hello.held:
-                await self._resend_stored(ref)
+            await self._hello_locked()
         shutdown = False
         try:
             async with trio.open_nursery() as session:
@@ -352,17 +342,22 @@ class Agent:
         async with self._send_lock:
             if self._link is None:
                 return  # the next session's hello offers no slot
-            hello = AgentHello(
-                name=self.name,
-                software=__version__,
-                capabilities=self.capabilities,
-                running=tuple(self.host.running),
-                held=self.host.held(),
-                seq=self.lease.sent(trio.current_time()),
-            )
-            await self._send_locked(hello)
-            for ref in hello.held:
-                await self._resend_stored(ref)
+            await self._hello_locked()
+
+    async def _hello_locked(self) -> None:
+        """Say hello (what we offer, run and hold), then send every held result again; the
+        send lock must be held."""
+        hello = AgentHello(
+            name=self.name,
+            software=__version__,
+            capabilities=self.capabilities,
+            running=tuple(self.host.running),
+            held=self.host.held(),
+            seq=self.lease.sent(trio.current_time()),
+        )
+        await self._send_locked(hello)
+        for ref in hello.held:
+            await self._resend_stored(ref)
 
     async def _send(self, *messages: Message) -> bool:
         async with self._send_lock:
