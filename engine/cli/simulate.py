@@ -12,6 +12,7 @@ Registered through ``build_parser`` in ``wfe.engine.cli.main``.
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import math
 import os
@@ -83,7 +84,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"{record['id']}: {action} ({mode})", flush=True)
             if args.quiet:
                 return await client.call("execution_wait", execution=record["id"])  # type: ignore[no-any-return]
-            return await follow(client, record["id"], write=print)
+            return await follow(client, record["id"], write=functools.partial(print, flush=True))
 
     detail = trio.run(go)
     if args.json:
@@ -112,6 +113,10 @@ async def follow(client: Any, eid: str, *, write: Callable[[str], object]) -> di
             if event["id"] > seen:
                 write(story_line(event))
                 seen = event["id"]
+        if detail["state"] == "running" and any(
+            e["kind"] == "execution.ended" for e in detail["story"]
+        ):  # it ended between reading the record and its story: its end is committed now
+            detail = await client.call("execution", execution=eid)
         return detail
 
     detail = await catch_up()

@@ -139,10 +139,12 @@ class Simulations:
     async def detail(self, eid: str) -> JsonObject:
         """The execution ``eid`` and its story (its events, oldest first). Raises
         ``UnknownExecution``."""
-        repo = self._runner.repo
-        record = await repo.read(lambda db: rows.get_execution(db, eid))
-        story = await repo.read(rows.execution_story(eid))
-        detail: JsonObject = {**record.as_dict(), "story": list(story)}
+        story = rows.execution_story(eid)
+
+        def read(db: Any) -> JsonObject:  # one read, one snapshot: the record and its story agree
+            return {**rows.get_execution(db, eid).as_dict(), "story": list(story(db))}
+
+        detail: JsonObject = await self._runner.repo.read(read)
         return detail
 
     async def find(self, eid: str) -> JsonObject | None:
