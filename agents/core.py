@@ -36,6 +36,7 @@ import contextlib
 import enum
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -49,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from wfe.agents import __version__
 from wfe.agents.errors import MessageTooLarge, SpoolError
 from wfe.agents.hosting import AttemptHost
-from wfe.agents.keeper_link import open_keeper
+from wfe.agents.keeper_link import KeeperLink, running_keeper
 from wfe.agents.link import Link
 from wfe.agents.reactors import Reactors
 from wfe.agents.runner import KILL_GRACE
@@ -153,7 +154,8 @@ class Agent:
     async def open(self) -> AsyncIterator[Agent]:
         """Host attempts for the duration; ``serve`` may be called inside.
 
-        On entry the agent connects to its keeper (``wfe.agents.keeper``, started if none runs),
+        On entry the agent connects to its keeper (``wfe.agents.keeper``) if one runs (none is
+        started until the first attempt: an idle agent costs no second process),
         adopts the attempts a previous agent left running under it, and closes the books on
         those nothing supervises any more (``Spool.recover``: reported ``FENCED``). On a
         normal exit, attempts still running are cancelled and their results spooled (and
@@ -161,8 +163,9 @@ class Agent:
         the keeper. If the caller is cancelled instead, their process groups are killed and
         the next start reports them.
         """
-        async with open_keeper(self.spool.path) as keeper:
-            self.host.keeper = keeper
+        async with running_keeper(self.spool.path) as keeper:
+            self.host.keeper = keeper  # None: none runs; the first attempt starts one
+            self.host.on_keeper = self._lease_to_keeper
             try:
                 adopted = await self.host.recover(keeper)
                 await trio.to_thread.run_sync(
@@ -325,14 +328,18 @@ class Agent:
     async def _granted(self, lease: Lease) -> None:
         """The engine heard our message ``lease.seq``: attempts may run until ``ttl`` seconds
         after we sent it. Forward the new end to the keeper, which enforces it."""
-        until = self.lease.granted(lease)
-        if until is None:
+        if self.lease.granted(lease) is not None and self.host.keeper is not None:
+            await self._lease_to_keeper(self.host.keeper)
+
+    async def _lease_to_keeper(self, keeper: KeeperLink) -> None:
+        """Tell ``keeper`` the end of the lease granted so far (none yet: nothing to tell)."""
+        until = self.lease.until
+        if not self.forward_leases or until == -math.inf:
             return
-        if self.host.keeper is not None and self.forward_leases:
-            # wall-clock: the keeper is another process; CLOCK_MONOTONIC is the one both read
-            monotonic_until = time.monotonic() + (until - trio.current_time())  # wall-clock
-            with contextlib.suppress(OSError):
-                await self.host.keeper.lease(monotonic_until)
+        # wall-clock: the keeper is another process; CLOCK_MONOTONIC is the one both read
+        monotonic_until = time.monotonic() + (until - trio.current_time())  # wall-clock
+        with contextlib.suppress(OSError):
+            await keeper.lease(monotonic_until)
 
     async def announce_no_slots(self) -> None:
         """Take no new work (``wfe.agents.lifetime``): say hello again offering no slot, so

@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from wfe.agents.errors import SpoolError
-from wfe.agents.keeper_link import KeeperLink
+from wfe.agents.keeper_link import KeeperLink, open_keeper
 from wfe.agents.runner import Attempt, AttemptNotStarted, describe
 from wfe.agents.spool import Progress, Spool, parse_name
 from wfe.agents.workdirs import Workdirs
@@ -99,17 +99,46 @@ class AttemptHost:
         self.drops_done = trio.Event()
         self.drops_done.set()
         self.nursery: trio.Nursery | None = None  # the agent's, while it is open
-        self.keeper: KeeperLink | None = None
+        self.keeper: KeeperLink | None = None  # started at the first attempt (ensure_keeper)
+        self._keeper_lock = trio.Lock()
+        # called with a keeper just started, before any script: the agent forwards its lease
+        self.on_keeper: Callable[[KeeperLink], Awaitable[None]] | None = None
         self.stopping = False  # refuse new work
+
+    async def ensure_keeper(self) -> KeeperLink:
+        """The agent's keeper, started (in the agent's nursery, for the agent's life) if none
+        runs yet: an agent starts one at its first attempt, not before (decision #66). Raises
+        ``AttemptNotStarted`` when it cannot be started."""
+        async with self._keeper_lock:
+            if self.keeper is None:
+                assert self.nursery is not None
+                try:
+                    await self.nursery.start(self._keep_keeper)
+                except OSError as exc:
+                    raise AttemptNotStarted(f"cannot start the agent's keeper: {exc}") from exc
+            assert self.keeper is not None
+            return self.keeper
+
+    async def _keep_keeper(self, *, task_status: trio.TaskStatus[None]) -> None:
+        async with open_keeper(self.spool.path) as keeper:
+            self.keeper = keeper
+            try:
+                if self.on_keeper is not None:
+                    await self.on_keeper(keeper)  # the lease the engine granted so far
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self.keeper = None
 
     def held(self) -> tuple[AttemptRef, ...]:
         """Attempts whose result is spooled and not yet acknowledged."""
         return tuple(ref for ref in self.spool.held() if ref not in self.dropping)
 
-    async def recover(self, keeper: KeeperLink) -> list[Hosted]:
-        """Match what the keeper holds with what the spool says ran; the attempts to adopt."""
+    async def recover(self, keeper: KeeperLink | None) -> list[Hosted]:
+        """Match what the keeper holds (nothing when none runs) with what the spool says ran;
+        the attempts to adopt."""
         held = {}
-        for h in keeper.held:
+        for h in keeper.held if keeper is not None else ():
             ref = parse_name(h.key)
             if ref is not None:
                 held[ref] = h
@@ -123,6 +152,7 @@ class AttemptHost:
             )
         adopted: list[Hosted] = []
         for ref, h in held.items():
+            assert keeper is not None  # ``held`` is empty without one
             if ref not in progress:  # its result is spooled already, or it is not ours
                 if h.status is None:
                     keeper.kill(h.pid, signal.SIGKILL)
@@ -226,8 +256,8 @@ class AttemptHost:
             case Run():
                 pass
         assert self.nursery is not None
-        # The agent removes the directory itself, once the result is sent.
-        assert self.keeper is not None
+        # The agent removes the directory itself, once the result is sent. Without a keeper
+        # yet (none ran when the agent started), the attempt gets one before it starts.
         attempt = Attempt(
             d,
             workdir=self.workdir,
@@ -275,6 +305,8 @@ class AttemptHost:
                 return
             attempt = entry.attempt
             try:
+                if not attempt.has_keeper:
+                    attempt.use_keeper(await self.ensure_keeper())
                 finished = await attempt.run(
                     functools.partial(self._on_chunk, entry),
                     on_running=functools.partial(self._accepted, entry),

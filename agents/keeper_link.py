@@ -255,6 +255,26 @@ async def open_keeper(spool: str | os.PathLike[str]) -> AsyncIterator[KeeperLink
     except OSError:
         await trio.to_thread.run_sync(_start_keeper, path, name)
         stream = await _connect(name)
+    async with _linked(stream) as link:
+        yield link
+
+
+@contextlib.asynccontextmanager
+async def running_keeper(spool: str | os.PathLike[str]) -> AsyncIterator[KeeperLink | None]:
+    """Connect to the keeper of ``spool`` if one runs (it holds scripts a previous agent left);
+    None when none answers: none is started (an agent starts its keeper at its first attempt,
+    so that an idle agent costs no process)."""
+    try:
+        stream = await _connect(socket_name(os.fspath(spool)))
+    except OSError:
+        yield None
+        return
+    async with _linked(stream) as link:
+        yield link
+
+
+@contextlib.asynccontextmanager
+async def _linked(stream: trio.SocketStream) -> AsyncIterator[KeeperLink]:
     link = KeeperLink(stream)
     async with trio.open_nursery() as nursery:
         await nursery.start(link._reader)

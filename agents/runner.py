@@ -96,7 +96,7 @@ class Attempt:
         dispatch: Dispatch,
         *,
         workdir: str | os.PathLike[str],
-        keeper: KeeperLink,
+        keeper: KeeperLink | None,
         keep_workdir: bool = False,
         kill_grace: float = KILL_GRACE,
         workdirs: Workdirs | None = None,
@@ -104,7 +104,7 @@ class Attempt:
         self.dispatch: Dispatch | None = dispatch
         self.ref = AttemptRef(job_id=dispatch.job_id, attempt=dispatch.attempt)
         self.timeout = dispatch.limits.timeout
-        self._keeper = keeper
+        self._keeper = keeper  # None until the agent's keeper runs (``use_keeper``)
         self._workdirs = workdirs if workdirs is not None else Workdirs(workdir)
         self.key = attempt_name(self.ref.job_id, self.ref.attempt)
         self.directory = self._workdirs.root / self.key
@@ -124,6 +124,21 @@ class Attempt:
         self.detached = False  # left running to the keeper when the agent stops
         self._exited = False
         self._exit_seen = trio.Event()  # wakes the output tails at once when the script ends
+
+    @property
+    def keeper(self) -> KeeperLink:
+        """The keeper that starts and holds the script (given before ``run``)."""
+        if self._keeper is None:
+            raise RuntimeError(f"attempt {self.key} has no keeper yet")
+        return self._keeper
+
+    @property
+    def has_keeper(self) -> bool:
+        return self._keeper is not None
+
+    def use_keeper(self, keeper: KeeperLink) -> None:
+        """Run through ``keeper`` (the agent started it for its first attempt)."""
+        self._keeper = keeper
 
     @classmethod
     def adopted(
@@ -252,12 +267,12 @@ class Attempt:
             with trio.CancelScope(shield=True):
                 if not self._exited and not self.detached:
                     # we were cancelled from outside: the group dies too
-                    self._keeper.kill(pid, signal.SIGKILL)
+                    self.keeper.kill(pid, signal.SIGKILL)
                     with trio.move_on_after(self._kill_grace):
                         await self._wait_exit()
-                        await self._keeper.release(self.key)
-        end = self._keeper.ended(self.key)
-        await self._keeper.release(self.key)
+                        await self.keeper.release(self.key)
+        end = self.keeper.ended(self.key)
+        await self.keeper.release(self.key)
         fields: dict[str, Any] = {"duration": ended - started}
         code = end.status if end is not None else None
         if code is not None and code < 0:
@@ -330,7 +345,7 @@ class Attempt:
             workdirs.write(params_path, json.dumps(self.dispatch.params).encode(), reuse=reuse)
         except OSError as exc:
             raise AttemptNotStarted(f"cannot prepare its directory: {exc}") from exc
-        return await self._keeper.spawn(
+        return await self.keeper.spawn(
             self.key,
             argv,
             cwd=self._dir,
@@ -351,7 +366,7 @@ class Attempt:
         return env
 
     async def _wait_exit(self) -> Ended:
-        return await self._keeper.exited(self.key)
+        return await self.keeper.exited(self.key)
 
     async def _supervise(self, pid: int, on_chunk: ChunkCallback) -> tuple[FinishReason, float]:
         """Wait for the script to end (or be killed) while its output is handed on.
@@ -369,7 +384,7 @@ class Attempt:
                     if self._on_running is not None and not self.announced:
                         with trio.move_on_after(self._running_after):
                             await self._wait_exit()
-                    if self._keeper.ended(self.key) is None:
+                    if self.keeper.ended(self.key) is None:
                         pumping = True
                         nursery.start_soon(self._tail, Stream.STDOUT, on_chunk)
                         nursery.start_soon(self._tail, Stream.STDERR, on_chunk)
@@ -380,7 +395,7 @@ class Attempt:
                 reason = FinishReason.TIMED_OUT
             elif self._cancel_scope.cancelled_caught:
                 reason = FinishReason.CANCELLED
-            if self._keeper.ended(self.key) is None:
+            if self.keeper.ended(self.key) is None:
                 await self._terminate(pid)
             ended = trio.current_time()
             await self._wait_group_gone(pid)
@@ -399,11 +414,11 @@ class Attempt:
                 await trio.sleep(0.005)
 
     async def _terminate(self, pid: int) -> None:
-        self._keeper.kill(pid, signal.SIGTERM)
+        self.keeper.kill(pid, signal.SIGTERM)
         with trio.move_on_after(self._kill_grace):
             await self._wait_exit()
             return
-        self._keeper.kill(pid, signal.SIGKILL)
+        self.keeper.kill(pid, signal.SIGKILL)
         with trio.move_on_after(self._kill_grace):
             await self._wait_exit()
 

@@ -68,6 +68,19 @@ async def kill(process: trio.Process) -> None:
     await process.wait()
 
 
+def keepers_of(spool: Path) -> list[int]:
+    """Pids of the keeper processes of ``spool``, from their command lines."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"wfe.agents.keeper" in argv and os.fsencode(spool) in argv:
+            found.append(int(entry.name))
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -200,3 +213,26 @@ def test_the_keepers_name_is_the_spool_directory_itself(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(a)
     assert socket_name(tmp_path / "link") == socket_name(a)
     assert socket_name(a) != socket_name(b)
+
+
+async def test_an_idle_agent_starts_no_keeper_its_first_attempt_does(
+    engine, h: types.SimpleNamespace, tmp_path: Path
+) -> None:
+    """After its hello an agent runs no keeper (an idle agent costs one process, not two);
+    its first dispatch starts one, which holds the script and gets the lease granted before
+    it started: a 1 s lease never renewed ends the script as FENCED."""
+    agent = await start_agent(tmp_path, engine)
+    try:
+        link = await engine.accept()
+        hello = await h.receive(link)
+        assert keepers_of(tmp_path / "spool") == []
+        await link.send(Lease(seq=hello.seq, ttl=1.0))
+        await link.send(h.make_dispatch(gated(tmp_path), timeout=60))
+        accepted = await h.receive(link)
+        assert isinstance(accepted, JobAccepted)
+        assert keepers_of(tmp_path / "spool")  # (connecting would take its agent's place)
+        _, finished = await h.receive_until_finished(link, skip=(AgentStatus, OutputChunk))
+        assert isinstance(finished, JobFinished)
+        assert finished.reason is FinishReason.FENCED and "lease ran out" in finished.detail
+    finally:
+        await kill(agent)
