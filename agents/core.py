@@ -154,8 +154,8 @@ class Agent:
     async def open(self) -> AsyncIterator[Agent]:
         """Host attempts for the duration; ``serve`` may be called inside.
 
-        On entry the agent connects to its keeper (``wfe.agents.keeper``) if one runs (else one
-        is started in the background after the first hello, so that it does not delay it),
+        On entry the agent connects to its keeper (``wfe.agents.keeper``) if one runs (none is
+        started until the first attempt: an idle agent costs no second process),
         adopts the attempts a previous agent left running under it, and closes the books on
         those nothing supervises any more (``Spool.recover``: reported ``FENCED``). On a
         normal exit, attempts still running are cancelled and their results spooled (and
@@ -282,8 +282,6 @@ class Agent:
         async with self._send_lock:
             self._link = link
             await self._hello_locked()
-        if self.host.keeper is None:  # none ran when the agent started: start it now, after
-            self.host.nursery.start_soon(self.host.prepare_keeper)  # the hello, not before
         shutdown = False
         try:
             async with trio.open_nursery() as session:

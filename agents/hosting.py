@@ -107,9 +107,8 @@ class AttemptHost:
 
     async def ensure_keeper(self) -> KeeperLink:
         """The agent's keeper, started (in the agent's nursery, for the agent's life) if none
-        runs yet: an agent starts one after its hello, not before it (decision #66), or at its
-        first attempt if that comes first. Raises ``AttemptNotStarted`` when it cannot be
-        started."""
+        runs yet: an agent starts one at its first attempt, not before (decision #66). Raises
+        ``AttemptNotStarted`` when it cannot be started."""
         async with self._keeper_lock:
             if self.keeper is None:
                 assert self.nursery is not None
@@ -119,15 +118,6 @@ class AttemptHost:
                     raise AttemptNotStarted(f"cannot start the agent's keeper: {exc}") from exc
             assert self.keeper is not None
             return self.keeper
-
-    async def prepare_keeper(self) -> None:
-        """Start the keeper in the background (after a hello, which it does not hold up), so
-        that it is ready before work comes; a failure is logged and the first attempt tries
-        again."""
-        try:
-            await self.ensure_keeper()
-        except AttemptNotStarted as exc:
-            log.warning("%s (the next attempt tries again)", exc)
 
     async def _keep_keeper(self, *, task_status: trio.TaskStatus[None]) -> None:
         async with open_keeper(self.spool.path) as keeper:
