@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from wfe.engine.definitions import DefinitionError, load_definition
+
 #: A small valid definition; tests append to it or replace parts.
 MINIMAL = """
 [workflow]
@@ -20,6 +22,16 @@ rscript = "noop"
 """
 
 Write = Callable[[str, str], Path]
+
+
+def refused(write: Write, text: str) -> str:
+    """Load ``text`` as main.toml; the one-line message it is refused with, after the file
+    it names."""
+    with pytest.raises(DefinitionError) as info:
+        load_definition(write("main.toml", text))
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message.split(".toml: ", 1)[1]
 
 
 @pytest.fixture

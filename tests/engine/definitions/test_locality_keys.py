@@ -7,19 +7,13 @@ from typing import Any
 
 import pytest
 
-from wfe.engine.definitions import DefinitionError, load_definition
+from wfe.engine.definitions import load_definition
+
+from .conftest import refused
 
 HEAD = '[workflow]\nname = "demo"\nnamespace = "t"\n'
 QUERY = '[[query.where]]\nfield = "kind"\nop = "eq"\nvalue = "raw"\n'
 STAGE = '[[stages]]\nname = "s"\nrscript = "x"\nconsumes = "query"\n'
-
-
-def refused(write: Any, text: str) -> str:
-    with pytest.raises(DefinitionError) as info:
-        load_definition(write("main.toml", text))
-    message = str(info.value)
-    assert "\n" not in message, message
-    return message.split(".toml: ", 1)[1]
 
 
 def test_max_distance_and_type_are_kept(write: Any) -> None:

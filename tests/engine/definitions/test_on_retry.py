@@ -9,22 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wfe.engine.config import JobsSection
-from wfe.engine.definitions import DefinitionError, load_definition
+from wfe.engine.definitions import load_definition
 from wfe.engine.definitions.on_retry import BadRule, apply_rules, parse_change
 from wfe.engine.dispatch.jobspec import live_job
 from wfe.engine.requests.batches import requirements
 from wfe.engine.runtime.jobs import JobRow, JobState
 
+from .conftest import refused
+
 HEAD = '[workflow]\nname = "demo"\nnamespace = "t"\n'
 STAGE = '[[stages]]\nname = "s"\nrscript = "x"\n'
-
-
-def refused(write: Any, text: str) -> str:
-    with pytest.raises(DefinitionError) as info:
-        load_definition(write("main.toml", text))
-    message = str(info.value)
-    assert "\n" not in message, message
-    return message.split(".toml: ", 1)[1]  # after the file it names
 
 
 def test_on_retry_is_kept_as_written(write: Any) -> None:

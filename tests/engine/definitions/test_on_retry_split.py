@@ -10,19 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wfe.engine.definitions import DefinitionError, load_definition
+from wfe.engine.definitions import load_definition
 from wfe.engine.definitions.on_retry import BadRule, apply_rules, inputs_kept, parse_change
+
+from .conftest import refused
 
 HEAD = '[workflow]\nname = "demo"\nnamespace = "t"\n[query]\n'
 STAGE = '[[stages]]\nname = "s"\nrscript = "x"\nconsumes = "query"\nmax_inputs = 8\nretries = 3\n'
-
-
-def refused(write: Any, text: str) -> str:
-    with pytest.raises(DefinitionError) as info:
-        load_definition(write("main.toml", text))
-    message = str(info.value)
-    assert "\n" not in message, message
-    return message.split(".toml: ", 1)[1]  # after the file it names
 
 
 def test_a_split_rule_loads_with_or_without_memory(write: Any) -> None:
