@@ -232,7 +232,7 @@ class SlurmCluster:
         while not ready():
             if time.monotonic() > deadline:  # wall-clock
                 raise SlurmError(f"{what} within {self.start_timeout:g} s:\n{self.log_tail()}")
-            time.sleep(_POLL)
+            time.sleep(_POLL)  # wall-clock: polling real daemons from a sync fixture
 
     def _pid(self, name: str) -> int | None:
         try:
@@ -259,7 +259,7 @@ class SlurmCluster:
             deadline = time.monotonic() + self.stop_timeout  # wall-clock
             while self._alive(name) and time.monotonic() < deadline:  # wall-clock
                 self._reap()
-                time.sleep(_POLL)
+                time.sleep(_POLL)  # wall-clock: polling real daemons from a sync fixture
             if self._alive(name):
                 os.kill(pid, signal.SIGKILL)
         self._reap()
