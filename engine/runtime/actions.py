@@ -274,9 +274,17 @@ class Context:
         the topic, and given to the definition's ``[reactors]`` for it, each started as a
         child action with the message as its parameters. Raises ``ValueError`` for a bad topic
         or message (``wfe.engine.runtime.broadcasting``)."""
-        from wfe.engine.runtime.broadcasting import publish
+        from wfe.engine.runtime.broadcasting import check, publish
 
-        await publish(self, self._run, topic, message)
+        check(topic, message)  # before the call is numbered: a refused one is no call
+        await publish(
+            self,
+            self._run,
+            topic,
+            message,
+            call_seq=self._next_call(),
+            controller=self._runner.controller,
+        )
 
     async def sleep(self, seconds: float) -> None:
         """Sleep without holding the loop (in a simulation: on the execution's clock)."""

@@ -21,6 +21,7 @@ from wfe.protocols.broadcasts import topic_problem
 from wfe.protocols.messages import Broadcast
 
 if TYPE_CHECKING:
+    from wfe.engine.dispatch.controller import AgentController
     from wfe.engine.runtime.actions import Context, Run
 
 #: The largest message, as JSON.
@@ -50,10 +51,17 @@ def reactors_of(expanded: Mapping[str, Any]) -> Mapping[str, str]:
     return dict(table) if isinstance(table, dict) else {}
 
 
-async def publish(ctx: Context, run: Run, topic: str, message: dict[str, Any]) -> None:
-    """``ctx.publish``; see the module docstring."""
-    check(topic, message)
-    call_seq = ctx._next_call()
+async def publish(
+    ctx: Context,
+    run: Run,
+    topic: str,
+    message: dict[str, Any],
+    *,
+    call_seq: int,
+    controller: AgentController,
+) -> None:
+    """``ctx.publish`` as ``run``'s call ``call_seq`` (``topic`` and ``message`` checked by
+    ``check`` first); see the module docstring."""
     namespace, reactors = await _scope(ctx, run)
     extra: dict[str, Any] = {}
     subject = ctx.job_id
@@ -75,7 +83,7 @@ async def publish(ctx: Context, run: Run, topic: str, message: dict[str, Any]) -
     if run.sim is not None and number is not None:
         run.sim.execution.messages[topic] += 1
     if number is not None:
-        ctx._runner.controller.broadcast(
+        controller.broadcast(
             Broadcast(seq=number, namespace=namespace, topic=topic, message=message)
         )
     reactor = reactors.get(topic)
